@@ -1,0 +1,108 @@
+"""Input conversion and validation shared by every estimator.
+
+Every public function in :mod:`fractals` accepts a torch tensor or a NumPy array with time on the
+last axis and returns the same kind it was given. Bad input raises :class:`ValueError` naming the
+argument, the offending value and what is needed, so no estimator ever returns a silent NaN.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "as_tensor",
+    "to_input_kind",
+    "numpy_io",
+    "check_finite",
+    "check_min_length",
+    "check_not_constant",
+    "check_positive",
+    "check_ndim",
+]
+
+
+def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
+    """Return ``(tensor, was_numpy)``; integers and bools become float64, floats keep their dtype."""
+    was_numpy = not isinstance(x, torch.Tensor)
+    if was_numpy:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise ValueError(f"{name}: cannot convert {type(x).__name__} to an array ({exc})") from exc
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise ValueError(f"{name}: needs a numeric array, got dtype {arr.dtype}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float64)
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    else:
+        t = x
+        if not torch.is_floating_point(t):
+            t = t.to(torch.float64)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        # Reductions over thousands of samples lose too much in half precision.
+        t = t.float()
+    return t, was_numpy
+
+
+def to_input_kind(out: Any, was_numpy: bool) -> Any:
+    """Convert a tensor (or a dict/tuple of tensors) back to NumPy when the input was NumPy."""
+    if not was_numpy:
+        return out
+    if isinstance(out, torch.Tensor):
+        return out.detach().cpu().numpy()
+    if isinstance(out, dict):
+        return {k: to_input_kind(v, was_numpy) for k, v in out.items()}
+    if isinstance(out, tuple):
+        return tuple(to_input_kind(v, was_numpy) for v in out)
+    return out
+
+
+def numpy_io(fn: Callable) -> Callable:
+    """Decorator: convert the first argument with :func:`as_tensor` and the result back."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        t, was_numpy = as_tensor(x, "x")
+        return to_input_kind(fn(t, *args, **kwargs), was_numpy)
+
+    return wrapper
+
+
+def check_finite(x: torch.Tensor, name: str = "x") -> None:
+    if not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name}: contains {n_bad} NaN or inf value(s) out of {x.numel()}; "
+            "remove or interpolate them before estimating"
+        )
+
+
+def check_ndim(x: torch.Tensor, min_ndim: int, name: str = "x", layout: str = "(..., T)") -> None:
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name}: needs at least {min_ndim} dimension(s) {layout}, got shape {tuple(x.shape)}")
+
+
+def check_min_length(x: torch.Tensor, min_len: int, name: str = "x", why: str = "") -> None:
+    n = x.shape[-1] if x.ndim else 0
+    if n < min_len:
+        extra = f" ({why})" if why else ""
+        raise ValueError(f"{name}: time axis has {n} samples, needs at least {min_len}{extra}")
+
+
+def check_not_constant(x: torch.Tensor, name: str = "x") -> None:
+    flat = x.reshape(-1, x.shape[-1])
+    const = (flat.amax(-1) - flat.amin(-1)) == 0
+    if bool(const.any()):
+        idx = int(torch.nonzero(const)[0])
+        raise ValueError(
+            f"{name}: series {idx} (flattened) is constant; fractal measures are undefined for a "
+            "constant signal: drop flat channels first"
+        )
+
+
+def check_positive(value: float, name: str) -> None:
+    if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")

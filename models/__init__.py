@@ -1,0 +1,1 @@
+"""NeuroFMx: multimodal neural foundation model with fractal priors. Depends on :mod:`fractals`."""
