@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Server fixtures (Ray, MLflow, S3) live in tests/fixtures_*.py and are
+"""Shared pytest fixtures. Server fixtures (Ray, MLflow, S3) live in tests/fixtures_servers.py.
 registered here so every test module can use them."""
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["fixtures_servers"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()

@@ -1,0 +1,43 @@
+"""Model families and datasets by name, so the platform builds any of them from one config.
+
+``cfg["model"]["family"]`` picks a LightningModule builder, ``cfg["data"]["name"]`` a
+LightningDataModule builder. Families live in their own modules and are imported only when asked
+for, so a CPU install never imports code it does not use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+# family or dataset name -> module that defines ``build_lightning_module(cfg)`` /
+# ``build_datamodule(cfg)``. Add a line here when a new family lands.
+MODEL_MODULES: dict[str, str] = {
+    "neurofmx": "models.lightning",
+    "two_moons": "models.criticality.two_moons",
+    "fractal_byte": "models.byte.lightning",
+}
+DATA_MODULES: dict[str, str] = {
+    "synthetic": "models.data.datamodule",
+    "files": "models.data.datamodule",
+    "two_moons": "models.criticality.two_moons",
+    "bytes": "models.byte.data",
+}
+
+
+def _resolve(table: Mapping[str, str], key: str, field: str, attr: str) -> Callable[..., Any]:
+    if key not in table:
+        raise ValueError(f"{field}: unknown value {key!r}; allowed: {sorted(table)}")
+    module = importlib.import_module(table[key])
+    return getattr(module, attr)
+
+
+def build_lightning_module(cfg: Mapping[str, Any]):
+    """Build the LightningModule named by ``cfg['model']['family']`` (default ``neurofmx``)."""
+    family = cfg.get("model", {}).get("family", "neurofmx")
+    return _resolve(MODEL_MODULES, family, "model.family", "build_lightning_module")(cfg)
+
+
+def build_datamodule(cfg: Mapping[str, Any]):
+    """Build the LightningDataModule named by ``cfg['data']['name']`` (default ``synthetic``)."""
+    name = cfg.get("data", {}).get("name", "synthetic")
+    return _resolve(DATA_MODULES, name, "data.name", "build_datamodule")(cfg)
