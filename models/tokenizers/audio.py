@@ -1,0 +1,79 @@
+"""Audio / vocalisations (log-mel spectrogram) -> one token per time patch of frames."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from models.tokenizers.base import Tokens, patchify, sinusoidal_encoding, zscore_channels
+
+__all__ = ["AudioTokenizer", "rescale_time_index"]
+
+
+def rescale_time_index(n_tokens: int, num_time_tokens: Optional[int], device) -> Tensor:
+    """Map ``n_tokens`` tokens spread over a window onto ``num_time_tokens`` common token bins.
+
+    Audio and video run at their own frame rates; the token at the centre of a window fraction
+    ``u`` gets bin ``floor(u * num_time_tokens)`` so it lines up with the neural tokens.
+    """
+    steps = torch.arange(n_tokens, device=device)
+    if num_time_tokens is None:
+        return steps
+    centre = (steps.to(torch.float64) + 0.5) / n_tokens
+    return (centre * num_time_tokens).floor().long().clamp_(0, max(num_time_tokens - 1, 0))
+
+
+class AudioTokenizer(nn.Module):
+    """Tokenize a ``(B, n_mels, T_a)`` log-mel spectrogram with a strided 1-D conv over frames.
+
+    Each mel band is z-scored over the window (microphone gain differs between rigs); a conv with
+    kernel = stride = ``patch_size`` frames mixes all bands of a patch into one token, followed by an
+    MLP. Token time indices are rescaled to the common token grid when ``num_time_tokens`` is given.
+
+    Parameters
+    ----------
+    d_model : int
+        Token width ``D``.
+    n_mels : int
+        Mel bands.
+    patch_size : int
+        Spectrogram frames per token.
+    dropout : float
+        Token dropout.
+
+    Shape:
+        - audio: ``(B, n_mels, T_a)``
+        - output :class:`~models.tokenizers.base.Tokens`: ``(B, ceil(T_a / P), D)``, channel_index -1
+    """
+
+    batch_key = "audio"
+
+    def __init__(self, *, d_model: int, n_mels: int = 64, patch_size: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.d_model, self.n_mels, self.patch_size = int(d_model), int(n_mels), int(patch_size)
+        self.proj = nn.Linear(self.n_mels * self.patch_size, self.d_model)
+        self.mlp = nn.Sequential(nn.LayerNorm(self.d_model), nn.Linear(self.d_model, 2 * self.d_model), nn.GELU(),
+                                 nn.Linear(2 * self.d_model, self.d_model))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, audio: Tensor, *, num_time_tokens: Optional[int] = None) -> Tokens:
+        if not isinstance(audio, Tensor) or audio.ndim != 3 or audio.shape[1] != self.n_mels:
+            raise ValueError(
+                f"audio: needs a tensor (B, n_mels={self.n_mels}, T_a), got {getattr(audio, 'shape', type(audio))}"
+            )
+        b = audio.shape[0]
+        patches = patchify(zscore_channels(audio.float()), self.patch_size)  # (B, M, Na, P)
+        n = patches.shape[2]
+        tok = self.proj(patches.permute(0, 2, 1, 3).reshape(b, n, -1))
+        tok = tok + self.mlp(tok)
+        time_index = rescale_time_index(n, num_time_tokens, audio.device)
+        tok = tok + sinusoidal_encoding(time_index, self.d_model)
+        minus_one = torch.full((b, n), -1, dtype=torch.long, device=audio.device)
+        return Tokens(
+            self.dropout(tok), torch.ones(b, n, dtype=torch.bool, device=audio.device), time_index.expand(b, n),
+            minus_one, torch.zeros_like(minus_one),
+        )
+
+    def from_batch(self, batch: dict, *, num_time_tokens: Optional[int] = None) -> Tokens:
+        return self(batch["audio"], num_time_tokens=num_time_tokens)

@@ -1,0 +1,232 @@
+"""Shared pieces of every tokenizer: the :class:`Tokens` output and the per-channel patch embedder.
+
+Every tokenizer maps one modality of a batch (see :mod:`models.data.batch`) to a set of tokens of
+one shared width ``D`` plus a padding mask and per-token time indices, so the Perceiver can fuse any
+mix of modalities and still keep time structure. Time indices are in *token bins*: token bin ``n``
+covers samples ``[n * patch_size, (n + 1) * patch_size)`` of the batch's common time axis.
+
+Two token layouts exist (``layout=``):
+
+``"channel_patch"``
+    One token per (channel, time patch): ``N = C * ceil(T / P)``, channel-major. Keeps channel
+    identity per token, so PopT can pool per unit/channel and padded channels are simply masked.
+``"time_mix"``
+    One token per time patch: the per-channel tokens are averaged over the real channels (a masked
+    mean, so padded channels never count). ``N = ceil(T / P)``, far fewer tokens for wide arrays.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Tokens",
+    "ChannelPatchTokenizer",
+    "sinusoidal_encoding",
+    "zscore_channels",
+    "patchify",
+    "check_channel_input",
+    "LAYOUTS",
+    "NORMALIZATIONS",
+]
+
+LAYOUTS = ("channel_patch", "time_mix")
+NORMALIZATIONS = ("none", "zscore", "log1p")
+
+
+class Tokens(NamedTuple):
+    """Tokens of one or several modalities.
+
+    Shape:
+        - tokens: ``(B, N, D)``
+        - mask: ``(B, N)`` bool, True for real tokens (False = padding, never attended to)
+        - time_index: ``(B, N)`` long, token time bin of each token
+        - channel_index: ``(B, N)`` long, which input channel/unit the token belongs to
+          (unique across modalities after :class:`models.tokenizers.MultimodalTokenizer`);
+          ``-1`` for tokens that mix channels (``time_mix`` layout, behaviour, audio, video)
+        - modality_index: ``(B, N)`` long, index of the modality the token came from
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    time_index: Tensor
+    channel_index: Tensor
+    modality_index: Tensor
+
+
+def sinusoidal_encoding(positions: Tensor, dim: int, *, max_period: float = 10_000.0) -> Tensor:
+    """Fixed sin/cos encoding of (possibly fractional) positions.
+
+    Shape:
+        positions: ``(...)`` -> ``(..., dim)``
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=positions.device, dtype=torch.float32) / max(half, 1)
+    )
+    angles = positions.to(torch.float32).unsqueeze(-1) * freqs
+    enc = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    if dim % 2:
+        enc = torch.nn.functional.pad(enc, (0, 1))
+    return enc
+
+
+def zscore_channels(x: Tensor, *, eps: float = 1e-5) -> Tensor:
+    """Standardise each channel over time (last axis); flat or padded channels become ~zeros.
+
+    Recordings arrive in volts, microvolts or arbitrary units; per-window z-scoring puts every
+    dataset on one scale without a dataset-wide pass. The floor on the std is relative to the
+    channel's peak amplitude (``eps * max|x|``), so volt-scale data is not clamped while a flat
+    channel's rounding noise is not blown up to unit variance.
+
+    Shape:
+        x: ``(..., T)`` -> ``(..., T)``
+    """
+    mean = x.mean(-1, keepdim=True)
+    std = x.std(-1, keepdim=True, unbiased=False)
+    floor = eps * x.abs().amax(-1, keepdim=True) + torch.finfo(x.dtype).tiny
+    return (x - mean) / torch.maximum(std, floor)
+
+
+def patchify(x: Tensor, patch_size: int) -> Tensor:
+    """Cut the last axis into patches, right-padding with zeros to a whole number of patches.
+
+    Shape:
+        x: ``(..., T)`` -> ``(..., ceil(T / P), P)``
+    """
+    t = x.shape[-1]
+    n = -(-t // patch_size)
+    if n * patch_size != t:
+        x = nn.functional.pad(x, (0, n * patch_size - t))
+    return x.reshape(*x.shape[:-1], n, patch_size)
+
+
+def check_channel_input(x: Tensor, mask: Optional[Tensor], ids: Optional[Tensor], name: str) -> None:
+    """Validate a ``(B, C, T)`` input with its ``(B, C)`` mask and ids; raise ``ValueError`` naming the key."""
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        raise ValueError(f"{name}: needs a tensor (B, C, T), got {getattr(x, 'shape', type(x))}")
+    for what, t in (("mask", mask), ("ids", ids)):
+        if t is not None and tuple(t.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"{name}_{what}: needs shape (B, C) = {tuple(x.shape[:2])} to match {name}, got {tuple(t.shape)}"
+            )
+
+
+class ChannelPatchTokenizer(nn.Module):
+    """Embed ``(B, C, T)`` multichannel series as per-channel time patches.
+
+    Each channel's window is cut into patches of ``patch_size`` samples; a patch becomes
+    ``Linear(P, D)(patch) + channel_embedding[id]`` followed by a small residual MLP (so channel
+    identity interacts with the values, which a plain sum would not allow once channels are
+    averaged), then a sinusoidal encoding of the token time bin is added.
+
+    Parameters
+    ----------
+    d_model : int
+        Token width ``D``.
+    patch_size : int
+        Samples per token ``P``; the token rate is ``fs / P``.
+    n_channel_ids : int
+        Size of the channel/unit identity vocabulary; 0 disables identity embeddings.
+    layout : {"channel_patch", "time_mix"}
+        Token layout (module docstring).
+    normalize : {"none", "zscore", "log1p"}
+        Per-channel input transform: ``zscore`` for continuous signals of unknown units,
+        ``log1p`` for spike counts (compresses bursts), ``none`` for pre-normalised data.
+    dropout : float
+        Dropout on the output tokens.
+
+    Shape:
+        - x: ``(B, C, T)``; mask ``(B, C)`` bool (True = real channel); ids ``(B, C)`` long
+        - output :class:`Tokens` with ``N = C * ceil(T / P)`` (``channel_patch``, channel-major:
+          token ``c * n_patches + n``) or ``N = ceil(T / P)`` (``time_mix``)
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        patch_size: int,
+        n_channel_ids: int = 0,
+        layout: str = "channel_patch",
+        normalize: str = "zscore",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if int(patch_size) < 1:
+            raise ValueError(f"patch_size: must be an integer >= 1, got {patch_size!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: must be one of {LAYOUTS}, got {layout!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize: must be one of {NORMALIZATIONS}, got {normalize!r}")
+        if int(n_channel_ids) < 0:
+            raise ValueError(f"n_channel_ids: must be >= 0, got {n_channel_ids!r}")
+        self.d_model = int(d_model)
+        self.patch_size = int(patch_size)
+        self.n_channel_ids = int(n_channel_ids)
+        self.layout = layout
+        self.normalize = normalize
+        self.value_proj = nn.Linear(self.patch_size, self.d_model)
+        self.channel_embedding = nn.Embedding(self.n_channel_ids, self.d_model) if self.n_channel_ids else None
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(self.d_model), nn.Linear(self.d_model, 2 * self.d_model), nn.GELU(),
+            nn.Linear(2 * self.d_model, self.d_model),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def _ids(self, ids: Optional[Tensor], mask: Tensor, name: str) -> Optional[Tensor]:
+        if self.channel_embedding is None:
+            return None
+        b, c = mask.shape
+        if ids is None:
+            ids = torch.arange(c, device=mask.device).expand(b, c)
+        ids = torch.where(mask, ids.long(), torch.zeros((), dtype=torch.long, device=mask.device))
+        if ids.numel() and (int(ids.max()) >= self.n_channel_ids or int(ids.min()) < 0):
+            raise ValueError(
+                f"{name}: channel/unit ids must lie in [0, {self.n_channel_ids}), got range "
+                f"[{int(ids.min())}, {int(ids.max())}]; raise n_channel_ids in the tokenizer config"
+            )
+        return ids
+
+    def forward(
+        self, x: Tensor, *, mask: Optional[Tensor] = None, ids: Optional[Tensor] = None, name: str = "x"
+    ) -> Tokens:
+        check_channel_input(x, mask, ids, name)
+        b, c, _ = x.shape
+        if mask is None:
+            mask = torch.ones(b, c, dtype=torch.bool, device=x.device)
+        mask = mask.bool()
+        # Zero padded channels first (where, not multiply: NaN * 0 is NaN) so whatever sits in the
+        # padding can never reach real tokens.
+        x = torch.where(mask.unsqueeze(-1), x.float(), torch.zeros((), device=x.device))
+        if self.normalize == "zscore":
+            x = zscore_channels(x)
+        elif self.normalize == "log1p":
+            x = torch.log1p(x.clamp_min(0))
+        patches = patchify(x, self.patch_size)  # (B, C, Np, P)
+        n_patches = patches.shape[2]
+        tok = self.value_proj(patches)
+        ids = self._ids(ids, mask, f"{name}_ids")
+        if ids is not None:
+            tok = tok + self.channel_embedding(ids).unsqueeze(2)
+        tok = tok + self.mlp(tok)  # (B, C, Np, D)
+        steps = torch.arange(n_patches, device=x.device)
+        time_enc = sinusoidal_encoding(steps, self.d_model).to(tok.dtype)
+        if self.layout == "time_mix":
+            w = mask.to(tok.dtype)[:, :, None, None]
+            count = w.sum(1)
+            tok = (tok * w).sum(1) / count.clamp_min(1.0)  # (B, Np, D)
+            tok = tok + time_enc
+            tok_mask = (count[..., 0] > 0).expand(b, n_patches)
+            time_index = steps.expand(b, n_patches)
+            channel_index = torch.full((b, n_patches), -1, dtype=torch.long, device=x.device)
+        else:
+            tok = (tok + time_enc).reshape(b, c * n_patches, self.d_model)
+            tok_mask = mask.unsqueeze(-1).expand(b, c, n_patches).reshape(b, -1)
+            time_index = steps.repeat(c).expand(b, -1)
+            channel_index = torch.arange(c, device=x.device).repeat_interleave(n_patches).expand(b, -1)
+        modality_index = torch.zeros_like(time_index)
+        return Tokens(self.dropout(tok), tok_mask, time_index, channel_index, modality_index)

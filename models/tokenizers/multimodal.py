@@ -1,0 +1,125 @@
+"""Tokenize every modality present in a batch and concatenate the tokens for the Perceiver."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from models.tokenizers.audio import AudioTokenizer
+from models.tokenizers.base import Tokens
+from models.tokenizers.behavior import BehaviorTokenizer
+from models.tokenizers.calcium import CalciumTokenizer
+from models.tokenizers.continuous import CONTINUOUS_KEYS, ContinuousTokenizer
+from models.tokenizers.fmri import FMRITokenizer
+from models.tokenizers.spikes import SpikesTokenizer
+from models.tokenizers.video import VideoTokenizer
+
+__all__ = ["MultimodalTokenizer", "TOKENIZER_KINDS", "build_tokenizer"]
+
+# kind -> class; a modality key defaults to the kind of the same name (``lfp`` etc. -> continuous).
+TOKENIZER_KINDS: dict[str, type[nn.Module]] = {
+    "spikes": SpikesTokenizer,
+    "continuous": ContinuousTokenizer,
+    "calcium": CalciumTokenizer,
+    "fmri": FMRITokenizer,
+    "behavior": BehaviorTokenizer,
+    "audio": AudioTokenizer,
+    "video": VideoTokenizer,
+}
+# Modalities on their own clock (frame rates): their token times are rescaled to the common grid.
+_OWN_CLOCK = ("audio", "video")
+
+
+def _kind_of(key: str, opts: Mapping[str, Any]) -> str:
+    kind = opts.get("kind") or ("continuous" if key in CONTINUOUS_KEYS else key)
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(
+            f"model.tokenizers.{key}.kind: unknown tokenizer kind {kind!r}; allowed: {sorted(TOKENIZER_KINDS)}"
+        )
+    return kind
+
+
+def build_tokenizer(key: str, *, d_model: int, patch_size: int, **opts: Any) -> nn.Module:
+    """Build the tokenizer for batch key ``key`` (options as in that tokenizer's constructor)."""
+    kind = _kind_of(key, opts)
+    opts = {k: v for k, v in opts.items() if k != "kind"}
+    if kind == "continuous":
+        opts.setdefault("key", key)
+    try:
+        return TOKENIZER_KINDS[kind](d_model=d_model, patch_size=patch_size, **opts)
+    except TypeError as exc:
+        raise ValueError(f"model.tokenizers.{key}: bad option for the {kind} tokenizer ({exc})") from exc
+
+
+class MultimodalTokenizer(nn.Module):
+    """One tokenizer per configured modality; concatenates the tokens of those present in a batch.
+
+    A learned modality embedding is added to every token; channel indices are offset per modality so
+    that they are unique across modalities (PopT pools per channel). Modalities missing from a batch
+    are skipped, so one model trains on datasets with different modality sets.
+
+    Parameters
+    ----------
+    d_model : int
+        Shared token width ``D``.
+    patch_size : int
+        Time bins per token for the modalities on the common time axis (neural signals, behaviour);
+        audio/video keep their own ``patch_size`` option (frames per token).
+    modalities : mapping
+        Batch key -> constructor options of its tokenizer (``kind:`` overrides the kind inferred
+        from the key), e.g. ``{"spikes": {"n_units": 64}, "lfp": {"n_channels": 16},
+        "behavior": {"n_features": 2}}``.
+
+    Shape:
+        - batch: dict per :mod:`models.data.batch`
+        - output :class:`~models.tokenizers.base.Tokens` ``(B, sum_m N_m, D)``; time indices on the
+          common grid ``0 .. ceil(T / patch_size) - 1``
+    """
+
+    def __init__(self, *, d_model: int, patch_size: int, modalities: Mapping[str, Mapping[str, Any]]) -> None:
+        super().__init__()
+        if not modalities:
+            raise ValueError("modalities: needs at least one modality, e.g. {'spikes': {'n_units': 64}}")
+        self.d_model, self.patch_size = int(d_model), int(patch_size)
+        self.keys = list(modalities)
+        built = {}
+        for key, opts in modalities.items():
+            opts = dict(opts or {})
+            if _kind_of(key, opts) in _OWN_CLOCK:
+                built[key] = build_tokenizer(key, d_model=d_model, **{"patch_size": 4, **opts})
+            else:
+                built[key] = build_tokenizer(key, d_model=d_model, patch_size=patch_size, **opts)
+        self.tokenizers = nn.ModuleDict(built)
+        self.modality_embedding = nn.Embedding(len(self.keys), self.d_model)
+
+    def num_time_tokens(self, batch: Mapping[str, Any]) -> Optional[int]:
+        """Token bins of the common time axis, from the first aligned modality in the batch."""
+        for key in self.keys:
+            if key in batch and key not in _OWN_CLOCK:
+                x = batch[key]
+                t = x.shape[-1] if isinstance(self.tokenizers[key], ContinuousTokenizer) else x.shape[1]
+                return -(-t // self.patch_size)
+        return None
+
+    def forward(self, batch: Mapping[str, Any]) -> Tokens:
+        present = [k for k in self.keys if k in batch]
+        if not present:
+            raise ValueError(
+                f"batch: has none of the configured modalities {self.keys}; batch keys: {sorted(batch)}"
+            )
+        n_time = self.num_time_tokens(batch)
+        parts: list[Tokens] = []
+        offset = 0
+        for key in present:
+            tok = self.tokenizers[key]
+            kind_own_clock = isinstance(tok, (AudioTokenizer, VideoTokenizer))
+            out = tok.from_batch(batch, num_time_tokens=n_time) if kind_own_clock else tok.from_batch(batch)
+            m = self.keys.index(key)
+            emb = self.modality_embedding.weight[m]
+            chan = out.channel_index
+            n_chan = int(chan.max()) + 1 if chan.numel() and bool((chan >= 0).any()) else 0
+            chan = torch.where(chan >= 0, chan + offset, chan)
+            offset += n_chan
+            parts.append(Tokens(out.tokens + emb, out.mask, out.time_index, chan, torch.full_like(chan, m)))
+        return Tokens(*(torch.cat(fields, dim=1) for fields in zip(*parts)))

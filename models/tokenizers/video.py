@@ -1,0 +1,70 @@
+"""Video (behaviour camera) -> one token per group of frames, via a small 3-D conv."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from models.tokenizers.audio import rescale_time_index
+from models.tokenizers.base import Tokens, sinusoidal_encoding
+
+__all__ = ["VideoTokenizer"]
+
+
+class VideoTokenizer(nn.Module):
+    """Tokenize ``(B, 3, T_v, H, W)`` video with two 3-D convolutions and spatial mean pooling.
+
+    The first conv (3x3x3, spatial stride 2) sees short motion; the second (``patch_size`` frames x
+    3x3, stride ``(patch_size, 2, 2)``) groups frames into tokens. Spatial positions are averaged, so
+    any frame size works and cost stays small; token time indices are rescaled to the common grid
+    when ``num_time_tokens`` is given. Frames are expected in [0, 1] or standardised.
+
+    Parameters
+    ----------
+    d_model : int
+        Token width ``D``.
+    patch_size : int
+        Frames per token.
+    hidden : int
+        Channels of the first conv.
+    dropout : float
+        Token dropout.
+
+    Shape:
+        - video: ``(B, 3, T_v, H, W)``
+        - output :class:`~models.tokenizers.base.Tokens`: ``(B, floor((T_v - P) / P) + 1, D)``,
+          channel_index -1
+    """
+
+    batch_key = "video"
+
+    def __init__(self, *, d_model: int, patch_size: int = 4, hidden: int = 16, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.d_model, self.patch_size = int(d_model), int(patch_size)
+        self.net = nn.Sequential(
+            nn.Conv3d(3, hidden, kernel_size=3, stride=(1, 2, 2), padding=1), nn.GELU(),
+            nn.Conv3d(hidden, self.d_model, kernel_size=(self.patch_size, 3, 3), stride=(self.patch_size, 2, 2),
+                      padding=(0, 1, 1)), nn.GELU(),
+        )
+        self.out = nn.Linear(self.d_model, self.d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, video: Tensor, *, num_time_tokens: Optional[int] = None) -> Tokens:
+        if not isinstance(video, Tensor) or video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"video: needs a tensor (B, 3, T_v, H, W), got {getattr(video, 'shape', type(video))}")
+        if video.shape[2] < self.patch_size:
+            raise ValueError(f"video: has {video.shape[2]} frames, needs at least patch_size={self.patch_size}")
+        b = video.shape[0]
+        feat = self.net(video.float()).mean(dim=(-1, -2)).transpose(1, 2)  # (B, Nv, D)
+        n = feat.shape[1]
+        time_index = rescale_time_index(n, num_time_tokens, video.device)
+        tok = self.out(feat) + sinusoidal_encoding(time_index, self.d_model)
+        minus_one = torch.full((b, n), -1, dtype=torch.long, device=video.device)
+        return Tokens(
+            self.dropout(tok), torch.ones(b, n, dtype=torch.bool, device=video.device), time_index.expand(b, n),
+            minus_one, torch.zeros_like(minus_one),
+        )
+
+    def from_batch(self, batch: dict, *, num_time_tokens: Optional[int] = None) -> Tokens:
+        return self(batch["video"], num_time_tokens=num_time_tokens)
