@@ -1,0 +1,368 @@
+"""Run sweeps on a remote Ray cluster and follow them there.
+
+Two ways in, one source of truth for the job's state:
+
+* **Ray Jobs API** (:func:`submit_sweep`): the job is submitted to the head's dashboard with
+  :class:`ray.job_submission.JobSubmissionClient`; the entrypoint is ``fmx sweep run <file>``.
+* **KubeRay RayJob** (:func:`rayjob_manifest`, :func:`apply_rayjob`): a ``RayJob`` custom resource
+  that runs the same entrypoint on the chart's long-running RayCluster (``clusterSelector``).
+
+Either way the state reported by :func:`job_status` comes from the Ray Jobs API, never from the
+RayJob resource's ``status`` field, which lags or disagrees with the job in practice. A RayJob is
+created with a fixed ``jobId`` precisely so that its Ray job can be looked up.
+
+Token authentication (Ray's default since 2.52, and KubeRay's ``authOptions.mode: token``): pass
+``token=`` or set ``RAY_AUTH_TOKEN``; it is sent as ``Authorization: Bearer <token>``.
+
+Addresses: ``address=`` wins; otherwise ``cluster=`` names a cluster recorded by ``make deploy``
+under ``$FMX_HOME/clusters/<name>.json`` (default ``~/.fmx``); otherwise ``$FMX_RAY_ADDRESS``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+SWEEP_METADATA_KEY = "fmx.sweep"
+# Uploading these with a working_dir would be slow (venv, caches) or leak local state (runs, secrets).
+DEFAULT_EXCLUDES = (".git", ".venv", "**/__pycache__", "mlruns", "runs", "*.ckpt", ".env", "terraform/**/.terraform")
+_RAYJOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the Ray Jobs API says about one submitted job.
+
+    ``start_time``/``end_time`` are Unix seconds (the API reports milliseconds).
+    """
+
+    job_id: str
+    status: str
+    entrypoint: str
+    message: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job has SUCCEEDED, FAILED or been STOPPED."""
+        return self.status in TERMINAL_STATES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "entrypoint": self.entrypoint,
+            "message": self.message,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "metadata": dict(self.metadata),
+        }
+
+
+def fmx_home() -> Path:
+    """Where ``make deploy`` records clusters: ``$FMX_HOME`` or ``~/.fmx``."""
+    return Path(os.environ.get("FMX_HOME", Path.home() / ".fmx")).expanduser()
+
+
+def resolve_address(*, address: str | None = None, cluster: str | None = None) -> str:
+    """The Ray dashboard URL to talk to: ``address``, else the recorded ``cluster``, else ``$FMX_RAY_ADDRESS``."""
+    if address:
+        return _check_address(address)
+    if cluster:
+        record = fmx_home() / "clusters" / f"{cluster}.json"
+        if not record.is_file():
+            raise ValueError(
+                f"cluster={cluster!r}: no record at {record}; run `make deploy PROVIDER=...` first, "
+                f"or pass address='http://HOST:8265' (a port-forwarded Ray dashboard)"
+            )
+        data = json.loads(record.read_text())
+        if not data.get("ray_address"):
+            raise ValueError(f"cluster={cluster!r}: {record} has no 'ray_address'; re-run `make deploy`")
+        return _check_address(data["ray_address"])
+    env = os.environ.get("FMX_RAY_ADDRESS")
+    if env:
+        return _check_address(env)
+    raise ValueError(
+        "no Ray cluster given: pass address='http://HOST:8265', cluster=NAME (recorded by `make deploy`), "
+        "or set FMX_RAY_ADDRESS"
+    )
+
+
+def _check_address(address: str) -> str:
+    if not re.match(r"^https?://[^/\s:]+(:\d+)?/?$", address):
+        raise ValueError(
+            f"address={address!r} is not a Ray dashboard URL; expected http(s)://HOST:PORT, "
+            f"for example http://127.0.0.1:8265"
+        )
+    return address.rstrip("/")
+
+
+def connect(address: str, *, token: str | None = None):
+    """A :class:`~ray.job_submission.JobSubmissionClient` for ``address``, authenticated when a token is known.
+
+    Raises
+    ------
+    ConnectionError
+        When no Ray dashboard answers at ``address``.
+    PermissionError
+        When the dashboard rejects the token (or needs one and none was given).
+    """
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    address = _check_address(address)
+    token = token if token is not None else os.environ.get("RAY_AUTH_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        client = JobSubmissionClient(address, headers=headers)
+        # The constructor only reads the version endpoint, which is open; listing jobs needs the token.
+        client.list_jobs()
+    except ConnectionError as err:
+        raise ConnectionError(f"no Ray dashboard answered at {address}: {err}") from err
+    except AuthenticationError as err:
+        raise PermissionError(
+            f"the Ray dashboard at {address} rejected the request ({str(err).splitlines()[0]}); "
+            f"pass token= or set RAY_AUTH_TOKEN to the cluster's token"
+        ) from err
+    return client
+
+
+def sweep_entrypoint(sweep_file: str, *, extra_args: tuple[str, ...] = ()) -> str:
+    """The shell command the cluster runs: ``fmx sweep run <file>`` (H5's runner)."""
+    return " ".join(["fmx", "sweep", "run", shlex.quote(sweep_file), *map(shlex.quote, extra_args)])
+
+
+def submit_sweep(
+    sweep_file: str | os.PathLike[str],
+    *,
+    address: str,
+    runtime_env: dict[str, Any] | None = None,
+    working_dir: str | os.PathLike[str] | None = None,
+    entrypoint: str | None = None,
+    submission_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+    entrypoint_num_cpus: float | None = None,
+    entrypoint_num_gpus: float | None = None,
+    token: str | None = None,
+) -> str:
+    """Submit a sweep to a Ray cluster through the Jobs API; returns the submission id.
+
+    Parameters
+    ----------
+    sweep_file
+        The sweep YAML. With ``working_dir`` it must lie inside it locally and is uploaded with it;
+        without, it is a path on the cluster (for example one baked into the image).
+    address
+        The Ray dashboard URL, e.g. ``http://127.0.0.1:8265`` (see :func:`resolve_address`).
+    runtime_env
+        Ray runtime environment (``env_vars``, ``pip``...). ``working_dir`` is merged into it.
+    working_dir
+        Local folder uploaded as the job's working directory (``.venv``, ``.git``, runs excluded).
+    entrypoint
+        Overrides ``fmx sweep run <file>`` (tests and one-off commands).
+    submission_id, metadata, entrypoint_num_cpus, entrypoint_num_gpus
+        Passed to Ray; ``metadata`` gains ``fmx.sweep`` so :func:`list_jobs` can pick out sweeps.
+    token
+        Ray auth token; defaults to ``$RAY_AUTH_TOKEN``.
+    """
+    sweep = os.fspath(sweep_file)
+    env = dict(runtime_env or {})
+    if working_dir is not None:
+        root = Path(working_dir).resolve()
+        if not root.is_dir():
+            raise ValueError(f"working_dir={os.fspath(working_dir)!r} is not a folder")
+        local = Path(sweep) if Path(sweep).is_absolute() else root / sweep
+        if not local.resolve().is_file():
+            raise ValueError(f"sweep_file={sweep!r} not found under working_dir={str(root)!r}")
+        try:
+            sweep = local.resolve().relative_to(root).as_posix()
+        except ValueError:
+            raise ValueError(f"sweep_file={sweep!r} lies outside working_dir={str(root)!r}; move it inside") from None
+        env.setdefault("working_dir", str(root))
+        env["excludes"] = sorted(set(env.get("excludes", [])) | set(DEFAULT_EXCLUDES))
+    if not sweep.endswith((".yaml", ".yml")) and entrypoint is None:
+        raise ValueError(f"sweep_file={sweep!r} should be a .yaml sweep description")
+    client = connect(address, token=token)
+    meta = {SWEEP_METADATA_KEY: sweep, **(metadata or {})}
+    return client.submit_job(
+        entrypoint=entrypoint or sweep_entrypoint(sweep),
+        runtime_env=env or None,
+        submission_id=submission_id,
+        metadata=meta,
+        entrypoint_num_cpus=entrypoint_num_cpus,
+        entrypoint_num_gpus=entrypoint_num_gpus,
+    )
+
+
+def _info(details) -> JobInfo:
+    ms = lambda t: None if not t else t / 1000.0  # noqa: E731 - the API reports epoch milliseconds
+    return JobInfo(
+        job_id=details.submission_id or details.job_id,
+        status=str(getattr(details.status, "value", details.status)),
+        entrypoint=details.entrypoint,
+        message=details.message,
+        start_time=ms(details.start_time),
+        end_time=ms(details.end_time),
+        metadata=dict(details.metadata or {}),
+    )
+
+
+def job_status(job_id: str, *, address: str, token: str | None = None) -> JobInfo:
+    """The job's own state (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) from the Ray Jobs API."""
+    return _info(connect(address, token=token).get_job_info(job_id))
+
+
+def job_logs(job_id: str, *, address: str, token: str | None = None) -> str:
+    """Everything the job's driver has printed so far."""
+    return connect(address, token=token).get_job_logs(job_id)
+
+
+def follow_job_logs(job_id: str, *, address: str, token: str | None = None) -> Iterator[str]:
+    """Yield log chunks as the driver prints them, until the job ends."""
+    client = connect(address, token=token)
+    stream = client.tail_job_logs(job_id)
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(stream.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.close()
+
+
+def list_jobs(*, address: str, token: str | None = None, sweeps_only: bool = False) -> list[JobInfo]:
+    """Submitted jobs on the cluster, oldest first; ``sweeps_only`` keeps those made by :func:`submit_sweep`."""
+    jobs = [
+        _info(d)
+        for d in connect(address, token=token).list_jobs()
+        if d.submission_id  # drivers started with plain ray.init() have no submission id
+    ]
+    if sweeps_only:
+        jobs = [j for j in jobs if SWEEP_METADATA_KEY in j.metadata]
+    return sorted(jobs, key=lambda j: (j.start_time or 0.0, j.job_id))
+
+
+def wait_for_job(
+    job_id: str,
+    *,
+    address: str,
+    timeout_s: float,
+    poll_s: float = 1.0,
+    token: str | None = None,
+    on_status: Callable[[JobInfo], None] | None = None,
+) -> JobInfo:
+    """Poll until the job reaches a terminal state; ``on_status`` sees each change of state.
+
+    Raises
+    ------
+    TimeoutError
+        If the job is still running after ``timeout_s`` seconds (it keeps running on the cluster).
+    """
+    if timeout_s <= 0 or poll_s <= 0:
+        raise ValueError(f"timeout_s={timeout_s} and poll_s={poll_s} must both be > 0")
+    client = connect(address, token=token)
+    deadline, last = time.monotonic() + timeout_s, None
+    while True:
+        info = _info(client.get_job_info(job_id))
+        if on_status is not None and info.status != last:
+            on_status(info)
+        last = info.status
+        if info.terminal:
+            return info
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {info.status} after {timeout_s:.0f} s; it keeps running")
+        time.sleep(poll_s)
+
+
+def stop_job(job_id: str, *, address: str, token: str | None = None, wait_s: float = 30.0) -> JobInfo:
+    """Ask Ray to stop the job, then wait up to ``wait_s`` seconds for it to reach a terminal state."""
+    client = connect(address, token=token)
+    client.stop_job(job_id)
+    if wait_s <= 0:
+        return _info(client.get_job_info(job_id))
+    try:
+        return wait_for_job(job_id, address=address, timeout_s=wait_s, poll_s=0.5, token=token)
+    except TimeoutError:
+        return _info(client.get_job_info(job_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# KubeRay RayJob: a manifest for the chart's RayCluster, applied only when a cluster is configured.
+# ---------------------------------------------------------------------------------------------
+
+
+def rayjob_manifest(
+    sweep_file: str,
+    *,
+    name: str,
+    ray_cluster: str,
+    namespace: str = "neurofmx",
+    job_id: str | None = None,
+    runtime_env_yaml: str | None = None,
+    active_deadline_s: int | None = None,
+    entrypoint: str | None = None,
+    entrypoint_num_gpus: float | None = None,
+) -> dict[str, Any]:
+    """A ``ray.io/v1`` RayJob that runs ``fmx sweep run <file>`` on the existing RayCluster ``ray_cluster``.
+
+    The job id is fixed (``job_id`` or ``<name>``) so :func:`job_status` can ask the Jobs API about
+    it directly. ``submissionMode: HTTPMode`` submits from the operator, so no submitter pod is needed.
+    """
+    if not _RAYJOB_NAME.match(name):
+        raise ValueError(f"name={name!r} must be a DNS label (lowercase letters, digits, '-', at most 63 chars)")
+    if not _RAYJOB_NAME.match(ray_cluster):
+        raise ValueError(f"ray_cluster={ray_cluster!r} must be the RayCluster's name (a DNS label)")
+    if active_deadline_s is not None and active_deadline_s <= 0:
+        raise ValueError(f"active_deadline_s={active_deadline_s} must be a positive number of seconds")
+    spec: dict[str, Any] = {
+        "entrypoint": entrypoint or sweep_entrypoint(sweep_file),
+        "jobId": job_id or name,
+        "clusterSelector": {"ray.io/cluster": ray_cluster},
+        "submissionMode": "HTTPMode",
+        "metadata": {SWEEP_METADATA_KEY: sweep_file},
+    }
+    if runtime_env_yaml:
+        spec["runtimeEnvYAML"] = runtime_env_yaml
+    if active_deadline_s is not None:
+        spec["activeDeadlineSeconds"] = int(active_deadline_s)
+    if entrypoint_num_gpus is not None:
+        spec["entrypointNumGpus"] = float(entrypoint_num_gpus)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "neurofmx", "app.kubernetes.io/component": "sweep"},
+        },
+        "spec": spec,
+    }
+
+
+def apply_rayjob(manifest: dict[str, Any], *, kubeconfig: str | None = None, context: str | None = None) -> dict:
+    """Create the RayJob in the cluster named by ``kubeconfig``/``$KUBECONFIG``; returns the created object."""
+    from kubernetes import client, config
+
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if not path or not Path(path).expanduser().is_file():
+        raise ValueError(
+            f"kubeconfig={path!r}: no kubeconfig file; `make deploy` writes one (terraform output), "
+            f"pass kubeconfig=PATH or set KUBECONFIG"
+        )
+    api_client = config.new_client_from_config(config_file=str(Path(path).expanduser()), context=context)
+    meta = manifest["metadata"]
+    return client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        group="ray.io", version="v1", namespace=meta["namespace"], plural="rayjobs", body=manifest
+    )
