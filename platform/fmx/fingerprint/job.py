@@ -1,0 +1,320 @@
+"""The fingerprint job: fan recordings out as Ray tasks, resume, and write the cohort tables.
+
+Layout of ``OUT`` (a folder or ``s3://`` prefix)::
+
+    parts/<key>.parquet     one finished recording (tidy rows; its info in the parquet metadata)
+    fingerprint.parquet     tidy table: subject, session, condition, channel, measure, value
+    summary.parquet         one row per subject/session/condition: channel-mean of every measure
+                            (network measures as they are) plus participants.tsv columns
+    recordings.parquet      one row per recording: path, labels, key, status, seconds, n_epochs
+    failures.parquet        path, labels, error for every recording that could not be fitted
+    participants.parquet    the participant columns (for ``fmx fingerprint compare --group-by``)
+    job.json                the resolved config, the data source and the counts
+
+``<key>`` hashes the recording's path, size and labels with the whole job config, so a re-run
+skips every recording whose part exists and refits only new, changed or failed ones. Every file
+is written atomically (:func:`fmx.fingerprint.storage.write_bytes_atomic`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from fmx.fingerprint import storage
+from fmx.fingerprint.config import config_hash, load_config
+from fmx.fingerprint.discover import discover
+from fmx.fingerprint.recording import TIDY_COLUMNS, fit_recording
+
+__all__ = ["JobResult", "run_fingerprint_job", "subject_summary", "measure_columns", "read_parquet", "write_parquet",
+           "plan_job"]
+
+LABELS = ("subject", "session", "condition")
+
+
+@dataclasses.dataclass
+class JobResult:
+    """What a job produced (tables are also written under ``out``)."""
+
+    out: str
+    table: Any            # tidy DataFrame, TIDY_COLUMNS
+    summary: Any          # per subject/session/condition, wide
+    recordings: Any       # per recording status
+    failures: Any         # path, labels, error
+    n_fitted: int
+    n_skipped: int
+    n_failed: int
+    seconds: float
+    mlflow_run_id: str | None = None
+
+
+def write_parquet(frame, uri: str, metadata: Mapping[str, str] | None = None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes_atomic(uri, buf.getvalue())
+
+
+def read_parquet(uri: str, *, with_metadata: bool = False):
+    import pyarrow.parquet as pq
+
+    if not storage.exists(uri):
+        raise ValueError(f"{uri}: not found; run `fmx fingerprint fit DATA --out OUT` first")
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    frame = table.to_pandas()
+    if with_metadata:
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"pandas")}
+        return frame, meta
+    return frame
+
+
+def plan_job(data: str, cfg: Mapping[str, Any], *, modality: str | None = None):
+    """Discover recordings and attach each one's resume ``key``."""
+    entries = discover(data, modality=modality)
+    keys = []
+    for row in entries.itertuples(index=False):
+        size = storage.size_of(row.path)
+        keys.append(config_hash(str(row.path), row.member, size, {c: getattr(row, c) for c in LABELS}, dict(cfg)))
+    entries["key"] = keys
+    return entries
+
+
+def _apply_cli(cfg: dict, *, channels, resample, band, notch, epoch) -> dict:
+    pre = dict(cfg.get("preprocess") or {})
+    for name, value in (("channels", channels), ("resample", resample), ("band", band), ("notch", notch),
+                        ("epoch", epoch)):
+        if value is not None:
+            pre[name] = list(value) if isinstance(value, (list, tuple)) else value
+    if pre.get("band") is not None and len(pre["band"]) != 2:
+        raise ValueError(f"band: needs two numbers LOW HIGH in Hz, got {pre['band']}")
+    return {**cfg, "preprocess": pre}
+
+
+def run_fingerprint_job(
+    data: str,
+    out: str,
+    *,
+    config: Sequence[str] | Mapping[str, Any] | None = None,
+    channels: Sequence[str] | None = None,
+    resample: float | None = None,
+    band: Sequence[float] | None = None,
+    notch: float | None = None,
+    epoch: float | None = None,
+    modality: str | None = None,
+    executor: str = "ray",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    gpus_per_task: float = 0.25,
+    mlflow_uri: str | None = None,
+    log_mlflow: bool = True,
+    experiment: str = "fingerprint",
+    progress: bool = True,
+    on_result: Callable[[dict], None] | None = None,
+) -> JobResult:
+    """Fingerprint every recording in ``data`` and write the cohort tables to ``out``.
+
+    Parameters
+    ----------
+    data : str
+        Folder, ``s3://`` prefix, manifest CSV or RR cohort ``.npz`` (see :func:`discover`).
+    out : str
+        Output folder or ``s3://`` prefix (layout in the module docstring).
+    config : list of str or dict, optional
+        ``["NAME", "key=value", ...]`` for :func:`load_config`, or an already composed dict.
+    channels, resample, band, notch, epoch
+        Shortcuts for the config's ``preprocess`` section (they win over it).
+    executor : {"ray", "serial"}
+        ``ray`` fans recordings out as Ray tasks (one CPU each, plus ``gpus_per_task`` of a GPU
+        when the cluster has GPUs); ``serial`` runs them in this process (debugging).
+    address : str, optional
+        Ray cluster address; without it a local Ray instance with ``num_cpus`` CPUs is started
+        (and shut down afterwards). An already initialised Ray is reused as it is.
+    mlflow_uri, log_mlflow, experiment
+        Where to log the run (tables, plots, params); ``mlflow_uri=None`` uses MLflow's own default
+        (``MLFLOW_TRACKING_URI``).
+    """
+    import pandas as pd
+
+    start = time.perf_counter()
+    if executor not in ("ray", "serial"):
+        raise ValueError(f"executor: must be 'ray' or 'serial', got {executor!r}")
+    cfg = dict(config) if isinstance(config, Mapping) else load_config(config)
+    cfg = _apply_cli(cfg, channels=channels, resample=resample, band=band, notch=notch, epoch=epoch)
+    entries = plan_job(data, cfg, modality=modality)
+    parts_dir = storage.join(out, "parts")
+    done = {os.path.basename(p)[:-len(".parquet")] for p in storage.list_files(parts_dir) if p.endswith(".parquet")} \
+        if storage.exists(parts_dir) else set()
+    todo = entries[~entries["key"].isin(done)]
+    failures: list[dict] = []
+    stats: dict[str, dict] = {}
+
+    def handle(entry: Mapping[str, Any], result: dict) -> None:
+        stats[entry["key"]] = {"seconds": result["seconds"], "error": result["error"]}
+        if result["error"] is None:
+            write_parquet(result["rows"], storage.join(parts_dir, f"{entry['key']}.parquet"),
+                          metadata={"fmx.info": json.dumps(result["info"]), "fmx.path": str(entry["path"])})
+        else:
+            failures.append({"path": str(entry["path"]), "member": entry.get("member", ""),
+                             **{c: entry[c] for c in LABELS}, "error": result["error"]})
+        if on_result is not None:
+            on_result({**result, "entry": dict(entry)})
+
+    records = todo.to_dict("records")
+    with _progress(progress, total=len(entries), done=len(entries) - len(records)) as advance:
+        def tick(entry, result):
+            handle(entry, result)
+            advance(failed=len(failures))
+
+        if executor == "serial":
+            for entry in records:
+                tick(entry, fit_recording(entry, cfg))
+        else:
+            _run_ray(records, cfg, tick, address=address, num_cpus=num_cpus, gpus_per_task=gpus_per_task)
+
+    ok_keys = [k for k in entries["key"] if k in done or stats.get(k, {}).get("error", "x") is None]
+    frames, infos = [], {}
+    for key in ok_keys:
+        frame, meta = read_parquet(storage.join(parts_dir, f"{key}.parquet"), with_metadata=True)
+        frames.append(frame)
+        infos[key] = json.loads(meta.get("fmx.info", "{}"))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {c: pd.Series(dtype="float64" if c == "value" else "str") for c in TIDY_COLUMNS})
+    table = table[list(TIDY_COLUMNS)]
+    participant_cols = [c for c in entries.columns if c not in (*LABELS, "path", "member", "modality", "key")]
+    participants = entries[["subject", *participant_cols]].drop_duplicates("subject").reset_index(drop=True)
+    summary = subject_summary(table, participants if participant_cols else None)
+    failures_frame = pd.DataFrame(failures, columns=["path", "member", *LABELS, "error"])
+    status = []
+    for entry in entries.to_dict("records"):
+        key = entry["key"]
+        state = "skipped" if key in done else ("failed" if stats.get(key, {}).get("error") else "fitted")
+        info = infos.get(key, {})
+        status.append({"path": str(entry["path"]), "member": entry["member"], **{c: entry[c] for c in LABELS},
+                       "key": key, "status": state, "seconds": stats.get(key, {}).get("seconds", float("nan")),
+                       "n_epochs": info.get("n_epochs", 0), "duration_s": info.get("duration_s", float("nan"))})
+    recordings = pd.DataFrame(status)
+
+    write_parquet(table, storage.join(out, "fingerprint.parquet"))
+    write_parquet(summary, storage.join(out, "summary.parquet"))
+    write_parquet(recordings, storage.join(out, "recordings.parquet"))
+    write_parquet(failures_frame, storage.join(out, "failures.parquet"))
+    if participant_cols:
+        write_parquet(participants, storage.join(out, "participants.parquet"))
+    result = JobResult(out=str(out), table=table, summary=summary, recordings=recordings, failures=failures_frame,
+                       n_fitted=int((recordings["status"] == "fitted").sum()),
+                       n_skipped=int((recordings["status"] == "skipped").sum()),
+                       n_failed=len(failures_frame), seconds=time.perf_counter() - start)
+    job_info = {"data": str(data), "config": cfg, "executor": executor, "n_recordings": len(entries),
+                "n_fitted": result.n_fitted, "n_skipped": result.n_skipped, "n_failed": result.n_failed,
+                "seconds": round(result.seconds, 3)}
+    storage.write_bytes_atomic(storage.join(out, "job.json"), json.dumps(job_info, indent=2, default=str).encode())
+    if log_mlflow:
+        from fmx.fingerprint.tracking import log_job
+
+        result.mlflow_run_id = log_job(result, cfg, data=str(data), uri=mlflow_uri, experiment=experiment)
+    return result
+
+
+def subject_summary(table, participants=None):
+    """One row per subject/session/condition: the channel mean of each measure, wide.
+
+    Network-level rows (channel ``network``) are kept as they are under ``network:<measure>``.
+    """
+    import pandas as pd
+
+    if table.empty:
+        return pd.DataFrame(columns=list(LABELS))
+    is_net = table["channel"].str.lower() == "network"
+    per_channel = table[~is_net].pivot_table(index=list(LABELS), columns="measure", values="value", aggfunc="mean")
+    parts = [per_channel]
+    if is_net.any():
+        net = table[is_net].pivot_table(index=list(LABELS), columns="measure", values="value", aggfunc="mean")
+        parts.append(net.add_prefix("network:"))
+    wide = pd.concat(parts, axis=1).reset_index()
+    wide.columns.name = None
+    counts = table[~is_net].groupby(list(LABELS))["channel"].nunique().rename("n_channels").reset_index()
+    wide = wide.merge(counts, on=list(LABELS), how="left")
+    if participants is not None:
+        wide = wide.merge(participants, on="subject", how="left")
+    return wide
+
+
+def measure_columns(summary) -> list[str]:
+    """The measure columns of a :func:`subject_summary` table (between the labels and ``n_channels``)."""
+    columns = list(summary.columns)
+    end = columns.index("n_channels") if "n_channels" in columns else len(columns)
+    return [c for c in columns[:end] if c not in LABELS]
+
+
+def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_per_task) -> None:
+    if not records:
+        return
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
+                 include_dashboard=False, logging_level="warning", log_to_driver=False)
+    try:
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        task = ray.remote(fit_recording).options(num_cpus=1, num_gpus=gpus_per_task if has_gpu else 0,
+                                                 max_retries=0)
+        cfg_ref = ray.put(cfg)
+        device = "cuda" if has_gpu else "cpu"
+        width = max(1, int(ray.cluster_resources().get("CPU", 1))) * 2  # bounded in-flight: memory stays flat
+        pending: dict = {}
+        queue = list(records)
+        while queue or pending:
+            while queue and len(pending) < width:
+                entry = queue.pop(0)
+                pending[task.remote(entry, cfg_ref, device=device, threads=1)] = entry
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                entry = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # worker crash (OOM, segfault in a reader): a failure, not an abort
+                    result = {"key": entry["key"], "rows": None, "info": {}, "seconds": float("nan"),
+                              "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+                tick(entry, result)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _progress:
+    """A rich progress bar over recordings (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, *, total: int, done: int):
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda **_: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("[bold]fingerprint[/] {task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        self._bar.start()
+        skipped = f"({self.done} done before) " if self.done else ""
+        self._task = self._bar.add_task(skipped, total=self.total, completed=self.done)
+
+        def advance(failed: int = 0):
+            note = f"{skipped}[red]{failed} failed[/]" if failed else skipped
+            self._bar.update(self._task, advance=1, description=note)
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.stop()
+        return False

@@ -1,0 +1,176 @@
+"""Fingerprint one recording: read, preprocess, measure, return tidy rows.
+
+This is the unit of work a Ray task runs (see :mod:`fmx.fingerprint.job`). It reads the file with
+:func:`models.data.readers.read_recording`, applies the ``preprocess``/``intervals`` sections of the
+job config, runs :func:`fractals.fingerprint.fingerprint` (per channel and for the channel network)
+and :func:`fractals.simulators.fit_fractional_ou` (``fou_H``, ``fou_theta``, ``fou_sigma`` per
+channel), per epoch when epoching is on, and averages epochs per channel and measure.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from fmx.fingerprint import storage
+from models.data import readers
+from models.data.readers import Recording
+
+__all__ = ["load_recording", "measure_recording", "fit_recording", "TIDY_COLUMNS"]
+
+TIDY_COLUMNS = ("subject", "session", "condition", "channel", "measure", "value")
+
+
+def load_recording(entry: Mapping[str, Any], cfg: Mapping[str, Any]) -> Recording:
+    """Read ``entry['path']`` (local or s3://) and apply the config's preprocessing."""
+    pre = cfg.get("preprocess", {}) or {}
+    with tempfile.TemporaryDirectory(prefix="fmx-fp-") as tmp:
+        local = storage.fetch_local(entry["path"], tmp)
+        rec = readers.read_recording(local, subject=entry.get("member") or None)
+    rec = rec.replace(meta={"path": str(entry["path"])})
+    if rec.kind == "intervals":
+        iv = cfg.get("intervals", {}) or {}
+        if iv.get("ectopic_filter", True):
+            rec = readers.filter_ectopic(rec, min_ms=iv.get("min_ms", 300.0), max_ms=iv.get("max_ms", 2000.0),
+                                         window=iv.get("window", 11), tolerance=iv.get("tolerance", 0.2))
+        return rec
+    if pre.get("channels"):
+        rec = readers.pick_channels(rec, list(pre["channels"]))
+    if pre.get("notch"):
+        rec = readers.notch(rec, float(pre["notch"]))
+    if pre.get("band"):
+        low, high = pre["band"]
+        rec = readers.bandpass(rec, low, high)
+    if pre.get("resample"):
+        rec = readers.resample(rec, float(pre["resample"]))
+    return rec
+
+
+def _to_device(data: np.ndarray, device: str):
+    if device == "cpu":
+        return data
+    import torch
+
+    return torch.as_tensor(data, device=device)
+
+
+def _numpy(v) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    return np.asarray(v, dtype=np.float64)
+
+
+def measure_recording(rec: Recording, cfg: Mapping[str, Any], *, device: str = "cpu"):
+    """Tidy ``(channel, measure, value)`` rows for one (pre-processed) recording.
+
+    Returns
+    -------
+    rows : pandas.DataFrame
+        Columns ``channel``, ``measure``, ``value``; epochs averaged (mean) per channel and measure.
+    info : dict
+        ``n_epochs``, ``duration_s``, ``fs``, ``n_channels`` and the fingerprint summary of the
+        last epoch under ``summary``.
+    """
+    import pandas as pd
+    from fractals.fingerprint import fingerprint
+
+    epoch_s = (cfg.get("preprocess", {}) or {}).get("epoch")
+    segments = readers.epoch(rec, float(epoch_s)) if epoch_s and rec.kind == "continuous" else [rec]
+    fou_cfg = cfg.get("fou", {}) or {}
+    frames, summary = [], {}
+    for seg in segments:
+        x = _to_device(seg.data, device)
+        table, summary = fingerprint(x, seg.fs, config=cfg.get("fingerprint") or None,
+                                     channel_names=list(seg.channel_names), kind=seg.kind)
+        frames.append(_tidy(table))
+        if fou_cfg.get("enable", True):
+            frames.append(_fou_rows(x, seg, fou_cfg))
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows.groupby(["channel", "measure"], sort=False, as_index=False)["value"].mean()
+    bad = rows[~np.isfinite(rows["value"].to_numpy(np.float64))]
+    if len(bad):
+        raise ValueError(
+            f"{rec.meta.get('path')}: non-finite values for {bad[['channel', 'measure']].head(5).values.tolist()}; "
+            "check for flat or clipped channels"
+        )
+    info = {"n_epochs": len(segments), "duration_s": rec.duration_s, "fs": rec.fs, "n_channels": rec.n_channels,
+            "summary": summary}
+    return rows, info
+
+
+def _tidy(table) -> "pd.DataFrame":  # noqa: F821
+    """Normalise fractals.fingerprint's table to ``channel, measure, value``."""
+    frame = table.copy()
+    if "channel" not in frame.columns or "measure" not in frame.columns or "value" not in frame.columns:
+        raise ValueError(f"fractals.fingerprint returned columns {list(frame.columns)}; expected channel, measure, value")
+    extra = [c for c in frame.columns if c not in ("channel", "measure", "value")]
+    # Extra index columns (e.g. a scale or q) become part of the measure name so rows stay unique.
+    for column in extra:
+        if frame[column].nunique(dropna=True) > 1:
+            frame["measure"] = frame["measure"].astype(str) + f"[{column}=" + frame[column].astype(str) + "]"
+    frame["channel"] = frame["channel"].astype(str)
+    frame["value"] = frame["value"].astype(np.float64)
+    return frame[["channel", "measure", "value"]]
+
+
+def _fou_rows(x, seg: Recording, fou_cfg: Mapping[str, Any]):
+    import pandas as pd
+    from fractals.simulators import fit_fractional_ou
+
+    band = fou_cfg.get("freq_band")
+    if band is not None:
+        nyq = seg.fs / 2
+        band = (float(band[0]), min(float(band[1]), nyq))
+    fit = fit_fractional_ou(x, seg.fs, freq_band=band, n_bins=int(fou_cfg.get("n_bins", 96)),
+                            steps=int(fou_cfg.get("steps", 150)))
+    names = list(seg.channel_names)
+    out = []
+    for param in ("H", "theta", "sigma"):
+        values = _numpy(getattr(fit, param)).reshape(-1)
+        out.append(pd.DataFrame({"channel": names, "measure": f"fou_{param}", "value": values}))
+    return pd.concat(out, ignore_index=True)
+
+
+def fit_recording(entry: Mapping[str, Any], cfg: Mapping[str, Any], *, device: str = "cpu",
+                  threads: int | None = None) -> dict[str, Any]:
+    """Read, measure and label one recording; never raises (a failure comes back as ``error``).
+
+    Returns a dict with ``key``, ``rows`` (tidy DataFrame with :data:`TIDY_COLUMNS`, or None),
+    ``info``, ``error`` (``"Type: message"`` or None) and ``seconds``.
+    """
+    start = time.perf_counter()
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))  # one Ray task per core: stop BLAS/torch oversubscription
+    try:
+        rec = load_recording(entry, cfg)
+        rows, info = measure_recording(rec, cfg, device=device)
+        for column in ("subject", "session", "condition"):
+            rows[column] = str(entry.get(column, "") or "")
+        rows = rows[list(TIDY_COLUMNS)]
+        return {"key": entry.get("key"), "rows": rows, "info": _jsonable(info), "error": None,
+                "seconds": time.perf_counter() - start}
+    except Exception as exc:  # one bad file must not stop the cohort: report it, keep going
+        message = f"{type(exc).__name__}: {exc}"
+        return {"key": entry.get("key"), "rows": None, "info": {}, "error": message,
+                "seconds": time.perf_counter() - start}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)

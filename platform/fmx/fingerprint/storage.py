@@ -1,0 +1,138 @@
+"""Local folders and ``s3://`` prefixes behind one small API, with atomic writes.
+
+S3 goes through :class:`pyarrow.fs.S3FileSystem`. The endpoint comes from ``AWS_ENDPOINT_URL``
+(an S3-compatible server such as SeaweedFS or MinIO), credentials only from the environment
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), the region from
+``AWS_DEFAULT_REGION``/``AWS_REGION``. Nothing here takes a key as an argument, so none ends up in
+a config file or a log.
+
+Atomicity: a local file is written to a temporary name in the same folder and moved into place
+with :func:`os.replace`; an S3 object becomes visible only when its upload completes, so a reader
+sees the old object or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+__all__ = ["is_s3", "join", "s3_filesystem", "exists", "read_bytes", "write_bytes_atomic", "list_files", "fetch_local"]
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts with ``/`` for S3 and the OS separator for local paths."""
+    if is_s3(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def s3_filesystem():
+    """An S3 filesystem configured only from the environment (see the module docstring)."""
+    from pyarrow import fs
+
+    kwargs: dict = {
+        "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+        "allow_bucket_creation": True,
+    }
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme
+    return fs.S3FileSystem(**kwargs)
+
+
+def _s3_path(uri: str) -> str:
+    path = str(uri)[len("s3://"):].strip("/")
+    if not path:
+        raise ValueError(f"uri: {uri!r} names no bucket; use s3://BUCKET/PREFIX")
+    return path
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    if is_s3(uri):
+        from pyarrow import fs
+
+        return s3_filesystem().get_file_info(_s3_path(str(uri))).type != fs.FileType.NotFound
+    return Path(uri).exists()
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    if is_s3(uri):
+        with s3_filesystem().open_input_stream(_s3_path(str(uri))) as f:
+            return f.read()
+    return Path(uri).read_bytes()
+
+
+def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` so that readers never see a partial file (see the module docstring)."""
+    if is_s3(uri):
+        s3 = s3_filesystem()
+        path = _s3_path(str(uri))
+        bucket = path.split("/", 1)[0]
+        from pyarrow import fs
+
+        if s3.get_file_info(bucket).type == fs.FileType.NotFound:
+            s3.create_dir(bucket)
+        with s3.open_output_stream(path) as f:
+            f.write(data)
+        return
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def list_files(uri: str | os.PathLike) -> list[str]:
+    """Every file below a folder or prefix (recursive), as full paths/URIs, sorted."""
+    if is_s3(uri):
+        from pyarrow import fs
+
+        s3 = s3_filesystem()
+        root = _s3_path(str(uri))
+        infos = s3.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
+        return sorted(f"s3://{i.path}" for i in infos if i.type == fs.FileType.File)
+    root = Path(uri)
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+def size_of(uri: str | os.PathLike) -> int:
+    if is_s3(uri):
+        return int(s3_filesystem().get_file_info(_s3_path(str(uri))).size or 0)
+    return Path(uri).stat().st_size
+
+
+def fetch_local(uri: str | os.PathLike, workdir: str | os.PathLike | None = None) -> Path:
+    """A local path for ``uri``: the path itself when local, else a downloaded copy in ``workdir``.
+
+    Readers such as MNE and pynwb need a real file; the copy keeps the object's file name so the
+    extension still picks the reader.
+    """
+    if not is_s3(uri):
+        return Path(uri)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="fmx-fetch-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = workdir / Path(_s3_path(str(uri))).name
+    with s3_filesystem().open_input_stream(_s3_path(str(uri))) as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, length=1 << 20)
+    return target

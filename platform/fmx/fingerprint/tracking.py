@@ -1,0 +1,101 @@
+"""Log a fingerprint job to MLflow: params, counts, cohort means, tables and plots.
+
+One run per job, created and ended here (``fmx.kind=fingerprint`` tag). Artifacts:
+``tables/`` (parquet and CSV of the tidy table, summary, recordings, failures),
+``plots/subjects/<subject>.png`` (per-subject fingerprints) and ``plots/cohort.png``.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["log_job", "flatten_params", "metric_name"]
+
+MAX_SUBJECT_PLOTS = 64  # one PNG each; beyond this the cohort plot says more than a wall of images
+
+
+def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_params(value, f"{name}."))
+        else:
+            out[name] = str(value)[:500]
+    return out
+
+
+def metric_name(*parts: str) -> str:
+    """An MLflow-safe metric name (letters, digits, ``_ - . /`` and spaces)."""
+    return "/".join(re.sub(r"[^0-9A-Za-z_\-. ]", "_", p) for p in parts if p)
+
+
+def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, experiment: str) -> str:
+    """Log ``result`` (a :class:`fmx.fingerprint.job.JobResult`); returns the run id."""
+    import mlflow
+
+    from fmx.fingerprint import plots
+
+    previous = mlflow.get_tracking_uri()
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=f"fingerprint {Path(str(data).rstrip('/')).name}") as run:
+            mlflow.set_tags({"fmx.kind": "fingerprint", "fmx.data": str(data), "fmx.out": result.out})
+            params = flatten_params(cfg)
+            params["data"] = str(data)
+            mlflow.log_params(params)
+            metrics = {"n_recordings": len(result.recordings), "n_fitted": result.n_fitted,
+                       "n_skipped": result.n_skipped, "n_failed": result.n_failed, "seconds": result.seconds}
+            metrics.update(_cohort_means(result.summary))
+            mlflow.log_metrics(metrics)
+            with tempfile.TemporaryDirectory(prefix="fmx-fp-mlflow-") as tmp:
+                tables = Path(tmp, "tables")
+                tables.mkdir()
+                for name in ("table", "summary", "recordings", "failures"):
+                    frame = getattr(result, name)
+                    stem = "fingerprint" if name == "table" else name
+                    frame.to_parquet(tables / f"{stem}.parquet", index=False)
+                    frame.to_csv(tables / f"{stem}.csv", index=False)
+                mlflow.log_artifacts(str(tables), "tables")
+                figures = Path(tmp, "plots")
+                (figures / "subjects").mkdir(parents=True)
+                for subject in sorted(result.table["subject"].unique())[:MAX_SUBJECT_PLOTS]:
+                    rows = result.table[result.table["subject"] == subject]
+                    plots.save(plots.plot_subject(rows, subject), figures / "subjects" / f"{subject}.png")
+                if not result.summary.empty:
+                    by = "condition" if result.summary["condition"].nunique() > 1 else _group_column(result.summary)
+                    plots.save(plots.plot_cohort(result.summary, by=by), figures / "cohort.png")
+                mlflow.log_artifacts(str(figures), "plots")
+            return run.info.run_id
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _group_column(summary) -> str:
+    """The participants column that best splits a one-condition cohort (e.g. ``group``), else ``condition``."""
+    for column in ("group", "diagnosis", "sex"):
+        if column in summary.columns and summary[column].nunique() > 1:
+            return column
+    return "condition"
+
+
+def _cohort_means(summary) -> dict[str, float]:
+    import numpy as np
+
+    from fmx.fingerprint.job import measure_columns
+
+    out: dict[str, float] = {}
+    if summary.empty:
+        return out
+    measures = measure_columns(summary)
+    by = "condition" if summary["condition"].nunique() > 1 else _group_column(summary)
+    for level, group in summary.groupby(by):
+        for measure in measures:
+            value = float(group[measure].mean())
+            if np.isfinite(value):
+                out[metric_name("mean", str(level) or "all", measure)] = value
+    return out
