@@ -1,0 +1,208 @@
+"""Perceiver-IO encoder that keeps time: latents per time chunk cross-attend to that chunk's tokens.
+
+Design choice (time structure). A plain Perceiver squeezes all tokens into one unordered latent
+array, which leaves the Mamba backbone nothing to scan over time. Here the latent array is
+replicated per *time chunk* of ``chunk_size`` token bins: chunk ``c`` owns ``n_latents`` latents
+(shared learned vectors plus a sinusoidal chunk encoding) that cross-attend only to tokens whose
+``time_index // chunk_size == c`` (any modality, any channel). Latent self-attention then mixes
+chunks under ``latent_attention``: ``"causal"`` (chunk ``c`` sees chunks ``<= c``, the default, so
+forecasting stays causal end to end), ``"local"`` (within a chunk) or ``"full"``. The output is a
+sequence over time, ``(B, n_chunks * n_latents, D)``, chunk-major, which the backbone scans.
+
+Attention is pluggable: ``attention=`` takes a name registered with :func:`register_attention`
+(default ``"sdpa"``, torch's fused scaled-dot-product attention) or a callable with the signature
+of :func:`sdpa_attention`, so fractal attention patterns can be chosen by config later.
+
+Every attention adds one learned *null* key/value that every query may attend to, so a chunk with
+no real tokens (all channels padded, or past the end of a shorter modality) yields a defined output
+instead of a NaN from a fully masked softmax row.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from models.tokenizers.base import sinusoidal_encoding
+
+__all__ = [
+    "PerceiverIOEncoder",
+    "PerceiverOutput",
+    "MultiheadAttention",
+    "sdpa_attention",
+    "register_attention",
+    "get_attention",
+    "ATTENTION_FUNCTIONS",
+    "LATENT_ATTENTION",
+]
+
+AttentionFn = Callable[..., Tensor]
+LATENT_ATTENTION = ("causal", "local", "full")
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
+    """Scaled dot-product attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Shape:
+        - q: ``(B, H, Lq, E)``; k, v: ``(B, H, Lk, E)``
+        - mask: bool broadcastable to ``(B, H, Lq, Lk)``, True = may attend
+        - output: ``(B, H, Lq, E)``
+    """
+    return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+ATTENTION_FUNCTIONS: dict[str, AttentionFn] = {"sdpa": sdpa_attention}
+
+
+def register_attention(name: str, fn: AttentionFn) -> AttentionFn:
+    """Make ``fn`` selectable as ``attention=name`` (same signature as :func:`sdpa_attention`)."""
+    ATTENTION_FUNCTIONS[name] = fn
+    return fn
+
+
+def get_attention(attention: Union[str, AttentionFn]) -> AttentionFn:
+    """Resolve an attention option (registered name or callable)."""
+    if callable(attention):
+        return attention
+    if attention not in ATTENTION_FUNCTIONS:
+        raise ValueError(f"attention: unknown {attention!r}; registered: {sorted(ATTENTION_FUNCTIONS)}")
+    return ATTENTION_FUNCTIONS[attention]
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with a pluggable kernel and a learned null key/value.
+
+    Shape:
+        - query ``(B, Lq, D)``, context ``(B, Lk, D)``, mask bool ``(B | 1, Lq | 1, Lk)``, True = attend
+        - output ``(B, Lq, D)``
+    """
+
+    def __init__(self, *, d_model: int, n_heads: int, attention: Union[str, AttentionFn] = "sdpa",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads, self.dropout = n_heads, dropout
+        self.attn_fn = get_attention(attention)
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.null_kv = nn.Parameter(torch.zeros(1, 1, d_model))
+
+    def forward(self, query: Tensor, context: Tensor, *, mask: Optional[Tensor] = None) -> Tensor:
+        b, lq, d = query.shape
+        context = torch.cat([self.null_kv.expand(b, 1, d).to(context.dtype), context], dim=1)
+        h = self.n_heads
+        q = self.q(query).view(b, lq, h, d // h).transpose(1, 2)
+        k, v = self.kv(context).view(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        if mask is not None:
+            mask = mask.bool()
+            null = torch.ones(*mask.shape[:-1], 1, dtype=torch.bool, device=mask.device)
+            mask = torch.cat([null, mask], dim=-1).unsqueeze(1)  # (B, 1, Lq, Lk + 1)
+        y = self.attn_fn(q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, lq, d))
+
+
+class _Block(nn.Module):
+    """Pre-norm attention (cross or self) followed by a GELU MLP, both residual."""
+
+    def __init__(self, *, d_model: int, n_heads: int, attention, dropout: float, mlp_ratio: int, cross: bool) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_kv = nn.LayerNorm(d_model) if cross else None
+        self.attn = MultiheadAttention(d_model=d_model, n_heads=n_heads, attention=attention, dropout=dropout)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
+                                 nn.Linear(mlp_ratio * d_model, d_model), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, *, mask: Optional[Tensor] = None) -> Tensor:
+        q = self.norm_q(x)
+        kv = q if context is None else self.norm_kv(context)
+        x = x + self.attn(q, kv, mask=mask)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class PerceiverOutput(NamedTuple):
+    """Shape:
+        - latents: ``(B, n_chunks * n_latents, D)`` chunk-major
+        - time_index: ``(n_chunks * n_latents,)`` long, first token bin of each latent's chunk
+        - chunk_index: ``(n_chunks * n_latents,)`` long
+    """
+
+    latents: Tensor
+    time_index: Tensor
+    chunk_index: Tensor
+
+
+class PerceiverIOEncoder(nn.Module):
+    """Cross-attention from per-chunk latents to all modality tokens, then latent self-attention.
+
+    Parameters
+    ----------
+    d_model : int
+        Token and latent width ``D``.
+    n_latents : int
+        Latents per time chunk (1 gives exactly one latent per chunk: a plain time series).
+    chunk_size : int
+        Token time bins per chunk; the latent sequence has ``ceil(n_time / chunk_size)`` chunks.
+    n_heads : int
+        Attention heads.
+    n_self_layers : int
+        Latent self-attention blocks after the cross-attention.
+    latent_attention : {"causal", "local", "full"}
+        Which chunks a latent may see in self-attention (module docstring).
+    attention : str or callable
+        Attention kernel (registered name or function), default ``"sdpa"``.
+    dropout : float
+        Attention and MLP dropout.
+    mlp_ratio : int
+        MLP hidden width as a multiple of ``D``.
+
+    Shape:
+        - tokens ``(B, N, D)``, mask ``(B, N)`` bool, time_index ``(B, N)`` long
+        - output :class:`PerceiverOutput`, latents ``(B, ceil(n_time / chunk_size) * n_latents, D)``
+    """
+
+    def __init__(
+        self, *, d_model: int, n_latents: int = 1, chunk_size: int = 1, n_heads: int = 4, n_self_layers: int = 1,
+        latent_attention: str = "causal", attention: Union[str, AttentionFn] = "sdpa", dropout: float = 0.0,
+        mlp_ratio: int = 2,
+    ) -> None:
+        super().__init__()
+        if latent_attention not in LATENT_ATTENTION:
+            raise ValueError(f"latent_attention: must be one of {LATENT_ATTENTION}, got {latent_attention!r}")
+        if int(n_latents) < 1 or int(chunk_size) < 1:
+            raise ValueError(f"n_latents, chunk_size: must be >= 1, got {n_latents!r}, {chunk_size!r}")
+        self.d_model, self.n_latents, self.chunk_size = int(d_model), int(n_latents), int(chunk_size)
+        self.latent_attention = latent_attention
+        self.latent_array = nn.Parameter(torch.randn(self.n_latents, self.d_model) * 0.02)
+        opts = dict(d_model=d_model, n_heads=n_heads, attention=attention, dropout=dropout, mlp_ratio=mlp_ratio)
+        self.cross = _Block(cross=True, **opts)
+        self.self_blocks = nn.ModuleList([_Block(cross=False, **opts) for _ in range(n_self_layers)])
+        self.norm = nn.LayerNorm(self.d_model)
+
+    def forward(self, tokens: Tensor, *, mask: Optional[Tensor] = None, time_index: Tensor,
+                n_time: Optional[int] = None) -> PerceiverOutput:
+        if tokens.ndim != 3 or tokens.shape[-1] != self.d_model:
+            raise ValueError(f"tokens: needs shape (B, N, {self.d_model}), got {tuple(tokens.shape)}")
+        b, n, _ = tokens.shape
+        if tuple(time_index.shape) != (b, n):
+            raise ValueError(f"time_index: needs shape (B, N) = {(b, n)}, got {tuple(time_index.shape)}")
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
+        if n_time is None:  # a host sync; pass n_time from the tokenizer to avoid it
+            n_time = int(time_index.max()) + 1 if n else 1
+        n_chunks = -(-int(n_time) // self.chunk_size)
+        chunk_of_latent = torch.arange(n_chunks, device=tokens.device).repeat_interleave(self.n_latents)
+        queries = self.latent_array.repeat(n_chunks, 1) + sinusoidal_encoding(chunk_of_latent, self.d_model)
+        queries = queries.to(tokens.dtype).expand(b, -1, -1)
+        token_chunk = torch.div(time_index, self.chunk_size, rounding_mode="floor")
+        cross_mask = (chunk_of_latent[None, :, None] == token_chunk[:, None, :]) & mask.bool()[:, None, :]
+        x = self.cross(queries, tokens, mask=cross_mask)
+        if self.self_blocks:
+            ci, cj = chunk_of_latent[:, None], chunk_of_latent[None, :]
+            self_mask = {"causal": ci >= cj, "local": ci == cj, "full": torch.ones_like(ci >= cj)}[self.latent_attention]
+            for block in self.self_blocks:
+                x = block(x, mask=self_mask[None])
+        return PerceiverOutput(self.norm(x), chunk_of_latent * self.chunk_size, chunk_of_latent)

@@ -1,0 +1,102 @@
+"""Perceiver-IO encoder (time structure, masks, causality, pluggable attention) and PopT invariance."""
+import pytest
+import torch
+
+from models.perceiver import PerceiverIOEncoder, register_attention, sdpa_attention
+from models.popt import PopT, channel_summaries
+from models.tokenizers import SpikesTokenizer
+
+D = 16
+
+
+def _tokens(b=2, n=24, n_time=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, D, generator=g)
+    t = torch.arange(n_time).repeat(n // n_time).expand(b, n)
+    return x, t
+
+
+def test_latents_form_a_time_series():
+    enc = PerceiverIOEncoder(d_model=D, n_latents=2, chunk_size=2, n_heads=2).eval()
+    x, t = _tokens()
+    out = enc(x, time_index=t, n_time=6)
+    assert out.latents.shape == (2, 3 * 2, D)
+    assert out.time_index.tolist() == [0, 0, 2, 2, 4, 4] and out.chunk_index.tolist() == [0, 0, 1, 1, 2, 2]
+    assert enc(x, time_index=t).latents.shape == out.latents.shape  # n_time inferred
+
+
+def test_padded_tokens_do_not_change_latents():
+    torch.manual_seed(0)
+    enc = PerceiverIOEncoder(d_model=D, n_heads=4, n_self_layers=2).eval()
+    x, t = _tokens()
+    ref = enc(x, time_index=t, n_time=6).latents
+    pad = torch.randn(2, 10, D) * 100
+    xp = torch.cat([x, pad], 1)
+    tp = torch.cat([t, torch.randint(0, 6, (2, 10))], 1)
+    mask = torch.cat([torch.ones(2, 24), torch.zeros(2, 10)], 1).bool()
+    out = enc(xp, mask=mask, time_index=tp, n_time=6).latents
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fully_masked_chunk_is_finite():
+    enc = PerceiverIOEncoder(d_model=D).eval()
+    x, t = _tokens()
+    mask = t < 3  # chunks 3..5 have no real tokens
+    assert torch.isfinite(enc(x, mask=mask, time_index=t, n_time=6).latents).all()
+
+
+def test_causal_latents_never_see_the_future():
+    enc = PerceiverIOEncoder(d_model=D, n_self_layers=2, latent_attention="causal").eval()
+    x, t = _tokens()
+    ref = enc(x, time_index=t, n_time=6).latents
+    x2 = x.clone()
+    x2[t >= 4] += torch.randn_like(x2[t >= 4])  # perturb token bins 4 and 5 only
+    out = enc(x2, time_index=t, n_time=6).latents
+    torch.testing.assert_close(out[:, :4], ref[:, :4])
+    assert not torch.allclose(out[:, 4:], ref[:, 4:])
+    full = PerceiverIOEncoder(d_model=D, n_self_layers=1, latent_attention="full").eval()
+    assert not torch.allclose(full(x2, time_index=t, n_time=6).latents[:, :4], full(x, time_index=t, n_time=6).latents[:, :4])
+
+
+def test_attention_is_pluggable():
+    calls = []
+
+    def counting(q, k, v, *, mask=None, dropout_p=0.0):
+        calls.append(q.shape)
+        return sdpa_attention(q, k, v, mask=mask, dropout_p=dropout_p)
+
+    register_attention("counting_test", counting)
+    x, t = _tokens()
+    ref = PerceiverIOEncoder(d_model=D, n_self_layers=1).eval()
+    enc = PerceiverIOEncoder(d_model=D, n_self_layers=1, attention="counting_test").eval()
+    enc.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(enc(x, time_index=t).latents, ref(x, time_index=t).latents)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="attention"):
+        PerceiverIOEncoder(d_model=D, attention="nope")
+
+
+def test_popt_is_permutation_invariant_and_ignores_padding():
+    torch.manual_seed(0)
+    popt = PopT(d_model=D, n_summary_tokens=3, n_heads=2, n_layers=2).eval()
+    x = torch.randn(2, 7, D)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    ref = popt(x, mask=mask)
+    assert ref.shape == (2, 3, D)
+    perm = torch.randperm(7)
+    torch.testing.assert_close(popt(x[:, perm], mask=mask[:, perm]), ref, atol=1e-5, rtol=1e-5)
+    x2 = x.clone()
+    x2[0, 5:] = 1e3  # padded units carry garbage
+    torch.testing.assert_close(popt(x2, mask=mask)[0], ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(popt(x[:1, :5])[0], ref[0], atol=1e-5, rtol=1e-5)
+
+
+def test_channel_summaries_from_tokenizer_output():
+    tok = SpikesTokenizer(d_model=D, patch_size=4, n_units=8).eval()
+    spikes = torch.rand(2, 12, 4)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    out = tok(spikes, mask=mask)
+    summ, smask = channel_summaries(out)
+    assert summ.shape == (2, 4, D) and smask.tolist() == mask.tolist()
+    torch.testing.assert_close(summ[1, 2], out.tokens[1, 6:9].mean(0))
+    assert PopT(d_model=D, n_summary_tokens=2, n_heads=2).from_tokens(out).shape == (2, 2, D)
