@@ -1,0 +1,122 @@
+"""Causal power-law (fractional) convolution kernels for the Mamba-2 conv stage.
+
+A fractional integrator of order ``alpha`` has impulse response ``h[t] ~ (t+1)^-alpha``: memory that
+decays as a power law instead of exponentially, the long-range dependence measured in neural data.
+Truncated to ``n_taps`` and normalized to unit sum, it replaces part of the short depthwise conv of
+each Mamba-2 block through a learned per-channel gate ``lambda``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["FractionalKernel", "causal_fft_conv", "causal_direct_conv"]
+
+
+def causal_direct_conv(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal conv ``y[c, t] = sum_k h[c, k] x[c, t-k]`` by ``F.conv1d``.
+
+    Shape:
+        - x: ``(B, C, T)``; h: ``(C, K)``; output: ``(B, C, T)``
+    """
+    k = h.shape[-1]
+    # conv1d is cross-correlation: flip the taps and pad on the left only so no future sample leaks in.
+    return F.conv1d(F.pad(x, (k - 1, 0)), h.flip(-1).unsqueeze(1).to(x.dtype), groups=x.shape[1])
+
+
+def causal_fft_conv(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The same convolution as :func:`causal_direct_conv` by FFT, ``O(T log T)`` for long kernels.
+
+    Shape:
+        - x: ``(B, C, T)``; h: ``(C, K)``; output: ``(B, C, T)``
+    """
+    t, k = x.shape[-1], h.shape[-1]
+    n = t + k - 1  # linear (not circular) convolution length
+    n_fft = 1 << max(0, math.ceil(math.log2(n)))
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = torch.fft.rfft(x.to(work), n=n_fft)
+    hf = torch.fft.rfft(h.to(work), n=n_fft)
+    return torch.fft.irfft(xf * hf, n=n_fft)[..., :t].to(x.dtype)
+
+
+class FractionalKernel(nn.Module):
+    """Depthwise causal conv with learned power-law taps ``h[t] = (t+1)^-alpha / sum``.
+
+    ``alpha`` is learned per channel as ``min_alpha + (max_alpha - min_alpha) * sigmoid(raw)``, so it
+    can never leave its bounds. :meth:`forward` returns the fractional response; :meth:`blend` mixes it
+    with a standard conv output through ``lambda = sigmoid(gate_logit)`` per channel.
+
+    Parameters
+    ----------
+    n_taps
+        Kernel length (samples of memory). Longer than ``fft_threshold`` switches to FFT convolution.
+    min_alpha, max_alpha
+        Bounds on the decay exponent; 0 is no decay (running mean), 1 is ``1/t``.
+    channels
+        Number of depthwise channels.
+    init_gate
+        Initial ``lambda``; small so a fresh block behaves like plain Mamba-2.
+    fft_threshold
+        Tap count from which FFT beats direct conv on both CPU and GPU (measured crossover ~64).
+
+    Shape:
+        - x: ``(B, C, T)``; output: ``(B, C, T)``
+    """
+
+    def __init__(self, *, n_taps: int, min_alpha: float, max_alpha: float, channels: int,
+                 init_gate: float = 0.1, fft_threshold: int = 64):
+        super().__init__()
+        if n_taps < 1:
+            raise ValueError(f"n_taps: must be >= 1, got {n_taps}")
+        if channels < 1:
+            raise ValueError(f"channels: must be >= 1, got {channels}")
+        if not (0.0 <= min_alpha < max_alpha):
+            raise ValueError(
+                f"min_alpha/max_alpha: need 0 <= min_alpha < max_alpha, got {min_alpha}, {max_alpha}"
+            )
+        if not (0.0 < init_gate < 1.0):
+            raise ValueError(f"init_gate: must lie in (0, 1), got {init_gate}")
+        self.n_taps, self.channels = int(n_taps), int(channels)
+        self.min_alpha, self.max_alpha = float(min_alpha), float(max_alpha)
+        self.fft_threshold = int(fft_threshold)
+        # Spread the initial exponents over the whole range so channels start with different memories.
+        u = (torch.arange(channels, dtype=torch.float32) + 0.5) / channels
+        self.alpha_raw = nn.Parameter(torch.log(u) - torch.log1p(-u))
+        self.gate_logit = nn.Parameter(torch.full((channels,), math.log(init_gate / (1 - init_gate))))
+        self.register_buffer("_log_t", torch.log(torch.arange(1, n_taps + 1, dtype=torch.float32)),
+                             persistent=False)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """Per-channel decay exponents, ``(C,)``, always inside ``[min_alpha, max_alpha]``."""
+        return self.min_alpha + (self.max_alpha - self.min_alpha) * torch.sigmoid(self.alpha_raw)
+
+    @property
+    def gate(self) -> torch.Tensor:
+        """Per-channel mixing weight ``lambda`` in ``(0, 1)``, ``(C,)``."""
+        return torch.sigmoid(self.gate_logit)
+
+    def taps(self) -> torch.Tensor:
+        """Normalized power-law taps, ``(C, n_taps)``, each row summing to 1."""
+        log_h = -self.alpha.unsqueeze(-1) * self._log_t.to(self.alpha_raw.device)
+        return torch.softmax(log_h, dim=-1)  # exp(log_h) / sum: normalization without overflow
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[1] != self.channels:
+            raise ValueError(f"x: needs shape (batch, {self.channels}, time), got {tuple(x.shape)}")
+        h = self.taps()
+        if self.n_taps >= self.fft_threshold:
+            return causal_fft_conv(x, h)
+        return causal_direct_conv(x, h)
+
+    def blend(self, x: torch.Tensor, standard: torch.Tensor) -> torch.Tensor:
+        """``(1 - lambda) * standard + lambda * fractional(x)``; ``standard`` is the plain conv output."""
+        lam = self.gate.to(standard.dtype).view(1, -1, 1)
+        return (1 - lam) * standard + lam * self(x)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, n_taps={self.n_taps}, "
+                f"alpha=[{self.min_alpha}, {self.max_alpha}]")

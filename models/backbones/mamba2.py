@@ -1,0 +1,240 @@
+"""The Mamba-2 block and a residual stack of them, on fused ``mamba_ssm`` kernels or portable PyTorch.
+
+Parameter names and shapes match ``mamba_ssm.modules.mamba2.Mamba2`` (``in_proj``, ``conv1d``,
+``dt_bias``, ``A_log``, ``D``, ``norm.weight``, ``out_proj``) and the stack matches its
+``MixerModel`` (``layers.{i}.norm``, ``layers.{i}.mixer``, ``norm_f``), so a state dict moves between
+the two paths. With ``mamba_ssm`` importable and the input on CUDA, the SSD scan runs in
+``mamba_chunk_scan_combined``; otherwise in :func:`models.backbones.ssd.ssd_chunked`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.backbones.fractional import FractionalKernel
+from models.backbones.ssd import ssd_chunked
+from models.layers.norms import RMSNorm, RMSNormGated
+
+__all__ = ["Mamba2", "Mamba2Stack", "mamba_kernels_available"]
+
+log = logging.getLogger("models.backbones")
+
+_FUSED: dict[str, Any] | None = None
+_FUSED_ERROR: str = ""
+_LOGGED: set[str] = set()
+
+
+def _load_fused() -> dict[str, Any]:
+    """Import the fused kernels once. ``mamba_ssm`` 2.3.x imports its compiled Mamba-1 extension in
+    ``mamba_ssm/__init__.py`` unconditionally, so any failure there (ImportError, undefined symbol,
+    CUDA init errors) must fall back to the portable path rather than crash the model."""
+    global _FUSED, _FUSED_ERROR
+    if _FUSED is not None:
+        return _FUSED
+    _FUSED = {}
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        _FUSED["scan"] = mamba_chunk_scan_combined
+    except Exception as exc:  # noqa: BLE001 - any import-time failure means "not usable here"
+        _FUSED_ERROR = f"{type(exc).__name__}: {exc}"
+        return _FUSED
+    try:
+        from causal_conv1d import causal_conv1d_fn
+
+        _FUSED["conv"] = causal_conv1d_fn
+    except Exception:  # noqa: BLE001 - optional: torch conv1d is the fallback
+        pass
+    return _FUSED
+
+
+def mamba_kernels_available() -> bool:
+    """True when the fused ``mamba_ssm`` SSD kernel imports and a CUDA device is present."""
+    return torch.cuda.is_available() and "scan" in _load_fused()
+
+
+def _log_path_once(path: str, why: str) -> None:
+    if path not in _LOGGED:
+        _LOGGED.add(path)
+        log.info("Mamba-2 SSD path: %s (%s)", path, why)
+
+
+class Mamba2(nn.Module):
+    """One Mamba-2 mixer: ``in_proj -> causal conv1d (+ fractional) -> SSD -> gated RMSNorm -> out_proj``.
+
+    Parameters
+    ----------
+    d_model
+        Model width.
+    d_state
+        SSM state size N per group.
+    d_conv
+        Causal depthwise conv width.
+    expand
+        Inner width is ``expand * d_model``.
+    headdim
+        Channels per SSM head P; ``nheads = expand * d_model / headdim``.
+    ngroups
+        Groups sharing B and C (like GQA); must divide ``nheads``.
+    chunk_size
+        SSD chunk length (portable path 64 on CPU; the fused kernel uses its own tiling).
+    kernels
+        ``"auto"`` (fused on CUDA when importable), ``"portable"`` or ``"fused"`` (error if unavailable).
+    fractional
+        ``None`` or a mapping ``{n_taps, min_alpha, max_alpha}`` adding a gated :class:`FractionalKernel`
+        on the conv stage.
+
+    Shape:
+        - u: ``(B, L, d_model)``; output: ``(B, L, d_model)``; final state: ``(B, nheads, headdim, d_state)``
+    """
+
+    def __init__(self, *, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2,
+                 headdim: int = 64, ngroups: int = 1, A_init_range: tuple[float, float] = (1.0, 16.0),
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 chunk_size: int = 64, kernels: str = "auto",
+                 fractional: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = expand * d_model
+        self.d_ssm = self.d_inner
+        if self.d_ssm % headdim:
+            raise ValueError(f"headdim: must divide expand*d_model={self.d_ssm}, got {headdim}")
+        self.headdim = headdim
+        self.nheads = self.d_ssm // headdim
+        if self.nheads % ngroups:
+            raise ValueError(f"ngroups: must divide nheads={self.nheads}, got {ngroups}")
+        if kernels not in ("auto", "portable", "fused"):
+            raise ValueError(f"kernels: must be 'auto', 'portable' or 'fused', got {kernels!r}")
+        self.ngroups, self.chunk_size, self.kernels = ngroups, chunk_size, kernels
+
+        d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads  # order: z, x, B, C, dt
+        self.in_proj = nn.Linear(d_model, d_in_proj, bias=False)
+        self.conv_dim = self.d_ssm + 2 * ngroups * d_state
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim,
+                                padding=d_conv - 1, bias=True)
+        # dt initialised log-uniform in [dt_min, dt_max]; dt_bias is its softplus inverse (as mamba_ssm).
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(*A_init_range)))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.norm = RMSNormGated(self.d_ssm, eps=1e-5, group_size=self.d_ssm // ngroups)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.fractional = None
+        if fractional is not None:
+            self.fractional = FractionalKernel(n_taps=int(fractional["n_taps"]),
+                                               min_alpha=float(fractional["min_alpha"]),
+                                               max_alpha=float(fractional["max_alpha"]),
+                                               channels=self.conv_dim)
+
+    def _use_fused(self, x: torch.Tensor) -> bool:
+        if self.kernels == "portable":
+            _log_path_once("portable", "kernels='portable'")
+            return False
+        ok = x.is_cuda and "scan" in _load_fused()
+        if self.kernels == "fused" and not ok:
+            why = "input not on CUDA" if not x.is_cuda else _FUSED_ERROR
+            raise RuntimeError(f"kernels='fused' but the mamba_ssm kernels cannot run: {why}")
+        if ok:
+            _log_path_once("fused", "mamba_ssm.mamba_chunk_scan_combined on CUDA")
+        else:
+            _log_path_once("portable", "input on CPU" if not x.is_cuda
+                           else f"mamba_ssm not importable: {_FUSED_ERROR}")
+        return ok
+
+    def _conv(self, xbc: torch.Tensor, fused: bool) -> torch.Tensor:
+        seqlen = xbc.shape[1]
+        xt = xbc.transpose(1, 2)
+        if fused and self.fractional is None and "conv" in _FUSED:
+            out = _FUSED["conv"](xt, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+            return out.transpose(1, 2)
+        conv = self.conv1d(xt)[..., :seqlen]
+        if self.fractional is not None:
+            conv = self.fractional.blend(xt, conv)
+        return F.silu(conv).transpose(1, 2)
+
+    def forward(self, u: torch.Tensor, *, return_state: bool = False):
+        if u.ndim != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u: needs shape (batch, length, {self.d_model}), got {tuple(u.shape)}")
+        b, seqlen, _ = u.shape
+        fused = self._use_fused(u)
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xbc = self._conv(xbc, fused)
+        x, B, C = torch.split(xbc, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+        x = x.reshape(b, seqlen, self.nheads, self.headdim)
+        B = B.reshape(b, seqlen, self.ngroups, self.d_state)
+        C = C.reshape(b, seqlen, self.ngroups, self.d_state)
+        A = -torch.exp(self.A_log.float())  # float: in half precision exp(A_log) can overflow
+        if fused:
+            y, state = _FUSED["scan"](x, dt, A, B, C, chunk_size=256, D=self.D, z=None,
+                                      dt_bias=self.dt_bias, dt_softplus=True, return_final_states=True)
+        else:
+            dt = F.softplus(dt.float() + self.dt_bias.float())
+            y, state = ssd_chunked(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D)
+        y = self.norm(y.reshape(b, seqlen, self.d_ssm), z)
+        out = self.out_proj(y)
+        return (out, state) if return_state else out
+
+
+class _Block(nn.Module):
+    """Pre-norm residual block ``x + mixer(norm(x))`` (mamba_ssm's ``Block`` naming)."""
+
+    def __init__(self, *, d_model: int, mixer_kwargs: Mapping[str, Any]):
+        super().__init__()
+        self.norm = RMSNorm(d_model)
+        self.mixer = Mamba2(d_model=d_model, **mixer_kwargs)
+
+    def forward(self, x: torch.Tensor):
+        y, state = self.mixer(self.norm(x), return_state=True)
+        return x + y, state
+
+
+class Mamba2Stack(nn.Module):
+    """``n_layers`` residual Mamba-2 blocks and a final RMSNorm (``MixerModel`` naming).
+
+    Parameters
+    ----------
+    d_model, n_layers
+        Width and depth.
+    fractional_layers
+        Indices of layers that get fractional kernels (``None``: all, when ``fractional`` is given).
+    **mixer_kwargs
+        Passed to every :class:`Mamba2` (``d_state``, ``headdim``, ``expand``, ``kernels``, ``fractional``...).
+
+    Shape:
+        - x: ``(B, L, d_model)``; output: ``(B, L, d_model)``; states: list of ``(B, H, P, N)``
+    """
+
+    def __init__(self, *, d_model: int, n_layers: int, fractional: Mapping[str, Any] | None = None,
+                 fractional_layers: list[int] | None = None, **mixer_kwargs: Any):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers: must be >= 1, got {n_layers}")
+        chosen = set(range(n_layers) if fractional_layers is None else fractional_layers)
+        self.layers = nn.ModuleList(
+            _Block(d_model=d_model, mixer_kwargs={**mixer_kwargs,
+                                                  "fractional": fractional if i in chosen else None})
+            for i in range(n_layers)
+        )
+        self.norm_f = RMSNorm(d_model)
+        # GPT-2 style: scale residual-branch outputs by 1/sqrt(n_layers) so depth does not blow up
+        # the residual stream at init (mamba_ssm's _init_weights with rescale_prenorm_residual).
+        for layer in self.layers:
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                layer.mixer.out_proj.weight /= math.sqrt(n_layers)
+
+    def forward(self, x: torch.Tensor, *, return_states: bool = False):
+        states = []
+        for layer in self.layers:
+            x, state = layer(x)
+            states.append(state)
+        x = self.norm_f(x)
+        return (x, states) if return_states else x

@@ -1,0 +1,249 @@
+"""Lightning callbacks that watch the fractal structure of NeuroFMx latents during training.
+
+- :class:`LatentFingerprintCallback` logs the latent fingerprint (beta, Higuchi FD, DFA alpha, and
+  whatever :func:`fractals.probes.latent_fd_probe` adds) every ``fingerprint_every_n_steps``.
+- :class:`LatentHistogramCallback` logs per-channel histograms of beta and FD every
+  ``tb_hist_every_n`` steps: real histograms on loggers that have them (TensorBoard), quantiles as
+  scalars everywhere else, nothing without a logger.
+- :class:`CausalScaleAblationCallback` ablates one scale band of the inputs of a validation batch
+  (:func:`fractals.probes.causal_scale_ablation`) and logs the change in loss and in latent measures.
+
+:func:`latent_measures` is shared with :class:`models.lightning.NeuroFMxModule` for the
+``val/latent_*`` metrics.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import torch
+
+try:  # Lightning 2.x ships both names; the project depends on pytorch-lightning.
+    import pytorch_lightning as pl
+except ImportError:  # pragma: no cover
+    import lightning.pytorch as pl
+
+__all__ = [
+    "latent_measures",
+    "latent_band",
+    "build_callbacks",
+    "LatentFingerprintCallback",
+    "LatentHistogramCallback",
+    "CausalScaleAblationCallback",
+]
+
+log = logging.getLogger("models.callbacks")
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, msg: str, *args: Any) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(msg, *args)
+
+
+def latent_band(n_samples: int, fs: float, band: tuple[float, float]) -> tuple[float, float]:
+    """The configured PSD band clipped to what ``n_samples`` at ``fs`` can resolve.
+
+    Latents live at the token rate (``fs / patch_size``) on short windows, so the raw-signal band
+    (2-80 Hz by default) can exceed Nyquist or hold too few Welch bins; the low edge is raised to two
+    frequency bins and the high edge lowered to 90 % of Nyquist.
+    """
+    nperseg = min(n_samples, max(256, 2 ** int(math.floor(math.log2(max(n_samples / 4, 1))))))
+    df = fs / nperseg
+    low = max(float(band[0]), 2 * df)
+    high = min(float(band[1]), 0.45 * fs)
+    if high <= low * 1.5:
+        low, high = 2 * df, 0.45 * fs
+    return low, high
+
+
+@torch.no_grad()
+def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[str, Any],
+                    max_channels: int = 64) -> dict[str, torch.Tensor]:
+    """Per-channel fractal measures of ``(B, T, D)`` latents (time on axis 1).
+
+    Returns a dict of ``(B, C)`` tensors ``beta`` (1/f exponent), ``hfd`` (Higuchi FD), ``dfa``
+    (DFA alpha), for the first ``max_channels`` non-constant channels. A measure whose estimator
+    is not available or rejects the input (too short, constant) is left out, with one warning.
+    """
+    from fractals import metrics as fm
+
+    x = latents.detach().float().transpose(1, 2)[:, :max_channels]  # (B, C, T)
+    # Dead channels (constant over time) make every estimator undefined: drop them, do not fail.
+    live = (x.amax(-1) - x.amin(-1)).amin(0) > 1e-8
+    x = x[:, live]
+    out: dict[str, torch.Tensor] = {}
+    if x.shape[1] == 0:
+        _warn_once("dead", "latent_measures: every latent channel is constant; no measures logged")
+        return out
+    temporal = cfg_fractals.get("metrics", {}).get("temporal", {})
+    n = x.shape[-1]
+    band = latent_band(n, fs, tuple(temporal.get("psd_freq_band", (2.0, 80.0))))
+    kmax = min(int(temporal.get("higuchi_kmax", 8)), n // 2)
+    windows = [w for w in temporal.get("dfa_orders", [4, 16, 64, 256]) if 4 <= w <= n // 2]
+    calls = {
+        "beta": lambda: fm.spectral_beta(x, fs, band, bool(temporal.get("exclude_peaks", True))),
+        "hfd": lambda: fm.higuchi_fd(x, kmax=kmax),
+        "dfa": lambda: fm.dfa_alpha(x, windows=windows if len(windows) >= 2 else None),
+    }
+    for name, call in calls.items():
+        try:
+            out[name] = call()
+        except (NotImplementedError, ValueError, ImportError) as exc:
+            _warn_once(f"measure-{name}", "latent_measures: %s not computed (%s)", name, exc)
+    return out
+
+
+def _log_scalars(pl_module: "pl.LightningModule", values: Mapping[str, float]) -> None:
+    if pl_module.logger is None:
+        return
+    pl_module.logger.log_metrics({k: float(v) for k, v in values.items()}, step=pl_module.global_step)
+
+
+def _forward_latents(pl_module, batch) -> torch.Tensor:
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        with torch.no_grad():
+            out = pl_module(batch)
+    finally:
+        pl_module.train(was_training)
+    return out
+
+
+class LatentFingerprintCallback(pl.Callback):
+    """Log the latent fingerprint every ``every_n_steps`` training steps (on the current batch)."""
+
+    def __init__(self, *, every_n_steps: int, cfg_fractals: Mapping[str, Any]):
+        if every_n_steps < 1:
+            raise ValueError(f"fractals.log.fingerprint_every_n_steps: must be >= 1, got {every_n_steps}")
+        self.every_n_steps = int(every_n_steps)
+        self.cfg_fractals = cfg_fractals
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if pl_module.logger is None or step == 0 or step % self.every_n_steps:
+            return
+        out = _forward_latents(pl_module, batch)
+        values: dict[str, float] = {}
+        for key, lat in out["latents"].items():
+            if lat.ndim != 3 or lat.shape[1] < 16:
+                continue
+            fs = pl_module.latent_rate(batch) if key != "popt" else 1.0
+            for name, v in latent_measures(lat, fs=fs, cfg_fractals=self.cfg_fractals).items():
+                values[f"fingerprint/{key}_{name}_mean"] = float(v.mean())
+                values[f"fingerprint/{key}_{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+        try:
+            from fractals.probes import latent_fd_probe
+
+            probe = latent_fd_probe(out["latents"]["ssm"].detach(), self.cfg_fractals)
+            values.update({f"fingerprint/probe_{k}": float(torch.as_tensor(v).float().mean())
+                           for k, v in probe.items() if torch.as_tensor(v).numel() > 0})
+        except (ImportError, AttributeError, NotImplementedError, TypeError, ValueError) as exc:
+            _warn_once("probe", "fractals.probes.latent_fd_probe unavailable (%s)", exc)
+        _log_scalars(pl_module, values)
+
+
+class LatentHistogramCallback(pl.Callback):
+    """Histograms of per-channel beta/FD of the SSM latents every ``every_n_steps`` steps."""
+
+    def __init__(self, *, every_n_steps: int, cfg_fractals: Mapping[str, Any]):
+        if every_n_steps < 1:
+            raise ValueError(f"fractals.log.tb_hist_every_n: must be >= 1, got {every_n_steps}")
+        self.every_n_steps = int(every_n_steps)
+        self.cfg_fractals = cfg_fractals
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if pl_module.logger is None or step == 0 or step % self.every_n_steps:
+            return
+        out = _forward_latents(pl_module, batch)
+        measures = latent_measures(out["latents"]["ssm"], fs=pl_module.latent_rate(batch),
+                                   cfg_fractals=self.cfg_fractals)
+        experiment = getattr(pl_module.logger, "experiment", None)
+        scalars = {}
+        for name, v in measures.items():
+            flat = v.flatten().float().cpu()
+            if hasattr(experiment, "add_histogram"):
+                experiment.add_histogram(f"hist/latent_{name}", flat, global_step=step)
+            q = torch.quantile(flat, torch.tensor([0.1, 0.5, 0.9]))
+            scalars.update({f"hist/latent_{name}_p10": q[0], f"hist/latent_{name}_p50": q[1],
+                            f"hist/latent_{name}_p90": q[2]})
+        _log_scalars(pl_module, scalars)
+
+
+class CausalScaleAblationCallback(pl.Callback):
+    """At each validation end, ablate one scale band of the first validation batch's inputs.
+
+    Logs ``val/ablation_delta_loss`` (ablated minus intact loss) and ``val/ablation_delta_<m>`` for
+    each latent measure, the design's test of which scales the model causally relies on.
+    """
+
+    def __init__(self, *, mode: str, ablate_ratio: float, cfg_fractals: Mapping[str, Any]):
+        if mode not in ("high_beta_only", "low_beta_only"):
+            raise ValueError(
+                f"fractals.probes.causal_scale_ablation.mode: must be 'high_beta_only' or 'low_beta_only', got {mode!r}"
+            )
+        if not (0.0 < float(ablate_ratio) < 1.0):
+            raise ValueError(f"fractals.probes.causal_scale_ablation.ablate_ratio: must lie in (0, 1), got {ablate_ratio}")
+        self.mode, self.ratio, self.cfg_fractals = mode, float(ablate_ratio), cfg_fractals
+        self._batch = None
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0:
+            self._batch = batch
+
+    def ablate(self, batch: Mapping[str, Any], fs: float) -> dict[str, Any]:
+        """Copy of ``batch`` with every signal modality ablated along its time axis."""
+        from fractals.probes import causal_scale_ablation
+
+        out = dict(batch)
+        band = tuple(self.cfg_fractals.get("metrics", {}).get("temporal", {}).get("psd_freq_band", (2.0, 80.0)))
+        band = (band[0], min(band[1], 0.45 * fs))
+        for key in ("lfp", "eeg", "ecog", "ieeg", "emg"):
+            if key in batch:
+                out[key] = causal_scale_ablation(batch[key], mode=self.mode, ratio=self.ratio, fs=fs, band=band)
+        for key in ("spikes", "calcium", "fmri"):
+            if key in batch:  # (B, T, N): time on axis 1
+                x = batch[key].transpose(1, 2)
+                y = causal_scale_ablation(x, mode=self.mode, ratio=self.ratio, fs=fs, band=band)
+                out[key] = y.transpose(1, 2).clamp_min(0) if key == "spikes" else y.transpose(1, 2)
+        return out
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if self._batch is None or trainer.sanity_checking:
+            return
+        batch, self._batch = self._batch, None
+        try:
+            ablated = self.ablate(batch, pl_module.sample_rate(batch))
+        except (ImportError, AttributeError, NotImplementedError) as exc:
+            _warn_once("ablation", "causal scale ablation skipped: fractals.probes not available (%s)", exc)
+            return
+        intact, broken = _forward_latents(pl_module, batch), _forward_latents(pl_module, ablated)
+        values = {"ablation_delta_loss": float(broken["loss"] - intact["loss"])}
+        fs = pl_module.latent_rate(batch)
+        m0 = latent_measures(intact["latents"]["ssm"], fs=fs, cfg_fractals=self.cfg_fractals)
+        m1 = latent_measures(broken["latents"]["ssm"], fs=fs, cfg_fractals=self.cfg_fractals)
+        for name in m0.keys() & m1.keys():
+            values[f"ablation_delta_{name}"] = float(m1[name].mean() - m0[name].mean())
+        for k, v in values.items():
+            pl_module.log(f"val/{k}", v, on_epoch=True, sync_dist=True)
+
+
+def build_callbacks(cfg: Mapping[str, Any]) -> list[pl.Callback]:
+    """The fractal callbacks the composed config asks for (none when ``fractals.enable`` is false)."""
+    fr = cfg.get("fractals", {}) or {}
+    if not fr.get("enable", False):
+        return []
+    logc = fr.get("log", {}) or {}
+    cbs: list[pl.Callback] = [
+        LatentFingerprintCallback(every_n_steps=int(logc.get("fingerprint_every_n_steps", 200)), cfg_fractals=fr),
+        LatentHistogramCallback(every_n_steps=int(logc.get("tb_hist_every_n", 500)), cfg_fractals=fr),
+    ]
+    abl = (fr.get("probes", {}) or {}).get("causal_scale_ablation", {}) or {}
+    if abl.get("enable", False):
+        cbs.append(CausalScaleAblationCallback(mode=abl.get("mode", "high_beta_only"),
+                                               ablate_ratio=float(abl.get("ablate_ratio", 0.15)), cfg_fractals=fr))
+    return cbs

@@ -1,0 +1,201 @@
+"""LightningModule for NeuroFMx: task losses, fractal priors after warmup, AdamW + warmup-cosine.
+
+``build_lightning_module(cfg)`` is the entry point :mod:`models.registry` calls for
+``model.family: neurofmx``; ``cfg`` is the composed Hydra config as a plain dict (``model``, ``data``,
+``fractals``, ``trainer``, ``optim``, ``seed``).
+
+Metric names (read by the platform's sweeps): ``train/loss``, ``train/task_loss``,
+``train/prior_loss``, ``val/loss``, ``val/<head>_loss``, ``val/latent_beta``, ``val/latent_hfd``,
+``val/latent_dfa``, ``lr``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any, Mapping
+
+import torch
+
+try:
+    import pytorch_lightning as pl
+except ImportError:  # pragma: no cover
+    import lightning.pytorch as pl
+
+from models.callbacks import build_callbacks, latent_measures
+from models.neurofmx import NeuroFMx
+
+__all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
+
+log = logging.getLogger("models.lightning")
+
+
+def _plain(cfg: Any) -> dict:
+    """A plain, deep-copied dict from a dict or an OmegaConf config."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"cfg: needs a mapping (the composed config), got {type(cfg).__name__}")
+    return copy.deepcopy(dict(cfg))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices only; none on norms, biases, embeddings' 1-D params
+    and anything marked ``_no_weight_decay`` (Mamba's ``A_log``, ``D``, ``dt_bias``)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False) or "norm" in name.lower()
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, schedule: str = "cosine",
+                  min_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine to ``min_ratio`` (or constant)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class NeuroFMxModule(pl.LightningModule):
+    """NeuroFMx training: ``loss = task_loss + [step >= warmup] * FractalPriors(latents['ssm'])``.
+
+    Parameters
+    ----------
+    cfg
+        The composed config (plain dict). Stored as a hyperparameter, so
+        ``NeuroFMxModule.load_from_checkpoint(path)`` rebuilds the same model.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__()
+        cfg = _plain(cfg)
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        self.model = NeuroFMx.from_config(cfg)
+        optim = cfg.get("optim", {}) or {}
+        schedule = optim.get("schedule", "cosine")
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim.schedule: must be 'cosine' or 'constant', got {schedule!r}")
+        fr = cfg.get("fractals", {}) or {}
+        self.fractals_cfg = fr
+        self.priors = None
+        self.prior_warmup = int((fr.get("priors", {}) or {}).get("warmup_steps", 0))
+        if fr.get("enable", False) and fr.get("priors"):
+            self.priors = self._build_priors(fr)
+
+    # ------------------------------------------------------------------ config helpers
+    def _build_priors(self, fr: Mapping[str, Any]):
+        from fractals.regularizers import FractalPriors
+
+        return FractalPriors.from_config(fr)
+
+    def sample_rate(self, batch: Mapping[str, Any]) -> float:
+        """Sample rate of the batch's common time axis (Hz): batch ``fs``, else ``data.fs``, else
+        ``fractals.metrics.sample_rate_hz``."""
+        fs = batch.get("fs") if isinstance(batch, Mapping) else None
+        if isinstance(fs, torch.Tensor):
+            fs = float(fs.flatten()[0])
+        if fs is None:
+            fs = (self.cfg.get("data", {}) or {}).get("fs")
+        if fs is None:
+            fs = self.fractals_cfg.get("metrics", {}).get("sample_rate_hz", 1000.0)
+        return float(fs)
+
+    def latent_rate(self, batch: Mapping[str, Any]) -> float:
+        """Rate of the SSM latents: one step per token bin of ``model.patch_size`` samples."""
+        return self.sample_rate(batch) / self.model.patch_size
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: Mapping[str, Any]) -> dict:
+        return self.model(batch)
+
+    def _prior_loss(self, out: Mapping[str, Any], batch) -> tuple[torch.Tensor | None, dict]:
+        if self.priors is None or self.global_step < self.prior_warmup:
+            return None, {}
+        return self.priors(out["latents"]["ssm"].transpose(1, 2), fs=self.latent_rate(batch))
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch)
+        loss = task = out["loss"]
+        prior, terms = self._prior_loss(out, batch)
+        bsz = _batch_size(batch)
+        if prior is not None:
+            loss = task + prior
+            self.log("train/prior_loss", prior, batch_size=bsz)
+            for k, v in terms.items():
+                self.log(f"train/prior_{k}", v, batch_size=bsz)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        self.log("train/task_loss", task, batch_size=bsz)
+        for name, v in out["losses"].items():
+            self.log(f"train/{name}_loss", v, batch_size=bsz)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        out = self(batch)
+        bsz = _batch_size(batch)
+        self.log("val/loss", out["loss"], prog_bar=True, sync_dist=True, batch_size=bsz)
+        for name, v in out["losses"].items():
+            self.log(f"val/{name}_loss", v, sync_dist=True, batch_size=bsz)
+        measures = latent_measures(out["latents"]["ssm"], fs=self.latent_rate(batch), cfg_fractals=self.fractals_cfg)
+        for name, v in measures.items():
+            self.log(f"val/latent_{name}", v.float().mean(), sync_dist=True, batch_size=bsz)
+        return out["loss"]
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        optim = self.cfg.get("optim", {}) or {}
+        lr = float(optim.get("lr", 3e-4))
+        if not lr > 0:
+            raise ValueError(f"optim.lr: must be > 0, got {lr}")
+        betas = tuple(float(b) for b in optim.get("betas", (0.9, 0.95)))
+        opt = torch.optim.AdamW(param_groups(self.model, float(optim.get("weight_decay", 0.01))), lr=lr, betas=betas)
+        warmup = int(optim.get("warmup_steps", 0))
+        total = optim.get("total_steps")
+        if total is None:
+            try:
+                total = int(self.trainer.estimated_stepping_batches)
+            except Exception:  # noqa: BLE001 - no trainer attached (unit use): a long horizon
+                total = 10_000
+            if not math.isfinite(total) or total <= 0:
+                total = 10_000
+        schedule = optim.get("schedule", "cosine")
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, warmup_steps=warmup, total_steps=int(total), schedule=schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # optim.grad_clip applies even when the platform's Trainer sets no gradient_clip_val.
+        clip = gradient_clip_val if gradient_clip_val is not None else (self.cfg.get("optim", {}) or {}).get("grad_clip")
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=float(clip),
+                                gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+    def configure_callbacks(self):
+        return build_callbacks(self.cfg)
+
+
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.ndim >= 2:
+            return int(v.shape[0])
+    return 1
+
+
+def build_lightning_module(cfg: Mapping[str, Any]) -> NeuroFMxModule:
+    """Build the NeuroFMx LightningModule from the composed config (``model.family: neurofmx``)."""
+    family = (cfg.get("model", {}) or {}).get("family", "neurofmx")
+    if family != "neurofmx":
+        raise ValueError(f"model.family: models.lightning builds 'neurofmx', got {family!r}")
+    return NeuroFMxModule(cfg)
