@@ -1,0 +1,1 @@
+"""Criticality experiments built on :mod:`fractals.criticality`."""

@@ -1,0 +1,237 @@
+"""The two-moons criticality experiment as a model family the platform can sweep.
+
+An MLP classifies the two-moons set while a spectral regularizer holds each hidden layer's top
+singular value at a fixed target, or at targets that adapt to criticality indicators (ASISR).
+Every validation logs accuracy, the indicators (dead-neuron rate, perturbation sensitivity,
+decision-boundary box dimension, singular-value exponent) and the mean sigma, and
+:meth:`TwoMoonsModule.figures` draws the decision boundary for the tracker.
+
+Select it with ``model=two_moons data=two_moons`` (see ``sweeps/criticality_two_moons.yaml``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fractals.criticality import (
+    AdaptiveSpectralRegularizer,
+    CriticalityLR,
+    SpectralRegularizer,
+    boundary_box_dimension,
+    dead_neuron_rate,
+    layerwise_targets,
+    perturbation_sensitivity,
+    singular_value_exponent,
+)
+
+BOUNDS = (-1.5, 2.5, -1.0, 1.5)  # the two moons live inside this box
+
+
+def make_moons(n: int, *, noise: float = 0.1, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two interleaved half circles with Gaussian noise (as scikit-learn's ``make_moons``).
+
+    Shape:
+        returns x ``(n, 2)`` float32 and y ``(n,)`` long
+    """
+    if n < 2:
+        raise ValueError(f"n: needs at least 2 points, got {n}")
+    n0 = n // 2
+    t0 = torch.rand(n0, generator=generator) * math.pi
+    t1 = torch.rand(n - n0, generator=generator) * math.pi
+    upper = torch.stack([torch.cos(t0), torch.sin(t0)], 1)
+    lower = torch.stack([1 - torch.cos(t1), 0.5 - torch.sin(t1)], 1)
+    x = torch.cat([upper, lower]) + noise * torch.randn(n, 2, generator=generator)
+    y = torch.cat([torch.zeros(n0, dtype=torch.long), torch.ones(n - n0, dtype=torch.long)])
+    return x.float(), y
+
+
+class TwoMoonsMLP(nn.Module):
+    """ReLU MLP ``2 -> width x depth -> 2``; hidden activations are kept for the indicators."""
+
+    def __init__(self, *, width: int = 64, depth: int = 4) -> None:
+        super().__init__()
+        dims = [2] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(width, 2)
+        self.activations: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.activations = []
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+            self.activations.append(x)
+        return self.out(x)
+
+
+class TwoMoonsModule(pl.LightningModule):
+    """Lightning wrapper: cross-entropy plus a fixed or adaptive spectral regularizer.
+
+    Parameters
+    ----------
+    width, depth : int
+        MLP size.
+    mode : {"fixed", "adaptive", "none"}
+        ``fixed`` holds targets; ``adaptive`` moves them every ``update_every`` epochs from the
+        indicators; ``none`` trains without the regularizer (the baseline).
+    target : float
+        Fixed target, or start target for ``adaptive``.
+    layerwise : tuple (first, last) or None
+        Depth-interpolated targets instead of one ``target``.
+    weight, rate, lr, criticality_lr : see :mod:`fractals.criticality`.
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int = 64,
+        depth: int = 4,
+        mode: str = "fixed",
+        target: float = 1.0,
+        layerwise: tuple[float, float] | None = None,
+        weight: float = 0.1,
+        rate: float = 0.05,
+        update_every: int = 5,
+        lr: float = 1e-2,
+        criticality_lr: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in ("fixed", "adaptive", "none"):
+            raise ValueError(f"model.mode: {mode!r} is not one of fixed, adaptive, none")
+        self.save_hyperparameters()
+        self.net = TwoMoonsMLP(width=width, depth=depth)
+        targets = layerwise_targets(depth, first=layerwise[0], last=layerwise[1]) if layerwise else target
+        kwargs = dict(targets=targets, weight=weight if mode != "none" else 0.0, exclude=["out"])
+        self.reg = AdaptiveSpectralRegularizer(rate=rate, **kwargs) if mode == "adaptive" else SpectralRegularizer(**kwargs)
+        self.lr_sched = CriticalityLR() if criticality_lr else None
+        self._last_indicators: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        task = nn.functional.cross_entropy(self(x), y)
+        reg, sigmas = self.reg(self.net)
+        if self.lr_sched is not None and sigmas:
+            targets = self.reg.layer_targets(list(sigmas))
+            factor = self.lr_sched.update(sigmas, targets)
+            for group in self.optimizers().param_groups:
+                group["lr"] = self.hparams.lr * factor
+        self.log_dict({"train/loss": task + reg, "train/task_loss": task, "train/spectral_loss": reg}, on_epoch=True)
+        return task + reg
+
+    def indicators(self, x: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            self(x)
+            dead = dead_neuron_rate(self.net.activations)
+        sens = perturbation_sensitivity(self, x, generator=torch.Generator().manual_seed(0))
+        try:
+            bdim = boundary_box_dimension(lambda p: self(p.to(self.device)).argmax(-1).cpu(), BOUNDS, coarse=8, levels=4, min_level=1)
+        except ValueError:
+            # An untrained net can predict one class everywhere: no boundary, so no dimension
+            # (left out of the logged metrics rather than logged as NaN).
+            bdim = float("nan")
+        weights = [m.weight for m in self.net.hidden]
+        return {
+            "dead_rate": dead,
+            "sensitivity": sens,
+            "boundary_dim": bdim,
+            "sv_exponent": float(torch.stack([singular_value_exponent(w) for w in weights[1:]]).mean()) if len(weights) > 1 else float("nan"),
+            "sigma_mean": float(torch.stack([torch.linalg.matrix_norm(w.detach(), ord=2) for w in weights]).mean()),
+        }
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log_dict({"val/loss": loss, "val/acc": acc}, prog_bar=True, sync_dist=True)
+        if batch_idx == 0:
+            ind = self.indicators(x)
+            self._last_indicators = ind
+            self.log_dict({f"val/{k}": v for k, v in ind.items() if math.isfinite(v)}, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if isinstance(self.reg, AdaptiveSpectralRegularizer) and self._last_indicators:
+            if (self.current_epoch + 1) % self.hparams.update_every == 0:
+                score = self.reg.update_targets(self.net, self._last_indicators)
+                self.log("val/criticality_score", score, sync_dist=True)
+        if getattr(self.reg, "current", None):
+            self.log("val/target_mean", sum(self.reg.current.values()) / len(self.reg.current), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    def figures(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> dict[str, Any]:
+        """The decision boundary over the data as a matplotlib Figure, for the tracker."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        xs, ys = torch.meshgrid(torch.linspace(BOUNDS[0], BOUNDS[1], 200), torch.linspace(BOUNDS[2], BOUNDS[3], 160), indexing="xy")
+        with torch.no_grad():
+            prob = self(torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).to(self.device)).softmax(-1)[:, 1].cpu()
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.contourf(xs, ys, prob.reshape(xs.shape), levels=20, cmap="RdBu_r", alpha=0.7)
+        ax.contour(xs, ys, prob.reshape(xs.shape), levels=[0.5], colors="k", linewidths=1)
+        if x is not None and y is not None:
+            ax.scatter(x[:, 0], x[:, 1], c=y, s=6, cmap="RdBu_r", edgecolors="none")
+        d = self._last_indicators.get("boundary_dim")
+        ax.set_title(f"decision boundary (box dim {d:.2f})" if d is not None else "decision boundary")
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+        fig.tight_layout()
+        return {"decision_boundary": fig}
+
+
+class TwoMoonsData(pl.LightningDataModule):
+    """Seeded train/validation splits of :func:`make_moons` (map-style, DDP-friendly)."""
+
+    def __init__(self, *, n_train: int = 1024, n_val: int = 512, noise: float = 0.15, batch_size: int = 128, seed: int = 0) -> None:
+        super().__init__()
+        self.n_train, self.n_val, self.noise, self.batch_size, self.seed = n_train, n_val, noise, batch_size, seed
+
+    def setup(self, stage: str | None = None) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        self.train_set = TensorDataset(*make_moons(self.n_train, noise=self.noise, generator=g))
+        self.val_set = TensorDataset(*make_moons(self.n_val, noise=self.noise, generator=g))
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=self.n_val)
+
+
+_MODEL_KEYS = ("width", "depth", "mode", "target", "layerwise", "weight", "rate", "update_every", "criticality_lr")
+
+
+def build_lightning_module(cfg: Mapping[str, Any]) -> TwoMoonsModule:
+    """Entry point for :mod:`models.registry` (``model.family: two_moons``)."""
+    m = dict(cfg.get("model", {}))
+    kwargs = {k: m[k] for k in _MODEL_KEYS if k in m and m[k] is not None}
+    if "layerwise" in kwargs:
+        kwargs["layerwise"] = tuple(kwargs["layerwise"])
+    lr = cfg.get("optim", {}).get("lr")
+    if m.get("lr") is not None:
+        lr = m["lr"]
+    return TwoMoonsModule(**kwargs, **({"lr": float(lr)} if lr is not None else {}))
+
+
+def build_datamodule(cfg: Mapping[str, Any]) -> TwoMoonsData:
+    """Entry point for :mod:`models.registry` (``data.name: two_moons``)."""
+    d = dict(cfg.get("data", {}))
+    batch = cfg.get("trainer", {}).get("batch_size", d.get("batch_size", 128))
+    return TwoMoonsData(
+        n_train=int(d.get("n_train", 1024)),
+        n_val=int(d.get("n_val", 512)),
+        noise=float(d.get("noise", 0.15)),
+        batch_size=int(d.get("batch_size", batch)),
+        seed=int(cfg.get("seed", 0)),
+    )

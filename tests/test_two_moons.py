@@ -1,0 +1,50 @@
+"""The two-moons criticality experiment: data, training with the regularizer, indicators, figures."""
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from models.criticality.two_moons import build_datamodule, build_lightning_module, make_moons
+from models.registry import build_datamodule as registry_data
+from models.registry import build_lightning_module as registry_model
+
+
+def _cfg(**model):
+    base = {"family": "two_moons", "width": 16, "depth": 3, "mode": "fixed", "target": 1.0, "weight": 1.0, "lr": 0.03}
+    base.update(model)
+    return {"model": base, "data": {"name": "two_moons", "n_train": 512, "n_val": 256}, "seed": 0}
+
+
+def test_make_moons_is_seeded_and_balanced():
+    x1, y1 = make_moons(100, generator=torch.Generator().manual_seed(1))
+    x2, _ = make_moons(100, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x1, x2) and x1.shape == (100, 2) and int(y1.sum()) == 50
+
+
+@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+def test_training_learns_moons_and_holds_sigma_near_target(mode):
+    cfg = _cfg(mode=mode, update_every=1)
+    model, data = registry_model(cfg), registry_data(cfg)
+    trainer = pl.Trainer(max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(model, data)
+    m = trainer.callback_metrics
+    assert m["val/acc"] > 0.9
+    for key in ("val/dead_rate", "val/sensitivity", "val/boundary_dim", "val/sigma_mean"):
+        assert key in m
+    if mode == "fixed":
+        assert float(m["val/sigma_mean"]) == pytest.approx(1.0, abs=0.15)
+    else:
+        assert "val/criticality_score" in m
+
+
+def test_figures_and_bad_mode():
+    cfg = _cfg()
+    model = build_lightning_module(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    x, y = dm.val_set.tensors
+    model._last_indicators = model.indicators(x)
+    figs = model.figures(x, y)
+    assert "box dim" in figs["decision_boundary"].axes[0].get_title()
+    with pytest.raises(ValueError, match="model.mode"):
+        build_lightning_module(_cfg(mode="sometimes"))
