@@ -30,10 +30,10 @@ DEFAULT_Q = (-5.0, -3.0, -1.0, 0.0, 1.0, 3.0, 5.0)  # design config fractals.met
 @functools.lru_cache(maxsize=256)
 def _detrend_basis_cpu(scale: int, order: int) -> torch.Tensor:
     """Orthonormal basis (scale, order + 1) of polynomials up to ``order`` on scale points (float64)."""
-    t = torch.linspace(-1.0, 1.0, scale, dtype=torch.float64)  # well-conditioned abscissa
-    vander = torch.stack([t**p for p in range(order + 1)], dim=-1)
-    q, _ = torch.linalg.qr(vander)
-    return q
+    t = np.linspace(-1.0, 1.0, scale)  # well-conditioned abscissa
+    vander = np.stack([t**p for p in range(order + 1)], axis=-1)
+    q, _ = np.linalg.qr(vander)  # NumPy: torch.linalg's first call costs seconds of LAPACK loading
+    return torch.from_numpy(np.ascontiguousarray(q))
 
 
 _BASIS_CACHE: dict = {}
