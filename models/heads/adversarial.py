@@ -1,0 +1,88 @@
+"""Domain-adversarial head: a species/subject classifier behind a gradient-reversal layer (DANN)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from models.heads.base import HeadOutput
+
+__all__ = ["DomainAdversarialHead", "GradientReversal", "grad_reverse"]
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``-scale`` (Ganin & Lempitsky, 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = float(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: Tensor, scale: float = 1.0) -> Tensor:
+    """Gradient reversal: ``x`` forward, ``-scale * grad`` backward."""
+    return GradientReversal.apply(x, scale)
+
+
+class DomainAdversarialHead(nn.Module):
+    """Classify the domain (species or subject) of pooled latents through gradient reversal.
+
+    The classifier learns to tell domains apart while the reversed gradient pushes the encoder to
+    make them indistinguishable, so the latents align across subjects/species. ``scale`` (the DANN
+    lambda) can be ramped during training by setting :attr:`scale`.
+
+    Parameters
+    ----------
+    d_model : int
+        Latent width.
+    n_domains : int
+        Number of subjects or species.
+    hidden : int
+        Classifier hidden width.
+    scale : float
+        Gradient reversal strength (lambda >= 0).
+
+    Shape:
+        - latents ``(B, S, D)`` (mean-pooled over steps, ``mask`` ``(B, S)`` respected) or ``(B, D)``;
+          target ``(B,)`` long in ``[0, n_domains)``
+        - prediction: logits ``(B, n_domains)``
+    """
+
+    def __init__(self, *, d_model: int, n_domains: int, hidden: int = 64, scale: float = 1.0) -> None:
+        super().__init__()
+        if int(n_domains) < 2:
+            raise ValueError(f"n_domains: needs >= 2 domains to be adversarial about, got {n_domains!r}")
+        if scale < 0:
+            raise ValueError(f"scale: gradient reversal strength must be >= 0, got {scale!r}")
+        self.n_domains, self.scale = int(n_domains), float(scale)
+        self.classifier = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, hidden), nn.GELU(),
+                                        nn.Linear(hidden, self.n_domains))
+
+    def forward(self, latents: Tensor, *, target: Tensor, mask: Optional[Tensor] = None) -> HeadOutput:
+        if latents.ndim == 3:
+            if mask is None:
+                pooled = latents.mean(1)
+            else:
+                w = mask.to(latents.dtype).unsqueeze(-1)
+                pooled = (latents * w).sum(1) / w.sum(1).clamp_min(1.0)
+        elif latents.ndim == 2:
+            pooled = latents
+        else:
+            raise ValueError(f"latents: needs (B, S, D) or (B, D), got {tuple(latents.shape)}")
+        target = target.long().reshape(-1)
+        if target.shape[0] != pooled.shape[0]:
+            raise ValueError(f"target: needs shape (B,) = ({pooled.shape[0]},), got {tuple(target.shape)}")
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.n_domains):
+            raise ValueError(
+                f"target: domain labels must lie in [0, {self.n_domains}), got [{int(target.min())}, "
+                f"{int(target.max())}]; raise n_domains"
+            )
+        logits = self.classifier(grad_reverse(pooled, self.scale))
+        loss = nn.functional.cross_entropy(logits, target)
+        acc = (logits.detach().argmax(-1) == target).float().mean()
+        return HeadOutput(logits, loss, {"accuracy": acc})

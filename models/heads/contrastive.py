@@ -1,0 +1,108 @@
+"""Contrastive InfoNCE alignment of neural latents with behaviour or stimulus embeddings (CLIP-style)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from models.heads.base import HeadOutput
+
+__all__ = ["ContrastiveHead", "info_nce", "PAIRINGS"]
+
+PAIRINGS = ("sample", "time")
+
+
+def info_nce(za: Tensor, zb: Tensor, temperature: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Symmetric InfoNCE over a batch of ``N`` positive pairs (row ``i`` of ``za`` with row ``i`` of ``zb``).
+
+    Shape:
+        za, zb ``(N, E)`` (L2-normalised inside) -> loss scalar, logits ``(N, N)``
+    """
+    za = nn.functional.normalize(za, dim=-1)
+    zb = nn.functional.normalize(zb, dim=-1)
+    logits = za @ zb.T / temperature
+    labels = torch.arange(za.shape[0], device=za.device)
+    loss = 0.5 * (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels))
+    return loss, logits
+
+
+def _pool(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    if x.ndim == 2:
+        return x
+    if mask is None:
+        return x.mean(1)
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+class ContrastiveHead(nn.Module):
+    """Project two views to a shared space and pull matching pairs together with InfoNCE.
+
+    Views are neural latents and a second modality: behaviour ``(B, T, F)``, or a stimulus embedding
+    ``(B, D_s)``. With ``pairing="sample"`` sequences are mean-pooled over time (masks respected)
+    and the negatives are the other samples; ``pairing="time"`` pairs every time step of both
+    sequences (needs equal lengths; pool the finer one first) so other times act as negatives too.
+    The temperature is learned in log space, clamped to [0.01, 1] for stability.
+
+    Parameters
+    ----------
+    dim_a, dim_b : int
+        Feature widths of the two views.
+    proj_dim : int
+        Shared embedding width.
+    temperature : float
+        Initial softmax temperature.
+    learn_temperature : bool
+        Learn the temperature (CLIP) or keep it fixed.
+    pairing : {"sample", "time"}
+        What counts as one positive pair.
+
+    Shape:
+        - a ``(B, S, dim_a)`` or ``(B, dim_a)``; b ``(B, S', dim_b)`` or ``(B, dim_b)``;
+          a_mask ``(B, S)``, b_mask ``(B, S')`` optional
+        - prediction: similarity logits ``(N, N)``, ``N = B`` (sample) or ``B * S`` (time)
+    """
+
+    def __init__(self, *, dim_a: int, dim_b: int, proj_dim: int = 64, temperature: float = 0.1,
+                 learn_temperature: bool = True, pairing: str = "sample") -> None:
+        super().__init__()
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing: must be one of {PAIRINGS}, got {pairing!r}")
+        if not 0 < temperature:
+            raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+        self.pairing = pairing
+        self.proj_a = nn.Sequential(nn.LayerNorm(dim_a), nn.Linear(dim_a, proj_dim))
+        self.proj_b = nn.Sequential(nn.LayerNorm(dim_b), nn.Linear(dim_b, proj_dim))
+        log_t = torch.tensor(math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.log_temperature.exp().clamp(0.01, 1.0)
+
+    def forward(self, a: Tensor, b: Tensor, *, a_mask: Optional[Tensor] = None,
+                b_mask: Optional[Tensor] = None) -> HeadOutput:
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"a, b: need the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        if self.pairing == "time":
+            if a.ndim != 3 or b.ndim != 3 or a.shape[1] != b.shape[1]:
+                raise ValueError(
+                    f"a, b: pairing='time' needs (B, S, *) views of equal S, got {tuple(a.shape)} and {tuple(b.shape)}"
+                )
+            keep = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
+            for m in (a_mask, b_mask):
+                if m is not None:
+                    keep = keep & m.bool()
+            za, zb = self.proj_a(a)[keep], self.proj_b(b)[keep]
+        else:
+            za, zb = self.proj_a(_pool(a, a_mask)), self.proj_b(_pool(b, b_mask))
+        loss, logits = info_nce(za, zb, self.temperature)
+        with torch.no_grad():
+            labels = torch.arange(logits.shape[0], device=logits.device)
+            acc = (logits.argmax(-1) == labels).float().mean()
+        return HeadOutput(logits, loss, {"accuracy": acc, "temperature": self.temperature.detach()})
