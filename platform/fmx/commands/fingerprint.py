@@ -1,4 +1,107 @@
-"""`fmx fingerprint` sub-commands (stub: filled in by its owner)."""
-import typer
+"""`fmx fingerprint`: per-subject fractal fingerprint jobs and cohort comparisons.
 
-app = typer.Typer(help="fingerprint commands", no_args_is_help=True)
+    fmx fingerprint fit ../shared/data/eegmat-dev --out runs/eegmat --config eeg
+    fmx fingerprint compare runs/eegmat --contrast condition=rest,arithmetic --mixed
+    fmx fingerprint fit ../shared/data/hrv_rr_dev.npz --out runs/hrv --config hrv
+    fmx fingerprint compare runs/hrv --group-by group --levels NSR,CHF
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Per-subject fractal fingerprints and cohort comparisons.", no_args_is_help=True)
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command("fit")
+def fit(
+    data: str = typer.Argument(..., help="Folder or s3:// prefix (BIDS-like), manifest CSV, or RR cohort .npz."),
+    out: str = typer.Option(..., "--out", "-o", help="Output folder or s3:// prefix."),
+    channels: Optional[List[str]] = typer.Option(None, "--channels", help="Channels to keep (repeat or comma-separate)."),
+    resample: Optional[float] = typer.Option(None, "--resample", help="Resample to this rate (Hz)."),
+    band: Optional[tuple[float, float]] = typer.Option((None, None), "--band", help="Band-pass LOW HIGH (Hz)."),
+    notch: Optional[float] = typer.Option(None, "--notch", help="Notch this line frequency (Hz) and its harmonics."),
+    epoch: Optional[float] = typer.Option(None, "--epoch", help="Epoch length (s); measures are averaged over epochs."),
+    config: Optional[List[str]] = typer.Option(None, "--config", "-c",
+                                               help="Config NAME (default|eeg|hrv) and/or key=value overrides."),
+    modality: Optional[str] = typer.Option(None, "--modality", help="Only files of this BIDS modality (eeg, ieeg...)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray instance."),
+    serial: bool = typer.Option(False, "--serial", help="Run in this process without Ray (debugging)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
+    experiment: str = typer.Option("fingerprint", "--experiment", help="MLflow experiment name."),
+) -> None:
+    """Fingerprint every recording of DATA; resumable (finished recordings are skipped)."""
+    from fmx.fingerprint.job import run_fingerprint_job
+
+    picked = [c.strip() for item in (channels or []) for c in item.split(",") if c.strip()] or None
+    band_pair = list(band) if band and band[0] is not None else None
+    try:
+        result = run_fingerprint_job(
+            data, out, config=config or None, channels=picked, resample=resample, band=band_pair, notch=notch,
+            epoch=epoch, modality=modality, executor="serial" if serial else "ray", address=address,
+            num_cpus=num_cpus, mlflow_uri=mlflow, log_mlflow=not no_mlflow, experiment=experiment,
+        )
+    except ValueError as exc:
+        _fail(exc)
+    console.print(
+        f"[bold]{len(result.recordings)}[/] recordings: {result.n_fitted} fitted, {result.n_skipped} skipped "
+        f"(done before), {result.n_failed} failed, in {result.seconds:.1f} s -> {result.out}"
+    )
+    if result.n_failed:
+        table = Table("path", "error", title="failures (also in failures.parquet)")
+        for row in result.failures.itertuples():
+            table.add_row(str(row.path) + (f"#{row.member}" if row.member else ""), str(row.error)[:200])
+        console.print(table)
+    if result.mlflow_run_id:
+        console.print(f"MLflow run {result.mlflow_run_id}")
+
+
+@app.command("compare")
+def compare_cmd(
+    out: str = typer.Argument(..., help="Output of `fmx fingerprint fit`."),
+    contrast: Optional[str] = typer.Option(None, "--contrast", help="COLUMN=A,B, e.g. condition=rest,arithmetic."),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="Participants column for a group contrast."),
+    levels: Optional[str] = typer.Option(None, "--levels", help="With --group-by: the two levels A,B."),
+    paired: Optional[bool] = typer.Option(None, "--paired/--unpaired", help="Override the automatic choice."),
+    test: str = typer.Option("rank", "--test", help="rank (Wilcoxon/Mann-Whitney) or t (paired/Welch t-test)."),
+    family: str = typer.Option("measure", "--family", help="FDR/Holm family: measure (channels) or all."),
+    mixed: bool = typer.Option(False, "--mixed", help="Also fit value ~ level + (1|subject) per measure."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Threshold for the figures' markers and the printout."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Tables only."),
+) -> None:
+    """Test a contrast per measure and channel, with effect sizes and FDR/Holm correction."""
+    from fmx.fingerprint.compare import MEAN_CHANNEL, compare
+
+    try:
+        result = compare(out, contrast=contrast, group_by=group_by,
+                         levels=[lv.strip() for lv in levels.split(",")] if levels else None, paired=paired,
+                         test=test, family=family, mixed=mixed, alpha=alpha, figures=not no_figures)
+    except ValueError as exc:
+        _fail(exc)
+    stats = result.stats
+    means = stats[stats["channel"] == MEAN_CHANNEL]
+    kind = "paired" if result.paired else "unpaired"
+    table = Table("measure", "mean a", "mean b", "d", "r_rb", "p", "q_fdr", "channels q<alpha",
+                  title=f"{result.name} ({kind}; channel means)")
+    for row in means.itertuples():
+        hits = stats[(stats["measure"] == row.measure) & (stats["channel"] != MEAN_CHANNEL) & (stats["q_fdr"] < alpha)]
+        table.add_row(row.measure, f"{row.mean_a:.4g}", f"{row.mean_b:.4g}", f"{row.cohens_d:+.2f}",
+                      f"{row.rank_biserial:+.2f}", f"{row.p:.3g}", f"{row.q_fdr:.3g}", str(len(hits)))
+    console.print(table)
+    if result.mixed is not None:
+        mt = Table("measure", "coef", "se", "p", "converged", title="mixed model value ~ level + (1|subject)")
+        for row in result.mixed.itertuples():
+            mt.add_row(row.measure, f"{row.coef:.4g}", f"{row.se:.3g}", f"{row.p:.3g}", str(row.converged))
+        console.print(mt)
+    console.print(f"tables and {len(result.figures)} figures in {result.out}")

@@ -1,4 +1,6 @@
-"""Figures of fingerprint jobs and comparisons (matplotlib, Agg backend, no display needed).
+"""Cohort and comparison figures (matplotlib, Agg backend, no display needed).
+
+Per-subject fingerprints are drawn by :func:`fractals.plotting.plot_fingerprint`.
 
 Every function returns a :class:`matplotlib.figure.Figure`; callers save and close it.
 """
@@ -9,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["plot_subject", "plot_cohort", "plot_channel_effects", "plot_scalp_map", "scalp_positions", "save"]
+__all__ = ["plot_cohort", "plot_channel_effects", "plot_scalp_map", "scalp_positions", "save"]
 
 
 def _plt():
@@ -37,55 +39,32 @@ def save(fig, path) -> None:
     _plt().close(fig)
 
 
-def plot_subject(rows, subject: str):
-    """One panel per measure: value per channel, one line per condition/session of ``subject``.
+def plot_cohort(means, *, by: str = "condition", measures: Sequence[str] | None = None,
+                levels: Sequence[str] | None = None):
+    """One panel per measure: per-subject values grouped by ``by``; paired subjects joined by lines.
 
-    ``rows`` is the tidy table restricted to one subject.
+    ``means`` is long: ``subject``, ``by``, ``measure``, ``value`` (e.g. channel means per subject).
     """
-    measures = sorted(rows["measure"].unique())
-    fig, axes = _grid(len(measures), width=3.6)
-    for ax, measure in zip(axes, measures):
-        part = rows[rows["measure"] == measure]
-        channels = list(dict.fromkeys(part["channel"]))
-        for (session, condition), group in part.groupby(["session", "condition"], sort=True):
-            values = group.set_index("channel")["value"].reindex(channels)
-            label = "/".join(x for x in (session, condition) if x) or "all"
-            ax.plot(range(len(channels)), values.to_numpy(), marker="o", ms=3, lw=1, label=label)
-        ax.set_title(measure, fontsize=9)
-        ax.set_xticks(range(len(channels)))
-        ax.set_xticklabels(channels, rotation=90, fontsize=6)
-        ax.tick_params(axis="y", labelsize=7)
-    if measures:
-        axes[0].legend(fontsize=7)
-    fig.suptitle(f"fingerprint of {subject}", fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-def plot_cohort(summary, measures: Sequence[str] | None = None, *, by: str = "condition"):
-    """Channel-mean of each measure per subject, grouped by ``by`` (paired subjects joined by lines)."""
-    from fmx.fingerprint.job import measure_columns
-
-    measures = list(measures or [c for c in measure_columns(summary) if summary[c].notna().any()])
+    measures = list(measures or sorted(means["measure"].unique()))
     fig, axes = _grid(max(1, len(measures)))
-    levels = sorted(summary[by].astype(str).unique()) if by in summary.columns else [""]
+    levels = list(levels or sorted(means[by].astype(str).unique()))
     for ax, measure in zip(axes, measures):
-        groups = [summary.loc[summary[by].astype(str) == lv, measure].dropna().to_numpy() if by in summary.columns
-                  else summary[measure].dropna().to_numpy() for lv in levels]
+        part = means[means["measure"] == measure]
+        wide = part.pivot_table(index="subject", columns=part[by].astype(str), values="value", aggfunc="mean")
+        wide = wide.reindex(columns=levels)
+        groups = [wide[lv].dropna().to_numpy() for lv in levels]
         ax.boxplot(groups, widths=0.5, showfliers=False)
         ax.set_xticks(range(1, len(levels) + 1))
         ax.set_xticklabels(levels, fontsize=8)
-        if by in summary.columns and len(levels) > 1 and summary["subject"].duplicated().any():
-            wide = summary.pivot_table(index="subject", columns=by, values=measure, aggfunc="mean")
-            wide = wide.reindex(columns=levels)
-            for _, row in wide.iterrows():
+        if len(levels) > 1:
+            for _, row in wide.dropna().iterrows():
                 ax.plot(range(1, len(levels) + 1), row.to_numpy(), color="0.6", lw=0.7, alpha=0.7)
         for i, values in enumerate(groups, start=1):
             jitter = np.linspace(-0.08, 0.08, len(values)) if len(values) > 1 else np.zeros(len(values))
             ax.scatter(i + jitter, values, s=10, zorder=3)
         ax.set_title(measure, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
-    fig.suptitle(f"cohort fingerprint by {by}", fontsize=11)
+    fig.suptitle(f"cohort fingerprint by {by} (channel means)", fontsize=11)
     fig.tight_layout()
     return fig
 

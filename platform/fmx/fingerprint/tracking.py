@@ -36,6 +36,8 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
     """Log ``result`` (a :class:`fmx.fingerprint.job.JobResult`); returns the run id."""
     import mlflow
 
+    from fractals.plotting import save_figure
+
     from fmx.fingerprint import plots
 
     previous = mlflow.get_tracking_uri()
@@ -65,14 +67,34 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
                 (figures / "subjects").mkdir(parents=True)
                 for subject in sorted(result.table["subject"].unique())[:MAX_SUBJECT_PLOTS]:
                     rows = result.table[result.table["subject"] == subject]
-                    plots.save(plots.plot_subject(rows, subject), figures / "subjects" / f"{subject}.png")
-                if not result.summary.empty:
+                    save_figure(_subject_figure(rows, subject), figures / "subjects" / f"{subject}.png", dpi=110)
+                if not result.table.empty:
                     by = "condition" if result.summary["condition"].nunique() > 1 else _group_column(result.summary)
-                    plots.save(plots.plot_cohort(result.summary, by=by), figures / "cohort.png")
+                    plots.save(plots.plot_cohort(_long_means(result, by), by=by), figures / "cohort.png")
                 mlflow.log_artifacts(str(figures), "plots")
             return run.info.run_id
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def _subject_figure(rows, subject: str):
+    """fractals.plotting's fingerprint figure, one colour per session/condition of the subject."""
+    from fractals.plotting import plot_fingerprint
+
+    frames = {}
+    for (session, condition), group in rows.groupby(["session", "condition"], sort=True):
+        frames["/".join(x for x in (session, condition) if x) or subject] = group[["channel", "measure", "value"]]
+    return plot_fingerprint(frames, title=f"fingerprint of {subject}")
+
+
+def _long_means(result, by: str):
+    """Channel means per subject and ``by`` level, long (subject, by, measure, value)."""
+    from fmx.fingerprint.compare import _channel_means
+
+    means = _channel_means(result.table)
+    if by not in means.columns:
+        means = means.merge(result.summary[["subject", by]].drop_duplicates("subject"), on="subject", how="left")
+    return means
 
 
 def _group_column(summary) -> str:

@@ -1,0 +1,250 @@
+"""Cohort comparisons of fingerprint results: conditions within subjects, or participant groups.
+
+``compare(OUT, contrast="condition=rest,arithmetic")`` tests every (measure, channel) of the tidy
+table, plus the channel mean of each measure (channel ``mean``), between the two levels:
+
+- within-subject contrasts (every subject has both levels) are paired: Wilcoxon signed-rank and
+  paired t-test, Cohen's d_z, matched-pairs rank-biserial;
+- between-subject contrasts (``group_by="group"`` from participants.tsv, or a column whose
+  levels never share a subject) are unpaired: Mann-Whitney U and Welch's t, Cohen's d, rank-biserial.
+
+The primary p-value (``p``; ``test="rank"`` for Wilcoxon/Mann-Whitney or ``"t"``) is corrected
+with Benjamini-Hochberg (``q_fdr``) and Holm (``q_holm``) within each family: by default each
+measure's channels form one family and the channel means across measures another. With
+``mixed=True`` a linear mixed model ``value ~ level + (1 | subject)`` (statsmodels ``mixedlm``) is
+fitted to each measure's channel means. Tables and figures go to ``OUT/compare/<name>/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fmx.fingerprint import storage
+from fmx.fingerprint.job import read_parquet, write_parquet
+from fmx.fingerprint.stats import p_adjust, paired_stats, unpaired_stats
+
+__all__ = ["CompareResult", "compare", "parse_contrast", "contrast_stats", "mixed_effects"]
+
+MEAN_CHANNEL = "mean"
+
+
+@dataclasses.dataclass
+class CompareResult:
+    name: str
+    out: str              # OUT/compare/<name>
+    stats: Any            # one row per measure x channel (and channel "mean")
+    mixed: Any | None     # one row per measure, or None
+    paired: bool
+    figures: list[str]
+
+
+def parse_contrast(spec: str) -> tuple[str, list[str]]:
+    """``"condition=rest,arithmetic"`` -> ``("condition", ["rest", "arithmetic"])``."""
+    if "=" not in spec:
+        raise ValueError(f"contrast: {spec!r} needs the form COLUMN=LEVEL_A,LEVEL_B (e.g. condition=rest,arithmetic)")
+    column, levels = spec.split("=", 1)
+    parts = [lv.strip() for lv in levels.split(",") if lv.strip()]
+    if not column.strip() or len(parts) != 2 or parts[0] == parts[1]:
+        raise ValueError(f"contrast: {spec!r} needs one column and two different levels, e.g. condition=rest,arithmetic")
+    return column.strip(), parts
+
+
+def _with_participants(table, out: str):
+    participants_uri = storage.join(out, "participants.parquet")
+    if storage.exists(participants_uri):
+        participants = read_parquet(participants_uri)
+        return table.merge(participants, on="subject", how="left")
+    return table
+
+
+def _channel_means(table):
+    is_net = table["channel"].str.lower() == "network"
+    means = (table[~is_net].groupby([c for c in table.columns if c not in ("channel", "value")], dropna=False)
+             ["value"].mean().reset_index())
+    means["channel"] = MEAN_CHANNEL
+    return means
+
+
+def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | None = None,
+                   test: str = "rank", family: str = "measure"):
+    """Per (measure, channel) statistics for ``column`` level ``levels[1]`` versus ``levels[0]``.
+
+    ``table`` is tidy (``subject``, ``channel``, ``measure``, ``value`` plus ``column``). Returns a
+    frame sorted by measure and channel, and whether the tests were paired.
+    """
+    import pandas as pd
+
+    if test not in ("rank", "t"):
+        raise ValueError(f"test: must be 'rank' (Wilcoxon/Mann-Whitney) or 't' (t-tests), got {test!r}")
+    if family not in ("measure", "all"):
+        raise ValueError(f"family: must be 'measure' or 'all', got {family!r}")
+    if column not in table.columns:
+        raise ValueError(f"contrast: column {column!r} not in the results; available: {sorted(table.columns)}")
+    a_level, b_level = (str(v) for v in levels)
+    labels = table[column].astype(str)
+    found = sorted(labels.unique())
+    for level in (a_level, b_level):
+        if level not in found:
+            raise ValueError(f"contrast: {column}={level!r} not in the results; levels found: {found}")
+    data = table[labels.isin([a_level, b_level])].assign(_level=labels)
+    data = pd.concat([data, _channel_means(data)], ignore_index=True)
+    subjects_a = set(data.loc[data["_level"] == a_level, "subject"])
+    subjects_b = set(data.loc[data["_level"] == b_level, "subject"])
+    if paired is None:
+        paired = len(subjects_a & subjects_b) >= 3 and not (subjects_a ^ subjects_b)
+    rows = []
+    for (measure, channel), part in data.groupby(["measure", "channel"], sort=True):
+        # Average repeats (e.g. sessions) so each subject contributes one value per level.
+        per = part.groupby(["subject", "_level"])["value"].mean().unstack("_level")
+        row = {"measure": measure, "channel": channel, "contrast": f"{column}: {b_level} vs {a_level}"}
+        try:
+            if paired:
+                both = per.dropna(subset=[a_level, b_level]) if {a_level, b_level} <= set(per.columns) else per.iloc[:0]
+                res = paired_stats(both[a_level], both[b_level])
+                res["p"] = res["p_wilcoxon"] if test == "rank" else res["p_ttest"]
+            else:
+                res = unpaired_stats(per[a_level].dropna() if a_level in per else [],
+                                     per[b_level].dropna() if b_level in per else [])
+                res["p"] = res["p_mannwhitney"] if test == "rank" else res["p_welch"]
+            row.update(res)
+        except ValueError as exc:
+            row.update(p=np.nan, note=str(exc))
+        rows.append(row)
+    stats = pd.DataFrame(rows)
+    if "note" not in stats.columns:
+        stats["note"] = ""
+    stats["note"] = stats["note"].fillna("")
+    stats["q_fdr"] = np.nan
+    stats["q_holm"] = np.nan
+    if family == "all":
+        groups = [stats.index]
+    else:
+        is_mean = stats["channel"] == MEAN_CHANNEL
+        groups = [idx for _, idx in stats[~is_mean].groupby("measure").groups.items()] + [stats[is_mean].index]
+    for idx in groups:
+        sub = stats.loc[idx, "p"]
+        ok = sub.notna()
+        if ok.any():
+            stats.loc[sub[ok].index, "q_fdr"] = p_adjust(sub[ok].to_numpy(), "fdr_bh")
+            stats.loc[sub[ok].index, "q_holm"] = p_adjust(sub[ok].to_numpy(), "holm")
+    return stats, bool(paired)
+
+
+def mixed_effects(table, column: str, levels: Sequence[str]):
+    """``value ~ level + (1 | subject)`` per measure on channel means (statsmodels ``mixedlm``).
+
+    Returns one row per measure: ``coef`` (effect of ``levels[1]`` versus ``levels[0]``), ``se``,
+    ``z``, ``p``, ``n_obs``, ``n_subjects``, ``converged``.
+    """
+    import pandas as pd
+    import statsmodels.formula.api as smf
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    a_level, b_level = (str(v) for v in levels)
+    labels = table[column].astype(str)
+    data = _channel_means(table[labels.isin([a_level, b_level])].assign(_level=labels))
+    rows = []
+    for measure, part in data.groupby("measure", sort=True):
+        part = part.groupby(["subject", "_level"], as_index=False)["value"].mean()
+        part["b"] = (part["_level"] == b_level).astype(float)
+        row = {"measure": measure, "n_obs": len(part), "n_subjects": part["subject"].nunique()}
+        if part["subject"].duplicated().sum() < 2:
+            row.update(coef=np.nan, se=np.nan, z=np.nan, p=np.nan, converged=False,
+                       note="needs repeated measures per subject (a within-subject contrast)")
+            rows.append(row)
+            continue
+        # Scale to unit SD so the optimiser sees O(1) numbers whatever the measure's units.
+        scale = part["value"].std() or 1.0
+        part["y"] = (part["value"] - part["value"].mean()) / scale
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            fit = smf.mixedlm("y ~ b", part, groups=part["subject"]).fit(reml=True)
+        converged = bool(getattr(fit, "converged", True)) and not any(
+            issubclass(w.category, ConvergenceWarning) for w in caught)
+        row.update(coef=float(fit.params["b"] * scale), se=float(fit.bse["b"] * scale), z=float(fit.tvalues["b"]),
+                   p=float(fit.pvalues["b"]), converged=converged, note="")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare(
+    out: str,
+    *,
+    contrast: str | None = None,
+    group_by: str | None = None,
+    levels: Sequence[str] | None = None,
+    paired: bool | None = None,
+    test: str = "rank",
+    family: str = "measure",
+    mixed: bool = False,
+    alpha: float = 0.05,
+    figures: bool = True,
+    measures: Sequence[str] | None = None,
+) -> CompareResult:
+    """Run one contrast on a fingerprint job's output folder and write ``OUT/compare/<name>/``.
+
+    Give either ``contrast`` (``COLUMN=A,B``) or ``group_by`` (a participants column; ``levels``
+    picks two of its values, by default the two it has, sorted).
+    """
+    if (contrast is None) == (group_by is None):
+        raise ValueError("contrast/group_by: give exactly one (e.g. --contrast condition=rest,arithmetic or --group-by group)")
+    table = _with_participants(read_parquet(storage.join(out, "fingerprint.parquet")), out)
+    if table.empty:
+        raise ValueError(f"{out}: the fingerprint table is empty (every recording failed?); see failures.parquet")
+    if measures:
+        table = table[table["measure"].isin(measures)]
+    if contrast is not None:
+        column, pair = parse_contrast(contrast)
+    else:
+        column = group_by
+        if column not in table.columns:
+            raise ValueError(f"group_by: {column!r} is not a participants column; available: {sorted(table.columns)}")
+        found = sorted(table[column].dropna().astype(str).unique())
+        pair = list(levels) if levels else found
+        if len(pair) != 2:
+            raise ValueError(f"group_by: {column!r} has levels {found}; pick two with levels=A,B")
+        paired = False if paired is None else paired
+    stats, was_paired = contrast_stats(table, column, pair, paired=paired, test=test, family=family)
+    mixed_table = mixed_effects(table, column, pair) if mixed else None
+    name = f"{column}-{pair[1]}-vs-{pair[0]}".replace("/", "_").replace(" ", "_")
+    target = storage.join(out, "compare", name)
+    write_parquet(stats, storage.join(target, "stats.parquet"))
+    storage.write_bytes_atomic(storage.join(target, "stats.csv"), stats.to_csv(index=False).encode())
+    if mixed_table is not None:
+        write_parquet(mixed_table, storage.join(target, "mixed.parquet"))
+        storage.write_bytes_atomic(storage.join(target, "mixed.csv"), mixed_table.to_csv(index=False).encode())
+    written = _figures(stats, table, column, pair, target, alpha) if figures else []
+    return CompareResult(name=name, out=target, stats=stats, mixed=mixed_table, paired=was_paired, figures=written)
+
+
+def _figures(stats, table, column: str, pair: Sequence[str], target: str, alpha: float) -> list[str]:
+    from fmx.fingerprint import plots
+
+    effect = "cohens_d"
+    written = []
+    with tempfile.TemporaryDirectory(prefix="fmx-compare-") as tmp:
+        jobs = []
+        for measure in sorted(stats["measure"].unique()):
+            per_channel = stats[(stats["measure"] == measure) & (stats["channel"] != MEAN_CHANNEL)]
+            if len(per_channel) > 1:
+                jobs.append((f"effects_{measure}.png", plots.plot_channel_effects(per_channel, measure, effect=effect,
+                                                                                   alpha=alpha)))
+                scalp = plots.plot_scalp_map(per_channel, measure, effect=effect, alpha=alpha)
+                if scalp is not None:
+                    jobs.append((f"scalp_{measure}.png", scalp))
+        means = _channel_means(table[table[column].astype(str).isin(pair)])
+        jobs.append(("cohort.png", plots.plot_cohort(means, by=column, levels=list(pair))))
+        for filename, fig in jobs:
+            safe = filename.replace("/", "_").replace("[", "(").replace("]", ")").replace("=", "-")
+            local = Path(tmp, safe)
+            plots.save(fig, local)
+            uri = storage.join(target, "figures", safe)
+            storage.write_bytes_atomic(uri, local.read_bytes())
+            written.append(uri)
+    return written
+
