@@ -1,0 +1,293 @@
+"""Fractal attention patterns, batched over every query at once, selectable wherever NeuroFMx attends.
+
+Each pattern is an ``nn.Module`` with the attention-kernel signature of
+:func:`models.perceiver.sdpa_attention` -- ``forward(q, k, v, *, mask=None, dropout_p=0.0)`` on
+``(B, H, L, E)`` tensors, ``mask`` bool and True where a query may attend -- so the Perceiver and
+PopT take them by name (``attention: hilbert | cantor | dragon | julia | fractal_blend``).
+
+Measured complexity (``benchmarks/attention.py``, ``docs/attention.md``), not the design material's
+O(log n) claims:
+
+=================  =====================================  ==========================================
+pattern            time                                   memory
+=================  =====================================  ==========================================
+hilbert            ``O(n w^2 E)``: ``w x w`` Hilbert-grid  ``O(n w^2 E)`` for gathered keys/values
+                   cells per query
+cantor             ``O(n 2^d log3(n) E)``: Cantor offsets  ``O(n 2^d log3(n) E)``
+                   at every power-of-3 scale
+dragon             ``O(n^2 E)``: dense attention plus a    ``O(n^2)`` bias
+                   paperfolding bias
+julia              ``O(n^2 E + n k)``: dense attention     ``O(n^2)`` bias
+                   plus a soft escape-time bias over the
+                   ``2n - 1`` relative offsets (k steps)
+fractal_blend      the sum of its parts                    the sum of its parts
+=================  =====================================  ==========================================
+
+Only the two sparse patterns (Hilbert, Cantor) are sub-quadratic; Dragon and Julia change *which*
+keys get weight, not how many are scored. Scores and softmax run in float32 whatever the input
+dtype, and a query with no allowed key returns zeros, so fp16 and bf16 stay finite.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from models.attention.patterns import (
+    _query_positions,
+    cantor_offsets,
+    hilbert_neighbours,
+    julia_escape_time,
+    paperfolding,
+)
+
+__all__ = [
+    "HilbertAttention",
+    "CantorAttention",
+    "DragonAttention",
+    "JuliaAttention",
+    "FractalBlendAttention",
+    "FractalMultiheadAttention",
+    "PATTERNS",
+    "build_pattern",
+]
+
+
+def _expand_mask(mask: Optional[Tensor], b: int, h: int, lq: int, lk: int, device) -> Tensor:
+    if mask is None:
+        return torch.ones(1, 1, lq, lk, dtype=torch.bool, device=device)
+    m = mask.bool()
+    while m.ndim < 4:
+        m = m.unsqueeze(0)
+    return m.expand(m.shape[0], m.shape[1], lq, lk)
+
+
+def _masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    w = torch.softmax(scores, dim=-1)
+    return w * allowed  # rows with no allowed key become all-zero instead of uniform
+
+
+class _SparsePattern(nn.Module):
+    """Attention over a fixed set of ``M`` gathered keys per query (indices from the geometry)."""
+
+    causal: bool
+
+    def _index(self, lq: int, lk: int, device) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
+        b, h, lq, e = q.shape
+        lk = k.shape[2]
+        idx, valid, bias = self._index(lq, lk, q.device)  # (Lq, M), (Lq, M), (H, Lq|1, M) | None
+        m = idx.shape[1]
+        flat = idx.reshape(-1)
+        kg = k.index_select(2, flat).view(b, h, lq, m, e)
+        vg = v.index_select(2, flat).view(b, h, lq, m, e)
+        scores = torch.einsum("bhqe,bhqme->bhqm", q.float(), kg.float()) / math.sqrt(e)
+        if bias is not None:
+            scores = scores + bias.float()
+        full = _expand_mask(mask, b, h, lq, lk, q.device)
+        allowed = torch.gather(full, 3, idx.expand(full.shape[0], full.shape[1], lq, m)) & valid
+        w = _masked_softmax(scores, allowed)
+        if dropout_p > 0:
+            w = nn.functional.dropout(w, dropout_p)
+        return torch.einsum("bhqm,bhqme->bhqe", w, vg.float()).to(q.dtype)
+
+
+class HilbertAttention(_SparsePattern):
+    """Local-window attention on a Hilbert curve: each query sees a ``window x window`` grid patch.
+
+    The sequence is laid along a Hilbert curve on a ``2^k x 2^k`` grid (``4^k >= n``); neighbours
+    on the grid are near in the sequence at several scales at once, so a 7 x 7 patch covers both
+    adjacent positions and a few farther ones. Cost ``O(n window^2)``.
+    """
+
+    def __init__(self, *, n_heads: int = 1, window: int = 7, causal: bool = False) -> None:
+        super().__init__()
+        self.window, self.causal = window, causal
+        self._cache: dict = {}
+
+    def _index(self, lq, lk, device):
+        key = (lq, lk, str(device))
+        if key not in self._cache:
+            idx, valid = hilbert_neighbours(lq, lk, self.window, device=device)
+            if self.causal:
+                valid = valid & (idx <= _query_positions(lq, lk, device)[:, None])
+            self._cache = {key: (idx, valid)}
+        idx, valid = self._cache[key]
+        return idx, valid, None
+
+
+class CantorAttention(_SparsePattern):
+    """Multi-scale sampled attention: keys at Cantor-set offsets at every power-of-3 scale.
+
+    Query ``i`` attends to ``i - o`` (and ``i + o`` unless causal) for offsets ``o`` from
+    :func:`models.attention.patterns.cantor_offsets` (a true ternary Cantor set of ``depth``, scaled
+    by ``3**s``), with a learned per-head bias for each scale that blends near and far context.
+    Cost ``O(n 2^depth log3 n)``.
+    """
+
+    MAX_SCALES = 16  # 3**15 > 14M positions: enough for any sequence this model sees
+
+    def __init__(self, *, n_heads: int = 1, depth: int = 3, causal: bool = False) -> None:
+        super().__init__()
+        self.depth, self.causal = depth, causal
+        self.scale_bias = nn.Parameter(torch.zeros(n_heads, self.MAX_SCALES))
+        self._cache: dict = {}
+
+    def _index(self, lq, lk, device):
+        key = (lq, lk, str(device))
+        if key not in self._cache:
+            off, scale = cantor_offsets(lk, depth=self.depth, device=device)
+            if not self.causal:
+                off = torch.cat([off, -off[1:]])
+                scale = torch.cat([scale, scale[1:]])
+            pos = _query_positions(lq, lk, device)[:, None] - off[None, :]
+            valid = (pos >= 0) & (pos < lk)
+            self._cache = {key: (pos.clamp(0, lk - 1), valid, scale)}
+        idx, valid, scale = self._cache[key]
+        bias = self.scale_bias[:, scale].unsqueeze(1)  # (H, 1, M)
+        return idx, valid, bias
+
+
+class _BiasedDense(nn.Module):
+    """Dense attention with an additive ``(H, Lq, Lk)`` bias from a relative-offset pattern."""
+
+    causal: bool
+
+    def offset_bias(self, d: Tensor, lk: int) -> Tensor:
+        """Bias ``(H, ...)`` for relative offsets ``d = query_pos - key_pos``."""
+        raise NotImplementedError
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
+        b, h, lq, e = q.shape
+        lk = k.shape[2]
+        qpos = _query_positions(lq, lk, q.device)
+        d_all = torch.arange(-(lk - 1), lk, device=q.device)
+        table = self.offset_bias(d_all, lk)  # (H, 2 lk - 1): each offset's pattern computed once
+        rel = qpos[:, None] - torch.arange(lk, device=q.device)[None, :] + (lk - 1)
+        bias = table[:, rel]  # (H, Lq, Lk)
+        allowed = _expand_mask(mask, b, h, lq, lk, q.device)
+        if self.causal:
+            allowed = allowed & (rel >= lk - 1)
+        scores = torch.einsum("bhqe,bhke->bhqk", q.float(), k.float()) / math.sqrt(e) + bias.float()
+        w = _masked_softmax(scores, allowed)
+        if dropout_p > 0:
+            w = nn.functional.dropout(w, dropout_p)
+        return torch.einsum("bhqk,bhke->bhqe", w, v.float()).to(q.dtype)
+
+
+class DragonAttention(_BiasedDense):
+    """Dense attention weighted by the Dragon curve's self-similar turn sequence at several scales.
+
+    The bias for offset ``d`` is ``sum_s w[h, s] * t(|d| // 2**s + 1)`` with ``t`` the regular
+    paperfolding sequence (+1/-1 turns of the Dragon curve) and ``w`` learned per head and scale.
+    Cost ``O(n^2)``.
+    """
+
+    def __init__(self, *, n_heads: int = 1, n_scales: int = 8, causal: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+        self.scales = n_scales
+        self.weight = nn.Parameter(torch.full((n_heads, n_scales), 0.5 / math.sqrt(n_scales)))
+
+    def offset_bias(self, d, lk):
+        a = d.abs()
+        feats = torch.stack([paperfolding(a // 2**s + 1) for s in range(self.scales)])  # (S, D)
+        return self.weight @ feats.to(self.weight.dtype)
+
+
+class JuliaAttention(_BiasedDense):
+    """Dense attention weighted by a differentiable Julia-set escape time of the relative offset.
+
+    Offsets ``d`` are placed on the real segment ``[-span, span]`` of the complex plane; the soft
+    escape time of ``z <- z^2 + c`` (:func:`models.attention.patterns.julia_escape_time`) times a
+    learned per-head gain is the bias. ``c`` is learned too. Cost ``O(n^2 + n * iterations)``.
+    """
+
+    def __init__(self, *, n_heads: int = 1, c: tuple[float, float] = (-0.7, 0.27), iterations: int = 24,
+                 span: float = 1.5, causal: bool = False) -> None:
+        super().__init__()
+        self.causal, self.iterations, self.span = causal, iterations, span
+        self.c_real = nn.Parameter(torch.tensor(float(c[0])))
+        self.c_imag = nn.Parameter(torch.tensor(float(c[1])))
+        self.gain = nn.Parameter(torch.ones(n_heads))
+
+    def offset_bias(self, d, lk):
+        z0 = torch.complex(self.span * d.float() / max(lk - 1, 1), torch.zeros_like(d, dtype=torch.float32))
+        tau = julia_escape_time(z0, self.c_real, self.c_imag, iterations=self.iterations)
+        return self.gain[:, None] * tau[None, :]
+
+
+PATTERNS = {
+    "hilbert": HilbertAttention,
+    "cantor": CantorAttention,
+    "dragon": DragonAttention,
+    "julia": JuliaAttention,
+}
+
+
+class FractalBlendAttention(nn.Module):
+    """A learned per-head softmax blend of the outputs of several patterns."""
+
+    def __init__(self, *, n_heads: int = 1, patterns: Sequence[str] = ("hilbert", "cantor", "dragon", "julia"),
+                 causal: bool = False) -> None:
+        super().__init__()
+        unknown = [p for p in patterns if p not in PATTERNS]
+        if unknown or not patterns:
+            raise ValueError(f"patterns: unknown {unknown or patterns}; choose from {sorted(PATTERNS)}")
+        self.parts = nn.ModuleDict({p: PATTERNS[p](n_heads=n_heads, causal=causal) for p in patterns})
+        self.logits = nn.Parameter(torch.zeros(n_heads, len(patterns)))
+
+    def forward(self, q, k, v, *, mask=None, dropout_p: float = 0.0):
+        outs = torch.stack([part(q, k, v, mask=mask, dropout_p=dropout_p) for part in self.parts.values()], -1)
+        w = torch.softmax(self.logits.float(), -1).to(outs.dtype)  # (H, P)
+        return (outs * w[None, :, None, None, :]).sum(-1)
+
+
+def build_pattern(name: str, *, n_heads: int, causal: bool = False, **kwargs) -> nn.Module:
+    """Instantiate a pattern by name (``hilbert``, ``cantor``, ``dragon``, ``julia``, ``fractal_blend``)."""
+    if name == "fractal_blend":
+        return FractalBlendAttention(n_heads=n_heads, causal=causal, **kwargs)
+    if name not in PATTERNS:
+        raise ValueError(f"attention: unknown pattern {name!r}; choose from {sorted(PATTERNS) + ['fractal_blend']}")
+    return PATTERNS[name](n_heads=n_heads, causal=causal, **kwargs)
+
+
+class FractalMultiheadAttention(nn.Module):
+    """Multi-head attention (projections + a pattern or torch SDPA) for standalone use and benchmarks.
+
+    Shape:
+        - x ``(B, Lq, D)``, context ``(B, Lk, D)`` (defaults to ``x``)
+        - key_padding_mask ``(B, Lk)`` bool, True = a real key
+        - output ``(B, Lq, D)``
+    """
+
+    def __init__(self, *, d_model: int, n_heads: int, pattern: str = "sdpa", causal: bool = False, **kwargs) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads, self.causal, self.pattern = n_heads, causal, pattern
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.kernel = None if pattern == "sdpa" else build_pattern(pattern, n_heads=n_heads, causal=causal, **kwargs)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        context = x if context is None else context
+        b, lq, d = x.shape
+        lk, h = context.shape[1], self.n_heads
+        q = self.q(x).view(b, lq, h, d // h).transpose(1, 2)
+        k, v = self.kv(context).view(b, lk, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        mask = None if key_padding_mask is None else key_padding_mask.bool()[:, None, None, :]
+        if self.kernel is None:
+            if self.causal:
+                causal = torch.ones(lq, lk, dtype=torch.bool, device=x.device).tril()
+                mask = causal if mask is None else mask & causal
+            y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = self.kernel(q, k, v, mask=mask)
+        return self.out(y.transpose(1, 2).reshape(b, lq, d))
