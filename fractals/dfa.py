@@ -104,7 +104,8 @@ def _check_order(order) -> int:
 
 def _resolve_scales(scales, n: int, order: int, name: str) -> list[int]:
     if scales is None:
-        scales = default_windows(n, 16, None, 12)
+        # A slope needs a range of scales: at least a factor 2 (16..32), hence T >= 128.
+        scales = default_windows(n, 16, None, 12) if n >= 128 else []
         if len(scales) < 3:
             raise ValueError(
                 f"x: T={n} is too short for the default {name} (log-spaced from 16 to T//4, >= 3 of "

@@ -1,0 +1,159 @@
+"""DFA and MFDFA: ground-truth accuracy, the shared kernel's properties, autograd, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fractals import stimuli as S
+from fractals.dfa import dfa_alpha, fluctuation_functions, hurst_from_dfa, multifractal_spectrum
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_dfa_recovers_H_of_exact_fgn():
+    hs = torch.tensor([0.2, 0.5, 0.7, 0.9], dtype=torch.float64)
+    x = torch.stack([S.fgn(8192, float(h), n_series=8, generator=gen(i)) for i, h in enumerate(hs)])
+    alpha = dfa_alpha(x)  # (4, 8) in one batched call
+    assert alpha.shape == (4, 8)
+    mae = (alpha - hs[:, None]).abs().mean(-1)
+    assert bool((mae <= 0.05).all()), mae
+    torch.testing.assert_close(hurst_from_dfa(alpha), alpha)
+
+
+def test_dfa_of_fbm_is_H_plus_one():
+    x = S.fbm_series(4096, H=0.4, n_series=8, generator=gen(1))
+    alpha = dfa_alpha(x)
+    assert float(hurst_from_dfa(alpha, signal="fbm").mean()) == pytest.approx(0.4, abs=0.05)
+
+
+def test_binomial_cascade_tau_matches_theory():
+    # The cascade's cell masses mu_i ARE the series analysed (not their cumulative sum): MFDFA's
+    # profile of mu is the cumulative measure, so a segment of s cells fluctuates like its box mass
+    # m_v and F_q(s) = [(s/N) sum_v m_v^q]^(1/q) ~ s^((1 + tau(q))/q). Hence q h(q) - 1 is the
+    # partition-function exponent tau(q) = -log2(p^q + (1-p)^q) (Kantelhardt 2002, eq. 23 with a+b=1).
+    p = 0.6
+    q = torch.tensor([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
+    mu = S.cascade_multifractal(depth=13, p=p, n_series=8, generator=gen(2))
+    res = multifractal_spectrum(mu, q, scales=[16, 32, 64, 128, 256, 512, 1024])
+    theory = -torch.log2(p**q + (1 - p) ** q)
+    err = (res["tau"].mean(0) - theory).abs()
+    assert bool((err <= 0.1).all()), err
+    # The singularity spectrum is as wide as theory says (same finite differences on the q grid).
+    alpha_theory = torch.gradient(theory, spacing=(q,))[0]
+    width_theory = float(alpha_theory.max() - alpha_theory.min())
+    assert float(res["width"].mean()) == pytest.approx(width_theory, abs=0.1)
+
+
+def test_mfdfa_monofractal_flat_and_q0_log_average():
+    x = S.fgn(8192, 0.7, n_series=8, generator=gen(3))
+    res = multifractal_spectrum(x)  # default q -5..5 includes q = 0
+    assert res["h"].shape == (8, 7) and res["fq"].shape[:2] == (8, 7)
+    assert float((res["h"].mean(0) - 0.7).abs().max()) < 0.05
+    torch.testing.assert_close(res["tau"][:, 3], torch.full((8,), -1.0, dtype=torch.float64))
+    # q = 0 is the geometric mean of the segment RMS, so F_0 lies between F_-1 and F_1 and the
+    # generalized means are non-decreasing in q.
+    assert bool((res["fq"][:, 1:] >= res["fq"][:, :-1] * (1 - 1e-12)).all())
+    # Legendre pair: f(alpha) = q alpha - tau peaks near 1 (the support dimension).
+    assert float(res["falpha"][:, 3].mean()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_dfa_q2_equals_fluctuation_kernel_and_fit():
+    x = S.fgn(2048, 0.6, n_series=3, generator=gen(4))
+    w = [16, 32, 64, 128, 256]
+    alpha, fit = dfa_alpha(x, w, return_fit=True)
+    fq, scales = fluctuation_functions(x, [2.0], w)
+    torch.testing.assert_close(fit["fluct"], fq[:, 0])
+    slope = np.polyfit(np.log(w), np.log(fit["fluct"][0].numpy()), 1)[0]
+    assert float(alpha[0]) == pytest.approx(slope, rel=1e-10)
+    assert torch.equal(fit["windows"].cpu(), torch.tensor(w))
+
+
+def test_dfa_order_n_removes_polynomial_trends_of_order_n_minus_1():
+    # DFA-n fits order-n polynomials to the *profile*, i.e. removes order n-1 trends of x itself.
+    x = S.fgn(4096, 0.5, n_series=4, generator=gen(5))
+    t = torch.linspace(-1, 1, 4096, dtype=torch.float64)
+    linear = x + 3 * t
+    assert float(dfa_alpha(linear, order=2).mean()) == pytest.approx(0.5, abs=0.06)
+    assert float(dfa_alpha(linear, order=1).mean()) > 0.7  # DFA1 leaves a quadratic profile
+    quadratic = x + 3 * t**2
+    assert float(dfa_alpha(quadratic, order=3).mean()) == pytest.approx(0.5, abs=0.06)
+
+
+def test_windows_as_tensor_list_and_numpy_io():
+    x = S.fgn(1024, 0.7, n_series=2, generator=gen(6))
+    a = dfa_alpha(x, windows=torch.tensor([16, 32, 64, 128]))
+    b = dfa_alpha(x.numpy(), windows=[16, 32, 64, 128])
+    assert isinstance(b, np.ndarray) and b.shape == (2,)
+    np.testing.assert_allclose(a.numpy(), b)
+    res = multifractal_spectrum(x.numpy(), [-2.0, 0.0, 2.0], [16, 32, 64])
+    assert isinstance(res["h"], np.ndarray) and res["h"].shape == (2, 3)
+
+
+def test_float32_close_to_float64_and_input_untouched():
+    x = S.fbm_series(8192, H=0.5, n_series=4, generator=gen(7))  # fBm: large profile, hard in float32
+    x32 = x.float()
+    before = x32.clone()
+    a64, a32 = dfa_alpha(x), dfa_alpha(x32)
+    assert a32.dtype == torch.float32
+    torch.testing.assert_close(a32.double(), a64, atol=1e-4, rtol=0)
+    assert torch.equal(x32, before)
+
+
+def test_autograd_through_dfa_and_mfdfa():
+    x = S.fgn(48, 0.6, n_series=1, generator=gen(8)).requires_grad_()
+    torch.autograd.gradcheck(lambda v: dfa_alpha(v, [6, 12, 24]), (x,), fast_mode=True)
+    torch.autograd.gradcheck(
+        lambda v: multifractal_spectrum(v, [-2.0, 0.0, 2.0], [6, 12, 24])["tau"], (x,), fast_mode=True
+    )
+    y = S.fgn(1024, 0.5, n_series=3, generator=gen(9)).float().requires_grad_()
+    loss = (multifractal_spectrum(y)["width"] ** 2).mean() + dfa_alpha(y).sum()
+    loss.backward()
+    assert y.grad is not None and bool(torch.isfinite(y.grad).all()) and float(y.grad.abs().sum()) > 0
+
+
+def test_hurst_from_dfa_kinds():
+    assert hurst_from_dfa(1.7, signal="fbm") == pytest.approx(0.7)
+    np.testing.assert_allclose(hurst_from_dfa(np.array([0.3, 0.8])), [0.3, 0.8])
+    with pytest.raises(ValueError, match="signal: must be 'fgn'"):
+        hurst_from_dfa(0.5, signal="pink")
+
+
+GOOD = torch.randn(512, dtype=torch.float64, generator=gen(10))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: dfa_alpha(torch.tensor(1.0)), "0-dim"),
+        (lambda: dfa_alpha(torch.cat([GOOD[:-1], torch.tensor([float("nan")], dtype=torch.float64)])), "NaN or inf"),
+        (lambda: dfa_alpha(torch.ones(2, 512)), "constant"),
+        (lambda: dfa_alpha(GOOD[:100]), "too short for the default windows"),
+        (lambda: dfa_alpha(GOOD, windows=[16]), "at least 2 window sizes"),
+        (lambda: dfa_alpha(GOOD, windows=[16, 1024]), r"integer in \[3, T=512\]"),
+        (lambda: dfa_alpha(GOOD, windows=[2, 16]), r"integer in \[3, T=512\]"),
+        (lambda: dfa_alpha(GOOD, windows=[16, 16.5]), "windows: every size"),
+        (lambda: dfa_alpha(GOOD, windows=[16, 16]), "distinct"),
+        (lambda: dfa_alpha(GOOD, order=-1), "order: needs an integer >= 0"),
+        (lambda: dfa_alpha(GOOD, order=1.5), "order: needs an integer >= 0"),
+        (lambda: multifractal_spectrum(GOOD, [1.0, 2.0]), "q_vals: needs at least 3"),
+        (lambda: multifractal_spectrum(GOOD, [2.0, 1.0, 3.0]), "strictly increasing"),
+        (lambda: multifractal_spectrum(GOOD, [1.0, float("nan"), 3.0]), "q_vals: needs at least 3 finite"),
+        (lambda: multifractal_spectrum(GOOD, scales=[8]), "scales: needs at least 2"),
+    ],
+)
+def test_bad_input_raises(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_cpu_numbers():
+    x = S.fgn(4096, 0.7, n_series=4, generator=gen(11))
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        xc = x.to(dtype)
+        torch.testing.assert_close(dfa_alpha(xc.cuda()).cpu(), dfa_alpha(xc), atol=tol, rtol=0)
+        a, b = multifractal_spectrum(xc.cuda()), multifractal_spectrum(xc)
+        torch.testing.assert_close(a["h"].cpu(), b["h"], atol=tol, rtol=0)
