@@ -58,7 +58,7 @@ def pod_templates(doc: dict) -> list[dict]:
     spec = doc.get("spec", {})
     if doc["kind"] == "RayCluster":
         return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
-    if doc["kind"] == "Deployment":
+    if doc["kind"] in ("Deployment", "StatefulSet"):
         return [spec["template"]]
     return []
 
@@ -84,7 +84,8 @@ def test_crd_schemas_are_valid_json_schemas():
 def test_every_manifest_validates(provider_docs, kube):
     provider, docs = provider_docs
     kinds = sorted({d["kind"] for d in docs})
-    assert kinds == ["Deployment", "NetworkPolicy", "PersistentVolumeClaim", "RayCluster", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "PersistentVolumeClaim", "RayCluster", "Service",
+                     "ServiceAccount", "StatefulSet"]
     raycluster = crd_validator("raycluster-ray-v1.json")
     for doc in docs:
         if doc["kind"] == "RayCluster":
@@ -158,9 +159,9 @@ def test_ray_version_matches_the_installed_ray():
 def test_pods_run_as_non_root_with_requests_and_limits(provider_docs):
     _, docs = provider_docs
     pods = [tpl["spec"] for d in docs for tpl in pod_templates(d)]
-    assert len(pods) == 3  # ray head, ray workers, mlflow
+    assert len(pods) == 4  # ray head, ray workers, mlflow, postgres
     for pod in pods:
-        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] >= 1000
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
         for c in pod["containers"]:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -210,6 +211,21 @@ def test_network_policies_deny_by_default_and_open_only_what_is_used(provider_do
     assert pols["nfx-neurofmx-mlflow"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 5000}]
     # The Ray pods carry the label the policies select on (KubeRay adds ray.io/cluster to every pod).
     assert pols["nfx-neurofmx-ray-internal"]["podSelector"]["matchLabels"] == {"ray.io/cluster": "nfx-neurofmx"}
+
+
+def test_postgres_backs_mlflow_and_only_mlflow_reaches_it():
+    docs = render()
+    (sts,) = by_kind(docs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "neurofmx-postgres", "key": "password"}
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    (init,) = by_kind(docs, "ConfigMap")
+    assert "CREATE DATABASE mlflow_auth" in init["data"]["10-auth-db.sql"]
+    pol = next(d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-postgres"))
+    assert pol["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
+    external = render(postgres={"deploy": False})
+    assert not by_kind(external, "StatefulSet") and not by_kind(external, "ConfigMap")
 
 
 def test_auth_token_and_data_volume(provider_docs):
