@@ -20,15 +20,22 @@ __all__ = ["higuchi_fd", "katz_fd", "hurst_rs"]
 
 def _prepare(x, min_len: int, why: str) -> tuple[torch.Tensor, bool]:
     """Convert and validate a ``(..., T)`` input; shared by every temporal estimator."""
+    check_not_scalar(x)
     t, was_numpy = as_tensor(x, "x")
-    if t.ndim == 0:
-        raise ValueError("x: got a 0-dim scalar; needs a series with time on the last axis, shape (..., T)")
     if t.numel() == 0:
         raise ValueError(f"x: is empty (shape {tuple(t.shape)}); needs at least one series of length >= {min_len}")
     check_min_length(t, min_len, "x", why)
     check_finite(t, "x")
     check_not_constant(t, "x")
     return t, was_numpy
+
+
+def check_not_scalar(x) -> None:
+    """Reject 0-dim input before conversion (NumPy scalars would otherwise become shape (1,))."""
+    if (x.ndim if isinstance(x, torch.Tensor) else np.ndim(x)) == 0:
+        raise ValueError(
+            f"x: got a 0-dim scalar ({type(x).__name__}); needs a series with time on the last axis, shape (..., T)"
+        )
 
 
 def _check_int_arg(value, name: str, minimum: int) -> int:
@@ -157,8 +164,8 @@ def _expected_rs(n: int) -> float:
 def default_windows(n: int, min_window: int = 16, max_window: Optional[int] = None, n_windows: int = 12) -> list[int]:
     """Log-spaced unique integer window sizes between ``min_window`` and ``max_window`` (T // 4)."""
     hi = n // 4 if max_window is None else int(max_window)
-    if hi <= min_window:
-        return [min_window] if min_window <= n else []
+    if hi < 2 * min_window:  # a slope needs at least a factor 2 of window sizes
+        return []
     grid = np.unique(np.round(np.geomspace(min_window, hi, n_windows)).astype(np.int64))
     return [int(v) for v in grid]
 
@@ -234,7 +241,7 @@ def hurst_rs(
         if len(windows) < 2:
             raise ValueError(
                 f"x: T={n} is too short for default R/S windows from min_window={min_window} to T//4; "
-                f"needs T >= {8 * min_window} or explicit windows"
+                f"needs T >= {8 * min_window} (or max_window >= 2 * min_window) or explicit windows"
             )
     windows = _as_windows(windows, n, 4)
     log_rs = []

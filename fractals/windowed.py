@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fractals._checks import as_tensor, to_input_kind
+from fractals.temporal import check_not_scalar
 
 __all__ = [
     "windowed",
@@ -82,9 +83,8 @@ def windowed(metric: Union[Callable, str], x, window_size: int, hop_size: int, *
     fn = _metric_by_name(metric) if isinstance(metric, str) else metric
     if not callable(fn):
         raise ValueError(f"metric: needs a callable or a metric name, got {metric!r}")
+    check_not_scalar(x)
     t, was_numpy = as_tensor(x, "x")
-    if t.ndim == 0:
-        raise ValueError("x: got a 0-dim scalar; needs a series with time on the last axis, shape (..., T)")
     window_size = _check_size(window_size, "window_size")
     hop_size = _check_size(hop_size, "hop_size")
     n = t.shape[-1]

@@ -1,0 +1,122 @@
+"""Higuchi FD, Katz FD and R/S Hurst: known values, ground truth, batching, dtypes, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fractals import stimuli as S
+from fractals.temporal import higuchi_fd, hurst_rs, katz_fd
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+SINE = np.sin(2 * np.pi * 1 * np.arange(3000) / 100)
+RAMP = np.arange(1000)
+
+
+def test_pinned_values_from_antropy_docs():
+    # antropy's documented examples (same definitions, so the same numbers).
+    assert higuchi_fd(SINE, kmax=10) == pytest.approx(1.0074, abs=5e-5)
+    assert higuchi_fd(RAMP, kmax=10) == pytest.approx(1.0, abs=1e-9)
+    assert katz_fd(SINE) == pytest.approx(2.4871, abs=5e-5)
+    assert katz_fd(RAMP) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("H", [0.3, 0.5, 0.7])
+def test_higuchi_of_fbm_is_2_minus_H(H):
+    x = S.fbm_series(8192, H=H, n_series=16, generator=gen(1))
+    assert float(higuchi_fd(x).mean()) == pytest.approx(2 - H, abs=0.03)
+
+
+def test_higuchi_white_noise_is_2():
+    x = torch.randn(16, 4096, dtype=torch.float64, generator=gen(2))
+    assert float(higuchi_fd(x, kmax=10).mean()) == pytest.approx(2.0, abs=0.01)
+
+
+def test_katz_decreases_with_H():
+    fds = [float(katz_fd(S.fgn(8192, h, n_series=16, generator=gen(3))).mean()) for h in (0.3, 0.6, 0.9)]
+    assert fds[0] > fds[1] > fds[2]
+
+
+@pytest.mark.parametrize("H", [0.3, 0.5, 0.8])
+def test_hurst_rs_tracks_H(H):
+    x = S.fgn(8192, H, n_series=16, generator=gen(4))
+    # R/S is compressed towards 0.5 (measured bias up to -0.06 at H=0.9, see the docstring).
+    assert float(hurst_rs(x).mean()) == pytest.approx(H, abs=0.06)
+
+
+def test_any_leading_shape_matches_per_series_and_kinds():
+    x = S.fgn(1024, 0.6, batch_shape=(2, 3), generator=gen(5))
+    for fn in (higuchi_fd, katz_fd, hurst_rs):
+        out = fn(x)
+        assert out.shape == (2, 3) and out.dtype == torch.float64
+        torch.testing.assert_close(out[1, 2], fn(x[1, 2]))
+        np_out = fn(x.numpy())
+        assert isinstance(np_out, np.ndarray)
+        np.testing.assert_allclose(np_out, out.numpy(), rtol=1e-12)
+        out32 = fn(x.float())
+        assert out32.dtype == torch.float32
+        torch.testing.assert_close(out32.double(), out, atol=1e-4, rtol=0)
+        # Non-contiguous views work (antropy's Higuchi rejects them).
+        torch.testing.assert_close(fn(x.transpose(0, 1))[2, 1], out[1, 2])
+
+
+def test_integer_input_is_promoted():
+    assert isinstance(katz_fd([0, 3, 1, 4, 1, 5, 9, 2, 6]), np.ndarray)
+
+
+def test_hurst_rs_options():
+    x = S.fgn(4096, 0.5, n_series=8, generator=gen(6))
+    w = [16, 32, 64, 128, 256, 512]
+    plain = hurst_rs(x, w, corrected=False)
+    corrected = hurst_rs(x, w)
+    # Plain R/S overestimates H of white noise at small n; the Anis-Lloyd-Peters correction fixes it.
+    assert float(plain.mean()) > float(corrected.mean()) + 0.02
+    assert float(corrected.mean()) == pytest.approx(0.5, abs=0.04)
+    assert hurst_rs(x, max_window=256).shape == (8,)
+
+
+PERIOD_2 = np.tile([0.0, 1.0], 50)
+GOOD = np.random.default_rng(0).standard_normal(256)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: higuchi_fd(np.float64(3.0)), "0-dim"),
+        (lambda: higuchi_fd(np.zeros((0, 10))), "empty"),
+        (lambda: higuchi_fd(GOOD, kmax=1), "kmax: needs an integer >= 2"),
+        (lambda: higuchi_fd(GOOD, kmax=2.5), "kmax: needs an integer >= 2"),
+        (lambda: higuchi_fd(GOOD[:15], kmax=8), "needs at least 16"),
+        (lambda: higuchi_fd(np.where(np.arange(256) == 7, np.nan, GOOD)), "NaN or inf"),
+        (lambda: higuchi_fd(np.where(np.arange(256) == 7, np.inf, GOOD)), "NaN or inf"),
+        (lambda: higuchi_fd(np.ones((3, 256))), "constant"),
+        (lambda: higuchi_fd(PERIOD_2, kmax=4), "curve length is zero at lag k=2"),
+        (lambda: katz_fd(GOOD[:2]), "needs at least 3"),
+        (lambda: katz_fd(np.array([0.0, 1.0, 0.0, 1.0])), "never move farther"),
+        (lambda: katz_fd(np.array(["a", "b", "c"])), "numeric"),
+        (lambda: hurst_rs(GOOD, min_window=2), "min_window: needs an integer >= 4"),
+        (lambda: hurst_rs(GOOD[:20]), "needs at least 32"),
+        (lambda: hurst_rs(torch.tensor(2.0)), "0-dim"),
+        (lambda: hurst_rs(GOOD[:100]), "too short for default R/S windows"),
+        (lambda: hurst_rs(GOOD, windows=[16]), "at least 2 window sizes"),
+        (lambda: hurst_rs(GOOD, windows=[16, 512]), r"integer in \[4, T=256\]"),
+        (lambda: hurst_rs(np.repeat(GOOD[:32], 8) * 0 + np.repeat([0.0, 1.0], 128), windows=[8, 16]),
+         "every segment of length 8 is constant"),
+    ],
+)
+def test_bad_input_raises(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_cpu_numbers():
+    x = S.fgn(4096, 0.7, n_series=4, generator=gen(7))
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        xc = x.to(dtype)
+        for fn in (higuchi_fd, katz_fd, hurst_rs):
+            torch.testing.assert_close(fn(xc.cuda()).cpu(), fn(xc), atol=tol, rtol=0)
