@@ -1,0 +1,115 @@
+"""LightningDataModules for NeuroFMx: ``synthetic`` (default) and ``files`` (a folder of recordings).
+
+:func:`build_datamodule` is the builder named in :mod:`models.registry` for ``data.name`` in
+``{"synthetic", "files"}``. Both datasets are plain map-style datasets, so Lightning's
+``DistributedSampler`` shards them across DDP ranks (gloo or NCCL) with no extra code, and each
+sample is deterministic given the seed.
+
+Batch size comes from ``data.batch_size`` when set, else ``trainer.batch_size`` (per worker).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from models.data.batch import collate_batch
+from models.data.synthetic import SyntheticConfig, SyntheticNeuralDataset
+
+__all__ = ["NeuroDataModule", "build_datamodule"]
+
+
+class NeuroDataModule(pl.LightningDataModule):
+    """Train/val(/test) datasets wrapped in DataLoaders that produce :mod:`models.data.batch` dicts.
+
+    Parameters
+    ----------
+    train, val : Dataset
+        Map-style datasets of sample dicts.
+    test : Dataset, optional
+        Held-out split (defaults to none).
+    batch_size : int
+        Samples per batch per process.
+    num_workers : int
+        DataLoader worker processes (0 = load in the training process; enough for synthetic data).
+    info : mapping
+        Facts about the data the model config may need (``fs``, ``n_time``, vocabularies...).
+
+    Shape:
+        Each batch: dict per :mod:`models.data.batch`.
+    """
+
+    def __init__(self, *, train: Dataset, val: Dataset, test: Optional[Dataset] = None, batch_size: int = 8,
+                 num_workers: int = 0, info: Optional[Mapping[str, Any]] = None) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"data.batch_size: must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers: must be an integer >= 0, got {num_workers!r}")
+        self.train_set, self.val_set, self.test_set = train, val, test
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.info = dict(info or {})
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=collate_batch, persistent_workers=self.num_workers > 0, drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise ValueError("test_dataloader: this datamodule has no test split (set data.n_test)")
+        return self._loader(self.test_set, shuffle=False)
+
+
+def _batch_size(cfg: Mapping[str, Any]) -> int:
+    data = cfg.get("data", {}) or {}
+    size = data.get("batch_size")
+    if size is None:
+        size = (cfg.get("trainer", {}) or {}).get("batch_size", 8)
+    return int(size)
+
+
+_LOADER_KEYS = {"name", "n_train", "n_val", "n_test", "batch_size", "num_workers"}
+
+
+def _synthetic(cfg: Mapping[str, Any]) -> NeuroDataModule:
+    data = dict(cfg.get("data", {}) or {})
+    known = _LOADER_KEYS | {f.name for f in dataclasses.fields(SyntheticConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"data: unknown key(s) {unknown} for the synthetic dataset; known: {sorted(known)}")
+    if data.get("seed") is None:
+        data["seed"] = int(cfg.get("seed", 0) or 0)
+    gen = SyntheticConfig.from_mapping(data)
+    n_train, n_val, n_test = (int(data.get(k, d)) for k, d in (("n_train", 64), ("n_val", 16), ("n_test", 0)))
+    train = SyntheticNeuralDataset(n_samples=n_train, split="train", config=gen)
+    val = SyntheticNeuralDataset(n_samples=n_val, split="val", config=gen)
+    test = SyntheticNeuralDataset(n_samples=n_test, split="test", config=gen) if n_test > 0 else None
+    info = {"fs": gen.fs, "n_time": gen.n_time, "modalities": list(gen.modalities), "n_unit_ids": train.n_unit_ids,
+            "n_lfp_channels": gen.n_lfp_channels, "n_behavior": gen.n_behavior, "n_subjects": gen.n_subjects}
+    return NeuroDataModule(train=train, val=val, test=test, batch_size=_batch_size(cfg),
+                           num_workers=int(data.get("num_workers", 0) or 0), info=info)
+
+
+def build_datamodule(cfg: Mapping[str, Any]) -> NeuroDataModule:
+    """Build the datamodule named by ``cfg['data']['name']`` (``synthetic`` or ``files``).
+
+    ``cfg`` is the composed Hydra config as a plain dict (see platform/fmx/conf/data/*.yaml).
+    """
+    name = (cfg.get("data", {}) or {}).get("name", "synthetic")
+    if name == "synthetic":
+        return _synthetic(cfg)
+    if name == "files":
+        from models.data.files import build_files_datamodule
+
+        return build_files_datamodule(cfg, NeuroDataModule, _batch_size(cfg))
+    raise ValueError(f"data.name: {name!r} is not built here; use 'synthetic' or 'files'")
