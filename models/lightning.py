@@ -99,7 +99,7 @@ class NeuroFMxModule(pl.LightningModule):
     def _build_priors(self, fr: Mapping[str, Any]):
         from fractals.regularizers import FractalPriors
 
-        return FractalPriors.from_config(fr)
+        return FractalPriors.from_config(fr, time_dim=1)  # latents["ssm"] is (B, T, D)
 
     def sample_rate(self, batch: Mapping[str, Any]) -> float:
         """Sample rate of the batch's common time axis (Hz): batch ``fs``, else ``data.fs``, else
@@ -124,7 +124,8 @@ class NeuroFMxModule(pl.LightningModule):
     def _prior_loss(self, out: Mapping[str, Any], batch) -> tuple[torch.Tensor | None, dict]:
         if self.priors is None or self.global_step < self.prior_warmup:
             return None, {}
-        return self.priors(out["latents"]["ssm"].transpose(1, 2), fs=self.latent_rate(batch))
+        # Warmup is handled here (step=None): the priors are not even computed before it.
+        return self.priors(out["latents"]["ssm"], fs=self.latent_rate(batch))
 
     def training_step(self, batch, batch_idx):
         out = self(batch)

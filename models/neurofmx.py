@@ -1,4 +1,4 @@
-"""NeuroFMx: tokenizers -> (scale encodings) -> Perceiver-IO -> Mamba-2 stack -> PopT -> heads.
+"""NeuroFMx: tokenizers -> Perceiver-IO -> (scale encodings) -> Mamba-2 stack -> PopT -> heads.
 
 Data flow for a batch (see the models contract):
 
@@ -9,69 +9,48 @@ Data flow for a batch (see the models contract):
 3. Optional :class:`models.layers.scale_encoding.ScaleEncoding` adds causal log-spaced band energies.
 4. :class:`models.backbones.Mamba2Stack` scans the latent sequence (fused ``mamba_ssm`` kernels on
    CUDA when importable, portable chunked SSD otherwise), optionally with fractional kernels.
-5. PopT pools the SSM sequence (and its per-channel tokens) into ``K`` population tokens.
-6. Heads compute the task losses; the total is their uncertainty-weighted sum.
+5. :class:`models.popt.PopT` pools per-channel token summaries and the SSM steps into ``K`` tokens.
+6. Heads (:mod:`models.heads`) compute the task losses; the total is their uncertainty-weighted sum.
 
-``forward(batch)`` returns ``{"loss", "losses", "latents": {"perceiver", "ssm", "popt",
-"ssm_states"}, "outputs"}``.
+Every stage is causal in time with ``latent_attention: causal``, so the forecast at step ``s``
+depends on samples before the end of step ``s`` only (tested end to end).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.backbones import Mamba2Stack
+from models.heads import (
+    BehaviorHead,
+    ContrastiveHead,
+    DomainAdversarialHead,
+    ForecastHead,
+    MaskedReconstructionHead,
+    UncertaintyWeightedLoss,
+    channel_view,
+)
 from models.layers.scale_encoding import ScaleEncoding
 from models.perceiver import PerceiverIOEncoder
+from models.popt import PopT, channel_summaries
 from models.tokenizers import MultimodalTokenizer
-from models.tokenizers.base import patchify, zscore_channels
+from models.tokenizers.base import Tokens
 
-__all__ = ["NeuroFMx"]
+__all__ = ["NeuroFMx", "SIGNAL_KEYS"]
 
-_TIME_MAJOR = ("spikes", "calcium", "fmri")  # (B, T, N) layout; continuous keys are (B, C, T)
-_CONTINUOUS = ("lfp", "eeg", "ecog", "ieeg", "emg")
-
-
-def _signal_channels_last_time(batch: Mapping[str, Any], key: str) -> torch.Tensor:
-    x = batch[key].float()
-    return x.transpose(1, 2) if key in _TIME_MAJOR else x  # (B, C, T)
+SIGNAL_KEYS = ("spikes", "lfp", "eeg", "ecog", "ieeg", "emg", "calcium", "fmri")
+_COUNT_KEYS = ("spikes",)  # Poisson losses; everything else is z-scored MSE
+_VOCAB_OPTION = {"spikes": "n_units", "calcium": "n_neurons", "fmri": "n_rois"}
 
 
-class _NextPatchForecast(nn.Module):
-    """Forecast the next token bin's channel-averaged, z-scored signal patch of each modality.
-
-    A temporary self-supervised head (replaced by :mod:`models.heads`): prediction at bin ``t`` uses
-    the SSM output at bin ``t`` (causal) and is scored against bin ``t + 1``.
-    """
-
-    def __init__(self, *, d_model: int, patch_size: int, keys: list[str]):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.ModuleDict({k: nn.Linear(d_model, patch_size) for k in keys})
-        self.loss_names = [f"forecast_{k}" for k in keys]
-
-    def forward(self, h: torch.Tensor, batch: Mapping[str, Any], latents_per_bin: int) -> dict[str, torch.Tensor]:
-        losses = {}
-        for key, proj in self.proj.items():
-            if key not in batch:
-                continue
-            x = _signal_channels_last_time(batch, key)
-            if key == "spikes":
-                x = torch.log1p(x.clamp_min(0))
-            mask = batch.get(f"{key}_mask")
-            x = zscore_channels(x)
-            w = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.float()
-            target = (patchify(x, self.patch_size) * w[..., None, None]).sum(1) / w.sum(1).clamp_min(1)[:, None, None]
-            pred = proj(h[:, latents_per_bin - 1 :: latents_per_bin])  # last latent of each bin
-            n = min(pred.shape[1], target.shape[1]) - 1
-            if n < 1:
-                continue
-            losses[f"forecast_{key}"] = F.mse_loss(pred[:, :n], target[:, 1 : n + 1])
-        return losses
+def _vocab(key: str, opts: Mapping[str, Any], default: int = 256) -> int:
+    """Channel-id vocabulary of a modality, read from its tokenizer options."""
+    for name in (_VOCAB_OPTION.get(key), "n_channels", "n_units", "n_channel_ids"):
+        if name and name in opts:
+            return int(opts[name])
+    return default
 
 
 class NeuroFMx(nn.Module):
@@ -84,24 +63,29 @@ class NeuroFMx(nn.Module):
     patch_size
         Samples of the common time axis per token bin.
     tokenizers
-        Batch key -> tokenizer options (see :class:`models.tokenizers.MultimodalTokenizer`).
+        Batch key -> tokenizer options (:class:`models.tokenizers.MultimodalTokenizer`).
     perceiver
         Options of :class:`models.perceiver.PerceiverIOEncoder` (``n_latents``, ``chunk_size``,
         ``n_heads``, ``n_self_layers``, ``latent_attention``...).
     ssm
-        Options of :class:`models.backbones.Mamba2Stack` (``n_layers``, ``d_state``, ``headdim``,
+        ``n_layers`` plus options of :class:`models.backbones.Mamba2` (``d_state``, ``headdim``,
         ``expand``, ``chunk_size``, ``kernels``).
     fractional_kernels
-        ``None`` (off) or ``{n_taps, min_alpha, max_alpha}``; adds gated power-law kernels to the
-        conv stage of every Mamba-2 block.
+        ``None`` (off) or ``{n_taps, min_alpha, max_alpha}``: gated power-law kernels on the conv
+        stage of every Mamba-2 block.
     scale_encodings
-        ``None`` (off) or ``{wavelet_scales: [...]}``; adds causal band energies before the SSM.
-    popt, heads
-        Options for the PopT aggregator and the task heads.
+        ``None`` (off) or ``{wavelet_scales: [...]}``: causal band energies added before the SSM.
+    popt
+        Options of :class:`models.popt.PopT` (``n_summary_tokens``, ``n_layers``, ``n_heads``).
+    heads
+        Which heads to build, e.g. ``{forecast: {keys: [lfp], horizon: 1}, reconstruction: {keys:
+        [lfp], mask_ratio: 0.25}, behavior: {n_features: 2}, contrastive: {view: behavior},
+        adversarial: {target: subject, n_domains: 4}}``; see ``platform/fmx/conf/model/*.yaml``.
 
     Shape:
         - batch: dict per the models contract
-        - latents["perceiver"], latents["ssm"]: ``(B, T_lat, D)``; latents["popt"]: ``(B, K, D)``
+        - output ``latents``: ``perceiver`` and ``ssm`` ``(B, S, D)``, ``popt`` ``(B, K, D)``,
+          ``ssm_states`` ``(B, H, P, N)`` (last layer's final SSM state)
     """
 
     def __init__(self, *, d_model: int, patch_size: int, tokenizers: Mapping[str, Mapping[str, Any]],
@@ -110,11 +94,16 @@ class NeuroFMx(nn.Module):
                  scale_encodings: Mapping[str, Any] | None = None,
                  popt: Mapping[str, Any] | None = None, heads: Mapping[str, Any] | None = None):
         super().__init__()
-        if d_model < 8:
+        if int(d_model) < 8:
             raise ValueError(f"model.d_model: must be >= 8, got {d_model}")
+        if int(patch_size) < 1:
+            raise ValueError(f"model.patch_size: must be >= 1, got {patch_size}")
         self.d_model, self.patch_size = int(d_model), int(patch_size)
-        self.tokenizer = MultimodalTokenizer(d_model=d_model, patch_size=patch_size, modalities=dict(tokenizers))
+        self.tokenizer_options = {k: dict(v or {}) for k, v in tokenizers.items()}
+        self.tokenizer = MultimodalTokenizer(d_model=d_model, patch_size=patch_size, modalities=self.tokenizer_options)
         self.perceiver = PerceiverIOEncoder(d_model=d_model, **dict(perceiver or {}))
+        # One SSM/head step covers chunk_size token bins.
+        self.step_size = self.patch_size * self.perceiver.chunk_size
         self.scale_encoding = None
         if scale_encodings is not None:
             self.scale_encoding = ScaleEncoding(d_model=d_model, scales=list(scale_encodings["wavelet_scales"]))
@@ -122,16 +111,58 @@ class NeuroFMx(nn.Module):
         n_layers = int(ssm.pop("n_layers", 2))
         self.backbone = Mamba2Stack(d_model=d_model, n_layers=n_layers,
                                     fractional=dict(fractional_kernels) if fractional_kernels else None, **ssm)
-        self.heads = _NextPatchForecast(d_model=d_model, patch_size=patch_size,
-                                        keys=[k for k in tokenizers if k in _CONTINUOUS + _TIME_MAJOR])
-        self.popt = None
-        self._popt_cfg = dict(popt or {})
-        self._heads_cfg = dict(heads or {})
-        # Uncertainty weights (log variances), one per loss the heads can produce; created here so the
-        # optimizer and checkpoints see them from the start.
-        self.log_vars = nn.ParameterDict({n: nn.Parameter(torch.zeros(())) for n in self.heads.loss_names})
+        popt = dict(popt or {})
+        self.popt = PopT(d_model=d_model, **popt)
+        self._build_heads(dict(heads or {}))
+        self.loss_weighting = UncertaintyWeightedLoss(task_names=self.loss_names)
 
     # ------------------------------------------------------------------ construction
+    def _build_heads(self, heads: dict[str, Any]) -> None:
+        unknown = set(heads) - {"forecast", "reconstruction", "behavior", "contrastive", "adversarial"}
+        if unknown:
+            raise ValueError(f"model.heads: unknown head(s) {sorted(unknown)}; allowed: forecast, reconstruction, "
+                             "behavior, contrastive, adversarial")
+        d, p = self.d_model, self.step_size
+        self.forecast = nn.ModuleDict()
+        self.reconstruction = nn.ModuleDict()
+        self.mask_ratio = 0.0
+        for kind, table in (("forecast", self.forecast), ("reconstruction", self.reconstruction)):
+            opts = dict(heads.get(kind) or {})
+            if not heads.get(kind):
+                continue
+            keys = opts.pop("keys", [k for k in self.tokenizer_options if k in SIGNAL_KEYS])
+            if kind == "reconstruction":
+                self.mask_ratio = float(opts.pop("mask_ratio", 0.25))
+                if not 0.0 < self.mask_ratio < 1.0:
+                    raise ValueError(f"model.heads.reconstruction.mask_ratio: must lie in (0, 1), got {self.mask_ratio}")
+            for key in keys:
+                if key not in SIGNAL_KEYS:
+                    raise ValueError(f"model.heads.{kind}.keys: {key!r} is not a signal modality {SIGNAL_KEYS}")
+                cls = ForecastHead if kind == "forecast" else MaskedReconstructionHead
+                loss = "poisson" if key in _COUNT_KEYS else "mse"
+                table[key] = cls(d_model=d, patch_size=p, loss=loss,
+                                 n_channel_ids=_vocab(key, self.tokenizer_options.get(key, {})), **opts)
+        self.behavior = None
+        if heads.get("behavior"):
+            self.behavior = BehaviorHead(d_model=d, patch_size=p, **dict(heads["behavior"]))
+        self.contrastive, self.contrastive_view = None, None
+        if heads.get("contrastive"):
+            opts = dict(heads["contrastive"])
+            self.contrastive_view = opts.pop("view", "behavior")
+            dim_b = int(opts.pop("dim_b"))
+            self.contrastive = ContrastiveHead(dim_a=d, dim_b=dim_b, **opts)
+        self.adversarial, self.adversarial_target = None, None
+        if heads.get("adversarial"):
+            opts = dict(heads["adversarial"])
+            self.adversarial_target = opts.pop("target", "subject")
+            self.adversarial = DomainAdversarialHead(d_model=d, **opts)
+        names = [f"forecast_{k}" for k in self.forecast] + [f"recon_{k}" for k in self.reconstruction]
+        names += [n for n, h in (("behavior", self.behavior), ("contrastive", self.contrastive),
+                                 ("adversarial", self.adversarial)) if h is not None]
+        if not names:
+            raise ValueError("model.heads: configure at least one head, e.g. {forecast: {keys: [lfp]}}")
+        self.loss_names = names
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "NeuroFMx":
         """Build from the composed config: ``cfg['model']`` plus ``cfg['fractals']['backbone']``."""
@@ -152,39 +183,89 @@ class NeuroFMx(nn.Module):
         )
 
     # ------------------------------------------------------------------ forward
-    def encode(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Tokenize, fuse and scan: the latents without the heads."""
+    def _step_mask(self, batch_size: int, n_steps: int, device) -> torch.Tensor | None:
+        """Steps hidden from the encoder for masked reconstruction (True = hidden and scored).
+
+        Random in training; a fixed pattern in eval so validation losses are comparable across epochs.
+        """
+        if not self.reconstruction or n_steps < 2:
+            return None
+        if self.training:
+            u = torch.rand(batch_size, n_steps, device=device)
+        else:
+            g = torch.Generator().manual_seed(0)
+            u = torch.rand(batch_size, n_steps, generator=g).to(device)
+        mask = u < self.mask_ratio
+        mask[:, 0] &= mask[:, 1:].any(1)  # keep every row with at least one visible step
+        return mask
+
+    def encode(self, batch: Mapping[str, Any], *, step_mask: torch.Tensor | None = None) -> dict[str, Any]:
+        """Tokenize, fuse and scan. ``step_mask`` ``(B, S)`` hides whole steps from the encoder."""
         tokens = self.tokenizer(batch)
         n_time = self.tokenizer.num_time_tokens(batch)
-        per = self.perceiver(tokens.tokens, mask=tokens.mask, time_index=tokens.time_index, n_time=n_time)
+        mask = tokens.mask
+        if step_mask is not None:
+            step_of_token = torch.div(tokens.time_index, self.perceiver.chunk_size, rounding_mode="floor")
+            hidden = torch.gather(step_mask, 1, step_of_token.clamp_max(step_mask.shape[1] - 1))
+            mask = mask & ~hidden
+        per = self.perceiver(tokens.tokens, mask=mask, time_index=tokens.time_index, n_time=n_time)
         x = per.latents
         if self.scale_encoding is not None:
             x = self.scale_encoding(x)
         h, states = self.backbone(x, return_states=True)
-        return {"perceiver": per.latents, "ssm": h, "ssm_states": states[-1], "tokens": tokens}
+        return {"perceiver": per.latents, "ssm": h, "ssm_states": states[-1],
+                "tokens": Tokens(tokens.tokens, mask, tokens.time_index, tokens.channel_index, tokens.modality_index)}
 
-    def _weighted_total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Kendall et al. (2018) uncertainty weighting: ``sum exp(-s_i) L_i + s_i``."""
-        total = None
-        for name, value in losses.items():
-            if name not in self.log_vars:
-                raise ValueError(f"losses: head produced {name!r} but no weight exists; known: {list(self.log_vars)}")
-            s = self.log_vars[name]
-            term = torch.exp(-s) * value + s
-            total = term if total is None else total + term
-        if total is None:
-            raise ValueError("batch: no head produced a loss; the batch has no target for any configured head")
-        return total
+    def _popt(self, tokens: Tokens, steps: torch.Tensor) -> torch.Tensor:
+        """PopT over per-channel token summaries (when the tokens keep channels) and the SSM steps."""
+        parts, masks = [steps], [torch.ones(steps.shape[:2], dtype=torch.bool, device=steps.device)]
+        if bool((tokens.channel_index >= 0).any()):
+            summ, smask = channel_summaries(tokens)
+            parts.insert(0, summ.to(steps.dtype))
+            masks.insert(0, smask)
+        return self.popt(torch.cat(parts, 1), mask=torch.cat(masks, 1))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        enc = self.encode(batch)
+        n_tok = self.tokenizer.num_time_tokens(batch)
+        if n_tok is None:
+            raise ValueError(f"batch: needs at least one time-aligned modality of {list(self.tokenizer_options)}")
+        n_steps = -(-n_tok // self.perceiver.chunk_size)
+        b = next(v.shape[0] for k, v in batch.items() if k in self.tokenizer_options)
+        step_mask = self._step_mask(b, n_steps, next(self.parameters()).device)
+        enc = self.encode(batch, step_mask=step_mask)
         h = enc["ssm"]
-        popt = h.mean(1, keepdim=True)
-        losses = self.heads(h, batch, self.perceiver.n_latents)
+        k = self.perceiver.n_latents
+        steps = h[:, k - 1 :: k]  # last latent of each chunk: one per step, sees the whole chunk
+        popt = self._popt(enc["tokens"], steps)
+        losses, outputs, metrics = {}, {}, {}
+        for key, head in self.forecast.items():
+            if key in batch:
+                x, m, ids = channel_view(batch, key)
+                out = head(steps, target=x, channel_mask=m, channel_ids=ids)
+                losses[f"forecast_{key}"], outputs[f"forecast_{key}"] = out.loss, out.prediction
+        for key, head in self.reconstruction.items():
+            if key in batch and step_mask is not None:
+                x, m, ids = channel_view(batch, key)
+                out = head(steps, target=x, channel_mask=m, channel_ids=ids, step_mask=step_mask)
+                losses[f"recon_{key}"], outputs[f"recon_{key}"] = out.loss, out.prediction
+        if self.behavior is not None and "behavior" in batch:
+            out = self.behavior(steps, target=batch["behavior"], mask=batch.get("behavior_mask"))
+            losses["behavior"], outputs["behavior"] = out.loss, out.prediction
+            metrics.update({f"behavior_{n}": v for n, v in out.metrics.items()})
+        if self.contrastive is not None and self.contrastive_view in batch:
+            out = self.contrastive(popt, batch[self.contrastive_view])
+            losses["contrastive"] = out.loss
+            metrics.update({f"contrastive_{n}": v for n, v in out.metrics.items()})
+        if self.adversarial is not None and self.adversarial_target in batch:
+            out = self.adversarial(popt, target=batch[self.adversarial_target])
+            losses["adversarial"] = out.loss
+            metrics.update({f"adversarial_{n}": v for n, v in out.metrics.items()})
+        if not losses:
+            raise ValueError(f"batch: no configured head {self.loss_names} found its target; batch keys: {sorted(batch)}")
         return {
-            "loss": self._weighted_total(losses),
+            "loss": self.loss_weighting(losses),
             "losses": losses,
-            "latents": {"perceiver": enc["perceiver"], "ssm": h, "popt": popt,
-                        "ssm_states": enc["ssm_states"]},
-            "outputs": {},
+            "latents": {"perceiver": enc["perceiver"], "ssm": h, "popt": popt, "ssm_states": enc["ssm_states"]},
+            "outputs": outputs,
+            "metrics": metrics,
         }
