@@ -27,3 +27,26 @@ bench: ## print benchmark numbers (see docs/benchmarks.md)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
+
+# ---- Deployment: docs/deploy.md --------------------------------------------------------------
+REGISTRY ?=
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+PROVIDER ?=
+
+.PHONY: image deploy undeploy validate-deploy
+
+image: ## build and push the training and MLflow images: make image REGISTRY=registry.example.com/team TAG=0.1.0
+	@test -n "$(REGISTRY)" || { echo "make image: REGISTRY is empty; run: make image REGISTRY=registry.example.com/team TAG=0.1.0" >&2; exit 2; }
+	docker build -f docker/Dockerfile -t $(REGISTRY)/neurofmx:$(TAG) .
+	docker build -f docker/mlflow.Dockerfile -t $(REGISTRY)/neurofmx-mlflow:$(TAG) .
+	docker push $(REGISTRY)/neurofmx:$(TAG)
+	docker push $(REGISTRY)/neurofmx-mlflow:$(TAG)
+
+deploy: ## terraform apply, KubeRay + chart via helm, wait for Ray: make deploy PROVIDER=coreweave|crusoe REGISTRY=... TAG=...
+	PROVIDER=$(PROVIDER) REGISTRY=$(REGISTRY) TAG=$(TAG) bash infra/deploy.sh
+
+undeploy: ## helm uninstall and terraform destroy: make undeploy PROVIDER=coreweave|crusoe
+	PROVIDER=$(PROVIDER) bash infra/undeploy.sh
+
+validate-deploy: ## offline checks of docker/, helm/, terraform/ and infra/ (no cluster, no cloud account)
+	$(BIN)/python -m pytest -q tests/test_docker.py tests/test_deploy_manifests.py tests/test_terraform.py

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# make undeploy PROVIDER=coreweave|crusoe
+#
+# Removes the chart (the data PVC is kept unless PURGE_DATA=1) and destroys the Terraform
+# resources: cluster, node pools, bucket and access key. GPU billing stops when this returns.
+set -euo pipefail
+# shellcheck source=infra/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+check_provider
+check_tools terraform helm kubectl
+check_credentials
+fail_on_problems
+
+TF_DIR="$REPO_ROOT/terraform/$PROVIDER"
+[[ -n "${KUBECONFIG:-}" ]] || export KUBECONFIG="$STATE_DIR/$PROVIDER.kubeconfig"
+
+if [[ -f "$KUBECONFIG" ]]; then
+  note "helm uninstall $RELEASE"
+  helm uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 15m || note "release $RELEASE not found"
+  if [[ "${PURGE_DATA:-0}" == 1 ]]; then
+    note "deleting the data volume (PURGE_DATA=1)"
+    kubectl -n "$NAMESPACE" delete pvc -l "app.kubernetes.io/instance=$RELEASE" --wait=true
+  fi
+else
+  note "no kubeconfig at $KUBECONFIG: skipping helm, destroying the infrastructure directly"
+fi
+
+note "terraform destroy ($PROVIDER)"
+export TF_VAR_kubeconfig_token="${COREWEAVE_API_TOKEN:-}"
+approve=()
+[[ "${AUTO_APPROVE:-0}" == 1 ]] && approve=(-auto-approve)
+terraform -chdir="$TF_DIR" destroy -input=false "${approve[@]}"
+rm -f "$STATE_DIR/$PROVIDER.kubeconfig" "${FMX_HOME:-$HOME/.fmx}/clusters/$PROVIDER.json"
+note "done: $PROVIDER resources destroyed"
