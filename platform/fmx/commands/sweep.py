@@ -1,4 +1,178 @@
-"""`fmx sweep` sub-commands (stub: filled in by its owner)."""
-import typer
+"""`fmx sweep`: validate, run, resume, status and submit sweep files (sweeps/*.yaml, docs/sweeps.md)."""
+from __future__ import annotations
 
-app = typer.Typer(help="sweep commands", no_args_is_help=True)
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Sweeps on Ray Tune + Ray Train, tracked in MLflow.", no_args_is_help=True)
+console = Console()
+DEFAULT_STORAGE = "runs/ray"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from fmx.storage import redact
+
+    console.print(f"[red]error:[/red] {redact(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(file: Path, check_config: bool = True):
+    from fmx.schema import SweepFileError, load_sweep
+
+    try:
+        return load_sweep(file, check_config=check_config)
+    except SweepFileError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def validate(file: Path = typer.Argument(..., help="sweep YAML file")) -> None:
+    """Check a sweep file: schema, value ranges, and every key path against the composed Hydra config."""
+    sweep = _load(file)
+    table = Table(title=f"{file}: valid", show_header=True)
+    table.add_column("parameter")
+    table.add_column("distribution")
+    for key, spec in sweep.parameters.items():
+        table.add_row(key, json.dumps(spec.model_dump()))
+    console.print(table)
+    console.print(f"method={sweep.method} metric={sweep.metric.name} ({sweep.metric.goal}) run_cap={sweep.run_cap} "
+                  f"workers={sweep.resources.workers} early_terminate={sweep.early_terminate.type}")
+
+
+def _print_outcome(outcome, metric: str) -> None:
+    from fmx import compare, tracking
+
+    c = tracking.client(outcome.tracking_uri)
+    df = compare.ranked(compare.trials_frame(c, outcome.experiment_id, outcome.parent_run_id), metric,
+                        "min" if outcome.best is None else _mode_of(outcome))
+    console.print(f"sweep [bold]{outcome.sweep_id}[/bold]: {outcome.n_trials} trials, {outcome.n_errors} failed; "
+                  f"checkpoints in {outcome.storage_uri}")
+    if not df.empty:
+        console.print(_table(df, metric, title="trials (best first)"))
+        best = df.iloc[0]
+        console.print(f"[bold]best trial[/bold] {best['trial_id']}: {metric} = {best.get(metric)}")
+        fp = {k: best[k] for k in df.columns if k.startswith(("fingerprint/", "val/latent_")) and best[k] == best[k]}
+        if fp:
+            console.print("[bold]its latent fingerprint[/bold]: " + ", ".join(f"{k}={v:.3f}" for k, v in fp.items()))
+        acc = {k: best[k] for k in df.columns if k.startswith("acceptance/") and k.endswith("_pass")}
+        if acc:
+            console.print("acceptance: " + ", ".join(f"{k.split('/')[1][:-5]}={'pass' if v else 'FAIL'}"
+                                                     for k, v in acc.items() if v == v))
+    console.print(f"open the MLflow UI: [bold]{ui_command(outcome.tracking_uri)}[/bold]")
+
+
+def _mode_of(outcome) -> str:
+    return outcome.best.get("mode", "min") if outcome.best else "min"
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"fmx ui --tracking-uri {shlex.quote(tracking_uri)}"
+
+
+def _table(df, metric: str, *, title: str, n: int = 20) -> Table:
+    cols = ["trial_id", "status"] + [c for c in df.columns if c.startswith("sweep.")] + \
+        [c for c in (metric, "val/latent_beta", "fingerprint/beta_mean") if c in df.columns and c != "status"]
+    cols = list(dict.fromkeys(cols))
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c.removeprefix("sweep.").split(".")[-1] if c.startswith("sweep.") else c)
+    for _, row in df.head(n).iterrows():
+        table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+    return table
+
+
+@app.command()
+def run(file: Path = typer.Argument(..., help="sweep YAML file"),
+        address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
+        num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all)")) -> None:
+    """Run a sweep: trials on Ray Tune over Ray Train, tracked in MLflow, checkpoints on disk or S3."""
+    from fmx.runner import run_sweep
+
+    sweep = _load(file)
+    outcome = run_sweep(sweep, sweep_text=file.read_text(), address=address, num_cpus=num_cpus)
+    _print_outcome(outcome, sweep.metric.name)
+    if outcome.n_errors:
+        raise typer.Exit(1)
+
+
+def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
+    from fmx.runner import read_pointer
+    from fmx.storage import resolve_storage
+
+    pointer = read_pointer(name, resolve_storage(storage, endpoint_url=endpoint_url))
+    if pointer is None:
+        _fail(f"no sweep named {name!r} under {storage} (looked for {name}.latest.json); "
+              "pass --storage with the sweep's storage.path")
+    return pointer
+
+
+@app.command()
+def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as in the sweep file"),
+           storage: str = typer.Option(DEFAULT_STORAGE, help="the sweep's storage.path"),
+           endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint for s3:// storage"),
+           address: Optional[str] = typer.Option(None, help="Ray cluster address"),
+           num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray")) -> None:
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from checkpoints."""
+    from fmx.runner import run_sweep
+    from fmx.schema import Sweep
+
+    pointer = _pointer(name, storage, endpoint_url)
+    sweep = Sweep.model_validate(pointer["sweep"])
+    outcome = run_sweep(sweep, address=address, resume_id=pointer["sweep_id"], num_cpus=num_cpus)
+    _print_outcome(outcome, sweep.metric.name)
+    if outcome.n_errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(name: str = typer.Argument(..., help="sweep name"),
+           storage: str = typer.Option(DEFAULT_STORAGE, help="the sweep's storage.path"),
+           endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint for s3:// storage")) -> None:
+    """Show a sweep's trials: status, sampled values and the metric (from MLflow)."""
+    from fmx import compare, tracking
+    from fmx.schema import Sweep
+
+    pointer = _pointer(name, storage, endpoint_url)
+    sweep = Sweep.model_validate(pointer["sweep"])
+    c = tracking.client(pointer["tracking_uri"])
+    parent = c.get_run(pointer["parent_run_id"])
+    df = compare.ranked(compare.trials_frame(c, pointer["experiment_id"], pointer["parent_run_id"]),
+                        sweep.metric.name, sweep.metric.mode)
+    console.print(f"sweep [bold]{pointer['sweep_id']}[/bold] ({parent.info.status}); {len(df)} of "
+                  f"{sweep.run_cap if sweep.method != 'grid' else 'grid'} trials started; storage {pointer['storage_uri']}")
+    if not df.empty:
+        console.print(_table(df, sweep.metric.name, title="trials"))
+        counts = df["status"].value_counts().to_dict()
+        console.print("status: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@app.command()
+def submit(file: Path = typer.Argument(..., help="sweep YAML file"),
+           address: Optional[str] = typer.Option(None, "--address", help="Ray dashboard URL, e.g. http://head:8265"),
+           cluster: Optional[str] = typer.Option(None, "--cluster", help="a cluster recorded by `make deploy`"),
+           working_dir: Optional[Path] = typer.Option(Path("."), help="folder uploaded as the job's working dir")) \
+        -> None:
+    """Submit a sweep to a Ray cluster as a job (Ray Jobs API); follow it with `fmx job status/logs`."""
+    _load(file)
+    from fmx import cluster as fmx_cluster
+
+    try:
+        url = fmx_cluster.resolve_address(address=address, cluster=cluster)
+        job_id = fmx_cluster.submit_sweep(str(file), address=url, working_dir=working_dir)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"submitted [bold]{job_id}[/bold] to {url}; follow with: fmx job logs {job_id} --address {url}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app(sys.argv[1:])

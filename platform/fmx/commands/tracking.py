@@ -1,6 +1,85 @@
-"""`fmx compare` and `fmx ui` (stub: filled in by its owner)."""
+"""`fmx compare NAME` (trial table and plots from MLflow) and `fmx ui` (the MLflow UI on the local store)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
+
+console = Console()
+DEFAULT_TRACKING = "sqlite:///runs/mlflow.db"
+
+
+def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
+            tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="MLflow tracking URI of the sweep"),
+            out: Optional[Path] = typer.Option(None, help="folder for the table and plots (default runs/compare/NAME)"),
+            top: int = typer.Option(20, help="rows shown")) -> None:
+    """Compare a sweep's trials: a ranked table, CSV + parquet, and plots (best trials, parallel coordinates,
+    beta* against loss and latent beta)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fmx import compare as cmp
+    from fmx import tracking
+    from fmx.commands.sweep import _table
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    c = tracking.client(uri)
+    parent = cmp.find_parent(c, name)
+    if parent is None:
+        console.print(f"[red]error:[/red] no sweep {name!r} in {uri}; pass --tracking-uri of the sweep's tracking.uri")
+        raise typer.Exit(2)
+    params = parent.data.params
+    metric = params.get("sweep.metric", "val/loss")
+    mode = "min" if params.get("sweep.goal", "minimize") == "minimize" else "max"
+    df = cmp.ranked(cmp.trials_frame(c, parent.info.experiment_id, parent.info.run_id), metric, mode)
+    if df.empty:
+        console.print(f"sweep {name}: no trials yet")
+        raise typer.Exit(0)
+    out = out or Path("runs") / "compare" / name
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "trials.csv", index=False)
+    df.to_parquet(out / "trials.parquet", index=False)
+    written = []
+    for fname, make in (("best_trials", cmp.best_trials_figure), ("parallel_coordinates",
+                                                                  cmp.parallel_coordinates_figure),
+                        ("beta_star", cmp.beta_star_figure)):
+        fig = make(df, metric)
+        if fig is not None:
+            fig.savefig(out / f"{fname}.png", dpi=110)
+            plt.close(fig)
+            written.append(f"{fname}.png")
+    console.print(_table(df, metric, title=f"{parent.data.tags.get(tracking.TAG_SWEEP_ID)}: trials by {metric}",
+                         n=top))
+    console.print(f"table and plots in {out}: trials.csv, trials.parquet, {', '.join(written) or 'no plots'}")
+
+
+def ui(tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="backend store of the MLflow UI"),
+       host: str = typer.Option("127.0.0.1", help="bind address (keep 127.0.0.1 on shared machines)"),
+       port: int = typer.Option(5000, help="port")) -> None:
+    """Serve the MLflow UI on the local store (Ctrl-C stops it)."""
+    from fmx import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port)]
+    console.print(f"MLflow UI on http://{host}:{port} (store {uri})")
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION=os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+                                                                            "false"))
+    try:
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 def register(app: typer.Typer) -> None:
     """Add the top-level tracking commands to the main app."""
+    app.command("compare")(compare)
+    app.command("ui")(ui)

@@ -1,0 +1,182 @@
+"""Compare the trials of a sweep from MLflow: a table and plots, logged to the sweep's parent run.
+
+:func:`trials_frame` reads the child runs of a parent run into a DataFrame (one row per trial: sampled values,
+final metrics, status). :func:`log_sweep_summary` logs that table (parquet + CSV + markdown) and three plots to
+the parent run: best trials, parallel coordinates over the sampled values, and beta* against the loss and the
+latent beta the trials reached. ``fmx compare NAME`` prints the table with rich.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fmx import tracking
+
+BETA_KEY = "fractals.priors.spectral_beta_target"
+
+
+def find_parent(c, name_or_id: str, *, experiment_ids: list[str] | None = None):
+    """The latest parent run of a sweep named ``name_or_id`` (or with that sweep id)."""
+    exps = experiment_ids or [e.experiment_id for e in c.search_experiments()]
+    for tag in (tracking.TAG_SWEEP_ID, tracking.TAG_SWEEP):
+        runs = c.search_runs(exps, filter_string=f"tags.`{tag}` = '{name_or_id}' and tags.`{tracking.TAG_KIND}` = "
+                             "'sweep'", max_results=1, order_by=["attributes.start_time DESC"])
+        if runs:
+            return runs[0]
+    return None
+
+
+def trials_frame(c, experiment_id: str, parent_run_id: str):
+    """One row per trial: ``trial_id, run_id, status, sweep.<param>..., <metric>...`` (latest values)."""
+    import pandas as pd
+
+    rows = []
+    for run in tracking.child_runs(c, experiment_id, parent_run_id):
+        row: dict[str, Any] = {"trial_id": run.data.tags.get(tracking.TAG_TRIAL, ""), "run_id": run.info.run_id,
+                               "status": run.info.status,
+                               "stopped_early": run.data.tags.get("fmx.stopped_early") == "true"}
+        for k, v in run.data.params.items():
+            if k.startswith("sweep."):
+                row[k] = _number(v)
+        row.update({k: v for k, v in run.data.metrics.items() if not k.startswith("system/")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _number(v: str) -> Any:
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def ranked(df, metric: str, mode: str):
+    if df.empty or metric not in df:
+        return df
+    return df.sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+
+
+def log_sweep_summary(c, experiment_id: str, parent_run_id: str, *, metric: str, mode: str) -> Any:
+    """Log the comparison table and plots to the parent run; returns the ranked DataFrame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = ranked(trials_frame(c, experiment_id, parent_run_id), metric, mode)
+    if df.empty:
+        return df
+    tracking.log_dataframe_parquet(c, parent_run_id, df, "comparison/trials.parquet")
+    tracking.log_text(c, parent_run_id, df.to_csv(index=False), "comparison/trials.csv")
+    if metric in df and df[metric].notna().any():
+        best = df.iloc[0]
+        tracking.log_metrics(c, parent_run_id, {f"best/{metric}": float(best[metric]),
+                                                "sweep/n_trials": float(len(df))})
+        c.set_tag(parent_run_id, "fmx.best_trial", str(best["trial_id"]))
+    for name, make in (("best_trials", best_trials_figure), ("parallel_coordinates", parallel_coordinates_figure),
+                       ("beta_star", beta_star_figure)):
+        fig = make(df, metric)
+        if fig is not None:
+            tracking.log_figure(c, parent_run_id, fig, f"comparison/{name}.png")
+            plt.close(fig)
+    return df
+
+
+def best_trials_figure(df, metric: str, top: int = 10):
+    import matplotlib.pyplot as plt
+
+    if metric not in df or df[metric].isna().all():
+        return None
+    d = df.dropna(subset=[metric]).head(top)
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(d) + 1.5))
+    ax.barh(d["trial_id"].astype(str)[::-1], d[metric][::-1], color="tab:blue")
+    ax.set_xlabel(metric)
+    ax.set_title("best trials")
+    fig.tight_layout()
+    return fig
+
+
+def parallel_coordinates_figure(df, metric: str):
+    """Sampled values and the metric, each axis min-max scaled, one line per trial coloured by the metric."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols = [c for c in df.columns if c.startswith("sweep.") and np.issubdtype(df[c].dtype, np.number)]
+    if not cols or metric not in df or df[metric].isna().all():
+        return None
+    cols = cols + [metric]
+    d = df.dropna(subset=[metric])
+    data = d[cols].to_numpy(float)
+    span = np.nanmax(data, 0) - np.nanmin(data, 0)
+    scaled = (data - np.nanmin(data, 0)) / np.where(span > 0, span, 1)
+    m = d[metric].to_numpy(float)
+    colors = plt.cm.viridis((m - m.min()) / (np.ptp(m) or 1))
+    fig, ax = plt.subplots(figsize=(1.8 * len(cols) + 2, 4))
+    for row, color in zip(scaled, colors):
+        ax.plot(range(len(cols)), row, color=color, alpha=0.8)
+    ax.set_xticks(range(len(cols)), [c.removeprefix("sweep.").split(".")[-1] for c in cols], rotation=20)
+    ax.set_yticks([])
+    ax.set_title(f"parallel coordinates (colour: {metric})")
+    fig.tight_layout()
+    return fig
+
+
+def beta_star_figure(df, metric: str):
+    """beta* (the prior's target) against the sweep metric and against the latent beta the trial reached."""
+    import matplotlib.pyplot as plt
+
+    key = f"sweep.{BETA_KEY}"
+    if key not in df:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    if metric in df:
+        axes[0].scatter(df[key], df[metric])
+    axes[0].set_xlabel("beta*")
+    axes[0].set_ylabel(metric)
+    latent = next((c for c in ("val/latent_beta", "fingerprint/beta_mean") if c in df), None)
+    if latent:
+        axes[1].scatter(df[key], df[latent], color="tab:orange")
+        lo, hi = float(df[key].min()), float(df[key].max())
+        axes[1].plot([lo, hi], [lo, hi], "k--", lw=0.8, label="latent beta = beta*")
+        axes[1].legend()
+        axes[1].set_ylabel(latent)
+    axes[1].set_xlabel("beta*")
+    fig.suptitle("beta* against loss and latent beta")
+    fig.tight_layout()
+    return fig
+
+
+def fingerprint_figure(df):
+    """The latent fingerprint over evaluations: mean +- std across channels of each measure against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = [m for m in ("beta", "hfd", "dfa") if m in df]
+    fig, axes = plt.subplots(1, max(1, len(measures)), figsize=(3.5 * max(1, len(measures)), 3))
+    axes = axes if hasattr(axes, "__len__") else [axes]
+    for ax, m in zip(axes, measures):
+        g = df.groupby("epoch")[m]
+        mean, std = g.mean(), g.std().fillna(0)
+        ax.errorbar(mean.index, mean.values, yerr=std.values, marker="o", capsize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"latent {m}")
+    fig.tight_layout()
+    return fig
+
+
+def summary_lines(df, metric: str, n: int = 5) -> list[str]:
+    """Plain lines for the best trials (used by ``make demo`` output and ``fmx compare`` without a TTY)."""
+    out = []
+    for _, row in df.head(n).iterrows():
+        vals = ", ".join(f"{k.removeprefix('sweep.')}={_fmt(row[k])}" for k in df.columns if k.startswith("sweep."))
+        out.append(f"{row['trial_id']}  {metric}={_fmt(row.get(metric))}  {vals}")
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,179 @@
+"""Hydra config composition for sweeps and trials (compose API: the working directory never changes).
+
+:func:`compose` builds the root config ``platform/fmx/conf/config.yaml`` with Hydra overrides and returns a plain
+dict (``OmegaConf.to_container(resolve=True)``), the form Ray and ``models.registry`` take.
+:func:`trial_config` adds one trial's sampled values; :func:`check_sweep_paths` checks a sweep file's key paths.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import os
+
+# FMX_CONF_DIR points at another config folder of the same layout (a site copy with extra groups); it is
+# forwarded to Ray workers so trials compose from the same folder as the driver.
+CONF_DIR = Path(os.environ.get("FMX_CONF_DIR") or Path(__file__).resolve().parent / "conf")
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), *, config_dir: str | Path | None = None) -> dict:
+    """Compose the root config with Hydra ``overrides`` (``key=value``, ``group=option``) into a plain dict.
+
+    Raises
+    ------
+    ValueError
+        When an override names an unknown key or group option (Hydra's message is kept).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except Exception as exc:  # hydra raises several types (ConfigCompositionException, OverrideParseException)
+        cause = exc.__cause__ or exc
+        raise ValueError(f"cannot compose the config with overrides {list(overrides)}: {cause}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def get_path(cfg: Mapping[str, Any], path: str) -> Any:
+    """The value at dotted ``path``; ``KeyError`` naming the first missing part."""
+    node: Any = cfg
+    for i, part in enumerate(path.split(".")):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise KeyError(".".join(path.split(".")[: i + 1]))
+    return node
+
+
+def set_path(cfg: dict, path: str, value: Any) -> None:
+    """Set dotted ``path`` in place; the path must already exist (sweeps never add keys)."""
+    parts = path.split(".")
+    parent = get_path(cfg, ".".join(parts[:-1])) if len(parts) > 1 else cfg
+    last = parts[-1]
+    if isinstance(parent, list):
+        parent[int(last)] = value
+    else:
+        if last not in parent:
+            raise KeyError(path)
+        parent[last] = value
+
+
+def group_overrides(params: Mapping[str, Any]) -> list[str]:
+    """Sampled values for whole config groups (``model: small``) become Hydra overrides."""
+    from fmx.schema import CONFIG_GROUPS
+
+    return [f"{k}={v}" for k, v in params.items() if k in CONFIG_GROUPS]
+
+
+def trial_config(base: list[str], params: Mapping[str, Any], *, seed: int | None = None) -> dict:
+    """Compose the config of one trial: the sweep's base overrides, group choices, then the sampled values."""
+    from fmx.schema import CONFIG_GROUPS
+
+    cfg = compose(list(base) + group_overrides(params))
+    for key, value in params.items():
+        if key not in CONFIG_GROUPS:
+            set_path(cfg, key, copy.deepcopy(value))
+    if seed is not None:
+        cfg["seed"] = int(seed)
+    return cfg
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists stay values (MLflow params, comparison tables)."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _type_name(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
+    """Check every parameter key path against the config composed from ``sweep.base``; return that config.
+
+    A path must exist; numeric distributions need a numeric (or null) value there; categorical/grid values must
+    have the type of the value they replace (ints may stand for floats). Group keys (``model``, ``data``, ...)
+    take option names and are checked by composing each option.
+    """
+    from fmx.schema import CONFIG_GROUPS, NUMERIC, Categorical, Constant, Grid, SweepFileError
+
+    for i, item in enumerate(sweep.base):
+        try:
+            compose(sweep.base[: i + 1])  # cumulative: a key may exist only after a group choice
+        except ValueError as exc:
+            raise SweepFileError(file, f"base[{i}]", f"override does not apply to the config ({exc})",
+                                 value=item, allowed="an existing key path key=value or group=option "
+                                 f"(groups: {', '.join(CONFIG_GROUPS)})") from None
+    cfg = compose(sweep.base)
+    for key, spec in sweep.parameters.items():
+        where = f"parameters.{key}"
+        if key in CONFIG_GROUPS:
+            options = spec.values if isinstance(spec, (Categorical, Grid)) else \
+                [spec.value] if isinstance(spec, Constant) else None
+            if options is None:
+                raise SweepFileError(file, where, "a config group takes option names", value=spec.model_dump(),
+                                     allowed="distribution: categorical or grid with option names")
+            for option in options:
+                try:
+                    compose(list(sweep.base) + [f"{key}={option}"])
+                except ValueError:
+                    available = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                    raise SweepFileError(file, where, "unknown option of config group", value=option,
+                                         allowed=", ".join(available)) from None
+            continue
+        try:
+            current = get_path(cfg, key)
+        except KeyError as missing:
+            parent = ".".join(key.split(".")[:-1])
+            try:
+                siblings = sorted(get_path(cfg, parent)) if parent else sorted(cfg)
+            except (KeyError, TypeError):
+                siblings = sorted(cfg)
+            raise SweepFileError(file, where, f"unknown config key path (no {missing.args[0]!r} in the "
+                                 "composed config)", value=key,
+                                 allowed=f"keys under {parent or 'the root'}: {', '.join(map(str, siblings))}") \
+                from None
+        if isinstance(current, (dict, list)) and not isinstance(spec, (Categorical, Grid, Constant)):
+            raise SweepFileError(file, where, "a numeric distribution cannot replace a config section",
+                                 value=_type_name(current), allowed="a leaf key path (number)")
+        if isinstance(spec, NUMERIC):
+            if isinstance(current, bool) or not isinstance(current, (int, float, type(None))):
+                raise SweepFileError(file, where, f"{spec.distribution} samples numbers but the config holds a "
+                                     f"{_type_name(current)} here", value=current,
+                                     allowed="categorical or grid values of that type")
+        else:
+            values = spec.values if isinstance(spec, (Categorical, Grid)) else [spec.value]
+            for v in values:
+                if not _compatible(current, v):
+                    raise SweepFileError(file, where, f"value does not fit the config's {_type_name(current)}",
+                                         value=v, allowed=f"values of type {_type_name(current)} "
+                                         f"(current value {current!r})")
+    return cfg
+
+
+def _compatible(current: Any, value: Any) -> bool:
+    if current is None:
+        return True
+    if isinstance(current, bool):
+        return isinstance(value, bool)
+    if isinstance(current, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(current, str):
+        return isinstance(value, str)
+    return isinstance(value, type(current))

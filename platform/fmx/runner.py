@@ -1,0 +1,361 @@
+"""Run a sweep: Ray Tune (Optuna / random / grid search, ASHA or median stopping) over Ray Train trials.
+
+Layout of one sweep run (``sweep_id = <name>-<UTC timestamp>``)::
+
+    <storage>/<sweep_id>/                 Tune experiment folder (trial state, searcher state)
+    <storage>/<sweep_id>/trials/<trial>/  the trial's TorchTrainer run: checkpoints (best-k + latest)
+    <storage>/<name>.latest.json          pointer used by ``fmx sweep resume/status NAME``
+
+Each trial is a Tune function (:func:`trial_fn`) that composes its config, opens (or reopens) its nested MLflow
+child run, and fits a ``TorchTrainer`` with N DDP workers running :func:`fmx.train_worker.train_loop`.
+``FailureConfig(max_failures)`` restarts a crashed worker group from the latest checkpoint; ``Tuner.restore``
+resumes an interrupted sweep without re-running finished trials. The driver owns the MLflow lifecycle
+(:class:`MlflowLifecycle`): children end FINISHED/FAILED with their trial, the parent with the sweep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fmx import storage as st
+from fmx import tracking
+from fmx.schema import Categorical, Constant, Grid, IntRange, LogUniform, Sweep, Uniform
+
+TRIAL_CPU = 0.01  # the Tune function only waits on its TorchTrainer; 0 is rejected by Tune
+
+
+@dataclass
+class SweepPlan:
+    """Everything a trial needs, resolved on the driver (plain data: pickled to Tune actors)."""
+
+    sweep_id: str
+    name: str
+    base: list[str]
+    seed: int
+    metric: str
+    mode: str
+    storage_uri: str
+    storage_path: str
+    endpoint_url: str | None
+    region: str | None
+    keep_best: int
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    max_failures: int
+    max_epochs: int
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    acceptance: list[str] = field(default_factory=list)
+    builders: dict[str, str] = field(default_factory=dict)
+    fault: dict[str, Any] = field(default_factory=dict)  # tests only: {"epoch": k, "marker": path}
+
+    def target(self) -> st.StorageTarget:
+        if self.storage_uri.startswith("s3://"):
+            return st.StorageTarget(uri=self.storage_uri, storage_path=self.storage_path,
+                                    filesystem=st.s3_filesystem(endpoint_url=self.endpoint_url, region=self.region))
+        return st.StorageTarget(uri=self.storage_uri, storage_path=self.storage_path)
+
+
+# ------------------------------------------------------------------------------------------ search space
+def search_space(sweep: Sweep) -> dict[str, Any]:
+    """Tune domains for the sweep's parameters (under ``params``; constants are plain values)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, spec in sweep.parameters.items():
+        if isinstance(spec, LogUniform):
+            space[key] = tune.loguniform(spec.min, spec.max)
+        elif isinstance(spec, Uniform):
+            space[key] = tune.uniform(spec.min, spec.max)
+        elif isinstance(spec, IntRange):
+            # Tune's qrandint includes the upper bound when it is on the step grid.
+            space[key] = tune.qrandint(spec.min, spec.max, spec.step) if spec.step > 1 else \
+                tune.randint(spec.min, spec.max + 1)
+        elif isinstance(spec, Categorical):
+            space[key] = tune.choice(list(spec.values))
+        elif isinstance(spec, Grid):
+            space[key] = tune.grid_search(list(spec.values))
+        elif isinstance(spec, Constant):
+            space[key] = spec.value
+    return {"params": space}
+
+
+def search_algorithm(sweep: Sweep):
+    """Optuna (TPE or CMA-ES) behind a concurrency limiter, or None for random/grid (Tune's variant generator)."""
+    if sweep.method in ("random", "grid"):
+        return None
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = optuna.samplers.TPESampler(seed=sweep.seed) if sweep.method == "tpe" else \
+        optuna.samplers.CmaEsSampler(seed=sweep.seed)
+    return ConcurrencyLimiter(OptunaSearch(sampler=sampler, metric=sweep.metric.name, mode=sweep.metric.mode),
+                              max_concurrent=sweep.max_concurrent)
+
+
+def scheduler(sweep: Sweep, max_epochs: int):
+    """ASHA or the median stopping rule over epochs (Tune iterations), or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    et = sweep.early_terminate
+    if et.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max(max_epochs + 1, et.grace_period + 1),
+                             grace_period=et.grace_period, reduction_factor=et.reduction_factor)
+    if et.type == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=et.grace_period,
+                                  min_samples_required=2)
+    return FIFOScheduler()
+
+
+# --------------------------------------------------------------------------------------------- the trial
+def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
+    """One trial: config, MLflow child run, a TorchTrainer fit, acceptance benchmarks, a final report."""
+    import ray.train
+    from ray import tune
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from fmx.config import flatten, trial_config
+    from fmx.train_worker import train_loop
+
+    st.export_credentials(st.load_credentials())
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    params = dict(config.get("params", {}))
+    cfg = trial_config(plan.base, params, seed=plan.seed)
+    c = tracking.client(plan.tracking_uri)
+    tags = {tracking.TAG_SWEEP_ID: plan.sweep_id, tracking.TAG_TRIAL: trial_id}
+    run_id, created = tracking.get_or_create_run(
+        c, plan.experiment_id, run_name=ctx.get_trial_name(),
+        tags={**tags, tracking.TAG_PARENT: plan.parent_run_id, tracking.TAG_KIND: "trial",
+              tracking.TAG_SWEEP: plan.name, "fmx.git_commit": tracking.git_commit()})
+    if created:
+        tracking.log_params(c, run_id, {**flatten(cfg), **{f"sweep.{k}": v for k, v in params.items()}})
+    else:
+        c.set_tag(run_id, "fmx.trial_restarts", str(int(c.get_run(run_id).data.tags.get("fmx.trial_restarts",
+                                                                                          "0")) + 1))
+    target = plan.target()
+    use_gpu = plan.gpus_per_worker > 0
+    resources = {"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg, "tracking_uri": plan.tracking_uri, "run_id": run_id, "use_gpu": use_gpu,
+                           "builders": plan.builders, "fault": plan.fault,
+                           "threads_per_worker": max(1, int(plan.cpus_per_worker))},
+        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"trials/{trial_id}", storage_path=target.join(plan.sweep_id),
+            storage_filesystem=target.filesystem, failure_config=FailureConfig(max_failures=plan.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=plan.keep_best, checkpoint_score_attribute=plan.metric,
+                                               checkpoint_score_order=plan.mode),
+            callbacks=[TuneReportCallback()]))
+    result = trainer.fit()
+    final = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    if plan.acceptance and result.checkpoint is not None:
+        from fmx.acceptance import run_acceptance
+
+        best = result.get_best_checkpoint(plan.metric, plan.mode) if hasattr(result, "get_best_checkpoint") \
+            else result.checkpoint
+        report = run_acceptance(plan.acceptance, cfg=cfg, checkpoint=best or result.checkpoint,
+                                metrics=final, builders=plan.builders)
+        tracking.log_metrics(c, run_id, report.metrics(), step=int(final.get("step", 0)))
+        tracking.log_json(c, run_id, report.to_dict(), "acceptance/acceptance.json")
+        final.update(report.metrics())
+    if result.checkpoint is not None:
+        c.set_tag(run_id, "fmx.checkpoint", result.checkpoint.path)
+    final["fmx_complete"] = 1.0
+    tune.report(final)
+
+
+# ---------------------------------------------------------------------------------- MLflow lifecycle
+def _tune_callback_base():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class MlflowLifecycle(_tune_callback_base()):
+    """Driver-side Tune callback: ends each trial's child run with the trial (Ray's helpers leave them RUNNING)."""
+
+    def __init__(self, plan: SweepPlan):
+        self.plan = plan
+
+    def _end(self, trial, status: str) -> None:
+        c = tracking.client(self.plan.tracking_uri)
+        run = tracking.find_run(c, self.plan.experiment_id,
+                                {tracking.TAG_SWEEP_ID: self.plan.sweep_id, tracking.TAG_TRIAL: trial.trial_id})
+        if run is None:
+            return
+        last = trial.last_result or {}
+        if status == "FINISHED" and not last.get("fmx_complete"):
+            c.set_tag(run.info.run_id, "fmx.stopped_early", "true")  # the scheduler stopped it
+        tracking.end_run(c, run.info.run_id, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED")
+
+
+# ---------------------------------------------------------------------------------------- the driver
+def _pointer_name(name: str) -> str:
+    return f"{name}.latest.json"
+
+
+def read_pointer(name: str, target: st.StorageTarget) -> dict | None:
+    data = st.read_bytes(target, _pointer_name(name))
+    return json.loads(data) if data else None
+
+
+def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` (or start a local Ray); forward only non-secret environment to the workers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k)}
+    runtime_env = {"env_vars": env} if env else None
+    if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray job RAY_ADDRESS names the cluster
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+
+
+def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "", experiment_id: str = "",
+              builders: Mapping[str, str] | None = None, fault: Mapping[str, Any] | None = None) -> SweepPlan:
+    from fmx.config import compose
+
+    target = st.resolve_storage(sweep.storage.path, endpoint_url=sweep.storage.endpoint_url,
+                                region=sweep.storage.region, root=root)
+    cfg = compose(sweep.base)
+    return SweepPlan(
+        sweep_id=sweep_id, name=sweep.name, base=list(sweep.base), seed=sweep.seed, metric=sweep.metric.name,
+        mode=sweep.metric.mode, storage_uri=target.uri, storage_path=target.storage_path,
+        endpoint_url=sweep.storage.endpoint_url or st.endpoint_from_env(), region=sweep.storage.region,
+        keep_best=sweep.storage.keep_best, workers=sweep.resources.workers,
+        cpus_per_worker=sweep.resources.cpus_per_worker, gpus_per_worker=sweep.resources.gpus_per_worker,
+        max_failures=sweep.max_failures, max_epochs=int(cfg.get("trainer", {}).get("max_epochs", 1)),
+        tracking_uri=tracking.resolve_tracking_uri(sweep.tracking.uri, root=root), experiment_id=experiment_id,
+        parent_run_id=parent_run_id, acceptance=list(sweep.acceptance), builders=dict(builders or {}),
+        fault=dict(fault or {}))
+
+
+@dataclass
+class SweepOutcome:
+    """What ``fmx sweep run/resume`` prints: where things are and the best trial."""
+
+    sweep_id: str
+    parent_run_id: str
+    tracking_uri: str
+    experiment_id: str
+    storage_uri: str
+    n_trials: int
+    n_errors: int
+    best: dict[str, Any] | None
+
+
+def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None, resume_id: str | None = None,
+              root: str | Path | None = None, builders: Mapping[str, str] | None = None,
+              fault: Mapping[str, Any] | None = None, progress: bool = True,
+              num_cpus: int | None = None) -> SweepOutcome:
+    """Run (or with ``resume_id`` resume) a sweep; returns where results are and the best trial.
+
+    Parameters
+    ----------
+    sweep : Sweep
+        A validated sweep (:func:`fmx.schema.load_sweep`).
+    sweep_text : str
+        The sweep file's text, logged to the parent run.
+    address : str, optional
+        A Ray cluster address; a local Ray is started when omitted.
+    resume_id : str, optional
+        The sweep id to resume (``fmx sweep resume``): finished trials are kept, unfinished ones continue
+        from their latest checkpoint.
+    builders, fault
+        Test hooks: ``module:function`` builders instead of the registry; a worker crash to inject.
+    """
+    from ray import tune
+
+    from fmx.compare import log_sweep_summary
+    from fmx.progress import SweepProgress
+
+    root = Path(root or os.getcwd())
+    sweep_id = resume_id or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    plan = make_plan(sweep, sweep_id=sweep_id, root=root, builders=builders, fault=fault)
+    target = plan.target()
+    c = tracking.client(plan.tracking_uri)
+    plan.experiment_id = tracking.ensure_experiment(c, sweep.tracking.experiment or f"fmx-{sweep.name}",
+                                                    artifact_location=sweep.tracking.artifact_location)
+    plan.parent_run_id, created = tracking.get_or_create_run(
+        c, plan.experiment_id, run_name=sweep_id,
+        tags={tracking.TAG_SWEEP_ID: sweep_id, tracking.TAG_SWEEP: sweep.name, tracking.TAG_KIND: "sweep",
+              "fmx.git_commit": tracking.git_commit(), "fmx.storage": plan.storage_uri})
+    if created:
+        tracking.log_params(c, plan.parent_run_id, {
+            "sweep.method": sweep.method, "sweep.metric": sweep.metric.name, "sweep.goal": sweep.metric.goal,
+            "sweep.run_cap": sweep.run_cap, "sweep.max_concurrent": sweep.max_concurrent,
+            "sweep.early_terminate": sweep.early_terminate.type, "sweep.workers": sweep.resources.workers,
+            "sweep.gpus_per_worker": sweep.resources.gpus_per_worker, "sweep.base": sweep.base,
+            "sweep.storage": plan.storage_uri})
+        if sweep_text:
+            tracking.log_text(c, plan.parent_run_id, sweep_text, f"sweep/{sweep.name}.yaml")
+    st.write_bytes(target, _pointer_name(sweep.name), json.dumps({
+        "sweep_id": sweep_id, "tracking_uri": plan.tracking_uri, "experiment_id": plan.experiment_id,
+        "parent_run_id": plan.parent_run_id, "sweep": sweep.model_dump(mode="json"),
+        "storage_uri": plan.storage_uri}, indent=2).encode())
+
+    init_ray(address, num_cpus=num_cpus)
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, plan=plan), {"CPU": TRIAL_CPU})
+    reporter = SweepProgress(total=None if sweep.method == "grid" else sweep.run_cap, metric=plan.metric,
+                             mode=plan.mode, enabled=progress)
+    run_config = tune.RunConfig(name=sweep_id, storage_path=plan.storage_path, storage_filesystem=target.filesystem,
+                                callbacks=[MlflowLifecycle(plan), reporter], verbose=0)
+    exp_path = target.join(sweep_id) if target.filesystem is None else f"{plan.storage_uri.rstrip('/')}/{sweep_id}"
+    status = "FAILED"
+    try:
+        if resume_id and tune.Tuner.can_restore(exp_path, storage_filesystem=target.filesystem):
+            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=target.filesystem,
+                                       param_space=search_space(sweep))
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=search_space(sweep),
+                tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_algorithm(sweep),
+                                            scheduler=scheduler(sweep, plan.max_epochs), num_samples=sweep.run_cap,
+                                            max_concurrent_trials=sweep.max_concurrent),
+                run_config=run_config)
+        with reporter:
+            grid = tuner.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":
+            tracking.end_run(c, plan.parent_run_id, status)
+    n_errors = len(grid.errors)
+    best = None
+    try:
+        best_result = grid.get_best_result(metric=plan.metric, mode=plan.mode, scope="all")
+        best = {"trial_id": best_result.metrics.get("trial_id"), "metrics": dict(best_result.metrics),
+                "config": best_result.config, "path": best_result.path}
+    except (RuntimeError, ValueError, KeyError):
+        pass
+    log_sweep_summary(c, plan.experiment_id, plan.parent_run_id, metric=plan.metric, mode=plan.mode)
+    tracking.end_run(c, plan.parent_run_id, "FINISHED" if n_errors == 0 else "FAILED")
+    return SweepOutcome(sweep_id=sweep_id, parent_run_id=plan.parent_run_id, tracking_uri=plan.tracking_uri,
+                        experiment_id=plan.experiment_id, storage_uri=plan.storage_uri, n_trials=len(grid),
+                        n_errors=n_errors, best=best)
+
+
+def plan_dict(plan: SweepPlan) -> dict:
+    return asdict(plan)

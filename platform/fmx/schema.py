@@ -1,0 +1,367 @@
+"""The sweep file: a W&B-style YAML that runs on Ray Tune, validated by pydantic.
+
+A sweep file names a base Hydra config (overrides of ``platform/fmx/conf/config.yaml``), a search method, a
+metric, distributions over Hydra key paths, early stopping, a trial budget, per-trial resources, the acceptance
+benchmarks to run and where checkpoints and tracking go. :func:`load_sweep` reads and validates one file; every
+error is a :class:`SweepFileError` naming the file, the key path, the bad value and what is allowed. Key paths are
+checked against the composed Hydra config by :func:`fmx.config.check_sweep_paths` (called by
+:func:`load_sweep` unless ``check_config=False``).
+
+The JSON Schema of this model is exported to ``docs/sweep_schema.json`` (``python -m fmx.schema``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ACCEPTANCE_BENCHMARKS = ("numerics", "training", "ablation", "stability", "speed")
+CONFIG_GROUPS = ("model", "data", "fractals", "trainer")
+# Keys that would put a secret into a sweep file (and so into params and artifacts): refused anywhere.
+_SECRET_KEY = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
+
+
+class SweepFileError(ValueError):
+    """A sweep file is malformed: ``file: key.path: problem; got VALUE; allowed: ...``."""
+
+    def __init__(self, file: str | Path, path: str, problem: str, *, value: Any = None, allowed: str = ""):
+        self.file, self.path, self.problem, self.value, self.allowed = str(file), path, problem, value, allowed
+        msg = f"{file}: {path or '<top level>'}: {problem}"
+        if value is not None:
+            msg += f"; got {value!r}"
+        if allowed:
+            msg += f"; allowed: {allowed}"
+        super().__init__(msg)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------- distributions
+class Uniform(_Strict):
+    """Real value uniform in [min, max]."""
+
+    distribution: Literal["uniform"]
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if not (math.isfinite(self.min) and math.isfinite(self.max)) or self.min >= self.max:
+            raise ValueError(f"min must be < max and both finite (min={self.min}, max={self.max})")
+        return self
+
+
+class LogUniform(Uniform):
+    """Real value log-uniform in [min, max], min > 0 (weights and learning rates)."""
+
+    distribution: Literal["log_uniform"]  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if self.min <= 0:
+            raise ValueError(f"log_uniform needs min > 0 (min={self.min})")
+        return self
+
+
+class IntRange(_Strict):
+    """Integer uniform in [min, max] with an optional step."""
+
+    distribution: Literal["int"]
+    min: int
+    max: int
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min >= self.max or self.step < 1:
+            raise ValueError(f"int needs min < max and step >= 1 (min={self.min}, max={self.max}, step={self.step})")
+        return self
+
+
+class Categorical(_Strict):
+    """One of a list of values (numbers, strings, booleans)."""
+
+    distribution: Literal["categorical"]
+    values: list[Union[bool, int, float, str]] = Field(min_length=1)
+
+
+class Grid(_Strict):
+    """Every value is tried (Tune grid search); each grid multiplies the trial count."""
+
+    distribution: Literal["grid"]
+    values: list[Union[bool, int, float, str]] = Field(min_length=1)
+
+
+class Constant(_Strict):
+    """A fixed value for every trial (same as a base override, kept for W&B-style files)."""
+
+    value: Union[bool, int, float, str]
+
+
+Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Categorical, Grid], Field(discriminator="distribution")]
+NUMERIC = (Uniform, LogUniform, IntRange)
+
+
+# --------------------------------------------------------------------------------------------- sections
+class Metric(_Strict):
+    """The metric the search optimises; a name the LightningModule or the acceptance step logs."""
+
+    name: str = Field(min_length=1, description="e.g. val/loss, val/latent_beta, acceptance/score")
+    goal: Literal["minimize", "maximize"]
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.goal == "minimize" else "max"
+
+
+class EarlyTerminate(_Strict):
+    """Stop unpromising trials: ASHA (successive halving) or the median rule; epochs are the time unit."""
+
+    type: Literal["asha", "median", "none"] = "none"
+    grace_period: int = Field(1, ge=1, description="epochs a trial always runs before it can be stopped")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/reduction_factor at each rung")
+
+
+class Resources(_Strict):
+    """Per-trial resources: a TorchTrainer with `workers` DDP workers."""
+
+    workers: int = Field(1, ge=1, le=512, description="DDP workers per trial")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0, description="0 = CPU; fractions (0.25, 0.5) pack trials on one GPU")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _fraction_or_whole(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpus_per_worker above 1 must be a whole number (got {v}); use a fraction <= 1 "
+                             "to share a GPU or an integer to give a worker several")
+        return v
+
+
+class Storage(_Strict):
+    """Where Ray keeps trial checkpoints: a local folder (relative to the project) or s3://bucket/prefix."""
+
+    path: str = Field("runs/ray", description="local folder or s3://bucket/prefix")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS, CoreWeave)")
+    region: str | None = None
+    keep_best: int = Field(2, ge=1, description="checkpoints kept by metric score (the latest is always kept)")
+
+    @field_validator("path")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if "://" in v and not v.startswith("s3://"):
+            raise ValueError(f"only local paths and s3:// URIs are supported (got {v!r})")
+        if v.startswith("s3://") and len(v) <= len("s3://"):
+            raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
+        return v
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"endpoint_url must be http(s)://host[:port] (got {v!r})")
+        return v
+
+
+class Tracking(_Strict):
+    """MLflow: a tracking URI (http(s)://, sqlite:///, file path) and the experiment name."""
+
+    uri: str = Field("sqlite:///runs/mlflow.db", description="relative sqlite/file paths resolve to the project")
+    experiment: str | None = Field(None, description="defaults to fmx/<sweep name>")
+    artifact_location: str | None = Field(None, description="e.g. s3://bucket/mlflow for a new experiment")
+
+
+class Sweep(_Strict):
+    """A sweep file. See docs/sweeps.md for every field with an example."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                      description="folder and experiment name: letters, digits, _ . - (64 at most)")
+    description: str = ""
+    base: list[str] = Field(default_factory=list, description="Hydra overrides applied to every trial")
+    method: Literal["tpe", "cmaes", "random", "grid"] = "tpe"
+    metric: Metric
+    parameters: dict[str, Union[Distribution, Constant]] = Field(default_factory=dict)
+    early_terminate: EarlyTerminate = EarlyTerminate()
+    run_cap: int = Field(8, ge=1, le=10_000, description="trials to sample (grid: repeats of the full grid)")
+    max_concurrent: int = Field(1, ge=1, le=1024)
+    max_failures: int = Field(2, ge=0, description="worker crashes a trial survives, resuming from its checkpoint")
+    resources: Resources = Resources()
+    acceptance: list[Literal["numerics", "training", "ablation", "stability", "speed"]] = Field(default_factory=list)
+    storage: Storage = Storage()
+    tracking: Tracking = Tracking()
+    seed: int = 0
+
+    @field_validator("base")
+    @classmethod
+    def _overrides(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if "=" not in item:
+                raise ValueError(f"each base entry is a Hydra override key=value (got {item!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        grids = [k for k, p in self.parameters.items() if isinstance(p, Grid)]
+        if grids and self.method in ("tpe", "cmaes"):
+            raise ValueError(f"grid distributions ({', '.join(grids)}) need method: grid or random, "
+                             f"not {self.method}")
+        if self.method == "grid" and not grids:
+            raise ValueError("method: grid needs at least one parameter with distribution: grid")
+        if self.method == "cmaes":
+            cats = [k for k, p in self.parameters.items() if isinstance(p, Categorical)]
+            if cats:
+                raise ValueError(f"cmaes samples numbers only; categorical parameters {cats} need method tpe/random")
+        if len(set(self.acceptance)) != len(self.acceptance):
+            raise ValueError(f"acceptance lists a benchmark twice: {self.acceptance}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _secret_keys(obj: Any, prefix: str = "") -> list[str]:
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if _SECRET_KEY.search(str(k)):
+                found.append(path)
+            found += _secret_keys(v, path)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            if isinstance(v, str) and "=" in v and _SECRET_KEY.search(v.split("=", 1)[0]):
+                found.append(f"{prefix}[{i}]")
+    return found
+
+
+def _loc_to_path(loc: tuple) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("uniform", "log_uniform", "int", "categorical", "grid", "Constant") or \
+                str(item).startswith(("function-", "union[", "tagged-union")):
+            continue  # pydantic's union branch names are not key paths in the file
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
+    """Validate an already-loaded mapping; raise :class:`SweepFileError` for the first problem."""
+    if not isinstance(data, dict):
+        raise SweepFileError(file, "", "a sweep file must be a YAML mapping (key: value lines)",
+                             value=type(data).__name__, allowed="a mapping with name, metric, parameters, ...")
+    secrets = _secret_keys(data)
+    if secrets:
+        raise SweepFileError(file, secrets[0], "credentials never go in a sweep file",
+                             value="<redacted>", allowed="AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
+                             "environment or a mounted secret file (FMX_S3_SECRET_FILE)")
+    params = data.get("parameters")
+    if isinstance(params, dict):
+        for key, spec in params.items():
+            if isinstance(spec, dict) and "distribution" in spec and spec["distribution"] not in _DIST_NAMES:
+                raise SweepFileError(file, f"parameters.{key}.distribution", "unknown distribution",
+                                     value=spec["distribution"], allowed=", ".join(_DIST_NAMES))
+    try:
+        return Sweep.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = _loc_to_path(tuple(err["loc"]))
+        value = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        allowed = ""
+        if err["type"] == "extra_forbidden":
+            parent = path.rsplit(".", 1)[0] if "." in path else ""
+            msg = "unknown key"
+            value = path.rsplit(".", 1)[-1]
+            allowed = ", ".join(_fields_at(parent))
+        elif err["type"] == "missing":
+            msg, value = "required key is missing", None
+            allowed = "see docs/sweeps.md"
+        elif err["type"] == "literal_error":
+            allowed = msg.removeprefix("Input should be ")
+            msg = "value not allowed"
+        if isinstance(value, dict) and err["type"] != "missing":
+            value = {k: v for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+        raise SweepFileError(file, path, msg, value=value, allowed=allowed) from None
+
+
+_DIST_NAMES = ("uniform", "log_uniform", "int", "categorical", "grid")
+
+
+def _fields_at(path: str) -> list[str]:
+    model: Any = Sweep
+    for part in [p for p in path.split(".") if p]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def load_sweep(path: str | Path, *, check_config: bool = True) -> Sweep:
+    """Read, validate and (by default) check a sweep file's key paths against the composed Hydra config.
+
+    Parameters
+    ----------
+    path : str or Path
+        The sweep YAML file.
+    check_config : bool
+        Compose the Hydra config with the file's ``base`` overrides and check that every parameter key path
+        exists there and holds a value of a fitting type (see :func:`fmx.config.check_sweep_paths`).
+
+    Raises
+    ------
+    SweepFileError
+        Naming the file, the key path, the bad value and what is allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SweepFileError(path, "", "sweep file not found", allowed="a path to an existing .yaml file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise SweepFileError(path, "", f"not valid YAML at {where}: {getattr(exc, 'problem', exc)}",
+                             allowed="YAML mappings and lists") from None
+    sweep = parse_sweep(data, file=path)
+    if check_config:
+        from fmx.config import check_sweep_paths
+
+        check_sweep_paths(sweep, file=path)
+    return sweep
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a sweep file (for editors and docs/sweep_schema.json)."""
+    schema = Sweep.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "fmx sweep file"
+    return schema
+
+
+def export_json_schema(path: str | Path) -> Path:
+    """Write :func:`json_schema` to ``path`` atomically."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(json_schema(), fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":  # python -m fmx.schema [docs/sweep_schema.json]
+    import sys
+
+    print(export_json_schema(sys.argv[1] if len(sys.argv) > 1 else "docs/sweep_schema.json"))

@@ -1,0 +1,231 @@
+"""Where checkpoints and artifacts live: a local folder or an S3-compatible store, and how credentials reach it.
+
+Credentials come only from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, optional
+``AWS_SESSION_TOKEN``) or from a mounted secret (``FMX_S3_SECRET_FILE``: a JSON or ``KEY=VALUE`` file, or a
+Kubernetes-style folder with one file per key). They are never written into configs, params, logs or
+artifacts: :func:`redact` masks every known secret value in any text the platform emits.
+
+The endpoint of an S3-compatible store (MinIO, SeaweedFS, CoreWeave Object Storage) comes from the sweep file's
+``storage.endpoint_url`` or the environment (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+SECRET_FILE_ENV = "FMX_S3_SECRET_FILE"
+# Environment variables that are safe to forward to Ray workers (no secret in them).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                 "AWS_REGION", SECRET_FILE_ENV, "MLFLOW_TRACKING_URI", "FMX_CONF_DIR", "PYTHONPATH")
+_KEY_ALIASES = {
+    "access_key": ("AWS_ACCESS_KEY_ID", "access_key_id", "accessKey", "access_key"),
+    "secret_key": ("AWS_SECRET_ACCESS_KEY", "secret_access_key", "secretKey", "secret_key"),
+    "session_token": ("AWS_SESSION_TOKEN", "session_token", "sessionToken"),
+}
+# Anything that looks like an AWS key pair or a URL password, masked even when not a known value.
+_PATTERNS = [re.compile(r"AKIA[0-9A-Z]{16}"), re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)")]
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """An access key pair; ``repr`` and ``str`` never show the secret."""
+
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    source: str = "environment"
+
+    def __str__(self) -> str:
+        return f"S3Credentials(access_key={self.access_key[:3]}***, source={self.source})"
+
+    __repr__ = __str__
+
+
+def _read_secret_source(path: Path) -> dict[str, str]:
+    if path.is_dir():  # Kubernetes secret volume: one file per key
+        return {p.name: p.read_text().strip() for p in path.iterdir() if p.is_file() and not p.name.startswith(".")}
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+        return {str(k): str(v) for k, v in data.items()}
+    except (json.JSONDecodeError, AttributeError):
+        pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+        return {k.strip(): v.strip().strip('"') for k, v in pairs}
+
+
+def load_credentials(env: Mapping[str, str] | None = None) -> S3Credentials | None:
+    """Credentials from the environment, else from the mounted secret named by ``FMX_S3_SECRET_FILE``.
+
+    Returns ``None`` when neither is set (an S3 store may still be reachable through an instance role).
+
+    Raises
+    ------
+    ValueError
+        When the secret file is named but missing or lacks a key pair.
+    """
+    env = os.environ if env is None else env
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return S3Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN"))
+    secret = env.get(SECRET_FILE_ENV)
+    if not secret:
+        return None
+    path = Path(secret)
+    if not path.exists():
+        raise ValueError(f"{SECRET_FILE_ENV}: secret file {path} does not exist; mount the secret there or unset it")
+    data = _read_secret_source(path)
+    found = {name: next((data[a] for a in aliases if a in data), None) for name, aliases in _KEY_ALIASES.items()}
+    if not (found["access_key"] and found["secret_key"]):
+        raise ValueError(f"{SECRET_FILE_ENV}: {path} needs an access key and a secret key "
+                         f"(keys {_KEY_ALIASES['access_key'][:2]} and {_KEY_ALIASES['secret_key'][:2]}); "
+                         f"found keys {sorted(data)}")
+    return S3Credentials(found["access_key"], found["secret_key"], found["session_token"], source=f"file {path}")
+
+
+def export_credentials(creds: S3Credentials | None) -> None:
+    """Put credentials into this process's environment for boto3 (MLflow's S3 artifact client).
+
+    Called inside Ray workers that read a mounted secret; the values stay in process memory and never reach
+    Ray's runtime_env, the dashboard or a log.
+    """
+    if creds is None:
+        return
+    os.environ["AWS_ACCESS_KEY_ID"] = creds.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = creds.secret_key
+    if creds.session_token:
+        os.environ["AWS_SESSION_TOKEN"] = creds.session_token
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """Every secret value known to this process (to mask them)."""
+    env = os.environ if env is None else env
+    values = [env.get(k) for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+                                   "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")]
+    try:
+        creds = load_credentials(env)
+    except ValueError:
+        creds = None
+    if creds is not None:
+        values += [creds.access_key, creds.secret_key, creds.session_token]
+    return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """Mask secret values in a string, or in every string of a (nested) dict/list."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, str):
+        for s in secrets:
+            obj = obj.replace(s, "***")
+        for pat in _PATTERNS:
+            obj = pat.sub("***", obj)
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: ("***" if re.search(r"secret|password|token", str(k), re.I) and v else redact(v, secrets))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v, secrets) for v in obj)
+    return obj
+
+
+def endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if env is None else env
+    return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+
+
+def s3_filesystem(*, endpoint_url: str | None = None, region: str | None = None,
+                  credentials: S3Credentials | None = None):
+    """A ``pyarrow.fs.S3FileSystem``; ``endpoint_url`` (http://host:port) selects an S3-compatible store."""
+    from pyarrow import fs as pafs
+
+    endpoint_url = endpoint_url or endpoint_from_env()
+    credentials = credentials if credentials is not None else load_credentials()
+    kwargs: dict[str, Any] = {"region": region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if credentials is not None:
+        kwargs.update(access_key=credentials.access_key, secret_key=credentials.secret_key,
+                      session_token=credentials.session_token)
+    if endpoint_url:
+        parsed = urlparse(endpoint_url)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+        # S3-compatible stores rarely support virtual-host addressing on a bare host:port.
+        kwargs["force_virtual_addressing"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+@dataclass(frozen=True)
+class StorageTarget:
+    """What Ray needs: ``storage_path`` and an optional pyarrow ``filesystem``; ``uri`` for display."""
+
+    uri: str
+    storage_path: str
+    filesystem: Any = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.storage_path.rstrip("/"), *parts])
+
+
+def resolve_storage(path: str, *, endpoint_url: str | None = None, region: str | None = None,
+                    root: str | Path | None = None) -> StorageTarget:
+    """Turn a sweep's ``storage.path`` into a Ray storage target.
+
+    Local paths are made absolute against ``root`` (default: the current directory) and created; ``s3://bucket/
+    prefix`` gets a pyarrow S3 filesystem (endpoint override for S3-compatible stores) and a bucket-relative
+    ``storage_path`` as Ray expects with a custom filesystem.
+    """
+    if path.startswith("s3://"):
+        rest = path[len("s3://"):].strip("/")
+        if not rest:
+            raise ValueError(f"storage.path: {path!r} needs a bucket: s3://bucket/prefix")
+        return StorageTarget(uri=path, storage_path=rest,
+                             filesystem=s3_filesystem(endpoint_url=endpoint_url, region=region))
+    if "://" in path:
+        raise ValueError(f"storage.path: {path!r} is neither a local path nor s3://bucket/prefix")
+    p = Path(path)
+    if not p.is_absolute():
+        p = Path(root or os.getcwd()) / p
+    p.mkdir(parents=True, exist_ok=True)
+    return StorageTarget(uri=str(p.resolve()), storage_path=str(p.resolve()))
+
+
+def write_bytes(target: StorageTarget, rel: str, data: bytes) -> str:
+    """Write ``data`` under the storage target (atomically on local disk); return the full path."""
+    full = target.join(rel)
+    if target.filesystem is None:
+        Path(full).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{full}.tmp{os.getpid()}"
+        Path(tmp).write_bytes(data)
+        os.replace(tmp, full)
+    else:
+        with target.filesystem.open_output_stream(full) as fh:  # S3 puts are atomic per object
+            fh.write(data)
+    return full
+
+
+def read_bytes(target: StorageTarget, rel: str) -> bytes | None:
+    """Read a file under the storage target; ``None`` when it does not exist."""
+    full = target.join(rel)
+    if target.filesystem is None:
+        p = Path(full)
+        return p.read_bytes() if p.exists() else None
+    from pyarrow import fs as pafs
+
+    if target.filesystem.get_file_info(full).type == pafs.FileType.NotFound:
+        return None
+    with target.filesystem.open_input_stream(full) as fh:
+        return fh.read()
+
+
+def exists(target: StorageTarget, rel: str) -> bool:
+    full = target.join(rel)
+    if target.filesystem is None:
+        return Path(full).exists()
+    from pyarrow import fs as pafs
+
+    return target.filesystem.get_file_info(full).type != pafs.FileType.NotFound

@@ -1,0 +1,230 @@
+"""MLflow tracking owned by the platform: one parent run per sweep, one nested child run per trial.
+
+Ray's MLflow helpers leave runs RUNNING after restores and early stops (shared/notes/stack.md), so the platform
+creates and ends every run itself through :class:`mlflow.MlflowClient` (no global "active run" state, safe in
+Ray workers). Runs are found again by tags (``fmx.sweep_id``, ``fmx.trial_id``), which makes every step
+idempotent: a resumed sweep or a restarted trial continues its own runs instead of opening new ones.
+
+Only rank 0 of a trial logs (:class:`RankZeroMlflowLogger` is a Lightning logger that is silent elsewhere).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+try:
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+    from pytorch_lightning.utilities import rank_zero_only
+except ImportError:  # pragma: no cover
+    import lightning.pytorch as pl  # noqa: F401
+    from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+    from lightning.pytorch.utilities import rank_zero_only
+
+from fmx.storage import redact
+
+TAG_SWEEP = "fmx.sweep"
+TAG_SWEEP_ID = "fmx.sweep_id"
+TAG_TRIAL = "fmx.trial_id"
+TAG_KIND = "fmx.kind"            # "sweep" | "trial"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag: the UI nests children under the parent
+MAX_PARAM_LEN = 6000             # MLflow 3 param value limit
+
+
+def resolve_tracking_uri(uri: str, *, root: str | Path | None = None) -> str:
+    """Make sqlite/file URIs absolute (Ray workers run in other directories) and create their folder.
+
+    ``sqlite:///runs/mlflow.db`` (relative) -> ``sqlite:////abs/project/runs/mlflow.db``; ``runs/mlruns`` ->
+    ``file:///abs/project/runs/mlruns``; http(s)://, databricks and absolute URIs pass unchanged.
+    """
+    root = Path(root or os.getcwd())
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        p = Path(path) if path.startswith("/") else root / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{p.resolve()}"
+    if uri.startswith("file:"):
+        return uri
+    if "://" in uri or uri.startswith("databricks"):
+        return uri
+    p = Path(uri) if Path(uri).is_absolute() else root / uri
+    p.mkdir(parents=True, exist_ok=True)
+    return p.resolve().as_uri()
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(c, name: str, *, artifact_location: str | None = None) -> str:
+    """The experiment id of ``name``, created (optionally with an S3 artifact location) when missing."""
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # noqa: BLE001 - another process created it between our two calls
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run(c, experiment_id: str, tags: Mapping[str, str]):
+    """The most recent run carrying all ``tags`` (None if there is none)."""
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = c.search_runs([experiment_id], filter_string=flt, max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def get_or_create_run(c, experiment_id: str, *, tags: Mapping[str, str], run_name: str) -> tuple[str, bool]:
+    """Return ``(run_id, created)``; an existing run with these tags is reopened (status RUNNING)."""
+    run = find_run(c, experiment_id, tags)
+    if run is not None:
+        if run.info.status != "RUNNING":
+            c.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, False
+    run = c.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+    return run.info.run_id, True
+
+
+def end_run(c, run_id: str, status: str = "FINISHED") -> None:
+    c.set_terminated(run_id, status=status)
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """The project's git commit (``unknown`` outside a checkout), with ``-dirty`` when files changed."""
+    repo = Path(repo or Path(__file__).resolve().parents[2])
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_params(c, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log flattened params (redacted, values cut to MLflow's limit), in batches of 100."""
+    from mlflow.entities import Param
+
+    clean = redact({k: v for k, v in params.items()})
+    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)[:MAX_PARAM_LEN])
+             for k, v in clean.items()]
+    existing = c.get_run(run_id).data.params
+    items = [p for p in items if p.key not in existing]  # params are immutable: a resumed run keeps its own
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(c, run_id: str, metrics: Mapping[str, float], *, step: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items() if _finite_number(v)]
+    for i in range(0, len(items), 500):
+        c.log_batch(run_id, metrics=items[i:i + 500])
+
+
+def _finite_number(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f and abs(f) != float("inf")
+
+
+def log_text(c, run_id: str, text: str, artifact_file: str) -> None:
+    """Log a text artifact (redacted)."""
+    c.log_text(run_id, redact(text), artifact_file)
+
+
+def log_json(c, run_id: str, obj: Any, artifact_file: str) -> None:
+    log_text(c, run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
+
+
+def log_file(c, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    c.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_dataframe_parquet(c, run_id: str, df, artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        df.to_parquet(path, index=False)
+        c.log_artifact(run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+
+def log_figure(c, run_id: str, fig, artifact_file: str) -> None:
+    c.log_figure(run_id, fig, artifact_file)
+
+
+def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
+    """All trial runs under a sweep's parent run."""
+    return c.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                         max_results=10_000)
+
+
+def start_system_metrics(run_id: str, *, interval_s: float = 10.0):
+    """Start MLflow's system-metrics sampler (CPU, memory, GPU when present) on ``run_id``; None if unavailable."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1)
+        monitor.start()
+        return monitor
+    except Exception:  # noqa: BLE001 - psutil/pynvml missing: system metrics are optional
+        return None
+
+
+class RankZeroMlflowLogger(Logger):
+    """A Lightning logger writing metrics of an existing run from global rank 0 only.
+
+    Unlike Lightning's ``MLFlowLogger`` it never ends the run (the platform owns the lifecycle) and never logs
+    hyperparameters (the trial logs the flattened composed config once).
+    """
+
+    def __init__(self, *, tracking_uri: str, run_id: str, prefix: str = ""):
+        super().__init__()
+        self._uri, self._run_id, self._prefix = tracking_uri, run_id, prefix
+        self._client = None
+
+    @property
+    def name(self) -> str:
+        return "fmx-mlflow"
+
+    @property
+    def version(self) -> str:
+        return self._run_id
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._client is None:
+            self._client = client(self._uri)
+        return self._client
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:  # noqa: D401 - the trial logs params itself
+        return None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        log_metrics(self.experiment, self._run_id, {self._prefix + k: v for k, v in metrics.items()}, step=step)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:  # the run stays open: the trial ends it after acceptance
+        return None
+
+
+def tag_dict(items: Iterable[tuple[str, Any]]) -> dict[str, str]:
+    return {k: str(v) for k, v in items}

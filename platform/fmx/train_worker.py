@@ -1,0 +1,225 @@
+"""The training loop each Ray Train worker runs: Lightning with Ray's DDP strategy, resumable from checkpoints.
+
+:func:`train_loop` is the ``train_loop_per_worker`` of the TorchTrainer a trial builds (see :mod:`fmx.runner`).
+It builds the LightningModule and DataModule through :mod:`models.registry` from the composed config, resumes
+from ``ray.train.get_checkpoint()`` when Ray restarts a crashed worker group, and reports metrics plus a
+checkpoint to Ray after every validation (:class:`ReportCheckpointCallback`). Rank 0 alone logs to MLflow:
+metrics per step and epoch (:class:`fmx.tracking.RankZeroMlflowLogger`), system metrics, and the latent fractal
+fingerprint at each evaluation (:class:`FingerprintArtifactCallback`).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+try:
+    import pytorch_lightning as pl
+except ImportError:  # pragma: no cover
+    import lightning.pytorch as pl
+
+CKPT_NAME = "model.ckpt"
+
+
+def _import(path: str) -> Callable:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_module_and_data(cfg: Mapping[str, Any], builders: Mapping[str, str] | None = None):
+    """The LightningModule and DataModule of ``cfg`` via :mod:`models.registry` (or ``module:function`` paths)."""
+    builders = builders or {}
+    from models import registry
+
+    make_module = _import(builders["module"]) if "module" in builders else registry.build_lightning_module
+    make_data = _import(builders["data"]) if "data" in builders else registry.build_datamodule
+    return make_module(cfg), make_data(cfg)
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+class ReportCheckpointCallback(pl.Callback):
+    """After each validation-bearing train epoch: save a Lightning checkpoint and ``ray.train.report`` it.
+
+    Every rank calls ``report`` (Ray collects them together); rank 0 alone attaches the checkpoint directory.
+    Ray's CheckpointConfig then keeps the best ``keep_best`` by the sweep metric plus the latest one.
+    """
+
+    def __init__(self, *, extra: Mapping[str, float] | None = None, fail_at_epoch: int | None = None,
+                 fail_marker: str | None = None):
+        self.extra = dict(extra or {})
+        # Fault injection for tests: the worker process dies once at this epoch (marker file: only once).
+        self.fail_at_epoch, self.fail_marker = fail_at_epoch, fail_marker
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import ray.train
+
+        metrics = scalar_metrics(trainer.callback_metrics)
+        metrics.update(epoch=float(trainer.current_epoch), step=float(trainer.global_step), **self.extra)
+        tmp = Path(tempfile.mkdtemp(prefix="fmx_ckpt_"))
+        try:
+            trainer.save_checkpoint(str(tmp / CKPT_NAME))  # collective: rank 0 writes
+            checkpoint = None
+            if trainer.global_rank == 0:
+                from ray.train import Checkpoint
+
+                checkpoint = Checkpoint.from_directory(str(tmp))
+            ray.train.report(metrics, checkpoint=checkpoint)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if self.fail_at_epoch is not None and trainer.current_epoch == self.fail_at_epoch and self.fail_marker \
+                and not os.path.exists(self.fail_marker) and trainer.global_rank == 0:
+            Path(self.fail_marker).write_text(str(os.getpid()))
+            os._exit(1)  # a hard crash, as an OOM kill or a lost node would look to Ray
+
+
+class FingerprintArtifactCallback(pl.Callback):
+    """Rank 0, each validation: per-channel latent measures as metrics, a parquet table and a plot in MLflow."""
+
+    def __init__(self, *, tracking_uri: str, run_id: str, max_channels: int = 32):
+        self.uri, self.run_id, self.max_channels = tracking_uri, run_id, max_channels
+        self.rows: list[dict] = []
+        self._batch = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and trainer.global_rank == 0:
+            self._batch = batch
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.global_rank != 0 or self._batch is None or trainer.sanity_checking:
+            return
+        try:
+            table = latent_fingerprint(pl_module, self._batch, max_channels=self.max_channels)
+        except Exception as exc:  # noqa: BLE001 - a fingerprint failure must not kill training
+            print(f"fmx: latent fingerprint skipped at epoch {trainer.current_epoch}: {exc}")
+            return
+        if not table:
+            return
+        for row in table:
+            row.update(epoch=trainer.current_epoch, step=trainer.global_step)
+        self.rows.extend(table)
+        _log_fingerprint(self.uri, self.run_id, self.rows, epoch=trainer.current_epoch)
+
+
+@torch.no_grad()
+def latent_fingerprint(pl_module, batch, *, max_channels: int = 32) -> list[dict]:
+    """Rows ``{channel, beta, hfd, dfa}`` of the SSM latents of one batch (averaged over the batch).
+
+    Shape:
+        latents["ssm"]: (B, T, D) -> one row per latent channel (at most ``max_channels``).
+    """
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        out = pl_module(batch)
+    finally:
+        pl_module.train(was_training)
+    latents = out.get("latents", {}) if isinstance(out, Mapping) else {}
+    ssm = latents.get("ssm")
+    if ssm is None:
+        return []
+    fs = pl_module.latent_rate(batch) if hasattr(pl_module, "latent_rate") else 1.0
+    cfg_fractals = getattr(pl_module, "fractals_cfg", {}) or {}
+    from models.callbacks import latent_measures
+
+    measures = latent_measures(ssm, fs=fs, cfg_fractals=cfg_fractals, max_channels=max_channels)
+    if not measures:
+        return []
+    n = min(v.shape[1] for v in measures.values())
+    return [{"channel": c, **{k: float(v[:, c].float().mean()) for k, v in measures.items()}} for c in range(n)]
+
+
+def _log_fingerprint(uri: str, run_id: str, rows: list[dict], *, epoch: int) -> None:
+    import pandas as pd
+
+    from fmx import tracking
+
+    c = tracking.client(uri)
+    df = pd.DataFrame(rows)
+    current = df[df["epoch"] == epoch]
+    summary = {f"fingerprint/{m}_{stat}": float(getattr(current[m], stat)())
+               for m in ("beta", "hfd", "dfa") if m in current for stat in ("mean", "std")}
+    tracking.log_metrics(c, run_id, summary, step=int(current["step"].iloc[0]))
+    tracking.log_dataframe_parquet(c, run_id, df, "fingerprint/latent_fingerprint.parquet")
+    try:
+        from fmx.compare import fingerprint_figure
+
+        fig = fingerprint_figure(df)
+        tracking.log_figure(c, run_id, fig, "fingerprint/latent_fingerprint.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    except Exception as exc:  # noqa: BLE001 - plots are a convenience; the parquet table is the record
+        print(f"fmx: fingerprint plot skipped: {exc}")
+
+
+def _restore_path(tmp_root: Path) -> str | None:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        src = Path(d) / CKPT_NAME
+        if not src.exists():
+            return None
+        dst = tmp_root / CKPT_NAME
+        shutil.copy2(src, dst)
+    return str(dst)
+
+
+def train_loop(config: Mapping[str, Any]) -> None:
+    """``train_loop_per_worker``: ``config`` = {cfg, tracking_uri, run_id, builders, fault}."""
+    import ray.train
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+    from fmx import storage, tracking
+
+    storage.export_credentials(storage.load_credentials())  # mounted secret -> this process only
+    cfg = config["cfg"]
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
+    module, datamodule = build_module_and_data(cfg, config.get("builders"))
+    rank = ray.train.get_context().get_world_rank()
+    uri, run_id = config.get("tracking_uri"), config.get("run_id")
+    loggers, callbacks, monitor = [], [], None
+    fault = config.get("fault") or {}
+    callbacks.append(ReportCheckpointCallback(fail_at_epoch=fault.get("epoch"), fail_marker=fault.get("marker")))
+    if uri and run_id:
+        loggers.append(tracking.RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id))
+        if rank == 0:
+            callbacks.append(FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id))
+            monitor = tracking.start_system_metrics(run_id)
+    tr = cfg.get("trainer", {})
+    use_gpu = bool(config.get("use_gpu")) and torch.cuda.is_available()
+    trainer = pl.Trainer(
+        max_epochs=int(tr.get("max_epochs", 1)), accelerator="gpu" if use_gpu else "cpu", devices="auto",
+        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], callbacks=callbacks,
+        logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, precision=tr.get("precision", "32-true"),
+        limit_train_batches=tr.get("limit_train_batches", 1.0), limit_val_batches=tr.get("limit_val_batches", 1.0),
+        log_every_n_steps=int(tr.get("log_every_n_steps", 10)), val_check_interval=tr.get("val_check_interval", 1.0),
+        num_sanity_val_steps=0, gradient_clip_val=None)
+    trainer = prepare_trainer(trainer)
+    with tempfile.TemporaryDirectory(prefix="fmx_restore_") as tmp:
+        ckpt_path = _restore_path(Path(tmp))
+        if ckpt_path and rank == 0 and uri and run_id:
+            tracking.client(uri).set_tag(run_id, "fmx.resumed_from_checkpoint", "true")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        finally:
+            if monitor is not None:
+                monitor.finish()
