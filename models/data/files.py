@@ -1,0 +1,186 @@
+"""File datasets: a folder of recordings (EDF/BDF/FIF, NWB, npz, CSV) cut into fixed-length windows.
+
+Recordings are read once with :func:`models.data.readers.read_recording` (optionally resampled and
+channel-picked), kept in memory as float32 and windowed into ``window`` samples every ``stride``
+samples. Train and validation splits are made by file or by subject (``split_by``, a seeded
+permutation), so no recording (or subject) leaks across splits. Channel names across all files
+form one vocabulary whose indices become ``<key>_channel_ids``; recordings with fewer channels are
+padded and masked by the collate function. The subject label comes from a BIDS ``sub-XX`` entity in the path (else the file stem).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.data.readers import SUPPORTED_EXTENSIONS, Recording, read_recording
+
+__all__ = ["RecordingWindows", "find_recordings", "load_recordings", "subject_of", "build_files_datamodule"]
+
+log = logging.getLogger(__name__)
+_SUB = re.compile(r"sub-([A-Za-z0-9]+)")
+_FILES_KEYS = {"name", "root", "pattern", "key", "window", "stride", "val_stride", "val_fraction", "resample_hz",
+               "channels", "max_files", "split_by", "batch_size", "num_workers", "seed"}
+
+
+def find_recordings(root: str | Path, pattern: str = "**/*") -> list[Path]:
+    """Sorted files under ``root`` matching ``pattern`` with a readable extension."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"data.root: {str(root)!r} is not a folder; point it at a folder of recordings")
+    paths = sorted(p for p in root.glob(pattern) if p.is_file() and
+                   (p.suffix.lower() in SUPPORTED_EXTENSIONS or p.name.lower().endswith(".fif.gz")))
+    if not paths:
+        raise ValueError(
+            f"data.root: no recordings matching {pattern!r} under {str(root)!r} (extensions: {SUPPORTED_EXTENSIONS})"
+        )
+    return paths
+
+
+def subject_of(path: Path) -> str:
+    """BIDS subject label (``sub-XX`` in the path) or, failing that, the file stem."""
+    for part in reversed(path.parts):
+        m = _SUB.search(part)
+        if m:
+            return m.group(1)
+    return path.stem
+
+
+def load_recordings(paths: Sequence[Path], *, resample_hz: Optional[float] = None,
+                    channels: Optional[Sequence[str]] = None) -> list[Recording]:
+    """Read continuous recordings; all must share one sampling rate (resample otherwise)."""
+    recs = []
+    for i, path in enumerate(paths):
+        rec = read_recording(path, channels=channels, resample=resample_hz)
+        if rec.kind != "continuous":
+            raise ValueError(
+                f"{path}: is an interval series ({rec.kind}); the files dataset windows continuous signals: "
+                "narrow data.pattern (e.g. '**/*.edf')"
+            )
+        recs.append(rec.replace(data=np.asarray(rec.data, dtype=np.float32)))
+        if (i + 1) % 20 == 0:
+            log.info("read %d/%d recordings", i + 1, len(paths))
+    rates = sorted({float(r.fs) for r in recs})
+    if len(rates) > 1:
+        raise ValueError(f"data.resample_hz: recordings have different rates {rates} Hz; set one rate to resample to")
+    return recs
+
+
+class RecordingWindows(Dataset):
+    """Fixed-length windows over in-memory recordings (map-style; works with DistributedSampler).
+
+    Parameters
+    ----------
+    recordings : sequence of Recording
+        Continuous recordings with one common ``fs``.
+    window, stride : int
+        Window length and hop in samples; recordings shorter than ``window`` yield no window.
+    key : str
+        Batch key for the signal (``eeg``, ``ecog``, ``ieeg``, ``lfp``, ``emg``).
+    channel_vocab : sequence of str
+        Channel names indexing ``<key>_channel_ids`` (default: the sorted names of these recordings).
+    subject_vocab : sequence of str
+        Subject labels indexing ``subject`` (default: the sorted labels of these recordings).
+
+    Shape:
+        One sample: ``<key> (C, window)`` float32, ``<key>_channel_ids (C,)``, ``subject ()`` long,
+        ``fs`` float; ``C`` may differ between recordings (the collate pads and masks).
+    """
+
+    def __init__(self, recordings: Sequence[Recording], *, window: int, stride: int, key: str = "eeg",
+                 channel_vocab: Optional[Sequence[str]] = None, subject_vocab: Optional[Sequence[str]] = None):
+        if not isinstance(window, (int, np.integer)) or window < 2:
+            raise ValueError(f"data.window: must be an integer >= 2 samples, got {window!r}")
+        if not isinstance(stride, (int, np.integer)) or stride < 1:
+            raise ValueError(f"data.stride: must be an integer >= 1 sample, got {stride!r}")
+        self.recordings, self.window, self.key = list(recordings), int(window), key
+        if not self.recordings:
+            raise ValueError("recordings: empty; nothing to window")
+        self.fs = float(self.recordings[0].fs)
+        self.channel_vocab = list(channel_vocab or sorted({c for r in self.recordings for c in r.channel_names}))
+        subjects = [subject_of(Path(r.meta.get("path", f"rec{i}"))) for i, r in enumerate(self.recordings)]
+        self.subject_vocab = list(subject_vocab or sorted(set(subjects)))
+        lookup = {c: i for i, c in enumerate(self.channel_vocab)}
+        missing = sorted({c for r in self.recordings for c in r.channel_names} - set(lookup))
+        if missing:
+            raise ValueError(f"channel_vocab: lacks channel(s) {missing[:10]}; build it from all recordings")
+        self._ids = [torch.tensor([lookup[c] for c in r.channel_names], dtype=torch.long) for r in self.recordings]
+        self._subject = [self.subject_vocab.index(s) for s in subjects]
+        self.index: list[tuple[int, int]] = []
+        short = []
+        for i, r in enumerate(self.recordings):
+            n = r.data.shape[-1]
+            if n < self.window:
+                short.append(r.meta.get("path", f"rec{i}"))
+            self.index.extend((i, start) for start in range(0, n - self.window + 1, int(stride)))
+        if short:
+            log.warning("%d recording(s) shorter than window=%d samples give no window: %s",
+                        len(short), self.window, short[:5])
+        if not self.index:
+            raise ValueError(f"data.window: {self.window} samples is longer than every recording; lower it")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rec_i, start = self.index[int(i)]
+        data = self.recordings[rec_i].data[:, start:start + self.window]
+        return {
+            self.key: torch.from_numpy(np.ascontiguousarray(data)),
+            f"{self.key}_channel_ids": self._ids[rec_i].clone(),
+            "subject": torch.tensor(self._subject[rec_i], dtype=torch.long),
+            "fs": self.fs,
+        }
+
+
+def _split_files(paths: list[Path], val_fraction: float, seed: int, split_by: str) -> tuple[list[Path], list[Path]]:
+    """Seeded split of whole files (``split_by="file"``) or whole subjects (``"subject"``)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"data.val_fraction: must lie in [0, 1), got {val_fraction!r}")
+    if split_by not in ("file", "subject"):
+        raise ValueError(f"data.split_by: must be 'file' or 'subject', got {split_by!r}")
+    groups = sorted({str(p) if split_by == "file" else subject_of(p) for p in paths})
+    if len(groups) < 2:
+        log.warning("one %s only: validation windows come from the same data as training", split_by)
+        return paths, paths
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_val = min(len(groups) - 1, max(1, int(round(val_fraction * len(groups)))))
+    val_groups = {groups[i] for i in order[:n_val]}
+    in_val = [(str(p) if split_by == "file" else subject_of(p)) in val_groups for p in paths]
+    return [p for p, v in zip(paths, in_val) if not v], [p for p, v in zip(paths, in_val) if v]
+
+
+def build_files_datamodule(cfg: Mapping[str, Any], module_cls, batch_size: int):
+    """The ``files`` datamodule (see platform/fmx/conf/data/files.yaml for the fields)."""
+    data = dict(cfg.get("data", {}) or {})
+    unknown = sorted(set(data) - _FILES_KEYS)
+    if unknown:
+        raise ValueError(f"data: unknown key(s) {unknown} for the files dataset; known: {sorted(_FILES_KEYS)}")
+    root = data.get("root")
+    if root in (None, "", "???"):
+        raise ValueError("data.root: not set; give the folder of recordings, e.g. data.root=../shared/data/eegmat-dev")
+    seed = int(data["seed"]) if data.get("seed") is not None else int(cfg.get("seed", 0) or 0)
+    paths = find_recordings(root, data.get("pattern") or "**/*")
+    if data.get("max_files"):
+        paths = paths[: int(data["max_files"])]
+    train_paths, val_paths = _split_files(paths, float(data.get("val_fraction", 0.2)), seed,
+                                          str(data.get("split_by", "file")))
+    recs = dict(zip(paths, load_recordings(paths, resample_hz=data.get("resample_hz"), channels=data.get("channels"))))
+    key = str(data.get("key", "eeg"))
+    channel_vocab = sorted({c for r in recs.values() for c in r.channel_names})
+    subject_vocab = sorted({subject_of(p) for p in paths})
+    window = int(data.get("window", 256))
+    stride = int(data.get("stride") or window)
+    common = dict(window=window, key=key, channel_vocab=channel_vocab, subject_vocab=subject_vocab)
+    train = RecordingWindows([recs[p] for p in train_paths], stride=stride, **common)
+    val = RecordingWindows([recs[p] for p in val_paths], stride=int(data.get("val_stride") or window), **common)
+    info = {"fs": train.fs, "n_time": window, "modalities": [key], "n_channel_ids": len(channel_vocab),
+            "channel_names": channel_vocab, "n_subjects": len(subject_vocab), "subjects": subject_vocab,
+            "train_files": [str(p) for p in train_paths], "val_files": [str(p) for p in val_paths]}
+    return module_cls(train=train, val=val, batch_size=batch_size,
+                      num_workers=int(data.get("num_workers", 0) or 0), info=info)
