@@ -13,6 +13,9 @@ Attention is pluggable: ``attention=`` takes a name registered with :func:`regis
 (default ``"sdpa"``, torch's fused scaled-dot-product attention) or a callable with the signature
 of :func:`sdpa_attention`, so fractal attention patterns can be chosen by config later.
 
+Cross-attention runs per chunk on the chunk's own tokens (:func:`group_by_chunk` gathers them into
+padded rows), so its cost is linear in the number of tokens rather than ``n_chunks x N``.
+
 Every attention adds one learned *null* key/value that every query may attend to, so a chunk with
 no real tokens (all channels padded, or past the end of a shorter modality) yields a defined output
 instead of a NaN from a fully masked softmax row.
@@ -35,6 +38,7 @@ __all__ = [
     "get_attention",
     "ATTENTION_FUNCTIONS",
     "LATENT_ATTENTION",
+    "group_by_chunk",
 ]
 
 AttentionFn = Callable[..., Tensor]
@@ -123,6 +127,34 @@ class _Block(nn.Module):
         return x + self.mlp(self.norm_mlp(x))
 
 
+def group_by_chunk(tokens: Tensor, mask: Tensor, chunk: Tensor, n_chunks: int) -> tuple[Tensor, Tensor]:
+    """Gather each chunk's real tokens into its own padded row, so cross-attention costs O(N), not O(T N).
+
+    Tokens outside ``[0, n_chunks)`` or masked out are dropped; ``M`` is the largest number of real
+    tokens in one chunk of one sample.
+
+    Shape:
+        - tokens ``(B, N, D)``, mask ``(B, N)`` bool, chunk ``(B, N)`` long
+        - output ``(B * n_chunks, M, D)`` tokens and ``(B * n_chunks, M)`` bool mask
+    """
+    b, n, d = tokens.shape
+    keep = mask & (chunk >= 0) & (chunk < n_chunks)
+    bucket = torch.where(keep, chunk, torch.full_like(chunk, n_chunks))  # dropped tokens -> spare bucket
+    counts = torch.zeros(b, n_chunks + 1, dtype=torch.long, device=tokens.device)
+    counts.scatter_add_(1, bucket, torch.ones_like(bucket))
+    m = max(int(counts[:, :n_chunks].max()) if n_chunks else 0, 1)
+    order = torch.argsort(bucket, dim=1, stable=True)
+    sorted_bucket = bucket.gather(1, order)
+    starts = counts.cumsum(1) - counts
+    slot = torch.arange(n, device=tokens.device) - starts.gather(1, sorted_bucket)
+    spare = n_chunks * m  # one extra slot per sample collects the dropped tokens
+    flat = torch.where(sorted_bucket < n_chunks, sorted_bucket * m + slot, torch.full_like(slot, spare))
+    grouped = tokens.new_zeros(b, spare + 1, d).scatter_(1, flat.unsqueeze(-1).expand(-1, -1, d),
+                                                          tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, d)))
+    valid = torch.zeros(b, spare + 1, dtype=torch.bool, device=tokens.device).scatter_(1, flat, True)
+    return grouped[:, :spare].reshape(b * n_chunks, m, d), valid[:, :spare].reshape(b * n_chunks, m)
+
+
 class PerceiverOutput(NamedTuple):
     """Shape:
         - latents: ``(B, n_chunks * n_latents, D)`` chunk-major
@@ -196,10 +228,11 @@ class PerceiverIOEncoder(nn.Module):
         n_chunks = -(-int(n_time) // self.chunk_size)
         chunk_of_latent = torch.arange(n_chunks, device=tokens.device).repeat_interleave(self.n_latents)
         queries = self.latent_array.repeat(n_chunks, 1) + sinusoidal_encoding(chunk_of_latent, self.d_model)
-        queries = queries.to(tokens.dtype).expand(b, -1, -1)
         token_chunk = torch.div(time_index, self.chunk_size, rounding_mode="floor")
-        cross_mask = (chunk_of_latent[None, :, None] == token_chunk[:, None, :]) & mask.bool()[:, None, :]
-        x = self.cross(queries, tokens, mask=cross_mask)
+        context, context_mask = group_by_chunk(tokens, mask.bool(), token_chunk, n_chunks)  # (B*C, M, D)
+        q = queries.to(tokens.dtype).view(1, n_chunks, self.n_latents, self.d_model).expand(b, -1, -1, -1)
+        x = self.cross(q.reshape(b * n_chunks, self.n_latents, self.d_model), context, mask=context_mask[:, None, :])
+        x = x.reshape(b, n_chunks * self.n_latents, self.d_model)
         if self.self_blocks:
             ci, cj = chunk_of_latent[:, None], chunk_of_latent[None, :]
             self_mask = {"causal": ci >= cj, "local": ci == cj, "full": torch.ones_like(ci >= cj)}[self.latent_attention]

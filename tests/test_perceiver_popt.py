@@ -100,3 +100,29 @@ def test_channel_summaries_from_tokenizer_output():
     assert summ.shape == (2, 4, D) and smask.tolist() == mask.tolist()
     torch.testing.assert_close(summ[1, 2], out.tokens[1, 6:9].mean(0))
     assert PopT(d_model=D, n_summary_tokens=2, n_heads=2).from_tokens(out).shape == (2, 2, D)
+
+
+def test_grouped_cross_attention_matches_dense_masking():
+    torch.manual_seed(1)
+    enc = PerceiverIOEncoder(d_model=D, n_latents=2, chunk_size=2, n_heads=2, n_self_layers=0).eval()
+    x, t = _tokens(n=30, n_time=5)
+    mask = torch.rand(2, 30) > 0.3
+    out = enc(x, mask=mask, time_index=t, n_time=5).latents
+    # Reference: every latent attends to all N tokens with a (latent chunk == token chunk) mask.
+    chunk_of_latent = torch.arange(3).repeat_interleave(2)
+    from models.tokenizers.base import sinusoidal_encoding
+    q = (enc.latent_array.repeat(3, 1) + sinusoidal_encoding(chunk_of_latent, D)).expand(2, -1, -1)
+    dense_mask = (chunk_of_latent[None, :, None] == (t // 2)[:, None, :]) & mask[:, None, :]
+    ref = enc.norm(enc.cross(q, x, mask=dense_mask))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_group_by_chunk_layout():
+    from models.perceiver import group_by_chunk
+    tokens = torch.arange(6.0).view(1, 6, 1)
+    chunk = torch.tensor([[1, 0, 1, 0, 2, 1]])
+    mask = torch.tensor([[True, True, True, True, True, False]])
+    grouped, valid = group_by_chunk(tokens, mask, chunk, 3)
+    assert grouped.shape == (3, 2, 1)
+    assert grouped[..., 0].tolist() == [[1.0, 3.0], [0.0, 2.0], [4.0, 0.0]]
+    assert valid.tolist() == [[True, True], [True, True], [True, False]]
