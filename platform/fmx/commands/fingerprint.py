@@ -18,7 +18,9 @@ console = Console()
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)  # unwrapped: paths stay copyable
     raise typer.Exit(code=2)
 
 
@@ -28,7 +30,7 @@ def fit(
     out: str = typer.Option(..., "--out", "-o", help="Output folder or s3:// prefix."),
     channels: Optional[List[str]] = typer.Option(None, "--channels", help="Channels to keep (repeat or comma-separate)."),
     resample: Optional[float] = typer.Option(None, "--resample", help="Resample to this rate (Hz)."),
-    band: Optional[tuple[float, float]] = typer.Option((None, None), "--band", help="Band-pass LOW HIGH (Hz)."),
+    band: Optional[tuple[float, float]] = typer.Option(None, "--band", help="Band-pass LOW HIGH (Hz)."),
     notch: Optional[float] = typer.Option(None, "--notch", help="Notch this line frequency (Hz) and its harmonics."),
     epoch: Optional[float] = typer.Option(None, "--epoch", help="Epoch length (s); measures are averaged over epochs."),
     config: Optional[List[str]] = typer.Option(None, "--config", "-c",
@@ -59,10 +61,11 @@ def fit(
         f"(done before), {result.n_failed} failed, in {result.seconds:.1f} s -> {result.out}"
     )
     if result.n_failed:
-        table = Table("path", "error", title="failures (also in failures.parquet)")
+        console.print("[red]failures[/] (also in failures.parquet):")
         for row in result.failures.itertuples():
-            table.add_row(str(row.path) + (f"#{row.member}" if row.member else ""), str(row.error)[:200])
-        console.print(table)
+            # plain lines, not a table: full paths stay copyable whatever the terminal width
+            console.print(f"  {row.path}{'#' + row.member if row.member else ''}: {row.error}", soft_wrap=True,
+                          markup=False, highlight=False)
     if result.mlflow_run_id:
         console.print(f"MLflow run {result.mlflow_run_id}")
 

@@ -265,8 +265,13 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
                  include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        task = ray.remote(fit_recording).options(num_cpus=1, num_gpus=gpus_per_task if has_gpu else 0,
-                                                 max_retries=0)
+        options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_task if has_gpu else 0, "max_retries": 0}
+        if any(storage.is_s3(r["path"]) for r in records):
+            # Workers read s3:// inputs themselves: hand them the S3 settings of this environment.
+            env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+            if env:
+                options["runtime_env"] = {"env_vars": env}
+        task = ray.remote(fit_recording).options(**options)
         cfg_ref = ray.put(cfg)
         device = "cuda" if has_gpu else "cpu"
         width = max(1, int(ray.cluster_resources().get("CPU", 1))) * 2  # bounded in-flight: memory stays flat

@@ -1,0 +1,251 @@
+"""fmx fingerprint fit: discovery, a job over tiny EDF files (one corrupt), resume, schema, MLflow, S3, real data."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fmx.fingerprint.config import load_config
+from fmx.fingerprint.discover import discover, parse_bids_name
+from fmx.fingerprint.job import plan_job, run_fingerprint_job
+
+CHANNELS = ["Fz", "Cz", "Pz", "Oz"]
+FS = 128.0
+SUBJECTS = {"sub-01": "A", "sub-02": "A", "sub-03": "B"}
+# Small and quick: two short epochs' worth of fOU steps.
+FAST = ["default", "fou.steps=40", "fou.n_bins=32"]
+
+
+def _write_edf(path, beta: float, seed: int) -> None:
+    import mne
+    import torch
+
+    from fractals.stimuli import one_over_f_noise
+
+    x = one_over_f_noise(int(16 * FS), beta, FS, n_series=len(CHANNELS), generator=torch.Generator().manual_seed(seed))
+    data = x.numpy() / x.numpy().std() * 1e-5
+    raw = mne.io.RawArray(data, mne.create_info(CHANNELS, FS, "eeg"), verbose="error")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mne.export.export_raw(path, raw, overwrite=True, verbose="error")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """3 subjects x (rest: 1/f^2, arithmetic: 1/f^1) tiny EDFs, participants.tsv, and one corrupt file."""
+    root = tmp_path_factory.mktemp("cohort")
+    for i, subject in enumerate(SUBJECTS):
+        for condition, beta in (("rest", 2.0), ("arithmetic", 1.0)):
+            _write_edf(root / subject / "eeg" / f"{subject}_task-{condition}_eeg.edf", beta, seed=10 * i + int(beta))
+    corrupt = root / "sub-04" / "eeg" / "sub-04_task-rest_eeg.edf"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"0       truncated header" * 8)
+    (root / "sub-01" / "eeg" / "sub-01_task-rest_events.tsv").write_text("onset\tduration\n0\t1\n")
+    lines = ["participant_id\tgroup\tage"] + [f"{s}\t{g}\t{20 + i}" for i, (s, g) in enumerate(SUBJECTS.items())]
+    (root / "participants.tsv").write_text("\n".join(lines + ["sub-04\tB\t30"]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private 2-CPU Ray instance for this module, shut down afterwards (never `ray stop`)."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_parse_bids_name():
+    assert parse_bids_name("sub-01_ses-2_task-rest_run-1_eeg.edf") == {
+        "subject": "sub-01", "session": "ses-2", "condition": "rest", "modality": "eeg", "ext": ".edf"}
+    assert parse_bids_name("notes.edf") is None
+
+
+def test_discover_bids_folder_and_manifest(cohort, tmp_path):
+    found = discover(str(cohort))
+    assert len(found) == 7  # side-car events.tsv ignored
+    assert set(found["condition"]) == {"rest", "arithmetic"} and set(found["session"]) == {""}
+    assert found.loc[found["subject"] == "sub-03", "group"].unique().tolist() == ["B"]
+    assert found["age"].dtype.kind == "i"
+    manifest = tmp_path / "manifest.csv"
+    # relative paths are resolved against the manifest's folder
+    rows = [{"path": os.path.relpath(p, tmp_path), "subject": p.parts[-3], "condition": f"c{i}"}
+            for i, p in enumerate(sorted(cohort.rglob("*_eeg.edf")))]
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    listed = discover(str(manifest))
+    assert len(listed) == 7 and listed["condition"].str.startswith("c").all()
+    with pytest.raises(ValueError, match="does not exist"):
+        discover(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no recordings found"):
+        discover(str(tmp_path / "empty"))
+    dup = tmp_path / "dup.csv"
+    pd.DataFrame([{"path": r["path"], "subject": "s", "condition": "x"} for r in rows[:2]]).to_csv(dup)
+    with pytest.raises(ValueError, match="share subject/session/condition"):
+        discover(str(dup))
+
+
+def test_resume_key_depends_on_config(cohort):
+    a = plan_job(str(cohort), load_config(FAST))
+    b = plan_job(str(cohort), load_config([*FAST, "fou.steps=41"]))
+    assert a["key"].is_unique and not set(a["key"]) & set(b["key"])
+    assert plan_job(str(cohort), load_config(FAST))["key"].tolist() == a["key"].tolist()
+
+
+def test_serial_job_schema_failures_and_summary(cohort, tmp_path):
+    out = tmp_path / "out"
+    res = run_fingerprint_job(str(cohort), str(out), config=FAST, executor="serial", log_mlflow=False, progress=False)
+    assert (res.n_fitted, res.n_failed, res.n_skipped) == (6, 1, 0)
+    table = pd.read_parquet(out / "fingerprint.parquet")
+    assert list(table.columns) == ["subject", "session", "condition", "channel", "measure", "value"]
+    assert table["value"].dtype == np.float64 and np.isfinite(table["value"]).all()
+    assert all(table[c].dtype.kind in "OT" or str(table[c].dtype).startswith("str") for c in table.columns[:5])
+    assert {"fou_H", "fou_theta", "fou_sigma"} <= set(table["measure"])
+    assert set(table["channel"]) >= set(CHANNELS)
+    assert not table.duplicated(["subject", "session", "condition", "channel", "measure"]).any()
+    failures = pd.read_parquet(out / "failures.parquet")
+    assert len(failures) == 1 and failures["path"].iloc[0].endswith("sub-04_task-rest_eeg.edf")
+    assert "sub-04_task-rest_eeg.edf" in failures["error"].iloc[0]
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert len(summary) == 6 and {"group", "age", "fou_H", "n_channels"} <= set(summary.columns)
+    assert (summary["n_channels"] == len(CHANNELS)).all()
+    recordings = pd.read_parquet(out / "recordings.parquet")
+    assert sorted(recordings["status"]) == ["failed"] + ["fitted"] * 6
+    assert len(list((out / "parts").glob("*.parquet"))) == 6 and not list((out / "parts").glob(".*tmp"))
+    # the planted difference: 1/f^1 (arithmetic) is rougher than 1/f^2 (rest) -> higher Higuchi FD
+    hfd = [c for c in summary.columns if "higuchi" in c.lower()][0]
+    fd = summary.pivot_table(index="subject", columns="condition", values=hfd)
+    assert (fd["arithmetic"] > fd["rest"] + 0.2).all()
+
+
+def test_ray_job_resumes_and_skips_finished(cohort, tmp_path, local_ray):
+    out = tmp_path / "out"
+    seen = []
+    first = run_fingerprint_job(str(cohort), str(out), config=FAST, log_mlflow=False, progress=False,
+                                on_result=seen.append)
+    assert (first.n_fitted, first.n_failed) == (6, 1) and len(seen) == 7
+    assert "ValueError" in first.failures["error"].iloc[0]
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.parquet")}
+    # a new recording appears; a re-run fits only it (and retries the corrupt file)
+    shutil.copy(cohort / "sub-01" / "eeg" / "sub-01_task-rest_eeg.edf", tmp_path / "extra.edf")
+    extra = cohort / "sub-03" / "eeg" / "sub-03_task-extra_eeg.edf"
+    shutil.copy(tmp_path / "extra.edf", extra)
+    try:
+        second = run_fingerprint_job(str(cohort), str(out), config=FAST, log_mlflow=False, progress=False)
+    finally:
+        extra.unlink()
+    assert (second.n_skipped, second.n_fitted, second.n_failed) == (6, 1, 1)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.parquet")}
+    assert all(after[name] == mtime for name, mtime in before.items())  # finished parts untouched
+    old = first.table.sort_values(list(first.table.columns[:5])).reset_index(drop=True)
+    new = second.table[second.table["condition"] != "extra"].sort_values(list(old.columns[:5])).reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, new)
+
+
+def test_cli_fit_serial(cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+
+    out = tmp_path / "cli"
+    args = ["fingerprint", "fit", str(cohort), "--out", str(out), "--serial", "--no-mlflow", "--channels", "Fz,Cz",
+            "--band", "1", "40", "--epoch", "8", *sum((["--config", c] for c in FAST), [])]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "6 fitted" in res.output and "1 failed" in res.output and "sub-04_task-rest_eeg.edf" in res.output
+    table = pd.read_parquet(out / "fingerprint.parquet")
+    assert set(table["channel"]) - {"network"} == {"Fz", "Cz"}
+    assert (pd.read_parquet(out / "recordings.parquet").query("status == 'fitted'")["n_epochs"] == 2).all()
+    bad = CliRunner().invoke(app, ["fingerprint", "fit", str(tmp_path / "missing"), "--out", str(out), "--serial"])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+@pytest.mark.slow
+def test_mlflow_run_contents(cohort, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    res = run_fingerprint_job(str(cohort), str(tmp_path / "out"), config=FAST, executor="serial", progress=False,
+                              mlflow_uri=mlflow_server.tracking_uri, experiment="fp-test")
+    client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    run = client.get_run(res.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["fmx.kind"] == "fingerprint"
+    assert run.data.metrics["n_fitted"] == 6 and run.data.metrics["n_failed"] == 1
+    assert run.data.params["fou.steps"] == "40"
+    assert any(k.startswith("mean/arithmetic/fou_H") for k in run.data.metrics)
+
+    def names(path):
+        return {a.path for a in client.list_artifacts(res.mlflow_run_id, path)}
+
+    assert {"tables/fingerprint.parquet", "tables/failures.csv", "tables/summary.parquet"} <= names("tables")
+    assert "plots/cohort.png" in names("plots")
+    assert names("plots/subjects") == {f"plots/subjects/{s}.png" for s in SUBJECTS}
+    local = client.download_artifacts(res.mlflow_run_id, "tables/fingerprint.parquet", str(tmp_path))
+    pd.testing.assert_frame_equal(pd.read_parquet(local), res.table)
+
+
+@pytest.mark.slow
+def test_s3_input_and_output(cohort, tmp_path, seaweed_s3, monkeypatch):
+    from fmx.fingerprint import storage
+    from fmx.fingerprint.compare import compare
+
+    for key, value in seaweed_s3.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = seaweed_s3.make_bucket()
+    client = seaweed_s3.client()
+    for path in cohort.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"data/{path.relative_to(cohort).as_posix()}")
+    data, out = f"s3://{bucket}/data", f"s3://{bucket}/runs/one"
+    res = run_fingerprint_job(data, out, config=FAST, executor="serial", log_mlflow=False, progress=False)
+    assert (res.n_fitted, res.n_failed) == (6, 1) and res.summary["group"].notna().all()
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/one/")["Contents"]}
+    assert {f"runs/one/{n}.parquet" for n in ("fingerprint", "summary", "failures", "recordings")} <= keys
+    table = pd.read_parquet(storage.fetch_local(f"{out}/fingerprint.parquet", tmp_path))
+    pd.testing.assert_frame_equal(table, res.table)
+    again = run_fingerprint_job(data, out, config=FAST, executor="serial", log_mlflow=False, progress=False)
+    assert (again.n_skipped, again.n_fitted) == (6, 0)
+    result = compare(out, group_by="group", figures=False)
+    assert storage.exists(f"{out}/compare/{result.name}/stats.parquet")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(Exception, match="(?i)access|denied|signature|forbidden"):
+        storage.read_bytes(f"{out}/fingerprint.parquet")
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_eegmat_higuchi_higher_during_arithmetic(shared_data, tmp_path, local_ray):
+    from fmx.fingerprint.compare import compare
+
+    out = tmp_path / "eegmat"
+    res = run_fingerprint_job(str(shared_data / "eegmat-dev"), str(out), config=["eeg"], log_mlflow=False,
+                              progress=False)
+    assert (res.n_fitted, res.n_failed) == (24, 0)
+    stats = compare(str(out), contrast="condition=rest,arithmetic", figures=False).stats.set_index(
+        ["measure", "channel"])
+    hfd = stats.loc[(_measure_like(stats, "higuchi"), "mean")]
+    assert hfd["diff"] > 0 and hfd["p"] < 0.05  # the dataset's documented contrast
+
+
+@pytest.mark.realdata
+def test_hrv_dfa_alpha1_lower_in_heart_failure(shared_data, tmp_path):
+    from fmx.fingerprint.compare import compare
+
+    out = tmp_path / "hrv"
+    res = run_fingerprint_job(str(shared_data / "hrv_rr_dev.npz"), str(out), config=["hrv"], executor="serial",
+                              log_mlflow=False, progress=False)
+    assert (res.n_fitted, res.n_failed) == (30, 0)
+    stats = compare(str(out), group_by="group", levels=["NSR", "CHF"], figures=False).stats
+    alpha1 = stats[(stats["measure"] == _measure_like(stats.set_index(["measure", "channel"]), "alpha1"))].iloc[0]
+    assert 1.0 < alpha1["mean_a"] < 1.5 and alpha1["mean_b"] < alpha1["mean_a"] - 0.2
+    assert alpha1["p"] < 0.01 and alpha1["cohens_d"] < -1
+
+
+def _measure_like(stats, fragment: str) -> str:
+    measures = sorted({m for m, _ in stats.index if fragment in m})
+    assert measures, f"no measure containing {fragment!r} in {sorted({m for m, _ in stats.index})}"
+    return measures[0]
