@@ -1,0 +1,491 @@
+"""Differentiable fractal simulators: fractional Ornstein-Uhlenbeck drives and dendrite-like arbors.
+
+- :func:`fractional_ou` draws fractional OU series by spectral shaping of seeded Gaussian noise, so
+  samples are differentiable in ``H``, ``theta`` and ``sigma`` (reparameterisation).
+- :func:`fit_fractional_ou` recovers ``(H, theta, sigma)`` from recordings, batched over channels,
+  by minimising a log-binned Whittle likelihood of the same spectrum (the subject's "fractal
+  fingerprint" in simulator parameters).
+- :func:`dendrite_growth` grows a 3-D binary arbor whose box-counting dimension follows a target
+  ``D``, and reports its wire length and a coverage payoff.
+
+The fOU spectrum (two-sided, per Hz, so that ``Var x = integral of S over [-fs/2, fs/2]``) is
+
+    S(w) = sigma^2 * Gamma(2H + 1) * sin(pi H) * |w|^(1 - 2H) / (theta^2 + w^2),   w = 2 pi f,
+
+the OU filter ``1 / (theta + i w)`` applied to fractional Gaussian noise of Hurst index ``H``.
+Above the corner frequency ``theta / (2 pi)`` it falls like fBm (1/f^(2H+1)); below it, like fGn
+(1/f^(2H-1)). ``H = 0.5`` is the classical OU process with variance ``sigma^2 / (2 theta)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from fractals._checks import as_tensor, check_finite, check_min_length, check_not_constant, check_positive
+
+__all__ = [
+    "fou_log_spectrum",
+    "fractional_ou",
+    "FOUFit",
+    "fit_fractional_ou",
+    "box_counting_dimension_3d",
+    "dendrite_growth",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# fractional OU: spectrum and sampler
+# --------------------------------------------------------------------------------------------------
+def _log_shape(log_w: torch.Tensor, H: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """log of S / sigma^2 at angular frequencies ``exp(log_w)``; broadcasts H/theta against w."""
+    log_c = torch.lgamma(2.0 * H + 1.0) + torch.log(torch.sin(math.pi * H))
+    return log_c + (1.0 - 2.0 * H) * log_w - torch.logaddexp(2.0 * log_theta, 2.0 * log_w)
+
+
+def fou_log_spectrum(freqs_hz, H, theta, sigma) -> torch.Tensor:
+    """Natural log of the fractional OU power spectral density at ``freqs_hz`` (> 0).
+
+    Parameters
+    ----------
+    freqs_hz : tensor (F,)
+        Frequencies in Hz, all > 0.
+    H, theta, sigma : float or tensor (...)
+        Hurst index in (0, 1), mean-reversion rate in 1/s, noise scale (units/s^H).
+
+    Returns
+    -------
+    tensor (..., F)
+        ``log S(2 pi f)`` with the normalisation in the module docstring.
+    """
+    f = torch.as_tensor(freqs_hz)
+    H, theta, sigma = (torch.as_tensor(v, dtype=f.dtype if f.is_floating_point() else torch.float64)
+                       for v in (H, theta, sigma))
+    log_w = torch.log(2.0 * math.pi * f)
+    return 2.0 * torch.log(sigma)[..., None] + _log_shape(log_w, H[..., None], torch.log(theta)[..., None])
+
+
+def _param(v, name: str, lo: float, hi: float, dtype, device) -> torch.Tensor:
+    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=dtype, device=device)
+    if not t.is_floating_point():
+        t = t.to(dtype)
+    d = t.detach()
+    if not bool(torch.isfinite(d).all()) or bool((d <= lo).any()) or bool((d >= hi).any()):
+        bad = d[(~torch.isfinite(d)) | (d <= lo) | (d >= hi)].flatten()[0].item()
+        raise ValueError(f"{name}: every value must lie in ({lo}, {hi}), got {bad!r}")
+    return t
+
+
+def fractional_ou(
+    n: int,
+    H,
+    theta,
+    sigma,
+    fs: float,
+    *,
+    batch_shape: Sequence[int] = (),
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    oversample: int = 2,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+) -> torch.Tensor:
+    """Sample fractional Ornstein-Uhlenbeck series by frequency-domain shaping.
+
+    Complex Gaussian noise on the rFFT grid of ``oversample * n`` points is scaled by the square
+    root of the fOU spectrum (module docstring) and inverted; the first ``n`` samples are kept, which
+    removes the periodic wrap-around of plain spectral synthesis. The noise does not depend on the
+    parameters, so the output is differentiable in ``H``, ``theta`` and ``sigma``. The DC bin is
+    zero (zero-mean series); power below ``fs / (oversample * n)`` is absent.
+
+    Parameters
+    ----------
+    n : int
+        Samples per series (>= 2).
+    H : float or tensor
+        Hurst index in (0, 1); 0.7-0.9 gives the long memory typical of neural drives.
+    theta : float or tensor
+        Mean-reversion rate in 1/s (> 0); corner frequency ``theta / (2 pi)`` Hz.
+    sigma : float or tensor
+        Noise scale (> 0).
+    fs : float
+        Sampling rate in Hz.
+    batch_shape : tuple of int
+        Extra leading shape, broadcast with the parameter shapes.
+    seed, generator
+        Reproducibility: a ``torch.Generator`` (used as is) or an integer seed (a fresh CPU
+        generator). With neither, the global torch RNG is used.
+    oversample : int
+        Synthesis length factor (>= 1); 2 keeps wrap-around correlations out of the kept part.
+
+    Returns
+    -------
+    tensor (*broadcast(batch_shape, H, theta, sigma), n)
+
+    Shape:
+        H, theta, sigma: scalars or tensors broadcastable to each other and to ``batch_shape``.
+        Output: ``(*batch, n)``.
+    """
+    if not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n: needs an integer >= 2, got {n!r}")
+    check_positive(fs, "fs")
+    if not isinstance(oversample, (int, np.integer)) or oversample < 1:
+        raise ValueError(f"oversample: needs an integer >= 1, got {oversample!r}")
+    dev = device
+    for v in (H, theta, sigma):
+        if isinstance(v, torch.Tensor):
+            dev = v.device if dev is None else dev
+            dtype = v.dtype if v.is_floating_point() else dtype
+    dev = torch.device("cpu") if dev is None else torch.device(dev)
+    H = _param(H, "H", 0.0, 1.0, dtype, dev)
+    theta = _param(theta, "theta", 0.0, math.inf, dtype, dev)
+    sigma = _param(sigma, "sigma", 0.0, math.inf, dtype, dev)
+    shape = torch.broadcast_shapes(tuple(batch_shape), H.shape, theta.shape, sigma.shape)
+
+    m = int(oversample) * int(n)
+    freqs = torch.fft.rfftfreq(m, d=1.0 / fs, dtype=dtype, device=dev)[1:]
+    log_w = torch.log(2.0 * math.pi * freqs)
+    log_s = 2.0 * torch.log(sigma)[..., None] + _log_shape(log_w, H[..., None], torch.log(theta)[..., None])
+    # E|X_k|^2 = m * fs * S(w_k); interior bins carry it in two real Gaussians, Nyquist in one.
+    scale = torch.full((freqs.numel(),), 0.5, dtype=dtype, device=dev)
+    if m % 2 == 0:
+        scale[-1] = 1.0
+    amp = torch.exp(0.5 * log_s) * torch.sqrt(m * fs * scale)
+
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    gen_dev = generator.device if generator is not None else dev
+    noise_shape = (*shape, freqs.numel())
+    re = torch.randn(noise_shape, generator=generator, dtype=dtype, device=gen_dev).to(dev)
+    im = torch.randn(noise_shape, generator=generator, dtype=dtype, device=gen_dev).to(dev)
+    if m % 2 == 0:
+        im[..., -1] = 0.0
+    spec = torch.complex(re * amp, im * amp)
+    zero = torch.zeros((*shape, 1), dtype=spec.dtype, device=dev)
+    x = torch.fft.irfft(torch.cat([zero, spec], dim=-1), n=m, dim=-1)
+    return x[..., :n]
+
+
+# --------------------------------------------------------------------------------------------------
+# fractional OU: Whittle fit
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class FOUFit:
+    """Fitted fractional OU parameters, one value per series (leading shape of the input).
+
+    ``loss`` is the profile Whittle negative log-likelihood per frequency at the optimum (lower is a
+    better fit; comparable across series fitted over the same band); ``n_freqs`` is the number of
+    periodogram frequencies the fit used.
+    """
+
+    H: torch.Tensor
+    theta: torch.Tensor
+    sigma: torch.Tensor
+    loss: torch.Tensor
+    n_freqs: int
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _binned_periodogram(x: torch.Tensor, fs: float, band: tuple[float, float], n_bins: int):
+    """Hann-windowed periodogram averaged in log-spaced bins: (log_w (K,), Ibar (..., K), counts (K,))."""
+    n = x.shape[-1]
+    x = x - x.mean(-1, keepdim=True)
+    win = torch.hann_window(n, periodic=False, dtype=x.dtype, device=x.device)
+    spec = torch.fft.rfft(x * win, dim=-1)
+    # Normalised so that E[I] ~ S (two-sided, per Hz) under the module's convention.
+    pgram = spec.real.square() + spec.imag.square()
+    pgram = pgram / (fs * win.square().sum())
+    freqs = torch.fft.rfftfreq(n, d=1.0 / fs, dtype=x.dtype, device=x.device)
+    keep = (freqs >= band[0]) & (freqs <= band[1]) & (freqs > 0)
+    if int(keep.sum()) < 8:
+        raise ValueError(
+            f"freq_band: {band} Hz holds {int(keep.sum())} periodogram frequencies for n={n} at fs={fs}; "
+            "need at least 8: widen the band or pass longer series"
+        )
+    f, p = freqs[keep], pgram[..., keep]
+    edges = torch.logspace(math.log10(f[0]), math.log10(f[-1]), n_bins + 1, dtype=x.dtype, device=x.device)
+    idx = torch.bucketize(f, edges[1:-1], right=True)  # 0 .. n_bins-1
+    counts = torch.bincount(idx, minlength=n_bins).to(x.dtype)
+    used = counts > 0
+    sums = torch.zeros((*p.shape[:-1], n_bins), dtype=x.dtype, device=x.device).index_add_(-1, idx, p)
+    log_f = torch.zeros(n_bins, dtype=x.dtype, device=x.device).index_add_(0, idx, torch.log(f))
+    log_f = log_f[used] / counts[used]
+    return math.log(2.0 * math.pi) + log_f, sums[..., used] / counts[used], counts[used], int(keep.sum())
+
+
+def _profile_whittle(log_w, ibar, counts, H, log_theta):
+    """Profile (sigma-free) Whittle NLL per frequency and the profiled sigma^2; H/log_theta (..., G)."""
+    log_g = _log_shape(log_w, H[..., None], log_theta[..., None])  # (..., G, K)
+    total = counts.sum()
+    ratio = ibar[..., None, :] * torch.exp(-log_g)
+    sigma2 = (counts * ratio).sum(-1) / total
+    nll = (counts * log_g).sum(-1) / total + torch.log(sigma2) + 1.0
+    return nll, sigma2
+
+
+def fit_fractional_ou(
+    x,
+    fs: float,
+    *,
+    freq_band: Optional[tuple[float, float]] = None,
+    n_bins: int = 96,
+    steps: int = 150,
+    lr: float = 0.05,
+) -> FOUFit:
+    """Fit fractional OU parameters to each series by a log-binned Whittle likelihood.
+
+    The Hann-windowed periodogram inside ``freq_band`` is averaged in ``n_bins`` log-spaced bins
+    (bin ``b`` holding ``m_b`` frequencies contributes ``m_b (log S_b + I_b / S_b)``), ``sigma`` is
+    profiled out in closed form, a coarse grid over ``(H, log theta)`` picks the start, and Adam
+    refines all series at once. Cost is independent of the series length after one rFFT.
+
+    Parameters
+    ----------
+    x : array or tensor (..., T)
+        Recordings, time last; every leading index is fitted independently.
+    fs : float
+        Sampling rate in Hz.
+    freq_band : (lo, hi) in Hz, optional
+        Frequencies used by the fit; default ``(fs / T, fs / 2)``. Restrict it to the band a
+        recording's filters left untouched (e.g. ``(1, 40)`` for 0.5-45 Hz band-passed EEG).
+    n_bins : int
+        Log-spaced frequency bins (>= 8); more bins, finer spectral detail, slower.
+    steps, lr : int, float
+        Adam iterations and step size after the grid start.
+
+    Returns
+    -------
+    FOUFit
+        ``H``, ``theta`` (1/s), ``sigma``, ``loss`` with the input's leading shape, and ``n_freqs``.
+        ``theta`` is only identifiable when the corner frequency ``theta / (2 pi)`` lies inside the
+        band; outside it, ``theta`` is pinned near the grid edge (``0.1 x`` the lowest or ``10 x``
+        the highest band frequency, in rad/s) and ``sigma`` absorbs the difference.
+    """
+    t, was_numpy = as_tensor(x, "x")
+    check_finite(t, "x")
+    check_min_length(t, 16, "x", "the Whittle fit needs a periodogram")
+    check_not_constant(t, "x")
+    check_positive(fs, "fs")
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 8:
+        raise ValueError(f"n_bins: needs an integer >= 8, got {n_bins!r}")
+    n = t.shape[-1]
+    band = (fs / n, fs / 2.0) if freq_band is None else (float(freq_band[0]), float(freq_band[1]))
+    if not (0 <= band[0] < band[1] <= fs / 2.0):
+        raise ValueError(f"freq_band: needs 0 <= lo < hi <= fs/2 = {fs / 2}, got {freq_band!r}")
+    work = t.to(torch.float64)
+    lead = work.shape[:-1]
+    work = work.reshape(-1, n)
+    log_w, ibar, counts, n_freqs = _binned_periodogram(work, fs, band, n_bins)
+    ibar = ibar.clamp_min(torch.finfo(ibar.dtype).tiny)
+
+    lo_th, hi_th = float(log_w[0]) - math.log(10.0), float(log_w[-1]) + math.log(10.0)
+    with torch.no_grad():
+        h_grid = torch.linspace(0.04, 0.96, 24, dtype=work.dtype, device=work.device)
+        th_grid = torch.linspace(lo_th, hi_th, 24, dtype=work.dtype, device=work.device)
+        hh, tt = torch.meshgrid(h_grid, th_grid, indexing="ij")
+        nll, _ = _profile_whittle(log_w, ibar, counts, hh.reshape(-1), tt.reshape(-1))
+        best = nll.argmin(-1)
+        h0, th0 = hh.reshape(-1)[best], tt.reshape(-1)[best]
+
+    a = torch.logit(h0).clone().requires_grad_(True)
+    lt = th0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([a, lt], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(steps), 1))
+    for _ in range(int(steps)):
+        opt.zero_grad(set_to_none=True)
+        H = torch.sigmoid(a).clamp(1e-3, 1 - 1e-3)
+        nll, _ = _profile_whittle(log_w, ibar, counts, H[:, None], lt.clamp(lo_th, hi_th)[:, None])
+        nll.sum().backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        H = torch.sigmoid(a).clamp(1e-3, 1 - 1e-3)
+        lt_c = lt.clamp(lo_th, hi_th)
+        nll, sigma2 = _profile_whittle(log_w, ibar, counts, H[:, None], lt_c[:, None])
+    out_dtype = t.dtype if t.is_floating_point() else torch.float64
+    res = [v.reshape(lead).to(out_dtype) for v in (H, torch.exp(lt_c), torch.sqrt(sigma2[:, 0]), nll[:, 0])]
+    if was_numpy:
+        res = [r.cpu().numpy() for r in res]
+    return FOUFit(H=res[0], theta=res[1], sigma=res[2], loss=res[3], n_freqs=n_freqs)
+
+
+# --------------------------------------------------------------------------------------------------
+# dendrite-like growth
+# --------------------------------------------------------------------------------------------------
+def box_counting_dimension_3d(points, n_scales: int = 8, min_eps: Optional[float] = None) -> float:
+    """Box-counting dimension of a 3-D point cloud (points sampled densely along the structure).
+
+    Box sizes are ``n_scales`` log-spaced values from half the bounding-box extent down to
+    ``min_eps`` (default extent / 64); the dimension is minus the least-squares slope of
+    ``log N(eps)`` on ``log eps``, with ``N`` the number of occupied grid cubes.
+
+    Shape:
+        points: ``(N, 3)``.
+    """
+    p = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
+    if p.ndim != 2 or p.shape[1] != 3 or p.shape[0] < 2:
+        raise ValueError(f"points: needs shape (N >= 2, 3), got {tuple(p.shape)}")
+    if not np.isfinite(p).all():
+        raise ValueError("points: contains NaN or inf coordinates")
+    p = p.astype(np.float64) - p.min(0)
+    extent = float(p.max())
+    if extent <= 0:
+        raise ValueError("points: all points coincide; the box-counting dimension is undefined")
+    min_eps = extent / 64 if min_eps is None else float(min_eps)
+    if not 0 < min_eps < extent / 2:
+        raise ValueError(f"min_eps: needs 0 < min_eps < extent/2 = {extent / 2:.4g}, got {min_eps!r}")
+    eps = np.geomspace(extent / 2, min_eps, n_scales)
+    counts = []
+    for e in eps:
+        # Clamp so the far edge of the bounding box does not open an extra row of cubes.
+        m = max(int(np.ceil(extent / e)), 1)
+        cells = np.minimum(np.floor(p / e).astype(np.int64), m - 1)
+        counts.append(np.unique((cells[:, 0] * m + cells[:, 1]) * m + cells[:, 2]).size)
+    slope = np.polyfit(np.log(eps), np.log(np.asarray(counts, dtype=float)), 1)[0]
+    return float(-slope)
+
+
+def _grow(ratio: float, steps: int, branch_angle: float, jitter: float, rng: np.random.Generator):
+    """Breadth-first binary tree: every tip forks into two children ``ratio`` times its length."""
+    coords = [np.zeros((1, 3)), np.array([[0.0, 0.0, 1.0]])]
+    parents = [np.array([0])]
+    tip_idx, tip_dir, tip_len = np.array([1]), np.array([[0.0, 0.0, 1.0]]), np.array([1.0])
+    n_nodes, n_edges = 2, 1
+    while n_edges < steps:
+        k = len(tip_idx)
+        # Two children in a randomly rotated plane that contains the parent direction.
+        helper = np.where(np.abs(tip_dir[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+        u = np.cross(tip_dir, helper)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        v = np.cross(tip_dir, u)
+        phi = rng.uniform(0, 2 * np.pi, size=(k, 1))
+        axis = np.cos(phi) * u + np.sin(phi) * v
+        ang = branch_angle * (1.0 + jitter * rng.uniform(-1, 1, size=(k, 2)))
+        sign = np.array([1.0, -1.0])
+        d = np.cos(ang)[..., None] * tip_dir[:, None] + (sign * np.sin(ang))[..., None] * axis[:, None]
+        d = (d / np.linalg.norm(d, axis=-1, keepdims=True)).reshape(-1, 3)
+        lengths = (tip_len[:, None] * ratio * (1.0 + jitter * rng.uniform(-1, 1, size=(k, 2)))).reshape(-1)
+        par = np.repeat(tip_idx, 2)
+        take = min(len(par), steps - n_edges)
+        d, lengths, par = d[:take], lengths[:take], par[:take]
+        new_xyz = np.concatenate(coords)[par] + lengths[:, None] * d
+        coords.append(new_xyz)
+        parents.append(par)
+        tip_idx = np.arange(n_nodes, n_nodes + take)
+        tip_dir, tip_len = d, lengths
+        n_nodes += take
+        n_edges += take
+    coords = np.concatenate(coords)
+    par = np.concatenate(parents)
+    edges = np.stack([par, np.arange(1, len(coords))], axis=1).astype(np.int64)
+    return coords, edges
+
+
+def _sample_segments(coords: np.ndarray, edges: np.ndarray, spacing: float) -> np.ndarray:
+    a, b = coords[edges[:, 0]], coords[edges[:, 1]]
+    lengths = np.linalg.norm(b - a, axis=1)
+    k = np.maximum(2, np.ceil(lengths / spacing).astype(int) + 1)
+    seg = np.repeat(np.arange(len(edges)), k)
+    frac = np.concatenate([np.linspace(0, 1, j) for j in k])
+    return a[seg] + frac[:, None] * (b - a)[seg]
+
+
+def _tree_dimension(coords, edges) -> float:
+    lengths = np.linalg.norm(coords[edges[:, 1]] - coords[edges[:, 0]], axis=1)
+    extent = float(np.ptp(coords, axis=0).max())
+    finest = max(float(lengths.min()), extent / 256)
+    pts = _sample_segments(coords, edges, finest / 4)
+    # Above the finest segment every branch looks like a line: stop the fit there.
+    return box_counting_dimension_3d(pts, n_scales=8, min_eps=finest)
+
+
+def dendrite_growth(
+    target_D: float,
+    steps: int = 200,
+    seed: int = 0,
+    *,
+    branch_angle_deg: float = 40.0,
+    jitter: float = 0.15,
+    calibrate: bool = True,
+    cost_coeffs: tuple[float, float] = (1.0, 1.0),
+    contact_radius: float = 0.1,
+) -> dict:
+    """Grow a toy 3-D dendritic arbor whose box-counting dimension follows ``target_D``.
+
+    A binary tree grows breadth-first from a unit trunk; each child is ``ratio`` times its parent's
+    length, turned by ``branch_angle_deg`` (jittered) in a random plane. The self-similar
+    dimension of such a tree is ``log 2 / log(1 / ratio)``, so ``ratio = 2 ** (-1 / target_D)``
+    is the start; with ``calibrate`` a bisection on ``ratio`` (same seed) then matches the
+    measured 3-D box-counting dimension (:func:`box_counting_dimension_3d`, fitted between the
+    finest segment length and half the extent) to ``target_D`` as closely as ``steps`` segments
+    allow. A finite tree cannot reach every target: read ``measured_D``. Measured on this machine
+    (seed 0, 40 degree branching): targets 1.2-1.6 are met to 0.01 with 200 segments and 1.2-1.9
+    with 1000; above that ``measured_D`` saturates near 1.7 (200) and 1.9 (1000 segments).
+
+    The cost reflects the wiring trade-off that motivates D-optimised neurons: ``wire_length``
+    (total segment length, a metabolic proxy) against ``coverage`` (total volume of the cubes of side
+    ``contact_radius`` the arbor passes through, in trunk-length units: where contacts could form);
+    ``cost = cost_coeffs[0] * wire_length - cost_coeffs[1] * coverage``.
+
+    Parameters
+    ----------
+    target_D : float
+        Desired dimension, in (1, 3).
+    steps : int
+        Number of segments grown (>= 3).
+    seed : int
+        Seeds branching directions and jitter.
+
+    Returns
+    -------
+    dict
+        ``coords`` (N, 3) float64 tensor, ``edges`` (E, 2) int64 tensor (parent, child),
+        ``segment_length`` (E,), ``wire_length``, ``coverage``, ``cost``, ``measured_D``, ``ratio``
+        (floats for the scalars).
+    """
+    if not (isinstance(target_D, (int, float)) and 1.0 < target_D < 3.0):
+        raise ValueError(f"target_D: needs a number in (1, 3), got {target_D!r}")
+    if not isinstance(steps, (int, np.integer)) or steps < 3:
+        raise ValueError(f"steps: needs an integer >= 3, got {steps!r}")
+    angle = math.radians(branch_angle_deg)
+
+    def grow(ratio):
+        c, e = _grow(ratio, int(steps), angle, jitter, np.random.default_rng(seed))
+        return c, e, _tree_dimension(c, e)
+
+    ratio = 2.0 ** (-1.0 / target_D)
+    coords, edges, dim = grow(ratio)
+    if calibrate:
+        lo, hi = 0.3, 1.0
+        best = (abs(dim - target_D), ratio, coords, edges, dim)
+        for _ in range(14):
+            mid = 0.5 * (lo + hi)
+            c, e, d = grow(mid)
+            if abs(d - target_D) < best[0]:
+                best = (abs(d - target_D), mid, c, e, d)
+            if d < target_D:
+                lo = mid
+            else:
+                hi = mid
+        _, ratio, coords, edges, dim = best
+
+    seg_len = np.linalg.norm(coords[edges[:, 1]] - coords[edges[:, 0]], axis=1)
+    pts = _sample_segments(coords, edges, contact_radius / 4)
+    cells = np.unique(np.floor(pts / contact_radius).astype(np.int64), axis=0)
+    coverage = float(len(cells) * contact_radius**3)
+    wire = float(seg_len.sum())
+    return {
+        "coords": torch.from_numpy(coords),
+        "edges": torch.from_numpy(edges),
+        "segment_length": torch.from_numpy(seg_len),
+        "wire_length": wire,
+        "coverage": coverage,
+        "cost": cost_coeffs[0] * wire - cost_coeffs[1] * coverage,
+        "measured_D": float(dim),
+        "ratio": float(ratio),
+    }
