@@ -185,3 +185,19 @@ def test_files_datamodule_on_real_eeg(shared_data):
     assert batch["eeg"].shape == (4, 19, 500) and batch["fs"] == 250.0
     assert dm.info["n_channel_ids"] == 19 and len(dm.info["train_files"]) == 3
     assert 1e-7 < float(batch["eeg"].std()) < 1e-3  # volts
+
+
+def test_stimulus_modality_shifts_the_drives():
+    cfg = SyntheticConfig(**SMALL, modalities=("spikes", "stimulus"), include_drives=True, stimulus_gain=2.0)
+    ds = SyntheticNeuralDataset(n_samples=12, config=cfg)
+    items = [ds[i] for i in range(12)]
+    assert set(items[0]) == {"spikes", "spikes_mask", "unit_ids", "stimulus", "stimulus_id", "subject", "fs", "drives"}
+    gt = ds.ground_truth
+    for it in items:
+        k = int(it["stimulus_id"])
+        torch.testing.assert_close(it["stimulus"], gt["stimulus_embedding"][k])
+        # the drive mean over the window is the stimulus shift (the fOU part is zero-mean per window)
+        torch.testing.assert_close(it["drives"].mean(0), 2.0 * gt["stimulus_drive"][k], atol=1e-4, rtol=1e-4)
+    assert len({int(it["stimulus_id"]) for it in items}) > 1
+    batch = collate_batch(items[:4])
+    assert batch["stimulus"].shape == (4, 8) and batch["stimulus_id"].dtype == torch.long

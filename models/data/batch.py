@@ -20,6 +20,7 @@ key                                        shape / type                    meani
 ``video``                                  ``(B, 3, T_v, H, W)`` float     camera frames
 ``subject`` / ``species``                  ``(B,)`` long                   domain labels (adversarial head)
 ``stimulus``                               ``(B, D_s)`` float, optional    stimulus embedding (contrastive head)
+``stimulus_id``                            ``(B,)`` long, optional         stimulus class (synthetic data)
 ``drives``                                 ``(B, T, K)`` float, optional   synthetic ground-truth latent drives
 ``fs``                                     python float                    sample rate of the common time axis (Hz)
 =========================================  ==============================  ======================================

@@ -10,6 +10,10 @@ Generative model, per sample (one window of ``n_time`` bins at ``fs`` Hz):
    at ``peak_hz`` (:func:`fractals.stimuli.one_over_f_noise`).
 4. Behaviour ``(T, F)``: ``z @ W + behavior_noise * noise``, one readout ``W`` shared by subjects,
    so behaviour is linearly decodable from the drives (R^2 ~ 1 / (1 + noise^2 / var)).
+5. Optional ``stimulus`` modality (add it to ``modalities``): each sample shows one of
+   ``n_stimuli`` stimuli, given as an embedding ``(stimulus_dim,)`` plus its ``stimulus_id``; the
+   stimulus shifts the drives by ``stimulus_gain * o_k``, so neural data and stimulus share
+   information (a target for the contrastive head).
 
 Subjects differ in their unit and channel counts (subject ``s`` keeps ``n_units - s * n_units // 4``
 units, likewise channels; the rest is padding marked in the masks) and in their readouts, which
@@ -34,7 +38,8 @@ from fractals.stimuli import one_over_f_noise
 __all__ = ["SyntheticConfig", "SyntheticNeuralDataset", "SPLITS", "MODALITIES"]
 
 SPLITS = ("train", "val", "test")
-MODALITIES = ("spikes", "lfp", "behavior")
+MODALITIES = ("spikes", "lfp", "behavior", "stimulus")
+DEFAULT_MODALITIES = ("spikes", "lfp", "behavior")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +62,16 @@ class SyntheticConfig:
     peak_hz: float = 10.0
     peak_ratio: float = 4.0
     behavior_noise: float = 0.1
-    modalities: tuple[str, ...] = MODALITIES
+    n_stimuli: int = 4
+    stimulus_dim: int = 8
+    stimulus_gain: float = 1.0
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
     include_drives: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_time", "n_latents", "n_units", "n_lfp_channels", "n_behavior", "n_subjects"):
+        for name in ("n_time", "n_latents", "n_units", "n_lfp_channels", "n_behavior", "n_subjects", "n_stimuli",
+                     "stimulus_dim"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"data.{name}: must be an integer >= 1, got {v!r}")
@@ -105,6 +114,8 @@ def _ground_truth(cfg: SyntheticConfig) -> dict[str, torch.Tensor]:
         "spike_bias": torch.full((s, cfg.n_units), math.log(math.expm1(rate))),
         "lfp_mixing": torch.randn(s, k, cfg.n_lfp_channels, generator=g) / math.sqrt(k),
         "behavior_readout": torch.randn(k, cfg.n_behavior, generator=g),
+        "stimulus_embedding": torch.randn(cfg.n_stimuli, cfg.stimulus_dim, generator=g),
+        "stimulus_drive": torch.randn(cfg.n_stimuli, k, generator=g),
     }
 
 
@@ -126,12 +137,14 @@ class SyntheticNeuralDataset(Dataset):
     ----------
     ground_truth : dict of tensors
         ``spike_readout (S, K, U)``, ``spike_bias (S, U)``, ``lfp_mixing (S, K, C)``,
-        ``behavior_readout (K, F)``.
+        ``behavior_readout (K, F)``, ``stimulus_embedding (n_stimuli, stimulus_dim)``,
+        ``stimulus_drive (n_stimuli, K)``.
 
     Shape:
         One sample (see :mod:`models.data.batch`): ``spikes (T, U)``, ``spikes_mask (U,)``,
         ``unit_ids (U,)``, ``lfp (C, T)``, ``lfp_mask (C,)``, ``behavior (T, F)``, ``subject ()``,
-        ``fs`` float, and ``drives (T, K)`` with ``include_drives``.
+        ``fs`` float; ``stimulus (stimulus_dim,)`` and ``stimulus_id ()`` with the stimulus modality;
+        ``drives (T, K)`` with ``include_drives`` (including the stimulus shift).
     """
 
     def __init__(self, *, n_samples: int, split: str = "train",
@@ -170,8 +183,13 @@ class SyntheticNeuralDataset(Dataset):
     def _sample(self, index: int, g: torch.Generator) -> dict[str, Any]:
         cfg = self.config
         z = fractional_ou(cfg.n_time, cfg.hurst, cfg.theta, 1.0, cfg.fs, batch_shape=(cfg.n_latents,), generator=g)
-        z = (z - z.mean(-1, keepdim=True)) / z.std(-1, keepdim=True).clamp_min(1e-8)
-        return {"drives": z.T.float().contiguous()}
+        z = ((z - z.mean(-1, keepdim=True)) / z.std(-1, keepdim=True).clamp_min(1e-8)).T.float().contiguous()
+        out: dict[str, Any] = {"drives": z}
+        if "stimulus" in cfg.modalities:
+            k = int(torch.randint(cfg.n_stimuli, (1,), generator=g))
+            out["stimulus_id"] = k
+            out["drives"] = z + cfg.stimulus_gain * self.ground_truth["stimulus_drive"][k]
+        return out
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
@@ -189,7 +207,8 @@ class SyntheticNeuralDataset(Dataset):
     def _make(self, index: int) -> dict[str, Any]:
         cfg, gt = self.config, self.ground_truth
         g = self._generator(index)
-        z = self._sample(index, g)["drives"]  # (T, K)
+        latent = self._sample(index, g)
+        z = latent["drives"]  # (T, K)
         s = self.subject_of(index)
         item: dict[str, Any] = {}
         if "spikes" in cfg.modalities:
@@ -211,6 +230,9 @@ class SyntheticNeuralDataset(Dataset):
         if "behavior" in cfg.modalities:
             noise = torch.randn(cfg.n_time, cfg.n_behavior, generator=g)
             item["behavior"] = z @ gt["behavior_readout"] + cfg.behavior_noise * noise
+        if "stimulus" in cfg.modalities:
+            item["stimulus"] = gt["stimulus_embedding"][latent["stimulus_id"]].clone()
+            item["stimulus_id"] = torch.tensor(latent["stimulus_id"], dtype=torch.long)
         item["subject"] = torch.tensor(s, dtype=torch.long)
         item["fs"] = float(cfg.fs)
         if cfg.include_drives:
