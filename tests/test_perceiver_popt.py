@@ -126,3 +126,28 @@ def test_group_by_chunk_layout():
     assert grouped.shape == (3, 2, 1)
     assert grouped[..., 0].tolist() == [[1.0, 3.0], [0.0, 2.0], [4.0, 0.0]]
     assert valid.tolist() == [[True, True], [True, True], [True, False]]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tokenizers_perceiver_popt_heads_on_cuda_bf16():
+    from models.heads import ForecastHead
+    from models.popt import channel_summaries
+    from models.tokenizers import MultimodalTokenizer
+
+    dev = torch.device("cuda")
+    mm = MultimodalTokenizer(d_model=D, patch_size=4, modalities={"spikes": {"n_units": 8}, "lfp": {"n_channels": 4}}).to(dev)
+    enc = PerceiverIOEncoder(d_model=D, n_heads=2).to(dev)
+    popt = PopT(d_model=D, n_summary_tokens=2, n_heads=2).to(dev)
+    head = ForecastHead(d_model=D, patch_size=4, n_channel_ids=4).to(dev)
+    batch = {"spikes": torch.poisson(torch.full((2, 32, 8), 0.3)).to(dev), "lfp": torch.randn(2, 3, 32, device=dev),
+             "lfp_mask": torch.tensor([[True, True, False], [True, True, True]], device=dev)}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        tok = mm(batch)
+        lat = enc(tok.tokens, mask=tok.mask, time_index=tok.time_index, n_time=8).latents
+        summ, smask = channel_summaries(tok)
+        pooled = popt(summ, mask=smask)
+        out = head(lat, target=batch["lfp"], channel_mask=batch["lfp_mask"])
+    (out.loss + pooled.float().pow(2).mean()).backward()
+    assert lat.shape == (2, 8, D) and pooled.shape == (2, 2, D) and torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
