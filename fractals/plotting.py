@@ -1,0 +1,353 @@
+"""Figures for fractal measures: histograms, beta over time, f(alpha), attention coupling, fingerprints.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global figure
+state, works under any backend, nothing to close), so callers log it (TensorBoard/MLflow images) or
+save it with :func:`save_figure`. matplotlib and pandas are imported inside the functions: importing
+this module costs nothing when plots are never drawn.
+
+Reading the plots
+-----------------
+- FD/H histograms: Higuchi FD lies in [1, 2] (1 smooth, 1.5 Brownian-like, 2 white noise); H in
+  (0, 1) (0.5 uncorrelated, > 0.5 persistent long memory).
+- Beta over time: the aperiodic 1/f slope per window; a dashed line marks the prior's target.
+- f(alpha): a narrow arc means monofractal; the width ``max alpha - min alpha`` is the
+  multifractal width reported by the fingerprint.
+- Attention-FD coupling: Pearson r per (layer, head) between attention received and FD,
+  diverging colours centred at 0.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "plot_fd_hist",
+    "plot_beta_time",
+    "plot_multifractal_spectrum",
+    "plot_attention_fd_coupling",
+    "plot_fingerprint",
+    "save_figure",
+]
+
+# Paper-ready defaults: single-column width 3.5 in, double-column 7.2 in.
+_RC = {
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def _numpy(v: Any, name: str) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    arr = np.asarray(v, dtype=float)
+    if arr.size == 0:
+        raise ValueError(f"{name}: is empty; nothing to plot")
+    return arr
+
+
+def _figure(figsize):
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=figsize, constrained_layout=True)
+    fig.set_dpi(100)
+    return fig
+
+
+def _series_dict(values: Any, name: str) -> dict[str, np.ndarray]:
+    if isinstance(values, Mapping):
+        if not values:
+            raise ValueError(f"{name}: empty mapping; pass label -> values")
+        return {str(k): _numpy(v, f"{name}[{k!r}]").ravel() for k, v in values.items()}
+    return {"": _numpy(values, name).ravel()}
+
+
+def plot_fd_hist(
+    values: Any,
+    *,
+    measure: str = "Higuchi FD",
+    title: Optional[str] = None,
+    bins: int = 30,
+    figsize=(3.5, 2.6),
+):
+    """Histogram of a per-channel measure (FD, H, alpha, beta); one overlaid histogram per label.
+
+    Parameters
+    ----------
+    values : array, tensor, or mapping label -> array
+        Values to histogram (any shape; flattened). NaNs (flagged channels) are dropped and counted
+        in the legend.
+    measure : str
+        x-axis label, e.g. ``"Higuchi FD"`` or ``"Hurst H"``.
+    """
+    import matplotlib
+
+    groups = _series_dict(values, "values")
+    fig = _figure(figsize)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_subplot(1, 1, 1)
+        finite_all = np.concatenate([v[np.isfinite(v)] for v in groups.values()])
+        if finite_all.size == 0:
+            raise ValueError("values: no finite value to plot (all NaN or inf)")
+        lo, hi = float(finite_all.min()), float(finite_all.max())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
+        for label, v in groups.items():
+            ok = v[np.isfinite(v)]
+            dropped = v.size - ok.size
+            text = f"{label} (n={ok.size}" + (f", {dropped} NaN dropped)" if dropped else ")")
+            ax.hist(ok, bins=edges, alpha=0.6, label=text.strip())
+        ax.set_xlabel(measure)
+        ax.set_ylabel("count")
+        ax.set_title(title or f"{measure} distribution")
+        ax.legend(frameon=False)
+    return fig
+
+
+def plot_beta_time(
+    beta_seq: Any,
+    *,
+    times: Optional[Any] = None,
+    target: Optional[float] = None,
+    labels: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+    xlabel: str = "time (s)",
+    figsize=(3.5, 2.6),
+):
+    """Aperiodic slope beta over time (windows or training steps).
+
+    Parameters
+    ----------
+    beta_seq : array (W,) or (S, W)
+        One row per series (channel, layer); W windows. With more than 8 rows the mean and a
+        +-1 SD band are drawn instead of one line per row.
+    times : array (W,), optional
+        Window centres (default 0..W-1). Use steps and ``xlabel="step"`` for training curves.
+    target : float, optional
+        The prior's beta target, drawn dashed.
+    """
+    import matplotlib
+
+    b = np.atleast_2d(_numpy(beta_seq, "beta_seq"))
+    if b.ndim != 2:
+        raise ValueError(f"beta_seq: needs shape (W,) or (S, W), got {b.shape}")
+    t = np.arange(b.shape[1]) if times is None else _numpy(times, "times").ravel()
+    if t.size != b.shape[1]:
+        raise ValueError(f"times: has {t.size} values but beta_seq has {b.shape[1]} windows")
+    if labels is not None and len(labels) != b.shape[0]:
+        raise ValueError(f"labels: has {len(labels)} names for {b.shape[0]} rows of beta_seq")
+    fig = _figure(figsize)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_subplot(1, 1, 1)
+        if b.shape[0] > 8:
+            mean, sd = np.nanmean(b, 0), np.nanstd(b, 0)
+            ax.plot(t, mean, color="C0", label=f"mean of {b.shape[0]}")
+            ax.fill_between(t, mean - sd, mean + sd, color="C0", alpha=0.25, label="+-1 SD")
+        else:
+            for i, row in enumerate(b):
+                ax.plot(t, row, label=labels[i] if labels is not None else None)
+        if target is not None:
+            ax.axhline(target, ls="--", color="k", lw=0.8, label=f"target {target:g}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(r"aperiodic slope $\beta$")
+        ax.set_title(title or r"$\beta$ over time")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(frameon=False)
+    return fig
+
+
+def plot_multifractal_spectrum(
+    spectra: Any,
+    *,
+    title: Optional[str] = None,
+    figsize=(7.2, 2.6),
+):
+    """tau(q) and the singularity spectrum f(alpha), side by side.
+
+    Parameters
+    ----------
+    spectra : dict or mapping label -> dict
+        Output(s) of :func:`fractals.metrics.multifractal_spectrum` with keys ``tau``, ``alpha``,
+        ``falpha`` (last axis Q; leading axes are averaged) and optionally ``q``; without ``q``,
+        tau is plotted against the index of q.
+    """
+    import matplotlib
+
+    if isinstance(spectra, Mapping) and "alpha" in spectra:
+        spectra = {"": spectra}
+    if not isinstance(spectra, Mapping) or not spectra:
+        raise ValueError("spectra: needs a multifractal_spectrum dict or a mapping label -> such dict")
+    fig = _figure(figsize)
+    with matplotlib.rc_context(_RC):
+        ax_tau, ax_f = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        for label, spec in spectra.items():
+            for key in ("tau", "alpha", "falpha"):
+                if key not in spec:
+                    raise ValueError(f"spectra[{label!r}]: missing key {key!r} (have {sorted(spec)})")
+            tau = _numpy(spec["tau"], "tau").reshape(-1, np.shape(spec["tau"])[-1]).mean(0)
+            alpha = _numpy(spec["alpha"], "alpha").reshape(-1, np.shape(spec["alpha"])[-1]).mean(0)
+            falpha = _numpy(spec["falpha"], "falpha").reshape(-1, np.shape(spec["falpha"])[-1]).mean(0)
+            q = _numpy(spec["q"], "q").ravel() if "q" in spec else np.arange(tau.size)
+            ax_tau.plot(q, tau, marker="o", ms=3, label=label or None)
+            width = np.nanmax(alpha) - np.nanmin(alpha)
+            ax_f.plot(alpha, falpha, marker="o", ms=3, label=f"{label} width {width:.2f}".strip())
+        ax_tau.set_xlabel("q" if any("q" in s for s in spectra.values()) else "q index")
+        ax_tau.set_ylabel(r"$\tau(q)$")
+        ax_tau.set_title("mass exponents")
+        ax_f.set_xlabel(r"singularity strength $\alpha$")
+        ax_f.set_ylabel(r"$f(\alpha)$")
+        ax_f.set_title("singularity spectrum")
+        ax_f.legend(frameon=False)
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def plot_attention_fd_coupling(
+    couplings: Any,
+    *,
+    layer_names: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+    figsize=(3.5, 2.8),
+):
+    """Heat map of attention-FD coupling, rows layers, columns heads, colour the Pearson r.
+
+    Parameters
+    ----------
+    couplings : array (L, H) or (H,)
+        Output of :func:`fractals.probes.attention_fd_coupling`; NaN cells (constant attention)
+        are shown blank.
+    """
+    import matplotlib
+
+    c = np.atleast_2d(_numpy(couplings, "couplings"))
+    if c.ndim != 2:
+        raise ValueError(f"couplings: needs shape (L, H) or (H,), got {c.shape}")
+    if layer_names is not None and len(layer_names) != c.shape[0]:
+        raise ValueError(f"layer_names: has {len(layer_names)} names for {c.shape[0]} layers")
+    fig = _figure(figsize)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_subplot(1, 1, 1)
+        lim = max(float(np.nanmax(np.abs(c))) if np.isfinite(c).any() else 1.0, 1e-3)
+        im = ax.imshow(c, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(c.shape[1]))
+        ax.set_yticks(range(c.shape[0]))
+        if layer_names is not None:
+            ax.set_yticklabels(list(layer_names))
+        ax.set_title(title or "attention-FD coupling")
+        fig.colorbar(im, ax=ax, label="Pearson r")
+    return fig
+
+
+_FINGERPRINT_PANELS = [
+    ("higuchi_fd", "Higuchi FD"),
+    ("katz_fd", "Katz FD"),
+    ("dfa_alpha", r"DFA $\alpha$"),
+    ("hurst_rs", "Hurst H (R/S)"),
+    ("spectral_beta", r"1/f slope $\beta$"),
+    ("mf_width", "multifractal width"),
+    ("dfa_alpha1", r"DFA $\alpha_1$ (4-16 beats)"),
+    ("dfa_alpha2", r"DFA $\alpha_2$ (16-64 beats)"),
+]
+
+
+def plot_fingerprint(
+    fingerprints: Any,
+    summaries: Optional[Any] = None,
+    *,
+    title: Optional[str] = None,
+    figsize=None,
+):
+    """Paper figure of one or more fingerprints: one panel per measure, channels on the x axis.
+
+    Parameters
+    ----------
+    fingerprints : DataFrame or mapping label -> DataFrame
+        Tidy tables from :func:`fractals.fingerprint.fingerprint`; several labels (e.g. rest vs.
+        task) are drawn side by side in each panel. Rows with ``ok == False`` are drawn as open
+        markers at their value when finite, so flagged channels stay visible.
+    summaries : dict or mapping label -> dict, optional
+        The summary dicts; network measures (``fc_density``, ``graph_fd``) are added to the title
+        of the last panel.
+    """
+    import matplotlib
+
+    frames = fingerprints if isinstance(fingerprints, Mapping) else {"": fingerprints}
+    if not frames:
+        raise ValueError("fingerprints: empty mapping; pass label -> DataFrame")
+    for label, df in frames.items():
+        missing = {"channel", "measure", "value"} - set(getattr(df, "columns", []))
+        if missing:
+            raise ValueError(f"fingerprints[{label!r}]: missing columns {sorted(missing)}")
+    present = set().union(*(set(df["measure"]) for df in frames.values()))
+    panels = [(m, lab) for m, lab in _FINGERPRINT_PANELS if m in present]
+    panels += [(m, m) for m in sorted(present - {p for p, _ in _FINGERPRINT_PANELS})]
+    if not panels:
+        raise ValueError("fingerprints: no measure rows to plot")
+    ncols = min(3, len(panels))
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig = _figure(figsize or (7.2, 2.1 * nrows))
+    with matplotlib.rc_context(_RC):
+        n_groups = len(frames)
+        offsets = np.linspace(-0.2, 0.2, n_groups) if n_groups > 1 else np.zeros(1)
+        for i, (measure, label) in enumerate(panels):
+            ax = fig.add_subplot(nrows, ncols, i + 1)
+            channels: list = []
+            for df in frames.values():
+                for ch in df.loc[df["measure"] == measure, "channel"]:
+                    if ch not in channels:
+                        channels.append(ch)
+            pos = {ch: j for j, ch in enumerate(channels)}
+            for g, (glabel, df) in enumerate(frames.items()):
+                rows = df[df["measure"] == measure]
+                x = np.array([pos[c] for c in rows["channel"]], dtype=float) + offsets[g]
+                y = rows["value"].to_numpy(dtype=float)
+                ok = rows["ok"].to_numpy(dtype=bool) if "ok" in rows else np.ones(len(rows), bool)
+                ax.plot(x[ok], y[ok], "o", ms=3, color=f"C{g}", label=glabel or None)
+                if (~ok).any():
+                    ax.plot(x[~ok], y[~ok], "o", ms=3, mfc="none", color=f"C{g}")
+            ax.set_title(label)
+            ax.set_xticks(range(len(channels)))
+            ax.set_xticklabels([str(c) for c in channels], rotation=90)
+            if i == 0 and n_groups > 1:
+                ax.legend(frameon=False)
+        if summaries is not None:
+            sums = summaries if (isinstance(summaries, Mapping) and all(
+                isinstance(v, Mapping) for v in summaries.values())) else {"": summaries}
+            parts = []
+            for glabel, s in sums.items():
+                bits = [f"{k} {s[k]:.2f}" for k in ("fc_density", "graph_fd") if k in s and s[k] == s[k]]
+                if bits:
+                    parts.append((f"{glabel}: " if glabel else "") + ", ".join(bits))
+            if parts:
+                fig.text(0.99, 0.005, "; ".join(parts), ha="right", va="bottom", fontsize=7)
+        fig.suptitle(title or "fractal fingerprint")
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 300) -> str:
+    """Save ``fig`` atomically (temp file then ``os.replace``); the format follows the suffix."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=suffix.lstrip("."))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
