@@ -51,34 +51,49 @@ def _detrend_basis(scale: int, order: int, dtype: torch.dtype, device: torch.dev
 
 
 def _segment_variances(
-    profile: torch.Tensor, scale: int, order: int, both_directions: bool, dtype: torch.dtype
+    profile: torch.Tensor, prefix: torch.Tensor, scale: int, order: int, both_directions: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Mean squared residual of every segment after polynomial detrending: (..., n_segments)."""
+    """Mean squared residual of every segment after polynomial detrending: (..., n_segments).
+
+    ``prefix`` is the cumulative sum of the profile with a leading 0 (length T + 1), so segment
+    means cost a strided gather instead of a pass over the data.
+    """
     n = profile.shape[-1]
     n_seg = n // scale
     starts = [0]
     if both_directions and n % scale:
         starts.append(n - n_seg * scale)  # Kantelhardt: a second pass aligned with the end
-    basis = _detrend_basis(scale, order, dtype, profile.device)
+    # Columns 1.. of the orthonormal polynomial basis: column 0 is the constant, already removed
+    # by centring. With Q orthonormal the residual energy is ||c||^2 - ||c Q||^2, so the fitted
+    # trend is never materialized.
+    basis = _detrend_basis(scale, order, dtype, profile.device)[:, 1:]
     out = []
     for start in starts:
-        seg = profile[..., start : start + n_seg * scale].unflatten(-1, (n_seg, scale))
-        # Removing each segment's mean in the profile's (float64) precision first leaves only
-        # segment-local magnitudes, which the input dtype represents well.
-        seg = (seg - seg.mean(-1, keepdim=True)).to(dtype)
-        # residual = seg - seg Q Q^T (projection onto the polynomial space, Q orthonormal)
-        resid = seg - (seg @ basis) @ basis.transpose(0, 1)
-        out.append(resid.square().mean(-1))
+        stop = start + n_seg * scale
+        seg = profile[..., start:stop].unflatten(-1, (n_seg, scale))
+        mean = (prefix[..., start + scale : stop + 1 : scale] - prefix[..., start : stop - scale + 1 : scale]) / scale
+        # Centre in the profile's float64 precision; what is left is segment-local and small, so
+        # the input dtype represents it well.
+        c = (seg - mean.unsqueeze(-1)).to(dtype)
+        energy = c.square().sum(-1)
+        if order > 0:
+            energy = energy - (c @ basis).square().sum(-1)
+        # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
+        out.append(energy.clamp_min(0.0) / scale)
     return out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
-def _profile(t: torch.Tensor) -> torch.Tensor:
-    # float32 profiles of long records lose the small-scale fluctuations to rounding (the profile
-    # of fBm grows like T^(H+1)), so accumulate in float64 and return to the input dtype after
-    # the per-segment mean is gone (done inside the projection); the cost is one T-length pass.
-    if t.dtype == torch.float32:
-        return (t.double() - t.double().mean(-1, keepdim=True)).cumsum(-1)
-    return (t - t.mean(-1, keepdim=True)).cumsum(-1)
+def _profile(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Profile and its zero-padded prefix sum, accumulated in float64 for float32 input.
+
+    float32 profiles of long records lose the small-scale fluctuations to rounding (the profile of
+    fBm grows like T^(H+1)), so accumulate in float64 and return to the input dtype after the
+    per-segment mean is gone.
+    """
+    work = t.double() if t.dtype == torch.float32 else t
+    profile = (work - work.mean(-1, keepdim=True)).cumsum(-1)
+    prefix = torch.nn.functional.pad(profile.cumsum(-1), (1, 0))
+    return profile, prefix
 
 
 def _log_fq(seg_var: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -148,10 +163,10 @@ def fluctuation_functions(x, q_vals=(2.0,), scales=None, order: int = 1, both_di
 
 
 def _log_fq_all(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool) -> torch.Tensor:
-    profile = _profile(t)
+    profile, prefix = _profile(t)
     cols = []
     for s in scales:
-        seg_var = _segment_variances(profile, s, order, both, t.dtype)
+        seg_var = _segment_variances(profile, prefix, s, order, both, t.dtype)
         cols.append(_log_fq(seg_var, q))
     return torch.stack(cols, -1)  # (..., Q, S)
 

@@ -88,7 +88,7 @@ def higuchi_fd(x, kmax: int = 8):
     n = t.shape[-1]
     lengths = []
     for k in range(1, kmax + 1):
-        diff = (t[..., k:] - t[..., :-k]).abs()  # (..., n - k)
+        diff = torch.sub(t[..., k:], t[..., :-k]).abs_()  # (..., n - k), a fresh temporary
         full, rem = divmod(n - k, k)
         by_offset = diff[..., : full * k].reshape(*diff.shape[:-1], full, k).sum(-2)  # (..., k)
         if rem:
@@ -252,8 +252,8 @@ def hurst_rs(
         m = n // w
         seg = t[..., : m * w].reshape(*t.shape[:-1], m, w)
         dev = seg - seg.mean(-1, keepdim=True)
-        walk = dev.cumsum(-1)
-        rng = walk.amax(-1) - walk.amin(-1)
+        lo, hi = dev.cumsum(-1).aminmax(dim=-1)
+        rng = hi - lo
         std = seg.std(-1, correction=1 if unbiased else 0)
         valid = rng > 0
         ratio = torch.where(valid, rng / torch.where(valid, std, torch.ones_like(std)), torch.zeros_like(rng))
