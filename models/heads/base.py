@@ -69,6 +69,9 @@ class ChannelReadout(nn.Module):
         self.proj = nn.Linear(d_model, self.patch_size * self.embed_dim)
         self.channel_embedding = nn.Embedding(self.n_channel_ids, self.embed_dim)
         self.channel_bias = nn.Embedding(self.n_channel_ids, 1)
+        # Small readout at init: predictions start near the bias, so a Poisson head (exp of the
+        # output) does not begin with exploding rates and losses in the hundreds.
+        nn.init.normal_(self.channel_embedding.weight, std=0.02)
         nn.init.zeros_(self.channel_bias.weight)
 
     def forward(self, latents: Tensor, *, n_channels: int, channel_ids: Optional[Tensor] = None,
