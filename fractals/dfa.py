@@ -77,10 +77,24 @@ def _segment_variances(
         c = (seg - mean.unsqueeze(-1)).to(dtype)
         energy = c.square().sum(-1)
         if order > 0:
-            energy = energy - (c @ basis).square().sum(-1)
+            if _reduced_precision_matmul(c):
+                # TF32/bf16 matmuls (torch.set_float32_matmul_precision("high"), allow_tf32) keep
+                # ~3 digits, too few for the energy difference: project in float64 instead.
+                proj = (c.double() @ basis.double()).square().sum(-1).to(dtype)
+            else:
+                proj = (c @ basis).square().sum(-1)
+            energy = energy - proj
         # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
         out.append(energy.clamp_min(0.0) / scale)
     return out[0] if len(out) == 1 else torch.cat(out, -1)
+
+
+def _reduced_precision_matmul(c: torch.Tensor) -> bool:
+    if c.dtype != torch.float32:
+        return False
+    if torch.get_float32_matmul_precision() != "highest":
+        return True
+    return c.is_cuda and bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 def _profile(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -102,6 +102,17 @@ def test_float32_close_to_float64_and_input_untouched():
     assert torch.equal(x32, before)
 
 
+def test_reduced_matmul_precision_setting_does_not_change_results():
+    x = S.fbm_series(4096, H=0.5, n_series=2, generator=gen(12)).float()
+    ref = dfa_alpha(x)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        torch.testing.assert_close(dfa_alpha(x), ref, atol=1e-5, rtol=0)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def test_autograd_through_dfa_and_mfdfa():
     x = S.fgn(48, 0.6, n_series=1, generator=gen(8)).requires_grad_()
     torch.autograd.gradcheck(lambda v: dfa_alpha(v, [6, 12, 24]), (x,), fast_mode=True)
@@ -157,3 +168,10 @@ def test_cuda_gives_cpu_numbers():
         torch.testing.assert_close(dfa_alpha(xc.cuda()).cpu(), dfa_alpha(xc), atol=tol, rtol=0)
         a, b = multifractal_spectrum(xc.cuda()), multifractal_spectrum(xc)
         torch.testing.assert_close(a["h"].cpu(), b["h"], atol=tol, rtol=0)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:  # TF32 matmuls must not leak into the fluctuation energies
+        torch.backends.cuda.matmul.allow_tf32 = True
+        xf = x.float()
+        torch.testing.assert_close(dfa_alpha(xf.cuda()).cpu(), dfa_alpha(xf), atol=1e-4, rtol=0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
