@@ -306,6 +306,19 @@ def seaweed_s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mlflow_server_s3(tmp_path_factory, seaweed_s3):
+    """An MLflow server whose artifacts are proxied to a bucket of the session's SeaweedFS S3.
+
+    Yields ``(server, bucket)``; the server alone holds the S3 keys (clients upload through it).
+    """
+    bucket = seaweed_s3.make_bucket()
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow_s3"), artifacts_destination=f"s3://{bucket}/mlflow",
+                                 extra_env=seaweed_s3.env())
+    yield server, bucket
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory):
     """moto S3 server (fast, no auth), shared by the session."""
     server = start_moto_s3(tmp_path_factory.mktemp("moto"))

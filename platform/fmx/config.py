@@ -113,14 +113,17 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
     """
     from fmx.schema import CONFIG_GROUPS, NUMERIC, Categorical, Constant, Grid, SweepFileError
 
-    for i, item in enumerate(sweep.base):
-        try:
-            compose(sweep.base[: i + 1])  # cumulative: a key may exist only after a group choice
-        except ValueError as exc:
-            raise SweepFileError(file, f"base[{i}]", f"override does not apply to the config ({exc})",
-                                 value=item, allowed="an existing key path key=value or group=option "
-                                 f"(groups: {', '.join(CONFIG_GROUPS)})") from None
-    cfg = compose(sweep.base)
+    try:
+        cfg = compose(sweep.base)
+    except ValueError:
+        for i, item in enumerate(sweep.base):  # find the first override that breaks composition
+            try:
+                compose(sweep.base[: i + 1])  # cumulative: a key may exist only after a group choice
+            except ValueError as exc:
+                raise SweepFileError(file, f"base[{i}]", f"override does not apply to the config ({exc})",
+                                     value=item, allowed="an existing key path key=value or group=option "
+                                     f"(groups: {', '.join(CONFIG_GROUPS)})") from None
+        raise
     for key, spec in sweep.parameters.items():
         where = f"parameters.{key}"
         if key in CONFIG_GROUPS:

@@ -284,6 +284,10 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
         elif err["type"] == "missing":
             msg, value = "required key is missing", None
             allowed = "see docs/sweeps.md"
+        elif path.startswith("parameters.") and path.count(".") >= 1 and not isinstance(value, dict) \
+                and err["type"] in ("model_type", "dict_type", "model_attributes_type"):
+            msg = "a parameter is a mapping"
+            allowed = "{distribution: uniform|log_uniform|int|categorical|grid, ...} or {value: V}"
         elif err["type"] == "literal_error":
             allowed = msg.removeprefix("Input should be ")
             msg = "value not allowed"

@@ -150,7 +150,7 @@ def log_text(c, run_id: str, text: str, artifact_file: str) -> None:
 
 
 def log_json(c, run_id: str, obj: Any, artifact_file: str) -> None:
-    log_text(c, run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
+    log_text(c, run_id, json.dumps(redact(obj), indent=2, sort_keys=True, default=str), artifact_file)
 
 
 def log_file(c, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

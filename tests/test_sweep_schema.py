@@ -1,0 +1,165 @@
+"""Sweep files: the shipped ones validate; each kind of malformed file gives the promised error
+(file, key path, bad value, what is allowed); key paths are checked against the composed Hydra config."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fmx.config import compose, trial_config
+from fmx.schema import SweepFileError, json_schema, load_sweep, parse_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+SMOKE = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+
+
+def _write(tmp_path: Path, data, name: str = "bad.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _mutated(fn):
+    d = copy.deepcopy(SMOKE)
+    fn(d)
+    return d
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_shipped_sweeps_validate_against_the_config(path):
+    sweep = load_sweep(path)
+    assert sweep.name == path.stem or path.stem.startswith(sweep.name)
+    assert sweep.parameters, "a sweep without parameters searches nothing"
+
+
+def test_smoke_sweep_is_cpu_and_small():
+    sweep = load_sweep(REPO / "sweeps" / "smoke.yaml")
+    assert sweep.resources.gpus_per_worker == 0 and sweep.run_cap <= 3
+    assert compose(sweep.base)["trainer"]["max_epochs"] <= 3
+
+
+# (kind, mutation, key path named in the error, words the message must contain)
+MALFORMED = [
+    ("missing_metric", lambda d: d.pop("metric"), "metric", "required key is missing"),
+    ("unknown_top_key", lambda d: d.update(paramaters={}), "paramaters", "unknown key"),
+    ("bad_method", lambda d: d.update(method="bayes"), "method", "'tpe', 'cmaes', 'random' or 'grid'"),
+    ("bad_goal", lambda d: d["metric"].update(goal="max"), "metric.goal", "'minimize' or 'maximize'"),
+    ("unknown_distribution", lambda d: d["parameters"].update(
+        {"optim.lr": {"distribution": "normal", "min": 0, "max": 1}}), "parameters.optim.lr.distribution",
+     "uniform, log_uniform, int, categorical, grid"),
+    ("uniform_min_ge_max", lambda d: d["parameters"].update(
+        {"optim.lr": {"distribution": "uniform", "min": 2, "max": 1}}), "parameters.optim.lr", "min must be < max"),
+    ("log_uniform_nonpositive", lambda d: d["parameters"].update(
+        {"optim.lr": {"distribution": "log_uniform", "min": 0, "max": 1}}), "parameters.optim.lr", "min > 0"),
+    ("empty_categorical", lambda d: d["parameters"].update(
+        {"seed": {"distribution": "categorical", "values": []}}), "parameters.seed.values", "at least 1 item"),
+    ("int_with_float_bounds", lambda d: d["parameters"].update(
+        {"trainer.max_epochs": {"distribution": "int", "min": 1.5, "max": 3}}), "parameters.trainer.max_epochs.min",
+     "valid integer"),
+    ("grid_with_tpe", lambda d: d.update(method="tpe", parameters={
+        "optim.lr": {"distribution": "grid", "values": [0.1, 0.2]}}), "", "need method: grid or random"),
+    ("bad_early_terminate", lambda d: d["early_terminate"].update(type="hyperband"), "early_terminate.type",
+     "'asha', 'median' or 'none'"),
+    ("fractional_gpus_above_one", lambda d: d["resources"].update(gpus_per_worker=1.5),
+     "resources.gpus_per_worker", "whole number"),
+    ("zero_workers", lambda d: d["resources"].update(workers=0), "resources.workers", "greater than or equal to 1"),
+    ("unknown_benchmark", lambda d: d.update(acceptance=["speed", "vibes"]), "acceptance[1]", "'numerics'"),
+    ("gcs_storage", lambda d: d["storage"].update(path="gs://bucket/x"), "storage.path", "s3://"),
+    ("inline_credentials", lambda d: d["storage"].update(aws_secret_access_key="s3cr3tvalue"),
+     "storage.aws_secret_access_key", "credentials never go in a sweep file"),
+    ("bad_name", lambda d: d.update(name="my sweep!"), "name", "should match pattern"),
+    ("zero_run_cap", lambda d: d.update(run_cap=0), "run_cap", "greater than or equal to 1"),
+    ("bare_override", lambda d: d.update(base=["trainer"]), "base", "Hydra override key=value"),
+    ("bare_parameter_value", lambda d: d["parameters"].update({"seed": 3}), "parameters.seed", "distribution:"),
+]
+
+
+@pytest.mark.parametrize("kind,mutate,key_path,words", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_sweep_file_names_file_path_value_and_allowed(tmp_path, kind, mutate, key_path, words):
+    path = _write(tmp_path, _mutated(mutate))
+    with pytest.raises(SweepFileError) as info:
+        load_sweep(path)
+    err = info.value
+    assert str(path) in str(err)
+    assert err.path == key_path, str(err)
+    assert words in str(err), str(err)
+    assert "s3cr3tvalue" not in str(err)
+
+
+CONFIG_ERRORS = [
+    ("unknown_config_path", {"fractals.priors.lambda_spectral": {"distribution": "uniform", "min": 0, "max": 1}},
+     "parameters.fractals.priors.lambda_spectral", "lambda_spec"),
+    ("unknown_section", {"fractal.priors.lambda_spec": {"distribution": "uniform", "min": 0, "max": 1}},
+     "parameters.fractal.priors.lambda_spec", "fractals"),
+    ("numeric_on_string", {"fractals.probes.causal_scale_ablation.mode":
+                           {"distribution": "uniform", "min": 0, "max": 1}},
+     "parameters.fractals.probes.causal_scale_ablation.mode", "holds a str"),
+    ("string_on_number", {"fractals.priors.lambda_spec": {"distribution": "categorical", "values": ["high"]}},
+     "parameters.fractals.priors.lambda_spec", "does not fit the config's float"),
+    ("numeric_on_section", {"fractals.priors": {"distribution": "uniform", "min": 0, "max": 1}},
+     "parameters.fractals.priors", "config section"),
+    ("unknown_group_option", {"model": {"distribution": "categorical", "values": ["tiny", "gigantic"]}},
+     "parameters.model", "tiny"),
+]
+
+
+@pytest.mark.parametrize("kind,params,key_path,words", CONFIG_ERRORS, ids=[c[0] for c in CONFIG_ERRORS])
+def test_key_paths_are_checked_against_the_composed_config(tmp_path, kind, params, key_path, words):
+    path = _write(tmp_path, _mutated(lambda d: d["parameters"].update(params)))
+    with pytest.raises(SweepFileError) as info:
+        load_sweep(path)
+    assert info.value.path == key_path, str(info.value)
+    assert words in str(info.value), str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_base_override_with_unknown_key_is_an_error(tmp_path):
+    path = _write(tmp_path, _mutated(lambda d: d["base"].append("trainer.max_epoch=3")))
+    with pytest.raises(SweepFileError) as info:
+        load_sweep(path)
+    assert info.value.path == f"base[{len(SMOKE['base'])}]"
+    assert "trainer.max_epoch=3" in str(info.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = _write(tmp_path, "name: x\nmetric: {name: val/loss, goal: minimize\nparameters: {}\n")
+    with pytest.raises(SweepFileError, match=r"not valid YAML at line \d+"):
+        load_sweep(path)
+
+
+def test_top_level_list_is_rejected(tmp_path):
+    with pytest.raises(SweepFileError, match="must be a YAML mapping"):
+        load_sweep(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SweepFileError, match="not found"):
+        load_sweep(tmp_path / "nope.yaml")
+
+
+def test_trial_config_applies_sampled_values_and_group_choices():
+    cfg = trial_config(["trainer.max_epochs=3"], {"fractals.priors.spectral_beta_target": 1.3,
+                                                 "fractals.probes.causal_scale_ablation.mode": "low_beta_only"},
+                       seed=7)
+    assert cfg["trainer"]["max_epochs"] == 3
+    assert cfg["fractals"]["priors"]["spectral_beta_target"] == 1.3
+    assert cfg["fractals"]["probes"]["causal_scale_ablation"]["mode"] == "low_beta_only"
+    assert cfg["seed"] == 7 and cfg["model"]["family"] == "neurofmx"
+
+
+def test_exported_json_schema_is_current():
+    exported = json.loads((REPO / "docs" / "sweep_schema.json").read_text())
+    assert exported == json.loads(json.dumps(json_schema(), sort_keys=True))
+    assert set(exported["properties"]) >= {"name", "method", "metric", "parameters", "early_terminate", "run_cap",
+                                           "max_concurrent", "resources", "acceptance", "storage", "tracking"}
+
+
+def test_parse_accepts_constant_and_grid_with_random():
+    sweep = parse_sweep(_mutated(lambda d: d["parameters"].update(
+        {"seed": {"value": 3}, "optim.lr": {"distribution": "grid", "values": [0.1, 0.2]}})))
+    assert sweep.parameters["seed"].value == 3
+    assert sweep.parameters["optim.lr"].values == [0.1, 0.2]

@@ -1,0 +1,97 @@
+"""MLflow tracking against a real `mlflow server`: idempotent parent/child runs, rank-0 logger, redaction,
+comparison table and plots on the parent run."""
+from __future__ import annotations
+
+import pytest
+
+from fmx import compare, tracking
+
+
+def test_resolve_tracking_uri_makes_local_stores_absolute(tmp_path):
+    uri = tracking.resolve_tracking_uri("sqlite:///runs/mlflow.db", root=tmp_path)
+    assert uri == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}" and (tmp_path / "runs").is_dir()
+    assert tracking.resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert tracking.resolve_tracking_uri("mlruns", root=tmp_path).startswith("file:///")
+
+
+def test_git_commit_is_a_sha():
+    sha = tracking.git_commit()
+    assert sha == "unknown" or len(sha.split("-")[0]) == 40
+
+
+@pytest.mark.slow
+def test_parent_and_child_runs_are_idempotent_and_nested(mlflow_server):
+    c = tracking.client(mlflow_server.tracking_uri)
+    exp = tracking.ensure_experiment(c, "fmx-test-lifecycle")
+    assert tracking.ensure_experiment(c, "fmx-test-lifecycle") == exp
+    parent, created = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "s-1", tracking.TAG_KIND:
+                                                               "sweep", tracking.TAG_SWEEP: "s"}, run_name="s-1")
+    assert created
+    kids = []
+    for trial in ("t0", "t1"):
+        rid, created = tracking.get_or_create_run(
+            c, exp, tags={tracking.TAG_SWEEP_ID: "s-1", tracking.TAG_TRIAL: trial, tracking.TAG_PARENT: parent,
+                          tracking.TAG_KIND: "trial"}, run_name=trial)
+        assert created
+        kids.append(rid)
+    tracking.end_run(c, kids[0], "FAILED")
+    # a restarted trial reopens its own run instead of opening a new one
+    again, created = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "s-1", tracking.TAG_TRIAL: "t0",
+                                                              tracking.TAG_PARENT: parent}, run_name="t0")
+    assert again == kids[0] and not created and c.get_run(again).info.status == "RUNNING"
+    assert sorted(r.info.run_id for r in tracking.child_runs(c, exp, parent)) == sorted(kids)
+    parent_again, created = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "s-1",
+                                                                     tracking.TAG_KIND: "sweep"}, run_name="s-1")
+    assert parent_again == parent and not created
+
+
+@pytest.mark.slow
+def test_rank_zero_logger_logs_steps_and_never_ends_the_run(mlflow_server):
+    c = tracking.client(mlflow_server.tracking_uri)
+    exp = tracking.ensure_experiment(c, "fmx-test-logger")
+    rid, _ = tracking.get_or_create_run(c, exp, tags={"k": "logger"}, run_name="logger")
+    logger = tracking.RankZeroMlflowLogger(tracking_uri=mlflow_server.tracking_uri, run_id=rid)
+    for step in range(3):
+        logger.log_metrics({"train/loss": 1.0 / (step + 1), "skip": float("nan")}, step=step)
+    logger.log_hyperparams({"ignored": 1})
+    logger.finalize("success")
+    hist = c.get_metric_history(rid, "train/loss")
+    assert [(m.step, round(m.value, 3)) for m in hist] == [(0, 1.0), (1, 0.5), (2, 0.333)]
+    run = c.get_run(rid)
+    assert "skip" not in run.data.metrics and run.data.params == {} and run.info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_params_are_flat_redacted_and_not_overwritten(mlflow_server, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekrit-value-123")
+    c = tracking.client(mlflow_server.tracking_uri)
+    exp = tracking.ensure_experiment(c, "fmx-test-params")
+    rid, _ = tracking.get_or_create_run(c, exp, tags={"k": "params"}, run_name="params")
+    tracking.log_params(c, rid, {"optim.lr": 0.1, "optim.betas": [0.9, 0.95], "note": "s3 sekrit-value-123"})
+    tracking.log_params(c, rid, {"optim.lr": 0.2})  # a resumed trial must not fail on immutable params
+    params = c.get_run(rid).data.params
+    assert params == {"optim.lr": "0.1", "optim.betas": "[0.9, 0.95]", "note": "s3 ***"}
+
+
+@pytest.mark.slow
+def test_sweep_summary_table_and_plots_on_the_parent(mlflow_server, tmp_path):
+    c = tracking.client(mlflow_server.tracking_uri)
+    exp = tracking.ensure_experiment(c, "fmx-test-summary")
+    parent, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "sum-1", tracking.TAG_KIND: "sweep",
+                                                         tracking.TAG_SWEEP: "sum"}, run_name="sum-1")
+    for i, (beta, loss, latent) in enumerate([(0.5, 0.9, 0.6), (1.0, 0.7, 1.1), (1.5, 0.8, 1.4)]):
+        rid, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "sum-1", tracking.TAG_TRIAL: f"t{i}",
+                                                          tracking.TAG_PARENT: parent}, run_name=f"t{i}")
+        tracking.log_params(c, rid, {f"sweep.{compare.BETA_KEY}": beta, "sweep.fractals.priors.lambda_spec": 0.05})
+        tracking.log_metrics(c, rid, {"val/loss": loss, "val/latent_beta": latent})
+        tracking.end_run(c, rid)
+    df = compare.log_sweep_summary(c, exp, parent, metric="val/loss", mode="min")
+    assert list(df["trial_id"]) == ["t1", "t2", "t0"]
+    run = c.get_run(parent)
+    assert run.data.metrics["best/val/loss"] == pytest.approx(0.7) and run.data.tags["fmx.best_trial"] == "t1"
+    names = {a.path for a in c.list_artifacts(parent, "comparison")}
+    assert {"comparison/trials.parquet", "comparison/trials.csv", "comparison/best_trials.png",
+            "comparison/parallel_coordinates.png", "comparison/beta_star.png"} <= names
+    assert compare.find_parent(c, "sum").info.run_id == parent
+    assert compare.find_parent(c, "sum-1").info.run_id == parent
+    assert "t1  val/loss=0.7" in compare.summary_lines(df, "val/loss")[0]
