@@ -231,13 +231,15 @@ def test_eegmat_higuchi_higher_during_arithmetic(shared_data, tmp_path, local_ra
     assert hfd["diff"] > 0 and hfd["p"] < 0.05  # the dataset's documented contrast
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
-def test_hrv_dfa_alpha1_lower_in_heart_failure(shared_data, tmp_path):
+def test_hrv_dfa_alpha1_lower_in_heart_failure(shared_data, tmp_path, local_ray):
     from fmx.fingerprint.compare import compare
 
     out = tmp_path / "hrv"
-    res = run_fingerprint_job(str(shared_data / "hrv_rr_dev.npz"), str(out), config=["hrv"], executor="serial",
-                              log_mlflow=False, progress=False)
+    # DFA only: the 24 h series are ~100k beats; the other measures add time, not this check
+    res = run_fingerprint_job(str(shared_data / "hrv_rr_dev.npz"), str(out), log_mlflow=False, progress=False,
+                              config=["hrv", "fingerprint.measures=[dfa_alpha1,dfa_alpha2]"])
     assert (res.n_fitted, res.n_failed) == (30, 0)
     stats = compare(str(out), group_by="group", levels=["NSR", "CHF"], figures=False).stats
     alpha1 = stats[(stats["measure"] == _measure_like(stats.set_index(["measure", "channel"]), "alpha1"))].iloc[0]

@@ -29,6 +29,7 @@ Preprocessing helpers work on a :class:`Recording` and return a new one: :func:`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 from fractions import Fraction
 from pathlib import Path
@@ -291,13 +292,8 @@ def read_rr_cohort(path: str | Path, *, filter_ectopics: bool = False) -> Iterat
     optional ``group``. ``meta`` carries ``subject`` and ``group``.
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"rr_ms", "offsets", "subject_ids"} - set(z.files)
-        if missing:
-            raise ValueError(f"{path}: the RR cohort layout needs keys {sorted(missing)}; found {sorted(z.files)}")
-        rr_all, offsets = np.asarray(z["rr_ms"], np.float64), np.asarray(z["offsets"], np.int64)
-        ids = [str(s) for s in z["subject_ids"]]
-        groups = [str(g) for g in z["group"]] if "group" in z.files else [""] * len(ids)
+    stat = path.stat()
+    rr_all, offsets, ids, groups = _load_rr_cohort(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if len(offsets) != len(ids) + 1 or offsets[0] != 0 or offsets[-1] != len(rr_all) or np.any(np.diff(offsets) < 0):
         raise ValueError(
             f"{path}: offsets must be {len(ids) + 1} non-decreasing indices from 0 to len(rr_ms)={len(rr_all)}"
@@ -306,6 +302,21 @@ def read_rr_cohort(path: str | Path, *, filter_ectopics: bool = False) -> Iterat
         rec = _intervals(rr_all[offsets[k]:offsets[k + 1]],
                          {"path": str(path), "format": "npz-cohort", "subject": sid, "group": groups[k]})
         yield filter_ectopic(rec) if filter_ectopics else rec
+
+
+@functools.lru_cache(maxsize=2)
+def _load_rr_cohort(path: str, size: int, mtime_ns: int):
+    """Arrays of a cohort file, cached per process: one worker reads one subject after another, and
+    decompressing the whole file each time would dominate (size and mtime make a changed file miss)."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"rr_ms", "offsets", "subject_ids"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: the RR cohort layout needs keys {sorted(missing)}; found {sorted(z.files)}")
+        rr_all, offsets = np.asarray(z["rr_ms"], np.float64), np.asarray(z["offsets"], np.int64)
+        ids = tuple(str(s) for s in z["subject_ids"])
+        groups = tuple(str(g) for g in z["group"]) if "group" in z.files else ("",) * len(ids)
+    rr_all.setflags(write=False)  # shared by every Recording built from the cache
+    return rr_all, offsets, ids, groups
 
 
 def _read_csv(path: Path, *, fs: float | None = None, **_: Any) -> Recording:

@@ -8,6 +8,8 @@ Layout of ``OUT`` (a folder or ``s3://`` prefix)::
                             (network measures as they are) plus participants.tsv columns
     recordings.parquet      one row per recording: path, labels, key, status, seconds, n_epochs
     failures.parquet        path, labels, error for every recording that could not be fitted
+    flags.parquet           channel-level quality flags from fractals.fingerprint (flat, poor_fit, ...):
+                            NaN values are left out of fingerprint.parquet and listed here
     participants.parquet    the participant columns (for ``fmx fingerprint compare --group-by``)
     job.json                the resolved config, the data source and the counts
 
@@ -201,11 +203,15 @@ def run_fingerprint_job(
                        "key": key, "status": state, "seconds": stats.get(key, {}).get("seconds", float("nan")),
                        "n_epochs": info.get("n_epochs", 0), "duration_s": info.get("duration_s", float("nan"))})
     recordings = pd.DataFrame(status)
+    flag_rows = [{**{c: entry[c] for c in LABELS}, **flag}
+                 for entry in entries.to_dict("records") for flag in infos.get(entry["key"], {}).get("flags", [])]
+    flags = pd.DataFrame(flag_rows, columns=[*LABELS, "channel", "measure", "flag", "epoch"])
 
     write_parquet(table, storage.join(out, "fingerprint.parquet"))
     write_parquet(summary, storage.join(out, "summary.parquet"))
     write_parquet(recordings, storage.join(out, "recordings.parquet"))
     write_parquet(failures_frame, storage.join(out, "failures.parquet"))
+    write_parquet(flags, storage.join(out, "flags.parquet"))
     if participant_cols:
         write_parquet(participants, storage.join(out, "participants.parquet"))
     result = JobResult(out=str(out), table=table, summary=summary, recordings=recordings, failures=failures_frame,

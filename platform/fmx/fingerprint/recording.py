@@ -19,9 +19,11 @@ from fmx.fingerprint import storage
 from models.data import readers
 from models.data.readers import Recording
 
-__all__ = ["load_recording", "measure_recording", "fit_recording", "TIDY_COLUMNS"]
+__all__ = ["load_recording", "measure_recording", "fit_recording", "TIDY_COLUMNS", "NETWORK_CHANNEL"]
 
 TIDY_COLUMNS = ("subject", "session", "condition", "channel", "measure", "value")
+NETWORK_CHANNEL = "network"  # channel label of whole-montage measures (functional-connectivity graph)
+NETWORK_MEASURES = ("fc_density", "graph_fd")
 
 
 def load_recording(entry: Mapping[str, Any], cfg: Mapping[str, Any]) -> Recording:
@@ -80,40 +82,57 @@ def measure_recording(rec: Recording, cfg: Mapping[str, Any], *, device: str = "
     epoch_s = (cfg.get("preprocess", {}) or {}).get("epoch")
     segments = readers.epoch(rec, float(epoch_s)) if epoch_s and rec.kind == "continuous" else [rec]
     fou_cfg = cfg.get("fou", {}) or {}
-    frames, summary = [], {}
+    frames, flagged, summary = [], [], {}
     for seg in segments:
         x = _to_device(seg.data, device)
         table, summary = fingerprint(x, seg.fs, config=cfg.get("fingerprint") or None,
                                      channel_names=list(seg.channel_names), kind=seg.kind)
-        frames.append(_tidy(table))
+        rows, flags = _tidy(table, summary)
+        frames.append(rows)
+        flagged.extend({**f, "epoch": seg.meta.get("epoch", 0)} for f in flags)
         if fou_cfg.get("enable", True):
             frames.append(_fou_rows(x, seg, fou_cfg))
     rows = pd.concat(frames, ignore_index=True)
-    rows = rows.groupby(["channel", "measure"], sort=False, as_index=False)["value"].mean()
-    bad = rows[~np.isfinite(rows["value"].to_numpy(np.float64))]
-    if len(bad):
+    finite = np.isfinite(rows["value"].to_numpy(np.float64))
+    rows = rows[finite].groupby(["channel", "measure"], sort=False, as_index=False)["value"].mean()
+    if rows.empty:
         raise ValueError(
-            f"{rec.meta.get('path')}: non-finite values for {bad[['channel', 'measure']].head(5).values.tolist()}; "
-            "check for flat or clipped channels"
+            f"{rec.meta.get('path')}: no finite measure on any channel (flags: "
+            f"{sorted({f['flag'] for f in flagged})[:3]}); check for flat, clipped or too short channels"
         )
     info = {"n_epochs": len(segments), "duration_s": rec.duration_s, "fs": rec.fs, "n_channels": rec.n_channels,
-            "summary": summary}
+            "flags": flagged, "summary": summary}
     return rows, info
 
 
-def _tidy(table) -> "pd.DataFrame":  # noqa: F821
-    """Normalise fractals.fingerprint's table to ``channel, measure, value``."""
+def _tidy(table, summary: Mapping[str, Any]):
+    """fractals.fingerprint's table and summary -> tidy ``channel, measure, value`` rows plus flags.
+
+    Per-channel rows keep their value when it is finite (a ``poor_fit`` 1/f fit is kept, with its
+    flag reported); NaN rows (flat, non-finite, too short, rejected) are dropped and reported.
+    The network measures of the summary (``fc_density``, ``graph_fd``) become rows of channel
+    ``network`` when finite.
+    """
+    import pandas as pd
+
+    missing = {"channel", "measure", "value"} - set(table.columns)
+    if missing:
+        raise ValueError(f"fractals.fingerprint returned no {sorted(missing)} column(s); got {list(table.columns)}")
     frame = table.copy()
-    if "channel" not in frame.columns or "measure" not in frame.columns or "value" not in frame.columns:
-        raise ValueError(f"fractals.fingerprint returned columns {list(frame.columns)}; expected channel, measure, value")
-    extra = [c for c in frame.columns if c not in ("channel", "measure", "value")]
-    # Extra index columns (e.g. a scale or q) become part of the measure name so rows stay unique.
-    for column in extra:
-        if frame[column].nunique(dropna=True) > 1:
-            frame["measure"] = frame["measure"].astype(str) + f"[{column}=" + frame[column].astype(str) + "]"
     frame["channel"] = frame["channel"].astype(str)
     frame["value"] = frame["value"].astype(np.float64)
-    return frame[["channel", "measure", "value"]]
+    flag = frame["flag"].astype(str) if "flag" in frame.columns else pd.Series("", index=frame.index)
+    flags = [{"channel": c, "measure": m, "flag": f}
+             for c, m, f in zip(frame["channel"], frame["measure"], flag) if f]
+    rows = frame.loc[np.isfinite(frame["value"].to_numpy()), ["channel", "measure", "value"]]
+    network = [(name, float(summary[name])) for name in NETWORK_MEASURES
+               if isinstance(summary.get(name), (int, float)) and math.isfinite(summary[name])]
+    if network:
+        rows = pd.concat([rows, pd.DataFrame({"channel": NETWORK_CHANNEL, "measure": [n for n, _ in network],
+                                              "value": [v for _, v in network]})], ignore_index=True)
+    if summary.get("graph_flag"):
+        flags.append({"channel": NETWORK_CHANNEL, "measure": "graph_fd", "flag": str(summary["graph_flag"])})
+    return rows, flags
 
 
 def _fou_rows(x, seg: Recording, fou_cfg: Mapping[str, Any]):
