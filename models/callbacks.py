@@ -83,15 +83,27 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
     band = latent_band(n, fs, tuple(temporal.get("psd_freq_band", (2.0, 80.0))))
     kmax = min(int(temporal.get("higuchi_kmax", 8)), n // 2)
     windows = [w for w in temporal.get("dfa_orders", [4, 16, 64, 256]) if 4 <= w <= n // 2]
+    exclude_peaks = bool(temporal.get("exclude_peaks", True))
+
+    def beta():
+        try:
+            return fm.spectral_beta(x, fs, band, exclude_peaks)
+        except RuntimeError as exc:  # e.g. a singular peak fit on very smooth latents
+            if not exclude_peaks:
+                raise
+            _warn_once("beta-peaks", "latent_measures: peak exclusion failed (%s); beta fitted without it", exc)
+            return fm.spectral_beta(x, fs, band, False)
+
     calls = {
-        "beta": lambda: fm.spectral_beta(x, fs, band, bool(temporal.get("exclude_peaks", True))),
+        "beta": beta,
         "hfd": lambda: fm.higuchi_fd(x, kmax=kmax),
         "dfa": lambda: fm.dfa_alpha(x, windows=windows if len(windows) >= 2 else None),
     }
     for name, call in calls.items():
         try:
             out[name] = call()
-        except (NotImplementedError, ValueError, ImportError) as exc:
+        except (NotImplementedError, ValueError, ImportError, RuntimeError) as exc:
+            # A measure must never stop training: log what failed once and leave it out.
             _warn_once(f"measure-{name}", "latent_measures: %s not computed (%s)", name, exc)
     return out
 

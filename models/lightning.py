@@ -141,6 +141,8 @@ class NeuroFMxModule(pl.LightningModule):
         self.log("train/task_loss", task, batch_size=bsz)
         for name, v in out["losses"].items():
             self.log(f"train/{name}_loss", v, batch_size=bsz)
+        if self._trainer is not None:
+            self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -1,0 +1,179 @@
+"""NeuroFMx LightningModule: contract metric names from a real Trainer run, checkpoint round trip,
+fractal priors moving latent beta, optimizer groups and schedule, callbacks."""
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
+
+from models.data.datamodule import build_datamodule
+from models.lightning import NeuroFMxModule, build_lightning_module, param_groups, warmup_cosine
+
+CONF = Path(__file__).resolve().parents[1] / "platform" / "fmx" / "conf"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**fractal_priors) -> dict:
+    """The composed default config (tiny model, synthetic data), shrunk for CPU tests."""
+    root = yaml.safe_load((CONF / "config.yaml").read_text())
+    root.pop("defaults")
+    cfg = {**root,
+           "model": yaml.safe_load((CONF / "model" / "tiny.yaml").read_text()),
+           "data": yaml.safe_load((CONF / "data" / "synthetic.yaml").read_text()),
+           "fractals": yaml.safe_load((CONF / "fractals" / "default.yaml").read_text()),
+           "trainer": yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())}
+    cfg["data"].update(n_train=8, n_val=4, n_time=128)
+    cfg["trainer"]["batch_size"] = 4
+    cfg["fractals"]["priors"].update(fractal_priors)
+    return cfg
+
+
+def test_registry_builds_from_the_hydra_composed_config():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from models.registry import build_lightning_module as registry_build
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        composed = OmegaConf.to_container(compose(config_name="config", overrides=["model=tiny"]), resolve=True)
+    module = registry_build(composed)
+    assert isinstance(module, NeuroFMxModule)
+    assert module.priors is not None and module.prior_warmup == composed["fractals"]["priors"]["warmup_steps"]
+    assert module.model.backbone.layers[0].mixer.fractional is not None  # fractals.backbone defaults are on
+    with pytest.raises(ValueError, match="model.family"):
+        build_lightning_module({**composed, "model": {**composed["model"], "family": "two_moons"}})
+
+
+def test_trainer_run_logs_contract_metrics_and_checkpoint_round_trips(tmp_path):
+    cfg = _cfg(warmup_steps=2)
+    cfg["fractals"]["log"].update(fingerprint_every_n_steps=2, tb_hist_every_n=2)
+    torch.manual_seed(0)
+    module = build_lightning_module(cfg)
+    dm = build_datamodule(cfg)
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="run"),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         log_every_n_steps=1, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    metrics = trainer.callback_metrics
+    for name in ("train/loss", "train/task_loss", "train/prior_loss", "val/loss", "val/forecast_lfp_loss",
+                 "val/forecast_spikes_loss", "val/behavior_loss", "val/latent_beta", "val/latent_hfd",
+                 "val/latent_dfa", "val/ablation_delta_loss", "val/ablation_delta_beta"):
+        assert name in metrics, f"{name} not logged; got {sorted(metrics)}"
+        assert torch.isfinite(torch.as_tensor(metrics[name])), name
+    logged = set()
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as fh:
+        for row in csv.DictReader(fh):
+            logged |= {k for k, v in row.items() if v not in ("", None)}
+    assert {"fingerprint/ssm_beta_mean", "hist/latent_beta_p50", "lr"} <= logged, sorted(logged)
+
+    ckpt = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(ckpt)
+    restored = NeuroFMxModule.load_from_checkpoint(ckpt)
+    batch = next(iter(dm.val_dataloader()))
+    module.eval()
+    restored.eval()
+    with torch.no_grad():
+        a, b = module(batch), restored(batch)
+    torch.testing.assert_close(b["loss"], a["loss"])
+    torch.testing.assert_close(b["latents"]["ssm"], a["latents"]["ssm"])
+
+
+def test_priors_move_latent_beta_toward_the_target():
+    from fractals.regularizers import latent_beta
+
+    target = 1.0
+    results = {}
+    for lam in (0.0, 1.0):
+        cfg = _cfg(lambda_spec=lam, lambda_mf=0.0, lambda_graphfd=0.0, warmup_steps=0, spectral_beta_target=target)
+        cfg["fractals"]["enable"] = lam > 0
+        dm = build_datamodule(cfg)
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        torch.manual_seed(0)
+        module = NeuroFMxModule(cfg)
+        assert (module.priors is not None) == (lam > 0)
+        opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
+        for _ in range(12):
+            out = module(batch)
+            prior, _ = module._prior_loss(out, batch)
+            loss = out["loss"] if prior is None else out["loss"] + prior
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            beta = latent_beta(module(batch)["latents"]["ssm"], module.latent_rate(batch), (2.0, 80.0))
+        results[lam] = float((beta - target).abs().mean())
+    assert results[1.0] < 0.6 * results[0.0], results
+
+
+def test_priors_wait_for_warmup():
+    module = NeuroFMxModule(_cfg(warmup_steps=5))
+    dm = build_datamodule(module.cfg)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    out = module(batch)
+    assert module._prior_loss(out, batch) == (None, {})  # global_step 0 < warmup 5
+    module.prior_warmup = 0
+    prior, parts = module._prior_loss(out, batch)
+    assert prior.ndim == 0 and prior > 0 and set(parts) == {"spec", "mf", "graphfd"}
+
+
+def test_param_groups_skip_norms_biases_and_ssm_scalars():
+    module = NeuroFMxModule(_cfg())
+    decay, no_decay = param_groups(module.model, 0.01)
+    ids_no = {id(p) for p in no_decay["params"]}
+    names_no = {n for n, p in module.model.named_parameters() if id(p) in ids_no}
+    mixer = module.model.backbone.layers[0].mixer
+    for p in (mixer.A_log, mixer.D, mixer.dt_bias, mixer.norm.weight, mixer.conv1d.bias):
+        assert id(p) in ids_no
+    assert id(mixer.in_proj.weight) not in ids_no and id(mixer.conv1d.weight) not in ids_no
+    assert all("norm" in n or module.model.get_parameter(n).ndim < 2 or n.endswith(("A_log", "D", "dt_bias"))
+               for n in names_no)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+
+
+def test_warmup_cosine_schedule_and_optimizer_config():
+    assert warmup_cosine(0, warmup_steps=10, total_steps=100) == pytest.approx(0.1)
+    assert warmup_cosine(9, warmup_steps=10, total_steps=100) == pytest.approx(1.0)
+    assert warmup_cosine(10, warmup_steps=10, total_steps=100) == pytest.approx(1.0)
+    assert warmup_cosine(55, warmup_steps=10, total_steps=100) == pytest.approx(0.55, abs=1e-9)
+    assert warmup_cosine(100, warmup_steps=10, total_steps=100) == pytest.approx(0.1)
+    assert warmup_cosine(500, warmup_steps=10, total_steps=100, schedule="constant") == 1.0
+    cfg = _cfg()
+    cfg["optim"] = dict(cfg["optim"], total_steps=100)
+    conf = NeuroFMxModule(cfg).configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.95)
+    assert conf["lr_scheduler"]["interval"] == "step"
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg["optim"]["lr"] / cfg["optim"]["warmup_steps"])
+    bad = copy.deepcopy(cfg)
+    bad["optim"]["schedule"] = "linear"
+    with pytest.raises(ValueError, match="optim.schedule"):
+        NeuroFMxModule(bad)
+
+
+def test_callbacks_follow_the_config():
+    cfg = _cfg()
+    names = [type(c).__name__ for c in NeuroFMxModule(cfg).configure_callbacks()]
+    assert names == ["LatentFingerprintCallback", "LatentHistogramCallback", "CausalScaleAblationCallback"]
+    cfg["fractals"]["enable"] = False
+    module = NeuroFMxModule(cfg)
+    assert module.configure_callbacks() == [] and module.priors is None
+    cfg = _cfg()
+    cfg["fractals"]["probes"]["causal_scale_ablation"]["mode"] = "mid_beta"
+    with pytest.raises(ValueError, match="causal_scale_ablation.mode"):
+        NeuroFMxModule(cfg).configure_callbacks()

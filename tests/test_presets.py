@@ -1,0 +1,49 @@
+"""Model presets: parameter counts on the meta device within 10 % of their targets, a reason per field."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from models.presets import PRESET_TARGETS, PRESETS, count_parameters, load_preset, parameter_breakdown, preset_dir
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_TARGETS))
+def test_preset_parameter_count_within_ten_percent(name):
+    n = count_parameters(load_preset(name))
+    target = PRESET_TARGETS[name]
+    assert abs(n - target) <= 0.10 * target, f"{name}: {n:,} parameters vs target {target:,}"
+
+
+def test_tiny_preset_is_ci_sized():
+    n = count_parameters(load_preset("tiny"))
+    assert 5_000 <= n <= 100_000, n
+
+
+def test_backbone_is_the_largest_part_of_the_big_presets():
+    parts = parameter_breakdown(load_preset("large"))
+    assert max(parts, key=parts.get) == "backbone", parts
+    assert sum(parts.values()) == count_parameters(load_preset("large"))
+
+
+def test_fractals_backbone_options_add_few_parameters():
+    model = load_preset("small")
+    on = {"model": model, "fractals": {"backbone": {
+        "fractional_kernels": {"enable": True, "n_taps": 33, "min_alpha": 0.2, "max_alpha": 0.8},
+        "scale_encodings": {"enable": True, "wavelet_scales": [8, 16, 32, 64]}}}}
+    extra = count_parameters(on) - count_parameters(model)
+    assert 0 < extra < 0.01 * count_parameters(model)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_field_has_a_reason(name):
+    text = (preset_dir() / f"{name}.yaml").read_text()
+    assert load_preset(name)["family"] == "neurofmx"
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(r"^\s*\w+:\s*\S", line) and "#" not in line:
+            pytest.fail(f"{name}.yaml line {i} has a value without a reason comment: {line.strip()!r}")
+
+
+def test_unknown_preset_names_the_available_ones():
+    with pytest.raises(ValueError, match="available"):
+        load_preset("huge")
