@@ -200,6 +200,27 @@ def test_stop_a_long_job(ray_env):
 
 
 @pytest.mark.slow
+def test_follow_logs_streams_until_the_job_ends(ray_env):
+    address = ray_env["address"]
+    job = cluster.submit_sweep(
+        "f.yaml", address=address,
+        entrypoint="python -c \"import time\nfor i in range(3): print('line', i, flush=True); time.sleep(1)\"",
+    )
+    text = "".join(cluster.follow_job_logs(job, address=address))
+    assert all(f"line {i}" in text for i in range(3))
+    assert cluster.job_status(job, address=address).status == "SUCCEEDED"
+
+
+@pytest.mark.slow
+def test_unknown_job_id_is_a_clear_error(ray_env):
+    address = ray_env["address"]
+    with pytest.raises(ValueError, match="job_id='raysubmit_nope': no such job"):
+        cluster.job_status("raysubmit_nope", address=address)
+    out = CliRunner().invoke(app, ["job", "logs", "raysubmit_nope", "--address", address])
+    assert out.exit_code == 2 and "no such job" in out.output
+
+
+@pytest.mark.slow
 def test_wrong_token_is_refused(ray_head):
     with pytest.raises(PermissionError, match="RAY_AUTH_TOKEN"):
         cluster.connect(ray_head["address"], token="not-the-token")

@@ -217,19 +217,32 @@ def _info(details) -> JobInfo:
     )
 
 
+def _known(client, job_id: str, call: str, *args):
+    """Run ``client.<call>(job_id, ...)``; an unknown job becomes a ValueError that names it."""
+    try:
+        return getattr(client, call)(job_id, *args)
+    except RuntimeError as err:
+        if "404" in str(err) or "does not exist" in str(err):
+            raise ValueError(
+                f"job_id={job_id!r}: no such job on {client.get_address()}; list the jobs with `fmx job list`"
+            ) from None
+        raise
+
+
 def job_status(job_id: str, *, address: str, token: str | None = None) -> JobInfo:
     """The job's own state (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) from the Ray Jobs API."""
-    return _info(connect(address, token=token).get_job_info(job_id))
+    return _info(_known(connect(address, token=token), job_id, "get_job_info"))
 
 
 def job_logs(job_id: str, *, address: str, token: str | None = None) -> str:
     """Everything the job's driver has printed so far."""
-    return connect(address, token=token).get_job_logs(job_id)
+    return _known(connect(address, token=token), job_id, "get_job_logs")
 
 
 def follow_job_logs(job_id: str, *, address: str, token: str | None = None) -> Iterator[str]:
     """Yield log chunks as the driver prints them, until the job ends."""
     client = connect(address, token=token)
+    _known(client, job_id, "get_job_info")  # fail fast with a clear error for an unknown id
     stream = client.tail_job_logs(job_id)
     loop = asyncio.new_event_loop()
     try:
@@ -275,7 +288,7 @@ def wait_for_job(
     client = connect(address, token=token)
     deadline, last = time.monotonic() + timeout_s, None
     while True:
-        info = _info(client.get_job_info(job_id))
+        info = _info(_known(client, job_id, "get_job_info"))
         if on_status is not None and info.status != last:
             on_status(info)
         last = info.status
@@ -289,7 +302,7 @@ def wait_for_job(
 def stop_job(job_id: str, *, address: str, token: str | None = None, wait_s: float = 30.0) -> JobInfo:
     """Ask Ray to stop the job, then wait up to ``wait_s`` seconds for it to reach a terminal state."""
     client = connect(address, token=token)
-    client.stop_job(job_id)
+    _known(client, job_id, "stop_job")
     if wait_s <= 0:
         return _info(client.get_job_info(job_id))
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -27,6 +28,16 @@ def _address(address: Optional[str], cluster_name: Optional[str]) -> str:
         raise typer.BadParameter(str(err)) from None
 
 
+@contextmanager
+def _clean_errors():
+    """Known failures (bad id, no dashboard, wrong token) end the command with their message, not a traceback."""
+    try:
+        yield
+    except (ValueError, ConnectionError, PermissionError, TimeoutError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _when(t: Optional[float]) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
@@ -39,7 +50,8 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="print the state as JSON"),
 ) -> None:
     """Print a job's state; exits 1 when it FAILED or was STOPPED."""
-    info = cluster.job_status(job_id, address=_address(address, cluster_name))
+    with _clean_errors():
+        info = cluster.job_status(job_id, address=_address(address, cluster_name))
     if as_json:
         typer.echo(json.dumps(info.as_dict(), indent=2))
     else:
@@ -59,11 +71,12 @@ def logs(
 ) -> None:
     """Print a job's driver log."""
     addr = _address(address, cluster_name)
-    if follow:
-        for chunk in cluster.follow_job_logs(job_id, address=addr):
-            typer.echo(chunk, nl=False)
-    else:
-        typer.echo(cluster.job_logs(job_id, address=addr), nl=False)
+    with _clean_errors():
+        if follow:
+            for chunk in cluster.follow_job_logs(job_id, address=addr):
+                typer.echo(chunk, nl=False)
+        else:
+            typer.echo(cluster.job_logs(job_id, address=addr), nl=False)
 
 
 @app.command()
@@ -74,7 +87,8 @@ def stop(
     wait_s: float = typer.Option(30.0, "--wait", help="seconds to wait for the job to stop"),
 ) -> None:
     """Stop a running job and print the state it ended in."""
-    info = cluster.stop_job(job_id, address=_address(address, cluster_name), wait_s=wait_s)
+    with _clean_errors():
+        info = cluster.stop_job(job_id, address=_address(address, cluster_name), wait_s=wait_s)
     typer.echo(f"{info.job_id}  {info.status}")
 
 
@@ -86,7 +100,8 @@ def list_(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List submitted jobs, oldest first."""
-    jobs = cluster.list_jobs(address=_address(address, cluster_name), sweeps_only=sweeps)
+    with _clean_errors():
+        jobs = cluster.list_jobs(address=_address(address, cluster_name), sweeps_only=sweeps)
     if as_json:
         typer.echo(json.dumps([j.as_dict() for j in jobs], indent=2))
         return
