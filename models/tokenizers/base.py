@@ -119,9 +119,11 @@ class ChannelPatchTokenizer(nn.Module):
     """Embed ``(B, C, T)`` multichannel series as per-channel time patches.
 
     Each channel's window is cut into patches of ``patch_size`` samples; a patch becomes
-    ``Linear(P, D)(patch) + channel_embedding[id]`` followed by a small residual MLP (so channel
-    identity interacts with the values, which a plain sum would not allow once channels are
-    averaged), then a sinusoidal encoding of the token time bin is added.
+    ``u = Linear(P, D)(patch) + channel_embedding[id]``. ``channel_patch`` tokens are
+    ``u + MLP(u)``; ``time_mix`` tokens are a DeepSets pooling ``t = Linear(mean_c GELU(u_c))``
+    followed by ``t + MLP(t)`` (the GELU before the mean lets channel identity interact with the
+    values; the MLP runs once per time bin, not once per channel, which keeps wide arrays cheap).
+    A sinusoidal encoding of the token time bin is added last.
 
     Parameters
     ----------
@@ -175,6 +177,7 @@ class ChannelPatchTokenizer(nn.Module):
             nn.LayerNorm(self.d_model), nn.Linear(self.d_model, 2 * self.d_model), nn.GELU(),
             nn.Linear(2 * self.d_model, self.d_model),
         )
+        self.mix_out = nn.Linear(self.d_model, self.d_model) if layout == "time_mix" else None
         self.dropout = nn.Dropout(dropout)
 
     def _ids(self, ids: Optional[Tensor], mask: Tensor, name: str) -> Optional[Tensor]:
@@ -212,18 +215,19 @@ class ChannelPatchTokenizer(nn.Module):
         ids = self._ids(ids, mask, f"{name}_ids")
         if ids is not None:
             tok = tok + self.channel_embedding(ids).unsqueeze(2)
-        tok = tok + self.mlp(tok)  # (B, C, Np, D)
         steps = torch.arange(n_patches, device=x.device)
         time_enc = sinusoidal_encoding(steps, self.d_model).to(tok.dtype)
         if self.layout == "time_mix":
-            w = mask.to(tok.dtype)[:, :, None, None]
-            count = w.sum(1)
-            tok = (tok * w).sum(1) / count.clamp_min(1.0)  # (B, Np, D)
-            tok = tok + time_enc
-            tok_mask = (count[..., 0] > 0).expand(b, n_patches)
+            w = mask.to(tok.dtype)
+            count = w.sum(1)  # (B,)
+            pooled = torch.einsum("bcnd,bc->bnd", nn.functional.gelu(tok), w) / count.clamp_min(1.0)[:, None, None]
+            tok = self.mix_out(pooled)
+            tok = tok + self.mlp(tok) + time_enc  # (B, Np, D)
+            tok_mask = (count > 0)[:, None].expand(b, n_patches)
             time_index = steps.expand(b, n_patches)
             channel_index = torch.full((b, n_patches), -1, dtype=torch.long, device=x.device)
         else:
+            tok = tok + self.mlp(tok)  # (B, C, Np, D)
             tok = (tok + time_enc).reshape(b, c * n_patches, self.d_model)
             tok_mask = mask.unsqueeze(-1).expand(b, c, n_patches).reshape(b, -1)
             time_index = steps.repeat(c).expand(b, -1)
