@@ -138,7 +138,7 @@ def connect(address: str, *, token: str | None = None):
 
 
 def sweep_entrypoint(sweep_file: str, *, extra_args: tuple[str, ...] = ()) -> str:
-    """The shell command the cluster runs: ``fmx sweep run <file>`` (H5's runner)."""
+    """The shell command the cluster runs: ``fmx sweep run <file>`` (the sweep runner, :mod:`fmx.runner`)."""
     return " ".join(["fmx", "sweep", "run", shlex.quote(sweep_file), *map(shlex.quote, extra_args)])
 
 
