@@ -201,3 +201,20 @@ def test_stimulus_modality_shifts_the_drives():
     assert len({int(it["stimulus_id"]) for it in items}) > 1
     batch = collate_batch(items[:4])
     assert batch["stimulus"].shape == (4, 8) and batch["stimulus_id"].dtype == torch.long
+
+
+def test_drives_carry_the_configured_long_memory():
+    """fOU drives: PSD ~ f^-(2H+1) above the corner, so a larger Hurst index gives a steeper slope."""
+    slopes = {}
+    for hurst in (0.6, 0.9):
+        cfg = SyntheticConfig(n_time=512, n_units=4, n_lfp_channels=2, hurst=hurst, modalities=("behavior",),
+                              include_drives=True)
+        ds = SyntheticNeuralDataset(n_samples=8, config=cfg, cache=False)
+        z = torch.stack([ds[i]["drives"] for i in range(8)]).double()
+        power = torch.fft.rfft(z, dim=1).abs().pow(2).mean((0, 2))
+        freqs = torch.fft.rfftfreq(512, 1 / 100.0, dtype=torch.float64)
+        band = (freqs > 2) & (freqs < 20)
+        x, y = freqs[band].log(), power[band].log()
+        slopes[hurst] = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    assert -2.6 < slopes[0.6] < -1.8 and -3.2 < slopes[0.9] < -2.1
+    assert slopes[0.9] < slopes[0.6] - 0.15
