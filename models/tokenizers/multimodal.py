@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from models.tokenizers.audio import AudioTokenizer
 from models.tokenizers.base import Tokens
