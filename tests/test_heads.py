@@ -187,3 +187,15 @@ def test_channel_view_layouts():
     assert x.shape == (2, 3, 10) and m is None and ids.shape == (2, 3)
     x, m, ids = channel_view(batch, "lfp")
     assert x.shape == (2, 4, 10) and m.shape == (2, 4) and ids is None
+
+
+def test_time_pairing_pools_the_finer_view_and_dann_schedule():
+    from models.heads import dann_schedule
+
+    head = ContrastiveHead(dim_a=D, dim_b=2, pairing="time")
+    out = head(_latents(b=2, s=6), torch.randn(2, 24, 2))  # behaviour at 4 samples per latent step
+    assert out.prediction.shape == (12, 12)
+    with pytest.raises(ValueError, match="multiple"):
+        head(_latents(b=2, s=6), torch.randn(2, 25, 2))
+    assert dann_schedule(0.0) == 0.0 and dann_schedule(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert dann_schedule(0.5, max_scale=0.5) < 0.5 and dann_schedule(2.0) == dann_schedule(1.0)

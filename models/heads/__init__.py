@@ -9,7 +9,7 @@
 
 Every head returns :class:`HeadOutput` ``(prediction, loss, metrics)``.
 """
-from models.heads.adversarial import DomainAdversarialHead, GradientReversal, grad_reverse
+from models.heads.adversarial import DomainAdversarialHead, GradientReversal, dann_schedule, grad_reverse
 from models.heads.base import TIME_MAJOR_KEYS, ChannelReadout, HeadOutput, channel_view, masked_mean
 from models.heads.behavior import BehaviorHead, r2_score
 from models.heads.contrastive import ContrastiveHead, info_nce
@@ -20,6 +20,6 @@ from models.heads.uncertainty import UncertaintyWeightedLoss
 __all__ = [
     "HeadOutput", "ChannelReadout", "channel_view", "masked_mean", "TIME_MAJOR_KEYS",
     "MaskedReconstructionHead", "ForecastHead", "CausalConv1d", "BehaviorHead", "r2_score",
-    "ContrastiveHead", "info_nce", "DomainAdversarialHead", "GradientReversal", "grad_reverse",
+    "ContrastiveHead", "info_nce", "DomainAdversarialHead", "GradientReversal", "grad_reverse", "dann_schedule",
     "UncertaintyWeightedLoss",
 ]

@@ -1,6 +1,7 @@
 """Domain-adversarial head: a species/subject classifier behind a gradient-reversal layer (DANN)."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -8,7 +9,7 @@ from torch import Tensor, nn
 
 from models.heads.base import HeadOutput
 
-__all__ = ["DomainAdversarialHead", "GradientReversal", "grad_reverse"]
+__all__ = ["DomainAdversarialHead", "GradientReversal", "grad_reverse", "dann_schedule"]
 
 
 class GradientReversal(torch.autograd.Function):
@@ -29,12 +30,22 @@ def grad_reverse(x: Tensor, scale: float = 1.0) -> Tensor:
     return GradientReversal.apply(x, scale)
 
 
+def dann_schedule(progress: float, *, gamma: float = 10.0, max_scale: float = 1.0) -> float:
+    """Reversal strength ramp of Ganin et al.: ``max_scale * (2 / (1 + exp(-gamma * p)) - 1)``.
+
+    Starts at 0 (the classifier learns first, before it pushes the encoder) and approaches
+    ``max_scale``; ``progress`` is the fraction of training done, clipped to [0, 1].
+    """
+    p = min(max(float(progress), 0.0), 1.0)
+    return max_scale * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
+
+
 class DomainAdversarialHead(nn.Module):
     """Classify the domain (species or subject) of pooled latents through gradient reversal.
 
     The classifier learns to tell domains apart while the reversed gradient pushes the encoder to
     make them indistinguishable, so the latents align across subjects/species. ``scale`` (the DANN
-    lambda) can be ramped during training by setting :attr:`scale`.
+    lambda) can be ramped during training by setting :attr:`scale` (e.g. to :func:`dann_schedule`).
 
     Parameters
     ----------

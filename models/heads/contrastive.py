@@ -37,13 +37,27 @@ def _pool(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
+def _match_steps(x: Tensor, mask: Optional[Tensor], steps: int) -> tuple[Tensor, Optional[Tensor]]:
+    """Average-pool ``x (B, T, F)`` to ``steps`` when ``T`` is a whole multiple of it (samples -> steps)."""
+    t = x.shape[1]
+    if t <= steps or t % steps:
+        return x, mask
+    k = t // steps
+    if mask is None:
+        return x.reshape(x.shape[0], steps, k, -1).mean(2), None
+    w = mask.to(x.dtype).reshape(x.shape[0], steps, k, 1)
+    pooled = (x.reshape(x.shape[0], steps, k, -1) * w).sum(2) / w.sum(2).clamp_min(1.0)
+    return pooled, w.sum(2)[..., 0] > 0
+
+
 class ContrastiveHead(nn.Module):
     """Project two views to a shared space and pull matching pairs together with InfoNCE.
 
     Views are neural latents and a second modality: behaviour ``(B, T, F)``, or a stimulus embedding
     ``(B, D_s)``. With ``pairing="sample"`` sequences are mean-pooled over time (masks respected)
     and the negatives are the other samples; ``pairing="time"`` pairs every time step of both
-    sequences (needs equal lengths; pool the finer one first) so other times act as negatives too.
+    sequences so other times act as negatives too (a view sampled ``k`` times finer, e.g. behaviour
+    at ``T = S * patch_size``, is average-pooled to the ``S`` latent steps first).
     The temperature is learned in log space, clamped to [0.01, 1] for stability.
 
     Parameters
@@ -90,9 +104,14 @@ class ContrastiveHead(nn.Module):
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"a, b: need the same batch size, got {a.shape[0]} and {b.shape[0]}")
         if self.pairing == "time":
-            if a.ndim != 3 or b.ndim != 3 or a.shape[1] != b.shape[1]:
+            if a.ndim != 3 or b.ndim != 3:
+                raise ValueError(f"a, b: pairing='time' needs (B, S, *) views, got {tuple(a.shape)} and {tuple(b.shape)}")
+            a, a_mask = _match_steps(a, a_mask, b.shape[1])
+            b, b_mask = _match_steps(b, b_mask, a.shape[1])
+            if a.shape[1] != b.shape[1]:
                 raise ValueError(
-                    f"a, b: pairing='time' needs (B, S, *) views of equal S, got {tuple(a.shape)} and {tuple(b.shape)}"
+                    f"a, b: pairing='time' needs equal lengths or one a multiple of the other, got "
+                    f"{a.shape[1]} and {b.shape[1]}"
                 )
             keep = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
             for m in (a_mask, b_mask):
