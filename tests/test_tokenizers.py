@@ -27,16 +27,32 @@ def test_spikes_shapes_and_time_index(layout):
         assert out.channel_index[0, n_patches] == 1 and out.time_index[0, n_patches] == 0
 
 
+TIME_MAJOR = {"spikes": True, "calcium": True, "fmri": True, "continuous": False}
+
+
+def _channel_tokenizer(kind, layout):
+    if kind == "spikes":
+        return SpikesTokenizer(d_model=D, patch_size=P, n_units=120, layout=layout)
+    if kind == "calcium":
+        return CalciumTokenizer(d_model=D, patch_size=P, n_neurons=120, layout=layout)
+    if kind == "fmri":
+        return FMRITokenizer(d_model=D, patch_size=P, n_rois=120, layout=layout)
+    return ContinuousTokenizer(d_model=D, patch_size=P, n_channels=120, layout=layout)
+
+
 @pytest.mark.parametrize("layout", ["channel_patch", "time_mix"])
-def test_padded_units_do_not_change_real_tokens(layout):
+@pytest.mark.parametrize("kind", ["spikes", "continuous", "calcium", "fmri"])
+def test_padded_channels_do_not_change_real_tokens(kind, layout):
     torch.manual_seed(0)
-    tok = SpikesTokenizer(d_model=D, patch_size=P, n_units=20, layout=layout).eval()
-    real = torch.poisson(torch.full((1, 16, 3), 1.0), generator=_gen(1))
-    ids = torch.tensor([[4, 7, 2]])
-    ref = tok(real, unit_ids=ids)
-    padded = torch.cat([real, torch.full((1, 16, 2), float("nan"))], dim=2)  # garbage in padding
+    tok = _channel_tokenizer(kind, layout).eval()
+    real = torch.poisson(torch.full((1, 3, 16), 1.0), generator=_gen(1)) + torch.randn(1, 3, 16, generator=_gen(4))
+    padded = torch.cat([real, torch.full((1, 2, 16), float("nan"))], dim=1)  # garbage in the padding
     mask = torch.tensor([[True, True, True, False, False]])
-    out = tok(padded, mask=mask, unit_ids=torch.tensor([[4, 7, 2, -1, 99]]))
+    ids, pad_ids = torch.tensor([[4, 7, 2]]), torch.tensor([[4, 7, 2, -1, 999]])
+    if TIME_MAJOR[kind]:
+        real, padded = real.transpose(1, 2), padded.transpose(1, 2)
+    ref = tok(real, **{_id_kw(kind): ids})
+    out = tok(padded, mask=mask, **{_id_kw(kind): pad_ids})
     assert torch.isfinite(out.tokens).all()
     if layout == "channel_patch":
         n_real = ref.tokens.shape[1]
@@ -44,6 +60,10 @@ def test_padded_units_do_not_change_real_tokens(layout):
         assert out.mask[:, :n_real].all() and not out.mask[:, n_real:].any()
     else:
         torch.testing.assert_close(out.tokens, ref.tokens)
+
+
+def _id_kw(kind):
+    return {"spikes": "unit_ids", "calcium": "neuron_ids", "fmri": "roi_ids", "continuous": "channel_ids"}[kind]
 
 
 def test_unit_identity_matters():
