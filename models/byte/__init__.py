@@ -1,0 +1,1 @@
+"""The byte-level fractal Mamba model (design seed 003): bytes in, bytes out."""

@@ -1,0 +1,61 @@
+"""LightningModule for the byte model: next-byte cross-entropy, reported in bits per byte."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from models.byte.model import FractalByteLM
+
+
+class FractalByteModule(pl.LightningModule):
+    """Wraps :class:`FractalByteLM`; logs ``train/loss``, ``val/loss`` and ``val/bpb``."""
+
+    def __init__(self, *, model: Mapping[str, Any], lr: float = 3e-3, weight_decay: float = 0.01) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = FractalByteLM(**dict(model))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids)
+
+    def _loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log_dict({"val/loss": loss, "val/bpb": loss / math.log(2)}, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+_MODEL_KEYS = ("d_model", "n_layers", "n_fractals", "depth_range", "dim_range", "seed", "drop_path", "mamba")
+
+
+def build_lightning_module(cfg: Mapping[str, Any]) -> FractalByteModule:
+    """Entry point for :mod:`models.registry` (``model.family: fractal_byte``)."""
+    m = dict(cfg.get("model", {}))
+    kwargs = {k: (tuple(m[k]) if k.endswith("_range") else m[k]) for k in _MODEL_KEYS if m.get(k) is not None}
+    if "mamba" in kwargs:
+        kwargs["mamba"] = dict(kwargs["mamba"])
+    kwargs.setdefault("seed", int(cfg.get("seed", 0)))
+    optim = cfg.get("optim", {})
+    return FractalByteModule(model=kwargs, lr=float(m.get("lr", optim.get("lr", 3e-3))),
+                             weight_decay=float(optim.get("weight_decay", 0.01)))
+
+
+def load_for_inference(checkpoint: str, map_location: str = "cpu") -> FractalByteLM:
+    """The byte model from a Lightning checkpoint written by a trial."""
+    module = FractalByteModule.load_from_checkpoint(checkpoint, map_location=map_location)
+    return module.model.eval()

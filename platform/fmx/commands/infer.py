@@ -1,0 +1,33 @@
+"""`fmx infer`: generate bytes from a byte-model checkpoint (model=fractal_byte)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("infer")
+    def infer(
+        checkpoint: Path = typer.Argument(..., help="Lightning checkpoint (.ckpt) of a fractal_byte trial"),
+        prompt: str = typer.Option("", "--prompt", "-p", help="text to continue (UTF-8)"),
+        max_bytes: int = typer.Option(200, "--max-bytes", "-n", help="bytes to generate"),
+        temperature: float = typer.Option(0.8, help="0 for greedy decoding"),
+        top_k: int = typer.Option(40, help="sample among the k most likely bytes"),
+        seed: int = typer.Option(0, help="sampling seed"),
+    ) -> None:
+        """Continue PROMPT with the byte model in CHECKPOINT and print the bytes."""
+        import torch
+
+        from models.byte.lightning import load_for_inference
+        from models.byte.model import generate
+        from models.byte.tokenizer import BOS, decode, encode
+
+        if not checkpoint.is_file():
+            raise typer.BadParameter(f"{checkpoint} is not a file; pass a .ckpt written by a fractal_byte trial")
+        model = load_for_inference(str(checkpoint))
+        ids = encode(prompt) if prompt else [BOS]
+        out = generate(model, ids, max_new=max_bytes, temperature=temperature, top_k=top_k,
+                       generator=torch.Generator().manual_seed(seed))
+        sys.stdout.buffer.write(decode(out) + b"\n")
