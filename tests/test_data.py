@@ -135,6 +135,7 @@ def _files_cfg(root, **data):
 
 
 def test_recording_windows_ids_and_padding(tmp_path):
+    (tmp_path / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\n")  # BIDS table: skipped
     recs = load_recordings(find_recordings(_write_npz_folder(tmp_path)))
     ds = RecordingWindows(recs, window=200, stride=100, key="eeg")
     assert len(ds) == 9 + 5 + 3 and ds.channel_vocab == ["Cz", "Fz", "Oz", "Pz"]
@@ -178,7 +179,7 @@ def test_files_datamodule_errors_are_named(tmp_path):
 
 @pytest.mark.realdata
 def test_files_datamodule_on_real_eeg(shared_data):
-    cfg = {"data": {"name": "files", "root": str(shared_data / "eegmat-dev"), "pattern": "sub-0[01]/**/*.edf",
+    cfg = {"data": {"name": "files", "root": str(shared_data / "eegmat-dev"), "pattern": "sub-0[01]/**/*",
                     "window": 500}, "trainer": {"batch_size": 4}}
     dm = build_datamodule(cfg)
     batch = next(iter(dm.val_dataloader()))

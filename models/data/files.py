@@ -24,17 +24,29 @@ __all__ = ["RecordingWindows", "find_recordings", "load_recordings", "subject_of
 
 log = logging.getLogger(__name__)
 _SUB = re.compile(r"sub-([A-Za-z0-9]+)")
+_BIDS_TABLES = {"participants.tsv", "samples.tsv"}
+_BIDS_SIDECARS = ("events", "channels", "electrodes", "scans", "sessions", "coordsystem", "photo")
 _FILES_KEYS = {"name", "root", "pattern", "key", "window", "stride", "val_stride", "val_fraction", "resample_hz",
                "channels", "max_files", "split_by", "batch_size", "num_workers", "seed"}
 
 
+def _is_sidecar(path: Path) -> bool:
+    """BIDS metadata tables (participants.tsv, *_events.tsv, ...) sit beside recordings but hold no signal."""
+    name = path.name.lower()
+    return name in _BIDS_TABLES or any(name.endswith(f"_{kind}.tsv") for kind in _BIDS_SIDECARS)
+
+
 def find_recordings(root: str | Path, pattern: str = "**/*") -> list[Path]:
-    """Sorted files under ``root`` matching ``pattern`` with a readable extension."""
+    """Sorted files under ``root`` matching ``pattern`` with a readable extension (BIDS tables skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data.root: {str(root)!r} is not a folder; point it at a folder of recordings")
-    paths = sorted(p for p in root.glob(pattern) if p.is_file() and
-                   (p.suffix.lower() in SUPPORTED_EXTENSIONS or p.name.lower().endswith(".fif.gz")))
+    matched = [p for p in root.glob(pattern) if p.is_file() and
+               (p.suffix.lower() in SUPPORTED_EXTENSIONS or p.name.lower().endswith(".fif.gz"))]
+    sidecars = [p for p in matched if _is_sidecar(p)]
+    if sidecars:
+        log.info("skipping %d BIDS metadata table(s), e.g. %s", len(sidecars), sidecars[0].name)
+    paths = sorted(p for p in matched if not _is_sidecar(p))
     if not paths:
         raise ValueError(
             f"data.root: no recordings matching {pattern!r} under {str(root)!r} (extensions: {SUPPORTED_EXTENSIONS})"
