@@ -1,0 +1,209 @@
+"""fractals.regularizers: gradients, agreement with fractals.metrics, descent to target, zero cost when off."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import fractals.regularizers as reg
+from fractals import metrics as fm
+from fractals.regularizers import (
+    FractalPriors,
+    l_graph_fd,
+    l_multifractal,
+    l_spec_1overf,
+    latent_beta,
+    latent_tau,
+    soft_graph_dimension,
+)
+from fractals.stimuli import one_over_f_noise
+
+CONF = Path(__file__).resolve().parents[1] / "platform" / "fmx" / "conf" / "fractals" / "default.yaml"
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small tensors: on a shared 2-core runner intra-op threads cost far more than they save.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def _small(seed=0, shape=(2, 64, 5)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_(True)
+
+
+# ---------------------------------------------------------------- gradients
+def test_gradcheck_spectral_prior():
+    x = _small()
+    assert torch.autograd.gradcheck(lambda z: l_spec_1overf(z, 100.0, (2.0, 45.0), 1.0, 0.5, nperseg=32), (x,), fast_mode=True)
+
+
+def test_gradcheck_multifractal_prior_with_target():
+    x = _small(1)
+    assert torch.autograd.gradcheck(
+        lambda z: l_multifractal(z, [-3, -1, 0, 2], [4, 8, 16], 0.5, tau_target=[-3.0, -1.5, -1.0, 0.2]), (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("target", [1.5, None])
+def test_gradcheck_graph_prior(target):
+    x = _small(2, (3, 48, 6))
+    assert torch.autograd.gradcheck(
+        lambda z: l_graph_fd(z, [1, 2, 3], 0.1, target, 0.5, temperature=0.2), (x,), fast_mode=True)
+
+
+# ---------------------------------------------------------------- agreement with the metrics
+def test_latent_beta_matches_metrics_on_pink_noise():
+    x = one_over_f_noise(2048, 1.0, fs=500.0, batch_shape=(2, 3), generator=torch.Generator().manual_seed(0))
+    mine = latent_beta(x, 500.0, (2.0, 100.0), time_dim=-1, nperseg=512)
+    ref = fm.spectral_beta(x, 500.0, (2.0, 100.0), exclude_peaks=False)
+    assert mine.shape == (2, 3)
+    assert float((mine - ref).abs().max()) < 0.1
+    assert float(mine.mean()) == pytest.approx(1.0, abs=0.1)
+
+
+def test_latent_beta_ignores_an_oscillatory_peak():
+    g = torch.Generator().manual_seed(1)
+    x = one_over_f_noise(4096, 1.0, fs=500.0, peaks=[(10.0, 1.5, 20.0)], batch_shape=(4,), generator=g)
+    with_mask = latent_beta(x, 500.0, (2.0, 100.0), time_dim=-1, exclude_peaks=True)
+    without = latent_beta(x, 500.0, (2.0, 100.0), time_dim=-1)
+    assert float((with_mask - 1.0).abs().mean()) < float((without - 1.0).abs().mean())
+    assert float(with_mask.mean()) == pytest.approx(1.0, abs=0.15)
+
+
+def test_latent_tau_matches_mfdfa():
+    x = one_over_f_noise(2048, 0.6, batch_shape=(3,), generator=torch.Generator().manual_seed(2))
+    q, scales = [-5, -3, -1, 0, 1, 3, 5], [16, 32, 64, 128, 256]
+    mine = latent_tau(x, q, scales, time_dim=-1)
+    ref = fm.multifractal_spectrum(x, q, scales)["tau"]
+    assert torch.allclose(mine, ref, atol=1e-6)
+
+
+def _ring_latents(c=24, t=4000, seed=0):
+    # channel i = s_i + s_{i+1}: neighbours correlate at 0.5, others near 0, a ring graph at |r| > 0.3.
+    s = torch.randn(t, c, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (s + s.roll(-1, dims=1))[None]
+
+
+def _hard_cluster_dimension(adj: np.ndarray, eps) -> float:
+    n = adj.shape[0]
+    hop = adj + np.eye(n)
+    reach, masses = np.eye(n), []
+    for l in range(1, max(eps) + 1):
+        reach = (reach @ hop > 0).astype(float)
+        if l in eps:
+            masses.append(reach.sum(1).mean())
+    return float(np.polyfit(np.log(eps), np.log(masses), 1)[0])
+
+
+def test_soft_graph_dimension_equals_hard_cluster_growing_on_a_ring():
+    x = _ring_latents()
+    eps = [1, 2, 3, 4, 5, 6]
+    soft = float(soft_graph_dimension(x, eps, 0.3, sharpness=20.0)[0])
+    corr = np.corrcoef(x[0].T.numpy())
+    adj = ((np.abs(corr) > 0.3) & ~np.eye(24, dtype=bool)).astype(float)
+    assert adj.sum(1).tolist() == [2.0] * 24  # the construction gives a ring
+    hard = _hard_cluster_dimension(adj, eps)
+    assert soft == pytest.approx(hard, abs=0.02)
+    assert hard == pytest.approx(np.polyfit(np.log(eps), np.log([2 * e + 1 for e in eps]), 1)[0], abs=1e-9)
+    # Box covering of the same ring gives D = 1; the surrogate is biased low by the +1 of M = 2l + 1.
+    box = float(torch.as_tensor(fm.graph_fractal_dim(torch.as_tensor(adj), eps)))
+    assert 0.75 < soft < box + 0.1
+
+
+def test_soft_graph_dimension_grows_with_lattice_dimension():
+    g = torch.Generator().manual_seed(3)
+    side, t = 8, 3000
+    s = torch.randn(t, side, side, generator=g, dtype=torch.float64)
+    torus = (s + s.roll(-1, 1) + s.roll(-1, 2)).reshape(1, t, side * side)  # 2-D grid-like links
+    d_ring = float(soft_graph_dimension(_ring_latents(64), [1, 2, 3], 0.3)[0])
+    d_torus = float(soft_graph_dimension(torus, [1, 2, 3], 0.3)[0])
+    assert d_torus > d_ring + 0.5
+
+
+# ---------------------------------------------------------------- optimisation
+def test_descent_brings_white_noise_beta_to_target():
+    torch.manual_seed(0)
+    z = torch.randn(2, 512, 3).requires_grad_(True)
+    before = float(latent_beta(z.detach(), 1000.0, (2.0, 80.0)).mean())
+    opt = torch.optim.Adam([z], lr=0.05)
+    for _ in range(40):
+        opt.zero_grad()
+        l_spec_1overf(z, 1000.0, (2.0, 80.0), 1.0, 1.0).backward()
+        opt.step()
+    after = fm.spectral_beta(z.detach().transpose(1, 2), 1000.0, (2.0, 80.0), exclude_peaks=False)
+    assert abs(before) < 0.2
+    assert float((after - 1.0).abs().max()) < 0.15
+
+
+def test_graph_variance_prior_is_zero_for_one_sample():
+    assert float(l_graph_fd(_ring_latents(), [1, 2, 3], 0.3, None, 1.0)) == 0.0
+
+
+# ---------------------------------------------------------------- zero cost when off
+@pytest.fixture
+def forbid_compute(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("prior computed although its weight is zero")
+
+    for name in ("latent_beta", "latent_tau", "soft_graph_dimension"):
+        monkeypatch.setattr(reg, name, boom)
+
+
+def test_zero_weight_returns_zero_without_compute(forbid_compute):
+    x = torch.randn(2, 64, 3)
+    for value in (l_spec_1overf(x, 100.0, (2, 40), 1.0, 0.0), l_multifractal(x, [-1, 0, 1], [4, 8], 0.0),
+                  l_graph_fd(x, [1, 2], 0.3, None, 0.0)):
+        assert value.shape == () and float(value) == 0.0
+    priors = FractalPriors(lambda_spec=0.0, lambda_mf=0.0, lambda_graphfd=0.0)
+    total, parts = priors(x)
+    assert float(total) == 0.0 and set(parts) == {"spec", "mf", "graphfd"}
+    off_total, _ = FractalPriors(enable=False)(x)
+    warm_total, _ = FractalPriors(warmup_steps=10)(x, step=3)
+    assert float(off_total) == 0.0 and float(warm_total) == 0.0
+
+
+def test_negative_weight_rejected():
+    with pytest.raises(ValueError, match="weight"):
+        l_spec_1overf(torch.randn(1, 64, 2), 100.0, (2, 40), 1.0, -1.0)
+
+
+# ---------------------------------------------------------------- module and config
+def test_from_config_reads_the_default_yaml():
+    cfg = yaml.safe_load(CONF.read_text())
+    priors = FractalPriors.from_config(cfg, fs=250.0)
+    assert priors.lambda_spec == cfg["priors"]["lambda_spec"]
+    assert priors.lambda_mf == cfg["priors"]["lambda_mf"]
+    assert priors.lambda_graphfd == cfg["priors"]["lambda_graphfd"]
+    assert priors.warmup_steps == cfg["priors"]["warmup_steps"]
+    assert priors.band == tuple(cfg["metrics"]["temporal"]["psd_freq_band"])
+    assert priors.eps_values == cfg["metrics"]["graph"]["box_eps"] and priors.fs == 250.0
+    with pytest.raises(ValueError, match="lambda_spek"):
+        FractalPriors.from_config({"priors": {"lambda_spek": 1.0}})
+
+
+def test_forward_parts_sum_and_layout():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 512, 8, generator=g).requires_grad_(True)
+    priors = FractalPriors(warmup_steps=2, fs=250.0, band=(2.0, 60.0), scales=(8, 16, 32, 64), eps_values=(1, 2, 3),
+                           corr_threshold=0.05)
+    total, parts = priors(x, step=5)
+    assert torch.allclose(total, parts["spec"] + parts["mf"] + parts["graphfd"])
+    assert all(float(v.detach()) > 0 for v in parts.values())
+    total.backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
+    # The same latents with time last give the same loss when told so.
+    t_last = FractalPriors(warmup_steps=2, fs=250.0, band=(2.0, 60.0), scales=(8, 16, 32, 64), eps_values=(1, 2, 3),
+                           corr_threshold=0.05, time_dim=-1)
+    total2, _ = t_last(x.detach().transpose(1, 2), step=5)
+    assert float(total2) == pytest.approx(float(total), rel=1e-5)
+
+
+def test_band_error_names_the_time_axis():
+    with pytest.raises(ValueError, match="time_dim"):
+        latent_beta(torch.randn(2, 16, 300), 1000.0, (2.0, 80.0))
