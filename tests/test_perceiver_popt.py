@@ -151,3 +151,27 @@ def test_tokenizers_perceiver_popt_heads_on_cuda_bf16():
     (out.loss + pooled.float().pow(2).mean()).backward()
     assert lat.shape == (2, 8, D) and pooled.shape == (2, 2, D) and torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
+
+
+def test_padded_units_do_not_change_latents_end_to_end():
+    from models.tokenizers import MultimodalTokenizer
+
+    torch.manual_seed(0)
+    mm = MultimodalTokenizer(d_model=D, patch_size=4, modalities={"spikes": {"n_units": 16}, "lfp": {"n_channels": 8}}).eval()
+    enc = PerceiverIOEncoder(d_model=D, n_heads=2, n_self_layers=1).eval()
+    popt = PopT(d_model=D, n_summary_tokens=2, n_heads=2).eval()
+    spikes, lfp = torch.poisson(torch.full((1, 24, 3), 0.5)), torch.randn(1, 2, 24)
+
+    def run(batch):
+        tok = mm(batch)
+        summ, smask = channel_summaries(tok)
+        return enc(tok.tokens, mask=tok.mask, time_index=tok.time_index, n_time=6).latents, popt(summ, mask=smask)
+
+    ref_lat, ref_pop = run({"spikes": spikes, "lfp": lfp})
+    padded = {"spikes": torch.cat([spikes, torch.full((1, 24, 2), 7.0)], 2),
+              "spikes_mask": torch.tensor([[True, True, True, False, False]]),
+              "unit_ids": torch.tensor([[0, 1, 2, 9, 9]]),
+              "lfp": torch.cat([lfp, torch.randn(1, 1, 24) * 50], 1), "lfp_mask": torch.tensor([[True, True, False]])}
+    lat, pop = run(padded)
+    torch.testing.assert_close(lat, ref_lat, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pop, ref_pop, atol=1e-5, rtol=1e-5)
