@@ -112,6 +112,8 @@ def test_bad_config_is_named():
         build_datamodule(_cfg(n_unitz=3))
     with pytest.raises(ValueError, match="data.modalities"):
         build_datamodule(_cfg(modalities=["eeg"]))
+    with pytest.raises(ValueError, match="data.n_val"):
+        build_datamodule(_cfg(n_val=0))
     with pytest.raises(ValueError, match="data.name"):
         build_datamodule({"data": {"name": "nope"}})
 

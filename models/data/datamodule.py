@@ -91,6 +91,9 @@ def _synthetic(cfg: Mapping[str, Any]) -> NeuroDataModule:
         data["seed"] = int(cfg.get("seed", 0) or 0)
     gen = SyntheticConfig.from_mapping(data)
     n_train, n_val, n_test = (int(data.get(k, d)) for k, d in (("n_train", 64), ("n_val", 16), ("n_test", 0)))
+    for name, value, least in (("n_train", n_train, 1), ("n_val", n_val, 1), ("n_test", n_test, 0)):
+        if value < least:
+            raise ValueError(f"data.{name}: needs >= {least} samples, got {value}")
     train = SyntheticNeuralDataset(n_samples=n_train, split="train", config=gen)
     val = SyntheticNeuralDataset(n_samples=n_val, split="val", config=gen)
     test = SyntheticNeuralDataset(n_samples=n_test, split="test", config=gen) if n_test > 0 else None
