@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from models.heads.base import HeadOutput
+from models.tokenizers.base import value_range
 
 __all__ = ["DomainAdversarialHead", "GradientReversal", "grad_reverse", "dann_schedule"]
 
@@ -88,11 +89,10 @@ class DomainAdversarialHead(nn.Module):
         target = target.long().reshape(-1)
         if target.shape[0] != pooled.shape[0]:
             raise ValueError(f"target: needs shape (B,) = ({pooled.shape[0]},), got {tuple(target.shape)}")
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.n_domains):
-            raise ValueError(
-                f"target: domain labels must lie in [0, {self.n_domains}), got [{int(target.min())}, "
-                f"{int(target.max())}]; raise n_domains"
-            )
+        if target.numel():
+            lo, hi = value_range(target)
+            if lo < 0 or hi >= self.n_domains:
+                raise ValueError(f"target: domain labels must lie in [0, {self.n_domains}), got [{lo}, {hi}]; raise n_domains")
         logits = self.classifier(grad_reverse(pooled, self.scale))
         loss = nn.functional.cross_entropy(logits, target)
         acc = (logits.detach().argmax(-1) == target).float().mean()

@@ -13,6 +13,8 @@ from typing import Any, Mapping, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from models.tokenizers.base import value_range
+
 __all__ = ["HeadOutput", "ChannelReadout", "channel_view", "masked_mean", "TIME_MAJOR_KEYS", "check_latents"]
 
 # Batch keys stored (B, T, C); every other channel modality is (B, C, T). See models.data.batch.
@@ -82,11 +84,13 @@ class ChannelReadout(nn.Module):
         channel_ids = channel_ids.long()
         if channel_mask is not None:
             channel_ids = torch.where(channel_mask.bool(), channel_ids, torch.zeros_like(channel_ids))
-        if channel_ids.numel() and (int(channel_ids.max()) >= self.n_channel_ids or int(channel_ids.min()) < 0):
-            raise ValueError(
-                f"channel_ids: must lie in [0, {self.n_channel_ids}), got [{int(channel_ids.min())}, "
-                f"{int(channel_ids.max())}]; raise n_channel_ids in the head config"
-            )
+        if channel_ids.numel():
+            lo, hi = value_range(channel_ids)
+            if lo < 0 or hi >= self.n_channel_ids:
+                raise ValueError(
+                    f"channel_ids: must lie in [0, {self.n_channel_ids}), got [{lo}, {hi}]; "
+                    "raise n_channel_ids in the head config"
+                )
         h = self.proj(latents).view(b, s, self.patch_size, self.embed_dim)
         y = torch.einsum("bspe,bce->bcsp", h, self.channel_embedding(channel_ids))
         return y.reshape(b, y.shape[1], s * self.patch_size) + self.channel_bias(channel_ids)

@@ -29,6 +29,7 @@ __all__ = [
     "zscore_channels",
     "patchify",
     "check_channel_input",
+    "value_range",
     "LAYOUTS",
     "NORMALIZATIONS",
 ]
@@ -102,6 +103,12 @@ def patchify(x: Tensor, patch_size: int) -> Tensor:
     if n * patch_size != t:
         x = nn.functional.pad(x, (0, n * patch_size - t))
     return x.reshape(*x.shape[:-1], n, patch_size)
+
+
+def value_range(t: Tensor) -> tuple[int, int]:
+    """``(min, max)`` of an integer tensor with one device sync (for id range checks)."""
+    lo, hi = torch.aminmax(t)
+    return int(lo), int(hi)
 
 
 def check_channel_input(x: Tensor, mask: Optional[Tensor], ids: Optional[Tensor], name: str) -> None:
@@ -187,11 +194,13 @@ class ChannelPatchTokenizer(nn.Module):
         if ids is None:
             ids = torch.arange(c, device=mask.device).expand(b, c)
         ids = torch.where(mask, ids.long(), torch.zeros((), dtype=torch.long, device=mask.device))
-        if ids.numel() and (int(ids.max()) >= self.n_channel_ids or int(ids.min()) < 0):
-            raise ValueError(
-                f"{name}: channel/unit ids must lie in [0, {self.n_channel_ids}), got range "
-                f"[{int(ids.min())}, {int(ids.max())}]; raise n_channel_ids in the tokenizer config"
-            )
+        if ids.numel():
+            lo, hi = value_range(ids)
+            if lo < 0 or hi >= self.n_channel_ids:
+                raise ValueError(
+                    f"{name}: channel/unit ids must lie in [0, {self.n_channel_ids}), got range [{lo}, {hi}]; "
+                    "raise n_channel_ids in the tokenizer config"
+                )
         return ids
 
     def forward(

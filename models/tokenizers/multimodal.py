@@ -118,7 +118,7 @@ class MultimodalTokenizer(nn.Module):
             m = self.keys.index(key)
             emb = self.modality_embedding.weight[m]
             chan = out.channel_index
-            n_chan = int(chan.max()) + 1 if chan.numel() and bool((chan >= 0).any()) else 0
+            n_chan = int(chan.max().clamp_min(-1)) + 1 if chan.numel() else 0  # 0 for channel-mixing tokens
             chan = torch.where(chan >= 0, chan + offset, chan)
             offset += n_chan
             parts.append(Tokens(out.tokens + emb, out.mask, out.time_index, chan, torch.full_like(chan, m)))
