@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fractals._checks import to_input_kind
-from fractals.temporal import _as_windows, _check_int_arg, _prepare, _slope_weights, default_windows
+from fractals.temporal import _as_windows, _check_int_arg, _prepare, _slope_weights, default_windows, map_rows
 
 __all__ = ["dfa_alpha", "hurst_from_dfa", "multifractal_spectrum", "fluctuation_functions"]
 
@@ -177,6 +177,10 @@ def fluctuation_functions(x, q_vals=(2.0,), scales=None, order: int = 1, both_di
 
 
 def _log_fq_all(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool) -> torch.Tensor:
+    return map_rows(lambda rows: _log_fq_rows(rows, q, scales, order, both), t)
+
+
+def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool) -> torch.Tensor:
     profile, prefix = _profile(t)
     cols = []
     for s in scales:
