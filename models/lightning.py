@@ -125,7 +125,8 @@ class NeuroFMxModule(pl.LightningModule):
         if self.priors is None or self.global_step < self.prior_warmup:
             return None, {}
         # Warmup is handled here (step=None): the priors are not even computed before it.
-        return self.priors(out["latents"]["ssm"], fs=self.latent_rate(batch))
+        # float32: the priors' FFTs do not run in bf16, and their log-log fits need the precision.
+        return self.priors(out["latents"]["ssm"].float(), fs=self.latent_rate(batch))
 
     def training_step(self, batch, batch_idx):
         out = self(batch)

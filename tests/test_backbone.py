@@ -205,3 +205,12 @@ def test_wavelet_scattering_encoding():
     enc = WaveletScatteringEncoding(d_model=16, seq_len=64, J=2)
     x = torch.randn(2, 64, 16)
     torch.testing.assert_close(enc(x), x)
+
+
+def test_portable_scan_runs_in_float32_under_autocast():
+    x, dt, A, B, C = (t.float() for t in _ssd_inputs(l=24))
+    ref, _ = ssd_chunked(x, dt, A, B, C, chunk_size=8)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        y, state = ssd_chunked(x, dt, A, B, C, chunk_size=8)
+    assert state.dtype == torch.float32
+    torch.testing.assert_close(y, ref)

@@ -95,6 +95,13 @@ def ssd_chunked(
     _check_inputs(x, dt, A, B, C)
     if chunk_size < 1:
         raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+    # Under autocast the einsums would drop back to bf16/fp16 and the exp(segsum) decays lose their
+    # precision: run the scan in float32 (float64 stays float64) and cast the output back.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_states=initial_states)
+
+
+def _ssd_chunked(x, dt, A, B, C, *, chunk_size, D, initial_states):
     out_dtype = x.dtype
     # The decays are exponentials of sums: accumulate in at least float32 whatever the input dtype.
     work = torch.float64 if x.dtype == torch.float64 else torch.float32

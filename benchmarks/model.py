@@ -1,0 +1,271 @@
+"""NeuroFMx model benchmarks: SSD throughput, step time with priors on/off, and the training acceptance.
+
+Three measurements (``--only`` picks some):
+
+``ssd``
+    Tokens/s of one Mamba-2 block, forward + backward: portable chunked SSD (eager and
+    ``torch.compile``) against the fused ``mamba_ssm`` kernels when they import. GPU target:
+    ``--device cuda`` -> d_model 512, 16 x 4096 tokens, bf16 autocast.
+``step``
+    Training step time of a NeuroFMx preset (``small`` on GPU) with fractal priors on and off.
+``acceptance``
+    Design-doc acceptance (section 14): with ``lambda_spec = 0.05`` the latent beta converges into
+    [0.8, 1.2] while the validation task loss stays within 1 % of the no-prior baseline, on the
+    synthetic dataset (same seed, same steps).
+
+``--quick`` shrinks everything for a CPU run in a few minutes (d_model 128, 2 x 1024 tokens, tiny
+preset, fewer steps). Results print as a table; ``--out results.json`` also writes them (atomically).
+
+GPU commands (run on a CUDA machine)::
+
+    python benchmarks/model.py --device cuda                     # all three, full size
+    python benchmarks/model.py --device cuda --only ssd --compile
+    python benchmarks/model.py --device cpu --quick              # what docs/benchmarks.md records
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models.backbones import Mamba2, mamba_kernels_available  # noqa: E402
+
+CONF = REPO / "platform" / "fmx" / "conf"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+# ----------------------------------------------------------------------------- SSD throughput
+def bench_ssd(args) -> list[dict]:
+    d_model, batch, seqlen = (128, 2, 1024) if args.quick else (512, 16, 4096)
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    rows = []
+    paths = ["portable"] + (["fused"] if args.device.startswith("cuda") and mamba_kernels_available() else [])
+    for path in paths:
+        for compiled in ([False, True] if args.compile else [False]):
+            if compiled and path == "fused":
+                continue  # the fused path is already Triton kernels
+            torch.manual_seed(0)
+            block = Mamba2(d_model=d_model, d_state=64, headdim=64, kernels=path,
+                           chunk_size=64 if args.device == "cpu" else 256).to(args.device)
+            fwd = torch.compile(block) if compiled else block
+            u = torch.randn(batch, seqlen, d_model, device=args.device, requires_grad=True)
+
+            def step():
+                with torch.autocast(device_type=args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+                    y = fwd(u)
+                y.float().square().mean().backward()
+
+            try:
+                sec = _time(step, args.device, repeats=args.repeats)
+            except Exception as exc:  # noqa: BLE001 - report, keep benchmarking the others
+                rows.append({"bench": "ssd", "path": path, "compiled": compiled, "error": f"{type(exc).__name__}: {exc}"[:200]})
+                continue
+            rows.append({"bench": "ssd", "path": path, "compiled": compiled, "d_model": d_model,
+                         "tokens": batch * seqlen, "dtype": str(dtype).replace("torch.", ""),
+                         "ms_per_step": round(sec * 1e3, 2), "tokens_per_s": round(batch * seqlen / sec)})
+    if args.device.startswith("cuda"):
+        try:
+            from mamba_ssm.modules.mamba2 import Mamba2 as RefMamba2
+
+            ref = RefMamba2(d_model=d_model, d_state=64, headdim=64).to(args.device)
+            u = torch.randn(batch, seqlen, d_model, device=args.device, requires_grad=True)
+
+            def ref_step():
+                with torch.autocast(device_type="cuda", dtype=dtype):
+                    y = ref(u)
+                y.float().square().mean().backward()
+
+            sec = _time(ref_step, args.device, repeats=args.repeats)
+            rows.append({"bench": "ssd", "path": "mamba_ssm.Mamba2 (mem-eff)", "compiled": False, "d_model": d_model,
+                         "tokens": batch * seqlen, "dtype": "bfloat16", "ms_per_step": round(sec * 1e3, 2),
+                         "tokens_per_s": round(batch * seqlen / sec)})
+        except Exception as exc:  # noqa: BLE001
+            rows.append({"bench": "ssd", "path": "mamba_ssm.Mamba2", "error": f"{type(exc).__name__}: {exc}"[:200]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- configs
+def composed(preset: str, *, quick: bool, device: str) -> dict:
+    root = yaml.safe_load((CONF / "config.yaml").read_text())
+    root.pop("defaults")
+    cfg = {**root,
+           "model": yaml.safe_load((CONF / "model" / f"{preset}.yaml").read_text()),
+           "data": yaml.safe_load((CONF / "data" / "synthetic.yaml").read_text()),
+           "fractals": yaml.safe_load((CONF / "fractals" / "default.yaml").read_text()),
+           "trainer": yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())}
+    if preset != "tiny":
+        # The synthetic data carries spikes, lfp and behaviour: size the heads to it.
+        n_units = cfg["data"]["n_units"] * cfg["data"]["n_subjects"]
+        cfg["model"]["tokenizers"] = {"spikes": {"n_units": n_units, "layout": "channel_patch"},
+                                      "lfp": {"n_channels": 16, "layout": "channel_patch"}}
+        heads = cfg["model"]["heads"]
+        heads["forecast"]["keys"] = heads["reconstruction"]["keys"] = ["spikes", "lfp"]
+        heads["behavior"]["n_features"] = heads["contrastive"]["dim_b"] = cfg["data"]["n_behavior"]
+        heads["adversarial"]["n_domains"] = cfg["data"]["n_subjects"]
+    return cfg
+
+
+def _batch(cfg: dict, device: str, n: int):
+    from models.data.batch import collate_batch
+    from models.data.synthetic import SyntheticConfig, SyntheticNeuralDataset
+
+    known = {f for f in SyntheticConfig.__dataclass_fields__}
+    gen = {k: v for k, v in cfg["data"].items() if k in known}
+    gen["seed"] = cfg.get("seed", 0) if gen.get("seed") is None else gen["seed"]
+    ds = SyntheticNeuralDataset(n_samples=n, config=gen)
+    batch = collate_batch([ds[i] for i in range(n)])
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- step time
+def bench_step(args) -> list[dict]:
+    from models.lightning import NeuroFMxModule
+
+    preset, batch_size = ("tiny", 8) if args.quick else ("small", 16)
+    rows = []
+    for priors_on in (False, True):
+        cfg = composed(preset, quick=args.quick, device=args.device)
+        cfg["data"]["n_time"] = 256 if args.quick else 1024
+        cfg["fractals"]["enable"] = priors_on
+        cfg["fractals"]["priors"]["warmup_steps"] = 0
+        torch.manual_seed(0)
+        module = NeuroFMxModule(cfg).to(args.device)
+        batch = _batch(cfg, args.device, batch_size)
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+        dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+
+        def step():
+            with torch.autocast(device_type=args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+                out = module(batch)
+                prior, _ = module._prior_loss(out, batch)
+                loss = out["loss"] if prior is None else out["loss"] + prior
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        sec = _time(step, args.device, repeats=args.repeats)
+        rows.append({"bench": "step", "preset": preset, "priors": priors_on, "batch": batch_size,
+                     "n_time": cfg["data"]["n_time"], "ms_per_step": round(sec * 1e3, 1)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- acceptance
+def _val_stats(module, loader, device) -> tuple[float, float]:
+    from models.callbacks import latent_measures
+
+    module.eval()
+    losses, betas = [], []
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            out = module(batch)
+            losses.append(float(sum(out["losses"].values())))
+            m = latent_measures(out["latents"]["ssm"].float(), fs=module.latent_rate(batch),
+                                cfg_fractals=module.fractals_cfg)
+            betas.append(float(m["beta"].mean()))
+    module.train()
+    return sum(losses) / len(losses), sum(betas) / len(betas)
+
+
+def bench_acceptance(args) -> list[dict]:
+    import pytorch_lightning as pl
+
+    from models.data.datamodule import build_datamodule
+    from models.lightning import NeuroFMxModule
+
+    preset = "tiny" if args.quick else "small"
+    steps = args.acceptance_steps or (300 if args.quick else 3000)
+    rows = []
+    for lam in (0.0, 0.05):
+        cfg = composed(preset, quick=args.quick, device=args.device)
+        cfg["data"].update(n_train=256 if args.quick else 4096, n_val=32 if args.quick else 256)
+        cfg["trainer"]["batch_size"] = 16
+        cfg["fractals"]["enable"] = lam > 0
+        cfg["fractals"]["priors"].update(lambda_spec=lam, lambda_mf=0.0, lambda_graphfd=0.0,
+                                         warmup_steps=steps // 5)
+        cfg["optim"] = dict(cfg["optim"], lr=1e-3 if args.quick else 3e-4)
+        pl.seed_everything(0, verbose=False)
+        module = NeuroFMxModule(cfg)
+        dm = build_datamodule(cfg)
+        trainer = pl.Trainer(max_steps=steps, accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+                             devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                             precision="bf16-mixed" if args.device.startswith("cuda") else "32-true")
+        module.configure_callbacks = lambda: []  # time the training only
+        t0 = time.perf_counter()
+        trainer.fit(module, datamodule=dm)
+        fit_s = time.perf_counter() - t0
+        dm.setup("validate")
+        val_loss, beta = _val_stats(module.to(args.device), dm.val_dataloader(), args.device)
+        rows.append({"bench": "acceptance", "preset": preset, "lambda_spec": lam, "steps": steps,
+                     "val_task_loss": round(val_loss, 4), "latent_beta": round(beta, 3), "fit_s": round(fit_s, 1)})
+    base, prior = rows
+    rows.append({"bench": "acceptance", "verdict": {
+        "beta_in_0.8_1.2": 0.8 <= prior["latent_beta"] <= 1.2,
+        "task_loss_ratio": round(prior["val_task_loss"] / base["val_task_loss"], 4),
+        "task_loss_within_1pct": prior["val_task_loss"] <= 1.01 * base["val_task_loss"]}})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="CPU-sized run (minutes)")
+    parser.add_argument("--only", nargs="*", choices=("ssd", "step", "acceptance"), default=None)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the portable path")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--acceptance-steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    which = args.only or ["ssd", "step", "acceptance"]
+    benches = {"ssd": bench_ssd, "step": bench_step, "acceptance": bench_acceptance}
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{torch.get_num_threads()}"
+    print(f"# NeuroFMx model benchmarks on {device_name}, torch {torch.__version__}, quick={args.quick}")
+    rows = []
+    for name in which:
+        t0 = time.perf_counter()
+        got = benches[name](args)
+        for r in got:
+            print(json.dumps(r))
+        print(f"# {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        rows += got
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"device": device_name, "quick": args.quick, "rows": rows}, fh, indent=2)
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
