@@ -75,9 +75,17 @@ def _slope_weights(log_x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- Higuchi
+_WEIGHT_CACHE: dict = {}
+
+
 def _higuchi_weights(n: int, kmax: int, dtype, device) -> list[torch.Tensor]:
-    """Per-index weights (T - 1) / (k^3 N_m), m = i mod k, for every lag k (built once per call)."""
-    out = []
+    """Per-index weights (T - 1) / (k^3 N_m), m = i mod k, for every lag k (cached per shape)."""
+    key = (n, kmax, dtype, str(device))
+    if key in _WEIGHT_CACHE:
+        return _WEIGHT_CACHE[key]
+    if len(_WEIGHT_CACHE) > 64:
+        _WEIGHT_CACHE.clear()
+    out = _WEIGHT_CACHE[key] = []
     for k in range(1, kmax + 1):
         offsets = np.arange(n - k) % k
         n_max = (n - 1 - offsets) // k

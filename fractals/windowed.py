@@ -27,6 +27,7 @@ __all__ = [
 
 WINDOW_SIZE = 1024  # design config fractals.metrics.window_size
 HOP_SIZE = 256  # design config fractals.metrics.hop_size
+FRAME_BLOCK_BYTES = 8 << 20  # CPU: frames handed to one metric call
 
 
 def _metric_by_name(name: str) -> Callable:
@@ -90,8 +91,19 @@ def windowed(metric: Union[Callable, str], x, window_size: int, hop_size: int, *
     n = t.shape[-1]
     if window_size > n:
         raise ValueError(f"window_size: {window_size} exceeds the series length T={n}; needs window_size <= T")
-    frames = t.unfold(-1, window_size, hop_size)  # (..., n_windows, W), a view
-    return to_input_kind(fn(frames, **kwargs), was_numpy)
+    n_windows = (n - window_size) // hop_size + 1
+    lead = t.shape[:-1]
+    rows = int(np.prod(lead)) if lead else 1
+    # Metrics copy non-contiguous frames into (rows, W) blocks; on CPU bound that copy by feeding
+    # series in groups (~8 MB of frames each). On CUDA one call covers the whole batch.
+    per = max(1, FRAME_BLOCK_BYTES // max(1, n_windows * window_size * t.element_size()))
+    if t.device.type != "cpu" or rows <= per:
+        out = fn(t.unfold(-1, window_size, hop_size), **kwargs)  # (..., n_windows, W) view in
+    else:
+        flat = t.reshape(rows, n)
+        out = torch.cat([fn(b.unfold(-1, window_size, hop_size), **kwargs) for b in flat.split(per)], 0)
+        out = out.reshape(*lead, *out.shape[1:])
+    return to_input_kind(out, was_numpy)
 
 
 def windowed_higuchi_fd(x, window_size: int = WINDOW_SIZE, hop_size: int = HOP_SIZE, **kwargs):

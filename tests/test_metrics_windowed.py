@@ -42,6 +42,14 @@ def test_each_window_equals_the_plain_metric(wrapped, plain):
         torch.testing.assert_close(out[..., i], plain(X[..., i * 192 : i * 192 + 512]))
 
 
+def test_cpu_blocks_give_the_same_numbers(monkeypatch):
+    import fractals.windowed as fw
+
+    whole = windowed_dfa_alpha(X, 512, 128)
+    monkeypatch.setattr(fw, "FRAME_BLOCK_BYTES", 1)  # one series per block
+    torch.testing.assert_close(windowed_dfa_alpha(X, 512, 128), whole)
+
+
 def test_default_sizes_are_the_design_config():
     out = windowed_higuchi_fd(X)  # 1024 / 256
     assert out.shape == (2, 3, (2048 - 1024) // 256 + 1)
