@@ -1,0 +1,340 @@
+"""Interpretability probes: latent fractal summaries, attention-FD coupling, scale ablation, FC graphs.
+
+- :func:`latent_fd_probe` summarises Higuchi FD, 1/f slope, Hurst H and multifractal width of one
+  or several latent tensors (per layer) for logging.
+- :func:`attention_fd_coupling` correlates the attention each key receives with that key's FD,
+  per layer and head.
+- :func:`causal_scale_ablation` removes one end of the spectrum inside a band (FFT mask), the
+  intervention for "which scales does the model rely on".
+- :func:`fc_fd_probe` builds per-sample functional-connectivity graphs of latent channels and
+  relates their graph FD to labels.
+
+Probes run under ``torch.no_grad`` and never change their inputs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from fractals._checks import as_tensor, check_finite, check_positive, to_input_kind
+
+__all__ = ["latent_fd_probe", "attention_fd_coupling", "causal_scale_ablation", "fc_fd_probe", "ablation_mask"]
+
+
+def _metrics_cfg(cfg: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"cfg: needs a mapping (the fractals config block), got {type(cfg).__name__}")
+    return cfg.get("metrics", cfg) or {}
+
+
+@torch.no_grad()
+def latent_fd_probe(
+    latents: Any,
+    cfg: Optional[Mapping[str, Any]] = None,
+    *,
+    fs: Optional[float] = None,
+    time_dim: int = 1,
+    max_channels: int = 64,
+) -> dict[str, torch.Tensor]:
+    """Fractal summary of latents for logging: mean and SD over channels of FD, beta, H, MF width.
+
+    Parameters
+    ----------
+    latents : tensor (B, T, C) or mapping name -> tensor
+        One tensor per layer; time on ``time_dim``.
+    cfg : mapping, optional
+        The ``fractals`` config block (or its ``metrics`` block): ``higuchi_kmax``,
+        ``psd_freq_band``, ``exclude_peaks``, ``multifractal.q_vals/scales``, ``sample_rate_hz``.
+    fs : float, optional
+        Latent rate in Hz; default ``metrics.sample_rate_hz`` (1000). The 1/f band's upper edge is
+        clipped to 0.45 fs so slow latents still get a slope.
+    max_channels : int
+        Only the first ``max_channels`` channels are measured (cost control during training).
+
+    Returns
+    -------
+    dict
+        ``"{name}/{measure}_{mean|std}"`` -> 0-dim tensor for measures ``higuchi_fd``,
+        ``spectral_beta``, ``hurst`` (from DFA alpha, fGn mapping) and ``mf_width``; a plain tensor
+        gives names without the ``{name}/`` prefix. Channels that are constant in time are left
+        out and counted in ``n_dead``. A measure the latents are too short for is omitted.
+    """
+    from fractals import metrics as fm
+
+    layers = latents if isinstance(latents, Mapping) else {"": latents}
+    mcfg = _metrics_cfg(cfg)
+    temporal = mcfg.get("temporal", {}) or {}
+    mf = mcfg.get("multifractal", {}) or {}
+    rate = float(fs if fs is not None else mcfg.get("sample_rate_hz", 1000.0))
+    check_positive(rate, "fs")
+    out: dict[str, torch.Tensor] = {}
+    for name, lat in layers.items():
+        if not isinstance(lat, torch.Tensor) or lat.ndim < 2:
+            raise ValueError(f"latents[{name!r}]: needs a tensor with >= 2 dims (B, T, C), got {type(lat).__name__}")
+        x = lat.detach().float().movedim(time_dim, -1)
+        x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim >= 3 else x.unsqueeze(0)
+        x = x[:, :max_channels]
+        check_finite(x, f"latents[{name!r}]")
+        live = (x.amax(-1) - x.amin(-1)).amin(0) > 0
+        prefix = f"{name}/" if name else ""
+        out[f"{prefix}n_dead"] = torch.tensor(float((~live).sum()))
+        x = x[:, live]
+        if x.shape[1] == 0:
+            continue
+        n = x.shape[-1]
+        band = tuple(temporal.get("psd_freq_band", (2.0, 80.0)))
+        band = (float(band[0]), min(float(band[1]), 0.45 * rate))
+        scales = [int(s) for s in mf.get("scales", (8, 16, 32, 64, 128, 256)) if int(s) <= n // 4]
+        calls = {
+            "higuchi_fd": lambda: fm.higuchi_fd(x, kmax=min(int(temporal.get("higuchi_kmax", 8)), n // 4)),
+            "spectral_beta": lambda: fm.spectral_beta(x, rate, band, bool(temporal.get("exclude_peaks", True))),
+            "hurst": lambda: fm.hurst_from_dfa(fm.dfa_alpha(x)),
+            "mf_width": lambda: fm.multifractal_spectrum(x, list(mf.get("q_vals", (-5, -3, -1, 0, 1, 3, 5))),
+                                                         scales)["width"],
+        }
+        for measure, call in calls.items():
+            try:
+                v = torch.as_tensor(call()).float()
+            except (ValueError, torch.linalg.LinAlgError):
+                continue  # too short, band empty, or the estimator rejected them: nothing honest to log
+            out[f"{prefix}{measure}_mean"] = v.mean()
+            out[f"{prefix}{measure}_std"] = v.std(unbiased=False)
+    return out
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    a = a - a.mean(dim, keepdim=True)
+    b = b - b.mean(dim, keepdim=True)
+    den = (a.square().sum(dim) * b.square().sum(dim)).sqrt()
+    r = (a * b).sum(dim) / den
+    return torch.where(den > 0, r, torch.full_like(r, float("nan")))
+
+
+@torch.no_grad()
+def attention_fd_coupling(
+    attn_weights: Any,
+    series_fd: Any,
+    *,
+    reduce_queries: str = "mean",
+    method: str = "pearson",
+) -> torch.Tensor:
+    """Per layer and head: correlation between the attention a key receives and that key's FD.
+
+    For every layer and head, attention is summed (or averaged) over queries to give the weight
+    each key position receives; those weights are correlated with ``series_fd`` over all
+    (batch, key) pairs. A positive r means the head attends to the rougher (higher-FD) parts of
+    the input. A head with constant received attention gets NaN (the correlation is undefined),
+    so it is visible, not hidden as 0.
+
+    Parameters
+    ----------
+    attn_weights : tensor (L, B, H, Q, K), (B, H, Q, K), or sequence/mapping of (B, H, Q, K)
+        Attention probabilities per layer (softmax over K).
+    series_fd : tensor (B, K)
+        FD (or H, beta, or its change) of the input or latent window each key covers; pass
+        ``fd.diff(dim=-1)`` aligned to keys to couple with local FD changes.
+    reduce_queries : "mean" or "max"
+        How the attention a key receives is pooled over queries.
+    method : "pearson" or "spearman"
+        Pearson r on the pooled weights, or Spearman (ranks; insensitive to the exponential
+        shape of softmax: a head whose logits grow linearly with FD has Spearman near 1 while its
+        Pearson r is damped).
+
+    Returns
+    -------
+    tensor (L, H)
+        Correlation per layer and head; ``L = 1`` for a single (B, H, Q, K) tensor.
+    """
+    if isinstance(attn_weights, Mapping):
+        attn_weights = list(attn_weights.values())
+    if isinstance(attn_weights, (list, tuple)):
+        attn = torch.stack([torch.as_tensor(a) for a in attn_weights])
+    else:
+        attn = torch.as_tensor(attn_weights)
+    if attn.ndim == 4:
+        attn = attn.unsqueeze(0)
+    if attn.ndim != 5:
+        raise ValueError(f"attn_weights: needs shape (L, B, H, Q, K) or (B, H, Q, K), got {tuple(attn.shape)}")
+    fd = torch.as_tensor(series_fd).to(attn.device)
+    L, B, H, Q, K = attn.shape
+    if fd.shape != (B, K):
+        raise ValueError(f"series_fd: needs shape (B, K) = ({B}, {K}) to match attn_weights, got {tuple(fd.shape)}")
+    if reduce_queries not in ("mean", "max"):
+        raise ValueError(f"reduce_queries: must be 'mean' or 'max', got {reduce_queries!r}")
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method: must be 'pearson' or 'spearman', got {method!r}")
+    attn = attn.float()
+    check_finite(attn, "attn_weights")
+    check_finite(fd.float(), "series_fd")
+    received = attn.mean(-2) if reduce_queries == "mean" else attn.amax(-2)  # (L, B, H, K)
+    received = received.permute(0, 2, 1, 3).reshape(L, H, B * K)
+    target = fd.float().reshape(1, 1, B * K).expand_as(received)
+    if method == "spearman":
+        received, target = _ranks(received), _ranks(target)
+    return _pearson(received, target)
+
+
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    """Average ranks along the last axis (ties share their mean rank, as scipy.stats.rankdata)."""
+    sorted_v, order = v.sort(-1)
+    pos = torch.arange(v.shape[-1], dtype=torch.float64, device=v.device).expand(v.shape).contiguous()
+    # Mean position of each run of equal values.
+    new_run = torch.ones_like(sorted_v, dtype=torch.bool)
+    new_run[..., 1:] = sorted_v[..., 1:] != sorted_v[..., :-1]
+    run_id = new_run.long().cumsum(-1) - 1
+    sums = torch.zeros_like(pos).scatter_add_(-1, run_id, pos)
+    counts = torch.zeros_like(pos).scatter_add_(-1, run_id, torch.ones_like(pos))
+    mean_pos = (sums / counts.clamp_min(1)).gather(-1, run_id)
+    return torch.empty_like(mean_pos).scatter_(-1, order, mean_pos).to(v.dtype)
+
+
+def ablation_mask(n: int, fs: float, mode: str, ratio: float, band: Sequence[float], *, device=None) -> torch.Tensor:
+    """Boolean mask over the ``n // 2 + 1`` rFFT bins: True for the bins :func:`causal_scale_ablation` removes.
+
+    The in-band bins are those with ``band[0] <= f <= band[1]`` (DC excluded); ``k = round(ratio *
+    n_in_band)`` of them (at least 1) are removed: the ``k`` highest-frequency in-band bins for
+    ``"high_beta_only"`` (fine temporal structure), the ``k`` lowest for ``"low_beta_only"`` (slow
+    structure). Bins outside the band are never touched.
+    """
+    if mode not in ("high_beta_only", "low_beta_only"):
+        raise ValueError(f"mode: must be 'high_beta_only' or 'low_beta_only', got {mode!r}")
+    if not 0.0 < float(ratio) < 1.0:
+        raise ValueError(f"ratio: must lie in (0, 1), got {ratio!r}")
+    check_positive(fs, "fs")
+    lo, hi = float(band[0]), float(band[1])
+    if not 0 <= lo < hi:
+        raise ValueError(f"band: needs (lo, hi) with 0 <= lo < hi, got {tuple(band)!r}")
+    freqs = torch.fft.rfftfreq(n, d=1.0 / fs, dtype=torch.float64, device=device)
+    in_band = torch.nonzero((freqs >= lo) & (freqs <= hi) & (freqs > 0)).flatten()
+    if in_band.numel() < 2:
+        raise ValueError(
+            f"band: {(lo, hi)} Hz holds {in_band.numel()} FFT bins for n={n} at fs={fs}; need >= 2: "
+            "widen the band or pass a longer signal"
+        )
+    k = max(1, int(round(float(ratio) * in_band.numel())))
+    chosen = in_band[-k:] if mode == "high_beta_only" else in_band[:k]
+    mask = torch.zeros(freqs.numel(), dtype=torch.bool, device=device)
+    mask[chosen] = True
+    return mask
+
+
+@torch.no_grad()
+def causal_scale_ablation(
+    x: Any,
+    mode: str = "high_beta_only",
+    ratio: float = 0.15,
+    fs: float = 1000.0,
+    band: Sequence[float] = (2.0, 80.0),
+    *,
+    dim: int = -1,
+    replace: str = "zero",
+    generator: Optional[torch.Generator] = None,
+):
+    """Remove one end of the spectrum inside ``band`` from ``x`` (same shape and kind back).
+
+    The signal's rFFT along ``dim`` is masked by :func:`ablation_mask`: ``"high_beta_only"``
+    removes the top ``ratio`` fraction of in-band bins (highest frequencies: the fine-scale
+    components that steep, high-beta spectra carry least power in), ``"low_beta_only"`` the bottom
+    ``ratio`` fraction (the slow components). ``replace="zero"`` zeroes those bins;
+    ``replace="phase"`` keeps their magnitudes and randomises their phases (removes the temporal
+    structure at those scales while keeping the power spectrum). The inverse rFFT has the
+    original length; DC and out-of-band bins are unchanged, so ``x - ablated`` is exactly the
+    removed band.
+
+    Shape:
+        x: ``(..., T)`` with time on ``dim``. Output: same shape, dtype and kind (NumPy or torch).
+    """
+    t, was_numpy = as_tensor(x, "x")
+    check_finite(t, "x")
+    if replace not in ("zero", "phase"):
+        raise ValueError(f"replace: must be 'zero' or 'phase', got {replace!r}")
+    moved = t.movedim(dim, -1)
+    n = moved.shape[-1]
+    mask = ablation_mask(n, fs, mode, ratio, band, device=t.device)
+    spec = torch.fft.rfft(moved, dim=-1)
+    if replace == "zero":
+        spec = spec.masked_fill(mask, 0)
+    else:
+        phase = torch.rand(spec.shape, generator=generator, dtype=moved.dtype,
+                           device=generator.device if generator is not None else t.device).to(t.device)
+        rotated = spec.abs() * torch.exp(1j * 2 * math.pi * phase)
+        spec = torch.where(mask, rotated.to(spec.dtype), spec)
+    out = torch.fft.irfft(spec, n=n, dim=-1).to(t.dtype).movedim(-1, dim)
+    return to_input_kind(out, was_numpy)
+
+
+@torch.no_grad()
+def fc_fd_probe(
+    latents: Any,
+    *,
+    thresh: float = 0.3,
+    eps_values: Sequence[int] = (1, 2, 3, 4, 5, 6),
+    method: str = "pearson",
+    labels: Optional[Any] = None,
+    time_dim: int = 1,
+) -> dict[str, Any]:
+    """Per-sample functional-connectivity graph of latent channels and its graph FD.
+
+    Parameters
+    ----------
+    latents : tensor (B, T, C)
+        One graph per sample over its C channels (time on ``time_dim``).
+    thresh, eps_values, method
+        Passed to :func:`fractals.metrics.functional_connectivity_latents` and
+        :func:`fractals.metrics.graph_fractal_dim`.
+    labels : array (B,), optional
+        Behaviour or state per sample. Numeric labels give the Spearman correlation with graph FD;
+        any labels give the mean graph FD per label.
+
+    Returns
+    -------
+    dict
+        ``graph_fd`` (B,) (NaN for a sample whose graph has no edge), ``density`` (B,) fraction of
+        linked channel pairs, and with labels
+        ``by_label`` {label: mean FD} and ``spearman_r`` (NaN when labels are not numeric or FD is
+        constant).
+    """
+    from fractals import metrics as fm
+
+    t, _ = as_tensor(latents, "latents")
+    if t.ndim != 3:
+        raise ValueError(f"latents: needs shape (B, T, C), got {tuple(t.shape)}")
+    x = t.movedim(time_dim, 1)  # (B, T, C), the layout functional_connectivity_latents takes
+    adj = fm.functional_connectivity_latents(x, method=method, thresh=thresh)
+    adj = torch.as_tensor(adj)
+    c = adj.shape[-1]
+    off = ~torch.eye(c, dtype=torch.bool, device=adj.device)
+    density = (adj != 0)[..., off].float().mean(-1)
+    fd = torch.full((adj.shape[0],), float("nan"), dtype=torch.float64)
+    has_edges = torch.nonzero(density > 0).flatten()
+    if has_edges.numel():
+        # An edgeless graph (every |r| below thresh) has no box dimension: NaN for that sample only.
+        fd[has_edges.cpu()] = torch.as_tensor(fm.graph_fractal_dim(adj[has_edges], list(eps_values))).reshape(-1).double().cpu()
+    out: dict[str, Any] = {"graph_fd": fd, "density": density}
+    if labels is not None:
+        lab = list(labels.tolist() if hasattr(labels, "tolist") else labels)
+        if len(lab) != fd.numel():
+            raise ValueError(f"labels: has {len(lab)} entries for {fd.numel()} samples")
+        by = {}
+        for key in dict.fromkeys(lab):
+            idx = torch.tensor([i for i, v in enumerate(lab) if v == key])
+            by[key] = float(torch.nanmean(fd[idx]))
+        out["by_label"] = by
+        try:
+            num = [float(v) for v in lab]
+        except (TypeError, ValueError):
+            out["spearman_r"] = float("nan")
+        else:
+            from scipy.stats import spearmanr
+
+            fd_np = fd.numpy()
+            ok = np.isfinite(fd_np)
+            num_ok = np.asarray(num)[ok]
+            const = ok.sum() < 3 or len(set(num_ok)) < 2 or float(np.ptp(fd_np[ok])) == 0.0
+            out["spearman_r"] = float("nan") if const else float(spearmanr(num_ok, fd_np[ok]).statistic)
+    return out
