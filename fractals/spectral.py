@@ -18,7 +18,7 @@ import torch
 
 from fractals._checks import as_tensor, check_finite, check_ndim, check_not_constant, check_positive
 
-__all__ = ["welch_psd", "spectral_beta", "SpectralFit"]
+__all__ = ["welch_psd", "spectral_beta", "fit_aperiodic", "SpectralFit"]
 
 MIN_BAND_BINS = 6  # fewer bins than this cannot separate a slope from a peak
 _FWHM_PER_SD = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -179,10 +179,6 @@ def _wls_line(lx: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch
     return offset, slope, r2
 
 
-def _masked_median(v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return torch.nanquantile(torch.where(keep, v, torch.nan), 0.5, dim=-1, keepdim=True)
-
-
 def _smooth(r: torch.Tensor) -> torch.Tensor:
     """Triangular 5-bin moving average along the last axis (edge bins replicated)."""
     kernel = torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0], dtype=r.dtype, device=r.device) / 9.0
@@ -223,10 +219,11 @@ def _gaussian_from_parabola(excess: torch.Tensor, in_run: torch.Tensor, k: torch
     basis = torch.stack([torch.ones_like(u), u, u * u], -1)  # (..., F, 3)
     w = torch.where(in_run, excess, torch.zeros_like(excess)).square()  # Guo: weight by signal^2
     lne = torch.log(excess.clamp_min(1e-12))
-    lhs = torch.einsum("...f,...fi,...fj->...ij", w, basis, basis)
+    wb = w.unsqueeze(-1) * basis
+    lhs = wb.transpose(-1, -2) @ basis
     ridge = 1e-9 * lhs.diagonal(dim1=-2, dim2=-1).amax(-1) + 1e-12
     lhs = lhs + ridge[..., None, None] * torch.eye(3, dtype=excess.dtype, device=excess.device)
-    rhs = torch.einsum("...f,...fi,...f->...i", w, basis, lne)
+    rhs = (wb * lne.unsqueeze(-1)).sum(-2)
     c0, c1, c2 = torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1).unbind(-1)
     ok = (in_run.sum(-1) >= 3) & (c2 < 0)
     c2 = torch.where(ok, c2, -torch.ones_like(c2))
@@ -391,13 +388,7 @@ def spectral_beta(
             f"freq_band: needs 0 < low < high <= Nyquist ({nyquist:g} Hz for fs={fs:g}), got {freq_band!r}; "
             "pick a band inside the recorded spectrum"
         )
-    for name, value in (("peak_threshold", peak_threshold), ("peak_mask_level", peak_mask_level)):
-        check_positive(float(value), name)
-    if not (isinstance(min_peak_height, (int, float)) and min_peak_height >= 0):
-        raise ValueError(f"min_peak_height: must be a number >= 0 (log10 power), got {min_peak_height!r}")
-    for name, value in (("max_n_peaks", max_n_peaks), ("n_iter", n_iter)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+    peak_opts = _check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter)
     n = t.shape[-1]
     if nperseg is None:
         nperseg = _default_nperseg(n, fs, (low, high))
@@ -416,15 +407,32 @@ def spectral_beta(
     in_band = (freqs >= low - 1e-9 * df) & (freqs <= high + 1e-9 * df)
     f_band = freqs[in_band]
     p_band = psd[..., in_band]
+    return _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, peak_opts, was_numpy)
+
+
+def _check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter) -> dict:
+    for name, value in (("peak_threshold", peak_threshold), ("peak_mask_level", peak_mask_level)):
+        check_positive(float(value), name)
+    if not (isinstance(min_peak_height, (int, float)) and min_peak_height >= 0):
+        raise ValueError(f"min_peak_height: must be a number >= 0 (log10 power), got {min_peak_height!r}")
+    for name, value in (("max_n_peaks", max_n_peaks), ("n_iter", n_iter)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+    return dict(threshold=float(peak_threshold), min_height=float(min_peak_height), max_n_peaks=int(max_n_peaks),
+                mask_level=float(peak_mask_level), n_iter=int(n_iter))
+
+
+def _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, opts, was_numpy):
+    """Aperiodic fit of in-band PSD bins ``(..., F)`` on a uniform grid of spacing ``df``."""
     if bool((p_band.detach() <= 0).any()):
         raise ValueError(
-            "x: some series have zero power in freq_band (piecewise-constant or band-limited signal); "
+            "psd: some series have zero power in freq_band (piecewise-constant or band-limited signal); "
             "the log-log fit is undefined: drop those series or change freq_band"
         )
     lx = torch.log10(f_band)
     y = torch.log10(p_band)
     batch_shape, F = y.shape[:-1], y.shape[-1]
-    n_slots = min(max_n_peaks, F)
+    n_slots = min(opts["max_n_peaks"], F)
     use = torch.ones_like(y, dtype=torch.bool)
     peak_model = torch.zeros_like(y.detach())
     peak_f = peak_h = peak_w = torch.zeros((*batch_shape, n_slots), dtype=y.dtype, device=y.device)
@@ -437,11 +445,11 @@ def spectral_beta(
                 resid = yd - a.unsqueeze(-1) - b.unsqueeze(-1) * lx
                 lower = resid <= torch.quantile(resid, 0.3, dim=-1, keepdim=True)
                 a, b, _ = _wls_line(lx, yd, lower.to(yd.dtype))
-            for _ in range(n_iter):
+            for _ in range(opts["n_iter"]):
                 resid = yd - a.unsqueeze(-1) - b.unsqueeze(-1) * lx
                 mask, peak_model, peak_f, peak_h, peak_w, peak_valid = _find_peaks(
-                    resid, use, f_band, df, float(peak_threshold), float(min_peak_height), int(max_n_peaks),
-                    float(peak_mask_level),
+                    resid, use, f_band, df, opts["threshold"], opts["min_height"], opts["max_n_peaks"],
+                    opts["mask_level"],
                 )
                 use = ~mask
                 n_used = use.sum(-1)
@@ -465,3 +473,66 @@ def spectral_beta(
         for fld in fields(fit):
             setattr(fit, fld.name, getattr(fit, fld.name).detach().cpu().numpy())
     return fit
+
+
+def fit_aperiodic(
+    freqs,
+    psd,
+    freq_band: tuple[float, float] = (2.0, 80.0),
+    exclude_peaks: bool = True,
+    return_fit: bool = False,
+    *,
+    peak_threshold: float = 2.5,
+    min_peak_height: float = 0.1,
+    max_n_peaks: int = 6,
+    peak_mask_level: float = 0.5,
+    n_iter: int = 2,
+):
+    """The aperiodic fit of :func:`spectral_beta` on a PSD you already have.
+
+    Parameters
+    ----------
+    freqs : torch.Tensor or np.ndarray
+        ``(F,)`` uniformly spaced frequencies in Hz (e.g. from :func:`welch_psd`).
+    psd : torch.Tensor or np.ndarray
+        ``(..., F)`` power spectral density, linear units, > 0 inside the band.
+    freq_band, exclude_peaks, return_fit, peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter
+        As in :func:`spectral_beta`.
+
+    Returns
+    -------
+    beta ``(...)`` or a :class:`SpectralFit`, same kind as ``psd``.
+
+    Shape:
+        ``(F,), (..., F) -> (...)``. Differentiable with respect to ``psd``. Peak smoothing and
+        widths work in bins, so the grid must be uniform.
+    """
+    p, was_numpy = as_tensor(psd, "psd")
+    f, _ = as_tensor(freqs, "freqs")
+    f = f.to(dtype=p.dtype, device=p.device)
+    check_ndim(p, 1, "psd", "(..., F)")
+    if f.ndim != 1 or f.numel() != p.shape[-1]:
+        raise ValueError(f"freqs: needs shape ({p.shape[-1]},) to match psd's last axis, got {tuple(f.shape)}")
+    check_finite(p, "psd")
+    check_finite(f, "freqs")
+    if f.numel() < 2:
+        raise ValueError("freqs: needs at least two frequencies")
+    step = f[1:] - f[:-1]
+    df = float(step[0])
+    if df <= 0 or not bool(torch.allclose(step, step[0].expand_as(step), rtol=1e-6, atol=0)):
+        raise ValueError("freqs: must be uniformly spaced and increasing (a Welch or FFT grid)")
+    try:
+        low, high = (float(v) for v in freq_band)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"freq_band: must be a pair (low_hz, high_hz), got {freq_band!r}") from exc
+    if not (0 < low < high <= float(f[-1]) + 1e-9 * df):
+        raise ValueError(f"freq_band: needs 0 < low < high <= {float(f[-1]):g} Hz (the top of freqs), got {freq_band!r}")
+    opts = _check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter)
+    in_band = (f >= low - 1e-9 * df) & (f <= high + 1e-9 * df)
+    n_in_band = int(in_band.sum())
+    if n_in_band < MIN_BAND_BINS:
+        raise ValueError(
+            f"freq_band: {freq_band!r} holds {n_in_band} bin(s) of freqs (spacing {df:g} Hz); needs >= {MIN_BAND_BINS}: "
+            "widen the band or use a finer frequency grid"
+        )
+    return _fit_band(f[in_band], p[..., in_band], df, freq_band, exclude_peaks, return_fit, opts, was_numpy)
