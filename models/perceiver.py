@@ -10,19 +10,22 @@ forecasting stays causal end to end), ``"local"`` (within a chunk) or ``"full"``
 sequence over time, ``(B, n_chunks * n_latents, D)``, chunk-major, which the backbone scans.
 
 Attention is pluggable: ``attention=`` takes a name registered with :func:`register_attention`
-(default ``"sdpa"``, torch's fused scaled-dot-product attention) or a callable with the signature
-of :func:`sdpa_attention`, so fractal attention patterns can be chosen by config later.
+(default ``"sdpa"``, torch's fused scaled-dot-product attention), the name of a fractal pattern of
+:mod:`models.attention` (``hilbert``, ``cantor``, ``dragon``, ``julia``, ``fractal_blend``; one
+instance per attention block, so learned pattern parameters are per block), a mapping
+``{"name": ..., **pattern options}``, or a callable with the signature of :func:`sdpa_attention`.
 
 Cross-attention runs per chunk on the chunk's own tokens (:func:`group_by_chunk` gathers them into
 padded rows), so its cost is linear in the number of tokens rather than ``n_chunks x N``.
 
-Every attention adds one learned *null* key/value that every query may attend to, so a chunk with
-no real tokens (all channels padded, or past the end of a shorter modality) yields a defined output
-instead of a NaN from a fully masked softmax row.
+Every attention appends one learned *null* key/value (after the real keys, so key positions seen
+by position-based patterns are unchanged) that every query may attend to, so a chunk with no real
+tokens (all channels padded, or past the end of a shorter modality) yields a defined output instead
+of a NaN from a fully masked softmax row.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +42,7 @@ __all__ = [
     "ATTENTION_FUNCTIONS",
     "LATENT_ATTENTION",
     "group_by_chunk",
+    "AttentionOption",
 ]
 
 AttentionFn = Callable[..., Tensor]
@@ -65,13 +69,31 @@ def register_attention(name: str, fn: AttentionFn) -> AttentionFn:
     return fn
 
 
-def get_attention(attention: Union[str, AttentionFn]) -> AttentionFn:
-    """Resolve an attention option (registered name or callable)."""
+AttentionOption = Union[str, Mapping[str, Any], AttentionFn]
+
+
+def get_attention(attention: AttentionOption, *, n_heads: int = 1) -> AttentionFn:
+    """Resolve an attention option: a callable, a registered name, or a fractal pattern name/mapping.
+
+    Fractal patterns are built fresh on every call (``n_heads`` sizes their per-head parameters).
+    """
     if callable(attention):
         return attention
-    if attention not in ATTENTION_FUNCTIONS:
-        raise ValueError(f"attention: unknown {attention!r}; registered: {sorted(ATTENTION_FUNCTIONS)}")
-    return ATTENTION_FUNCTIONS[attention]
+    if isinstance(attention, Mapping):
+        opts = dict(attention)
+        name = opts.pop("name", None)
+    else:
+        name, opts = attention, {}
+    if name in ATTENTION_FUNCTIONS and not opts:
+        return ATTENTION_FUNCTIONS[name]
+    try:
+        from models.attention import PATTERNS, build_pattern
+    except ImportError:  # the fractal patterns are optional for this module
+        PATTERNS, build_pattern = {}, None
+    if build_pattern is None or (name not in PATTERNS and name != "fractal_blend"):
+        known = sorted(ATTENTION_FUNCTIONS) + sorted(PATTERNS) + (["fractal_blend"] if PATTERNS else [])
+        raise ValueError(f"attention: unknown {attention!r}; choose from {known} or pass a callable")
+    return build_pattern(name, n_heads=n_heads, **opts)
 
 
 class MultiheadAttention(nn.Module):
@@ -82,13 +104,13 @@ class MultiheadAttention(nn.Module):
         - output ``(B, Lq, D)``
     """
 
-    def __init__(self, *, d_model: int, n_heads: int, attention: Union[str, AttentionFn] = "sdpa",
+    def __init__(self, *, d_model: int, n_heads: int, attention: AttentionOption = "sdpa",
                  dropout: float = 0.0) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads}")
         self.n_heads, self.dropout = n_heads, dropout
-        self.attn_fn = get_attention(attention)
+        self.attn_fn = get_attention(attention, n_heads=n_heads)  # an nn.Module pattern registers as a child
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -96,14 +118,14 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, query: Tensor, context: Tensor, *, mask: Optional[Tensor] = None) -> Tensor:
         b, lq, d = query.shape
-        context = torch.cat([self.null_kv.expand(b, 1, d).to(context.dtype), context], dim=1)
+        context = torch.cat([context, self.null_kv.expand(b, 1, d).to(context.dtype)], dim=1)
         h = self.n_heads
         q = self.q(query).view(b, lq, h, d // h).transpose(1, 2)
         k, v = self.kv(context).view(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
         if mask is not None:
             mask = mask.bool()
             null = torch.ones(*mask.shape[:-1], 1, dtype=torch.bool, device=mask.device)
-            mask = torch.cat([null, mask], dim=-1).unsqueeze(1)  # (B, 1, Lq, Lk + 1)
+            mask = torch.cat([mask, null], dim=-1).unsqueeze(1)  # (B, 1, Lq, Lk + 1)
         y = self.attn_fn(q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, lq, d))
 
@@ -184,8 +206,8 @@ class PerceiverIOEncoder(nn.Module):
         Latent self-attention blocks after the cross-attention.
     latent_attention : {"causal", "local", "full"}
         Which chunks a latent may see in self-attention (module docstring).
-    attention : str or callable
-        Attention kernel (registered name or function), default ``"sdpa"``.
+    attention : str, mapping or callable
+        Attention kernel (module docstring), default ``"sdpa"``.
     dropout : float
         Attention and MLP dropout.
     mlp_ratio : int
@@ -198,7 +220,7 @@ class PerceiverIOEncoder(nn.Module):
 
     def __init__(
         self, *, d_model: int, n_latents: int = 1, chunk_size: int = 1, n_heads: int = 4, n_self_layers: int = 1,
-        latent_attention: str = "causal", attention: Union[str, AttentionFn] = "sdpa", dropout: float = 0.0,
+        latent_attention: str = "causal", attention: AttentionOption = "sdpa", dropout: float = 0.0,
         mlp_ratio: int = 2,
     ) -> None:
         super().__init__()

@@ -11,12 +11,12 @@ identity reaches PopT only through the tokens themselves (the tokenizers' unit e
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from models.perceiver import AttentionFn, _Block
+from models.perceiver import AttentionOption, _Block
 from models.tokenizers.base import Tokens
 
 __all__ = ["PopT", "channel_summaries"]
@@ -57,8 +57,9 @@ class PopT(nn.Module):
         Attention heads.
     n_layers : int
         Set self-attention blocks among units before pooling (0 = pooling only).
-    attention : str or callable
-        Attention kernel, as in :class:`models.perceiver.PerceiverIOEncoder`.
+    attention : str, mapping or callable
+        Attention kernel, as in :class:`models.perceiver.PerceiverIOEncoder` (note: position-based
+        fractal patterns see unit order, so only ``"sdpa"`` keeps PopT permutation invariant).
     dropout : float
         Attention/MLP dropout.
 
@@ -68,7 +69,7 @@ class PopT(nn.Module):
     """
 
     def __init__(self, *, d_model: int, n_summary_tokens: int = 4, n_heads: int = 4, n_layers: int = 1,
-                 attention: Union[str, AttentionFn] = "sdpa", dropout: float = 0.0, mlp_ratio: int = 2) -> None:
+                 attention: AttentionOption = "sdpa", dropout: float = 0.0, mlp_ratio: int = 2) -> None:
         super().__init__()
         if int(n_summary_tokens) < 1:
             raise ValueError(f"n_summary_tokens: must be >= 1, got {n_summary_tokens!r}")

@@ -175,3 +175,23 @@ def test_padded_units_do_not_change_latents_end_to_end():
     lat, pop = run(padded)
     torch.testing.assert_close(lat, ref_lat, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pop, ref_pop, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["cantor", "hilbert", {"name": "dragon"}, "fractal_blend"])
+def test_fractal_patterns_are_selectable_by_name(attention):
+    torch.manual_seed(0)
+    sdpa = PerceiverIOEncoder(d_model=D, n_heads=2, n_self_layers=1)
+    enc = PerceiverIOEncoder(d_model=D, n_heads=2, n_self_layers=1, attention=attention)
+    x, t = _tokens()
+    mask = torch.rand(2, 24) > 0.2
+    out = enc(x, mask=mask, time_index=t, n_time=6).latents
+    assert out.shape == (2, 6, D) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.cross.parameters())
+    assert sum(p.numel() for p in enc.parameters()) >= sum(p.numel() for p in sdpa.parameters())
+    assert PopT(d_model=D, n_heads=2, attention=attention)(x[:, :7]).shape == (2, 4, D)
+
+
+def test_unknown_attention_lists_the_choices():
+    with pytest.raises(ValueError, match="cantor"):
+        PerceiverIOEncoder(d_model=D, attention="mandelbrot")
