@@ -21,6 +21,7 @@ def test_sample_layout_and_subject_padding():
     a, b = ds[0], ds[1]
     assert a["spikes"].shape == (128, 16) and a["lfp"].shape == (4, 128) and a["behavior"].shape == (128, 2)
     assert a["drives"].shape == (128, 4) and a["fs"] == 100.0
+    torch.testing.assert_close(ds.drives(0), a["drives"])  # ground truth on demand, same stream
     assert int(a["subject"]) == 0 and int(b["subject"]) == 1
     assert a["spikes_mask"].all() and b["spikes_mask"].sum() == 12 and b["lfp_mask"].sum() == 3
     assert (b["spikes"][:, 12:] == 0).all() and (b["lfp"][3:] == 0).all()
