@@ -1,0 +1,300 @@
+"""fractals.graph: FC adjacency, box-covering dimension on graphs of known dimension, CSN power laws."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fractals.graph import BoxCounts, PowerLawFit, functional_connectivity_latents, graph_fractal_dim, powerlaw_fit
+
+nx = pytest.importorskip("networkx", reason="networkx (a torch dependency) builds the reference graphs")
+
+EPS = list(range(2, 10))
+
+
+def uv_flower(u: int, v: int, generation: int):
+    """(u,v)-flower (Rozenfeld, Havlin & ben-Avraham 2007): start from one edge; each generation
+    replaces every edge by two parallel paths of u and v edges. Box dimension ln(u+v)/ln(u)."""
+    g = nx.Graph()
+    g.add_edge(0, 1)
+    next_node = 2
+    for _ in range(generation):
+        h = nx.Graph()
+        for a, b in g.edges():
+            for length in (u, v):
+                inner = list(range(next_node, next_node + length - 1))
+                next_node += length - 1
+                nx.add_path(h, [a, *inner, b])
+        g = h
+    return nx.convert_node_labels_to_integers(g)
+
+
+def adjacency(g) -> np.ndarray:
+    return nx.to_numpy_array(g, nodelist=sorted(g.nodes()))
+
+
+def networkx_box_counts(g, eps):
+    """Reference: greedy colouring (largest first) of the dual graph from networkx distances."""
+    nodes = sorted(g.nodes())
+    dist = dict(nx.all_pairs_shortest_path_length(g))
+    counts = []
+    for l_b in eps:
+        dual = nx.Graph()
+        dual.add_nodes_from(nodes)
+        dual.add_edges_from((i, j) for i in nodes for j in nodes if i < j and dist[i].get(j, math.inf) >= l_b)
+        counts.append(max(nx.greedy_color(dual, strategy="largest_first").values()) + 1)
+    return np.minimum.accumulate(counts)
+
+
+# ----------------------------------------------------------------------------- FC
+def _latents(b=3, t=200, c=6, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((c, c))
+    return rng.standard_normal((b, t, c)) @ mix
+
+
+def test_pearson_matches_corrcoef():
+    lat = _latents()
+    adj_w = functional_connectivity_latents(lat, "pearson", thresh=0.3, weighted=True)
+    adj = functional_connectivity_latents(lat, "pearson", thresh=0.3)
+    assert isinstance(adj, np.ndarray) and adj.shape == (3, 6, 6)
+    for b in range(3):
+        r = np.abs(np.corrcoef(lat[b].T))
+        np.fill_diagonal(r, 0.0)
+        np.testing.assert_allclose(adj_w[b], np.where(r > 0.3, r, 0.0), atol=1e-12)
+        np.testing.assert_array_equal(adj[b], (r > 0.3).astype(float))
+    assert np.all(np.diagonal(adj, axis1=-2, axis2=-1) == 0)
+
+
+def test_partial_matches_precision_formula():
+    lat = _latents(seed=1)
+    adj = functional_connectivity_latents(lat, "partial", thresh=0.0, weighted=True)
+    for b in range(3):
+        prec = np.linalg.inv(np.corrcoef(lat[b].T))
+        d = np.sqrt(np.diag(prec))
+        partial = -prec / np.outer(d, d)
+        np.fill_diagonal(partial, 0.0)
+        np.testing.assert_allclose(adj[b], np.abs(partial), atol=1e-9)
+
+
+def test_partial_uses_ridge_when_channels_outnumber_samples():
+    lat = _latents(b=1, t=5, c=8, seed=2)
+    adj = functional_connectivity_latents(lat, "partial", thresh=0.0, weighted=True)
+    r = np.corrcoef(lat[0].T)
+    prec = np.linalg.inv(0.9 * r + 0.1 * np.eye(8))
+    d = np.sqrt(np.diag(prec))
+    expected = np.abs(-prec / np.outer(d, d))
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(adj[0], expected, atol=1e-9)
+    assert np.isfinite(adj).all()
+
+
+def test_fc_torch_float32_and_gradient():
+    lat = torch.tensor(_latents(), dtype=torch.float32, requires_grad=True)
+    adj = functional_connectivity_latents(lat, weighted=True)
+    assert isinstance(adj, torch.Tensor) and adj.dtype == torch.float32
+    adj.sum().backward()
+    assert lat.grad is not None and bool(torch.isfinite(lat.grad).all())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"method": "spearman"}, "method"), ({"thresh": 1.5}, "thresh"), ({"thresh": -0.1}, "thresh"),
+     ({"method": "partial", "ridge": 1.0}, "ridge")],
+)
+def test_fc_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        functional_connectivity_latents(_latents(), **kwargs)
+
+
+def test_fc_bad_latents():
+    lat = _latents()
+    lat[1, :, 2] = 4.0
+    with pytest.raises(ValueError, match="channel 2 of series 1"):
+        functional_connectivity_latents(lat)
+    lat[1, 3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        functional_connectivity_latents(lat)
+    with pytest.raises(ValueError, match="3 time steps"):
+        functional_connectivity_latents(np.ones((2, 6)) + np.arange(6))
+    with pytest.raises(ValueError, match="shape"):
+        functional_connectivity_latents(np.arange(5.0))
+
+
+# ----------------------------------------------------------------------------- box covering
+def test_counts_match_networkx_greedy_colouring():
+    graphs = [nx.connected_watts_strogatz_graph(60, 4, 0.1, seed=1), uv_flower(2, 2, 3), nx.grid_2d_graph(7, 7)]
+    for g in graphs:
+        _, box = graph_fractal_dim(adjacency(g), [1, 2, 3, 4, 5], return_counts=True)
+        np.testing.assert_array_equal(box.counts, networkx_box_counts(g, [1, 2, 3, 4, 5]))
+
+
+def test_path_graph_dimension_one():
+    d = graph_fractal_dim(adjacency(nx.path_graph(128)), EPS)
+    assert abs(float(d) - 1.0) < 0.05
+
+
+def test_lattice_dimension_near_two():
+    # Finite size biases a 24 x 24 grid low (1.74 measured; 1.83 at 32 x 32).
+    d = graph_fractal_dim(adjacency(nx.grid_2d_graph(24, 24)), EPS)
+    assert 1.65 < float(d) < 2.2
+
+
+@pytest.mark.parametrize("generation, expected", [(4, 2.05), (5, 2.16)])
+def test_uv_flower_dimension(generation, expected):
+    """(2,2)-flower: d_B = ln 4 / ln 2 = 2."""
+    d = graph_fractal_dim(adjacency(uv_flower(2, 2, generation)), EPS)
+    assert abs(float(d) - math.log(4) / math.log(2)) < 0.2
+    assert float(d) == pytest.approx(expected, abs=0.01)  # pinned: greedy colouring is deterministic
+
+
+def test_batched_equals_single_and_shapes():
+    graphs = [nx.connected_watts_strogatz_graph(40, 4, p, seed=s) for p, s in ((0.05, 0), (0.2, 1), (0.5, 2), (0.0, 3))]
+    adj = np.stack([adjacency(g) for g in graphs]).reshape(2, 2, 40, 40)
+    d, box = graph_fractal_dim(adj, [1, 2, 3, 4], return_counts=True)
+    assert d.shape == (2, 2) and box.counts.shape == (2, 2, 4) and isinstance(box, BoxCounts)
+    for i, g in enumerate(graphs):
+        single = graph_fractal_dim(adjacency(g), [1, 2, 3, 4])
+        assert float(single) == pytest.approx(float(d.reshape(-1)[i]), abs=1e-12)
+    t = graph_fractal_dim(torch.tensor(adj, dtype=torch.float32), [1, 2, 3, 4])
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_allclose(t.numpy(), d, rtol=1e-5)
+    # Counts never rise with the box size; more small-world rewiring, fewer boxes at l_B = 3.
+    assert np.all(np.diff(box.counts, axis=-1) <= 0)
+
+
+def test_disconnected_rule():
+    path = adjacency(nx.path_graph(40))
+    adj = np.zeros((50, 50))
+    adj[:40, :40] = path
+    adj[40:45, 40:45] = adjacency(nx.path_graph(5))  # small second component, nodes 45..49 isolated
+    d_big, box_big = graph_fractal_dim(adj, [1, 2, 3], return_counts=True)
+    assert int(box_big.n_nodes) == 40
+    np.testing.assert_array_equal(box_big.counts, graph_fractal_dim(path, [1, 2, 3], return_counts=True)[1].counts)
+    _, box_sum = graph_fractal_dim(adj, [1, 2, 3], components="sum", return_counts=True)
+    small = graph_fractal_dim(adjacency(nx.path_graph(5)), [1, 2, 3], return_counts=True)[1].counts
+    np.testing.assert_array_equal(box_sum.counts, box_big.counts + small + 5)
+
+
+def test_default_eps_spans_the_diameter():
+    _, box = graph_fractal_dim(adjacency(nx.path_graph(10)), return_counts=True)
+    np.testing.assert_array_equal(box.eps, np.arange(2, 11))
+
+
+@pytest.mark.parametrize(
+    "adj, eps, match",
+    [
+        (np.zeros((3, 6, 6)), [1, 2], "no edges"),
+        (np.triu(np.ones((5, 5)), 1), [1, 2], "symmetric"),
+        (np.ones((4, 5)), [1, 2], "square"),
+        (adjacency(nx.path_graph(6)), [2], "at least two"),
+        (adjacency(nx.path_graph(6)), [3, 2], "increasing"),
+        (adjacency(nx.path_graph(6)), [0, 1, 2], "increasing"),
+        (adjacency(nx.path_graph(6)), [1.5, 2.0], "integer"),
+        (adjacency(nx.complete_graph(6)), [2, 3], "more than one box"),
+    ],
+)
+def test_graph_bad_input(adj, eps, match):
+    with pytest.raises(ValueError, match=match):
+        graph_fractal_dim(adj, eps)
+
+
+def test_graph_bad_components_and_nan():
+    adj = adjacency(nx.path_graph(6))
+    with pytest.raises(ValueError, match="components"):
+        graph_fractal_dim(adj, [1, 2], components="all")
+    adj[0, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        graph_fractal_dim(adj, [1, 2])
+
+
+def test_fc_to_graph_dimension_pipeline():
+    lat = torch.tensor(_latents(b=2, t=300, c=16, seed=3))
+    adj = functional_connectivity_latents(lat, thresh=0.2)
+    d = graph_fractal_dim(adj, [1, 2, 3], components="sum")
+    assert d.shape == (2,) and bool(torch.isfinite(d).all()) and bool((d > 0).all())
+
+
+# ----------------------------------------------------------------------------- power laws
+def _pareto(alpha, n, xmin=1.0, seed=0):
+    u = np.random.default_rng(seed).random(n)
+    return xmin * (1 - u) ** (-1.0 / (alpha - 1.0))
+
+
+@pytest.mark.parametrize("alpha", [2.0, 2.5, 3.0])
+def test_powerlaw_recovers_alpha(alpha):
+    fit = powerlaw_fit(_pareto(alpha, 2000, seed=int(alpha * 10)))
+    assert isinstance(fit, PowerLawFit)
+    assert abs(float(fit.alpha) - alpha) < 0.1
+    assert float(fit.ks) < 0.05 and int(fit.n_tail) >= 500
+    assert float(fit.sigma) == pytest.approx((float(fit.alpha) - 1) / math.sqrt(int(fit.n_tail)))
+
+
+def test_powerlaw_finds_xmin_on_mixture():
+    rng = np.random.default_rng(5)
+    body = rng.uniform(1.0, 5.0, 400)  # flat body, density well below the tail's at x = 5
+    tail = _pareto(2.5, 1000, xmin=5.0, seed=6)
+    fit = powerlaw_fit(np.concatenate([body, tail]))
+    assert abs(float(fit.xmin) - 5.0) / 5.0 < 0.1
+    assert abs(float(fit.alpha) - 2.5) < 0.15
+
+
+def test_powerlaw_fixed_xmin_and_batch():
+    x = np.stack([_pareto(2.5, 800, seed=s) for s in range(3)])
+    fit = powerlaw_fit(torch.tensor(x), xmin=1.0)
+    assert isinstance(fit.alpha, torch.Tensor) and fit.alpha.shape == (3,)
+    n = x.shape[-1]
+    mle = 1 + n / np.log(x).sum(-1)
+    np.testing.assert_allclose(fit.alpha.numpy(), mle, rtol=1e-12)
+    assert bool((fit.xmin == 1.0).all())
+
+
+def test_powerlaw_discrete():
+    rng = np.random.default_rng(7)
+    x = np.floor((6 - 0.5) * (1 - rng.random(3000)) ** (-1 / 1.5) + 0.5)
+    fit = powerlaw_fit(x, discrete=True)
+    assert abs(float(fit.alpha) - 2.5) < 0.1 and float(fit.xmin) >= 6
+
+
+def test_powerlaw_bootstrap_p_value():
+    true = powerlaw_fit(_pareto(2.5, 300, seed=8), bootstrap=30)
+    expo = powerlaw_fit(np.random.default_rng(9).exponential(1.0, 300) + 1.0, bootstrap=30, min_tail=100)
+    assert 0.1 < float(true.p_value) <= 1.0
+    assert float(expo.p_value) < float(true.p_value)
+    again = powerlaw_fit(_pareto(2.5, 300, seed=8), bootstrap=30)
+    assert float(again.p_value) == float(true.p_value)  # default generator is seeded: deterministic
+    assert powerlaw_fit(_pareto(2.5, 300, seed=8)).p_value is None
+
+
+@pytest.mark.parametrize(
+    "values, kwargs, match",
+    [
+        (np.array([1.0, 2.0, 0.0] * 10), {}, "> 0"),
+        (np.array([1.0, np.nan] * 10), {}, "NaN"),
+        (np.array([1.5, 2.0] * 10), {"discrete": True}, "integer"),
+        (np.arange(1.0, 6.0), {}, "min_tail"),
+        (np.arange(1.0, 30.0), {"xmin": 100.0}, "xmin"),
+        (np.arange(1.0, 30.0), {"xmin": -1.0}, "xmin"),
+        (np.arange(1.0, 30.0), {"bootstrap": -1}, "bootstrap"),
+    ],
+)
+def test_powerlaw_bad_input(values, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        powerlaw_fit(values, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    adj = np.stack([adjacency(uv_flower(2, 2, 3)), adjacency(nx.grid_2d_graph(8, 8))[:44, :44]])
+    cpu_d, cpu_box = graph_fractal_dim(torch.tensor(adj), [1, 2, 3, 4], return_counts=True)
+    gpu_d, gpu_box = graph_fractal_dim(torch.tensor(adj).cuda(), [1, 2, 3, 4], return_counts=True)
+    assert gpu_d.is_cuda
+    torch.testing.assert_close(gpu_box.counts.cpu(), cpu_box.counts)
+    torch.testing.assert_close(gpu_d.cpu(), cpu_d)
+    lat = torch.tensor(_latents())
+    torch.testing.assert_close(
+        functional_connectivity_latents(lat.cuda(), "partial", weighted=True).cpu(),
+        functional_connectivity_latents(lat, "partial", weighted=True),
+    )
