@@ -97,6 +97,15 @@ def test_planted_paired_shift_detected_with_fdr():
     assert up.loc["Fz", "p"] > hfd.loc["Fz", "p"]
 
 
+def test_measure_missing_in_one_level_is_noted_not_fatal():
+    table = _planted()
+    only_rest = table[(table["measure"] == "hfd") & (table["condition"] == "rest")].assign(measure="graph_fd")
+    stats, _ = contrast_stats(pd.concat([table, only_rest]), "condition", ["rest", "arithmetic"])
+    lonely = stats[stats["measure"] == "graph_fd"]
+    assert lonely["p"].isna().all() and lonely["note"].str.contains("at least 3 pairs").all()
+    assert stats.loc[stats["measure"] == "hfd", "p"].notna().all()
+
+
 def test_mixed_effects_recovers_shift():
     table = _planted(shift_channels=tuple(CHANNELS), shift=1.0)
     mixed = mixed_effects(table, "condition", ["rest", "arithmetic"]).set_index("measure")

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fmx.fingerprint.config import load_config
 from fmx.fingerprint.discover import discover, parse_bids_name
@@ -15,8 +16,8 @@ from fmx.fingerprint.job import plan_job, run_fingerprint_job
 CHANNELS = ["Fz", "Cz", "Pz", "Oz"]
 FS = 128.0
 SUBJECTS = {"sub-01": "A", "sub-02": "A", "sub-03": "B"}
-# Small and quick: two short epochs' worth of fOU steps.
-FAST = ["default", "fou.steps=40", "fou.n_bins=32"]
+# Small and quick: three measures and a short fOU fit.
+FAST = ["default", "fou.steps=40", "fou.n_bins=32", "fingerprint.measures=[higuchi_fd,dfa_alpha,spectral_beta]"]
 
 
 def _write_edf(path, beta: float, seed: int) -> None:
@@ -114,6 +115,10 @@ def test_serial_job_schema_failures_and_summary(cohort, tmp_path):
     summary = pd.read_parquet(out / "summary.parquet")
     assert len(summary) == 6 and {"group", "age", "fou_H", "n_channels"} <= set(summary.columns)
     assert (summary["n_channels"] == len(CHANNELS)).all()
+    network = table[table["channel"] == "network"]
+    assert set(network["measure"]) <= {"fc_density", "graph_fd"} and "fc_density" in set(network["measure"])
+    flags = pd.read_parquet(out / "flags.parquet")
+    assert list(flags.columns) == ["subject", "session", "condition", "channel", "measure", "flag", "epoch"]
     recordings = pd.read_parquet(out / "recordings.parquet")
     assert sorted(recordings["status"]) == ["failed"] + ["fitted"] * 6
     assert len(list((out / "parts").glob("*.parquet"))) == 6 and not list((out / "parts").glob(".*tmp"))
@@ -163,6 +168,19 @@ def test_cli_fit_serial(cohort, tmp_path):
     assert (pd.read_parquet(out / "recordings.parquet").query("status == 'fitted'")["n_epochs"] == 2).all()
     bad = CliRunner().invoke(app, ["fingerprint", "fit", str(tmp_path / "missing"), "--out", str(out), "--serial"])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(cohort):
+    from fmx.fingerprint.recording import fit_recording
+
+    entry = {"path": str(cohort / "sub-01" / "eeg" / "sub-01_task-rest_eeg.edf"), "subject": "sub-01", "key": "k"}
+    cfg = load_config(FAST)
+    cpu, gpu = fit_recording(entry, cfg), fit_recording(entry, cfg, device="cuda")
+    assert cpu["error"] is None and gpu["error"] is None, (cpu["error"], gpu["error"])
+    merged = cpu["rows"].merge(gpu["rows"], on=["channel", "measure"], suffixes=("_cpu", "_gpu"))
+    assert len(merged) == len(cpu["rows"])
+    np.testing.assert_allclose(merged["value_gpu"], merged["value_cpu"], rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.slow

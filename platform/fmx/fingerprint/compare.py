@@ -100,16 +100,17 @@ def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | 
     rows = []
     for (measure, channel), part in data.groupby(["measure", "channel"], sort=True):
         # Average repeats (e.g. sessions) so each subject contributes one value per level.
-        per = part.groupby(["subject", "_level"])["value"].mean().unstack("_level")
+        # A measure can be missing in one level (e.g. a network measure undefined there): reindex, let the
+        # test report too few values in `note` instead of failing the whole contrast.
+        per = part.groupby(["subject", "_level"])["value"].mean().unstack("_level").reindex(columns=[a_level, b_level])
         row = {"measure": measure, "channel": channel, "contrast": f"{column}: {b_level} vs {a_level}"}
         try:
             if paired:
-                both = per.dropna(subset=[a_level, b_level]) if {a_level, b_level} <= set(per.columns) else per.iloc[:0]
+                both = per.dropna()
                 res = paired_stats(both[a_level], both[b_level])
                 res["p"] = res["p_wilcoxon"] if test == "rank" else res["p_ttest"]
             else:
-                res = unpaired_stats(per[a_level].dropna() if a_level in per else [],
-                                     per[b_level].dropna() if b_level in per else [])
+                res = unpaired_stats(per[a_level].dropna(), per[b_level].dropna())
                 res["p"] = res["p_mannwhitney"] if test == "rank" else res["p_welch"]
             row.update(res)
         except ValueError as exc:
