@@ -65,44 +65,31 @@ def _segment_variances(
         starts.append(n - n_seg * scale)  # Kantelhardt: a second pass aligned with the end
     # Columns 1.. of the orthonormal polynomial basis: column 0 is the constant, already removed
     # by centring. With Q orthonormal the residual energy is ||c||^2 - ||c Q||^2, so the fitted
-    # trend is never materialized.
-    basis = _detrend_basis(scale, order, dtype, profile.device)[:, 1:]
+    # trend is never materialized. That difference cancels badly for smooth profiles (fBm input,
+    # order >= 2: the trend holds all but 1e-6 of the energy), so it is always formed in the
+    # profile's float64 (for float32 input too) and only the energies return to ``dtype``; float64
+    # matmuls are also immune to TF32/bf16 matmul settings.
+    basis = _detrend_basis(scale, order, profile.dtype, profile.device)[:, 1:]
     out = []
     for start in starts:
         stop = start + n_seg * scale
         seg = profile[..., start:stop].unflatten(-1, (n_seg, scale))
         mean = (prefix[..., start + scale : stop + 1 : scale] - prefix[..., start : stop - scale + 1 : scale]) / scale
-        # Centre in the profile's float64 precision; what is left is segment-local and small, so
-        # the input dtype represents it well.
-        c = (seg - mean.unsqueeze(-1)).to(dtype)
+        c = seg - mean.unsqueeze(-1)
         energy = c.square().sum(-1)
         if order > 0:
-            if _reduced_precision_matmul(c):
-                # TF32/bf16 matmuls (torch.set_float32_matmul_precision("high"), allow_tf32) keep
-                # ~3 digits, too few for the energy difference: project in float64 instead.
-                proj = (c.double() @ basis.double()).square().sum(-1).to(dtype)
-            else:
-                proj = (c @ basis).square().sum(-1)
-            energy = energy - proj
+            energy = energy - (c @ basis).square().sum(-1)
         # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
-        out.append(energy.clamp_min(0.0) / scale)
+        out.append((energy.clamp_min(0.0) / scale).to(dtype))
     return out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
-def _reduced_precision_matmul(c: torch.Tensor) -> bool:
-    if c.dtype != torch.float32:
-        return False
-    if torch.get_float32_matmul_precision() != "highest":
-        return True
-    return c.is_cuda and bool(torch.backends.cuda.matmul.allow_tf32)
-
-
 def _profile(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Profile and its zero-padded prefix sum, accumulated in float64 for float32 input.
+    """Profile and its zero-padded prefix sum, in float64 for float32 input.
 
     float32 profiles of long records lose the small-scale fluctuations to rounding (the profile of
-    fBm grows like T^(H+1)), so accumulate in float64 and return to the input dtype after the
-    per-segment mean is gone.
+    fBm grows like T^(H+1)), so float32 input is accumulated in float64 and returns to float32
+    only as per-segment energies.
     """
     work = t.double() if t.dtype == torch.float32 else t
     profile = (work - work.mean(-1, keepdim=True)).cumsum(-1)

@@ -102,6 +102,15 @@ def test_float32_close_to_float64_and_input_untouched():
     assert torch.equal(x32, before)
 
 
+def test_float32_smooth_input_negative_q_keeps_precision():
+    # fBm input with order-2 detrending: the trend holds all but ~1e-6 of each segment's energy, and
+    # q = -5 is dominated by the smallest segments. Energies formed in float32 lost them entirely.
+    x = S.fbm_series(8192, H=0.7, n_series=4, generator=gen(13))
+    f64, _ = fluctuation_functions(x, [-5.0, 2.0, 5.0], [16, 64, 256], order=2)
+    f32, _ = fluctuation_functions(x.float(), [-5.0, 2.0, 5.0], [16, 64, 256], order=2)
+    assert float((f32.double() / f64 - 1).abs().max()) < 1e-4
+
+
 def test_reduced_matmul_precision_setting_does_not_change_results():
     x = S.fbm_series(4096, H=0.5, n_series=2, generator=gen(12)).float()
     ref = dfa_alpha(x)
