@@ -221,7 +221,9 @@ def dfa_alpha(
     Notes
     -----
     F(s) is the root mean square of the detrended profile over all segments of length s; alpha is
-    the least-squares slope of log F(s) on log s. Differentiable (pure torch).
+    the least-squares slope of log F(s) on log s. Differentiable (pure torch). float32 input is
+    accumulated in float64 (profile and segment energies) and returned as float32: float32 sums
+    lose the small-scale fluctuations of smooth (fBm-like) records.
 
     Shape:
         ``(..., T) -> (...)``. Assumes power-law scaling across the whole window range. Measured on
