@@ -1,0 +1,442 @@
+"""The fractal fingerprint of a recording: every per-channel measure plus the channel network.
+
+:func:`fingerprint` is the one entry point that training callbacks, sweeps and subject jobs call.
+It computes each measure once for all good channels of all recordings (one batched call per
+estimator, on the input's device) and returns a tidy table plus summary scalars.
+
+Quality policy
+--------------
+A bad channel never fails the recording. Each row carries ``ok`` (bool), ``flag`` (str, empty when
+fine) and ``r2`` (fit quality where the measure has one, NaN otherwise):
+
+- ``flat``: constant within numerical precision (``std <= 1e-9 * (|mean| + std)``); every measure
+  of the channel is NaN.
+- ``nonfinite``: contains NaN or inf; every measure NaN. Clean or interpolate before measuring.
+- ``flat_segment``: a stretch of identical samples longer than ``quality.max_flat_fraction`` of
+  the recording (and 8 samples): padding, a disconnected electrode or clipping. Measured, but
+  ``ok`` is False; trim it (eegmat-dev rest recordings end with about 2 s of flat padding).
+- ``too_short``: (intervals) fewer beats left than the measure needs; that measure NaN.
+- ``poor_fit``: the 1/f fit explains less than ``quality.min_r2`` of the log-PSD variance; the
+  value is kept, ``ok`` is False.
+- ``error: ...``: an estimator rejected this channel (message kept) or returned inf/NaN
+  (``error: non-finite result``); that measure NaN.
+
+Channels with any NaN measure (flat, nonfinite) are left out of the channel network. Config errors
+(unknown keys, a band above Nyquist, a recording shorter than the largest window) raise
+``ValueError`` for the whole call, since no channel could be measured.
+
+Config (plain dict, all keys optional; defaults mirror ``platform/fmx/conf/fractals/default.yaml``
+``metrics``; the whole ``fractals`` block, with ``metrics`` inside, is accepted too)::
+
+    temporal:
+      higuchi_kmax: 8               # Higuchi k_max; larger k biases FD down on short series
+      dfa_orders: [4, 16, 64, 256]  # DFA window sizes in samples (kept where <= T // 2)
+      psd_freq_band: [2.0, 80.0]    # Hz band of the 1/f fit (must lie below fs / 2)
+      exclude_peaks: true           # mask oscillatory peaks before the fit
+    multifractal:
+      q_vals: [-5, -3, -1, 0, 1, 3, 5]
+      scales: [8, 16, 32, 64, 128, 256]   # kept where <= T // 4
+    graph:
+      corr_threshold: 0.3           # |r| above which two channels are linked
+      box_eps: [1, 2, 3, 4, 5, 6]   # box sizes (graph distance) of the box covering
+    intervals:                      # kind="intervals" only
+      alpha1_beats: [4, 16]         # short-range DFA (Peng 1995)
+      alpha2_beats: [16, 64]        # long-range DFA
+      ectopic_filter: false         # the job filters upstream; true applies clean_rr_intervals
+      min_ms: 300                   # ectopic filter: physiological RR range ...
+      max_ms: 2000
+      window: 11                    # ... and within tolerance of a window-beat running mean
+      tolerance: 0.2
+    quality:
+      min_r2: 0.0                   # flag 1/f fits below this r2 as poor_fit (0: off; r2 is low for
+                                    # shallow spectra even when right: fGn H=0.7, beta 0.4, r2 0.44)
+      max_flat_fraction: 0.01       # a constant stretch longer than this share of T: flat_segment
+    measures: null                  # subset of measure names to compute (null: all)
+
+``kind="intervals"`` (RR or inter-event intervals, one value per beat): DFA alpha1 and alpha2,
+Higuchi FD and multifractal width over beat index. There is no PSD slope: intervals are not sampled
+on a clock, so a slope over Hz would need resampling to an even grid first (do that and use
+``kind="continuous"`` if a spectral exponent is wanted); ``fs`` is ignored.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from fractals._checks import as_tensor
+
+__all__ = ["DEFAULT_CONFIG", "CONTINUOUS_MEASURES", "INTERVAL_MEASURES", "fingerprint", "clean_rr_intervals",
+           "resolve_config"]
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "temporal": {"higuchi_kmax": 8, "dfa_orders": [4, 16, 64, 256], "psd_freq_band": [2.0, 80.0],
+                 "exclude_peaks": True},
+    "multifractal": {"q_vals": [-5, -3, -1, 0, 1, 3, 5], "scales": [8, 16, 32, 64, 128, 256]},
+    "graph": {"corr_threshold": 0.3, "box_eps": [1, 2, 3, 4, 5, 6]},
+    "intervals": {"alpha1_beats": [4, 16], "alpha2_beats": [16, 64], "ectopic_filter": False, "min_ms": 300.0,
+                  "max_ms": 2000.0, "window": 11, "tolerance": 0.2},
+    "quality": {"min_r2": 0.0, "max_flat_fraction": 0.01},
+    "measures": None,
+}
+CONTINUOUS_MEASURES = ("higuchi_fd", "katz_fd", "dfa_alpha", "hurst_rs", "spectral_beta", "mf_width")
+INTERVAL_MEASURES = ("dfa_alpha1", "dfa_alpha2", "higuchi_fd", "mf_width")
+# Keys of the metrics block that describe windowing/logging, not a single fingerprint: accepted, unused.
+_IGNORED_METRIC_KEYS = {"window_size", "hop_size", "sample_rate_hz", "compute_on"}
+
+
+def resolve_config(config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Defaults deep-merged with ``config``; unknown keys raise ``ValueError`` naming the path."""
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    if config is None:
+        return cfg
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config: needs a dict, got {type(config).__name__}")
+    if "metrics" in config:  # the whole fractals block
+        config = config.get("metrics") or {}
+    for key, value in config.items():
+        if key in _IGNORED_METRIC_KEYS:
+            continue
+        if key not in cfg:
+            raise ValueError(f"config: unknown key {key!r}; allowed: {sorted(set(cfg) | _IGNORED_METRIC_KEYS)}")
+        if isinstance(cfg[key], dict):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"config.{key}: needs a dict, got {value!r}")
+            for sub, v in value.items():
+                if sub not in cfg[key]:
+                    raise ValueError(f"config.{key}: unknown key {sub!r}; allowed: {sorted(cfg[key])}")
+                cfg[key][sub] = v
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def clean_rr_intervals(rr: Any, *, min_ms: float = 300.0, max_ms: float = 2000.0, window: int = 11,
+                       tolerance: float = 0.2) -> np.ndarray:
+    """Drop ectopic beats and artefacts from an RR series (ms).
+
+    Keeps beats inside ``[min_ms, max_ms]`` that also lie within ``tolerance`` (fraction) of the
+    centred ``window``-beat running mean of the in-range beats (edges use the available beats).
+
+    Shape:
+        rr: ``(N,)``. Returns ``(M,)`` float64, M <= N, order kept.
+    """
+    r = np.asarray(rr, dtype=np.float64).ravel()
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window: needs an odd integer >= 1, got {window!r}")
+    r = r[np.isfinite(r) & (r >= min_ms) & (r <= max_ms)]
+    if r.size == 0:
+        return r
+    half = window // 2
+    csum = np.concatenate([[0.0], np.cumsum(r)])
+    idx = np.arange(r.size)
+    lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, r.size)
+    mean = (csum[hi] - csum[lo]) / (hi - lo)
+    return r[np.abs(r - mean) <= tolerance * mean]
+
+
+# --------------------------------------------------------------------------------------------------
+# measure runners: one batched call, per-row fallback on rejection
+# --------------------------------------------------------------------------------------------------
+def _run(fn: Callable[[torch.Tensor], Any], rows: torch.Tensor) -> tuple[np.ndarray, list[str], Optional[np.ndarray]]:
+    """Apply ``fn`` to all rows at once; if it rejects the batch, row by row to isolate the culprit.
+
+    ``fn`` returns values (R,) or (values, r2). Returns (values, flags, r2 or None)."""
+    n = rows.shape[0]
+    flags = [""] * n
+    try:
+        out = fn(rows)
+        vals, r2 = out if isinstance(out, tuple) else (out, None)
+        vals = _np(vals)
+        bad = ~np.isfinite(vals)
+        if bad.any():  # an estimator returned inf/NaN instead of raising: report it, never pass it on
+            vals = np.where(bad, np.nan, vals)
+            flags = ["error: non-finite result" if b else "" for b in bad]
+        return vals, flags, None if r2 is None else _np(r2)
+    except (ValueError, torch.linalg.LinAlgError):
+        pass
+    vals = np.full(n, np.nan)
+    r2 = np.full(n, np.nan)
+    has_r2 = False
+    for i in range(n):
+        try:
+            out = fn(rows[i:i + 1])
+        except (ValueError, torch.linalg.LinAlgError) as exc:
+            flags[i] = f"error: {exc}"[:200]
+            continue
+        v, r = out if isinstance(out, tuple) else (out, None)
+        vals[i] = float(_np(v).ravel()[0])
+        if not math.isfinite(vals[i]):
+            vals[i], flags[i] = np.nan, "error: non-finite result"
+            continue
+        if r is not None:
+            has_r2 = True
+            r2[i] = float(_np(r).ravel()[0])
+    return vals, flags, r2 if has_r2 else None
+
+
+def _np(v: Any) -> np.ndarray:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    return np.asarray(v, dtype=np.float64).reshape(-1)
+
+
+def _log_windows(lo: int, hi: int, max_n: int = 12) -> list[int]:
+    return sorted({int(round(v)) for v in np.geomspace(lo, hi, min(max_n, hi - lo + 1))})
+
+
+def _continuous_calls(cfg: Mapping[str, Any], fs: float, n: int) -> dict[str, Callable]:
+    from fractals import metrics as fm
+
+    temporal, mf = cfg["temporal"], cfg["multifractal"]
+    band = (float(temporal["psd_freq_band"][0]), float(temporal["psd_freq_band"][1]))
+    if not 0 <= band[0] < band[1] <= fs / 2:
+        raise ValueError(
+            f"config.temporal.psd_freq_band: {list(band)} Hz must satisfy 0 <= lo < hi <= fs/2 = {fs / 2}; "
+            "set a band below Nyquist (e.g. [2, 40] for 250 Hz EEG)"
+        )
+    windows = [int(w) for w in temporal["dfa_orders"] if 3 <= int(w) <= n // 2]
+    if len(windows) < 2:
+        raise ValueError(f"config.temporal.dfa_orders: {temporal['dfa_orders']} leaves < 2 windows <= T/2 = {n // 2}")
+    scales = [int(s) for s in mf["scales"] if 3 <= int(s) <= n // 4]
+    if len(scales) < 2:
+        raise ValueError(f"config.multifractal.scales: {mf['scales']} leaves < 2 scales <= T/4 = {n // 4}")
+    kmax = int(temporal["higuchi_kmax"])
+    excl = bool(temporal["exclude_peaks"])
+
+    def beta(rows):
+        fit = fm.spectral_beta(rows, fs, band, excl, return_fit=True)
+        return fit.beta, fit.r2
+
+    return {
+        "higuchi_fd": lambda rows: fm.higuchi_fd(rows, kmax=kmax),
+        "katz_fd": lambda rows: fm.katz_fd(rows),
+        "dfa_alpha": lambda rows: fm.dfa_alpha(rows, windows=windows),
+        "hurst_rs": lambda rows: fm.hurst_rs(rows),
+        "spectral_beta": beta,
+        "mf_width": lambda rows: fm.multifractal_spectrum(rows, list(mf["q_vals"]), scales)["width"],
+    }
+
+
+def _interval_calls(cfg: Mapping[str, Any]) -> tuple[dict[str, Callable], dict[str, int]]:
+    """Interval measures and the fewest beats each needs (4 windows of the largest size)."""
+    from fractals import metrics as fm
+
+    iv, mf = cfg["intervals"], cfg["multifractal"]
+    a1, a2 = _log_windows(*map(int, iv["alpha1_beats"]), max_n=13), _log_windows(*map(int, iv["alpha2_beats"]))
+    kmax = int(cfg["temporal"]["higuchi_kmax"])
+    mf_scales = sorted(int(s) for s in mf["scales"])
+
+    def mf_width(rows):
+        scales = [s for s in mf_scales if s <= rows.shape[-1] // 4]
+        return fm.multifractal_spectrum(rows, list(mf["q_vals"]), scales)["width"]
+
+    calls = {
+        "dfa_alpha1": lambda rows: fm.dfa_alpha(rows, windows=a1),
+        "dfa_alpha2": lambda rows: fm.dfa_alpha(rows, windows=a2),
+        "higuchi_fd": lambda rows: fm.higuchi_fd(rows, kmax=kmax),
+        "mf_width": mf_width,
+    }
+    min_len = {"dfa_alpha1": 4 * a1[-1], "dfa_alpha2": 4 * a2[-1], "higuchi_fd": 4 * kmax,
+               "mf_width": 4 * mf_scales[min(1, len(mf_scales) - 1)]}
+    return calls, min_len
+
+
+# --------------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------------
+def fingerprint(
+    x: Any,
+    fs: Optional[float],
+    config: Optional[Mapping[str, Any]] = None,
+    channel_names: Optional[Sequence[str]] = None,
+    kind: str = "continuous",
+):
+    """Fractal fingerprint of a recording: per-channel measures and channel-network measures.
+
+    Parameters
+    ----------
+    x : array or tensor (..., C, T)
+        Channels by time; leading axes are independent recordings of the same channels (a
+        ``recording`` column indexes them, flattened). ``kind="intervals"``: (C, N) or (N,) interval
+        series (NaN padding at the end of shorter rows is allowed and dropped).
+    fs : float or None
+        Sampling rate in Hz (continuous); ignored for intervals.
+    config : dict, optional
+        See the module docstring; missing keys take :data:`DEFAULT_CONFIG`.
+    channel_names : sequence of str, optional
+        One name per channel (default ``ch0``, ``ch1``, ...).
+    kind : "continuous" or "intervals"
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per (recording, channel, measure): ``channel``, ``measure``, ``value``, ``ok``,
+        ``flag``, ``r2`` (``recording`` first when x has leading axes). Measures:
+        :data:`CONTINUOUS_MEASURES` or :data:`INTERVAL_MEASURES`.
+    summary : dict of float
+        ``{measure}_mean`` / ``{measure}_std`` over ok channels (and recordings), ``n_channels``,
+        ``n_recordings``, ``n_flagged``; continuous only: ``fc_density`` (fraction of channel pairs
+        with ``|r| >= corr_threshold``) and ``graph_fd`` (box-covering FD of that graph), NaN when
+        fewer than 3 good channels or when the graph is too small to cover (``graph_flag`` says why).
+
+    Shape:
+        x: ``(..., C, T)``.
+    """
+    import pandas as pd
+
+    if kind not in ("continuous", "intervals"):
+        raise ValueError(f"kind: must be 'continuous' or 'intervals', got {kind!r}")
+    cfg = resolve_config(config)
+    t, _ = as_tensor(x, "x")
+    if t.ndim == 1:
+        t = t.unsqueeze(0)
+    if t.ndim < 2:
+        raise ValueError(f"x: needs shape (..., C, T), got {tuple(t.shape)}")
+    lead = t.shape[:-2]
+    n_ch, n = t.shape[-2], t.shape[-1]
+    names = [f"ch{i}" for i in range(n_ch)] if channel_names is None else [str(c) for c in channel_names]
+    if len(names) != n_ch:
+        raise ValueError(f"channel_names: has {len(names)} names for {n_ch} channels (x shape {tuple(t.shape)})")
+    rows = t.reshape(-1, n)
+    n_rec = max(1, int(np.prod(lead))) if lead else 1
+
+    if kind == "continuous":
+        if fs is None or not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
+            raise ValueError(f"fs: needs a sampling rate > 0 in Hz for kind='continuous', got {fs!r}")
+        calls = _continuous_calls(cfg, float(fs), n)
+        base_flags = _row_quality(rows, float(cfg["quality"]["max_flat_fraction"]))
+        # flat_segment channels are still measured (and flagged); flat/nonfinite ones are not.
+        good = np.array([f in ("", "flat_segment") for f in base_flags])
+        series = {"all": rows}
+    else:
+        calls, min_len = _interval_calls(cfg)
+        rows_np = rows.detach().cpu().double().numpy()
+        cleaned = []
+        for r in rows_np:
+            r = r[np.isfinite(r)]  # NaN padding of shorter rows
+            if cfg["intervals"]["ectopic_filter"]:
+                iv = cfg["intervals"]
+                r = clean_rr_intervals(r, min_ms=iv["min_ms"], max_ms=iv["max_ms"], window=int(iv["window"]),
+                                       tolerance=iv["tolerance"])
+            cleaned.append(r)
+        base_flags = ["flat" if r.size > 1 and np.ptp(r) == 0 else "" for r in cleaned]
+        good = np.array([f == "" and r.size > 1 for f, r in zip(base_flags, cleaned)])
+        for i, r in enumerate(cleaned):
+            if r.size <= 1:
+                base_flags[i] = "too_short"
+        series = {"intervals": cleaned}
+
+    selected = cfg["measures"]
+    if selected is not None:
+        unknown = set(selected) - set(calls)
+        if unknown:
+            raise ValueError(f"config.measures: unknown {sorted(unknown)}; allowed for kind={kind!r}: {sorted(calls)}")
+        calls = {k: v for k, v in calls.items() if k in selected}
+
+    n_rows = rows.shape[0]
+    values = {m: np.full(n_rows, np.nan) for m in calls}
+    r2s = {m: np.full(n_rows, np.nan) for m in calls}
+    flags = {m: list(base_flags) for m in calls}
+    idx_good = np.nonzero(good)[0]
+    if idx_good.size:
+        if kind == "continuous":
+            batch = series["all"][torch.as_tensor(idx_good, device=rows.device)]
+            for m, fn in calls.items():
+                v, f, r2 = _run(fn, batch)
+                values[m][idx_good] = v
+                for j, i in enumerate(idx_good):
+                    flags[m][i] = f[j] or flags[m][i]  # keep flat_segment unless the estimator failed
+                if r2 is not None:
+                    r2s[m][idx_good] = r2
+        else:
+            for i in idx_good:
+                one = torch.from_numpy(series["intervals"][i])[None]
+                for m, fn in calls.items():
+                    if one.shape[-1] < min_len[m]:
+                        flags[m][i] = "too_short"
+                        continue
+                    v, f, _ = _run(fn, one)
+                    values[m][i], flags[m][i] = v[0], f[0]
+
+    min_r2 = float(cfg["quality"]["min_r2"])
+    records = []
+    for m in calls:
+        for i in range(n_rows):
+            flag = flags[m][i]
+            if flag == "" and not math.isnan(r2s[m][i]) and r2s[m][i] < min_r2:
+                flag = "poor_fit"
+            rec = {"channel": names[i % n_ch], "measure": m, "value": float(values[m][i]),
+                   "ok": flag == "" and math.isfinite(values[m][i]), "flag": flag, "r2": float(r2s[m][i])}
+            if lead:
+                rec = {"recording": i // n_ch, **rec}
+            records.append(rec)
+    table = pd.DataFrame.from_records(records)
+
+    summary: dict[str, Any] = {"n_channels": n_ch, "n_recordings": n_rec, "kind": kind,
+                               "n_flagged": int(sum(1 for f in base_flags if f))}
+    for m in calls:
+        ok = table.loc[(table["measure"] == m) & table["ok"], "value"].to_numpy(dtype=float)
+        summary[f"{m}_mean"] = float(ok.mean()) if ok.size else float("nan")
+        summary[f"{m}_std"] = float(ok.std()) if ok.size else float("nan")
+    if kind == "continuous":
+        summary.update(_network(rows, good, n_ch, cfg))
+    return table, summary
+
+
+def _longest_constant_run(rows: torch.Tensor) -> torch.Tensor:
+    """Length (samples) of the longest run of exactly repeated values in each row."""
+    same = (rows[:, 1:] == rows[:, :-1]).long()
+    if same.shape[1] == 0:
+        return torch.ones(rows.shape[0], dtype=torch.long, device=rows.device)
+    csum = same.cumsum(1)
+    # Reset the running count at every change: subtract the count reached at the last change.
+    at_change = torch.where(same == 0, csum, torch.zeros_like(csum))
+    run = csum - at_change.cummax(1).values
+    return run.amax(1) + 1
+
+
+def _row_quality(rows: torch.Tensor, max_flat_fraction: float) -> list[str]:
+    finite = torch.isfinite(rows).all(-1)
+    safe = torch.where(torch.isfinite(rows), rows, torch.zeros_like(rows)).double()
+    std = safe.std(-1, correction=0)
+    flat = std <= 1e-9 * (safe.mean(-1).abs() + std)
+    run = _longest_constant_run(safe)
+    stuck = run > max(max_flat_fraction * rows.shape[-1], 8)
+    out = []
+    for fin, fl, st in zip(finite.tolist(), flat.tolist(), stuck.tolist()):
+        out.append("nonfinite" if not fin else ("flat" if fl else ("flat_segment" if st else "")))
+    return out
+
+
+def _network(rows: torch.Tensor, good: np.ndarray, n_ch: int, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """FC density and graph FD per recording over its good channels, averaged over recordings."""
+    from fractals import metrics as fm
+
+    thresh = float(cfg["graph"]["corr_threshold"])
+    eps = [int(e) for e in cfg["graph"]["box_eps"]]
+    dens, fds, why = [], [], ""
+    good_rec = good.reshape(-1, n_ch)
+    recs = rows.reshape(-1, n_ch, rows.shape[-1])
+    for r in range(recs.shape[0]):
+        keep = np.nonzero(good_rec[r])[0]
+        if keep.size < 3:
+            why = f"recording {r}: {keep.size} good channel(s), need >= 3"
+            continue
+        x = recs[r, torch.as_tensor(keep, device=rows.device)]
+        adj = torch.as_tensor(fm.functional_connectivity_latents(x.transpose(0, 1)[None], thresh=thresh))[0]
+        c = adj.shape[-1]
+        off = ~torch.eye(c, dtype=torch.bool, device=adj.device)
+        dens.append(float((adj[off] != 0).double().mean()))
+        try:
+            fds.append(float(torch.as_tensor(fm.graph_fractal_dim(adj, eps)).reshape(-1)[0]))
+        except ValueError as exc:
+            why = f"graph_fd: {exc}"[:200]
+    out = {"fc_density": float(np.mean(dens)) if dens else float("nan"),
+           "graph_fd": float(np.nanmean(fds)) if fds else float("nan")}
+    if why:
+        out["graph_flag"] = why
+    return out

@@ -1,0 +1,151 @@
+"""fractals.fingerprint: tidy table, summary, quality flags, config handling, intervals."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pd = pytest.importorskip("pandas", reason="fingerprint tables need pandas")
+
+from fractals.fingerprint import (  # noqa: E402
+    CONTINUOUS_MEASURES,
+    DEFAULT_CONFIG,
+    INTERVAL_MEASURES,
+    clean_rr_intervals,
+    fingerprint,
+    resolve_config,
+)
+from fractals.stimuli import fgn, one_over_f_noise  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small tensors: on a shared 2-core runner intra-op threads cost far more than they save.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+FS = 250.0
+CFG = {"temporal": {"psd_freq_band": [2.0, 40.0]}}
+
+
+def _recording(n_ch=6, n=4096, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = one_over_f_noise(n, 1.0, fs=FS, batch_shape=(n_ch,), generator=g)
+    return s + s.roll(-1, dims=0)  # each channel shares a source with its neighbour: a ring FC graph
+
+
+def test_table_layout_and_summary():
+    x = _recording()
+    names = [f"E{i}" for i in range(6)]
+    table, summary = fingerprint(x, FS, CFG, channel_names=names)
+    assert list(table.columns) == ["channel", "measure", "value", "ok", "flag", "r2"]
+    assert len(table) == 6 * len(CONTINUOUS_MEASURES)
+    assert set(table["measure"]) == set(CONTINUOUS_MEASURES) and set(table["channel"]) == set(names)
+    assert bool(table["ok"].all()) and (table["flag"] == "").all()
+    beta = table[table.measure == "spectral_beta"]
+    assert beta["r2"].between(0.5, 1.0).all() and table.loc[table.measure != "spectral_beta", "r2"].isna().all()
+    assert summary["spectral_beta_mean"] == pytest.approx(1.0, abs=0.2)
+    hfd = table[table.measure == "higuchi_fd"]["value"]
+    assert summary["higuchi_fd_mean"] == pytest.approx(float(hfd.mean()))
+    assert summary["higuchi_fd_std"] == pytest.approx(float(hfd.std(ddof=0)))
+    assert summary["n_channels"] == 6 and summary["n_flagged"] == 0
+    assert summary["fc_density"] == pytest.approx(2 / 5)  # ring: 2 of 5 possible partners
+    assert summary["graph_fd"] == pytest.approx(1.0, abs=0.3)
+
+
+def test_measures_match_known_exponents():
+    # fGn with H = 0.7: DFA alpha ~ H, R/S ~ H (compressed towards 0.5), beta = 2H - 1.
+    x = fgn(8192, 0.7, batch_shape=(4,), generator=torch.Generator().manual_seed(1))
+    table, summary = fingerprint(x, 1000.0, {"temporal": {"psd_freq_band": [2.0, 200.0], "dfa_orders": [16, 32, 64, 128, 256]}})
+    assert summary["dfa_alpha_mean"] == pytest.approx(0.7, abs=0.06)
+    assert summary["hurst_rs_mean"] == pytest.approx(0.7, abs=0.08)
+    assert summary["spectral_beta_mean"] == pytest.approx(0.4, abs=0.15)
+    assert 1.0 < summary["higuchi_fd_mean"] < 2.0
+
+
+def test_flat_and_nonfinite_channels_are_flagged_not_fatal():
+    x = _recording().clone()
+    x[1] = 3.0                        # flat
+    x[2, 100] = float("nan")          # nonfinite
+    x[3, 1000:1400] = x[3, 1000]      # stuck for 400 samples: flat segment
+    table, summary = fingerprint(x, FS, CFG)
+    by_ch = table.groupby("channel")
+    assert set(by_ch.get_group("ch1")["flag"]) == {"flat"} and by_ch.get_group("ch1")["value"].isna().all()
+    assert set(by_ch.get_group("ch2")["flag"]) == {"nonfinite"} and by_ch.get_group("ch2")["value"].isna().all()
+    seg = by_ch.get_group("ch3").set_index("measure")
+    assert not seg["ok"].any()
+    # R/S has constant windows there and returns -inf: reported as an error, never passed on.
+    assert set(seg["flag"]) <= {"flat_segment", "error: non-finite result"}
+    assert seg.loc["higuchi_fd", "flag"] == "flat_segment" and math.isfinite(seg.loc["higuchi_fd", "value"])
+    assert by_ch.get_group("ch0")["ok"].all()
+    assert summary["n_flagged"] == 3
+    # Summaries use ok rows only; the network uses the measurable channels (4 of 6).
+    ok_hfd = table[(table.measure == "higuchi_fd") & table.ok]["value"]
+    assert summary["higuchi_fd_mean"] == pytest.approx(float(ok_hfd.mean()))
+    assert math.isfinite(summary["fc_density"])
+
+
+def test_fewer_than_three_good_channels_reports_why():
+    x = _recording(n_ch=3)
+    x[0] = 0.0
+    _, summary = fingerprint(x, FS, CFG)
+    assert math.isnan(summary["graph_fd"]) and "need >= 3" in summary["graph_flag"]
+
+
+def test_batched_recordings_add_a_recording_column():
+    x = torch.stack([_recording(seed=0), _recording(seed=1)])
+    table, summary = fingerprint(x, FS, CFG, channel_names=list("abcdef"))
+    assert list(table.columns)[0] == "recording" and set(table["recording"]) == {0, 1}
+    single, _ = fingerprint(x[1], FS, CFG, channel_names=list("abcdef"))
+    both = table[table.recording == 1].drop(columns="recording").reset_index(drop=True)
+    assert np.allclose(both["value"], single["value"], atol=1e-6)
+    assert summary["n_recordings"] == 2
+
+
+def test_measure_subset_numpy_input_and_config_errors():
+    x = _recording(n_ch=3).numpy()
+    table, summary = fingerprint(x, FS, {**CFG, "measures": ["higuchi_fd", "katz_fd"]})
+    assert set(table["measure"]) == {"higuchi_fd", "katz_fd"} and "dfa_alpha_mean" not in summary
+    with pytest.raises(ValueError, match="psd_freq_band"):
+        fingerprint(x, 100.0)  # the default 2-80 Hz band reaches above the 50 Hz Nyquist
+    with pytest.raises(ValueError, match="unknown key"):
+        fingerprint(x, FS, {"temporal": {"higuchi_kmx": 8}})
+    with pytest.raises(ValueError, match="channel_names"):
+        fingerprint(x, FS, CFG, channel_names=["a"])
+    with pytest.raises(ValueError, match="kind"):
+        fingerprint(x, FS, kind="spikes")
+
+
+def test_resolve_config_accepts_the_fractals_block():
+    cfg = resolve_config({"metrics": {"window_size": 1024, "graph": {"corr_threshold": 0.5}}})
+    assert cfg["graph"]["corr_threshold"] == 0.5
+    assert cfg["temporal"] == DEFAULT_CONFIG["temporal"]
+
+
+def test_clean_rr_intervals_drops_ectopics():
+    rr = np.full(200, 800.0)
+    rr[50] = 400.0   # premature beat, 50 % off the running mean
+    rr[51] = 1200.0  # compensatory pause
+    rr[120] = 2500.0  # artefact, out of range
+    out = clean_rr_intervals(rr)
+    assert out.size == 197 and np.all(out == 800.0)
+
+
+def test_intervals_kind_measures_and_too_short():
+    g = np.random.default_rng(0)
+    long = 800 + np.cumsum(g.normal(0, 5, 3000)) * 0.1 + g.normal(0, 20, 3000)
+    short = long[:100]
+    x = np.full((2, 3000), np.nan)
+    x[0], x[1, :100] = long, short  # NaN padding of the shorter row is dropped
+    table, summary = fingerprint(x, None, kind="intervals", channel_names=["long", "short"])
+    assert set(table["measure"]) == set(INTERVAL_MEASURES)
+    assert "spectral_beta" not in set(table["measure"])  # no PSD slope over beats
+    ok_long = table[table.channel == "long"]
+    assert ok_long["ok"].all()
+    assert table[(table.channel == "short") & (table.measure == "dfa_alpha2")]["flag"].item() == "too_short"
+    assert "fc_density" not in summary
