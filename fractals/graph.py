@@ -440,7 +440,7 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
             out["p_value"].append(hits / bootstrap)
     shape = t.shape[:-1]
 
-    def pack(vals, dtype=torch.float64):
+    def pack(vals, dtype=t.dtype):  # float fields in the input's precision
         tt = torch.tensor(vals, dtype=dtype).reshape(shape)
         return tt.numpy() if was_numpy else tt.to(t.device)
 

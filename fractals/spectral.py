@@ -89,6 +89,8 @@ def _resolve_segments(n: int, nperseg: Optional[int], noverlap: Optional[int], d
 
 
 def _window_tensor(window, nperseg: int, dtype, device) -> torch.Tensor:
+    if isinstance(window, str) and window in ("hann", "hanning"):
+        return torch.hann_window(nperseg, periodic=True, dtype=dtype, device=device)  # no SciPy import
     if isinstance(window, str) or isinstance(window, tuple):
         from scipy.signal import get_window
 
@@ -214,6 +216,8 @@ def _gaussian_from_parabola(excess: torch.Tensor, in_run: torch.Tensor, k: torch
     Returns ``(amp, centre_shift_bins, sd_hz, ok)`` per series; ``ok`` is False where the fit is
     degenerate (too few bins, not concave, centre more than 2 bins away).
     """
+    out_dtype = excess.dtype
+    excess = excess.double()  # 3x3 normal equations with u^4 terms: float32 is not enough
     F = excess.shape[-1]
     u = (torch.arange(F, device=excess.device) - k.unsqueeze(-1)).to(excess.dtype)
     basis = torch.stack([torch.ones_like(u), u, u * u], -1)  # (..., F, 3)
@@ -224,14 +228,16 @@ def _gaussian_from_parabola(excess: torch.Tensor, in_run: torch.Tensor, k: torch
     ridge = 1e-9 * lhs.diagonal(dim1=-2, dim2=-1).amax(-1) + 1e-12
     lhs = lhs + ridge[..., None, None] * torch.eye(3, dtype=excess.dtype, device=excess.device)
     rhs = (wb * lne.unsqueeze(-1)).sum(-2)
-    c0, c1, c2 = torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1).unbind(-1)
-    ok = (in_run.sum(-1) >= 3) & (c2 < 0)
+    sol, info = torch.linalg.solve_ex(lhs, rhs.unsqueeze(-1))
+    c0, c1, c2 = sol.squeeze(-1).unbind(-1)
+    ok = (in_run.sum(-1) >= 3) & (c2 < 0) & (info == 0) & torch.isfinite(sol).all(-2).squeeze(-1)
     c2 = torch.where(ok, c2, -torch.ones_like(c2))
     var_bins = -1.0 / (2 * c2) - _SMOOTH_VAR_BINS
     shift = -c1 / (2 * c2)
     ok &= (var_bins > 0.25) & (shift.abs() <= 2)
     amp = torch.exp((c0 - c1 * c1 / (4 * c2)).clamp(max=30.0))
-    return amp, shift, var_bins.clamp_min(0.25).sqrt() * df, ok
+    sd = var_bins.clamp_min(0.25).sqrt() * df
+    return amp.to(out_dtype), shift.to(out_dtype), sd.to(out_dtype), ok
 
 
 def _find_peaks(resid: torch.Tensor, keep: torch.Tensor, f_band: torch.Tensor, df: float, threshold: float,
