@@ -244,23 +244,26 @@ def _as_windows(windows, n: int, minimum: int, name: str = "windows") -> list[in
 def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor:
     """log (R/S)_n for every window n: (rows, T) -> (rows, n_windows)."""
     n = t.shape[-1]
-    log_rs = []
+    log_rs, empty = [], []
     for w in windows:
         m = n // w
         seg = t[..., : m * w].reshape(*t.shape[:-1], m, w)
         dev = seg - seg.mean(-1, keepdim=True)
         walk = dev.cumsum(-1)
         rng = walk.amax(-1) - walk.amin(-1)  # two reductions beat aminmax on CPU
-        std = seg.std(-1, correction=1 if unbiased else 0)
-        valid = rng > 0
+        std = (dev.square().sum(-1) / (w - 1 if unbiased else w)).sqrt()
+        valid = rng > 0  # nolds skips zero-range (constant) segments
         ratio = torch.where(valid, rng / torch.where(valid, std, torch.ones_like(std)), torch.zeros_like(rng))
         count = valid.sum(-1)
-        if bool((count == 0).any()):
-            raise ValueError(
-                f"x: every segment of length {w} is constant in some series; R/S is undefined: "
-                "drop those series or use larger windows"
-            )
-        log_rs.append(torch.log(ratio.sum(-1) / count))
+        empty.append(count == 0)
+        log_rs.append(torch.log(ratio.sum(-1) / count.clamp_min(1)))
+    bad = torch.stack(empty, -1).reshape(-1, len(windows)).any(0)
+    if bool(bad.any()):  # one host sync for all windows
+        w_bad = windows[int(torch.nonzero(bad)[0])]
+        raise ValueError(
+            f"x: every segment of length {w_bad} is constant in some series; R/S is undefined: "
+            "drop those series or use larger windows"
+        )
     return torch.stack(log_rs, -1)
 
 
