@@ -24,6 +24,7 @@ __all__ = [
     "fgn",
     "fbm_series",
     "one_over_f_noise",
+    "one_over_f_psd",
     "cascade_multifractal",
     "one_over_f_texture",
     "diamond_square",
@@ -64,9 +65,14 @@ def _check_unit_open(value, name: str) -> float:
 
 
 def _check_real(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise ValueError(f"{name}: needs a finite number, got {value!r}")
     return float(value)
+
+
+def _check_sigma(sigma) -> float:
+    sigma = _check_sigma(sigma)
+    return sigma
 
 
 def _randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
@@ -76,6 +82,8 @@ def _randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
 
 
 def _finish(x: torch.Tensor, dtype, device) -> torch.Tensor:
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype: needs a floating torch dtype (e.g. torch.float32), got {dtype!r}")
     return x.to(device=device if device is not None else x.device, dtype=dtype)
 
 
@@ -138,9 +146,7 @@ def fgn(
     """
     n = _check_int(n, "n", 2)
     H = _check_unit_open(H, "H")
-    sigma = _check_real(sigma, "sigma")
-    if sigma <= 0:
-        raise ValueError(f"sigma: must be > 0, got {sigma!r}")
+    sigma = _check_sigma(sigma)
     batch = _resolve_batch(batch_shape, n_series)
     m = 2 * n
     work_device = generator.device if generator is not None else (device or "cpu")
@@ -451,6 +457,7 @@ def diamond_square(
     """
     n = _check_int(n, "n", 3)
     H = _check_unit_open(H, "H")
+    sigma = _check_sigma(sigma)
     levels = max(1, math.ceil(math.log2(n - 1)))
     size = 2**levels + 1
     batch = _resolve_batch(batch_shape, n_series)
@@ -509,6 +516,7 @@ def midpoint_displacement(
     """
     n = _check_int(n, "n", 3)
     H = _check_unit_open(H, "H")
+    sigma = _check_sigma(sigma)
     levels = max(1, math.ceil(math.log2(n - 1)))
     size = 2**levels + 1
     batch = _resolve_batch(batch_shape, n_series)

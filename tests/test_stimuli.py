@@ -138,6 +138,9 @@ def test_texture_radial_spectrum_slope():
         (lambda: S.cascade_multifractal(depth=3, n=100), "exceeds the 2\\*\\*depth"),
         (lambda: S.cascade_multifractal(depth=5, p=1.0), "p: needs a number strictly"),
         (lambda: S.one_over_f_texture((8, 8, 8), 2.0), "needs \\(height, width\\)"),
+        (lambda: S.fgn(100, 0.5, dtype=torch.int64), "dtype: needs a floating torch dtype"),
+        (lambda: S.diamond_square(17, 0.5, sigma=0.0), "sigma: must be > 0"),
+        (lambda: S.midpoint_displacement(17, 0.5, sigma=float("nan")), "sigma: needs a finite number"),
     ],
 )
 def test_bad_arguments_raise(call, match):
