@@ -71,7 +71,9 @@ def _check_real(value, name: str) -> float:
 
 
 def _check_sigma(sigma) -> float:
-    sigma = _check_sigma(sigma)
+    sigma = _check_real(sigma, "sigma")
+    if sigma <= 0:
+        raise ValueError(f"sigma: must be > 0, got {sigma!r}")
     return sigma
 
 
