@@ -98,11 +98,14 @@ def ray_head(tmp_path_factory):
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=bindir + os.pathsep + os.environ["PATH"])
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
+    # Every port on a free one: Ray's fixed defaults (dashboard agent 52365, client server 10001)
+    # clash with any other Ray head on the machine, and a head without its agent accepts no jobs.
+    gcs, dash, agent, client_port = _free_port(), _free_port(), _free_port(), _free_port()
     log = open(temp / "ray-start.log", "w")
     proc = subprocess.Popen(
         [os.path.join(bindir, "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--include-dashboard=true",
+         f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client_port}",
          "--disable-usage-stats", f"--temp-dir={temp}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

@@ -154,6 +154,7 @@ def submit_sweep(
     entrypoint_num_cpus: float | None = None,
     entrypoint_num_gpus: float | None = None,
     token: str | None = None,
+    agent_wait_s: float = 60.0,
 ) -> str:
     """Submit a sweep to a Ray cluster through the Jobs API; returns the submission id.
 
@@ -174,6 +175,8 @@ def submit_sweep(
         Passed to Ray; ``metadata`` gains ``fmx.sweep`` so :func:`list_jobs` can pick out sweeps.
     token
         Ray auth token; defaults to ``$RAY_AUTH_TOKEN``.
+    agent_wait_s
+        How long to keep retrying while a freshly started head has no job agent yet.
     """
     sweep = os.fspath(sweep_file)
     env = dict(runtime_env or {})
@@ -194,14 +197,28 @@ def submit_sweep(
         raise ValueError(f"sweep_file={sweep!r} should be a .yaml sweep description")
     client = connect(address, token=token)
     meta = {SWEEP_METADATA_KEY: sweep, **(metadata or {})}
-    return client.submit_job(
-        entrypoint=entrypoint or sweep_entrypoint(sweep),
-        runtime_env=env or None,
-        submission_id=submission_id,
-        metadata=meta,
-        entrypoint_num_cpus=entrypoint_num_cpus,
-        entrypoint_num_gpus=entrypoint_num_gpus,
-    )
+    # A head that has just started serves the API before its job agent registers ("No available
+    # agent to submit job"); nothing was submitted then, so waiting and retrying is safe.
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=entrypoint or sweep_entrypoint(sweep),
+                runtime_env=env or None,
+                submission_id=submission_id,
+                metadata=meta,
+                entrypoint_num_cpus=entrypoint_num_cpus,
+                entrypoint_num_gpus=entrypoint_num_gpus,
+            )
+        except RuntimeError as err:
+            if "No available agent" not in str(err):
+                raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Ray head at {address} still has no job agent after {agent_wait_s:.0f} s; see its "
+                    f"dashboard_agent.log (a port clash on the agent's listen port is a common cause)"
+                ) from err
+            time.sleep(1.0)
 
 
 def _info(details) -> JobInfo:
