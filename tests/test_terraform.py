@@ -5,7 +5,6 @@ infra/ scripts behind `make deploy` (shellcheck, and their refusals when somethi
 which these machines cannot reach, so it is not run here (docs/deploy.md says how to run it)."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
