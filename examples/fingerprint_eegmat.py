@@ -22,10 +22,12 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def _print_contrast(stats, alpha: float = 0.05) -> None:
-    means = stats[stats["channel"] == "mean"].sort_values("p")
+    # channel means of per-channel measures, and the whole-montage (network) measures
+    means = stats[stats["channel"].isin(["mean", "network"])].sort_values("p")
     print(f"{'measure':<14}{'mean A':>11}{'mean B':>11}{'d':>7}{'r_rb':>7}{'p':>9}{'q_fdr':>9}  channels q<{alpha}")
     for row in means.itertuples():
-        hits = stats[(stats["measure"] == row.measure) & (stats["channel"] != "mean") & (stats["q_fdr"] < alpha)]
+        hits = stats[(stats["measure"] == row.measure) & ~stats["channel"].isin(["mean", "network"])
+                     & (stats["q_fdr"] < alpha)]
         print(f"{row.measure:<14}{row.mean_a:>11.4g}{row.mean_b:>11.4g}{row.cohens_d:>7.2f}{row.rank_biserial:>7.2f}"
               f"{row.p:>9.3g}{row.q_fdr:>9.3g}  {len(hits):>2} {','.join(hits['channel'])}")
 

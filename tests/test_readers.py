@@ -13,6 +13,7 @@ from models.data.readers import (
     read_recording,
     read_rr_cohort,
     resample,
+    trim_flat_edges,
 )
 
 FS = 250.0
@@ -179,6 +180,26 @@ def test_bandpass_notch_resample_epoch():
     assert len(epochs) == 2 and epochs[1].meta["onset_s"] == 1.5 and epochs[0].data.shape == (1, 750)
     with pytest.raises(ValueError, match="high: 300"):
         bandpass(rec, 1.0, 300.0)
+
+
+def test_trim_flat_edges_cuts_padding_only():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 100))
+    x[:, 90:] = x[:, 89:90]  # 10 padded samples repeat the last real one
+    x[:, :3] = x[:, 3:4]  # 3 leading repeats: shorter than min_run, kept
+    rec = trim_flat_edges(Recording(data=x, fs=10.0, channel_names=("a", "b")))
+    assert rec.data.shape == (2, 90) and rec.meta["trimmed_s"] == [0.0, 1.0]
+    np.testing.assert_array_equal(rec.data, x[:, :90])
+    untouched = Recording(data=rng.normal(size=(1, 50)), fs=10.0, channel_names=("a",))
+    assert trim_flat_edges(untouched) is untouched
+    with pytest.raises(ValueError, match="every channel is constant"):
+        trim_flat_edges(Recording(data=np.ones((1, 20)), fs=10.0, channel_names=("a",)))
+
+
+def test_eegmat_rest_padding_is_trimmed(shared_data):
+    rest = read_recording(shared_data / "eegmat-dev" / "sub-00" / "eeg" / "sub-00_task-rest_eeg.edf")
+    trimmed = trim_flat_edges(rest)
+    assert trimmed.data.shape[-1] < rest.data.shape[-1] and trimmed.meta["trimmed_s"][1] > 0.5
 
 
 def test_filter_ectopic_drops_planted_artefacts():

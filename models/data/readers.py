@@ -23,8 +23,8 @@ Interval recordings have ``kind="intervals"``, ``data`` of shape ``(n,)`` in mil
 ``fs`` set to the mean event rate in Hz (events per second), so ``n / fs`` is still the duration.
 
 Preprocessing helpers work on a :class:`Recording` and return a new one: :func:`bandpass` and
-:func:`notch` (zero-phase, scipy.signal), :func:`resample` (polyphase), :func:`epoch`, and
-:func:`filter_ectopic` for RR series.
+:func:`notch` (zero-phase, scipy.signal), :func:`resample` (polyphase), :func:`epoch`,
+:func:`trim_flat_edges` (constant padding at either end), and :func:`filter_ectopic` for RR series.
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ __all__ = [
     "notch",
     "resample",
     "epoch",
+    "trim_flat_edges",
     "filter_ectopic",
     "SUPPORTED_EXTENSIONS",
 ]
@@ -463,6 +464,32 @@ def epoch(rec: Recording, seconds: float, *, overlap: float = 0.0) -> list[Recor
         rec.replace(data=rec.data[:, start:start + size].copy(), meta={"epoch": i, "onset_s": start / rec.fs})
         for i, start in enumerate(range(0, n - size + 1, step))
     ]
+
+
+def trim_flat_edges(rec: Recording, *, min_run: int = 8) -> Recording:
+    """Drop constant stretches at the start and end of a continuous recording.
+
+    Padding written by exporters (or an amplifier stopped before the file was closed) holds every
+    channel constant; fractal estimators read such a stretch as a real flat signal (eegmat-dev's
+    rest files end with 0.87 s of it). A stretch counts when every channel stays constant for at
+    least ``min_run`` samples; ``meta["trimmed_s"]`` records how much was cut at each end.
+    """
+    _need_continuous(rec, "trim_flat_edges")
+    n = rec.data.shape[-1]
+    if n < 2:
+        return rec
+    moving = np.any(np.diff(rec.data, axis=-1) != 0, axis=0)  # (n - 1,): sample i -> i + 1 changes somewhere
+    idx = np.flatnonzero(moving)
+    if idx.size == 0:
+        raise ValueError(f"{rec.meta.get('path', 'recording')}: every channel is constant; nothing to measure")
+    head = int(idx[0])  # samples 0..head-1 equal sample head
+    tail = int(n - 2 - idx[-1])  # the last `tail` samples equal the one before them
+    start = head if head >= min_run else 0
+    stop = n - tail if tail >= min_run else n
+    if start == 0 and stop == n:
+        return rec
+    return rec.replace(data=rec.data[:, start:stop].copy(),
+                       meta={"trimmed_s": [start / rec.fs, (n - stop) / rec.fs]})
 
 
 def filter_ectopic(

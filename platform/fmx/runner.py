@@ -26,6 +26,9 @@ from fmx import tracking
 from fmx.schema import Categorical, Constant, Grid, IntRange, LogUniform, Sweep, Uniform
 
 TRIAL_CPU = 0.01  # the Tune function only waits on its TorchTrainer; 0 is rejected by Tune
+# Test hook: '{"epoch": 0, "marker": "/tmp/x"}' makes rank 0 of the first trial to reach that epoch die once
+# (os._exit) after its checkpoint is reported, as a lost worker would; the marker file makes it happen once.
+FAULT_ENV = "FMX_TEST_FAULT"
 
 
 @dataclass
@@ -134,7 +137,7 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
     c = tracking.client(plan.tracking_uri)
     tags = {tracking.TAG_SWEEP_ID: plan.sweep_id, tracking.TAG_TRIAL: trial_id}
     run_id, created = tracking.get_or_create_run(
-        c, plan.experiment_id, run_name=ctx.get_trial_name(),
+        c, plan.experiment_id, run_name=f"trial-{trial_id}",
         tags={**tags, tracking.TAG_PARENT: plan.parent_run_id, tracking.TAG_KIND: "trial",
               tracking.TAG_SWEEP: plan.name, "fmx.git_commit": tracking.git_commit()})
     if created:
@@ -289,6 +292,8 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     from fmx.progress import SweepProgress
 
     root = Path(root or os.getcwd())
+    if fault is None and os.environ.get(FAULT_ENV):  # fault injection for end-to-end tests of the CLI
+        fault = json.loads(os.environ[FAULT_ENV])
     sweep_id = resume_id or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     plan = make_plan(sweep, sweep_id=sweep_id, root=root, builders=builders, fault=fault)
     target = plan.target()
@@ -346,7 +351,9 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     best = None
     try:
         best_result = grid.get_best_result(metric=plan.metric, mode=plan.mode, scope="all")
-        best = {"trial_id": best_result.metrics.get("trial_id"), "metrics": dict(best_result.metrics),
+        if plan.metric not in (best_result.metrics or {}):
+            raise KeyError(plan.metric)
+        best = {"mode": plan.mode, "trial_id": best_result.metrics.get("trial_id"), "metrics": dict(best_result.metrics),
                 "config": best_result.config, "path": best_result.path}
     except (RuntimeError, ValueError, KeyError):
         pass

@@ -174,12 +174,13 @@ def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
                          max_results=10_000)
 
 
-def start_system_metrics(run_id: str, *, interval_s: float = 10.0):
+def start_system_metrics(run_id: str, *, tracking_uri: str, interval_s: float = 2.0):
     """Start MLflow's system-metrics sampler (CPU, memory, GPU when present) on ``run_id``; None if unavailable."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1,
+                                       resume_logging=True, tracking_uri=tracking_uri)
         monitor.start()
         return monitor
     except Exception:  # noqa: BLE001 - psutil/pynvml missing: system metrics are optional

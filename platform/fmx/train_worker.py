@@ -202,12 +202,12 @@ def train_loop(config: Mapping[str, Any]) -> None:
         loggers.append(tracking.RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id))
         if rank == 0:
             callbacks.append(FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id))
-            monitor = tracking.start_system_metrics(run_id)
+            monitor = tracking.start_system_metrics(run_id, tracking_uri=uri)
     tr = cfg.get("trainer", {})
     use_gpu = bool(config.get("use_gpu")) and torch.cuda.is_available()
     trainer = pl.Trainer(
         max_epochs=int(tr.get("max_epochs", 1)), accelerator="gpu" if use_gpu else "cpu", devices="auto",
-        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], callbacks=callbacks,
+        strategy=RayDDPStrategy(find_unused_parameters=bool(tr.get("find_unused_parameters", True))), plugins=[RayLightningEnvironment()], callbacks=callbacks,
         logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, precision=tr.get("precision", "32-true"),
         limit_train_batches=tr.get("limit_train_batches", 1.0), limit_val_batches=tr.get("limit_val_batches", 1.0),

@@ -93,12 +93,13 @@ def compare_cmd(
     except ValueError as exc:
         _fail(exc)
     stats = result.stats
-    means = stats[stats["channel"] == MEAN_CHANNEL]
+    means = stats[stats["channel"].isin([MEAN_CHANNEL, "network"])]  # channel means and whole-montage measures
     kind = "paired" if result.paired else "unpaired"
     table = Table("measure", "mean a", "mean b", "d", "r_rb", "p", "q_fdr", "channels q<alpha",
-                  title=f"{result.name} ({kind}; channel means)")
+                  title=f"{result.name} ({kind}; channel means and network)")
     for row in means.itertuples():
-        hits = stats[(stats["measure"] == row.measure) & (stats["channel"] != MEAN_CHANNEL) & (stats["q_fdr"] < alpha)]
+        hits = stats[(stats["measure"] == row.measure) & ~stats["channel"].isin([MEAN_CHANNEL, "network"])
+                     & (stats["q_fdr"] < alpha)]
         table.add_row(row.measure, f"{row.mean_a:.4g}", f"{row.mean_b:.4g}", f"{row.cohens_d:+.2f}",
                       f"{row.rank_biserial:+.2f}", f"{row.p:.3g}", f"{row.q_fdr:.3g}", str(len(hits)))
     console.print(table)

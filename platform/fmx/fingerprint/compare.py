@@ -62,12 +62,15 @@ def _with_participants(table, out: str):
     return table
 
 
-def _channel_means(table):
+def _channel_means(table, *, include_network: bool = False):
+    """Per-channel measures averaged over channels (channel ``mean``); network rows kept when asked."""
+    import pandas as pd
+
     is_net = table["channel"].str.lower() == "network"
     means = (table[~is_net].groupby([c for c in table.columns if c not in ("channel", "value")], dropna=False)
              ["value"].mean().reset_index())
     means["channel"] = MEAN_CHANNEL
-    return means
+    return pd.concat([means, table[is_net]], ignore_index=True) if include_network else means
 
 
 def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | None = None,
@@ -137,7 +140,7 @@ def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | 
 
 
 def mixed_effects(table, column: str, levels: Sequence[str]):
-    """``value ~ level + (1 | subject)`` per measure on channel means (statsmodels ``mixedlm``).
+    """``value ~ level + (1 | subject)`` per measure on channel means and network measures (``mixedlm``).
 
     Returns one row per measure: ``coef`` (effect of ``levels[1]`` versus ``levels[0]``), ``se``,
     ``z``, ``p``, ``n_obs``, ``n_subjects``, ``converged``.
@@ -148,7 +151,7 @@ def mixed_effects(table, column: str, levels: Sequence[str]):
 
     a_level, b_level = (str(v) for v in levels)
     labels = table[column].astype(str)
-    data = _channel_means(table[labels.isin([a_level, b_level])].assign(_level=labels))
+    data = _channel_means(table[labels.isin([a_level, b_level])].assign(_level=labels), include_network=True)
     rows = []
     for measure, part in data.groupby("measure", sort=True):
         part = part.groupby(["subject", "_level"], as_index=False)["value"].mean()
@@ -238,7 +241,7 @@ def _figures(stats, table, column: str, pair: Sequence[str], target: str, alpha:
                 scalp = plots.plot_scalp_map(per_channel, measure, effect=effect, alpha=alpha)
                 if scalp is not None:
                     jobs.append((f"scalp_{measure}.png", scalp))
-        means = _channel_means(table[table[column].astype(str).isin(pair)])
+        means = _channel_means(table[table[column].astype(str).isin(pair)], include_network=True)
         jobs.append(("cohort.png", plots.plot_cohort(means, by=column, levels=list(pair))))
         for filename, fig in jobs:
             safe = filename.replace("/", "_").replace("[", "(").replace("]", ")").replace("=", "-")

@@ -201,7 +201,8 @@ def run_fingerprint_job(
         info = infos.get(key, {})
         status.append({"path": str(entry["path"]), "member": entry["member"], **{c: entry[c] for c in LABELS},
                        "key": key, "status": state, "seconds": stats.get(key, {}).get("seconds", float("nan")),
-                       "n_epochs": info.get("n_epochs", 0), "duration_s": info.get("duration_s", float("nan"))})
+                       "n_epochs": info.get("n_epochs", 0), "duration_s": info.get("duration_s", float("nan")),
+                       "trimmed_s": info.get("trimmed_s", 0.0)})
     recordings = pd.DataFrame(status)
     flag_rows = [{**{c: entry[c] for c in LABELS}, **flag}
                  for entry in entries.to_dict("records") for flag in infos.get(entry["key"], {}).get("flags", [])]

@@ -115,14 +115,14 @@ def scalp_positions(channels: Sequence[str]) -> dict[str, tuple[float, float]]:
 def plot_scalp_map(stats, measure: str, *, effect: str = "cohens_d", q_col: str = "q_fdr", alpha: float = 0.05):
     """Scalp map of the effect size per channel (10-20 positions); marked channels pass ``alpha``.
 
-    Returns None when fewer than 3 channels have a 10-20 position (e.g. RR series).
+    Returns None when fewer than 3 channels have a 10-20 position and a finite effect (e.g. RR series).
     """
     import mne
 
     plt = _plt()
     part = stats[(stats["measure"] == measure) & (stats["channel"].str.lower() != "network")]
     pos = scalp_positions(list(part["channel"]))
-    part = part[part["channel"].isin(pos)]
+    part = part[part["channel"].isin(pos) & np.isfinite(part[effect].to_numpy(np.float64))]
     if len(part) < 3:
         return None
     values = part[effect].to_numpy(np.float64)

@@ -41,6 +41,8 @@ def load_recording(entry: Mapping[str, Any], cfg: Mapping[str, Any]) -> Recordin
         return rec
     if pre.get("channels"):
         rec = readers.pick_channels(rec, list(pre["channels"]))
+    if pre.get("trim_flat_edges", True):
+        rec = readers.trim_flat_edges(rec)
     if pre.get("notch"):
         rec = readers.notch(rec, float(pre["notch"]))
     if pre.get("band"):
@@ -101,7 +103,7 @@ def measure_recording(rec: Recording, cfg: Mapping[str, Any], *, device: str = "
             f"{sorted({f['flag'] for f in flagged})[:3]}); check for flat, clipped or too short channels"
         )
     info = {"n_epochs": len(segments), "duration_s": rec.duration_s, "fs": rec.fs, "n_channels": rec.n_channels,
-            "flags": flagged, "summary": summary}
+            "trimmed_s": float(sum(rec.meta.get("trimmed_s", [0.0, 0.0]))), "flags": flagged, "summary": summary}
     return rows, info
 
 

@@ -91,7 +91,7 @@ def _long_means(result, by: str):
     """Channel means per subject and ``by`` level, long (subject, by, measure, value)."""
     from fmx.fingerprint.compare import _channel_means
 
-    means = _channel_means(result.table)
+    means = _channel_means(result.table, include_network=True)
     if by not in means.columns:
         means = means.merge(result.summary[["subject", by]].drop_duplicates("subject"), on="subject", how="left")
     return means
