@@ -475,23 +475,22 @@ def diamond_square(
         corners = grid[..., ::step, ::step]
         centre = 0.25 * (corners[..., :-1, :-1] + corners[..., :-1, 1:] + corners[..., 1:, :-1] + corners[..., 1:, 1:])
         grid[..., half::step, half::step] = centre + scale * _randn(centre.shape, generator, device)
-        # Square: edge midpoints = mean of their (3 or 4) existing neighbours + noise.
-        padded = torch.nn.functional.pad(grid.reshape(-1, 1, size, size), (half, half, half, half))
-        padded = padded.reshape(*grid.shape[:-2], size + 2 * half, size + 2 * half)
-        ones = torch.zeros((size, size), dtype=torch.float64, device=draw_device)
-        ones[::half, ::half] = 1.0  # filled points so far: corners and centres
-        ones[half::step, ::step] = 0.0
-        ones[::step, half::step] = 0.0
-        cnt = torch.nn.functional.pad(ones[None, None], (half, half, half, half))[0, 0]
-        for rows, cols in ((slice(half, None, step), slice(0, None, step)),
-                           (slice(0, None, step), slice(half, None, step))):
-            r_idx = torch.arange(size, device=draw_device)[rows]
-            c_idx = torch.arange(size, device=draw_device)[cols]
-            rr, cc = r_idx[:, None] + half, c_idx[None, :] + half
-            total = (padded[..., rr - half, cc] + padded[..., rr + half, cc]
-                     + padded[..., rr, cc - half] + padded[..., rr, cc + half])
-            count = cnt[rr - half, cc] + cnt[rr + half, cc] + cnt[rr, cc - half] + cnt[rr, cc + half]
-            grid[..., rows, cols] = total / count + scale * _randn(total.shape, generator, device)
+        # Square: edge midpoints = mean of their in-bounds neighbours (all corners or centres,
+        # hence already set) + noise. Zero padding makes a missing neighbour add 0 to the sum and
+        # 0 to the count.
+        padded = torch.nn.functional.pad(grid, (half,) * 4)
+        inside = torch.nn.functional.pad(torch.ones((size, size), dtype=torch.float64, device=draw_device), (half,) * 4)
+        for r0, c0 in ((half, 0), (0, half)):
+            nr, nc = len(range(r0, size, step)), len(range(c0, size, step))
+
+            def near(a, dr, dc):
+                r, c = r0 + half + dr, c0 + half + dc
+                return a[..., r : r + step * (nr - 1) + 1 : step, c : c + step * (nc - 1) + 1 : step]
+
+            moves = ((-half, 0), (half, 0), (0, -half), (0, half))
+            total = sum(near(padded, dr, dc) for dr, dc in moves)
+            count = sum(near(inside, dr, dc) for dr, dc in moves)
+            grid[..., r0::step, c0::step] = total / count + scale * _randn(total.shape, generator, device)
         step = half
     return _finish(grid[..., :n, :n], dtype, device)
 
