@@ -4,7 +4,8 @@
 FROM python:3.12.12-slim-bookworm
 ARG MLFLOW_VERSION=3.17.2
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN pip install --no-cache-dir "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==2.9.13" "boto3==1.44.8" \
+# mlflow[auth]: the basic-auth app (--app-name basic-auth) needs Flask-WTF for CSRF checks.
+RUN pip install --no-cache-dir "mlflow[auth]==${MLFLOW_VERSION}" "psycopg2-binary==2.9.13" "boto3==1.44.8" \
  && groupadd --gid 1000 mlflow && useradd --uid 1000 --gid 1000 --create-home mlflow
 ENV HOME=/tmp PYTHONUNBUFFERED=1 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 USER 1000:1000

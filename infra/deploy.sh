@@ -75,12 +75,9 @@ pg_host="$RELEASE-postgres"
 apply_secret neurofmx-mlflow-db "uri=postgresql+psycopg2://mlflow:${pg_password}@${pg_host}:5432/mlflow"
 admin_password="$(existing_or_random neurofmx-mlflow-auth admin_password)"
 flask_key="$(existing_or_random neurofmx-mlflow-auth flask_secret_key)"
-auth_ini="[mlflow]
-default_permission = READ
-database_uri = postgresql+psycopg2://mlflow:${pg_password}@${pg_host}:5432/mlflow_auth
-admin_username = admin
-authorization_function = mlflow.server.auth:authenticate_request_basic_auth
-"
+auth_ini="$(< "$REPO_ROOT/infra/mlflow-basic-auth.ini.tmpl")"
+auth_db="postgresql+psycopg2://mlflow:${pg_password}@${pg_host}:5432/mlflow_auth"
+auth_ini="${auth_ini//@AUTH_DATABASE_URI@/"$auth_db"}" # quoted: no & expansion (bash 5.2)
 apply_secret neurofmx-mlflow-auth \
   "basic_auth.ini=$auth_ini" \
   "admin_username=admin" \

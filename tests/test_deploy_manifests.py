@@ -285,3 +285,108 @@ def test_rayjob_manifest_validates_and_targets_the_chart_cluster():
         rayjob_manifest("s.yaml", name="Smoke_1", ray_cluster=rc_name)
     bad = dict(job, spec=dict(job["spec"], rayClusterSpec={"headGroupSpec": {"template": {}}}))
     assert not crd_validator("rayjob-ray-v1.json").is_valid(bad)  # both a selector and a cluster spec
+
+
+# ---------------------------------------------------------------- the MLflow pod spec, run for real
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path):
+    """Run `mlflow` with the args and env the chart renders (secrets filled locally, the auth config
+    from infra/mlflow-basic-auth.ini.tmpl as deploy.sh fills it), and check auth and host checks."""
+    import os
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    docs = render()
+    mlflow_dep = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "nfx-neurofmx-mlflow")
+    c = mlflow_dep["spec"]["template"]["spec"]["containers"][0]
+    password = secrets.token_hex(12)
+    secret_values = {
+        ("neurofmx-mlflow-db", "uri"): f"sqlite:///{tmp_path}/mlflow.db",
+        ("neurofmx-s3", "AWS_ACCESS_KEY_ID"): "unused",
+        ("neurofmx-s3", "AWS_SECRET_ACCESS_KEY"): "unused",
+        ("neurofmx-mlflow-auth", "admin_username"): "admin",
+        ("neurofmx-mlflow-auth", "admin_password"): password,
+        ("neurofmx-mlflow-auth", "flask_secret_key"): secrets.token_hex(16),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    for e in c["env"]:
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secret_values[(ref["name"], ref["key"])]
+        else:
+            env[e["name"]] = e["value"]
+    # The auth config Secret key, filled exactly as infra/deploy.sh does; mounted at MLFLOW_AUTH_CONFIG_PATH.
+    ini = (REPO / "infra" / "mlflow-basic-auth.ini.tmpl").read_text()
+    ini_path = tmp_path / "basic_auth.ini"
+    ini_path.write_text(ini.replace("@AUTH_DATABASE_URI@", f"sqlite:///{tmp_path}/auth.db"))
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow-auth/basic_auth.ini"
+    env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini_path), HOME=str(tmp_path))
+
+    port = _free_port()
+    args = []
+    for a in c["args"]:
+        a = a.replace("$(MLFLOW_BACKEND_STORE_URI)", env["MLFLOW_BACKEND_STORE_URI"])  # the kubelet's expansion
+        if a.startswith("--host="):
+            a = "--host=127.0.0.1"
+        elif a.startswith("--port="):
+            a = f"--port={port}"
+        elif a.startswith("--workers="):
+            a = "--workers=1"  # 2-core CI machine
+        elif a.startswith("--artifacts-destination="):
+            a = f"--artifacts-destination={(tmp_path / 'artifacts').as_uri()}"  # S3 stays out of this test
+        args.append(a)
+    assert args[0] == "server" and "--app-name=basic-auth" in args
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    log = open(tmp_path / "mlflow.log", "w")
+    proc = subprocess.Popen([mlflow_bin, *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow did not become healthy in 120 s"
+            time.sleep(0.5)
+        search = f"{base}/api/2.0/mlflow/experiments/search?max_results=5"
+        assert requests.get(search, timeout=10).status_code == 401
+        assert requests.get(search, auth=("admin", "wrong"), timeout=10).status_code == 401
+        ok = requests.get(search, auth=("admin", password), timeout=10)
+        assert ok.status_code == 200, ok.text
+        made = requests.post(f"{base}/api/2.0/mlflow/experiments/create", json={"name": "fmx/deploy-check"},
+                             auth=("admin", password), timeout=10)
+        assert made.status_code == 200 and made.json()["experiment_id"]
+        # Host-header protection (DNS rebinding): an unknown Host is refused, the service name is accepted.
+        assert requests.get(search, auth=("admin", password), headers={"Host": "evil.example.com"}, timeout=10).status_code in (400, 403)
+        svc = requests.get(search, auth=("admin", password), headers={"Host": "nfx-neurofmx-mlflow:5000"}, timeout=10)
+        assert svc.status_code == 200
+    finally:
+        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()

@@ -95,6 +95,7 @@ def test_mlflow_image_has_the_drivers_the_chart_needs():
     mlflow = pytest.importorskip("mlflow", reason="mlflow is a platform dependency")
     assert args(text)["MLFLOW_VERSION"] == mlflow.__version__
     assert "psycopg2-binary==" in text and "boto3==" in text  # postgresql+psycopg2:// and s3:// artifacts
+    assert "mlflow[auth]==" in text  # Flask-WTF for the basic-auth app (see the real-server test)
     chart = yaml.safe_load((REPO / "helm" / "neurofmx" / "values.yaml").read_text())
     assert chart["mlflow"]["image"]["tag"] == mlflow.__version__
 
