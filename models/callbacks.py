@@ -88,7 +88,9 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
     def beta():
         try:
             return fm.spectral_beta(x, fs, band, exclude_peaks)
-        except RuntimeError as exc:  # e.g. a singular peak fit on very smooth latents
+        except (RuntimeError, ValueError) as exc:
+            # Smooth, short latents can defeat the peak search (singular fit, or "peaks" over the
+            # whole band); the aperiodic slope without peak masking is still a valid measure.
             if not exclude_peaks:
                 raise
             _warn_once("beta-peaks", "latent_measures: peak exclusion failed (%s); beta fitted without it", exc)
