@@ -121,10 +121,10 @@ def _check_order(order) -> int:
 def _resolve_scales(scales, n: int, order: int, name: str) -> list[int]:
     if scales is None:
         # A slope needs a range of scales: at least a factor 2 (16..32), hence T >= 128.
-        scales = default_windows(n, 16, None, 12) if n >= 128 else []
+        scales = default_windows(n, 16) if n >= 128 else []
         if len(scales) < 3:
             raise ValueError(
-                f"x: T={n} is too short for the default {name} (log-spaced from 16 to T//4, >= 3 of "
+                f"x: T={n} is too short for the default {name} (octaves from 16 to T//4, >= 3 of "
                 f"them): needs T >= 128, or pass {name} explicitly"
             )
     return _as_windows(scales, n, order + 2, name)
@@ -140,7 +140,7 @@ def fluctuation_functions(x, q_vals=(2.0,), scales=None, order: int = 1, both_di
     q_vals : sequence of float
         Moment orders; q = 0 uses the logarithmic average.
     scales : sequence of int, optional
-        Segment lengths, each in [order + 2, T]. Default: up to 12 log-spaced from 16 to T // 4.
+        Segment lengths, each in [order + 2, T]. Default: octaves 16, 32, ... up to T // 4.
     order : int
         Detrending polynomial order (1 = DFA1).
     both_directions : bool
@@ -203,8 +203,8 @@ def dfa_alpha(
     x : torch.Tensor or numpy.ndarray
         ``(..., T)``, time on the last axis.
     windows : list or tensor of int, optional
-        Window (scale) sizes in samples, each in [order + 2, T]. Default: up to 12 log-spaced sizes
-        from 16 to T // 4 (e.g. 16..2048 for T = 8192).
+        Window (scale) sizes in samples, each in [order + 2, T]. Default: octaves 16, 32, ...
+        up to T // 4 (16..2048, 8 sizes, for T = 8192).
     order : int
         Order of the local polynomial trend (1: DFA1, 2: DFA2, ...).
     return_fit : bool
@@ -227,10 +227,10 @@ def dfa_alpha(
 
     Shape:
         ``(..., T) -> (...)``. Assumes power-law scaling across the whole window range. Measured on
-        exact fGn (T=8192, default windows 16..2048, order 1, both directions, 32 series per H):
-        mean alpha - H = +0.001 (H=0.2), +0.005 (H=0.3), -0.011 (H=0.5), +0.002 (H=0.7), -0.005
-        (H=0.9); per-series sd 0.012 (H=0.2) to 0.043 (H=0.9); mean absolute error <= 0.035. On
-        exact fBm, alpha - (H + 1) = -0.015 to -0.035 (slightly low for the smoothest series).
+        exact fGn (T=8192, default windows 16..2048, order 1, 32 series per H):
+        mean alpha - H = +0.000 (H=0.2), +0.004 (H=0.3), -0.012 (H=0.5), +0.004 (H=0.7), -0.006
+        (H=0.9); per-series sd 0.012 (H=0.2) to 0.046 (H=0.9); mean absolute error <= 0.036. On
+        exact fBm, alpha - (H + 1) = -0.016 to -0.033 (slightly low for the smoothest series).
     """
     order = _check_order(order)
     t, was_numpy = _prepare(x, order + 2, f"order={order} detrending needs T >= order + 2")
@@ -294,7 +294,7 @@ def multifractal_spectrum(
         design config). q = 0 is kept and uses the logarithmic average (the MFDFA package drops
         it).
     scales : sequence or tensor of int, optional
-        Segment lengths (default: up to 12 log-spaced from 16 to T // 4).
+        Segment lengths (default: octaves 16, 32, ... up to T // 4).
     order : int
         Detrending polynomial order.
     both_directions : bool
@@ -310,8 +310,8 @@ def multifractal_spectrum(
 
     Shape:
         ``(..., T) -> (..., Q)``. Differentiable in x. Monofractal fGn gives flat h(q) = H; measured
-        on exact fGn H=0.7 (T=8192, 32 series, default q and scales) h(q) runs from 0.717 (q=-5) to
-        0.682 (q=5) and the width is 0.07 +- 0.04 (finite-size spread). On binomial cascades
+        on exact fGn H=0.7 (T=8192, 32 series, default q and scales) h(q) runs from 0.716 (q=-5) to
+        0.672 (q=5) and the width is 0.08 +- 0.05 (finite-size spread). On binomial cascades
         (depth 13, scales 16..1024, 8 series) the mean tau(q) is within 0.03 of
         -log2(p^q + (1-p)^q) for |q| <= 3 at p = 0.6 (-0.10 at q = 5; per-series sd 0.1 at
         |q| = 5); for p = 0.75 the error grows to -0.14 at q = -5, since a few boxes dominate.

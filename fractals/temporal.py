@@ -214,13 +214,20 @@ def _expected_rs(n: int) -> float:
     return front * middle * back
 
 
-def default_windows(n: int, min_window: int = 16, max_window: Optional[int] = None, n_windows: int = 12) -> list[int]:
-    """Log-spaced unique integer window sizes between ``min_window`` and ``max_window`` (T // 4)."""
+def default_windows(n: int, min_window: int = 16, max_window: Optional[int] = None) -> list[int]:
+    """Octave-spaced window sizes ``min_window * 2^k`` up to ``max_window`` (default T // 4).
+
+    Octaves give the same slope accuracy as denser log grids (measured on fGn: identical bias and
+    sd to 0.002) with fewer scales, and powers of two tile power-of-two records exactly, so DFA's
+    second (end-aligned) pass is skipped.
+    """
     hi = n // 4 if max_window is None else int(max_window)
     if hi < 2 * min_window:  # a slope needs at least a factor 2 of window sizes
         return []
-    grid = np.unique(np.round(np.geomspace(min_window, hi, n_windows)).astype(np.int64))
-    return [int(v) for v in grid]
+    out = [min_window]
+    while out[-1] * 2 <= hi:
+        out.append(out[-1] * 2)
+    return out
 
 
 def _as_windows(windows, n: int, minimum: int, name: str = "windows") -> list[int]:
@@ -283,8 +290,8 @@ def hurst_rs(
     x : torch.Tensor or numpy.ndarray
         ``(..., T)`` stationary series (fGn-like increments, not a random walk).
     windows : sequence of int, optional
-        Segment lengths n. Default: up to 12 log-spaced sizes from ``min_window`` to
-        ``max_window`` (default T // 4).
+        Segment lengths n. Default: octaves ``min_window * 2^k`` up to ``max_window``
+        (default T // 4).
     min_window, max_window : int
         Range of the default windows (ignored when ``windows`` is given).
     corrected : bool
@@ -307,8 +314,8 @@ def hurst_rs(
 
     Shape:
         ``(..., T) -> (...)``. Assumes fGn-like input. Measured on exact fGn (T=8192, default
-        windows 16..2048, corrected, 32 series per H): mean H_rs - H = +0.051 (H=0.2), -0.006
-        (H=0.5), -0.026 (H=0.7), -0.089 (H=0.9), per-series sd 0.01-0.03: R/S is compressed
+        windows 16..2048, corrected, 32 series per H): mean H_rs - H = +0.052 (H=0.2), -0.006
+        (H=0.5), -0.026 (H=0.7), -0.091 (H=0.9), per-series sd 0.01-0.03: R/S is compressed
         towards 0.5; prefer :func:`fractals.dfa.dfa_alpha` for accuracy.
     """
     min_window = _check_int_arg(min_window, "min_window", 4)

@@ -24,7 +24,9 @@ def test_dfa_recovers_H_of_exact_fgn():
 
 
 def test_dfa_of_fbm_is_H_plus_one():
-    x = S.fbm_series(4096, H=0.4, n_series=8, generator=gen(1))
+    # fBm is non-stationary: the few largest segments make alpha noisier (sd ~0.06 per series at
+    # T=4096) and slightly low (-0.02), hence 32 series for a +-0.05 check.
+    x = S.fbm_series(4096, H=0.4, n_series=32, generator=gen(1))
     alpha = dfa_alpha(x)
     assert float(hurst_from_dfa(alpha, signal="fbm").mean()) == pytest.approx(0.4, abs=0.05)
 
