@@ -299,9 +299,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path):
+def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path, seaweed_s3, monkeypatch):
     """Run `mlflow` with the args and env the chart renders (secrets filled locally, the auth config
-    from infra/mlflow-basic-auth.ini.tmpl as deploy.sh fills it), and check auth and host checks."""
+    from infra/mlflow-basic-auth.ini.tmpl as deploy.sh fills it, artifacts in a SeaweedFS bucket with
+    real key auth), then check authentication, host checks and that artifacts land in the bucket."""
     import os
     import secrets
     import signal
@@ -311,14 +312,15 @@ def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path):
 
     import requests
 
-    docs = render()
+    bucket = seaweed_s3.make_bucket()
+    docs = render(s3={"bucket": bucket, "endpoint": seaweed_s3.endpoint_url})
     mlflow_dep = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "nfx-neurofmx-mlflow")
     c = mlflow_dep["spec"]["template"]["spec"]["containers"][0]
     password = secrets.token_hex(12)
     secret_values = {
         ("neurofmx-mlflow-db", "uri"): f"sqlite:///{tmp_path}/mlflow.db",
-        ("neurofmx-s3", "AWS_ACCESS_KEY_ID"): "unused",
-        ("neurofmx-s3", "AWS_SECRET_ACCESS_KEY"): "unused",
+        ("neurofmx-s3", "AWS_ACCESS_KEY_ID"): seaweed_s3.access_key,
+        ("neurofmx-s3", "AWS_SECRET_ACCESS_KEY"): seaweed_s3.secret_key,
         ("neurofmx-mlflow-auth", "admin_username"): "admin",
         ("neurofmx-mlflow-auth", "admin_password"): password,
         ("neurofmx-mlflow-auth", "flask_secret_key"): secrets.token_hex(16),
@@ -347,9 +349,8 @@ def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path):
             a = f"--port={port}"
         elif a.startswith("--workers="):
             a = "--workers=1"  # 2-core CI machine
-        elif a.startswith("--artifacts-destination="):
-            a = f"--artifacts-destination={(tmp_path / 'artifacts').as_uri()}"  # S3 stays out of this test
         args.append(a)
+    assert f"--artifacts-destination=s3://{bucket}/mlflow" in args
     assert args[0] == "server" and "--app-name=basic-auth" in args
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     log = open(tmp_path / "mlflow.log", "w")
@@ -378,6 +379,20 @@ def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path):
         assert requests.get(search, auth=("admin", password), headers={"Host": "evil.example.com"}, timeout=10).status_code in (400, 403)
         svc = requests.get(search, auth=("admin", password), headers={"Host": "nfx-neurofmx-mlflow:5000"}, timeout=10)
         assert svc.status_code == 200
+        # A trial logs an artifact the way Ray workers do (user and password from the env the chart
+        # gives them); the server proxies it into the bucket with the S3 keys only it holds.
+        from mlflow import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"):
+            monkeypatch.delenv(k, raising=False)
+        client = MlflowClient(base)
+        run = client.create_run(made.json()["experiment_id"])
+        client.log_text(run.info.run_id, "hello from a trial", "notes/trial.txt")
+        client.set_terminated(run.info.run_id)
+        keys = [o["Key"] for o in seaweed_s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+        assert any(k.startswith("mlflow/") and k.endswith("notes/trial.txt") for k in keys), keys
     finally:
         for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
             try:
