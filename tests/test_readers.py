@@ -190,6 +190,12 @@ def test_trim_flat_edges_cuts_padding_only():
     rec = trim_flat_edges(Recording(data=x, fs=10.0, channel_names=("a", "b")))
     assert rec.data.shape == (2, 90) and rec.meta["trimmed_s"] == [0.0, 1.0]
     np.testing.assert_array_equal(rec.data, x[:, :90])
+    # padding in pieces: flat, a 5-sample burst, flat again (eegmat-dev's layout)
+    y = rng.normal(size=(2, 200))
+    y[:, 150:170] = y[:, 149:150]
+    y[:, 175:] = y[:, 174:175]
+    pieces = trim_flat_edges(Recording(data=y, fs=10.0, channel_names=("a", "b")))
+    assert pieces.data.shape == (2, 150)
     untouched = Recording(data=rng.normal(size=(1, 50)), fs=10.0, channel_names=("a",))
     assert trim_flat_edges(untouched) is untouched
     with pytest.raises(ValueError, match="every channel is constant"):

@@ -466,30 +466,46 @@ def epoch(rec: Recording, seconds: float, *, overlap: float = 0.0) -> list[Recor
     ]
 
 
-def trim_flat_edges(rec: Recording, *, min_run: int = 8) -> Recording:
-    """Drop constant stretches at the start and end of a continuous recording.
+def trim_flat_edges(rec: Recording, *, min_run: int = 8, max_burst: int = 32) -> Recording:
+    """Drop constant padding at the start and end of a continuous recording.
 
     Padding written by exporters (or an amplifier stopped before the file was closed) holds every
-    channel constant; fractal estimators read such a stretch as a real flat signal (eegmat-dev's
-    rest files end with 0.87 s of it). A stretch counts when every channel stays constant for at
-    least ``min_run`` samples; ``meta["trimmed_s"]`` records how much was cut at each end.
+    channel constant; fractal estimators read it as a real flat signal. Padding may come in
+    pieces: eegmat-dev's rest files end with 1 s at one constant, a 20-sample burst, then 0.87 s
+    at another. From each end, stretches where every channel stays constant for at least
+    ``min_run`` samples are cut, together with bursts shorter than ``max_burst`` samples that sit
+    between two such stretches. ``meta["trimmed_s"]`` records the seconds cut at each end.
     """
     _need_continuous(rec, "trim_flat_edges")
     n = rec.data.shape[-1]
     if n < 2:
         return rec
-    moving = np.any(np.diff(rec.data, axis=-1) != 0, axis=0)  # (n - 1,): sample i -> i + 1 changes somewhere
-    idx = np.flatnonzero(moving)
-    if idx.size == 0:
+    moving = np.any(np.diff(rec.data, axis=-1) != 0, axis=0)  # transition i -> i + 1 changes somewhere
+    if not moving.any():
         raise ValueError(f"{rec.meta.get('path', 'recording')}: every channel is constant; nothing to measure")
-    head = int(idx[0])  # samples 0..head-1 equal sample head
-    tail = int(n - 2 - idx[-1])  # the last `tail` samples equal the one before them
-    start = head if head >= min_run else 0
-    stop = n - tail if tail >= min_run else n
-    if start == 0 and stop == n:
+    head = _padding_transitions(moving, min_run, max_burst)
+    tail = _padding_transitions(moving[::-1], min_run, max_burst)
+    if head == 0 and tail == 0:
         return rec
-    return rec.replace(data=rec.data[:, start:stop].copy(),
-                       meta={"trimmed_s": [start / rec.fs, (n - stop) / rec.fs]})
+    return rec.replace(data=rec.data[:, head:n - tail].copy(), meta={"trimmed_s": [head / rec.fs, tail / rec.fs]})
+
+
+def _padding_transitions(moving: np.ndarray, min_run: int, max_burst: int) -> int:
+    """Transitions of padding at the start of ``moving``: flat runs >= min_run - 1, short bursts between."""
+    change = np.flatnonzero(np.diff(moving.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], change, [moving.size]])
+    runs = [(bool(moving[lo]), int(hi - lo)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    cut, i = 0, 0
+    while i < len(runs):
+        is_moving, length = runs[i]
+        if not is_moving and length >= min_run - 1:  # k still transitions = k + 1 equal samples
+            cut += length
+        elif cut and is_moving and length < max_burst and i + 1 < len(runs) and runs[i + 1][1] >= min_run - 1:
+            cut += length  # a short step between two padding stretches
+        else:
+            break
+        i += 1
+    return cut
 
 
 def filter_ectopic(
