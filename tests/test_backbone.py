@@ -214,3 +214,38 @@ def test_portable_scan_runs_in_float32_under_autocast():
         y, state = ssd_chunked(x, dt, A, B, C, chunk_size=8)
     assert state.dtype == torch.float32
     torch.testing.assert_close(y, ref)
+
+
+def test_fused_branch_calls_kernels_with_mamba_ssm_conventions(monkeypatch):
+    """The CUDA branch, run on CPU with stand-ins that follow the documented semantics of
+    ``mamba_chunk_scan_combined`` (dt_bias added and softplus applied inside) and
+    ``causal_conv1d_fn`` ((B, D, L) input, (D, W) weight, SiLU): it must equal the portable path."""
+    import torch.nn.functional as F
+
+    calls = {}
+
+    def scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+             seq_idx=None, dt_softplus=False, return_final_states=False, **_):
+        calls["scan"] = (z, dt_softplus, return_final_states)
+        if dt_bias is not None:
+            dt = dt + dt_bias
+        dt = F.softplus(dt) if dt_softplus else dt
+        y, s = ssd_chunked(x, dt, A, B, C, chunk_size=64, D=D, initial_states=initial_states)
+        return (y, s) if return_final_states else y
+
+    def conv(x, weight, bias=None, activation=None):
+        calls["conv"] = (tuple(x.shape), tuple(weight.shape), activation)
+        y = F.conv1d(x, weight.unsqueeze(1), bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., : x.shape[-1]]
+        return F.silu(y) if activation == "silu" else y
+
+    torch.manual_seed(0)
+    m = Mamba2(d_model=16, d_state=8, headdim=8, kernels="portable")
+    u = torch.randn(2, 24, 16)
+    ref, ref_state = m(u, return_state=True)
+    monkeypatch.setattr(mamba2_module, "_FUSED", {"scan": scan, "conv": conv})
+    monkeypatch.setattr(Mamba2, "_use_fused", lambda self, x: True)
+    y, state = m(u, return_state=True)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
+    assert calls["scan"] == (None, True, True)
+    assert calls["conv"] == ((2, m.conv_dim, 24), (m.conv_dim, 4), "silu")
