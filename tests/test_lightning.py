@@ -177,3 +177,46 @@ def test_callbacks_follow_the_config():
     cfg["fractals"]["probes"]["causal_scale_ablation"]["mode"] = "mid_beta"
     with pytest.raises(ValueError, match="causal_scale_ablation.mode"):
         NeuroFMxModule(cfg).configure_callbacks()
+
+
+class _HistogramLogger(pl.loggers.Logger):
+    """A logger whose experiment takes histograms, like TensorBoard's (not installed here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.histograms, self.scalars = [], {}
+
+    @property
+    def name(self):
+        return "hist"
+
+    @property
+    def version(self):
+        return 0
+
+    @property
+    def experiment(self):
+        return self
+
+    def add_histogram(self, tag, values, global_step=None):
+        self.histograms.append((tag, int(values.numel()), global_step))
+
+    def log_metrics(self, metrics, step=None):
+        self.scalars.update(metrics)
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def test_histograms_go_to_loggers_that_take_them():
+    cfg = _cfg(warmup_steps=0)
+    cfg["fractals"]["log"].update(fingerprint_every_n_steps=1000, tb_hist_every_n=1)
+    cfg["fractals"]["probes"]["causal_scale_ablation"]["enable"] = False
+    logger = _HistogramLogger()
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0)
+    trainer.fit(build_lightning_module(cfg), datamodule=build_datamodule(cfg))
+    tags = {t for t, n, step in logger.histograms if n > 0 and step == 1}
+    assert {"hist/latent_beta", "hist/latent_hfd", "hist/latent_dfa"} <= tags, logger.histograms
+    assert "hist/latent_hfd_p50" in logger.scalars
