@@ -374,10 +374,20 @@ def spectral_beta(
         ``(..., T) -> (...)``. Fully batched: one set of tensor ops for every series, no Python
         loop over series. Differentiable with respect to ``x`` (masks under ``no_grad``).
         Assumes an aperiodic part that is a straight line in log-log inside the band (no knee)
-        and peaks narrower than the band. Measured on ``fractals.stimuli.one_over_f_noise``
-        (T = 8192, fs = 1000 Hz, band 2-80 Hz, 64 seeds): bias -0.005 / +0.003 / +0.006 / +0.016
-        and mean absolute error 0.02-0.03 for beta = 0.5 / 1 / 1.5 / 2 without peaks; with one to
-        three Gaussian peaks (amplitude ratio 3-10) the mean absolute error stays <= 0.04.
+        and peaks narrower than the band. Measured bias / mean absolute error on
+        ``fractals.stimuli.one_over_f_noise`` (fs = 1000 Hz, band 2-80 Hz, default settings, 64
+        seeds per cell; beta = 0.5 / 1 / 1.5 / 2):
+
+        - T = 8192, no peaks: -0.025/0.064, +0.014/0.058, +0.000/0.044, +0.010/0.050
+        - T = 8192, alpha peak (10 Hz, sd 1.5 Hz, 5x): -0.011/0.068, +0.009/0.052, +0.003/0.064, +0.020/0.058
+        - T = 8192, + beta (22 Hz, 2x) and gamma (45 Hz, 1.5x) peaks: -0.000/0.075, +0.048/0.073,
+          +0.008/0.055, +0.052/0.079
+        - T = 16384, no peaks: +0.003/0.036, -0.009/0.036, -0.006/0.038, +0.003/0.033
+        - T = 16384, three peaks: +0.034/0.058, +0.041/0.061, +0.029/0.051, +0.044/0.059
+
+        On noise-free spectra the error is <= 0.002 with up to three peaks. The error is mostly
+        Welch variance (it halves from 8 s to 16 s of data); overlapping peaks leave a small
+        positive bias (steeper) from their unmodelled shoulders.
     """
     t, was_numpy = as_tensor(x, "x")
     fs = _check_fs(fs)

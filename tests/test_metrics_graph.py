@@ -233,12 +233,20 @@ def test_powerlaw_recovers_alpha(alpha):
 
 
 def test_powerlaw_finds_xmin_on_mixture():
-    rng = np.random.default_rng(5)
-    body = rng.uniform(1.0, 5.0, 400)  # flat body, density well below the tail's at x = 5
-    tail = _pareto(2.5, 1000, xmin=5.0, seed=6)
-    fit = powerlaw_fit(np.concatenate([body, tail]))
-    assert abs(float(fit.xmin) - 5.0) / 5.0 < 0.1
-    assert abs(float(fit.alpha) - 2.5) < 0.15
+    """Flat body on [1, 5) below a Pareto tail from 5. KS minimisation may settle on a larger x_min
+    (any x_min above the true one is also a power law), never far below it."""
+    xmins, alphas = [], []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        body = rng.uniform(1.0, 5.0, 400)  # density well below the tail's at x = 5
+        tail = 5.0 * (1 - rng.random(1000)) ** (-1.0 / 1.5)
+        fit = powerlaw_fit(np.concatenate([body, tail]))
+        xmins.append(float(fit.xmin))
+        alphas.append(float(fit.alpha))
+    xmins, alphas = np.array(xmins), np.array(alphas)
+    assert np.all((xmins > 4.5) & (xmins < 10.0)), xmins
+    assert abs(np.median(xmins) - 5.0) / 5.0 < 0.1
+    assert np.abs(alphas - 2.5).mean() < 0.1
 
 
 def test_powerlaw_fixed_xmin_and_batch():
