@@ -120,6 +120,11 @@ def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | 
             row.update(p=np.nan, note=str(exc))
         rows.append(row)
     stats = pd.DataFrame(rows)
+    # Montage order (first appearance in the table), channel means and network last: plots read naturally.
+    order = {c: i for i, c in enumerate(dict.fromkeys(table["channel"]))}
+    order[MEAN_CHANNEL] = len(order) + 1
+    stats = stats.sort_values(["measure", "channel"], key=lambda col: col.map(order) if col.name == "channel" else col,
+                              kind="stable").reset_index(drop=True)
     if "note" not in stats.columns:
         stats["note"] = ""
     stats["note"] = stats["note"].fillna("")
