@@ -128,7 +128,13 @@ def _forward_latents(pl_module, batch) -> torch.Tensor:
 
 
 class LatentFingerprintCallback(pl.Callback):
-    """Log the latent fingerprint every ``every_n_steps`` training steps (on the current batch)."""
+    """Log the latent fingerprint every ``every_n_steps`` training steps (on the current batch).
+
+    Uses :func:`fractals.probes.latent_fd_probe` on the Perceiver and SSM latents (keys
+    ``fingerprint/<latent>/<measure>_<mean|std>``: Higuchi FD, spectral beta, Hurst, MF width);
+    falls back to :func:`latent_measures` (``fingerprint/<latent>/<beta|hfd|dfa>_<mean|std>``) when
+    the probe is not available.
+    """
 
     def __init__(self, *, every_n_steps: int, cfg_fractals: Mapping[str, Any]):
         if every_n_steps < 1:
@@ -136,28 +142,30 @@ class LatentFingerprintCallback(pl.Callback):
         self.every_n_steps = int(every_n_steps)
         self.cfg_fractals = cfg_fractals
 
+    def fingerprint(self, latents: Mapping[str, torch.Tensor], fs: float) -> dict[str, float]:
+        """Scalars for the time-resolved latents (``perceiver``, ``ssm``) at latent rate ``fs``."""
+        series = {k: latents[k].detach().float() for k in ("perceiver", "ssm") if k in latents}
+        try:
+            from fractals.probes import latent_fd_probe
+
+            probe = latent_fd_probe(series, self.cfg_fractals, fs=fs)
+            return {f"fingerprint/{k}": float(torch.as_tensor(v).float().mean()) for k, v in probe.items()
+                    if torch.as_tensor(v).numel() > 0}
+        except (ImportError, AttributeError, NotImplementedError, TypeError, ValueError, RuntimeError) as exc:
+            _warn_once("probe", "fractals.probes.latent_fd_probe unavailable (%s); using latent_measures", exc)
+        values: dict[str, float] = {}
+        for key, lat in series.items():
+            for name, v in latent_measures(lat, fs=fs, cfg_fractals=self.cfg_fractals).items():
+                values[f"fingerprint/{key}/{name}_mean"] = float(v.mean())
+                values[f"fingerprint/{key}/{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+        return values
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if pl_module.logger is None or step == 0 or step % self.every_n_steps:
             return
         out = _forward_latents(pl_module, batch)
-        values: dict[str, float] = {}
-        for key, lat in out["latents"].items():
-            if lat.ndim != 3 or lat.shape[1] < 16:
-                continue
-            fs = pl_module.latent_rate(batch) if key != "popt" else 1.0
-            for name, v in latent_measures(lat, fs=fs, cfg_fractals=self.cfg_fractals).items():
-                values[f"fingerprint/{key}_{name}_mean"] = float(v.mean())
-                values[f"fingerprint/{key}_{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
-        try:
-            from fractals.probes import latent_fd_probe
-
-            probe = latent_fd_probe(out["latents"]["ssm"].detach(), self.cfg_fractals)
-            values.update({f"fingerprint/probe_{k}": float(torch.as_tensor(v).float().mean())
-                           for k, v in probe.items() if torch.as_tensor(v).numel() > 0})
-        except (ImportError, AttributeError, NotImplementedError, TypeError, ValueError) as exc:
-            _warn_once("probe", "fractals.probes.latent_fd_probe unavailable (%s)", exc)
-        _log_scalars(pl_module, values)
+        _log_scalars(pl_module, self.fingerprint(out["latents"], pl_module.latent_rate(batch)))
 
 
 class LatentHistogramCallback(pl.Callback):

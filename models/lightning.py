@@ -114,8 +114,8 @@ class NeuroFMxModule(pl.LightningModule):
         return float(fs)
 
     def latent_rate(self, batch: Mapping[str, Any]) -> float:
-        """Rate of the SSM latents: one step per token bin of ``model.patch_size`` samples."""
-        return self.sample_rate(batch) / self.model.patch_size
+        """Rate of the SSM latents: ``n_latents`` per chunk of ``patch_size * chunk_size`` samples."""
+        return self.sample_rate(batch) * self.model.perceiver.n_latents / self.model.step_size
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch: Mapping[str, Any]) -> dict:

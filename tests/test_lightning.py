@@ -78,7 +78,8 @@ def test_trainer_run_logs_contract_metrics_and_checkpoint_round_trips(tmp_path):
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as fh:
         for row in csv.DictReader(fh):
             logged |= {k for k, v in row.items() if v not in ("", None)}
-    assert {"fingerprint/ssm_beta_mean", "hist/latent_beta_p50", "lr"} <= logged, sorted(logged)
+    assert {"fingerprint/ssm/higuchi_fd_mean", "fingerprint/perceiver/spectral_beta_mean", "hist/latent_beta_p50",
+            "lr"} <= logged, sorted(logged)
 
     ckpt = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(ckpt)
