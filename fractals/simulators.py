@@ -228,6 +228,27 @@ def _profile_whittle(log_w, ibar, counts, H, log_theta):
     return nll, sigma2
 
 
+def _adam(loss_fn, params: torch.Tensor, *, steps: int, lr: float) -> None:
+    """Adam with cosine-decayed step size, in place on ``params``.
+
+    Hand-written because each series' parameters are independent (no coupling to tune) and the
+    first ``torch.optim`` construction in a process costs seconds of lazy imports, which every
+    fresh fingerprint worker would pay.
+    """
+    m = torch.zeros_like(params)
+    v = torch.zeros_like(params)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for i in range(steps):
+        p = params.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(p), p)
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        step_lr = lr * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))
+        m_hat = m / (1 - b1 ** (i + 1))
+        v_hat = v / (1 - b2 ** (i + 1))
+        params.sub_(step_lr * m_hat / (v_hat.sqrt() + eps))
+
+
 def fit_fractional_ou(
     x,
     fs: float,
@@ -292,17 +313,11 @@ def fit_fractional_ou(
         best = nll.argmin(-1)
         h0, th0 = hh.reshape(-1)[best], tt.reshape(-1)[best]
 
-    a = torch.logit(h0).clone().requires_grad_(True)
-    lt = th0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([a, lt], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(steps), 1))
-    for _ in range(int(steps)):
-        opt.zero_grad(set_to_none=True)
-        H = torch.sigmoid(a).clamp(1e-3, 1 - 1e-3)
-        nll, _ = _profile_whittle(log_w, ibar, counts, H[:, None], lt.clamp(lo_th, hi_th)[:, None])
-        nll.sum().backward()
-        opt.step()
-        sched.step()
+    params = torch.stack([torch.logit(h0), th0], dim=-1)  # (R, 2): logit H, log theta
+    _adam(lambda p: _profile_whittle(log_w, ibar, counts, torch.sigmoid(p[:, 0]).clamp(1e-3, 1 - 1e-3)[:, None],
+                                     p[:, 1].clamp(lo_th, hi_th)[:, None])[0].sum(),
+          params, steps=int(steps), lr=float(lr))
+    a, lt = params[:, 0], params[:, 1]
     with torch.no_grad():
         H = torch.sigmoid(a).clamp(1e-3, 1 - 1e-3)
         lt_c = lt.clamp(lo_th, hi_th)
