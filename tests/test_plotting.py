@@ -97,7 +97,7 @@ def test_fingerprint_figure_panels_per_measure(tmp_path):
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["Higuchi FD", r"DFA $\alpha$", r"1/f slope $\beta$", "multifractal width"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Fz", "Cz", "Pz"]
-    assert fig._suptitle.get_text() == "sub-01"
+    assert fig.get_suptitle() == "sub-01"
     assert any("graph_fd 1.70" in t.get_text() for t in fig.texts)
     data = _saved_png(fig, tmp_path)
     assert len(data) > 5000
