@@ -149,3 +149,13 @@ def test_intervals_kind_measures_and_too_short():
     assert ok_long["ok"].all()
     assert table[(table.channel == "short") & (table.measure == "dfa_alpha2")]["flag"].item() == "too_short"
     assert "fc_density" not in summary
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fingerprint_of_a_cuda_tensor_matches_cpu():
+    x = _recording()
+    cpu, _ = fingerprint(x, FS, CFG)
+    gpu, summary = fingerprint(x.cuda(), FS, CFG)
+    assert np.allclose(cpu["value"], gpu["value"], rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert summary["n_flagged"] == 0

@@ -161,3 +161,14 @@ def test_dendrite_is_a_tree_with_consistent_costs():
 def test_dendrite_rejects_bad_target():
     with pytest.raises(ValueError, match="target_D"):
         dendrite_growth(3.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fou_sample_and_fit_on_cuda():
+    x = fractional_ou(4096, 0.7, 2 * math.pi * 20.0, 1.0, FS, batch_shape=(8,), seed=3, device="cuda")
+    assert x.device.type == "cuda"
+    cpu = fractional_ou(4096, 0.7, 2 * math.pi * 20.0, 1.0, FS, batch_shape=(8,), seed=3)
+    assert torch.allclose(x.cpu(), cpu, atol=1e-8)  # same seeded noise, drawn on the CPU generator
+    fit = fit_fractional_ou(x, FS)
+    assert fit.H.device.type == "cuda" and float(fit.H.mean()) == pytest.approx(0.7, abs=0.03)
