@@ -341,8 +341,8 @@ def spectral_beta(
     """Aperiodic exponent beta of a 1/f^beta spectrum, with oscillatory peaks masked out.
 
     Welch PSD, then least squares of ``log10 P`` on ``log10 f`` over the in-band bins. With
-    ``exclude_peaks``: an initial robust fit (OLS, then two refits on the
-    30 % of bins lowest below the line, so peaks covering up to ~70 % of the band do not tilt it);
+    ``exclude_peaks``: an initial robust fit (OLS, then two refits on the 30 % of bins lowest
+    below the line, so peaks covering up to ~70 % of the band do not tilt it);
     then ``n_iter`` rounds of greedy peak search on the smoothed residual (a peak must exceed
     ``max(peak_threshold * sigma, min_peak_height)``, sigma from the residual's lower tail), a
     Gaussian fitted to each peak's excess power and subtracted before the next search, as in
@@ -374,7 +374,8 @@ def spectral_beta(
         Most peaks masked and reported per series (the highest).
     peak_mask_level : float
         Bins where the fitted peaks add more than this fraction to the aperiodic power are left
-        out of the fit (0.5: the core of each peak down to a third of its height for ratio 1.5).
+        out of the fit (0.5: a peak of amplitude ratio 5 loses the bins within +/- 2.1 sd of
+        its centre; its shoulders beyond are corrected by the subtracted Gaussian).
     n_iter : int
         Detection/refit rounds.
 
