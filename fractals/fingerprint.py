@@ -262,7 +262,8 @@ def fingerprint(
     x : array or tensor (..., C, T)
         Channels by time; leading axes are independent recordings of the same channels (a
         ``recording`` column indexes them, flattened). ``kind="intervals"``: (C, N) or (N,) interval
-        series (NaN padding at the end of shorter rows is allowed and dropped).
+        series (trailing NaN pads shorter rows and is dropped; a NaN inside a row flags it
+        ``nonfinite``, unless the ectopic filter, which drops non-finite beats, is on).
     fs : float or None
         Sampling rate in Hz (continuous); ignored for intervals.
     config : dict, optional
@@ -315,19 +316,26 @@ def fingerprint(
     else:
         calls, min_len = _interval_calls(cfg)
         rows_np = rows.detach().cpu().double().numpy()
-        cleaned = []
+        cleaned, base_flags = [], []
+        iv = cfg["intervals"]
         for r in rows_np:
-            r = r[np.isfinite(r)]  # NaN padding of shorter rows
-            if cfg["intervals"]["ectopic_filter"]:
-                iv = cfg["intervals"]
+            finite = np.isfinite(r)
+            n_valid = int(np.nonzero(finite)[0][-1]) + 1 if finite.any() else 0
+            r = r[:n_valid]  # trailing NaN pads shorter rows; a NaN inside a row is an error
+            if iv["ectopic_filter"]:
                 r = clean_rr_intervals(r, min_ms=iv["min_ms"], max_ms=iv["max_ms"], window=int(iv["window"]),
                                        tolerance=iv["tolerance"])
+            if not np.isfinite(r).all():
+                flag = "nonfinite"
+            elif r.size <= 1:
+                flag = "too_short"
+            elif np.ptp(r) == 0:
+                flag = "flat"
+            else:
+                flag = ""
             cleaned.append(r)
-        base_flags = ["flat" if r.size > 1 and np.ptp(r) == 0 else "" for r in cleaned]
-        good = np.array([f == "" and r.size > 1 for f, r in zip(base_flags, cleaned)])
-        for i, r in enumerate(cleaned):
-            if r.size <= 1:
-                base_flags[i] = "too_short"
+            base_flags.append(flag)
+        good = np.array([f == "" for f in base_flags])
         series = {"intervals": cleaned}
 
     selected = cfg["measures"]

@@ -149,6 +149,12 @@ def test_intervals_kind_measures_and_too_short():
     assert ok_long["ok"].all()
     assert table[(table.channel == "short") & (table.measure == "dfa_alpha2")]["flag"].item() == "too_short"
     assert "fc_density" not in summary
+    gap = long.copy()
+    gap[10] = np.nan
+    table, _ = fingerprint(gap[None], None, kind="intervals")
+    assert set(table["flag"]) == {"nonfinite"} and table["value"].isna().all()
+    table, _ = fingerprint(gap[None], None, {"intervals": {"ectopic_filter": True}}, kind="intervals")
+    assert table["ok"].all()  # the filter drops the bad beat
 
 
 @pytest.mark.cuda
