@@ -349,7 +349,9 @@ def spectral_beta(
     specparam. The final, differentiable fit uses ``log10 P - log10(1 + sum_i A_i g_i(f))`` (peak
     shoulders removed with their fitted Gaussians) on the bins outside the peak cores (where a
     peak adds more than ``peak_mask_level`` to the aperiodic power), so a peak costs a few bins
-    and its misfit shoulders do not bend the line.
+    and its misfit shoulders do not bend the line. Where the cores would leave fewer than a
+    quarter of the band's bins (short windows, many peaks), every bin is kept and only the
+    Gaussians are subtracted.
 
     Parameters
     ----------
@@ -399,6 +401,9 @@ def spectral_beta(
           +0.008/0.055, +0.052/0.079
         - T = 16384, no peaks: +0.003/0.036, -0.009/0.036, -0.006/0.038, +0.003/0.033
         - T = 16384, three peaks: +0.034/0.058, +0.041/0.061, +0.029/0.051, +0.044/0.059
+
+        - T = 1024 (the 1 s default window of :mod:`fractals.windowed`, 20 bins): MAE 0.18
+          without peaks, 0.23-0.25 with one to three; the +/- 0.1 acceptance needs >= 8 s.
 
         On noise-free spectra the error is <= 0.002 with up to three peaks. The error is mostly
         Welch variance (it halves from 8 s to 16 s of data); overlapping peaks leave a small
@@ -474,13 +479,10 @@ def _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, opts, wa
                 resid, use, f_band, df, opts["threshold"], opts["min_height"], opts["max_n_peaks"],
                 opts["mask_level"],
             )
-            use = ~mask
-            n_used = use.sum(-1)
-            if bool((n_used < 3).any()):
-                raise ValueError(
-                    f"exclude_peaks: peaks cover all but {int(n_used.min())} bin(s) of freq_band "
-                    f"{freq_band!r}; widen the band, raise peak_threshold or pass exclude_peaks=False"
-                )
+            # Short windows with several peaks: if the cores would leave under a quarter of the
+            # band, keep every bin and rely on the subtracted Gaussians alone (fit.mask shows it).
+            too_few = (~mask).sum(-1, keepdim=True) < max(3, math.ceil(F / 4))
+            use = ~mask | too_few
             a, b, _ = _wls_line(lx, y - torch.log1p(peak_model) / math.log(10.0), use.to(y.dtype))
     # Peak shoulders removed with their fitted Gaussians, peak cores masked.
     target = y - torch.log1p(peak_model) / math.log(10.0)
