@@ -30,13 +30,11 @@ def _trim_flat_tail(x: np.ndarray, min_run: int = 25) -> np.ndarray:
     The eegmat-dev rest files end in about 2 s of padding (two flat levels joined by one jump);
     left in, it is flagged flat_segment by the fingerprint and biases every measure.
     """
-    still = np.all(np.diff(x, axis=1) == 0, axis=0)
-    run = 0
-    for i, s in enumerate(still):
-        run = run + 1 if s else 0
-        if run >= min_run:
-            return x[:, : i - run + 1]
-    return x
+    still = np.all(np.diff(x, axis=1) == 0, axis=0).astype(np.int64)
+    csum = np.cumsum(still)
+    run = csum - np.maximum.accumulate(np.where(still == 0, csum, 0))  # length of the current still run
+    hits = np.nonzero(run >= min_run)[0]
+    return x if hits.size == 0 else x[:, : hits[0] - min_run + 1]
 
 
 def test_eeg_higuchi_fd_higher_during_arithmetic(shared_data):
