@@ -278,8 +278,8 @@ def plot_fingerprint(
         task) are drawn side by side in each panel. Rows with ``ok == False`` are drawn as open
         markers at their value when finite, so flagged channels stay visible.
     summaries : dict or mapping label -> dict, optional
-        The summary dicts; network measures (``fc_density``, ``graph_fd``) are added to the title
-        of the last panel.
+        The summary dicts; network measures (``fc_density``, ``graph_fd``) are added under the
+        figure title.
     """
     import matplotlib
 
@@ -322,6 +322,7 @@ def plot_fingerprint(
             ax.set_xticklabels([str(c) for c in channels], rotation=90)
             if i == 0 and n_groups > 1:
                 ax.legend(frameon=False)
+        note = ""
         if summaries is not None:
             sums = summaries if (isinstance(summaries, Mapping) and all(
                 isinstance(v, Mapping) for v in summaries.values())) else {"": summaries}
@@ -330,9 +331,9 @@ def plot_fingerprint(
                 bits = [f"{k} {s[k]:.2f}" for k in ("fc_density", "graph_fd") if k in s and s[k] == s[k]]
                 if bits:
                     parts.append((f"{glabel}: " if glabel else "") + ", ".join(bits))
-            if parts:
-                fig.text(0.99, 0.005, "; ".join(parts), ha="right", va="bottom", fontsize=7)
-        fig.suptitle(title or "fractal fingerprint")
+            note = "; ".join(parts)
+        # The network summary goes under the title: below the panels it would hit the tick labels.
+        fig.suptitle((title or "fractal fingerprint") + (f"\n{note}" if note else ""))
     return fig
 
 

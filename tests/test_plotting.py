@@ -97,8 +97,8 @@ def test_fingerprint_figure_panels_per_measure(tmp_path):
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["Higuchi FD", r"DFA $\alpha$", r"1/f slope $\beta$", "multifractal width"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Fz", "Cz", "Pz"]
-    assert fig.get_suptitle() == "sub-01"
-    assert any("graph_fd 1.70" in t.get_text() for t in fig.texts)
+    assert fig.get_suptitle().splitlines()[0] == "sub-01"
+    assert "rest: fc_density 0.40, graph_fd 1.70; task: fc_density 0.50" in fig.get_suptitle()
     data = _saved_png(fig, tmp_path)
     assert len(data) > 5000
     with pytest.raises(ValueError, match="missing columns"):
