@@ -34,7 +34,8 @@ def main() -> int:
         return 2
     from fmx.fingerprint.job import run_fingerprint_job
 
-    machine = {"cpus_visible": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2), "python": platform.python_version()}
+    machine = {"cpus_visible": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2),
+               "python": platform.python_version()}
     executors = ["ray"] + (["serial"] if args.serial else [])
     for executor in executors:
         for i in range(args.repeat):

@@ -41,6 +41,7 @@ __all__ = [
     "Recording",
     "read_recording",
     "read_rr_cohort",
+    "pick_channels",
     "bandpass",
     "notch",
     "resample",
@@ -535,4 +536,5 @@ def filter_ectopic(
     good = np.abs(kept - local_mean) <= tolerance * local_mean
     clean = kept[good]
     return rec.replace(data=clean, fs=1000.0 / float(clean.mean()),
-                       meta={"n_removed": int(rr.size - clean.size), "ectopic_filter": [min_ms, max_ms, window, tolerance]})
+                       meta={"n_removed": int(rr.size - clean.size),
+                             "ectopic_filter": [min_ms, max_ms, window, tolerance]})

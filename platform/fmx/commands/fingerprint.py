@@ -28,7 +28,8 @@ def _fail(exc: Exception) -> None:
 def fit(
     data: str = typer.Argument(..., help="Folder or s3:// prefix (BIDS-like), manifest CSV, or RR cohort .npz."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder or s3:// prefix."),
-    channels: Optional[List[str]] = typer.Option(None, "--channels", help="Channels to keep (repeat or comma-separate)."),
+    channels: Optional[List[str]] = typer.Option(None, "--channels",
+                                                 help="Channels to keep (repeat or comma-separate)."),
     resample: Optional[float] = typer.Option(None, "--resample", help="Resample to this rate (Hz)."),
     band: Optional[tuple[float, float]] = typer.Option(None, "--band", help="Band-pass LOW HIGH (Hz)."),
     notch: Optional[float] = typer.Option(None, "--notch", help="Notch this line frequency (Hz) and its harmonics."),

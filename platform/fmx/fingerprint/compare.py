@@ -50,7 +50,8 @@ def parse_contrast(spec: str) -> tuple[str, list[str]]:
     column, levels = spec.split("=", 1)
     parts = [lv.strip() for lv in levels.split(",") if lv.strip()]
     if not column.strip() or len(parts) != 2 or parts[0] == parts[1]:
-        raise ValueError(f"contrast: {spec!r} needs one column and two different levels, e.g. condition=rest,arithmetic")
+        raise ValueError(
+            f"contrast: {spec!r} needs one column and two different levels, e.g. condition=rest,arithmetic")
     return column.strip(), parts
 
 
@@ -201,7 +202,8 @@ def compare(
     picks two of its values, by default the two it has, sorted).
     """
     if (contrast is None) == (group_by is None):
-        raise ValueError("contrast/group_by: give exactly one (e.g. --contrast condition=rest,arithmetic or --group-by group)")
+        raise ValueError(
+            "contrast/group_by: give exactly one (e.g. --contrast condition=rest,arithmetic or --group-by group)")
     table = _with_participants(read_parquet(storage.join(out, "fingerprint.parquet")), out)
     if table.empty:
         raise ValueError(f"{out}: the fingerprint table is empty (every recording failed?); see failures.parquet")

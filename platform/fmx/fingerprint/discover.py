@@ -73,8 +73,6 @@ def read_participants(uri: str) -> "pd.DataFrame":  # noqa: F821
 
 def discover(data: str, *, modality: str | None = None) -> "pd.DataFrame":  # noqa: F821
     """One row per recording under ``data`` (see the module docstring for the accepted layouts)."""
-    import pandas as pd
-
     data = str(data)
     if not storage.exists(data):
         raise ValueError(f"data: {data!r} does not exist; give a folder, an s3:// prefix, a manifest CSV or an .npz")

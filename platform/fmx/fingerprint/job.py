@@ -170,7 +170,7 @@ def run_fingerprint_job(
             on_result({**result, "entry": dict(entry)})
 
     records = todo.to_dict("records")
-    with _progress(progress, total=len(entries), done=len(entries) - len(records)) as advance:
+    with _Progress(progress, total=len(entries), done=len(entries) - len(records)) as advance:
         def tick(entry, result):
             handle(entry, result)
             advance(failed=len(failures))
@@ -302,7 +302,7 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
             ray.shutdown()
 
 
-class _progress:
+class _Progress:
     """A rich progress bar over recordings (a no-op when disabled)."""
 
     def __init__(self, enabled: bool, *, total: int, done: int):
