@@ -122,7 +122,7 @@ def main() -> int:
     logits[:, 2] += 2.0 * z[:, None, :]  # head 2 attends to rough windows
     coupling = attention_fd_coupling(logits.softmax(-1), fd, method="spearman")
     print("coupling per head (Spearman):", [round(float(c), 2) for c in coupling[0]])
-    save_figure(plot_attention_fd_coupling(coupling, layer_names=["layer 0"]), out / "coupling.png", dpi=120)
+    save_figure(plot_attention_fd_coupling(coupling, layer_names=["layer 0"], value_label="Spearman r"), out / "coupling.png", dpi=120)
     print(f"figures in {out.resolve()}; total {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -217,15 +217,18 @@ def plot_attention_fd_coupling(
     *,
     layer_names: Optional[Sequence[str]] = None,
     title: Optional[str] = None,
+    value_label: str = "Pearson r",
     figsize=(3.5, 2.8),
 ):
-    """Heat map of attention-FD coupling, rows layers, columns heads, colour the Pearson r.
+    """Heat map of attention-FD coupling, rows layers, columns heads, colour the correlation.
 
     Parameters
     ----------
     couplings : array (L, H) or (H,)
         Output of :func:`fractals.probes.attention_fd_coupling`; NaN cells (constant attention)
         are shown blank.
+    value_label : str
+        Colour-bar label; ``"Spearman r"`` for ``method="spearman"`` couplings.
     """
     import matplotlib
 
@@ -246,7 +249,7 @@ def plot_attention_fd_coupling(
         if layer_names is not None:
             ax.set_yticklabels(list(layer_names))
         ax.set_title(title or "attention-FD coupling")
-        fig.colorbar(im, ax=ax, label="Pearson r")
+        fig.colorbar(im, ax=ax, label=value_label)
     return fig
 
 

@@ -76,7 +76,7 @@ def test_attention_coupling_heatmap(tmp_path):
     ax = fig.axes[0]
     assert ax.get_xlabel() == "head" and ax.get_ylabel() == "layer"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["enc", "dec"]
-    assert len(fig.axes) == 2  # heat map and colour bar
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "Pearson r"  # heat map and colour bar
     im = ax.get_images()[0]
     assert im.get_clim() == (-0.8, 0.8)  # symmetric around zero
     _saved_png(fig, tmp_path)
