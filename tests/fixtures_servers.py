@@ -119,8 +119,11 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_ray_head(tmp: Path, *, num_cpus: int = 2, object_store_mb: int = 512, timeout_s: float = 90) -> RayHead:
-    """Start a Ray head bound to 127.0.0.1 with its own temp dir (short path: Ray's socket paths are limited)."""
+def start_ray_head(tmp: Path, *, num_cpus: int = 4, object_store_mb: int = 512, timeout_s: float = 90) -> RayHead:
+    """Start a Ray head bound to 127.0.0.1 with its own temp dir (short path: Ray's socket paths are limited).
+
+    ``num_cpus`` is logical: 4 on a 2-core machine lets a 2-worker trial and its Tune driver actor fit.
+    """
     port, dash = free_port(), free_port()
     temp_dir = Path(f"/tmp/rayfmx_{uuid.uuid4().hex[:8]}")
     log = tmp / "ray_head.log"

@@ -26,8 +26,8 @@ from fmx import tracking
 from fmx.schema import Categorical, Constant, Grid, IntRange, LogUniform, Sweep, Uniform
 
 TRIAL_CPU = 0.01  # the Tune function only waits on its TorchTrainer; 0 is rejected by Tune
-# Test hook: '{"epoch": 0, "marker": "/tmp/x"}' makes rank 0 of the first trial to reach that epoch die once
-# (os._exit) after its checkpoint is reported, as a lost worker would; the marker file makes it happen once.
+# Test hook: '{"epoch": 1, "marker": "/tmp/x"}' makes rank 0 of the first trial to reach epoch 1 die (os._exit)
+# in the middle of it, as a lost worker would; the marker file makes it happen once.
 FAULT_ENV = "FMX_TEST_FAULT"
 
 
@@ -138,8 +138,8 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
     tags = {tracking.TAG_SWEEP_ID: plan.sweep_id, tracking.TAG_TRIAL: trial_id}
     run_id, created = tracking.get_or_create_run(
         c, plan.experiment_id, run_name=f"trial-{trial_id}",
-        tags={**tags, tracking.TAG_PARENT: plan.parent_run_id, tracking.TAG_KIND: "trial",
-              tracking.TAG_SWEEP: plan.name, "fmx.git_commit": tracking.git_commit()})
+        tags={**tags, tracking.TAG_PARENT: plan.parent_run_id},
+        extra_tags={tracking.TAG_KIND: "trial", tracking.TAG_SWEEP: plan.name, "fmx.git_commit": tracking.git_commit()})
     if created:
         tracking.log_params(c, run_id, {**flatten(cfg), **{f"sweep.{k}": v for k, v in params.items()}})
     else:
@@ -264,6 +264,7 @@ class SweepOutcome:
     n_trials: int
     n_errors: int
     best: dict[str, Any] | None
+    interrupted: bool = False
 
 
 def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None, resume_id: str | None = None,
@@ -302,8 +303,9 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
                                                     artifact_location=sweep.tracking.artifact_location)
     plan.parent_run_id, created = tracking.get_or_create_run(
         c, plan.experiment_id, run_name=sweep_id,
-        tags={tracking.TAG_SWEEP_ID: sweep_id, tracking.TAG_SWEEP: sweep.name, tracking.TAG_KIND: "sweep",
-              "fmx.git_commit": tracking.git_commit(), "fmx.storage": plan.storage_uri})
+        tags={tracking.TAG_SWEEP_ID: sweep_id, tracking.TAG_KIND: "sweep"},
+        extra_tags={tracking.TAG_SWEEP: sweep.name, "fmx.git_commit": tracking.git_commit(),
+                    "fmx.storage": plan.storage_uri})
     if created:
         tracking.log_params(c, plan.parent_run_id, {
             "sweep.method": sweep.method, "sweep.metric": sweep.metric.name, "sweep.goal": sweep.metric.goal,
@@ -348,20 +350,27 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
         if status != "FINISHED":
             tracking.end_run(c, plan.parent_run_id, status)
     n_errors = len(grid.errors)
+    statuses = [t.status for t in grid._experiment_analysis.trials]  # noqa: SLF001 - no public accessor
+    interrupted = any(st_ in ("PENDING", "RUNNING", "PAUSED") for st_ in statuses)
     best = None
     try:
         best_result = grid.get_best_result(metric=plan.metric, mode=plan.mode, scope="all")
         if plan.metric not in (best_result.metrics or {}):
             raise KeyError(plan.metric)
-        best = {"mode": plan.mode, "trial_id": best_result.metrics.get("trial_id"), "metrics": dict(best_result.metrics),
-                "config": best_result.config, "path": best_result.path}
+        best = {"mode": plan.mode, "trial_id": best_result.metrics.get("trial_id"),
+                "metrics": dict(best_result.metrics), "config": best_result.config, "path": best_result.path}
     except (RuntimeError, ValueError, KeyError):
         pass
     log_sweep_summary(c, plan.experiment_id, plan.parent_run_id, metric=plan.metric, mode=plan.mode)
-    tracking.end_run(c, plan.parent_run_id, "FINISHED" if n_errors == 0 else "FAILED")
+    if interrupted:  # trials cut short stay resumable; their runs are marked KILLED until resumed
+        for run in tracking.child_runs(c, plan.experiment_id, plan.parent_run_id):
+            if run.info.status == "RUNNING":
+                tracking.end_run(c, run.info.run_id, "KILLED")
+    # Ctrl-C makes Tune save its state and return: the parent is KILLED until `fmx sweep resume` finishes it.
+    tracking.end_run(c, plan.parent_run_id, "KILLED" if interrupted else "FINISHED" if n_errors == 0 else "FAILED")
     return SweepOutcome(sweep_id=sweep_id, parent_run_id=plan.parent_run_id, tracking_uri=plan.tracking_uri,
                         experiment_id=plan.experiment_id, storage_uri=plan.storage_uri, n_trials=len(grid),
-                        n_errors=n_errors, best=best)
+                        n_errors=n_errors, best=best, interrupted=interrupted)
 
 
 def plan_dict(plan: SweepPlan) -> dict:

@@ -86,14 +86,18 @@ def find_run(c, experiment_id: str, tags: Mapping[str, str]):
     return runs[0] if runs else None
 
 
-def get_or_create_run(c, experiment_id: str, *, tags: Mapping[str, str], run_name: str) -> tuple[str, bool]:
-    """Return ``(run_id, created)``; an existing run with these tags is reopened (status RUNNING)."""
+def get_or_create_run(c, experiment_id: str, *, tags: Mapping[str, str], run_name: str,
+                      extra_tags: Mapping[str, str] | None = None) -> tuple[str, bool]:
+    """Return ``(run_id, created)``; an existing run with these identity ``tags`` is reopened (status RUNNING).
+
+    ``extra_tags`` (git commit, storage) are set on the run but are not part of its identity.
+    """
     run = find_run(c, experiment_id, tags)
     if run is not None:
         if run.info.status != "RUNNING":
             c.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id, False
-    run = c.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+    run = c.create_run(experiment_id, tags={**dict(tags), **dict(extra_tags or {})}, run_name=run_name)
     return run.info.run_id, True
 
 

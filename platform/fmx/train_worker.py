@@ -13,6 +13,7 @@ import importlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -61,7 +62,6 @@ class ReportCheckpointCallback(pl.Callback):
     def __init__(self, *, extra: Mapping[str, float] | None = None, fail_at_epoch: int | None = None,
                  fail_marker: str | None = None):
         self.extra = dict(extra or {})
-        # Fault injection for tests: the worker process dies once at this epoch (marker file: only once).
         self.fail_at_epoch, self.fail_marker = fail_at_epoch, fail_marker
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -80,10 +80,17 @@ class ReportCheckpointCallback(pl.Callback):
             ray.train.report(metrics, checkpoint=checkpoint)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if self.fail_at_epoch is not None and trainer.current_epoch == self.fail_at_epoch and self.fail_marker \
-                and not os.path.exists(self.fail_marker) and trainer.global_rank == 0:
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # Fault injection (tests): rank 0 dies hard in the middle of epoch `fail_at_epoch` (second batch), as an
+        # OOM kill or a lost node would; the marker file makes it happen once. The pause lets Ray's controller
+        # register the checkpoint reported at the end of the previous epoch first.
+        if self.fail_at_epoch is None or not self.fail_marker or trainer.global_rank != 0:
+            return
+        if trainer.current_epoch == self.fail_at_epoch and batch_idx == 1 and not os.path.exists(self.fail_marker):
             Path(self.fail_marker).write_text(str(os.getpid()))
-            os._exit(1)  # a hard crash, as an OOM kill or a lost node would look to Ray
+            time.sleep(3.0)
+            os._exit(1)
 
 
 class FingerprintArtifactCallback(pl.Callback):

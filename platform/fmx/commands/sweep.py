@@ -101,6 +101,14 @@ def run(file: Path = typer.Argument(..., help="sweep YAML file"),
     sweep = _load(file)
     outcome = run_sweep(sweep, sweep_text=file.read_text(), address=address, num_cpus=num_cpus)
     _print_outcome(outcome, sweep.metric.name)
+    _exit_for(outcome, sweep)
+
+
+def _exit_for(outcome, sweep) -> None:
+    if outcome.interrupted:
+        console.print(f"[yellow]interrupted[/yellow]: continue with [bold]fmx sweep resume {sweep.name} "
+                      f"--storage {sweep.storage.path}[/bold]")
+        raise typer.Exit(130)
     if outcome.n_errors:
         raise typer.Exit(1)
 
@@ -130,8 +138,7 @@ def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as 
     sweep = Sweep.model_validate(pointer["sweep"])
     outcome = run_sweep(sweep, address=address, resume_id=pointer["sweep_id"], num_cpus=num_cpus)
     _print_outcome(outcome, sweep.metric.name)
-    if outcome.n_errors:
-        raise typer.Exit(1)
+    _exit_for(outcome, sweep)
 
 
 @app.command()

@@ -1,0 +1,184 @@
+"""The sweep runner end to end on real parts: a local Ray head, a real `mlflow server`, SeaweedFS S3.
+
+Budget (2 cores): one 2-worker DDP trial with checkpoints on S3; one CLI sweep whose first trial loses its worker
+mid-run and whose driver is interrupted after that trial, then resumed. The real NeuroFMx tiny preset trains
+on synthetic data for a few steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FMX = str(Path(sys.executable).with_name("fmx"))
+FAST_BASE = ["model=tiny", "data=synthetic", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+             "trainer.limit_val_batches=1", "fractals.priors.warmup_steps=2", "trainer.log_every_n_steps=1"]
+
+
+def _sweep(name: str, **over) -> dict:
+    d = {"name": name, "base": list(FAST_BASE), "method": "random",
+         "metric": {"name": "val/loss", "goal": "minimize"},
+         "parameters": {"fractals.priors.spectral_beta_target": {"distribution": "uniform", "min": 0.8, "max": 1.2},
+                        "fractals.priors.lambda_spec": {"distribution": "log_uniform", "min": 0.01, "max": 0.1}},
+         "run_cap": 1, "max_concurrent": 1, "resources": {"workers": 1, "cpus_per_worker": 1}}
+    d.update(over)
+    return d
+
+
+@pytest.fixture
+def ray_disconnect():
+    """Runs in this process connect to the shared head; disconnect afterwards (the head keeps running)."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_worker_ddp_trial_on_s3_tracked_in_mlflow(ray_cluster, mlflow_server_s3, seaweed_s3, tmp_path,
+                                                      monkeypatch, ray_disconnect):
+    from ray.train import Checkpoint
+
+    from fmx import storage as st
+    from fmx import tracking
+    from fmx.runner import run_sweep
+    from fmx.schema import parse_sweep
+    from models.registry import build_lightning_module
+
+    server, _ = mlflow_server_s3
+    bucket = seaweed_s3.make_bucket()
+    # Credentials reach the workers only as a mounted secret file; the endpoint is not a secret.
+    secret = tmp_path / "s3-secret.json"
+    secret.write_text(json.dumps({"access_key_id": seaweed_s3.access_key,
+                                  "secret_access_key": seaweed_s3.secret_key}))
+    secret.chmod(0o600)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv(st.SECRET_FILE_ENV, str(secret))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed_s3.endpoint_url)
+    data = _sweep("ddp2", resources={"workers": 2, "cpus_per_worker": 1}, acceptance=["numerics", "training"],
+                  storage={"path": f"s3://{bucket}/ray", "endpoint_url": seaweed_s3.endpoint_url},
+                  tracking={"uri": server.tracking_uri, "experiment": "fmx-test-ddp2"})
+    text = yaml.safe_dump(data)
+    out = run_sweep(parse_sweep(data), sweep_text=text, address=ray_cluster.address, root=tmp_path, progress=False)
+    assert (out.n_trials, out.n_errors) == (1, 0)
+
+    c = tracking.client(server.tracking_uri)
+    parent = c.get_run(out.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["fmx.git_commit"]
+    kids = tracking.child_runs(c, out.experiment_id, out.parent_run_id)
+    assert len(kids) == 1
+    kid = c.get_run(kids[0].info.run_id)
+    assert kid.info.status == "FINISHED"
+    assert kid.data.params["model.family"] == "neurofmx" and "sweep.fractals.priors.lambda_spec" in kid.data.params
+    assert len(c.get_metric_history(kid.info.run_id, "val/loss")) == 2          # one per epoch
+    assert len(c.get_metric_history(kid.info.run_id, "train/loss")) >= 2        # per step
+    assert kid.data.metrics["acceptance/numerics_pass"] == 1.0
+    assert "acceptance/training_latent_beta" in kid.data.metrics
+    assert any(k.startswith("system/") for k in kid.data.metrics), sorted(kid.data.metrics)
+    arts = {a.path for p in ("fingerprint", "acceptance") for a in c.list_artifacts(kid.info.run_id, p)}
+    assert {"fingerprint/latent_fingerprint.parquet", "fingerprint/latent_fingerprint.png",
+            "acceptance/acceptance.json"} <= arts
+    assert {a.path for a in c.list_artifacts(out.parent_run_id, "sweep")} == {"sweep/ddp2.yaml"}
+    assert "comparison/trials.parquet" in {a.path for a in c.list_artifacts(out.parent_run_id, "comparison")}
+    everything = json.dumps([kid.data.params, kid.data.tags, parent.data.params, parent.data.tags])
+    assert seaweed_s3.secret_key not in everything and seaweed_s3.access_key not in everything
+
+    # Checkpoints went to S3 (best-and-latest policy) and restore into the same model.
+    s3 = seaweed_s3.client()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"ray/{out.sweep_id}/trials/")["Contents"]]
+    ckpts = sorted({k.rsplit("/", 2)[0] for k in keys if k.endswith("/model.ckpt")})
+    assert 1 <= len(ckpts) <= 2, keys
+    assert s3.get_object(Bucket=bucket, Key="ray/ddp2.latest.json")["Body"].read()
+    fs = st.s3_filesystem(endpoint_url=seaweed_s3.endpoint_url)
+    local = Checkpoint(path=kid.data.tags["fmx.checkpoint"], filesystem=fs).to_directory(str(tmp_path / "ck"))
+    import torch
+
+    state = torch.load(Path(local) / "model.ckpt", map_location="cpu", weights_only=False)
+    module = build_lightning_module(state["hyper_parameters"]["cfg"])
+    module.load_state_dict(state["state_dict"])
+    assert state["epoch"] == 1  # the latest checkpoint: end of the second (0-indexed) epoch
+
+
+def _fmx(*args, env, log: Path, wait: bool = True, timeout: float = 420):
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen([FMX, *args], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    if not wait:
+        return proc
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert rc == 0, log.read_text()[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_crashed_worker_resumes_and_interrupted_sweep_resumes_without_redoing_trials(ray_cluster, mlflow_server,
+                                                                                      tmp_path):
+    from fmx import tracking
+
+    storage = tmp_path / "ray"
+    sweep_file = tmp_path / "resume.yaml"
+    sweep_file.write_text(yaml.safe_dump(_sweep(
+        "resume", run_cap=2, base=FAST_BASE[:2] + ["trainer.max_epochs=3"] + FAST_BASE[3:],
+        storage={"path": str(storage)}, tracking={"uri": mlflow_server.tracking_uri, "experiment": "fmx-resume"})))
+    marker = tmp_path / "worker-killed"
+    env = dict(os.environ, FMX_TEST_FAULT=json.dumps({"epoch": 1, "marker": str(marker)}))
+    log = tmp_path / "fmx.log"
+    proc = _fmx("sweep", "run", str(sweep_file), "--address", ray_cluster.address, env=env, log=log, wait=False)
+
+    # Interrupt the driver (Ctrl-C) as soon as the first trial has finished.
+    c = tracking.client(mlflow_server.tracking_uri)
+    deadline = time.monotonic() + 400
+    first = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        exp = c.get_experiment_by_name("fmx-resume")
+        done = [r for r in c.search_runs([exp.experiment_id], f"tags.`{tracking.TAG_KIND}` = 'trial'")
+                if r.info.status == "FINISHED"] if exp else []
+        if done:
+            first = done[0]
+            break
+        time.sleep(1.0)
+    assert first is not None, log.read_text()[-4000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    # The first trial lost its worker mid-epoch 1 and finished from the epoch-0 checkpoint (not from scratch).
+    assert marker.exists()
+    first = c.get_run(first.info.run_id)
+    assert first.data.tags.get("fmx.resumed_from_checkpoint") == "true"
+    assert len(c.get_metric_history(first.info.run_id, "val/loss")) == 3  # epochs 0, 1, 2: none validated twice
+    first_history = len(c.get_metric_history(first.info.run_id, "train/loss"))
+
+    _fmx("sweep", "resume", "resume", "--storage", str(storage), "--address", ray_cluster.address,
+         env=dict(os.environ), log=log)
+    exp_id = c.get_experiment_by_name("fmx-resume").experiment_id
+    parents = c.search_runs([exp_id], f"tags.`{tracking.TAG_KIND}` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    kids = tracking.child_runs(c, exp_id, parents[0].info.run_id)
+    assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids), [k.info.status for k in kids]
+    again = c.get_run(first.info.run_id)
+    assert "fmx.trial_restarts" not in again.data.tags                     # the finished trial was not re-run
+    assert len(c.get_metric_history(first.info.run_id, "train/loss")) == first_history
+
+    status = subprocess.run([FMX, "sweep", "status", "resume", "--storage", str(storage)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "FINISHED=2" in status.stdout, status.stdout + status.stderr
