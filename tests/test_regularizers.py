@@ -224,3 +224,13 @@ def test_priors_on_cuda_match_cpu():
     gpu_total.backward()
     assert gpu_total.device.type == "cuda" and bool(torch.isfinite(xc.grad).all())
     assert float(gpu_total.detach().cpu()) == pytest.approx(float(cpu_total), rel=1e-3)
+
+
+def test_slow_latents_clip_the_band_and_fs_override_is_used():
+    # Tiny-model latents: T = 64 steps at 62.5 Hz; the config band 2-80 Hz is clipped to 0.45 fs.
+    x = torch.randn(4, 64, 8, generator=torch.Generator().manual_seed(9))
+    priors = FractalPriors.from_config({"priors": {"exclude_peaks": True, "warmup_steps": 0}})
+    total, parts = priors(x, fs=62.5)
+    assert priors.exclude_peaks and bool(torch.isfinite(total)) and float(parts["spec"]) > 0
+    assert float(parts["spec"]) == pytest.approx(
+        float(l_spec_1overf(x, 62.5, (2.0, 28.125), 1.0, 0.05, exclude_peaks=True)), rel=1e-6)
