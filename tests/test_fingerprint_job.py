@@ -170,6 +170,22 @@ def test_cli_fit_serial(cohort, tmp_path):
     assert bad.exit_code == 2 and "does not exist" in bad.output
 
 
+@pytest.mark.slow
+def test_cli_fit_on_a_ray_cluster_address(cohort, tmp_path, ray_cluster):
+    """`--address` sends the tasks to a running Ray head (a separate process, as a user would)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cluster"
+    env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), COLUMNS="200")
+    cmd = [sys.executable, "-m", "fmx.cli", "fingerprint", "fit", str(cohort), "--out", str(out), "--no-mlflow",
+           "--address", ray_cluster.address, *sum((["--config", c] for c in FAST), [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "6 fitted" in proc.stdout and "1 failed" in proc.stdout
+    assert len(pd.read_parquet(out / "fingerprint.parquet")) > 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(cohort):
     from fmx.fingerprint.recording import fit_recording

@@ -40,7 +40,7 @@ def fit(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray instance."),
     serial: bool = typer.Option(False, "--serial", help="Run in this process without Ray (debugging)."),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     experiment: str = typer.Option("fingerprint", "--experiment", help="MLflow experiment name."),
 ) -> None:
