@@ -196,7 +196,7 @@ class NeuroFMx(nn.Module):
             g = torch.Generator().manual_seed(0)
             u = torch.rand(batch_size, n_steps, generator=g).to(device)
         mask = u < self.mask_ratio
-        mask[:, 0] &= mask[:, 1:].any(1)  # keep every row with at least one visible step
+        mask[mask.all(1), 0] = False  # every window keeps at least one visible step
         return mask
 
     def encode(self, batch: Mapping[str, Any], *, step_mask: torch.Tensor | None = None) -> dict[str, Any]:

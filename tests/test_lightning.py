@@ -216,7 +216,7 @@ def test_histograms_go_to_loggers_that_take_them():
     logger = _HistogramLogger()
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0)
+                         num_sanity_val_steps=0, log_every_n_steps=1)
     trainer.fit(build_lightning_module(cfg), datamodule=build_datamodule(cfg))
     tags = {t for t, n, step in logger.histograms if n > 0 and step == 1}
     assert {"hist/latent_beta", "hist/latent_hfd", "hist/latent_dfa"} <= tags, logger.histograms

@@ -151,3 +151,10 @@ def test_bad_configs_and_batches_raise_clear_errors(batch):
     m = _model()
     with pytest.raises(ValueError, match="batch"):
         m({"eeg": torch.randn(2, 4, 64)})
+
+
+def test_step_mask_always_leaves_a_visible_step():
+    m = _model(heads={"reconstruction": {"keys": ["lfp"], "mask_ratio": 0.99}})
+    m.train()
+    mask = m._step_mask(64, 3, "cpu")
+    assert bool((~mask).any(1).all())
