@@ -10,9 +10,9 @@ returns the same kind it was given, runs on CPU or CUDA in float32 or float64, a
 - :mod:`fractals.graph`      functional connectivity, box-covering graph FD, power-law fits
 - :mod:`fractals.windowed`   every temporal metric over sliding windows
 """
-from fractals.dfa import dfa_alpha, hurst_from_dfa, multifractal_spectrum
-from fractals.graph import functional_connectivity_latents, graph_fractal_dim, powerlaw_fit
-from fractals.spectral import spectral_beta, welch_psd
+from fractals.dfa import dfa_alpha, fluctuation_functions, hurst_from_dfa, multifractal_spectrum
+from fractals.graph import BoxCounts, PowerLawFit, functional_connectivity_latents, graph_fractal_dim, powerlaw_fit
+from fractals.spectral import SpectralFit, fit_aperiodic, spectral_beta, welch_psd
 from fractals.temporal import higuchi_fd, hurst_rs, katz_fd
 from fractals.windowed import (
     windowed,
@@ -30,11 +30,16 @@ __all__ = [
     "dfa_alpha",
     "hurst_from_dfa",
     "multifractal_spectrum",
+    "fluctuation_functions",
     "welch_psd",
     "spectral_beta",
+    "fit_aperiodic",
+    "SpectralFit",
     "functional_connectivity_latents",
     "graph_fractal_dim",
     "powerlaw_fit",
+    "PowerLawFit",
+    "BoxCounts",
     "windowed",
     "windowed_higuchi_fd",
     "windowed_katz_fd",
