@@ -128,6 +128,21 @@ def test_serial_job_schema_failures_and_summary(cohort, tmp_path):
     assert (fd["arithmetic"] > fd["rest"] + 0.2).all()
 
 
+def test_every_recording_failing_still_writes_empty_tables(cohort, tmp_path):
+    from fmx.fingerprint.compare import compare
+
+    only_bad = tmp_path / "bad"
+    shutil.copytree(cohort / "sub-04", only_bad / "sub-04")
+    out = tmp_path / "out"
+    res = run_fingerprint_job(str(only_bad), str(out), config=FAST, executor="serial", log_mlflow=False,
+                              progress=False)
+    assert (res.n_fitted, res.n_failed) == (0, 1)
+    table = pd.read_parquet(out / "fingerprint.parquet")
+    assert table.empty and list(table.columns) == ["subject", "session", "condition", "channel", "measure", "value"]
+    with pytest.raises(ValueError, match="fingerprint table is empty"):
+        compare(str(out), contrast="condition=rest,arithmetic")
+
+
 def test_ray_job_resumes_and_skips_finished(cohort, tmp_path, local_ray):
     out = tmp_path / "out"
     seen = []

@@ -32,16 +32,17 @@ def _raw(signal):
     return mne.io.RawArray(signal, mne.create_info(NAMES, FS, "eeg"), verbose="error")
 
 
-def test_edf_round_trip_and_channel_pick(tmp_path, signal):
+@pytest.mark.parametrize("ext,bits", [("edf", 16), ("bdf", 24)])
+def test_edf_bdf_round_trip_and_channel_pick(tmp_path, signal, ext, bits):
     import mne
 
-    path = tmp_path / "sub-01_task-rest_eeg.edf"
+    path = tmp_path / f"sub-01_task-rest_eeg.{ext}"
     mne.export.export_raw(path, _raw(signal), overwrite=True, verbose="error")
     rec = read_recording(path)
     assert rec.kind == "continuous" and rec.fs == FS and rec.channel_names == tuple(NAMES)
-    assert rec.units == "V" and rec.meta["format"] == "edf"
-    # EDF stores 16-bit integers scaled to the physical range: agreement to the quantisation step.
-    step = (signal.max() - signal.min()) / 2**15
+    assert rec.units == "V" and rec.meta["format"] == ext
+    # EDF/BDF store 16/24-bit integers scaled to the physical range: agreement to the quantisation step.
+    step = (signal.max() - signal.min()) / 2 ** (bits - 1)
     np.testing.assert_allclose(rec.data, signal, atol=2 * step)
     picked = read_recording(path, channels=["pz", "FZ"])
     assert picked.channel_names == ("Pz", "Fz")
