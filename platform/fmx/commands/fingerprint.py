@@ -39,8 +39,11 @@ def fit(
     modality: Optional[str] = typer.Option(None, "--modality", help="Only files of this BIDS modality (eeg, ieeg...)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray instance."),
+    gpus_per_task: float = typer.Option(0.25, "--gpus-per-task",
+                                        help="GPU share per recording when the cluster has GPUs."),
     serial: bool = typer.Option(False, "--serial", help="Run in this process without Ray (debugging)."),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow",
+                                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     experiment: str = typer.Option("fingerprint", "--experiment", help="MLflow experiment name."),
 ) -> None:
@@ -53,7 +56,8 @@ def fit(
         result = run_fingerprint_job(
             data, out, config=config or None, channels=picked, resample=resample, band=band_pair, notch=notch,
             epoch=epoch, modality=modality, executor="serial" if serial else "ray", address=address,
-            num_cpus=num_cpus, mlflow_uri=mlflow, log_mlflow=not no_mlflow, experiment=experiment,
+            num_cpus=num_cpus, gpus_per_task=gpus_per_task, mlflow_uri=mlflow, log_mlflow=not no_mlflow,
+            experiment=experiment,
         )
     except ValueError as exc:
         _fail(exc)

@@ -176,8 +176,11 @@ def run_fingerprint_job(
             advance(failed=len(failures))
 
         if executor == "serial":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
             for entry in records:
-                tick(entry, fit_recording(entry, cfg))
+                tick(entry, fit_recording(entry, cfg, device=device))
         else:
             _run_ray(records, cfg, tick, address=address, num_cpus=num_cpus, gpus_per_task=gpus_per_task)
 
