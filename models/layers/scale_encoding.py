@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones.fractional import causal_fft_conv
+from models.layers.causal_conv import causal_fft_conv
 
 __all__ = ["causal_moving_average", "band_energies", "ScaleEncoding", "WaveletScatteringEncoding"]
 
