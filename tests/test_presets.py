@@ -47,3 +47,28 @@ def test_every_preset_field_has_a_reason(name):
 def test_unknown_preset_names_the_available_ones():
     with pytest.raises(ValueError, match="available"):
         load_preset("huge")
+
+
+def test_small_preset_runs_every_head_on_synthetic_data():
+    import torch
+
+    from models.data.batch import collate_batch
+    from models.data.synthetic import SyntheticConfig, SyntheticNeuralDataset
+    from models.neurofmx import NeuroFMx
+
+    cfg = load_preset("small")
+    # Keep the preset's architecture; size the channel vocabularies and heads to the synthetic data.
+    cfg["tokenizers"] = {"spikes": {"n_units": 64, "layout": "channel_patch"},
+                         "lfp": {"n_channels": 16, "layout": "channel_patch"}}
+    heads = cfg["heads"]
+    heads["forecast"]["keys"] = heads["reconstruction"]["keys"] = ["spikes", "lfp"]
+    heads["behavior"]["n_features"] = heads["contrastive"]["dim_b"] = 2
+    heads["adversarial"]["n_domains"] = 2
+    ds = SyntheticNeuralDataset(n_samples=2, config=SyntheticConfig(n_time=64))
+    batch = collate_batch([ds[0], ds[1]])
+    torch.manual_seed(0)
+    out = NeuroFMx.from_config({"model": cfg})(batch)
+    assert set(out["losses"]) == {"forecast_spikes", "forecast_lfp", "recon_spikes", "recon_lfp", "behavior",
+                                  "contrastive", "adversarial"}
+    assert out["latents"]["popt"].shape == (2, cfg["popt"]["n_summary_tokens"], cfg["d_model"])
+    out["loss"].backward()
