@@ -51,11 +51,12 @@ def test_forward_returns_the_contract(batch):
     assert m.backbone.layers[0].mixer.A_log.grad is not None
 
 
-def test_forecast_path_is_causal_end_to_end(batch):
-    # z-scoring over the window would let future samples shift past tokens; the causal setting
-    # reads counts through log1p and continuous signals unnormalised.
+@pytest.mark.parametrize("normalize", ["causal_zscore", "none"])
+def test_forecast_path_is_causal_end_to_end(batch, normalize):
+    # Whole-window z-scoring would let future samples shift past tokens; the default running
+    # (causal) z-score and no normalisation both keep every stage causal.
     tok = {"spikes": {"n_units": 64, "layout": "channel_patch"},
-           "lfp": {"n_channels": 16, "layout": "time_mix", "normalize": "none"}}
+           "lfp": {"n_channels": 16, "layout": "time_mix", "normalize": normalize}}
     m = _model(heads={"forecast": {"keys": ["spikes", "lfp"], "horizon": 1}}, tokenizers=tok).eval()
     cut_step, p = 20, 4
     changed = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()}

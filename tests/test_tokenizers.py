@@ -140,3 +140,15 @@ def test_bad_input_names_the_argument():
         SpikesTokenizer(d_model=D, patch_size=P, layout="bogus")
     with pytest.raises(ValueError, match="batch"):
         MultimodalTokenizer(d_model=D, patch_size=P, modalities={"eeg": {}})({"lfp": torch.zeros(1, 1, 4)})
+
+
+def test_causal_zscore_never_sees_the_future():
+    from models.tokenizers.base import causal_zscore_channels
+
+    x = torch.randn(2, 3, 200, dtype=torch.float64) * 50 + 7
+    y = causal_zscore_channels(x)
+    x2 = x.clone()
+    x2[..., 120:] += 1000.0
+    torch.testing.assert_close(causal_zscore_channels(x2)[..., :120], y[..., :120])
+    # once enough samples are in, the running statistics standardise stationary data
+    assert abs(float(y[..., 100:].mean())) < 0.2 and abs(float(y[..., 100:].std()) - 1) < 0.2

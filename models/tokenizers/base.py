@@ -27,6 +27,7 @@ __all__ = [
     "ChannelPatchTokenizer",
     "sinusoidal_encoding",
     "zscore_channels",
+    "causal_zscore_channels",
     "patchify",
     "check_channel_input",
     "value_range",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 LAYOUTS = ("channel_patch", "time_mix")
-NORMALIZATIONS = ("none", "zscore", "log1p")
+NORMALIZATIONS = ("none", "zscore", "causal_zscore", "log1p")
 
 
 class Tokens(NamedTuple):
@@ -92,6 +93,25 @@ def zscore_channels(x: Tensor, *, eps: float = 1e-5) -> Tensor:
     return (x - mean) / torch.maximum(std, floor)
 
 
+def causal_zscore_channels(x: Tensor, *, eps: float = 1e-5) -> Tensor:
+    """Standardise each sample by the mean and std of its channel *up to that sample*.
+
+    Whole-window z-scoring lets every token see statistics of the future, which breaks the
+    forecasting head's causality; running statistics keep token ``t`` a function of samples
+    ``<= t`` only. Sums accumulate in float64 so long windows with large offsets do not cancel.
+    The std floor follows :func:`zscore_channels` with the running peak amplitude.
+
+    Shape:
+        x: ``(..., T)`` -> ``(..., T)``
+    """
+    xd = x.double()
+    n = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=torch.float64)
+    mean = xd.cumsum(-1) / n
+    var = (xd.square().cumsum(-1) / n - mean.square()).clamp_min(0)
+    floor = eps * xd.abs().cummax(-1).values + torch.finfo(torch.float64).tiny
+    return ((xd - mean) / torch.maximum(var.sqrt(), floor)).to(x.dtype)
+
+
 def patchify(x: Tensor, patch_size: int) -> Tensor:
     """Cut the last axis into patches, right-padding with zeros to a whole number of patches.
 
@@ -142,8 +162,10 @@ class ChannelPatchTokenizer(nn.Module):
         Size of the channel/unit identity vocabulary; 0 disables identity embeddings.
     layout : {"channel_patch", "time_mix"}
         Token layout (module docstring).
-    normalize : {"none", "zscore", "log1p"}
-        Per-channel input transform: ``zscore`` for continuous signals of unknown units,
+    normalize : {"none", "zscore", "causal_zscore", "log1p"}
+        Per-channel input transform: ``causal_zscore`` (the default) standardises by running
+        statistics so tokens never see the future; ``zscore`` by whole-window statistics (not
+        causal: use only without forecasting) for continuous signals of unknown units,
         ``log1p`` for spike counts (compresses bursts), ``none`` for pre-normalised data.
     dropout : float
         Dropout on the output tokens.
@@ -161,7 +183,7 @@ class ChannelPatchTokenizer(nn.Module):
         patch_size: int,
         n_channel_ids: int = 0,
         layout: str = "channel_patch",
-        normalize: str = "zscore",
+        normalize: str = "causal_zscore",
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -216,6 +238,8 @@ class ChannelPatchTokenizer(nn.Module):
         x = torch.where(mask.unsqueeze(-1), x.float(), torch.zeros((), device=x.device))
         if self.normalize == "zscore":
             x = zscore_channels(x)
+        elif self.normalize == "causal_zscore":
+            x = causal_zscore_channels(x)
         elif self.normalize == "log1p":
             x = torch.log1p(x.clamp_min(0))
         patches = patchify(x, self.patch_size)  # (B, C, Np, P)

@@ -42,7 +42,7 @@ class CalciumTokenizer(nn.Module):
         super().__init__()
         self.embed = ChannelPatchTokenizer(
             d_model=d_model, patch_size=patch_size, n_channel_ids=n_neurons, layout=layout,
-            normalize="zscore", dropout=dropout,
+            normalize="causal_zscore", dropout=dropout,
         )
 
     def forward(self, calcium: Tensor, *, mask: Optional[Tensor] = None, neuron_ids: Optional[Tensor] = None) -> Tokens:

@@ -32,7 +32,7 @@ class ContinuousTokenizer(nn.Module):
         Batch key this tokenizer reads (one of :data:`CONTINUOUS_KEYS` or any custom key).
     layout : {"channel_patch", "time_mix"}
         Token layout, see :mod:`models.tokenizers.base`.
-    normalize : {"zscore", "none", "log1p"}
+    normalize : {"causal_zscore", "zscore", "none", "log1p"}
         Per-channel transform before patching.
     dropout : float
         Token dropout.
@@ -45,7 +45,7 @@ class ContinuousTokenizer(nn.Module):
 
     def __init__(
         self, *, d_model: int, patch_size: int, n_channels: int = 256, key: str = "lfp",
-        layout: str = "channel_patch", normalize: str = "zscore", dropout: float = 0.0,
+        layout: str = "channel_patch", normalize: str = "causal_zscore", dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.batch_key = key

@@ -43,7 +43,7 @@ class FMRITokenizer(nn.Module):
         super().__init__()
         self.embed = ChannelPatchTokenizer(
             d_model=d_model, patch_size=patch_size, n_channel_ids=n_rois, layout=layout,
-            normalize="zscore", dropout=dropout,
+            normalize="causal_zscore", dropout=dropout,
         )
 
     def forward(self, fmri: Tensor, *, mask: Optional[Tensor] = None, roi_ids: Optional[Tensor] = None) -> Tokens:
