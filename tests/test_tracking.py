@@ -50,7 +50,9 @@ def test_rank_zero_logger_logs_steps_and_never_ends_the_run(mlflow_server):
     c = tracking.client(mlflow_server.tracking_uri)
     exp = tracking.ensure_experiment(c, "fmx-test-logger")
     rid, _ = tracking.get_or_create_run(c, exp, tags={"k": "logger"}, run_name="logger")
-    logger = tracking.RankZeroMlflowLogger(tracking_uri=mlflow_server.tracking_uri, run_id=rid)
+    from fmx.train_worker import RankZeroMlflowLogger
+
+    logger = RankZeroMlflowLogger(tracking_uri=mlflow_server.tracking_uri, run_id=rid)
     for step in range(3):
         logger.log_metrics({"train/loss": 1.0 / (step + 1), "skip": float("nan")}, step=step)
     logger.log_hyperparams({"ignored": 1})

@@ -210,15 +210,6 @@ class MlflowLifecycle(_tune_callback_base()):
 
 
 # ---------------------------------------------------------------------------------------- the driver
-def _pointer_name(name: str) -> str:
-    return f"{name}.latest.json"
-
-
-def read_pointer(name: str, target: st.StorageTarget) -> dict | None:
-    data = st.read_bytes(target, _pointer_name(name))
-    return json.loads(data) if data else None
-
-
 def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (or start a local Ray); forward only non-secret environment to the workers."""
     import ray
@@ -315,7 +306,7 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
             "sweep.storage": plan.storage_uri})
         if sweep_text:
             tracking.log_text(c, plan.parent_run_id, sweep_text, f"sweep/{sweep.name}.yaml")
-    st.write_bytes(target, _pointer_name(sweep.name), json.dumps({
+    st.write_bytes(target, st.pointer_name(sweep.name), json.dumps({
         "sweep_id": sweep_id, "tracking_uri": plan.tracking_uri, "experiment_id": plan.experiment_id,
         "parent_run_id": plan.parent_run_id, "sweep": sweep.model_dump(mode="json"),
         "storage_uri": plan.storage_uri}, indent=2).encode())

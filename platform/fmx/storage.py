@@ -229,3 +229,13 @@ def exists(target: StorageTarget, rel: str) -> bool:
     from pyarrow import fs as pafs
 
     return target.filesystem.get_file_info(full).type != pafs.FileType.NotFound
+
+
+def pointer_name(sweep_name: str) -> str:
+    """The file under the storage root naming a sweep's latest run (``fmx sweep resume/status NAME``)."""
+    return f"{sweep_name}.latest.json"
+
+
+def read_pointer(sweep_name: str, target: StorageTarget) -> dict | None:
+    data = read_bytes(target, pointer_name(sweep_name))
+    return json.loads(data) if data else None

@@ -5,7 +5,8 @@ creates and ends every run itself through :class:`mlflow.MlflowClient` (no globa
 Ray workers). Runs are found again by tags (``fmx.sweep_id``, ``fmx.trial_id``), which makes every step
 idempotent: a resumed sweep or a restarted trial continues its own runs instead of opening new ones.
 
-Only rank 0 of a trial logs (:class:`RankZeroMlflowLogger` is a Lightning logger that is silent elsewhere).
+Only rank 0 of a trial logs (:class:`fmx.train_worker.RankZeroMlflowLogger` is silent elsewhere). This module
+does not import Lightning, so the CLI's read-only commands start fast.
 """
 from __future__ import annotations
 
@@ -16,15 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-
-try:
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
-    from pytorch_lightning.utilities import rank_zero_only
-except ImportError:  # pragma: no cover
-    import lightning.pytorch as pl  # noqa: F401
-    from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
-    from lightning.pytorch.utilities import rank_zero_only
 
 from fmx.storage import redact
 
@@ -188,46 +180,6 @@ def start_system_metrics(run_id: str, *, tracking_uri: str, interval_s: float = 
         monitor.start()
         return monitor
     except Exception:  # noqa: BLE001 - psutil/pynvml missing: system metrics are optional
-        return None
-
-
-class RankZeroMlflowLogger(Logger):
-    """A Lightning logger writing metrics of an existing run from global rank 0 only.
-
-    Unlike Lightning's ``MLFlowLogger`` it never ends the run (the platform owns the lifecycle) and never logs
-    hyperparameters (the trial logs the flattened composed config once).
-    """
-
-    def __init__(self, *, tracking_uri: str, run_id: str, prefix: str = ""):
-        super().__init__()
-        self._uri, self._run_id, self._prefix = tracking_uri, run_id, prefix
-        self._client = None
-
-    @property
-    def name(self) -> str:
-        return "fmx-mlflow"
-
-    @property
-    def version(self) -> str:
-        return self._run_id
-
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        if self._client is None:
-            self._client = client(self._uri)
-        return self._client
-
-    @rank_zero_only
-    def log_hyperparams(self, params, *args, **kwargs) -> None:  # noqa: D401 - the trial logs params itself
-        return None
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        log_metrics(self.experiment, self._run_id, {self._prefix + k: v for k, v in metrics.items()}, step=step)
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:  # the run stays open: the trial ends it after acceptance
         return None
 
 

@@ -4,7 +4,7 @@
 It builds the LightningModule and DataModule through :mod:`models.registry` from the composed config, resumes
 from ``ray.train.get_checkpoint()`` when Ray restarts a crashed worker group, and reports metrics plus a
 checkpoint to Ray after every validation (:class:`ReportCheckpointCallback`). Rank 0 alone logs to MLflow:
-metrics per step and epoch (:class:`fmx.tracking.RankZeroMlflowLogger`), system metrics, and the latent fractal
+metrics per step and epoch (:class:`RankZeroMlflowLogger`), system metrics, and the latent fractal
 fingerprint at each evaluation (:class:`FingerprintArtifactCallback`).
 """
 from __future__ import annotations
@@ -21,10 +21,57 @@ import torch
 
 try:
     import pytorch_lightning as pl
+    from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+    from pytorch_lightning.utilities import rank_zero_only
 except ImportError:  # pragma: no cover
     import lightning.pytorch as pl
+    from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+    from lightning.pytorch.utilities import rank_zero_only
+
+from fmx import tracking
 
 CKPT_NAME = "model.ckpt"
+
+
+class RankZeroMlflowLogger(Logger):
+    """A Lightning logger writing metrics of an existing run from global rank 0 only.
+
+    Unlike Lightning's ``MLFlowLogger`` it never ends the run (the platform owns the lifecycle) and never logs
+    hyperparameters (the trial logs the flattened composed config once).
+    """
+
+    def __init__(self, *, tracking_uri: str, run_id: str, prefix: str = ""):
+        super().__init__()
+        self._uri, self._run_id, self._prefix = tracking_uri, run_id, prefix
+        self._client = None
+
+    @property
+    def name(self) -> str:
+        return "fmx-mlflow"
+
+    @property
+    def version(self) -> str:
+        return self._run_id
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._client is None:
+            self._client = tracking.client(self._uri)
+        return self._client
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:  # noqa: D401 - the trial logs params itself
+        return None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        tracking.log_metrics(self.experiment, self._run_id, {self._prefix + k: v for k, v in metrics.items()},
+                             step=step)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:  # the run stays open: the trial ends it after acceptance
+        return None
 
 
 def _import(path: str) -> Callable:
@@ -152,8 +199,6 @@ def latent_fingerprint(pl_module, batch, *, max_channels: int = 32) -> list[dict
 def _log_fingerprint(uri: str, run_id: str, rows: list[dict], *, epoch: int) -> None:
     import pandas as pd
 
-    from fmx import tracking
-
     c = tracking.client(uri)
     df = pd.DataFrame(rows)
     current = df[df["epoch"] == epoch]
@@ -193,7 +238,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
-    from fmx import storage, tracking
+    from fmx import storage
 
     storage.export_credentials(storage.load_credentials())  # mounted secret -> this process only
     cfg = config["cfg"]
@@ -206,7 +251,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
     fault = config.get("fault") or {}
     callbacks.append(ReportCheckpointCallback(fail_at_epoch=fault.get("epoch"), fail_marker=fault.get("marker")))
     if uri and run_id:
-        loggers.append(tracking.RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id))
+        loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id))
         if rank == 0:
             callbacks.append(FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id))
             monitor = tracking.start_system_metrics(run_id, tracking_uri=uri)

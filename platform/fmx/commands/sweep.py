@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(help="Sweeps on Ray Tune + Ray Train, tracked in MLflow.", no_args_is_help=True)
-console = Console()
+# Wide tables when piped (make demo, CI logs); the terminal's width otherwise.
+console = Console(width=None if sys.stdout.isatty() else 160)
 DEFAULT_STORAGE = "runs/ray"
 
 
@@ -114,8 +115,7 @@ def _exit_for(outcome, sweep) -> None:
 
 
 def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
-    from fmx.runner import read_pointer
-    from fmx.storage import resolve_storage
+    from fmx.storage import read_pointer, resolve_storage
 
     pointer = read_pointer(name, resolve_storage(storage, endpoint_url=endpoint_url))
     if pointer is None:

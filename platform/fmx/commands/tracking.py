@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 DEFAULT_TRACKING = "sqlite:///runs/mlflow.db"
 
 

@@ -1,0 +1,100 @@
+"""The `fmx` command: sweep validate/status/resume/submit, compare and ui, through typer's runner (no servers)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fmx.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def _invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_validate_prints_the_parameters_of_a_good_file():
+    res = _invoke("sweep", "validate", str(REPO / "sweeps" / "beta_star.yaml"))
+    assert res.exit_code == 0, res.output
+    assert "fractals.priors.spectral_beta_target" in res.output and "method=tpe" in res.output
+
+
+def test_validate_reports_file_path_value_and_allowed_with_exit_2(tmp_path):
+    data = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+    data["parameters"]["fractals.priors.lamda_spec"] = {"distribution": "uniform", "min": 0.0, "max": 0.1}
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    res = _invoke("sweep", "validate", str(bad))
+    assert res.exit_code == 2
+    out = " ".join(res.output.split())
+    assert "typo.yaml" in out and "parameters.fractals.priors.lamda_spec" in out
+    assert "unknown config key path" in out and "lambda_spec" in out
+
+
+def test_status_and_resume_of_an_unknown_sweep_explain_where_they_looked(tmp_path):
+    for cmd in ("status", "resume"):
+        res = _invoke("sweep", cmd, "nosuch", "--storage", str(tmp_path))
+        assert res.exit_code == 2
+        assert "no sweep named 'nosuch'" in " ".join(res.output.split())
+
+
+def test_status_reads_the_pointer_and_mlflow(tmp_path):
+    """A sweep recorded in a local sqlite store: status lists its trials by metric."""
+    from fmx import tracking
+    from fmx.schema import load_sweep
+
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    c = tracking.client(uri)
+    exp = tracking.ensure_experiment(c, "fmx-cli")
+    parent, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "smoke-1", tracking.TAG_KIND: "sweep"},
+                                           run_name="smoke-1", extra_tags={tracking.TAG_SWEEP: "smoke"})
+    tracking.log_params(c, parent, {"sweep.metric": "val/loss", "sweep.goal": "minimize"})
+    for i, loss in enumerate((0.5, 0.3)):
+        rid, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "smoke-1", tracking.TAG_TRIAL: f"t{i}",
+                                                          tracking.TAG_PARENT: parent}, run_name=f"t{i}")
+        tracking.log_metrics(c, rid, {"val/loss": loss})
+        tracking.end_run(c, rid)
+    sweep = load_sweep(REPO / "sweeps" / "smoke.yaml", check_config=False)
+    (tmp_path / "smoke.latest.json").write_text(json.dumps({
+        "sweep_id": "smoke-1", "tracking_uri": uri, "experiment_id": exp, "parent_run_id": parent,
+        "sweep": sweep.model_dump(mode="json"), "storage_uri": str(tmp_path)}))
+    res = _invoke("sweep", "status", "smoke", "--storage", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "smoke-1" in res.output and "FINISHED=2" in res.output
+    assert res.output.index("t1") < res.output.index("t0")  # best first
+
+    out = tmp_path / "cmp"
+    res = _invoke("compare", "smoke", "--tracking-uri", uri, "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert (out / "trials.csv").read_text().splitlines()[1].startswith("t1")
+    assert (out / "best_trials.png").stat().st_size > 1000
+
+
+def test_compare_unknown_sweep(tmp_path):
+    res = _invoke("compare", "nosuch", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    assert res.exit_code == 2 and "no sweep 'nosuch'" in " ".join(res.output.split())
+
+
+def test_submit_without_address_names_the_options(monkeypatch):
+    monkeypatch.delenv("FMX_RAY_ADDRESS", raising=False)
+    res = _invoke("sweep", "submit", str(REPO / "sweeps" / "smoke.yaml"))
+    assert res.exit_code == 2
+    assert "address" in res.output
+
+
+def test_ui_command_for_local_and_remote_stores():
+    from fmx.commands.sweep import ui_command
+
+    assert ui_command("sqlite:////x/runs/mlflow.db") == "fmx ui --tracking-uri sqlite:////x/runs/mlflow.db"
+    assert ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("group", ["sweep", "compare", "ui"])
+def test_help_lists_commands(group):
+    res = _invoke(group, "--help")
+    assert res.exit_code == 0 and "Usage" in res.output
