@@ -50,15 +50,19 @@ def cohort(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """A private 2-CPU Ray instance for this module, shut down afterwards (never `ray stop`)."""
+def local_ray(ray_cluster):
+    """A driver connected to the session's local 2-CPU Ray head (tests/fixtures_servers.py), shut down after.
+
+    One Ray cluster per test session: a second one started beside it (``ray.init(num_cpus=2)``) made
+    the head's start-up time out on the 2-core machine. Never `ray stop`.
+    """
     ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    if ray.is_initialized():  # another module's driver is still connected: use it
+        yield ray
+        return
+    ray.init(address=ray_cluster.address, logging_level="warning", log_to_driver=False)
     yield ray
-    if started:
-        ray.shutdown()
+    ray.shutdown()
 
 
 def test_parse_bids_name():
@@ -143,6 +147,7 @@ def test_every_recording_failing_still_writes_empty_tables(cohort, tmp_path):
         compare(str(out), contrast="condition=rest,arithmetic")
 
 
+@pytest.mark.slow
 def test_ray_job_resumes_and_skips_finished(cohort, tmp_path, local_ray):
     out = tmp_path / "out"
     seen = []
