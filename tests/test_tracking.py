@@ -12,6 +12,9 @@ def test_resolve_tracking_uri_makes_local_stores_absolute(tmp_path):
     assert uri == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}" and (tmp_path / "runs").is_dir()
     assert tracking.resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert tracking.resolve_tracking_uri("mlruns", root=tmp_path).startswith("file:///")
+    # artifacts of a local sqlite store live beside it, not in ./mlruns of the current directory
+    assert tracking.default_artifact_location(uri, "fmx-x") == (tmp_path / "runs" / "mlartifacts" / "fmx-x").as_uri()
+    assert tracking.default_artifact_location("http://127.0.0.1:5000", "fmx-x") is None
 
 
 def test_git_commit_is_a_sha():

@@ -290,8 +290,10 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     plan = make_plan(sweep, sweep_id=sweep_id, root=root, builders=builders, fault=fault)
     target = plan.target()
     c = tracking.client(plan.tracking_uri)
-    plan.experiment_id = tracking.ensure_experiment(c, sweep.tracking.experiment or f"fmx-{sweep.name}",
-                                                    artifact_location=sweep.tracking.artifact_location)
+    experiment = sweep.tracking.experiment or f"fmx-{sweep.name}"
+    plan.experiment_id = tracking.ensure_experiment(
+        c, experiment, artifact_location=sweep.tracking.artifact_location
+        or tracking.default_artifact_location(plan.tracking_uri, experiment))
     plan.parent_run_id, created = tracking.get_or_create_run(
         c, plan.experiment_id, run_name=sweep_id,
         tags={tracking.TAG_SWEEP_ID: sweep_id, tracking.TAG_KIND: "sweep"},

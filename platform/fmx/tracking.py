@@ -49,6 +49,15 @@ def resolve_tracking_uri(uri: str, *, root: str | Path | None = None) -> str:
     return p.resolve().as_uri()
 
 
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a local sqlite store go beside it (``runs/mlartifacts/<experiment>``), not to ``./mlruns``
+    of whatever directory created the experiment; servers and other stores keep their own default."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    folder = Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment
+    return folder.resolve().as_uri()
+
+
 def client(uri: str):
     from mlflow import MlflowClient
 
