@@ -94,12 +94,37 @@ class NeuroFMxModule(pl.LightningModule):
         self.prior_warmup = int((fr.get("priors", {}) or {}).get("warmup_steps", 0))
         if fr.get("enable", False) and fr.get("priors"):
             self.priors = self._build_priors(fr)
+        self.spectral_regs = self._build_spectral_regs(cfg.get("criticality", {}) or {})
 
     # ------------------------------------------------------------------ config helpers
     def _build_priors(self, fr: Mapping[str, Any]):
         from fractals.regularizers import FractalPriors
 
         return FractalPriors.from_config(fr, time_dim=1)  # latents["ssm"] is (B, T, D)
+
+    def _build_spectral_regs(self, crit: Mapping[str, Any]) -> dict:
+        """Spectral-norm regularizers (``criticality`` config block) per named submodule."""
+        if not crit.get("enable", False):
+            return {}
+        from fractals.criticality import SpectralRegularizer
+
+        regs = {}
+        for name in crit.get("modules", ["backbone"]):
+            if not hasattr(self.model, name):
+                raise ValueError(f"criticality.modules: NeuroFMx has no submodule {name!r}")
+            regs[name] = SpectralRegularizer(targets=float(crit.get("target", 1.0)),
+                                             weight=float(crit.get("weight", 0.01)), n_iter=2)
+        return regs
+
+    def _spectral_loss(self) -> tuple[torch.Tensor | None, dict]:
+        if not self.spectral_regs:
+            return None, {}
+        total, sigmas = None, {}
+        for name, reg in self.spectral_regs.items():
+            loss, sig = reg(getattr(self.model, name))
+            total = loss if total is None else total + loss
+            sigmas.update({f"{name}.{k}": v for k, v in sig.items()})
+        return total, sigmas
 
     def sample_rate(self, batch: Mapping[str, Any]) -> float:
         """Sample rate of the batch's common time axis (Hz): batch ``fs``, else ``data.fs``, else
@@ -138,6 +163,12 @@ class NeuroFMxModule(pl.LightningModule):
             self.log("train/prior_loss", prior, batch_size=bsz)
             for k, v in terms.items():
                 self.log(f"train/prior_{k}", v, batch_size=bsz)
+        spectral, sigmas = self._spectral_loss()
+        if spectral is not None:
+            loss = loss + spectral
+            self.log("train/spectral_loss", spectral, batch_size=bsz)
+            if sigmas:
+                self.log("train/sigma_mean", torch.stack(list(sigmas.values())).mean(), batch_size=bsz)
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
         self.log("train/task_loss", task, batch_size=bsz)
         for name, v in out["losses"].items():

@@ -174,3 +174,25 @@ def test_singular_value_exponent_recovers_planted_power_law():
     s = torch.arange(1, 65, dtype=torch.float64) ** -0.8
     w = u @ torch.diag(s) @ v.T
     assert singular_value_exponent(w).item() == pytest.approx(0.8, abs=1e-6)
+
+
+def test_neurofmx_takes_the_spectral_regularizer_by_config():
+    from fmx.config import compose
+    from models.lightning import build_lightning_module
+
+    cfg = compose(["model=tiny", "+criticality.enable=true", "+criticality.weight=10.0", "+criticality.target=0.5"])
+    module = build_lightning_module(cfg)
+    assert set(module.spectral_regs) == {"backbone"}
+    loss, sigmas = module._spectral_loss()
+    assert loss.item() > 0 and all(name.startswith("backbone.") for name in sigmas)
+    opt = torch.optim.SGD(module.parameters(), lr=0.05)
+    before = float(torch.stack(list(sigmas.values())).sub(0.5).abs().mean())
+    for _ in range(30):
+        loss, sigmas = module._spectral_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(torch.stack(list(sigmas.values())).sub(0.5).abs().mean())
+    assert after < 0.5 * before
+    with pytest.raises(ValueError, match="criticality.modules"):
+        build_lightning_module(compose(["model=tiny", "+criticality.enable=true", "+criticality.modules=[nope]"]))
