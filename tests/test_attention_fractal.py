@@ -134,3 +134,22 @@ def test_multihead_module_runs_each_pattern(pattern):
 def test_unknown_pattern_is_an_error():
     with pytest.raises(ValueError, match="attention: unknown pattern"):
         build_pattern("mandelbrot", n_heads=1)
+
+
+@pytest.mark.parametrize("pattern", ["cantor", "fractal_blend"])
+def test_neurofmx_selects_a_pattern_by_config(pattern):
+    from fmx.config import compose
+    from models.data.datamodule import build_datamodule
+    from models.neurofmx import NeuroFMx
+
+    cfg = compose(["model=tiny", f"+model.perceiver.attention={pattern}", f"+model.popt.attention={pattern}",
+                   "data.n_train=4", "data.n_val=2"])
+    model = NeuroFMx.from_config(cfg)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert ("CantorAttention" if pattern == "cantor" else "FractalBlendAttention") in kinds
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    out = model(batch)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
