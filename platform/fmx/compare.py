@@ -134,7 +134,7 @@ def beta_star_figure(df, metric: str):
         axes[0].scatter(df[key], df[metric])
     axes[0].set_xlabel("beta*")
     axes[0].set_ylabel(metric)
-    latent = next((c for c in ("val/latent_beta", "fingerprint/beta_mean") if c in df), None)
+    latent = next((c for c in ("val/latent_beta", "fingerprint/spectral_beta_mean") if c in df), None)
     if latent:
         axes[1].scatter(df[key], df[latent], color="tab:orange")
         lo, hi = float(df[key].min()), float(df[key].max())
@@ -148,21 +148,29 @@ def beta_star_figure(df, metric: str):
 
 
 def fingerprint_figure(df):
-    """The latent fingerprint over evaluations: mean +- std across channels of each measure against epoch."""
+    """The latent fingerprint over evaluations: per measure, mean +- std across channels against epoch.
+
+    ``df`` is tidy: ``epoch, channel, measure, value`` (and ``ok``: flagged rows are left out).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - MaxNLocator below
 
-    measures = [m for m in ("beta", "hfd", "dfa") if m in df]
-    fig, axes = plt.subplots(1, max(1, len(measures)), figsize=(3.5 * max(1, len(measures)), 3))
-    axes = axes if hasattr(axes, "__len__") else [axes]
-    for ax, m in zip(axes, measures):
-        g = df.groupby("epoch")[m]
+    if "ok" in df:
+        df = df[df["ok"].astype(bool)]
+    measures = sorted(df["measure"].unique())
+    n = max(1, len(measures))
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    for ax, m in zip(axes[0], measures):
+        g = df[df["measure"] == m].groupby("epoch")["value"]
         mean, std = g.mean(), g.std().fillna(0)
         ax.errorbar(mean.index, mean.values, yerr=std.values, marker="o", capsize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(f"latent {m}")
+    fig.suptitle("latent fractal fingerprint (mean +- std over channels)")
     fig.tight_layout()
     return fig
 

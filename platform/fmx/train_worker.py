@@ -145,7 +145,7 @@ class FingerprintArtifactCallback(pl.Callback):
 
     def __init__(self, *, tracking_uri: str, run_id: str, max_channels: int = 32):
         self.uri, self.run_id, self.max_channels = tracking_uri, run_id, max_channels
-        self.rows: list[dict] = []
+        self.tables: list = []  # one tidy table per evaluation; the artifact holds them all (epoch column)
         self._batch = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -156,25 +156,33 @@ class FingerprintArtifactCallback(pl.Callback):
         if trainer.global_rank != 0 or self._batch is None or trainer.sanity_checking:
             return
         try:
-            table = latent_fingerprint(pl_module, self._batch, max_channels=self.max_channels)
+            table, summary = latent_fingerprint(pl_module, self._batch, max_channels=self.max_channels)
         except Exception as exc:  # noqa: BLE001 - a fingerprint failure must not kill training
             print(f"fmx: latent fingerprint skipped at epoch {trainer.current_epoch}: {exc}")
             return
-        if not table:
+        if table is None or table.empty:
             return
-        for row in table:
-            row.update(epoch=trainer.current_epoch, step=trainer.global_step)
-        self.rows.extend(table)
-        _log_fingerprint(self.uri, self.run_id, self.rows, epoch=trainer.current_epoch)
+        table = table.assign(epoch=trainer.current_epoch, step=trainer.global_step)
+        self.tables.append(table)
+        _log_fingerprint(self.uri, self.run_id, self.tables, summary, step=trainer.global_step)
+
+
+_MEASURE_NAMES = {"beta": "spectral_beta", "hfd": "higuchi_fd", "dfa": "dfa_alpha"}
 
 
 @torch.no_grad()
-def latent_fingerprint(pl_module, batch, *, max_channels: int = 32) -> list[dict]:
-    """Rows ``{channel, beta, hfd, dfa}`` of the SSM latents of one batch (averaged over the batch).
+def latent_fingerprint(pl_module, batch, *, max_channels: int = 32):
+    """The fractal fingerprint of the SSM latents of one validation batch: ``(table, summary)``.
+
+    ``table`` is tidy (``channel, measure, value, ok`` ...), ``summary`` holds ``{measure}_mean/_std`` and, with
+    :func:`fractals.fingerprint.fingerprint`, the channel-network measures (``fc_density``, ``graph_fd``). Without
+    that module the model's own per-channel measures (1/f beta, Higuchi FD, DFA alpha) are used.
 
     Shape:
-        latents["ssm"]: (B, T, D) -> one row per latent channel (at most ``max_channels``).
+        latents["ssm"]: (B, T, D) -> the first ``max_channels`` latent channels, batch items as recordings.
     """
+    import pandas as pd
+
     was_training = pl_module.training
     pl_module.eval()
     try:
@@ -184,27 +192,41 @@ def latent_fingerprint(pl_module, batch, *, max_channels: int = 32) -> list[dict
     latents = out.get("latents", {}) if isinstance(out, Mapping) else {}
     ssm = latents.get("ssm")
     if ssm is None:
-        return []
-    fs = pl_module.latent_rate(batch) if hasattr(pl_module, "latent_rate") else 1.0
+        return None, {}
+    fs = float(pl_module.latent_rate(batch)) if hasattr(pl_module, "latent_rate") else 1.0
     cfg_fractals = getattr(pl_module, "fractals_cfg", {}) or {}
+    x = ssm.detach().float().transpose(1, 2)[:, :max_channels].cpu()  # (B, C, T)
+    try:
+        from fractals.fingerprint import fingerprint
+        from models.callbacks import latent_band
+
+        temporal = dict(cfg_fractals.get("metrics", {}).get("temporal", {}))
+        band = latent_band(x.shape[-1], fs, tuple(temporal.get("psd_freq_band", (2.0, 80.0))))
+        temporal["psd_freq_band"] = list(band)
+        table, summary = fingerprint(x, fs, {"temporal": temporal})
+        return table, summary
+    except ImportError:
+        pass
     from models.callbacks import latent_measures
 
     measures = latent_measures(ssm, fs=fs, cfg_fractals=cfg_fractals, max_channels=max_channels)
-    if not measures:
-        return []
-    n = min(v.shape[1] for v in measures.values())
-    return [{"channel": c, **{k: float(v[:, c].float().mean()) for k, v in measures.items()}} for c in range(n)]
+    rows = [{"channel": f"ch{c}", "measure": _MEASURE_NAMES.get(k, k), "value": float(v[:, c].mean()), "ok": True}
+            for k, v in measures.items() for c in range(v.shape[1])]
+    table = pd.DataFrame(rows)
+    summary = {}
+    for m, g in table.groupby("measure") if rows else []:
+        summary[f"{m}_mean"], summary[f"{m}_std"] = float(g["value"].mean()), float(g["value"].std())
+    return table, summary
 
 
-def _log_fingerprint(uri: str, run_id: str, rows: list[dict], *, epoch: int) -> None:
+def _log_fingerprint(uri: str, run_id: str, tables: list, summary: Mapping[str, Any], *, step: int) -> None:
     import pandas as pd
 
     c = tracking.client(uri)
-    df = pd.DataFrame(rows)
-    current = df[df["epoch"] == epoch]
-    summary = {f"fingerprint/{m}_{stat}": float(getattr(current[m], stat)())
-               for m in ("beta", "hfd", "dfa") if m in current for stat in ("mean", "std")}
-    tracking.log_metrics(c, run_id, summary, step=int(current["step"].iloc[0]))
+    metrics = {f"fingerprint/{k}": v for k, v in summary.items() if isinstance(v, (int, float))
+               and not isinstance(v, bool) and k not in ("n_recordings",)}
+    tracking.log_metrics(c, run_id, metrics, step=step)
+    df = pd.concat(tables, ignore_index=True)
     tracking.log_dataframe_parquet(c, run_id, df, "fingerprint/latent_fingerprint.parquet")
     try:
         from fmx.compare import fingerprint_figure

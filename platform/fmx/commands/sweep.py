@@ -60,9 +60,11 @@ def _print_outcome(outcome, metric: str) -> None:
         console.print(_table(df, metric, title="trials (best first)"))
         best = df.iloc[0]
         console.print(f"[bold]best trial[/bold] {best['trial_id']}: {metric} = {best.get(metric)}")
-        fp = {k: best[k] for k in df.columns if k.startswith(("fingerprint/", "val/latent_")) and best[k] == best[k]}
+        fp = {k.split("/", 1)[1]: best[k] for k in df.columns
+              if k.startswith("fingerprint/") and k.endswith(("_mean", "fc_density", "graph_fd")) and best[k] == best[k]}
         if fp:
-            console.print("[bold]its latent fingerprint[/bold]: " + ", ".join(f"{k}={v:.3f}" for k, v in fp.items()))
+            console.print("[bold]its latent fingerprint[/bold] (last evaluation, mean over latent channels): "
+                          + ", ".join(f"{k.removesuffix('_mean')}={v:.3f}" for k, v in fp.items()))
         acc = {k: best[k] for k in df.columns if k.startswith("acceptance/") and k.endswith("_pass")}
         if acc:
             console.print("acceptance: " + ", ".join(f"{k.split('/')[1][:-5]}={'pass' if v else 'FAIL'}"
@@ -82,7 +84,7 @@ def ui_command(tracking_uri: str) -> str:
 
 def _table(df, metric: str, *, title: str, n: int = 20) -> Table:
     cols = ["trial_id", "status"] + [c for c in df.columns if c.startswith("sweep.")] + \
-        [c for c in (metric, "val/latent_beta", "fingerprint/beta_mean") if c in df.columns and c != "status"]
+        [c for c in (metric, "val/latent_beta", "fingerprint/spectral_beta_mean") if c in df.columns and c != "status"]
     cols = list(dict.fromkeys(cols))
     table = Table(title=title)
     for c in cols:
