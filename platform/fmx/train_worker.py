@@ -207,6 +207,8 @@ def latent_fingerprint(pl_module, batch, *, max_channels: int = 32):
         return table, summary
     except ImportError:
         pass
+    except (ValueError, RuntimeError) as exc:  # e.g. latents too short for a configured window: use the fallback
+        print(f"fmx: fractals.fingerprint failed on the latents ({exc}); using the model's latent measures")
     from models.callbacks import latent_measures
 
     measures = latent_measures(ssm, fs=fs, cfg_fractals=cfg_fractals, max_channels=max_channels)
