@@ -79,7 +79,8 @@ def _mode_of(outcome) -> str:
 def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
-    return f"fmx ui --tracking-uri {shlex.quote(tracking_uri)}"
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "fmx" else "fmx"  # `.venv/bin/fmx` when run as that
+    return f"{prog} ui --tracking-uri {shlex.quote(tracking_uri)}"
 
 
 def _table(df, metric: str, *, title: str, n: int = 20) -> Table:
