@@ -84,15 +84,24 @@ def test_sweep_summary_table_and_plots_on_the_parent(mlflow_server, tmp_path):
     exp = tracking.ensure_experiment(c, "fmx-test-summary")
     parent, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "sum-1", tracking.TAG_KIND: "sweep",
                                                          tracking.TAG_SWEEP: "sum"}, run_name="sum-1")
-    for i, (beta, loss, latent) in enumerate([(0.5, 0.9, 0.6), (1.0, 0.7, 1.1), (1.5, 0.8, 1.4)]):
+    # t0 is the no-prior baseline; graph FD spreads less across the trials with the graph prior on
+    trials = [(0.5, 0.0, 0.0, 0.9, 0.6, 1.0), (1.0, 0.05, 0.01, 0.7, 1.1, 1.50), (1.5, 0.05, 0.01, 0.8, 1.4, 1.52),
+              (1.0, 0.0, 0.0, 0.95, 0.9, 2.0)]
+    for i, (beta, lam, lam_g, loss, latent, gfd) in enumerate(trials):
         rid, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "sum-1", tracking.TAG_TRIAL: f"t{i}",
                                                           tracking.TAG_PARENT: parent}, run_name=f"t{i}")
-        tracking.log_params(c, rid, {f"sweep.{compare.BETA_KEY}": beta, "sweep.fractals.priors.lambda_spec": 0.05})
-        tracking.log_metrics(c, rid, {"val/loss": loss, "val/latent_beta": latent})
+        tracking.log_params(c, rid, {f"sweep.{compare.BETA_KEY}": beta, "fractals.priors.lambda_spec": lam,
+                                     "fractals.priors.lambda_graphfd": lam_g})
+        tracking.log_metrics(c, rid, {"val/loss": loss, "val/latent_beta": latent, "fingerprint/graph_fd": gfd})
         tracking.end_run(c, rid)
     df = compare.log_sweep_summary(c, exp, parent, metric="val/loss", mode="min")
-    assert list(df["trial_id"]) == ["t1", "t2", "t0"]
+    assert list(df["trial_id"]) == ["t1", "t2", "t0", "t3"]
     run = c.get_run(parent)
+    m = run.data.metrics
+    assert m["acceptance/training_baseline_loss"] == pytest.approx(0.9)
+    assert m["acceptance/training_best_prior_ratio"] == pytest.approx(0.9 / 0.7)
+    assert m["acceptance/training_baseline_pass"] == 1.0
+    assert m["acceptance/stability_pass"] == 1.0  # var(1.50, 1.52) < var(1.0, 2.0)
     assert run.data.metrics["best/val/loss"] == pytest.approx(0.7) and run.data.tags["fmx.best_trial"] == "t1"
     names = {a.path for a in c.list_artifacts(parent, "comparison")}
     assert {"comparison/trials.parquet", "comparison/trials.csv", "comparison/best_trials.png",

@@ -13,6 +13,7 @@ from typing import Any
 from fmx import tracking
 
 BETA_KEY = "fractals.priors.spectral_beta_target"
+CONFIG_COLUMNS = ("fractals.priors.lambda_spec", "fractals.priors.lambda_graphfd", "seed")
 
 
 def find_parent(c, name_or_id: str, *, experiment_ids: list[str] | None = None):
@@ -38,6 +39,8 @@ def trials_frame(c, experiment_id: str, parent_run_id: str):
         for k, v in run.data.params.items():
             if k.startswith("sweep."):
                 row[k] = _number(v)
+            elif k in CONFIG_COLUMNS:  # fixed by the base config but needed for baselines across trials
+                row[f"cfg.{k}"] = _number(v)
         row.update({k: v for k, v in run.data.metrics.items() if not k.startswith("system/")})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -67,6 +70,9 @@ def log_sweep_summary(c, experiment_id: str, parent_run_id: str, *, metric: str,
     df = ranked(trials_frame(c, experiment_id, parent_run_id), metric, mode)
     if df.empty:
         return df
+    across = sweep_acceptance(df)
+    if across:
+        tracking.log_metrics(c, parent_run_id, across)
     tracking.log_dataframe_parquet(c, parent_run_id, df, "comparison/trials.parquet")
     tracking.log_text(c, parent_run_id, df.to_csv(index=False), "comparison/trials.csv")
     if metric in df and df[metric].notna().any():
@@ -81,6 +87,39 @@ def log_sweep_summary(c, experiment_id: str, parent_run_id: str, *, metric: str,
             tracking.log_figure(c, parent_run_id, fig, f"comparison/{name}.png")
             plt.close(fig)
     return df
+
+
+def sweep_acceptance(df, *, task_metric: str = "val/loss") -> dict[str, float]:
+    """Section-14 verdicts that need several trials; adds ``acceptance/training_baseline_ratio`` to ``df``.
+
+    training: trials with ``lambda_spec = 0`` are the baseline; a prior trial passes when it keeps more than 99 %
+    of the baseline's performance (``baseline loss / trial loss >= 0.99``).
+    stability: the variance across trials (seeds) of the latent graph FD with ``lambda_graphfd > 0`` against
+    ``lambda_graphfd = 0``; passes when it is smaller (needs two trials on each side).
+    """
+    import numpy as np
+
+    out: dict[str, float] = {}
+    lam, lam_g = "cfg.fractals.priors.lambda_spec", "cfg.fractals.priors.lambda_graphfd"
+    if lam in df and task_metric in df:
+        base = df[(df[lam] == 0) & df[task_metric].notna()]
+        if not base.empty:
+            b = float(base[task_metric].min())
+            df["acceptance/training_baseline_ratio"] = b / df[task_metric]
+            prior = df[(df[lam] > 0) & df[task_metric].notna()]
+            out["acceptance/training_baseline_loss"] = b
+            if not prior.empty:
+                best_ratio = float(df.loc[prior.index, "acceptance/training_baseline_ratio"].max())
+                out["acceptance/training_best_prior_ratio"] = best_ratio
+                out["acceptance/training_baseline_pass"] = float(best_ratio >= 0.99)
+    gfd = next((c for c in ("fingerprint/graph_fd", "acceptance/stability_graphfd_mean") if c in df), None)
+    if gfd and lam_g in df:
+        on, off = df[df[lam_g] > 0][gfd].dropna(), df[df[lam_g] == 0][gfd].dropna()
+        if len(on) >= 2 and len(off) >= 2:
+            v_on, v_off = float(np.var(on, ddof=1)), float(np.var(off, ddof=1))
+            out.update({"acceptance/stability_graphfd_var_prior": v_on, "acceptance/stability_graphfd_var_baseline":
+                        v_off, "acceptance/stability_pass": float(v_on < v_off)})
+    return out
 
 
 def best_trials_figure(df, metric: str, top: int = 10):
