@@ -182,3 +182,35 @@ def test_crashed_worker_resumes_and_interrupted_sweep_resumes_without_redoing_tr
     status = subprocess.run([FMX, "sweep", "status", "resume", "--storage", str(storage)], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "FINISHED=2" in status.stdout, status.stdout + status.stderr
+
+
+def test_acceptance_benchmarks_on_a_tiny_checkpoint(tmp_path):
+    """All five section-14 benchmarks run on a real (untrained) tiny NeuroFMx checkpoint; no servers."""
+    import torch
+    from ray.train import Checkpoint
+
+    from fmx.acceptance import run_acceptance
+    from fmx.config import compose
+    from models.registry import build_lightning_module
+
+    cfg = compose(["model=tiny", "data=synthetic"])
+    module = build_lightning_module(cfg)
+    torch.save({"state_dict": module.state_dict()}, tmp_path / "model.ckpt")
+    report = run_acceptance(["numerics", "training", "ablation", "stability", "speed"], cfg=cfg,
+                            checkpoint=Checkpoint.from_directory(str(tmp_path)), metrics={"val/latent_beta": 1.15})
+    res = report.results
+    assert res["numerics"]["pass"] and res["numerics"]["beta_max_err"] <= 0.1 and res["numerics"]["dfa_max_err"] <= 0.05
+    assert res["training"] == {"latent_beta": 1.15, "beta_target": 1.0, "beta_gap": pytest.approx(0.15),
+                               "pass": True}
+    assert res["ablation"]["loss_intact"] > 0 and "drop_pct" in res["ablation"]
+    assert res["stability"]["graphfd_var"] >= 0
+    assert res["speed"]["ms"] > 0 and ("pass" in res["speed"]) == torch.cuda.is_available()
+    metrics = report.metrics()
+    assert metrics["acceptance/numerics_pass"] == 1.0 and "acceptance/speed_device" not in metrics
+    assert json.loads(json.dumps(report.to_dict()))["benchmarks"]["training"]["pass"] is True
+
+    no_ckpt = run_acceptance(["ablation", "training"], cfg=cfg, checkpoint=None, metrics={})
+    assert no_ckpt.results == {"ablation": {"reason": "no checkpoint"},
+                               "training": {"reason": "val/latent_beta was not logged"}}
+    with pytest.raises(ValueError, match="unknown benchmark 'vibes'"):
+        run_acceptance(["vibes"], cfg=cfg)
