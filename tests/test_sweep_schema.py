@@ -73,6 +73,11 @@ MALFORMED = [
     ("bad_name", lambda d: d.update(name="my sweep!"), "name", "should match pattern"),
     ("zero_run_cap", lambda d: d.update(run_cap=0), "run_cap", "greater than or equal to 1"),
     ("bare_override", lambda d: d.update(base=["trainer"]), "base", "Hydra override key=value"),
+    ("acceptance_metric_with_asha", lambda d: d.update(metric={"name": "acceptance/training_beta_gap",
+                                                               "goal": "minimize"},
+                                                       early_terminate={"type": "asha"}), "", "per-epoch metric"),
+    ("acceptance_metric_not_run", lambda d: d.update(metric={"name": "acceptance/ablation_drop_pct",
+                                                             "goal": "maximize"}), "", "needs 'ablation' in acceptance"),
     ("bare_parameter_value", lambda d: d["parameters"].update({"seed": 3}), "parameters.seed", "distribution:"),
 ]
 

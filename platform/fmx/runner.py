@@ -157,16 +157,19 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
         run_config=ray.train.RunConfig(
             name=f"trials/{trial_id}", storage_path=target.join(plan.sweep_id),
             storage_filesystem=target.filesystem, failure_config=FailureConfig(max_failures=plan.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=plan.keep_best, checkpoint_score_attribute=plan.metric,
-                                               checkpoint_score_order=plan.mode),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=plan.keep_best, checkpoint_score_order=plan.mode,
+                # acceptance metrics exist only after the fit: then the newest checkpoints are kept
+                checkpoint_score_attribute=None if plan.metric.startswith("acceptance/") else plan.metric),
             callbacks=[TuneReportCallback()]))
     result = trainer.fit()
     final = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     if plan.acceptance and result.checkpoint is not None:
         from fmx.acceptance import run_acceptance
 
-        best = result.get_best_checkpoint(plan.metric, plan.mode) if hasattr(result, "get_best_checkpoint") \
-            else result.checkpoint
+        best = None
+        if not plan.metric.startswith("acceptance/"):
+            best = result.get_best_checkpoint(plan.metric, plan.mode)
         report = run_acceptance(plan.acceptance, cfg=cfg, checkpoint=best or result.checkpoint,
                                 metrics=final, builders=plan.builders)
         tracking.log_metrics(c, run_id, report.metrics(), step=int(final.get("step", 0)))
@@ -313,6 +316,9 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
         "parent_run_id": plan.parent_run_id, "sweep": sweep.model_dump(mode="json"),
         "storage_uri": plan.storage_uri}, indent=2).encode())
 
+    if plan.metric.startswith("acceptance/"):
+        # the metric arrives with the trial's final report only; Tune must not require it every epoch
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     init_ray(address, num_cpus=num_cpus)
     trainable = tune.with_resources(tune.with_parameters(trial_fn, plan=plan), {"CPU": TRIAL_CPU})
     reporter = SweepProgress(total=None if sweep.method == "grid" else sweep.run_cap, metric=plan.metric,

@@ -218,6 +218,13 @@ class Sweep(_Strict):
             cats = [k for k, p in self.parameters.items() if isinstance(p, Categorical)]
             if cats:
                 raise ValueError(f"cmaes samples numbers only; categorical parameters {cats} need method tpe/random")
+        if self.metric.name.startswith("acceptance/"):
+            if self.early_terminate.type != "none":
+                raise ValueError(f"metric {self.metric.name} is known only when a trial ends: early_terminate "
+                                 f"{self.early_terminate.type} needs a per-epoch metric (val/...); use type: none")
+            bench = self.metric.name.split("/", 1)[1].split("_", 1)[0]
+            if bench not in self.acceptance:
+                raise ValueError(f"metric {self.metric.name} needs {bench!r} in acceptance (got {self.acceptance})")
         if len(set(self.acceptance)) != len(self.acceptance):
             raise ValueError(f"acceptance lists a benchmark twice: {self.acceptance}")
         return self
