@@ -319,6 +319,8 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     if plan.metric.startswith("acceptance/"):
         # the metric arrives with the trial's final report only; Tune must not require it every epoch
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's newer console output prints an experiment banner even at verbose=0; fmx shows its own progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     init_ray(address, num_cpus=num_cpus)
     trainable = tune.with_resources(tune.with_parameters(trial_fn, plan=plan), {"CPU": TRIAL_CPU})
     reporter = SweepProgress(total=None if sweep.method == "grid" else sweep.run_cap, metric=plan.metric,
