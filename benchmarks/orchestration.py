@@ -1,9 +1,9 @@
 """Platform benchmarks: orchestration overhead and GPU packing with fractional GPUs.
 
-``python benchmarks/platform.py overhead``  epoch time of the tiny NeuroFMx preset under Ray Train + Tune + MLflow
+``python benchmarks/orchestration.py overhead``  epoch time of the tiny NeuroFMx preset under Ray Train + Tune + MLflow
                                             (one trial, one worker, local Ray, sqlite MLflow) against a plain
                                             Lightning loop on the same machine, same config and batches.
-``python benchmarks/platform.py packing``   CUDA only: sweep throughput (trials per minute) with 4 trials sharing
+``python benchmarks/orchestration.py packing``   CUDA only: sweep throughput (trials per minute) with 4 trials sharing
                                             one GPU (gpus_per_worker=0.25) against one trial per GPU.
 
 Prints one line per number and, with ``--out FILE``, writes them as JSON. Numbers are recorded in the
