@@ -180,7 +180,7 @@ def test_neurofmx_takes_the_spectral_regularizer_by_config():
     from fmx.config import compose
     from models.lightning import build_lightning_module
 
-    cfg = compose(["model=tiny", "+criticality.enable=true", "+criticality.weight=10.0", "+criticality.target=0.5"])
+    cfg = compose(["model=tiny", "criticality.enable=true", "criticality.weight=10.0", "criticality.target=0.5"])
     module = build_lightning_module(cfg)
     assert set(module.spectral_regs) == {"backbone"}
     loss, sigmas = module._spectral_loss()
@@ -195,4 +195,4 @@ def test_neurofmx_takes_the_spectral_regularizer_by_config():
     after = float(torch.stack(list(sigmas.values())).sub(0.5).abs().mean())
     assert after < 0.5 * before
     with pytest.raises(ValueError, match="criticality.modules"):
-        build_lightning_module(compose(["model=tiny", "+criticality.enable=true", "+criticality.modules=[nope]"]))
+        build_lightning_module(compose(["model=tiny", "criticality.enable=true", "criticality.modules=[nope]"]))
