@@ -20,14 +20,6 @@ from fractals.fingerprint import (  # noqa: E402
 from fractals.stimuli import fgn, one_over_f_noise  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: on a shared 2-core runner intra-op threads cost far more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 FS = 250.0
 CFG = {"temporal": {"psd_freq_band": [2.0, 40.0]}}

@@ -19,13 +19,6 @@ from models.lightning import NeuroFMxModule, build_lightning_module, param_group
 CONF = Path(__file__).resolve().parents[1] / "platform" / "fmx" / "conf"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _cfg(**fractal_priors) -> dict:
     """The composed default config (tiny model, synthetic data), shrunk for CPU tests."""

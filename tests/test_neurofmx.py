@@ -12,14 +12,6 @@ from models.neurofmx import NeuroFMx
 from models.presets import load_preset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models are faster on one thread, and CI runners share their cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def batch():

@@ -16,14 +16,6 @@ from fractals.probes import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: on a shared 2-core runner intra-op threads cost far more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 FS, N = 1000.0, 1000  # 1 Hz FFT bins
 

@@ -16,13 +16,6 @@ import torch
 pytestmark = pytest.mark.realdata
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _trim_flat_tail(x: np.ndarray, min_run: int = 25) -> np.ndarray:
     """Cut at the first stretch of >= min_run samples where no channel changes.

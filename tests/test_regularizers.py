@@ -25,14 +25,6 @@ CONF = Path(__file__).resolve().parents[1] / "platform" / "fmx" / "conf" / "frac
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: on a shared 2-core runner intra-op threads cost far more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def _small(seed=0, shape=(2, 64, 5)):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_(True)

@@ -21,14 +21,6 @@ FS = 1000.0
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: on a shared 2-core runner intra-op threads cost far more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def test_fou_h_half_is_classical_ou_variance():
     sigma, theta = 2.0, 20.0
     x = fractional_ou(20000, 0.5, theta, sigma, FS, batch_shape=(32,), seed=0)
