@@ -75,10 +75,10 @@ def _wait_http(url: str, *, timeout_s: float, proc: subprocess.Popen, log: Path,
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s; log {log}:\n" + log.read_text()[-3000:])
 
 
-def _stop_group(proc: subprocess.Popen, *, grace_s: float = 15.0) -> None:
-    """SIGTERM the process group we started (the server and its children), SIGKILL what is left."""
-    if proc.poll() is not None:
-        return
+def stop_group(proc: subprocess.Popen, *, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group we started (the server and its children), SIGKILL what is left.
+
+    The group is signalled even when its leader has exited: daemons it started may live on."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -115,7 +115,7 @@ class RayHead:
     def stop(self) -> None:
         # `ray start --block` tears down the processes it started when it receives SIGTERM; the group kill
         # catches anything left behind.
-        _stop_group(self.proc, grace_s=30)
+        stop_group(self.proc, grace_s=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -166,7 +166,7 @@ class MlflowServer:
     log: Path = field(repr=False)
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        stop_group(self.proc)
 
 
 def start_mlflow_server(tmp: Path, *, artifacts_destination: str | None = None, extra_env: dict | None = None,
@@ -235,7 +235,7 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        stop_group(self.proc)
 
 
 def start_seaweed_s3(tmp: Path, *, timeout_s: float = 60) -> S3Server:

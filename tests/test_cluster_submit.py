@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typer.testing import CliRunner
 
 from fmx import cluster
 from fmx.cli import app
+from fixtures_servers import stop_group
 
 # ---------------------------------------------------------------- fast: no server
 
@@ -122,16 +122,7 @@ def ray_head(tmp_path_factory):
                 time.sleep(0.5)
         yield {"address": address, "token": token}
     finally:
-        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(proc, grace_s=10)
         log.close()
 
 

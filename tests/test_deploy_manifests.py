@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from fixtures_servers import stop_group
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) renders the chart offline")
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra)")
@@ -305,7 +306,6 @@ def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path, seaweed_s3, mon
     real key auth), then check authentication, host checks and that artifacts land in the bucket."""
     import os
     import secrets
-    import signal
     import subprocess
     import sys
     import time
@@ -394,14 +394,5 @@ def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path, seaweed_s3, mon
         keys = [o["Key"] for o in seaweed_s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
         assert any(k.startswith("mlflow/") and k.endswith("notes/trial.txt") for k in keys), keys
     finally:
-        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(proc, grace_s=15)
         log.close()
