@@ -44,7 +44,7 @@ def test_figures_and_bad_mode():
     dm.setup()
     x, y = dm.val_set.tensors
     model._last_indicators = model.indicators(x)
-    figs = model.figures(x, y)
+    figs = model.figures((x, y))
     assert "box dim" in figs["decision_boundary"].axes[0].get_title()
     with pytest.raises(ValueError, match="model.mode"):
         build_lightning_module(_cfg(mode="sometimes"))

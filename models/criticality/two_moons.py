@@ -167,8 +167,13 @@ class TwoMoonsModule(pl.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
-    def figures(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> dict[str, Any]:
-        """The decision boundary over the data as a matplotlib Figure, for the tracker."""
+    def figures(self, batch=None) -> dict[str, Any]:
+        """The decision boundary over a batch ``(x, y)`` as a matplotlib Figure, for the tracker.
+
+        The platform calls ``figures(batch)`` on any LightningModule that has it and logs each
+        figure to the trial's MLflow run.
+        """
+        x, y = batch if batch is not None else (None, None)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -181,7 +186,7 @@ class TwoMoonsModule(pl.LightningModule):
         ax.contourf(xs, ys, prob.reshape(xs.shape), levels=20, cmap="RdBu_r", alpha=0.7)
         ax.contour(xs, ys, prob.reshape(xs.shape), levels=[0.5], colors="k", linewidths=1)
         if x is not None and y is not None:
-            ax.scatter(x[:, 0], x[:, 1], c=y, s=6, cmap="RdBu_r", edgecolors="none")
+            ax.scatter(x[:, 0].cpu(), x[:, 1].cpu(), c=y.cpu(), s=6, cmap="RdBu_r", edgecolors="none")
         d = self._last_indicators.get("boundary_dim")
         ax.set_title(f"decision boundary (box dim {d:.2f})" if d is not None else "decision boundary")
         ax.set_xlabel("x1")

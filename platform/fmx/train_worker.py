@@ -167,6 +167,38 @@ class FingerprintArtifactCallback(pl.Callback):
         _log_fingerprint(self.uri, self.run_id, self.tables, summary, step=trainer.global_step)
 
 
+class ModelFiguresCallback(pl.Callback):
+    """Rank 0: log the figures of any LightningModule with a ``figures(batch) -> {name: Figure}`` method
+    (the two-moons decision boundary, say) every ``every`` epochs and at the last one."""
+
+    def __init__(self, *, tracking_uri: str, run_id: str, every: int = 10):
+        self.uri, self.run_id, self.every = tracking_uri, run_id, max(1, every)
+        self._batch = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and trainer.global_rank == 0:
+            self._batch = batch
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        epoch = trainer.current_epoch
+        last = epoch + 1 >= (trainer.max_epochs or 0)
+        if trainer.global_rank != 0 or trainer.sanity_checking or not hasattr(pl_module, "figures"):
+            return
+        if not last and (epoch + 1) % self.every:
+            return
+        import matplotlib.pyplot as plt
+
+        try:
+            figs = pl_module.figures(self._batch)
+        except Exception as exc:  # noqa: BLE001 - a plot must not kill training
+            print(f"fmx: model figures skipped at epoch {epoch}: {exc}")
+            return
+        c = tracking.client(self.uri)
+        for name, fig in figs.items():
+            tracking.log_figure(c, self.run_id, fig, f"figures/{name}_epoch{epoch:03d}.png")
+            plt.close(fig)
+
+
 _MEASURE_NAMES = {"beta": "spectral_beta", "hfd": "higuchi_fd", "dfa": "dfa_alpha"}
 
 
@@ -278,6 +310,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
         loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id))
         if rank == 0:
             callbacks.append(FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id))
+            callbacks.append(ModelFiguresCallback(tracking_uri=uri, run_id=run_id))
             monitor = tracking.start_system_metrics(run_id, tracking_uri=uri)
     tr = cfg.get("trainer", {})
     use_gpu = bool(config.get("use_gpu")) and torch.cuda.is_available()
