@@ -228,3 +228,12 @@ def test_rr_cohort(shared_data):
     np.testing.assert_array_equal(one.data, cohort[3].data)
     clean = filter_ectopic(cohort[0])
     assert 0 < clean.meta["n_removed"] < 0.1 * cohort[0].data.size  # a 24 h Holter: a few % artefacts
+
+
+def test_csv_with_a_text_column_names_it(tmp_path):
+    # pandas 3 reads text as StringDtype, which numpy's issubdtype cannot interpret: the reader must
+    # still give its own error naming the column.
+    path = tmp_path / "bad.csv"
+    path.write_text("# fs=100\nFz,label\n1.0,a\n2.0,b\n3.0,c\n")
+    with pytest.raises(ValueError, match=r"\['label'\] are not numeric"):
+        read_recording(path)

@@ -109,3 +109,14 @@ def test_sweep_summary_table_and_plots_on_the_parent(mlflow_server, tmp_path):
     assert compare.find_parent(c, "sum").info.run_id == parent
     assert compare.find_parent(c, "sum-1").info.run_id == parent
     assert "t1  val/loss=0.7" in compare.summary_lines(df, "val/loss")[0]
+
+
+def test_parallel_coordinates_skips_text_parameters():
+    import pandas as pd
+
+    from fmx.compare import parallel_coordinates_figure
+
+    df = pd.DataFrame({"sweep.model.mode": pd.array(["fixed", "adaptive", "fixed"], dtype="string"),
+                       "sweep.model.target": [0.5, 1.0, 1.5], "val/acc": [0.8, 0.9, 0.85]})
+    fig = parallel_coordinates_figure(df, "val/acc")
+    assert fig is not None and len(fig.axes[0].lines) == 3

@@ -347,7 +347,7 @@ def _read_csv(path: Path, *, fs: float | None = None, **_: Any) -> Recording:
         raise ValueError(
             f"{path}: no sampling rate; add a 'time' column in seconds, a first line '# fs=250', or pass fs="
         )
-    bad = [c for c in frame.columns if not np.issubdtype(frame[c].dtype, np.number)]
+    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if bad:
         raise ValueError(f"{path}: columns {bad} are not numeric; every column except 'time' must be a channel")
     return Recording(data=frame.to_numpy(np.float64).T.copy(), fs=float(rate),

@@ -140,8 +140,9 @@ def parallel_coordinates_figure(df, metric: str):
     """Sampled values and the metric, each axis min-max scaled, one line per trial coloured by the metric."""
     import matplotlib.pyplot as plt
     import numpy as np
+    import pandas as pd
 
-    cols = [c for c in df.columns if c.startswith("sweep.") and np.issubdtype(df[c].dtype, np.number)]
+    cols = [c for c in df.columns if c.startswith("sweep.") and pd.api.types.is_numeric_dtype(df[c])]
     if not cols or metric not in df or df[metric].isna().all():
         return None
     cols = cols + [metric]
