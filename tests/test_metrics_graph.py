@@ -139,7 +139,7 @@ def test_path_graph_dimension_one():
 def test_lattice_dimension_near_two():
     # Finite size biases a 24 x 24 grid low (1.74 measured; 1.83 at 32 x 32).
     d = graph_fractal_dim(adjacency(nx.grid_2d_graph(24, 24)), EPS)
-    assert 1.65 < float(d) < 2.2
+    assert float(d) > 1.65 and float(d) < 2.2
 
 
 @pytest.mark.parametrize("generation, expected", [(4, 2.05), (5, 2.16)])
