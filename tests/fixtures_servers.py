@@ -134,7 +134,11 @@ def start_ray_head(tmp: Path, *, num_cpus: int = 4, object_store_mb: int = 512, 
            f"--num-cpus={num_cpus}", "--num-gpus=0", f"--object-store-memory={object_store_mb * 2**20}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
            f"--ray-client-server-port={free_port()}", f"--min-worker-port={free_port()}",
-           "--max-worker-port=0"]
+           "--max-worker-port=0",
+           # Ray's fixed default agent ports (52365 and friends) clash with any other Ray on the host: a head
+           # whose agent cannot bind serves the dashboard but accepts no jobs.
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     proc = _spawn(cmd, log=log, env=env)
     head = RayHead(address=f"127.0.0.1:{port}", dashboard_url=f"http://127.0.0.1:{dash}", temp_dir=temp_dir,
                    proc=proc, log=log)

@@ -214,3 +214,31 @@ def test_acceptance_benchmarks_on_a_tiny_checkpoint(tmp_path):
                                "training": {"reason": "val/latent_beta was not logged"}}
     with pytest.raises(ValueError, match="unknown benchmark 'vibes'"):
         run_acceptance(["vibes"], cfg=cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_asha_stops_a_bad_trial_early_and_ends_its_run(ray_cluster, tmp_path, ray_disconnect):
+    """Grid search + ASHA on the fast two-moons family: a trial with a learning rate too small to learn is
+    cut at the first rung by the good trial that ran before it; its MLflow child run is still ended."""
+    from fmx import tracking
+    from fmx.runner import run_sweep
+    from fmx.schema import parse_sweep
+
+    data = {"name": "asha", "base": ["model=two_moons", "data=two_moons", "trainer.max_epochs=4",
+                                     "fractals.enable=false"],
+            "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+            "parameters": {"model.lr": {"distribution": "grid", "values": [0.05, 1.0e-7]}},
+            "early_terminate": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "run_cap": 1, "max_concurrent": 1, "resources": {"workers": 1, "cpus_per_worker": 1},
+            "storage": {"path": str(tmp_path / "ray")}, "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}}
+    out = run_sweep(parse_sweep(data), sweep_text=yaml.safe_dump(data), address=ray_cluster.address, root=tmp_path,
+                    progress=False)
+    assert (out.n_trials, out.n_errors) == (2, 0)
+    c = tracking.client(out.tracking_uri)
+    epochs = {}
+    for kid in tracking.child_runs(c, out.experiment_id, out.parent_run_id):
+        run = c.get_run(kid.info.run_id)
+        assert run.info.status != "RUNNING"
+        epochs[float(run.data.params["sweep.model.lr"])] = len(c.get_metric_history(run.info.run_id, "val/acc"))
+    assert epochs[0.05] == 4 and epochs[1e-7] < 4, epochs
