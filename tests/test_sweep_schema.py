@@ -155,6 +155,12 @@ def test_trial_config_applies_sampled_values_and_group_choices():
     assert cfg["seed"] == 7 and cfg["model"]["family"] == "neurofmx"
 
 
+def test_a_sampled_seed_wins_over_the_sweep_seed():
+    # A grid over seeds (sweeps/criticality_two_moons.yaml) once trained every trial with the sweep's seed.
+    assert trial_config([], {"seed": 2}, seed=0)["seed"] == 2
+    assert trial_config([], {}, seed=5)["seed"] == 5
+
+
 def test_exported_json_schema_is_current():
     exported = json.loads((REPO / "docs" / "sweep_schema.json").read_text())
     assert exported == json.loads(json.dumps(json_schema(), sort_keys=True))

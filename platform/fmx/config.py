@@ -76,14 +76,18 @@ def group_overrides(params: Mapping[str, Any]) -> list[str]:
 
 
 def trial_config(base: list[str], params: Mapping[str, Any], *, seed: int | None = None) -> dict:
-    """Compose the config of one trial: the sweep's base overrides, group choices, then the sampled values."""
+    """Compose the config of one trial: the sweep's base overrides, group choices, then the sampled values.
+
+    ``seed`` (the sweep file's) applies unless the trial samples ``seed`` itself: a sweep over seeds
+    must train each trial with its own seed.
+    """
     from fmx.schema import CONFIG_GROUPS
 
     cfg = compose(list(base) + group_overrides(params))
     for key, value in params.items():
         if key not in CONFIG_GROUPS:
             set_path(cfg, key, copy.deepcopy(value))
-    if seed is not None:
+    if seed is not None and "seed" not in params:
         cfg["seed"] = int(seed)
     return cfg
 
