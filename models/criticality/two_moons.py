@@ -93,7 +93,7 @@ class TwoMoonsModule(pl.LightningModule):
         mode: str = "fixed",
         target: float = 1.0,
         layerwise: tuple[float, float] | None = None,
-        weight: float = 0.1,
+        weight: float = 5.0,
         rate: float = 0.05,
         update_every: int = 5,
         lr: float = 1e-2,
