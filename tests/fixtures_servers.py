@@ -14,6 +14,7 @@ artifacts go to S3) and stop it with ``.stop()``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,6 +95,16 @@ def stop_group(proc: subprocess.Popen, *, grace_s: float = 15.0) -> None:
     proc.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def _stop_on_failure(server):
+    """Stop a server that never became ready before its error propagates: no orphaned processes."""
+    try:
+        yield server
+    except BaseException:
+        server.stop()
+        raise
+
+
 def _spawn(cmd: list[str], *, log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as fh:
@@ -142,11 +153,8 @@ def start_ray_head(tmp: Path, *, num_cpus: int = 4, object_store_mb: int = 512, 
     proc = _spawn(cmd, log=log, env=env)
     head = RayHead(address=f"127.0.0.1:{port}", dashboard_url=f"http://127.0.0.1:{dash}", temp_dir=temp_dir,
                    proc=proc, log=log)
-    try:
+    with _stop_on_failure(head):
         _wait_http(f"{head.dashboard_url}/api/version", timeout_s=timeout_s, proc=proc, log=log)
-    except Exception:
-        head.stop()
-        raise
     return head
 
 
@@ -191,11 +199,8 @@ def start_mlflow_server(tmp: Path, *, artifacts_destination: str | None = None, 
     proc = _spawn(cmd, log=log, env=env, cwd=tmp)
     server = MlflowServer(tracking_uri=f"http://127.0.0.1:{port}", backend_uri=backend,
                           artifacts_destination=artifacts, proc=proc, log=log)
-    try:
+    with _stop_on_failure(server):
         _wait_http(f"{server.tracking_uri}/health", timeout_s=timeout_s, proc=proc, log=log)
-    except Exception:
-        server.stop()
-        raise
     return server
 
 
@@ -263,11 +268,8 @@ def start_seaweed_s3(tmp: Path, *, timeout_s: float = 60) -> S3Server:
     proc = _spawn(cmd, log=log, cwd=tmp)
     server = S3Server(endpoint_url=f"http://127.0.0.1:{ports['s3']}", access_key=access, secret_key=secret,
                       region="us-east-1", proc=proc, log=log, checks_auth=True)
-    try:
+    with _stop_on_failure(server):
         _wait_s3(server, timeout_s=timeout_s)
-    except Exception:
-        server.stop()
-        raise
     return server
 
 
@@ -279,11 +281,8 @@ def start_moto_s3(tmp: Path, *, timeout_s: float = 30) -> S3Server:
     proc = _spawn([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log=log, cwd=tmp)
     server = S3Server(endpoint_url=f"http://127.0.0.1:{port}", access_key="testing", secret_key="testing",
                       region="us-east-1", proc=proc, log=log, checks_auth=False)
-    try:
+    with _stop_on_failure(server):
         _wait_s3(server, timeout_s=timeout_s)
-    except Exception:
-        server.stop()
-        raise
     return server
 
 
