@@ -248,30 +248,74 @@ def _as_windows(windows, n: int, minimum: int, name: str = "windows") -> list[in
     return out
 
 
+_MEMBER_CACHE: dict = {}
+
+
+def _window_membership(n: int, windows: list[int], device) -> torch.Tensor:
+    """``(n_windows, V)`` float64 indicator: which window each of the V segments belongs to.
+
+    Segments are listed window by window (``n // w`` non-overlapping ones each), so per-window sums
+    over segments are one matmul. Cached per (n, windows, device).
+    """
+    key = (n, tuple(windows), str(device))
+    member = _MEMBER_CACHE.get(key)
+    if member is None:
+        counts = [n // w for w in windows]
+        member = torch.zeros(len(windows), sum(counts), dtype=torch.float64)
+        member[torch.arange(len(windows)).repeat_interleave(torch.tensor(counts)), torch.arange(sum(counts))] = 1.0
+        member = member.to(device)
+        if len(_MEMBER_CACHE) > 256:
+            _MEMBER_CACHE.clear()
+        _MEMBER_CACHE[key] = member
+    return member
+
+
 def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor:
-    """log (R/S)_n for every window n: (rows, T) -> (rows, n_windows)."""
-    n = t.shape[-1]
-    log_rs, empty = [], []
+    """log (R/S)_n for every window n: (rows, T) -> (rows, n_windows).
+
+    One pass builds the walk (cumulative sum of the mean-removed series) and one the cumulative sum
+    of squares, in float64 with a leading zero. A segment's own cumulative deviation is then a slice
+    of the walk minus a ramp (the walk's offset cancels in max - min) and its sum and sum of squares
+    are strided differences, so a window costs one fused pass and two reductions, and the
+    per-segment arithmetic runs once for all windows: on CPU the number of ops, not the arithmetic,
+    bounds small batches.
+    """
+    rows, n = t.shape
+    work = t - t.mean(-1, keepdim=True, dtype=torch.float64)
+    walk = torch.empty(rows, n + 1, dtype=torch.float64, device=t.device)
+    walk_sq = torch.empty_like(walk)
+    walk[:, 0] = walk_sq[:, 0] = 0.0
+    torch.cumsum(work, -1, out=walk[:, 1:])
+    torch.cumsum(work * work, -1, out=walk_sq[:, 1:])
+    ranges, totals, squares, sizes = [], [], [], []
     for w in windows:
         m = n // w
-        seg = t[..., : m * w].reshape(*t.shape[:-1], m, w)
-        dev = seg - seg.mean(-1, keepdim=True)
-        walk = dev.cumsum(-1)
-        rng = walk.amax(-1) - walk.amin(-1)  # two reductions beat aminmax on CPU
-        std = (dev.square().sum(-1) / (w - 1 if unbiased else w)).sqrt()
-        valid = rng > 0  # nolds skips zero-range (constant) segments
-        ratio = torch.where(valid, rng / torch.where(valid, std, torch.ones_like(std)), torch.zeros_like(rng))
-        count = valid.sum(-1)
-        empty.append(count == 0)
-        log_rs.append(torch.log(ratio.sum(-1) / count.clamp_min(1)))
-    bad = torch.stack(empty, -1).reshape(-1, len(windows)).any(0)
-    if bool(bad.any()):  # one host sync for all windows
-        w_bad = windows[int(torch.nonzero(bad)[0])]
+        total = walk[:, w : m * w + 1 : w] - walk[:, 0 : (m - 1) * w + 1 : w]
+        ramp = torch.arange(1, w + 1, dtype=walk.dtype, device=walk.device)
+        dev_walk = torch.addcmul(walk[:, 1 : m * w + 1].unflatten(-1, (m, w)), total.unsqueeze(-1), ramp, value=-1.0 / w)
+        ranges.append(dev_walk.amax(-1) - dev_walk.amin(-1))  # two reductions beat aminmax on CPU
+        totals.append(total)
+        squares.append(walk_sq[:, w : m * w + 1 : w] - walk_sq[:, 0 : (m - 1) * w + 1 : w])
+        sizes.append(torch.full((m,), float(w), dtype=walk.dtype, device=walk.device))
+    rng, total, size = torch.cat(ranges, -1), torch.cat(totals, -1), torch.cat(sizes)  # (rows, V), (V,)
+    var = (torch.cat(squares, -1) - total * total / size).clamp_min_(0.0) / (size - 1 if unbiased else size)
+    # A constant segment has R = 0 in its own arithmetic (nolds skips it); read off the global sums,
+    # R and S are zero up to rounding, below eps * max|walk| <= eps * sqrt(T * sum x^2) and
+    # eps * sum x^2. So a segment counts as constant when R or its energy is within 64x those bounds
+    # (a relative variance below ~1e-13 of the whole series' energy).
+    energy_tol = 64 * torch.finfo(torch.float64).eps * walk_sq[:, -1:]
+    valid = (rng > (n * energy_tol).sqrt() / 8) & (var * size > energy_tol)
+    ratio = (rng / var.sqrt()).masked_fill_(~valid, 0.0)  # inf/nan only where invalid, then zeroed
+    member = _window_membership(n, windows, t.device).T
+    count = valid.to(walk.dtype) @ member  # (rows, W)
+    empty = (count == 0).any(0)
+    if bool(empty.any()):  # one host sync for all windows
+        w_bad = windows[int(torch.nonzero(empty)[0])]
         raise ValueError(
             f"x: every segment of length {w_bad} is constant in some series; R/S is undefined: "
             "drop those series or use larger windows"
         )
-    return torch.stack(log_rs, -1)
+    return torch.log((ratio @ member) / count).to(t.dtype)
 
 
 def hurst_rs(
@@ -309,8 +353,9 @@ def hurst_rs(
     -----
     Same algorithm as ``nolds.hurst_rs(x, nvals=windows, fit="poly", corrected=corrected,
     unbiased=unbiased)``: non-overlapping segments from the start, per segment the range of the
-    cumulative mean-removed sum over its standard deviation, mean over segments (segments with zero
-    range are skipped), least-squares slope of log (R/S)_n against log n.
+    cumulative mean-removed sum over its standard deviation, mean over segments (constant segments
+    are skipped: here, a segment whose variance is below ~1e-13 of the series' energy), least-squares
+    slope of log (R/S)_n against log n. Computed in float64 from global prefix sums.
 
     Shape:
         ``(..., T) -> (...)``. Assumes fGn-like input. Measured on exact fGn (T=8192, default

@@ -114,3 +114,15 @@ def test_hurst_rs_matches_nolds_poly_fit(corrected, unbiased):
     ref = nolds.hurst_rs(x, nvals=w, fit="poly", corrected=corrected, unbiased=unbiased)
     ours = hurst_rs(x, w, corrected=corrected, unbiased=unbiased)
     assert ours == pytest.approx(ref, rel=1e-9)
+
+
+def test_hurst_rs_skips_constant_segments_like_nolds():
+    # Flat stretches (dropouts, clipping) make some segments constant: R = S = 0. nolds skips them;
+    # ours reads R and S off global prefix sums, where they are zero only up to rounding.
+    x = SERIES["fgn07"].copy()
+    x[:64] = 1.5
+    x[1000:1130] = -0.25
+    w = [8, 16, 32, 64, 128]
+    ref = nolds.hurst_rs(x, nvals=w, fit="poly")
+    assert hurst_rs(x, w) == pytest.approx(ref, rel=1e-9)
+    assert hurst_rs(x.astype(np.float32), w) == pytest.approx(ref, rel=1e-5)
