@@ -11,10 +11,15 @@ child run, and fits a ``TorchTrainer`` with N DDP workers running :func:`fmx.tra
 ``FailureConfig(max_failures)`` restarts a crashed worker group from the latest checkpoint; ``Tuner.restore``
 resumes an interrupted sweep without re-running finished trials. The driver owns the MLflow lifecycle
 (:class:`MlflowLifecycle`): children end FINISHED/FAILED with their trial, the parent with the sweep.
+
+Where checkpoints and runs go is decided once, by :func:`resolve_targets`: a sweep file's own ``storage.path`` /
+``tracking.uri`` wins; left at the defaults, ``FMX_STORAGE_PATH`` / ``MLFLOW_TRACKING_URI`` (set in cluster pods)
+take their place; otherwise the local defaults (``runs/ray``, ``sqlite:///runs/mlflow.db`` under the project).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,12 +28,18 @@ from typing import Any, Mapping
 
 from fmx import storage as st
 from fmx import tracking
-from fmx.schema import Categorical, Constant, Grid, IntRange, LogUniform, Sweep, Uniform
+from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, Categorical, Constant, Grid, IntRange, LogUniform,
+                        Storage, Sweep, Uniform, mask_uri_password, uri_has_password)
+
+logger = logging.getLogger(__name__)
 
 TRIAL_CPU = 0.01  # the Tune function only waits on its TorchTrainer; 0 is rejected by Tune
 # Test hook: '{"epoch": 1, "marker": "/tmp/x"}' makes rank 0 of the first trial to reach epoch 1 die (os._exit)
 # in the middle of it, as a lost worker would; the marker file makes it happen once.
 FAULT_ENV = "FMX_TEST_FAULT"
+STORAGE_ENV = "FMX_STORAGE_PATH"     # the Helm chart sets it in every Ray pod: s3://BUCKET/ray
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # the Helm chart sets it to the in-cluster MLflow service
+SOURCE_FILE, SOURCE_DEFAULT = "sweep file", "default"
 
 
 @dataclass
@@ -57,6 +68,8 @@ class SweepPlan:
     acceptance: list[str] = field(default_factory=list)
     builders: dict[str, str] = field(default_factory=dict)
     fault: dict[str, Any] = field(default_factory=dict)  # tests only: {"epoch": k, "marker": path}
+    storage_source: str = SOURCE_FILE   # where storage_uri came from (see resolve_targets)
+    tracking_source: str = SOURCE_FILE  # where tracking_uri came from
 
     def target(self) -> st.StorageTarget:
         if self.storage_uri.startswith("s3://"):
@@ -227,12 +240,83 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
 
 
+@dataclass(frozen=True)
+class Targets:
+    """Where a sweep's checkpoints and MLflow runs go, and where each choice came from.
+
+    ``storage_source`` is ``"sweep file"``, ``"FMX_STORAGE_PATH"`` or ``"default"``; ``tracking_source`` is
+    ``"sweep file"``, ``"MLFLOW_TRACKING_URI"`` or ``"default"``.
+    """
+
+    storage: st.StorageTarget
+    storage_source: str
+    tracking_uri: str
+    tracking_source: str
+
+    def describe(self) -> str:
+        """One line for the console and the log (redacted)."""
+        return st.redact(f"checkpoints: {self.storage.uri} (from {self.storage_source}); "
+                         f"tracking: {self.tracking_uri} (from {self.tracking_source})")
+
+
+def _choose(value: str, default: str, env_var: str, env: Mapping[str, str]) -> tuple[str, str]:
+    # A value equal to the default counts as the default: the shipped sweep files spell the defaults out, and a
+    # resumed sweep comes back from its pointer with every field filled in.
+    if value != default:
+        return value, SOURCE_FILE
+    from_env = (env.get(env_var) or "").strip()
+    return (from_env, env_var) if from_env else (default, SOURCE_DEFAULT)
+
+
+def resolve_targets(sweep: Sweep, *, root: str | Path | None = None,
+                    env: Mapping[str, str] | None = None) -> Targets:
+    """Storage and tracking for a sweep: the sweep file's value, else the environment, else the local default.
+
+    Parameters
+    ----------
+    sweep : Sweep
+        The validated sweep; ``storage.path`` and ``tracking.uri`` count as set when they differ from
+        ``runs/ray`` and ``sqlite:///runs/mlflow.db``.
+    root : str or Path, optional
+        The folder relative local paths resolve against (default: the current directory).
+    env : mapping, optional
+        The environment to read ``FMX_STORAGE_PATH`` and ``MLFLOW_TRACKING_URI`` from (default ``os.environ``);
+        empty values count as unset.
+
+    Raises
+    ------
+    ValueError
+        When a variable that is used holds an unusable value (not a local path or s3://bucket/prefix, or a URI
+        with ``user:password@`` in it), naming the variable and the fix.
+    """
+    env = os.environ if env is None else env
+    root = Path(root or os.getcwd())
+    path, storage_source = _choose(sweep.storage.path, DEFAULT_STORAGE_PATH, STORAGE_ENV, env)
+    if storage_source == STORAGE_ENV:
+        try:
+            Storage(path=path)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            problem = exc.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(exc, "errors") else str(exc)
+            raise ValueError(f"{STORAGE_ENV}={mask_uri_password(path)!r}: {problem}; set it to s3://bucket/prefix "
+                             "or a local folder, or unset it to use the sweep file's storage.path") from None
+    uri, tracking_source = _choose(sweep.tracking.uri, DEFAULT_TRACKING_URI, TRACKING_ENV, env)
+    if tracking_source == TRACKING_ENV and uri_has_password(uri):
+        raise ValueError(f"{TRACKING_ENV}={mask_uri_password(uri)!r} carries user:password@; drop them from the URI "
+                         "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead, so they never "
+                         "reach params, logs or the sweep pointer")
+    storage = st.resolve_storage(path, endpoint_url=sweep.storage.endpoint_url, region=sweep.storage.region,
+                                 root=root)
+    return Targets(storage=storage, storage_source=storage_source,
+                   tracking_uri=tracking.resolve_tracking_uri(uri, root=root), tracking_source=tracking_source)
+
+
 def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "", experiment_id: str = "",
-              builders: Mapping[str, str] | None = None, fault: Mapping[str, Any] | None = None) -> SweepPlan:
+              builders: Mapping[str, str] | None = None, fault: Mapping[str, Any] | None = None,
+              env: Mapping[str, str] | None = None) -> SweepPlan:
     from fmx.config import compose
 
-    target = st.resolve_storage(sweep.storage.path, endpoint_url=sweep.storage.endpoint_url,
-                                region=sweep.storage.region, root=root)
+    targets = resolve_targets(sweep, root=root, env=env)
+    target = targets.storage
     cfg = compose(sweep.base)
     return SweepPlan(
         sweep_id=sweep_id, name=sweep.name, base=list(sweep.base), seed=sweep.seed, metric=sweep.metric.name,
@@ -241,9 +325,9 @@ def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "
         keep_best=sweep.storage.keep_best, workers=sweep.resources.workers,
         cpus_per_worker=sweep.resources.cpus_per_worker, gpus_per_worker=sweep.resources.gpus_per_worker,
         max_failures=sweep.max_failures, max_epochs=int(cfg.get("trainer", {}).get("max_epochs", 1)),
-        tracking_uri=tracking.resolve_tracking_uri(sweep.tracking.uri, root=root), experiment_id=experiment_id,
+        tracking_uri=targets.tracking_uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, acceptance=list(sweep.acceptance), builders=dict(builders or {}),
-        fault=dict(fault or {}))
+        fault=dict(fault or {}), storage_source=targets.storage_source, tracking_source=targets.tracking_source)
 
 
 @dataclass
@@ -292,6 +376,11 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     sweep_id = resume_id or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     plan = make_plan(sweep, sweep_id=sweep_id, root=root, builders=builders, fault=fault)
     target = plan.target()
+    where = Targets(storage=target, storage_source=plan.storage_source, tracking_uri=plan.tracking_uri,
+                    tracking_source=plan.tracking_source).describe()
+    logger.info("sweep %s: %s", sweep_id, where)
+    if progress:
+        print(f"sweep {sweep_id}: {where}", flush=True)
     c = tracking.client(plan.tracking_uri)
     experiment = sweep.tracking.experiment or f"fmx-{sweep.name}"
     plan.experiment_id = tracking.ensure_experiment(
@@ -300,21 +389,24 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     plan.parent_run_id, created = tracking.get_or_create_run(
         c, plan.experiment_id, run_name=sweep_id,
         tags={tracking.TAG_SWEEP_ID: sweep_id, tracking.TAG_KIND: "sweep"},
-        extra_tags={tracking.TAG_SWEEP: sweep.name, "fmx.git_commit": tracking.git_commit(),
-                    "fmx.storage": plan.storage_uri})
+        extra_tags=st.redact({tracking.TAG_SWEEP: sweep.name, "fmx.git_commit": tracking.git_commit(),
+                              "fmx.storage": plan.storage_uri, "fmx.storage_source": plan.storage_source,
+                              "fmx.tracking_source": plan.tracking_source}))
     if created:
         tracking.log_params(c, plan.parent_run_id, {
             "sweep.method": sweep.method, "sweep.metric": sweep.metric.name, "sweep.goal": sweep.metric.goal,
             "sweep.run_cap": sweep.run_cap, "sweep.max_concurrent": sweep.max_concurrent,
             "sweep.early_terminate": sweep.early_terminate.type, "sweep.workers": sweep.resources.workers,
             "sweep.gpus_per_worker": sweep.resources.gpus_per_worker, "sweep.base": sweep.base,
-            "sweep.storage": plan.storage_uri})
+            "sweep.storage": plan.storage_uri, "sweep.storage_source": plan.storage_source,
+            "sweep.tracking_source": plan.tracking_source})
         if sweep_text:
             tracking.log_text(c, plan.parent_run_id, sweep_text, f"sweep/{sweep.name}.yaml")
     st.write_bytes(target, st.pointer_name(sweep.name), json.dumps({
         "sweep_id": sweep_id, "tracking_uri": plan.tracking_uri, "experiment_id": plan.experiment_id,
         "parent_run_id": plan.parent_run_id, "sweep": sweep.model_dump(mode="json"),
-        "storage_uri": plan.storage_uri}, indent=2).encode())
+        "storage_uri": plan.storage_uri, "storage_source": plan.storage_source,
+        "tracking_source": plan.tracking_source}, indent=2).encode())
 
     if plan.metric.startswith("acceptance/"):
         # the metric arrives with the trial's final report only; Tune must not require it every epoch

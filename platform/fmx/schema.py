@@ -24,6 +24,22 @@ ACCEPTANCE_BENCHMARKS = ("numerics", "training", "ablation", "stability", "speed
 CONFIG_GROUPS = ("model", "data", "fractals", "trainer")
 # Keys that would put a secret into a sweep file (and so into params and artifacts): refused anywhere.
 _SECRET_KEY = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
+# scheme://user:password@host: a password inside a URI would reach params, tags, logs and the sweep pointer.
+_URI_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@")
+# The local defaults. A sweep whose storage.path / tracking.uri equals them lets FMX_STORAGE_PATH /
+# MLFLOW_TRACKING_URI choose instead (fmx.runner.resolve_targets): cluster pods set both.
+DEFAULT_STORAGE_PATH = "runs/ray"
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+
+
+def uri_has_password(uri: str) -> bool:
+    """Whether ``uri`` carries ``user:password@`` (refused: credentials come from the environment)."""
+    return bool(_URI_PASSWORD.match(uri))
+
+
+def mask_uri_password(uri: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://***@host``, for error messages."""
+    return re.sub(r"(?<=://)[^/@\s]*(?=@)", "***", uri, count=1) if uri_has_password(uri) else uri
 
 
 class SweepFileError(ValueError):
@@ -148,7 +164,7 @@ class Resources(_Strict):
 class Storage(_Strict):
     """Where Ray keeps trial checkpoints: a local folder (relative to the project) or s3://bucket/prefix."""
 
-    path: str = Field("runs/ray", description="local folder or s3://bucket/prefix")
+    path: str = Field(DEFAULT_STORAGE_PATH, description="local folder or s3://bucket/prefix")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS, CoreWeave)")
     region: str | None = None
     keep_best: int = Field(2, ge=1, description="checkpoints kept by metric score (the latest is always kept)")
@@ -160,6 +176,9 @@ class Storage(_Strict):
             raise ValueError(f"only local paths and s3:// URIs are supported (got {v!r})")
         if v.startswith("s3://") and len(v) <= len("s3://"):
             raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
+        if uri_has_password(v):
+            raise ValueError("credentials never go in storage.path: use s3://bucket/prefix and AWS_ACCESS_KEY_ID/"
+                             "AWS_SECRET_ACCESS_KEY in the environment or FMX_S3_SECRET_FILE")
         return v
 
     @field_validator("endpoint_url")
@@ -173,9 +192,17 @@ class Storage(_Strict):
 class Tracking(_Strict):
     """MLflow: a tracking URI (http(s)://, sqlite:///, file path) and the experiment name."""
 
-    uri: str = Field("sqlite:///runs/mlflow.db", description="relative sqlite/file paths resolve to the project")
+    uri: str = Field(DEFAULT_TRACKING_URI, description="relative sqlite/file paths resolve to the project")
     experiment: str | None = Field(None, description="defaults to fmx/<sweep name>")
     artifact_location: str | None = Field(None, description="e.g. s3://bucket/mlflow for a new experiment")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        if uri_has_password(v):
+            raise ValueError("credentials never go in tracking.uri (user:password@): set MLFLOW_TRACKING_USERNAME "
+                             "and MLFLOW_TRACKING_PASSWORD in the environment")
+        return v
 
 
 class Sweep(_Strict):
@@ -300,6 +327,8 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
             msg = "value not allowed"
         if isinstance(value, dict) and err["type"] != "missing":
             value = {k: v for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+        if isinstance(value, str):
+            value = mask_uri_password(value)
         raise SweepFileError(file, path, msg, value=value, allowed=allowed) from None
 
 
