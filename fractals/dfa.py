@@ -50,25 +50,22 @@ def _detrend_basis(scale: int, order: int, dtype: torch.dtype, device: torch.dev
     return basis
 
 
-def _segment_variances(
-    profile: torch.Tensor, prefix: torch.Tensor, scale: int, order: int, both_directions: bool, dtype: torch.dtype
-) -> torch.Tensor:
-    """Mean squared residual of every segment after polynomial detrending: (..., n_segments).
+def _segment_energies(profile: torch.Tensor, prefix: torch.Tensor, scale: int, order: int, both: bool) -> torch.Tensor:
+    """Residual energy (sum of squares) of every segment after polynomial detrending: (..., n_segments).
 
     ``prefix`` is the cumulative sum of the profile with a leading 0 (length T + 1), so segment
-    means cost a strided gather instead of a pass over the data.
+    means cost a strided difference instead of a pass over the data.
     """
     n = profile.shape[-1]
     n_seg = n // scale
     starts = [0]
-    if both_directions and n % scale:
+    if both and n % scale:
         starts.append(n - n_seg * scale)  # Kantelhardt: a second pass aligned with the end
-    # Columns 1.. of the orthonormal polynomial basis: column 0 is the constant, already removed
-    # by centring. With Q orthonormal the residual energy is ||c||^2 - ||c Q||^2, so the fitted
-    # trend is never materialized. That difference cancels badly for smooth profiles (fBm input,
-    # order >= 2: the trend holds all but 1e-6 of the energy), so it is always formed in the
-    # profile's float64 (for float32 input too) and only the energies return to ``dtype``; float64
-    # matmuls are also immune to TF32/bf16 matmul settings.
+    # Columns 1.. of the orthonormal polynomial basis: column 0 is the constant, removed by
+    # centring. With Q orthonormal the residual energy is ||c||^2 - ||c Q||^2, so the fitted trend
+    # is never materialized. That difference cancels badly for smooth profiles (fBm input, order
+    # >= 2: the trend holds all but 1e-6 of the energy), so it is always formed in the profile's
+    # float64 (for float32 input too); float64 matmuls are also immune to TF32/bf16 settings.
     basis = _detrend_basis(scale, order, profile.dtype, profile.device)[:, 1:]
     out = []
     for start in starts:
@@ -76,11 +73,11 @@ def _segment_variances(
         seg = profile[..., start:stop].unflatten(-1, (n_seg, scale))
         mean = (prefix[..., start + scale : stop + 1 : scale] - prefix[..., start : stop - scale + 1 : scale]) / scale
         c = seg - mean.unsqueeze(-1)
-        energy = c.square().sum(-1)
+        energy = torch.linalg.vecdot(c, c)
         if order > 0:
-            energy = energy - (c @ basis).square().sum(-1)
-        # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
-        out.append((energy.clamp_min(0.0) / scale).to(dtype))
+            trend = c @ basis
+            energy = energy - torch.linalg.vecdot(trend, trend)
+        out.append(energy)
     return out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
@@ -91,14 +88,39 @@ def _profile(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     fBm grows like T^(H+1)), so float32 input is accumulated in float64 and returns to float32
     only as per-segment energies.
     """
-    work = t.double() if t.dtype == torch.float32 else t
-    profile = (work - work.mean(-1, keepdim=True)).cumsum(-1)
+    work_dtype = torch.float64 if t.dtype == torch.float32 else t.dtype
+    profile = (t - t.mean(-1, keepdim=True, dtype=work_dtype)).cumsum(-1)
     prefix = torch.nn.functional.pad(profile.cumsum(-1), (1, 0))
     return profile, prefix
 
 
+_SIZES_CACHE: dict = {}
+
+
+def _segments_per_scale(n: int, scales: list[int], both: bool) -> list[int]:
+    return [(n // s) * (2 if both and n % s else 1) for s in scales]
+
+
+def _segment_sizes(n: int, scales: list[int], both: bool, dtype, device) -> torch.Tensor:
+    """``(V,)`` length of each of the V segments of all scales, in order (cached)."""
+    key = (n, tuple(scales), both, dtype, str(device))
+    sizes = _SIZES_CACHE.get(key)
+    if sizes is None:
+        counts = torch.tensor(_segments_per_scale(n, scales, both))
+        sizes = torch.tensor(scales, dtype=dtype).repeat_interleave(counts).to(device)
+        if len(_SIZES_CACHE) > 256:
+            _SIZES_CACHE.clear()
+        _SIZES_CACHE[key] = sizes
+    return sizes
+
+
+def _per_scale_mean(values: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Mean over each scale's run of segments: (..., V) -> (..., S)."""
+    return torch.stack([run.mean(-1) for run in values.split(counts, -1)], -1)
+
+
 def _log_fq(seg_var: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """log F_q from per-segment variances (..., V) for every q at once -> (..., Q).
+    """log F_q from per-segment variances (..., V) of one scale for every q at once -> (..., Q).
 
     F_q = (mean_v F2_v^(q/2))^(1/q), and for q = 0 the logarithmic average
     F_0 = exp(mean_v log F2_v / 2). Computed as a log-sum-exp so large |q| cannot overflow.
@@ -112,6 +134,50 @@ def _log_fq(seg_var: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     safe_q = torch.where(is_zero, torch.ones_like(q), q).to(log_f2.dtype)
     log_mean = 0.5 * log_f2.mean(-1, keepdim=True)
     return torch.where(is_zero.to(log_f2.device), log_mean, lse / safe_q)
+
+
+MAX_POWER_Q = 12  # integer |q| up to this use products of F (cheaper than exp on CPU); beyond, exp
+
+
+def _integer_powers(base: torch.Tensor, base_sq: torch.Tensor, k: int, cache: dict) -> torch.Tensor:
+    """``base ** k`` for integer k >= 1 by products of ``base_sq = base ** 2`` (memoized in cache)."""
+    if k not in cache:
+        cache[k] = base_sq * _integer_powers(base, base_sq, k - 2, cache) if k > 2 else (base if k == 1 else base_sq)
+    return cache[k]
+
+
+def _log_fq_scales(seg_var: torch.Tensor, counts: list[int], q: torch.Tensor, q_list: list[float]) -> torch.Tensor:
+    """log F_q(s) for every q and scale from all scales' segment variances at once.
+
+    ``seg_var`` is ``(..., V)``: every segment of every scale (float64), ``counts`` the number of
+    segments per scale. Moments are taken relative to the largest variance of each series, so
+    positive q cannot overflow; integer q (the usual grid) are products of F = sqrt(F2), not
+    exponentials. A scale whose terms all underflow (F2 ratios beyond ~1e300^(1/|q|)) comes back
+    non-finite and the caller falls back to per-scale log-sum-exp. Returns ``(..., Q, S)``.
+    """
+    if q_list == [2.0]:  # DFA: F_2 needs no powers
+        return (0.5 * torch.log(_per_scale_mean(seg_var, counts))).unsqueeze(-2)
+    log_f2 = torch.log(seg_var.clamp_min(torch.finfo(seg_var.dtype).tiny))  # (..., V)
+    top = seg_var.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(seg_var.dtype).tiny)
+    rel = seg_var / top  # <= 1; F_q is scale-equivariant, so the factor comes back as 0.5 log(top)
+    shift = 0.0  # log-sum-exp shift of the exponential path
+    if all(v.is_integer() and abs(v) <= MAX_POWER_Q for v in q_list):
+        f = rel.sqrt()
+        pos, neg = {}, {}
+        inv_f, inv_rel = (f.reciprocal(), rel.reciprocal()) if min(q_list) < 0 else (None, None)
+        moments = [log_f2 if v == 0 else
+                   _integer_powers(f, rel, int(v), pos) if v > 0 else _integer_powers(inv_f, inv_rel, int(-v), neg)
+                   for v in q_list]
+        moments = torch.stack(moments, -2)  # (..., Q, V); the q = 0 row holds log F2 for its log average
+    else:
+        scaled = torch.log(rel.clamp_min(torch.finfo(rel.dtype).tiny)).unsqueeze(-2) * (q / 2).to(rel.dtype).unsqueeze(-1)
+        shift = scaled.detach().amax(-1, keepdim=True)
+        moments = torch.exp(scaled - shift)
+    means = _per_scale_mean(moments, counts)  # (..., Q, S)
+    is_zero = (q == 0).to(seg_var.device).unsqueeze(-1)
+    safe_q = torch.where(q == 0, torch.ones_like(q), q).to(seg_var.dtype).unsqueeze(-1)
+    log_moment = torch.log(torch.where(is_zero, torch.ones_like(means), means)) + shift
+    return torch.where(is_zero, 0.5 * means, log_moment / safe_q + 0.5 * torch.log(top).unsqueeze(-1))
 
 
 def _check_order(order) -> int:
@@ -169,11 +235,14 @@ def _log_fq_all(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int,
 
 def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool) -> torch.Tensor:
     profile, prefix = _profile(t)
-    cols = []
-    for s in scales:
-        seg_var = _segment_variances(profile, prefix, s, order, both, t.dtype)
-        cols.append(_log_fq(seg_var, q))
-    return torch.stack(cols, -1)  # (..., Q, S)
+    energies = torch.cat([_segment_energies(profile, prefix, s, order, both) for s in scales], -1)  # (..., V)
+    counts = _segments_per_scale(t.shape[-1], scales, both)
+    # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
+    seg_var = energies.clamp_min(0.0) / _segment_sizes(t.shape[-1], scales, both, profile.dtype, profile.device)
+    log_fq = _log_fq_scales(seg_var, counts, q, q.tolist())
+    if not bool(torch.isfinite(log_fq).all()):  # extreme F2 ranges: per-scale log-sum-exp
+        log_fq = torch.stack([_log_fq(v, q) for v in seg_var.split(counts, -1)], -1)
+    return log_fq.to(t.dtype)  # (..., Q, S)
 
 
 def _as_q(q_vals, device, allow_single: bool = False) -> torch.Tensor:
