@@ -110,8 +110,14 @@ def search_algorithm(sweep: Sweep):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = optuna.samplers.TPESampler(seed=sweep.seed) if sweep.method == "tpe" else \
-        optuna.samplers.CmaEsSampler(seed=sweep.seed)
+    if sweep.method == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=sweep.seed)
+    else:
+        # Optuna learns the search space from finished trials, so the trials asked before the first one finished
+        # (the first max_concurrent) are drawn at random; from then on CMA-ES draws every trial. That fallback is
+        # the only one possible here (the space is fixed and the schema refuses categoricals with cmaes): its
+        # per-parameter warning is noise.
+        sampler = optuna.samplers.CmaEsSampler(seed=sweep.seed, warn_independent_sampling=False)
     return ConcurrencyLimiter(OptunaSearch(sampler=sampler, metric=sweep.metric.name, mode=sweep.metric.mode),
                               max_concurrent=sweep.max_concurrent)
 
