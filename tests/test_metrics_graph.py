@@ -306,3 +306,26 @@ def test_cuda_matches_cpu():
         functional_connectivity_latents(lat.cuda(), "partial", weighted=True).cpu(),
         functional_connectivity_latents(lat, "partial", weighted=True),
     )
+
+
+@pytest.mark.parametrize("n_nodes", [20, 90])
+@pytest.mark.parametrize("components", ["largest", "sum"])
+@pytest.mark.parametrize("given_eps", [True, False])
+def test_cpu_and_device_box_kernels_agree(n_nodes, components, given_eps):
+    # CPU tensors take the SciPy + NumPy kernels; CUDA the torch ones. Run the torch kernels here
+    # on CPU, so CI checks the CUDA algorithm against the CPU one (90 nodes: two bitset words and
+    # one colouring pass per box size).
+    from fractals import box_covering as bc
+
+    rng = np.random.default_rng(n_nodes)
+    graphs = []
+    for _ in range(3):  # sparse random geometric-like graphs with a second component
+        g = nx.random_geometric_graph(n_nodes - 5, 0.25, seed=int(rng.integers(1 << 30)))
+        g.add_edges_from([(n_nodes - 5 + i, n_nodes - 4 + i) for i in range(4)])
+        graphs.append(nx.to_numpy_array(g, nodelist=range(n_nodes)) > 0)
+    a = torch.from_numpy(np.stack(graphs))
+    eps = torch.tensor([1, 2, 3, 5]) if given_eps else None
+    cpu = bc._cover_cpu(a, eps, components)
+    dev = bc._cover_device(a, eps, components)
+    for got, want in zip(cpu, dev):
+        assert torch.equal(got.to(want.dtype), want)
