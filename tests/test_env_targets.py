@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fmx.runner import STORAGE_ENV, TRACKING_ENV, make_plan, resolve_targets
-from fmx.schema import SweepFileError, parse_sweep
+from fmx.schema import DEFAULT_STORAGE_PATH, SweepFileError, choose_target, parse_sweep
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 ACCESS = "AKIAIOSFODNN7EXAMPLE"
@@ -25,6 +25,17 @@ def clean_env(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     return monkeypatch
+
+
+def test_choose_target_precedence_file_then_environment_then_default():
+    """The rule alone (light: fmx.schema, no Ray), as the CLI's --storage default can use it too."""
+    env = {STORAGE_ENV: "s3://b/ray"}
+    pick = lambda value, env: choose_target(value, default=DEFAULT_STORAGE_PATH, env_var=STORAGE_ENV, env=env)  # noqa: E731
+    assert pick("s3://mine/x", env) == ("s3://mine/x", "sweep file")
+    assert pick(DEFAULT_STORAGE_PATH, env) == ("s3://b/ray", STORAGE_ENV)
+    assert pick(DEFAULT_STORAGE_PATH, {STORAGE_ENV: " s3://b/ray\n"}) == ("s3://b/ray", STORAGE_ENV)
+    assert pick(DEFAULT_STORAGE_PATH, {STORAGE_ENV: ""}) == (DEFAULT_STORAGE_PATH, "default")
+    assert pick(DEFAULT_STORAGE_PATH, {}) == (DEFAULT_STORAGE_PATH, "default")
 
 
 def test_defaults_without_environment_are_local_under_the_project(clean_env, tmp_path):
@@ -103,6 +114,11 @@ def test_a_tracking_variable_with_a_password_is_refused_without_showing_it(clean
     with pytest.raises(SweepFileError, match="tracking.uri: credentials never go") as exc:
         _sweep(tracking={"uri": f"https://admin:{SECRET}@mlflow.example.org"})
     assert SECRET not in str(exc.value)
+    with pytest.raises(SweepFileError, match="storage.path: credentials never go") as exc:
+        _sweep(storage={"path": f"s3://{ACCESS}:{SECRET}@bucket/ray"})
+    assert SECRET not in str(exc.value) and ACCESS not in str(exc.value)
+    # a user name alone is not a credential (sqlite and plain hosts pass)
+    assert _sweep(tracking={"uri": "http://mlflow@neurofmx-mlflow:5000"}).tracking.uri.startswith("http://mlflow@")
 
 
 def test_describe_names_each_source_and_no_credentials(clean_env, tmp_path):

@@ -28,8 +28,9 @@ from typing import Any, Mapping
 
 from fmx import storage as st
 from fmx import tracking
-from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, Categorical, Constant, Grid, IntRange, LogUniform,
-                        Storage, Sweep, Uniform, mask_uri_password, uri_has_password)
+from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_FILE, STORAGE_ENV, TRACKING_ENV,
+                        Categorical, Constant, Grid, IntRange, LogUniform, Storage, Sweep, Uniform, choose_target,
+                        mask_uri_password, uri_has_password)
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,6 @@ TRIAL_CPU = 0.01  # the Tune function only waits on its TorchTrainer; 0 is rejec
 # Test hook: '{"epoch": 1, "marker": "/tmp/x"}' makes rank 0 of the first trial to reach epoch 1 die (os._exit)
 # in the middle of it, as a lost worker would; the marker file makes it happen once.
 FAULT_ENV = "FMX_TEST_FAULT"
-STORAGE_ENV = "FMX_STORAGE_PATH"     # the Helm chart sets it in every Ray pod: s3://BUCKET/ray
-TRACKING_ENV = "MLFLOW_TRACKING_URI"  # the Helm chart sets it to the in-cluster MLflow service
-SOURCE_FILE, SOURCE_DEFAULT = "sweep file", "default"
 
 
 @dataclass
@@ -265,15 +263,6 @@ class Targets:
                          f"tracking: {self.tracking_uri} (from {self.tracking_source})")
 
 
-def _choose(value: str, default: str, env_var: str, env: Mapping[str, str]) -> tuple[str, str]:
-    # A value equal to the default counts as the default: the shipped sweep files spell the defaults out, and a
-    # resumed sweep comes back from its pointer with every field filled in.
-    if value != default:
-        return value, SOURCE_FILE
-    from_env = (env.get(env_var) or "").strip()
-    return (from_env, env_var) if from_env else (default, SOURCE_DEFAULT)
-
-
 def resolve_targets(sweep: Sweep, *, root: str | Path | None = None,
                     env: Mapping[str, str] | None = None) -> Targets:
     """Storage and tracking for a sweep: the sweep file's value, else the environment, else the local default.
@@ -297,15 +286,17 @@ def resolve_targets(sweep: Sweep, *, root: str | Path | None = None,
     """
     env = os.environ if env is None else env
     root = Path(root or os.getcwd())
-    path, storage_source = _choose(sweep.storage.path, DEFAULT_STORAGE_PATH, STORAGE_ENV, env)
+    path, storage_source = choose_target(sweep.storage.path, default=DEFAULT_STORAGE_PATH, env_var=STORAGE_ENV,
+                                         env=env)
     if storage_source == STORAGE_ENV:
         try:
             Storage(path=path)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             problem = exc.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(exc, "errors") else str(exc)
             raise ValueError(f"{STORAGE_ENV}={mask_uri_password(path)!r}: {problem}; set it to s3://bucket/prefix "
-                             "or a local folder, or unset it to use the sweep file's storage.path") from None
-    uri, tracking_source = _choose(sweep.tracking.uri, DEFAULT_TRACKING_URI, TRACKING_ENV, env)
+                             "or a local folder, or unset it to use the local default") from None
+    uri, tracking_source = choose_target(sweep.tracking.uri, default=DEFAULT_TRACKING_URI, env_var=TRACKING_ENV,
+                                         env=env)
     if tracking_source == TRACKING_ENV and uri_has_password(uri):
         raise ValueError(f"{TRACKING_ENV}={mask_uri_password(uri)!r} carries user:password@; drop them from the URI "
                          "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead, so they never "

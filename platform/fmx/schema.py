@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -27,9 +28,26 @@ _SECRET_KEY = re.compile(r"(secret|password|token|access_key|credential)", re.IG
 # scheme://user:password@host: a password inside a URI would reach params, tags, logs and the sweep pointer.
 _URI_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@")
 # The local defaults. A sweep whose storage.path / tracking.uri equals them lets FMX_STORAGE_PATH /
-# MLFLOW_TRACKING_URI choose instead (fmx.runner.resolve_targets): cluster pods set both.
+# MLFLOW_TRACKING_URI choose instead (choose_target; fmx.runner.resolve_targets): cluster pods set both.
 DEFAULT_STORAGE_PATH = "runs/ray"
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+STORAGE_ENV = "FMX_STORAGE_PATH"     # the Helm chart sets it in every Ray pod: s3://BUCKET/ray
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # the Helm chart sets it to the in-cluster MLflow service
+SOURCE_FILE, SOURCE_DEFAULT = "sweep file", "default"
+
+
+def choose_target(value: str, *, default: str, env_var: str, env=None) -> tuple[str, str]:
+    """The precedence of a storage path or tracking URI: ``(value, source)``.
+
+    A value other than ``default`` is the sweep file's own (source ``"sweep file"``); a value equal to it (omitted,
+    or written as the default, as the shipped sweeps do; a resumed sweep also comes back from its pointer with
+    every field filled in) yields to a non-empty ``env[env_var]`` (source: the variable's name); otherwise the
+    default (source ``"default"``). ``env`` defaults to ``os.environ``.
+    """
+    if value != default:
+        return value, SOURCE_FILE
+    from_env = ((os.environ if env is None else env).get(env_var) or "").strip()
+    return (from_env, env_var) if from_env else (default, SOURCE_DEFAULT)
 
 
 def uri_has_password(uri: str) -> bool:
