@@ -11,6 +11,7 @@ prints series per second side by side with the speedup. Output is a markdown tab
     .venv/bin/python benchmarks/metrics.py --device cpu                      # reduced, + references
     .venv/bin/python benchmarks/metrics.py --device cuda                     # 32 x 256 x 8192
     .venv/bin/python benchmarks/metrics.py --device cuda --dtype float64
+    .venv/bin/python benchmarks/metrics.py --device cpu --threads 1 --clock process --graph-shape 32 256
 """
 from __future__ import annotations
 
@@ -49,16 +50,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK = time.perf_counter  # --clock process: CPU time of this process (robust to other jobs' load)
+
+
 def _median_seconds(fn, device: torch.device, warmup: int, repeat: int) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -196,7 +200,18 @@ def main() -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip the reference libraries")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here (atomically)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "process"],
+                        help="process: CPU seconds of this process (CPU only, use with --threads 1 on a shared "
+                             "machine: other jobs' load then barely moves the numbers)")
+    parser.add_argument("--graph-shape", type=int, nargs=2, default=None, metavar=("B", "C"),
+                        help="also time FC + graph FD on B graphs of C nodes (T = 2048) against networkx on "
+                             "one such graph (CPU; e.g. 32 256, the design batch)")
     args = parser.parse_args()
+    global CLOCK
+    if args.clock == "process":
+        if args.device != "cpu":
+            parser.error("--clock process: only for --device cpu (CUDA kernels run off this process's clock)")
+        CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -244,6 +259,19 @@ def main() -> int:
             rows.append(dict(metric=name, ours_s=sec, ours_series_per_s=ours_rate, reference=lib,
                              reference_series_per_s=ref_rate))
     print(f"| **total pass** | {total * 1e3:.1f} | {n_series / total:.0f} | | | |")
+    if args.graph_shape and device.type == "cpu":
+        gb, gc = args.graph_shape
+        print(f"  FC + graph FD on {gb} graphs of {gc} nodes ...", file=sys.stderr, flush=True)
+        big = make_series(gb, gc, 2048)
+        ours_g = _median_seconds(our_metrics(big.to(dtype))["fc_graph_fd"], device, args.warmup, args.repeat)
+        ref = reference_metrics(big.reshape(-1, 2048).numpy(), gc).get("fc_graph_fd", [])
+        for lib, fn, count in ref:
+            ref_sec = _median_seconds(fn, device, 0, 1)
+            speed = (gb / ours_g) / (1 / ref_sec)
+            print(f"| fc_graph_fd, {gb} graphs x {gc} nodes | {ours_g * 1e3:.1f} | {gb * gc / ours_g:.0f} | {lib} "
+                  f"| {count / ref_sec:.1f} | {speed:.0f}x |")
+            rows.append(dict(metric=f"fc_graph_fd_{gb}x{gc}", ours_s=ours_g, ours_series_per_s=gb * gc / ours_g,
+                             reference=lib, reference_series_per_s=count / ref_sec))
     if args.json:
         payload = dict(shape=[b, c, t], dtype=args.dtype, device=device.type, host=host, rows=rows, total_s=total)
         args.json.parent.mkdir(parents=True, exist_ok=True)
