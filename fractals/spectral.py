@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from fractals._checks import as_tensor, check_finite, check_ndim, check_not_constant, check_positive
+from fractals.spectral_peaks import find_peaks as _find_peaks
 
 __all__ = ["welch_psd", "spectral_beta", "fit_aperiodic", "SpectralFit"]
 
 MIN_BAND_BINS = 6  # fewer bins than this cannot separate a slope from a peak
-_FWHM_PER_SD = 2.0 * math.sqrt(2.0 * math.log(2.0))
-_SMOOTH_VAR_BINS = 12.0 / 9.0  # variance (bins^2) of the 5-bin triangular smoother
 
 
 @dataclass
@@ -191,128 +190,6 @@ def _wls_line(lx: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch
     ss_tot = (w * dy * dy).sum(-1)
     r2 = 1.0 - (w * resid * resid).sum(-1) / ss_tot.clamp_min(torch.finfo(y.dtype).tiny)
     return offset, slope, r2
-
-
-def _smooth(r: torch.Tensor) -> torch.Tensor:
-    """Triangular 5-bin moving average along the last axis (edge bins replicated)."""
-    kernel = torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0], dtype=r.dtype, device=r.device) / 9.0
-    flat = r.reshape(-1, 1, r.shape[-1])
-    padded = torch.nn.functional.pad(flat, (2, 2), mode="replicate")
-    return torch.nn.functional.conv1d(padded, kernel.view(1, 1, -1)).reshape(r.shape)
-
-
-def _crossing(excess: torch.Tensor, k: torch.Tensor, half: torch.Tensor, side: int) -> torch.Tensor:
-    """Fractional bin where ``excess`` first drops below ``half`` walking from ``k`` (side -1 or +1)."""
-    F = excess.shape[-1]
-    idx = torch.arange(F, device=excess.device)
-    below = excess < half.unsqueeze(-1)
-    kk = k.unsqueeze(-1)
-    if side < 0:
-        j = torch.where(below & (idx < kk), idx, -1).amax(-1)
-        inner = (j + 1).clamp_max(F - 1)
-    else:
-        j = torch.where(below & (idx > kk), idx, F).amin(-1)
-        inner = (j - 1).clamp_min(0)
-    hit = (j >= 0) & (j < F)
-    jc = j.clamp(0, F - 1)
-    e_out, e_in = excess.gather(-1, jc.unsqueeze(-1)).squeeze(-1), excess.gather(-1, inner.unsqueeze(-1)).squeeze(-1)
-    frac = ((e_in - half) / (e_in - e_out).clamp_min(1e-12)).clamp(0, 1)
-    pos = inner.to(excess.dtype) + side * frac
-    edge = torch.full_like(pos, -0.5 if side < 0 else F - 0.5)
-    return torch.where(hit, pos, edge)
-
-
-def _gaussian_from_parabola(excess: torch.Tensor, in_run: torch.Tensor, k: torch.Tensor, df: float):
-    """Guo's weighted Caruana fit: ``ln excess`` of a Gaussian bump is a parabola around bin ``k``.
-
-    Returns ``(amp, centre_shift_bins, sd_hz, ok)`` per series; ``ok`` is False where the fit is
-    degenerate (too few bins, not concave, centre more than 2 bins away).
-    """
-    out_dtype = excess.dtype
-    excess = excess.double()  # 3x3 normal equations with u^4 terms: float32 is not enough
-    F = excess.shape[-1]
-    u = (torch.arange(F, device=excess.device) - k.unsqueeze(-1)).to(excess.dtype)
-    basis = torch.stack([torch.ones_like(u), u, u * u], -1)  # (..., F, 3)
-    w = torch.where(in_run, excess, torch.zeros_like(excess)).square()  # Guo: weight by signal^2
-    lne = torch.log(excess.clamp_min(1e-12))
-    wb = w.unsqueeze(-1) * basis
-    lhs = wb.transpose(-1, -2) @ basis
-    ridge = 1e-9 * lhs.diagonal(dim1=-2, dim2=-1).amax(-1) + 1e-12
-    lhs = lhs + ridge[..., None, None] * torch.eye(3, dtype=excess.dtype, device=excess.device)
-    rhs = (wb * lne.unsqueeze(-1)).sum(-2)
-    sol, info = torch.linalg.solve_ex(lhs, rhs.unsqueeze(-1))
-    c0, c1, c2 = sol.squeeze(-1).unbind(-1)
-    ok = (in_run.sum(-1) >= 3) & (c2 < 0) & (info == 0) & torch.isfinite(sol).all(-2).squeeze(-1)
-    c2 = torch.where(ok, c2, -torch.ones_like(c2))
-    var_bins = -1.0 / (2 * c2) - _SMOOTH_VAR_BINS
-    shift = -c1 / (2 * c2)
-    ok = ok & ((var_bins > 0.25) & (shift.abs() <= 2))
-    amp = torch.exp((c0 - c1 * c1 / (4 * c2)).clamp(max=30.0))
-    sd = var_bins.clamp_min(0.25).sqrt() * df
-    return amp.to(out_dtype), shift.to(out_dtype), sd.to(out_dtype), ok
-
-
-def _find_peaks(resid: torch.Tensor, keep: torch.Tensor, f_band: torch.Tensor, df: float, threshold: float,
-                min_height: float, max_n_peaks: int, mask_level: float):
-    """Greedy peak detection and Gaussian modelling on a log10 residual ``(..., F)``.
-
-    The residual (data minus aperiodic line) is smoothed; background level and noise sigma come
-    from its lower tail. Then up to ``max_n_peaks`` times, as in specparam: take the highest bin;
-    if it exceeds ``max(threshold * sigma, min_height)`` it is a peak; fit a Gaussian to the excess
-    linear power around it (Guo's weighted parabola on ``ln``, FWHM crossings as a fallback),
-    subtract it and search again. Returns ``(mask, model, freq, height, fwhm, valid)`` where
-    ``model`` is the summed relative peak power ``sum_i A_i g_i(f)`` and ``mask`` marks the peak
-    cores where ``model > mask_level`` (plus the peak bin and its two neighbours).
-    """
-    F = resid.shape[-1]
-    rs = _smooth(resid)
-    # Background level and noise from the lower tail only (peaks only ever add power), so they
-    # stay right even when peaks cover most of the band: for a Gaussian, q30 - q10 = 0.757 sigma.
-    q10, q30 = (torch.nanquantile(torch.where(keep, rs, torch.nan), q, dim=-1) for q in (0.1, 0.3))
-    sigma = ((q30 - q10) / 0.7572).clamp_min(torch.finfo(rs.dtype).eps)
-    rs = rs - (q30 + 0.5244 * sigma).unsqueeze(-1)
-    thr = torch.clamp(threshold * sigma, min=min_height)
-    ln10 = math.log(10.0)
-    idx = torch.arange(F, device=rs.device)
-    work = rs.clone()
-    mask = torch.zeros_like(rs, dtype=torch.bool)
-    model = torch.zeros_like(rs)
-    zero = torch.zeros_like(rs[..., 0])
-    freqs, heights, widths, valids = [], [], [], []
-    for _ in range(min(max_n_peaks, F)):
-        height, k = work.max(-1)
-        valid = height > thr
-        if not bool(valid.any()):
-            break
-        amp = torch.expm1(height * ln10)  # peak power / aperiodic power
-        excess = torch.expm1(work * ln10)
-        fwhm_bins = (_crossing(excess, k, amp / 2, +1) - _crossing(excess, k, amp / 2, -1)).clamp_min(1.0)
-        kk = k.unsqueeze(-1)
-        run_left = torch.where((work < 0) & (idx < kk), idx, -1).amax(-1, keepdim=True)
-        run_right = torch.where((work < 0) & (idx > kk), idx, F).amin(-1, keepdim=True)
-        in_run = (idx > run_left) & (idx < run_right) & (excess > 0.05 * amp.unsqueeze(-1))
-        g_amp, shift, g_sd, ok = _gaussian_from_parabola(excess, in_run, k, df)
-        sd_cross = fwhm_bins * df / _FWHM_PER_SD
-        # A parabola spanning two merged peaks comes out far wider than the half-maximum width.
-        ok = ok & ((g_sd <= 2.0 * sd_cross) & (g_sd >= 0.5 * sd_cross))
-        amp = torch.where(ok, g_amp, amp)
-        sd = torch.where(ok, g_sd, sd_cross)
-        f_peak = f_band[k] + torch.where(ok, shift, torch.zeros_like(shift)) * df
-        gauss = amp.unsqueeze(-1) * torch.exp(-0.5 * ((f_band - f_peak.unsqueeze(-1)) / sd.unsqueeze(-1)) ** 2)
-        gauss = torch.where(valid.unsqueeze(-1), gauss, torch.zeros_like(gauss))
-        core = valid.unsqueeze(-1) & ((gauss > mask_level) | ((idx - kk).abs() <= 1))
-        mask = mask | core
-        model = model + gauss
-        # Subtract this peak so its shoulders are not found again; its core is never re-picked.
-        work = (work - torch.log1p(gauss) / ln10).masked_fill(core, -math.inf)
-        freqs.append(torch.where(valid, f_peak, zero))
-        heights.append(torch.where(valid, torch.log1p(amp) / ln10, zero))
-        widths.append(torch.where(valid, sd * _FWHM_PER_SD, zero))
-        valids.append(valid)
-    while len(freqs) < min(max_n_peaks, F):
-        freqs.append(zero), heights.append(zero), widths.append(zero), valids.append(zero.bool())
-    stack = lambda seq: torch.stack(seq, -1)  # noqa: E731
-    return mask, model, stack(freqs), stack(heights), stack(widths), stack(valids)
 
 
 def _default_nperseg(n: int) -> int:
