@@ -32,7 +32,7 @@ from models.heads import (
     UncertaintyWeightedLoss,
     channel_view,
 )
-from models.layers.scale_encoding import ScaleEncoding
+from models.layers.scale_encoding import ScaleEncoding, WaveletScatteringEncoding
 from models.perceiver import PerceiverIOEncoder
 from models.popt import PopT, channel_summaries
 from models.tokenizers import MultimodalTokenizer
@@ -74,7 +74,9 @@ class NeuroFMx(nn.Module):
         ``None`` (off) or ``{n_taps, min_alpha, max_alpha}``: gated power-law kernels on the conv
         stage of every Mamba-2 block.
     scale_encodings
-        ``None`` (off) or ``{wavelet_scales: [...]}``: causal band energies added before the SSM.
+        ``None`` (off), ``{kind: filterbank, wavelet_scales: [...]}`` (causal band energies added
+        before the SSM) or ``{kind: scattering, J, Q, n_probe}`` (kymatio wavelet scattering;
+        non-causal, so not with the forecast head).
     popt
         Options of :class:`models.popt.PopT` (``n_summary_tokens``, ``n_layers``, ``n_heads``).
     heads
@@ -104,9 +106,7 @@ class NeuroFMx(nn.Module):
         self.perceiver = PerceiverIOEncoder(d_model=d_model, **dict(perceiver or {}))
         # One SSM/head step covers chunk_size token bins.
         self.step_size = self.patch_size * self.perceiver.chunk_size
-        self.scale_encoding = None
-        if scale_encodings is not None:
-            self.scale_encoding = ScaleEncoding(d_model=d_model, scales=list(scale_encodings["wavelet_scales"]))
+        self.scale_encoding = self._build_scale_encoding(dict(scale_encodings) if scale_encodings else None, heads)
         ssm = dict(ssm or {})
         n_layers = int(ssm.pop("n_layers", 2))
         self.backbone = Mamba2Stack(d_model=d_model, n_layers=n_layers,
@@ -117,6 +117,22 @@ class NeuroFMx(nn.Module):
         self.loss_weighting = UncertaintyWeightedLoss(task_names=self.loss_names)
 
     # ------------------------------------------------------------------ construction
+    def _build_scale_encoding(self, se: dict | None, heads: Mapping[str, Any] | None) -> nn.Module | None:
+        if se is None:
+            return None
+        kind = se.get("kind", "filterbank")
+        if kind == "filterbank":
+            return ScaleEncoding(d_model=self.d_model, scales=list(se["wavelet_scales"]))
+        if kind == "scattering":
+            if "forecast" in dict(heads or {}):
+                raise ValueError(
+                    "fractals.backbone.scale_encodings.kind: 'scattering' is non-causal and the forecast head "
+                    "would see the future; use kind=filterbank or drop model.heads.forecast"
+                )
+            opts = {k: int(se[k]) for k in ("J", "Q", "n_probe") if k in se}
+            return WaveletScatteringEncoding(d_model=self.d_model, **opts)
+        raise ValueError(f"fractals.backbone.scale_encodings.kind: must be 'filterbank' or 'scattering', got {kind!r}")
+
     def _build_heads(self, heads: dict[str, Any]) -> None:
         unknown = set(heads) - {"forecast", "reconstruction", "behavior", "contrastive", "adversarial"}
         if unknown:
@@ -178,7 +194,7 @@ class NeuroFMx(nn.Module):
             d_model=int(m["d_model"]), patch_size=int(m["patch_size"]), tokenizers=m["tokenizers"],
             perceiver=m.get("perceiver"), ssm=m.get("ssm"),
             fractional_kernels={k: fk[k] for k in ("n_taps", "min_alpha", "max_alpha")} if fk.get("enable") else None,
-            scale_encodings={"wavelet_scales": se["wavelet_scales"]} if se.get("enable") else None,
+            scale_encodings={k: v for k, v in se.items() if k != "enable"} if se.get("enable") else None,
             popt=m.get("popt"), heads=m.get("heads"),
         )
 

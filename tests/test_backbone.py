@@ -201,10 +201,22 @@ def test_scale_encoding_shapes_causality_and_zero_init():
 
 
 def test_wavelet_scattering_encoding():
-    pytest.importorskip("kymatio", reason="kymatio not installed: the scattering front end is optional")
-    enc = WaveletScatteringEncoding(d_model=16, seq_len=64, J=2)
+    pytest.importorskip("kymatio", reason="kymatio (dev extra) provides the scattering front end")
+    torch.manual_seed(0)
+    enc = WaveletScatteringEncoding(d_model=16, J=2, n_probe=3)
     x = torch.randn(2, 64, 16)
-    torch.testing.assert_close(enc(x), x)
+    torch.testing.assert_close(enc(x), x)  # zero-initialised projection: off at start
+    torch.nn.init.normal_(enc.proj.weight)
+    for t in (64, 37):  # any length >= 2**J, one operator per length, same parameters
+        y = enc(x[:, :t])
+        assert y.shape == (2, t, 16) and torch.isfinite(y).all() and not torch.allclose(y, x[:, :t])
+    assert "_operators" not in str(list(enc.state_dict()))
+    # Non-causal by design: the future changes the past (why the model refuses it with forecasting).
+    x2 = x.clone()
+    x2[:, 40:] += 5.0
+    assert not torch.allclose(enc(x2)[:, :32], enc(x)[:, :32])
+    with pytest.raises(ValueError, match="at least 2\\*\\*J = 4"):
+        enc(x[:, :3])
 
 
 def test_portable_scan_runs_in_float32_under_autocast():

@@ -131,6 +131,25 @@ def test_fractals_backbone_switches_come_from_the_composed_config():
     assert m2.scale_encoding is None and m2.backbone.layers[0].mixer.fractional is None
 
 
+def test_scattering_scale_encoding_from_config(batch):
+    pytest.importorskip("kymatio", reason="kymatio (dev extra) provides the scattering front end")
+    scatter = {"backbone": {"scale_encodings": {"enable": True, "kind": "scattering", "J": 2, "Q": 1, "n_probe": 2}}}
+    cfg = load_preset("tiny")
+    with pytest.raises(ValueError, match="non-causal.*forecast"):
+        NeuroFMx.from_config({"model": cfg, "fractals": scatter})
+    cfg["heads"] = {k: v for k, v in cfg["heads"].items() if k != "forecast"}
+    torch.manual_seed(0)
+    m = NeuroFMx.from_config({"model": cfg, "fractals": scatter})
+    assert type(m.scale_encoding).__name__ == "WaveletScatteringEncoding"
+    out = m(batch)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert m.scale_encoding.proj.weight.grad is not None and m.scale_encoding.proj.weight.grad.abs().sum() > 0
+    bad = {"backbone": {"scale_encodings": {"enable": True, "kind": "wavelets"}}}
+    with pytest.raises(ValueError, match="kind: must be 'filterbank' or 'scattering'"):
+        NeuroFMx.from_config({"model": cfg, "fractals": bad})
+
+
 def test_bad_configs_and_batches_raise_clear_errors(batch):
     cfg = load_preset("tiny")
     with pytest.raises(ValueError, match="missing field"):

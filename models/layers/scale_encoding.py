@@ -6,8 +6,8 @@ applied, its squared magnitude smoothed over ``s`` samples and log-compressed. A
 switching the encoding on does not change a fresh model's output. Everything is causal: the energy
 at token ``t`` uses tokens ``<= t`` only, which keeps the forecasting path causal.
 
-:class:`WaveletScatteringEncoding` uses ``kymatio`` 1-D scattering when it is installed (optional,
-non-causal; for offline encoders only).
+:class:`WaveletScatteringEncoding` uses ``kymatio`` 1-D wavelet scattering when it is installed
+(optional, non-causal; for encoders only). Config: ``fractals.backbone.scale_encodings.kind``.
 """
 from __future__ import annotations
 
@@ -118,38 +118,75 @@ class ScaleEncoding(nn.Module):
         return x + self.proj(self.energies(x).flatten(2))
 
 
+def _scipy_sph_harm_shim() -> None:
+    """Let kymatio 0.3.0 (the newest release) import under SciPy >= 1.17.
+
+    ``import kymatio`` loads its 3-D frontend, which imports ``scipy.special.sph_harm``; SciPy 1.17
+    removed that name in favour of ``sph_harm_y(n, m, theta, phi)`` (argument order and angle
+    names swapped). The 1-D scattering used here never calls it, but the import fails without it.
+    """
+    import scipy.special as special
+
+    if not hasattr(special, "sph_harm") and hasattr(special, "sph_harm_y"):
+        special.sph_harm = lambda m, n, azimuth, polar: special.sph_harm_y(n, m, polar, azimuth)
+
+
 class WaveletScatteringEncoding(nn.Module):
     """First/second-order 1-D wavelet scattering (``kymatio``) of probe channels, added to tokens.
 
-    Non-causal (the scattering averages over ``2**J`` samples both ways): use it for encoders, not on
-    the forecasting path. Raises ``ImportError`` naming the fix when kymatio is not installed.
+    A learned linear probe reduces the ``d_model`` features to ``n_probe`` channels; each is
+    scattered (averaging scale ``2**J``, ``Q`` wavelets per octave), log-compressed, brought back
+    to the token rate and added through a zero-initialised projection, so switching it on leaves a
+    fresh model unchanged. The number of coefficients depends on ``J`` and ``Q`` only, so one
+    module serves any sequence length ``T >= 2**J``: a kymatio operator per length is built on
+    first use and cached outside the state dict (it has no parameters).
+
+    Non-causal: scattering averages over ``2**J`` samples both ways. Use it for encoders, never on
+    the forecasting path (:class:`models.neurofmx.NeuroFMx` refuses that combination). Raises
+    ``ImportError`` naming the fix when kymatio is not installed.
 
     Shape:
-        - x: ``(B, T, d_model)`` with fixed ``T``; output: ``(B, T, d_model)``
+        - x: ``(B, T, d_model)``; output: same shape
     """
 
-    def __init__(self, *, d_model: int, seq_len: int, J: int = 3, Q: int = 1, n_probe: int = 4):
+    def __init__(self, *, d_model: int, J: int = 3, Q: int = 1, n_probe: int = 4):
         super().__init__()
-        try:
-            from kymatio.torch import Scattering1D
-        except Exception as exc:  # noqa: BLE001 - optional dependency
-            raise ImportError(
-                "WaveletScatteringEncoding needs kymatio: `pip install kymatio`, or use ScaleEncoding "
-                f"(fractals.backbone.scale_encodings) which needs nothing extra ({exc})"
-            ) from exc
-        self.seq_len = seq_len
-        self.scattering = Scattering1D(J=J, shape=seq_len, Q=Q)
-        self.probe = nn.Linear(d_model, n_probe, bias=False)
-        n_coef = int(self.scattering(torch.zeros(1, seq_len)).shape[-2])
-        self.proj = nn.Linear(n_probe * n_coef, d_model)
+        self._scattering_class = _kymatio_scattering1d()
+        if int(J) < 1 or int(Q) < 1 or int(n_probe) < 1:
+            raise ValueError(f"WaveletScatteringEncoding: J, Q and n_probe must be >= 1, got J={J}, Q={Q}, n_probe={n_probe}")
+        self.J, self.Q, self.n_probe = int(J), int(Q), int(n_probe)
+        self._operators: dict = {}  # (T, device) -> kymatio Scattering1D; not parameters
+        self.probe = nn.Linear(d_model, self.n_probe, bias=False)
+        n_coef = int(self._operator(2 ** (self.J + 1), torch.device("cpu"))(torch.zeros(1, 2 ** (self.J + 1))).shape[-2])
+        self.proj = nn.Linear(self.n_probe * n_coef, d_model)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def _operator(self, t: int, device: torch.device):
+        key = (t, str(device))
+        op = self._operators.get(key)
+        if op is None:
+            op = self._scattering_class(J=self.J, shape=t, Q=self.Q).to(device)
+            self._operators[key] = op
+        return op
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        if t != self.seq_len:
-            raise ValueError(f"x: time axis must be seq_len={self.seq_len}, got {t}")
-        probe = self.probe(x).transpose(1, 2).float()  # (B, n_probe, T)
-        coef = self.scattering(probe)  # (B, n_probe, n_coef, T / 2**J)
+        if t < 2**self.J:
+            raise ValueError(f"x: needs at least 2**J = {2 ** self.J} time steps for scattering, got {t}: lower J")
+        probe = self.probe(x).transpose(1, 2).float().contiguous()  # (B, n_probe, T); kymatio needs contiguous
+        coef = self._operator(t, x.device)(probe)  # (B, n_probe, n_coef, ceil(T / 2**J))
         coef = F.interpolate(coef.flatten(1, 2), size=t, mode="nearest")  # back to token rate
         return x + self.proj(torch.log1p(coef.abs()).transpose(1, 2).to(x.dtype))
+
+
+def _kymatio_scattering1d():
+    try:
+        _scipy_sph_harm_shim()
+        from kymatio.torch import Scattering1D
+    except Exception as exc:  # noqa: BLE001 - optional dependency
+        raise ImportError(
+            "WaveletScatteringEncoding needs kymatio: `pip install kymatio`, or set "
+            f"fractals.backbone.scale_encodings.kind=filterbank, which needs nothing extra ({exc})"
+        ) from exc
+    return Scattering1D
