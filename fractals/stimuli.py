@@ -431,6 +431,18 @@ def one_over_f_texture(
     return _finish(img, dtype, device)
 
 
+def _dyadic_setup(n, H, sigma, batch_shape, n_series, generator, device):
+    """Checked arguments of the dyadic generators, plus the grid size ``2**k + 1 >= n`` they build
+    on, the batch shape and the device random numbers are drawn on."""
+    n = _check_int(n, "n", 3)
+    H = _check_unit_open(H, "H")
+    sigma = _check_sigma(sigma)
+    size = 2 ** max(1, math.ceil(math.log2(n - 1))) + 1
+    batch = _resolve_batch(batch_shape, n_series)
+    draw_device = generator.device if generator is not None else (device or "cpu")
+    return n, H, sigma, size, batch, draw_device
+
+
 def diamond_square(
     n: int,
     H: float = 0.7,
@@ -457,13 +469,7 @@ def diamond_square(
     Shape:
         ``(*batch_shape, n, n)``.
     """
-    n = _check_int(n, "n", 3)
-    H = _check_unit_open(H, "H")
-    sigma = _check_sigma(sigma)
-    levels = max(1, math.ceil(math.log2(n - 1)))
-    size = 2**levels + 1
-    batch = _resolve_batch(batch_shape, n_series)
-    draw_device = generator.device if generator is not None else (device or "cpu")
+    n, H, sigma, size, batch, draw_device = _dyadic_setup(n, H, sigma, batch_shape, n_series, generator, device)
     grid = torch.zeros((*batch, size, size), dtype=torch.float64, device=draw_device)
     grid[..., :: size - 1, :: size - 1] = sigma * _randn((*batch, 2, 2), generator, device)
     scale = sigma
@@ -515,13 +521,7 @@ def midpoint_displacement(
     Shape:
         ``(*batch_shape, n)``, starting at 0 (built on the next 2**k + 1 points and cropped).
     """
-    n = _check_int(n, "n", 3)
-    H = _check_unit_open(H, "H")
-    sigma = _check_sigma(sigma)
-    levels = max(1, math.ceil(math.log2(n - 1)))
-    size = 2**levels + 1
-    batch = _resolve_batch(batch_shape, n_series)
-    draw_device = generator.device if generator is not None else (device or "cpu")
+    n, H, sigma, size, batch, draw_device = _dyadic_setup(n, H, sigma, batch_shape, n_series, generator, device)
     x = torch.zeros((*batch, size), dtype=torch.float64, device=draw_device)
     x[..., -1] = sigma * _randn(batch, generator, device)
     step = size - 1
