@@ -19,7 +19,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 # CUDA-equals-CPU tests of every estimator, prior, simulator, fingerprint and the fused Mamba-2 path.
-timeout 180 "$py" -m pytest -q -x -k "cuda or fused" -p no:cacheprovider \
+timeout 180 "$py" -m pytest -q -k "cuda or fused" -p no:cacheprovider \
   tests/test_metrics_api.py tests/test_metrics_temporal.py tests/test_metrics_dfa.py \
   tests/test_metrics_spectral.py tests/test_metrics_graph.py tests/test_metrics_windowed.py \
   tests/test_stimuli.py tests/test_regularizers.py tests/test_simulators.py tests/test_fingerprint.py \
