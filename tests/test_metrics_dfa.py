@@ -136,6 +136,23 @@ def test_autograd_through_dfa_and_mfdfa():
     assert y.grad is not None and bool(torch.isfinite(y.grad).all()) and float(y.grad.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("n", [4096, 3001])
+@pytest.mark.parametrize("scales", [[8, 16, 32, 64, 128], [6, 18, 36, 144]])
+@pytest.mark.parametrize("both", [True, False])
+def test_nested_octave_kernel_equals_per_scale_detrending(n, scales, both):
+    # Nested scales with order 1 merge each scale's centred sums from the finest one; any other
+    # grid detrends every scale from the samples. Both must give the same segment energies, for
+    # start- and end-aligned segments (n = 3001 leaves remainders at every scale).
+    from fractals.dfa import _nested_linear_energies, _nested_scales, _profile, _segment_energies
+
+    assert _nested_scales(scales, 1) and not _nested_scales(scales, 2) and not _nested_scales([8, 12, 24], 1)
+    x = S.fgn(n, 0.7, batch_shape=(3,), generator=torch.Generator().manual_seed(4))
+    profile, prefix = _profile(x)
+    nested = _nested_linear_energies(profile, prefix, scales, both)
+    direct = torch.cat([_segment_energies(profile, prefix, s, 1, both) for s in scales], -1)
+    torch.testing.assert_close(nested, direct, rtol=1e-9, atol=0.0)
+
+
 def test_hurst_from_dfa_kinds():
     assert hurst_from_dfa(1.7, signal="fbm") == pytest.approx(0.7)
     np.testing.assert_allclose(hurst_from_dfa(np.array([0.3, 0.8])), [0.3, 0.8])
