@@ -43,8 +43,9 @@ def test_status_and_resume_of_an_unknown_sweep_explain_where_they_looked(tmp_pat
         assert "no sweep named 'nosuch'" in " ".join(res.output.split())
 
 
-def test_status_reads_the_pointer_and_mlflow(tmp_path):
-    """A sweep recorded in a local sqlite store: status lists its trials by metric."""
+def test_status_reads_the_pointer_and_mlflow(tmp_path, monkeypatch):
+    """A sweep recorded in a local sqlite store: status lists its trials by metric; in a pod the
+    defaults yield to FMX_STORAGE_PATH and MLFLOW_TRACKING_URI, as for `fmx sweep run`."""
     from fmx import tracking
     from fmx.schema import load_sweep
 
@@ -73,6 +74,13 @@ def test_status_reads_the_pointer_and_mlflow(tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "trials.csv").read_text().splitlines()[1].startswith("t1")
     assert (out / "best_trials.png").stat().st_size > 1000
+
+    monkeypatch.setenv("FMX_STORAGE_PATH", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    res = _invoke("sweep", "status", "smoke")
+    assert res.exit_code == 0 and "FINISHED=2" in res.output, res.output
+    res = _invoke("compare", "smoke", "--out", str(tmp_path / "cmp_env"))
+    assert res.exit_code == 0 and (tmp_path / "cmp_env" / "trials.csv").exists(), res.output
 
 
 def test_compare_unknown_sweep(tmp_path):

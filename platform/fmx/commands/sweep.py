@@ -15,7 +15,7 @@ from rich.table import Table
 app = typer.Typer(help="Sweeps on Ray Tune + Ray Train, tracked in MLflow.", no_args_is_help=True)
 # Wide tables when piped (make demo, CI logs); the terminal's width otherwise.
 console = Console(width=None if sys.stdout.isatty() else 160)
-DEFAULT_STORAGE = "runs/ray"
+DEFAULT_STORAGE = "runs/ray"  # fmx.schema.DEFAULT_STORAGE_PATH; FMX_STORAGE_PATH wins over it (cluster pods)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -103,7 +103,10 @@ def run(file: Path = typer.Argument(..., help="sweep YAML file"),
     from fmx.runner import run_sweep
 
     sweep = _load(file)
-    outcome = run_sweep(sweep, sweep_text=file.read_text(), address=address, num_cpus=num_cpus)
+    try:
+        outcome = run_sweep(sweep, sweep_text=file.read_text(), address=address, num_cpus=num_cpus)
+    except ValueError as exc:  # e.g. an unusable FMX_STORAGE_PATH or MLFLOW_TRACKING_URI
+        _fail(str(exc))
     _print_outcome(outcome, sweep.metric.name)
     _exit_for(outcome, sweep)
 
@@ -118,9 +121,16 @@ def _exit_for(outcome, sweep) -> None:
 
 
 def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
+    from fmx.schema import STORAGE_ENV, choose_target
     from fmx.storage import read_pointer, resolve_storage
 
-    pointer = read_pointer(name, resolve_storage(storage, endpoint_url=endpoint_url))
+    # Same rule as `fmx sweep run`: the default yields to FMX_STORAGE_PATH, so status/resume in a pod
+    # find sweeps the pod stored in the bucket.
+    storage, _ = choose_target(storage, default=DEFAULT_STORAGE, env_var=STORAGE_ENV)
+    try:
+        pointer = read_pointer(name, resolve_storage(storage, endpoint_url=endpoint_url))
+    except ValueError as exc:
+        _fail(str(exc))
     if pointer is None:
         _fail(f"no sweep named {name!r} under {storage} (looked for {name}.latest.json); "
               "pass --storage with the sweep's storage.path")
@@ -129,7 +139,8 @@ def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
 
 @app.command()
 def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as in the sweep file"),
-           storage: str = typer.Option(DEFAULT_STORAGE, help="the sweep's storage.path"),
+           storage: str = typer.Option(DEFAULT_STORAGE, help="the sweep's storage.path (default: $FMX_STORAGE_PATH, "
+                                                             "else runs/ray)"),
            endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint for s3:// storage"),
            address: Optional[str] = typer.Option(None, help="Ray cluster address"),
            num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray")) -> None:
@@ -139,14 +150,18 @@ def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as 
 
     pointer = _pointer(name, storage, endpoint_url)
     sweep = Sweep.model_validate(pointer["sweep"])
-    outcome = run_sweep(sweep, address=address, resume_id=pointer["sweep_id"], num_cpus=num_cpus)
+    try:
+        outcome = run_sweep(sweep, address=address, resume_id=pointer["sweep_id"], num_cpus=num_cpus)
+    except ValueError as exc:
+        _fail(str(exc))
     _print_outcome(outcome, sweep.metric.name)
     _exit_for(outcome, sweep)
 
 
 @app.command()
 def status(name: str = typer.Argument(..., help="sweep name"),
-           storage: str = typer.Option(DEFAULT_STORAGE, help="the sweep's storage.path"),
+           storage: str = typer.Option(DEFAULT_STORAGE, help="the sweep's storage.path (default: $FMX_STORAGE_PATH, "
+                                                             "else runs/ray)"),
            endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint for s3:// storage")) -> None:
     """Show a sweep's trials: status, sampled values and the metric (from MLflow)."""
     from fmx import compare, tracking

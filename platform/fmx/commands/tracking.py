@@ -15,7 +15,8 @@ DEFAULT_TRACKING = "sqlite:///runs/mlflow.db"
 
 
 def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
-            tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="MLflow tracking URI of the sweep"),
+            tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="MLflow tracking URI of the sweep (default: "
+                                                                    "$MLFLOW_TRACKING_URI, else runs/mlflow.db)"),
             out: Optional[Path] = typer.Option(None, help="folder for the table and plots (default runs/compare/NAME)"),
             top: int = typer.Option(20, help="rows shown")) -> None:
     """Compare a sweep's trials: a ranked table, CSV + parquet, and plots (best trials, parallel coordinates,
@@ -29,6 +30,9 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
     from fmx import tracking
     from fmx.commands.sweep import _table
 
+    from fmx.schema import TRACKING_ENV, choose_target
+
+    tracking_uri, _ = choose_target(tracking_uri, default=DEFAULT_TRACKING, env_var=TRACKING_ENV)  # as `sweep run`
     uri = tracking.resolve_tracking_uri(tracking_uri)
     c = tracking.client(uri)
     parent = cmp.find_parent(c, name)
