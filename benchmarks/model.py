@@ -11,7 +11,11 @@ Three measurements (``--only`` picks some):
 ``acceptance``
     Design-doc acceptance (section 14): with ``lambda_spec = 0.05`` the latent beta converges into
     [0.8, 1.2] while the validation task loss stays within 1 % of the no-prior baseline, on the
-    synthetic dataset (same seed, same steps).
+    synthetic dataset. ``--seeds N`` (default 3) trains both arms from each of N seeds (one seed
+    drives data, init and batch order, so each seed gives a paired ratio prior / baseline); the
+    verdict uses the mean ratio and the mean prior-arm beta, and prints the per-seed ratios, their
+    sd and standard error, and the baseline loss's own mean and sd. ``--prior-opt KEY=VALUE``
+    overrides a ``fractals.priors`` key in the prior arm (e.g. ``ramp_steps=60``).
 
 ``--quick`` shrinks everything for a CPU run in a few minutes (d_model 128, 2 x 1024 tokens, tiny
 preset, fewer steps). Results print as a table; ``--out results.json`` also writes them (atomically).
@@ -20,7 +24,8 @@ GPU commands (run on a CUDA machine)::
 
     python benchmarks/model.py --device cuda                     # all three, full size
     python benchmarks/model.py --device cuda --only ssd --compile
-    python benchmarks/model.py --device cpu --quick              # what docs/benchmarks.md records
+    python benchmarks/model.py --device cpu --quick --threads 1  # what docs/benchmarks.md records
+    python benchmarks/model.py --device cpu --quick --only acceptance --threads 1 --seeds 5
 """
 from __future__ import annotations
 
@@ -176,60 +181,152 @@ def bench_step(args) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- acceptance
-def _val_stats(module, loader, device) -> tuple[float, float]:
+def _val_stats(module, loader, device) -> tuple[float, float, dict]:
+    """Validation task loss (unweighted sum of head losses), mean latent beta, and per-head losses."""
     from models.callbacks import latent_measures
 
     module.eval()
-    losses, betas = [], []
+    losses, betas, heads = [], [], {}
     with torch.no_grad():
         for batch in loader:
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             out = module(batch)
             losses.append(float(sum(out["losses"].values())))
+            for name, v in out["losses"].items():
+                heads.setdefault(name, []).append(float(v))
             m = latent_measures(out["latents"]["ssm"].float(), fs=module.latent_rate(batch),
                                 cfg_fractals=module.fractals_cfg)
             betas.append(float(m["beta"].mean()))
     module.train()
-    return sum(losses) / len(losses), sum(betas) / len(betas)
+    return (sum(losses) / len(losses), sum(betas) / len(betas),
+            {k: round(sum(v) / len(v), 4) for k, v in heads.items()})
 
 
-def bench_acceptance(args) -> list[dict]:
+def _fit_arm(args, *, lam: float, seed: int, steps: int) -> dict:
+    """Train one acceptance arm (``lambda_spec = lam``) from ``seed``; return its validation row."""
     import pytorch_lightning as pl
 
     from models.data.datamodule import build_datamodule
     from models.lightning import NeuroFMxModule
 
     preset = "tiny" if args.quick else "small"
-    steps = args.acceptance_steps or (300 if args.quick else 3000)
-    rows = []
-    for lam in (0.0, 0.05):
-        cfg = composed(preset, quick=args.quick, device=args.device)
-        cfg["data"].update(n_train=256 if args.quick else 4096, n_val=32 if args.quick else 256)
-        cfg["trainer"]["batch_size"] = 16
-        cfg["fractals"]["enable"] = lam > 0
-        cfg["fractals"]["priors"].update(lambda_spec=lam, lambda_mf=0.0, lambda_graphfd=0.0,
-                                         warmup_steps=steps // 5)
-        cfg["optim"] = dict(cfg["optim"], lr=1e-3 if args.quick else 3e-4)
-        pl.seed_everything(0, verbose=False)
-        module = NeuroFMxModule(cfg)
-        dm = build_datamodule(cfg)
-        trainer = pl.Trainer(max_steps=steps, accelerator="gpu" if args.device.startswith("cuda") else "cpu",
-                             devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                             precision="bf16-mixed" if args.device.startswith("cuda") else "32-true")
-        module.configure_callbacks = lambda: []  # time the training only
-        t0 = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
-        fit_s = time.perf_counter() - t0
-        dm.setup("validate")
-        val_loss, beta = _val_stats(module.to(args.device), dm.val_dataloader(), args.device)
-        rows.append({"bench": "acceptance", "preset": preset, "lambda_spec": lam, "steps": steps,
-                     "val_task_loss": round(val_loss, 4), "latent_beta": round(beta, 3), "fit_s": round(fit_s, 1)})
-    base, prior = rows
-    rows.append({"bench": "acceptance", "verdict": {
-        "beta_in_0.8_1.2": 0.8 <= prior["latent_beta"] <= 1.2,
-        "task_loss_ratio": round(prior["val_task_loss"] / base["val_task_loss"], 4),
-        "task_loss_within_1pct": prior["val_task_loss"] <= 1.01 * base["val_task_loss"]}})
+    cfg = composed(preset, quick=args.quick, device=args.device)
+    cfg["seed"] = seed  # one seed drives data, init and batch order (data.seed is null)
+    cfg["data"].update(n_train=256 if args.quick else 4096, n_val=32 if args.quick else 256)
+    cfg["trainer"]["batch_size"] = 16
+    cfg["fractals"]["enable"] = lam > 0
+    cfg["fractals"]["priors"].update(lambda_spec=lam, lambda_mf=0.0, lambda_graphfd=0.0,
+                                     warmup_steps=steps // 5)
+    for key, value in (args.prior_opts or {}).items():
+        cfg["fractals"]["priors"][key] = value
+    cfg["optim"] = dict(cfg["optim"], lr=1e-3 if args.quick else 3e-4)
+    pl.seed_everything(seed, verbose=False)
+    module = NeuroFMxModule(cfg)
+    dm = build_datamodule(cfg)
+    trainer = pl.Trainer(max_steps=steps, accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+                         devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         precision="bf16-mixed" if args.device.startswith("cuda") else "32-true")
+    module.configure_callbacks = lambda: []  # time the training only
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    fit_s = time.perf_counter() - t0
+    dm.setup("validate")
+    val_loss, beta, heads = _val_stats(module.to(args.device), dm.val_dataloader(), args.device)
+    return {"bench": "acceptance", "preset": preset, "seed": seed, "lambda_spec": lam, "steps": steps,
+            "prior_opts": dict(args.prior_opts or {}) if lam > 0 else {},
+            "val_task_loss": round(val_loss, 4), "latent_beta": round(beta, 3), "heads": heads,
+            "fit_s": round(fit_s, 1), "load_avg": os.getloadavg()[0]}
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+    return mean, sd
+
+
+def acceptance_verdict(pairs: list[tuple[dict, dict]]) -> dict:
+    """Verdict over seeds from ``(baseline_row, prior_row)`` pairs trained from the same seed.
+
+    The per-seed ratio ``prior / baseline`` pairs the arms (same data, init and batch order), so
+    seed-to-seed spread in the loss level cancels; the verdict uses the mean ratio (target
+    <= 1.01) and the mean prior-arm beta (target in [0.8, 1.2]). ``ratio_se`` is the standard error
+    of the mean ratio: a margin to 1.01 smaller than about 2 ``ratio_se`` is not resolved.
+    """
+    if not pairs:
+        raise ValueError("pairs: needs at least one (baseline, prior) pair")
+    ratios = [p["val_task_loss"] / b["val_task_loss"] for b, p in pairs]
+    r_mean, r_sd = _mean_sd(ratios)
+    b_mean, b_sd = _mean_sd([b["val_task_loss"] for b, _ in pairs])
+    beta_mean, beta_sd = _mean_sd([p["latent_beta"] for _, p in pairs])
+    base_beta, _ = _mean_sd([b["latent_beta"] for b, _ in pairs])
+    n = len(ratios)
+    return {"seeds": n,
+            "task_loss_ratios": [round(r, 4) for r in ratios],
+            "task_loss_ratio_mean": round(r_mean, 4),
+            "task_loss_ratio_sd": round(r_sd, 4),
+            "task_loss_ratio_se": round(r_sd / n ** 0.5, 4) if n > 1 else float("nan"),
+            "baseline_task_loss_mean": round(b_mean, 4), "baseline_task_loss_sd": round(b_sd, 4),
+            "baseline_beta_mean": round(base_beta, 3),
+            "prior_beta_mean": round(beta_mean, 3), "prior_beta_sd": round(beta_sd, 3),
+            "beta_in_0.8_1.2": 0.8 <= beta_mean <= 1.2,
+            "task_loss_within_1pct": r_mean <= 1.01,
+            "pass": 0.8 <= beta_mean <= 1.2 and r_mean <= 1.01}
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically (temp file, then ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def _arm_key(row: dict) -> tuple:
+    opts = json.dumps(row.get("prior_opts") or {}, sort_keys=True) if row["lambda_spec"] > 0 else ""
+    return row["preset"], row["seed"], row["lambda_spec"], row["steps"], opts
+
+
+def _finished_arms(path: Path | None) -> dict[tuple, dict]:
+    """Acceptance arms already in ``--out`` (a resumed run reuses them instead of training again)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--out: {path} is not a results file of this script ({exc}); move it or pass another path")
+    return {_arm_key(r): r for r in rows if r.get("bench") == "acceptance" and "seed" in r}
+
+
+def bench_acceptance(args) -> list[dict]:
+    """Both arms from each seed; with ``--out`` every finished arm is saved at once, and a rerun with the
+    same ``--out`` resumes (arms with the same preset, seed, lambda, steps and prior options are reused)."""
+    steps = args.acceptance_steps or (1500 if args.quick else 3000)
+    preset = "tiny" if args.quick else "small"
+    done = _finished_arms(args.out)
+    rows, pairs = [], []
+    for seed in range(args.seed0, args.seed0 + args.seeds):
+        pair = []
+        for lam in (0.0, 0.05):
+            key = _arm_key({"preset": preset, "seed": seed, "lambda_spec": lam, "steps": steps,
+                            "prior_opts": args.prior_opts})
+            row = done.get(key)
+            reused = row is not None
+            if not reused:
+                row = done[key] = _fit_arm(args, lam=lam, seed=seed, steps=steps)
+                if args.out:
+                    _write_json(args.out, {"device": args.device_name, "quick": args.quick, "partial": True,
+                                           "rows": list(done.values())})
+            pair.append(row)
+            # progress: each arm takes minutes on CPU
+            print(f"# acceptance seed {seed} lambda_spec {lam}: task loss {row['val_task_loss']}, beta "
+                  f"{row['latent_beta']}, {row['fit_s']} s{' (reused from --out)' if reused else ''}",
+                  file=sys.stderr, flush=True)
+        rows += pair
+        pairs.append(tuple(pair))
+    rows.append({"bench": "acceptance", "steps": steps, "verdict": acceptance_verdict(pairs)})
     return rows
 
 
@@ -241,14 +338,28 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the portable path")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--acceptance-steps", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=3, help="acceptance: seeds per arm (the verdict uses the mean)")
+    parser.add_argument("--seed0", type=int, default=0, help="acceptance: first seed")
+    parser.add_argument("--prior-opt", dest="prior_opts", action="append", default=None, metavar="KEY=VALUE",
+                        help="acceptance: override a fractals.priors key in the prior arm's config")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds: needs >= 1, got {args.seeds}")
+    opts = {}
+    for item in args.prior_opts or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--prior-opt: needs KEY=VALUE (a fractals.priors key), got {item!r}")
+        opts[key] = yaml.safe_load(value)
+    args.prior_opts = opts
     if args.threads:
         torch.set_num_threads(args.threads)
     which = args.only or ["ssd", "step", "acceptance"]
     benches = {"ssd": bench_ssd, "step": bench_step, "acceptance": bench_acceptance}
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{torch.get_num_threads()}"
+    args.device_name = device_name
     print(f"# NeuroFMx model benchmarks on {device_name}, torch {torch.__version__}, quick={args.quick}")
     rows = []
     for name in which:
@@ -259,11 +370,7 @@ def main(argv=None) -> int:
         print(f"# {name}: {time.perf_counter() - t0:.1f} s", flush=True)
         rows += got
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"device": device_name, "quick": args.quick, "rows": rows}, fh, indent=2)
-        os.replace(tmp, args.out)
+        _write_json(args.out, {"device": device_name, "quick": args.quick, "rows": rows})
     return 0
 
 
