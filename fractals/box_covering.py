@@ -119,12 +119,17 @@ def _cover_device(a: torch.Tensor, eps: Optional[torch.Tensor], components: str)
 
 
 # ----------------------------------------------------------------------------- CPU kernels (SciPy + NumPy)
+SMALL_GRAPH = 64  # up to this many nodes, dense BFS (a few tiny matmuls) beats a SciPy call per graph
+
+
 def _distances_cpu(a: np.ndarray, max_dist: Optional[int]) -> np.ndarray:
     """(G, N, N) int shortest-path lengths, unreached or farther than ``max_dist`` set to the cap."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import dijkstra
 
     g, n, _ = a.shape
+    if n <= SMALL_GRAPH:
+        return _distances(torch.from_numpy(a), max_dist).numpy()
     cap = n if max_dist is None else max_dist + 1
     out = np.empty((g, n, n), dtype=np.int64)
     limit = np.inf if max_dist is None else max_dist + 0.5
@@ -184,18 +189,29 @@ def _colour_classes(dist: np.ndarray, nodes: np.ndarray, eps: np.ndarray) -> np.
     packed = np.packbits(dual, axis=-1, bitorder="little")  # (G, L, N, ceil(N / 8)) uint8
     packed = np.pad(packed, [(0, 0)] * 3 + [(0, 8 * words - packed.shape[-1])])
     rows = packed.reshape(g * L, n, 8 * words).view("<u8")  # (GL, N, W) dual rows as bitsets
+    # Everything the loop reads, laid out in colouring order once, so a step slices instead of gathering.
+    rows = np.take_along_axis(rows, order[:, :, None], axis=1)
+    take = np.take_along_axis(active, order, axis=1)
+    word = order // 64
+    bit = np.left_shift(np.uint64(1), (order % 64).astype(np.uint64))
     classes = np.zeros((g * L, n, words), dtype=np.uint64)
     lanes = np.arange(g * L)
     opened = 0
     for s in range(n):
-        v = order[:, s]
-        row = rows[lanes, v]  # (GL, W)
-        clash = (classes[:, : opened + 1] & row[:, None, :]).any(-1)  # (GL, opened + 1)
+        if words == 1:
+            clash = (classes[:, : opened + 1, 0] & rows[:, s, :1]) != 0  # (GL, opened + 1)
+        else:
+            clash = (classes[:, : opened + 1] & rows[:, s, None, :]).any(-1)
         k = np.argmin(clash, axis=-1)  # first class without a clash (class `opened` is empty)
-        take = active[lanes, v]
-        bit = np.left_shift(np.uint64(1), (v % 64).astype(np.uint64))
-        classes[lanes[take], k[take], v[take] // 64] |= bit[take]
-        opened = max(opened, int(k[take].max(initial=-1)) + 1)
+        on = take[:, s]
+        if on.all():
+            classes[lanes, k, word[:, s]] |= bit[:, s]
+            opened = max(opened, int(k.max()) + 1)
+        elif on.any():
+            classes[lanes[on], k[on], word[on, s]] |= bit[on, s]
+            opened = max(opened, int(k[on].max()) + 1)
+        else:
+            break  # nodes outside the covered component sort last: none are left to colour
     return np.count_nonzero(classes[:, :opened].any(-1), axis=-1).reshape(g, L)
 
 
