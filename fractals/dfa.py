@@ -83,17 +83,15 @@ def _segment_energies(profile: torch.Tensor, prefix: torch.Tensor, scale: int, o
     return out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
-def _profile(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Profile and its zero-padded prefix sum, in float64 for float32 input.
+def _profile(t: torch.Tensor) -> torch.Tensor:
+    """Profile (cumulative sum of the mean-removed series), in float64 for float32 input.
 
     float32 profiles of long records lose the small-scale fluctuations to rounding (the profile of
     fBm grows like T^(H+1)), so float32 input is accumulated in float64 and returns to float32
     only as per-segment energies.
     """
     work_dtype = torch.float64 if t.dtype == torch.float32 else t.dtype
-    profile = (t - t.mean(-1, keepdim=True, dtype=work_dtype)).cumsum(-1)
-    prefix = torch.nn.functional.pad(profile.cumsum(-1), (1, 0))
-    return profile, prefix
+    return (t - t.mean(-1, keepdim=True, dtype=work_dtype)).cumsum(-1)
 
 
 _SIZES_CACHE: dict = {}
@@ -236,10 +234,11 @@ def _log_fq_all(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int,
 
 
 def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool) -> torch.Tensor:
-    profile, prefix = _profile(t)
+    profile = _profile(t)
     if _nested_scales(scales, order):  # octave grids, DFA1: one pass over the data for all scales
-        energies = _nested_linear_energies(profile, prefix, scales, both)
+        energies = _nested_linear_energies(profile, scales, both)
     else:
+        prefix = torch.nn.functional.pad(profile.cumsum(-1), (1, 0))  # segment means by differences
         energies = torch.cat([_segment_energies(profile, prefix, s, order, both) for s in scales], -1)  # (..., V)
     counts = _segments_per_scale(t.shape[-1], scales, both)
     # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
@@ -420,14 +419,15 @@ def _nested_scales(scales: list[int], order: int) -> bool:
     return order == 1 and all(b % a == 0 and b > a for a, b in zip(scales, scales[1:]))
 
 
-def _linear_stats(profile: torch.Tensor, prefix: torch.Tensor, s: int, start: int, m: int) -> torch.Tensor:
+def _linear_stats(profile: torch.Tensor, s: int, start: int, m: int) -> torch.Tensor:
     """Centred sums of ``m`` segments of length ``s`` from ``start``, stacked ``(3, ..., m)``: the
     mean, sum (y - ybar)^2 and sum (t - tbar)(y - ybar)."""
     seg = profile[..., start : start + m * s].unflatten(-1, (m, s))
-    mean = (prefix[..., start + s : start + m * s + 1 : s] - prefix[..., start : start + (m - 1) * s + 1 : s]) / s
-    c = seg - mean.unsqueeze(-1)
     ramp = torch.arange(s, dtype=profile.dtype, device=profile.device) - (s - 1) / 2
-    return torch.stack([mean, torch.linalg.vecdot(c, c), c @ ramp])
+    # One matmul gives the mean and the co-moment (sum (t - tbar) y needs no centred y).
+    mean, cov = (seg @ torch.stack([torch.full_like(ramp, 1.0 / s), ramp], -1)).unbind(-1)
+    c = seg - mean.unsqueeze(-1)  # centred before squaring: sum y^2 - s ybar^2 would cancel
+    return torch.stack([mean, torch.linalg.vecdot(c, c), cov])
 
 
 def _merge(stats: torch.Tensor, s: int, k: int, m: int, from_end: bool) -> torch.Tensor:
@@ -448,7 +448,7 @@ def _merge(stats: torch.Tensor, s: int, k: int, m: int, from_end: bool) -> torch
     return torch.stack([parent, m2, cov])
 
 
-def _nested_linear_energies(profile: torch.Tensor, prefix: torch.Tensor, scales: list[int], both: bool) -> torch.Tensor:
+def _nested_linear_energies(profile: torch.Tensor, scales: list[int], both: bool) -> torch.Tensor:
     """Order-1 residual energies of every segment of every scale, like :func:`_segment_energies`.
 
     Only the finest scale touches the samples; each coarser scale merges its children's centred
@@ -459,8 +459,8 @@ def _nested_linear_energies(profile: torch.Tensor, prefix: torch.Tensor, scales:
     """
     n = profile.shape[-1]
     s0 = scales[0]
-    start_chain = _linear_stats(profile, prefix, s0, 0, n // s0)
-    end_chain = start_chain if n % s0 == 0 else _linear_stats(profile, prefix, s0, n % s0, n // s0)
+    start_chain = _linear_stats(profile, s0, 0, n // s0)
+    end_chain = start_chain if n % s0 == 0 else _linear_stats(profile, s0, n % s0, n // s0)
     out, prev = [], s0
     for s in scales:
         if s != prev:
