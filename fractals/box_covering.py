@@ -186,9 +186,9 @@ def _colour_classes(dist: np.ndarray, nodes: np.ndarray, eps: np.ndarray) -> np.
     # Largest dual degree first, ties by index (a stable sort of the negated key), excluded nodes last.
     order = np.argsort(np.where(active, -degree, 1), axis=-1, kind="stable")
     words = -(-n // 64)
-    packed = np.packbits(dual, axis=-1, bitorder="little")  # (G, L, N, ceil(N / 8)) uint8
-    packed = np.pad(packed, [(0, 0)] * 3 + [(0, 8 * words - packed.shape[-1])])
-    rows = packed.reshape(g * L, n, 8 * words).view("<u8")  # (GL, N, W) dual rows as bitsets
+    packed = np.zeros((g * L, n, 8 * words), dtype=np.uint8)  # rows padded to whole 64-bit words
+    packed[..., : -(-n // 8)] = np.packbits(dual, axis=-1, bitorder="little").reshape(g * L, n, -1)
+    rows = packed.view("<u8")  # (GL, N, W) dual rows as bitsets
     # Everything the loop reads, laid out in colouring order once, so a step slices instead of gathering.
     rows = np.take_along_axis(rows, order[:, :, None], axis=1)
     take = np.take_along_axis(active, order, axis=1)
@@ -196,6 +196,7 @@ def _colour_classes(dist: np.ndarray, nodes: np.ndarray, eps: np.ndarray) -> np.
     bit = np.left_shift(np.uint64(1), (order % 64).astype(np.uint64))
     classes = np.zeros((g * L, n, words), dtype=np.uint64)
     lanes = np.arange(g * L)
+    all_on, any_on = take.all(0), take.any(0)  # per step: every lane colours / some lane does
     opened = 0
     for s in range(n):
         if words == 1:
@@ -204,10 +205,10 @@ def _colour_classes(dist: np.ndarray, nodes: np.ndarray, eps: np.ndarray) -> np.
             clash = (classes[:, : opened + 1] & rows[:, s, None, :]).any(-1)
         k = np.argmin(clash, axis=-1)  # first class without a clash (class `opened` is empty)
         on = take[:, s]
-        if on.all():
+        if all_on[s]:
             classes[lanes, k, word[:, s]] |= bit[:, s]
             opened = max(opened, int(k.max()) + 1)
-        elif on.any():
+        elif any_on[s]:
             classes[lanes[on], k[on], word[on, s]] |= bit[on, s]
             opened = max(opened, int(k[on].max()) + 1)
         else:
