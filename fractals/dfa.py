@@ -424,10 +424,9 @@ def _linear_stats(profile: torch.Tensor, s: int, start: int, m: int) -> torch.Te
     mean, sum (y - ybar)^2 and sum (t - tbar)(y - ybar)."""
     seg = profile[..., start : start + m * s].unflatten(-1, (m, s))
     ramp = torch.arange(s, dtype=profile.dtype, device=profile.device) - (s - 1) / 2
-    # One matmul gives the mean and the co-moment (sum (t - tbar) y needs no centred y).
-    mean, cov = (seg @ torch.stack([torch.full_like(ramp, 1.0 / s), ramp], -1)).unbind(-1)
+    mean = seg.mean(-1)
     c = seg - mean.unsqueeze(-1)  # centred before squaring: sum y^2 - s ybar^2 would cancel
-    return torch.stack([mean, torch.linalg.vecdot(c, c), cov])
+    return torch.stack([mean, torch.linalg.vecdot(c, c), c @ ramp])
 
 
 def _merge(stats: torch.Tensor, s: int, k: int, m: int, from_end: bool) -> torch.Tensor:
@@ -438,6 +437,12 @@ def _merge(stats: torch.Tensor, s: int, k: int, m: int, from_end: bool) -> torch
     cost as much as over thousands of elements.
     """
     stats = stats[..., -m * k :] if from_end else stats[..., : m * k]
+    if k == 2:  # octaves: d = -+delta/2, centres -+s/2, so both updates are one fused op each
+        first, second = stats[..., 0::2], stats[..., 1::2]
+        total = first + second
+        delta = second[0] - first[0]
+        return torch.stack([total[0] * 0.5, torch.addcmul(total[1], delta, delta, value=s / 2),
+                            torch.add(total[2], delta, alpha=s * s / 2)])
     kids = [stats[..., j::k] for j in range(k)]
     total = sum(kids[1:], kids[0])
     parent, m2, cov = total[0] / k, total[1], total[2]
@@ -466,7 +471,8 @@ def _nested_linear_energies(profile: torch.Tensor, scales: list[int], both: bool
         if s != prev:
             k, m = s // prev, n // s
             start_chain = _merge(start_chain, prev, k, m, from_end=False)
-            end_chain = _merge(end_chain, prev, k, m, from_end=True) if both else end_chain
+            # Where s tiles the record, end-aligned segments are the start-aligned ones.
+            end_chain = _merge(end_chain, prev, k, m, from_end=True) if both and n % s else start_chain
             prev = s
         stt = s * (s * s - 1) / 12.0
         for chain in [start_chain] + ([end_chain] if both and n % s else []):
