@@ -245,66 +245,69 @@ def _as_windows(windows, n: int, minimum: int, name: str = "windows") -> list[in
     return out
 
 
-_MEMBER_CACHE: dict = {}
+_LAYOUT_CACHE: dict = {}
 
 
-def _window_membership(n: int, windows: list[int], device) -> torch.Tensor:
-    """``(n_windows, V)`` float64 indicator: which window each of the V segments belongs to.
+def _window_layout(n: int, windows: list[int], unbiased: bool, device):
+    """Per-layout constants of :func:`_log_rs`, cached: ``(member, size, denom, ramps)``.
 
-    Segments are listed window by window (``n // w`` non-overlapping ones each), so per-window sums
-    over segments are one matmul. Cached per (n, windows, device).
+    ``member`` is the ``(V, n_windows)`` float64 indicator of which window each of the V segments
+    (``n // w`` per window, window by window) belongs to, so per-window sums are one matmul;
+    ``size`` and ``denom`` the ``(V,)`` segment lengths and variance denominators; ``ramps`` the
+    ``1..w`` ramp per window.
     """
-    key = (n, tuple(windows), str(device))
-    member = _MEMBER_CACHE.get(key)
-    if member is None:
-        counts = [n // w for w in windows]
-        member = torch.zeros(len(windows), sum(counts), dtype=torch.float64)
-        member[torch.arange(len(windows)).repeat_interleave(torch.tensor(counts)), torch.arange(sum(counts))] = 1.0
-        member = member.to(device)
-        if len(_MEMBER_CACHE) > 256:
-            _MEMBER_CACHE.clear()
-        _MEMBER_CACHE[key] = member
-    return member
+    key = (n, tuple(windows), unbiased, str(device))
+    hit = _LAYOUT_CACHE.get(key)
+    if hit is None:
+        counts = torch.tensor([n // w for w in windows])
+        owner = torch.arange(len(windows)).repeat_interleave(counts)
+        member = torch.zeros(owner.numel(), len(windows), dtype=torch.float64)
+        member[torch.arange(owner.numel()), owner] = 1.0
+        size = torch.tensor(windows, dtype=torch.float64)[owner]
+        ramps = [torch.arange(1, w + 1, dtype=torch.float64, device=device) for w in windows]
+        hit = (member.to(device), size.to(device), (size - 1 if unbiased else size).to(device), ramps)
+        if len(_LAYOUT_CACHE) > 256:
+            _LAYOUT_CACHE.clear()
+        _LAYOUT_CACHE[key] = hit
+    return hit
 
 
 def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor:
     """log (R/S)_n for every window n: (rows, T) -> (rows, n_windows).
 
-    One pass builds the walk (cumulative sum of the mean-removed series) and one the cumulative sum
-    of squares, in float64 with a leading zero. A segment's own cumulative deviation is then a slice
-    of the walk minus a ramp (the walk's offset cancels in max - min) and its sum and sum of squares
-    are strided differences, so a window costs one fused pass and two reductions, and the
-    per-segment arithmetic runs once for all windows: on CPU the number of ops, not the arithmetic,
-    bounds small batches.
+    One cumulative sum builds the walk (cumulative sum of the mean-removed series) and the
+    cumulative sum of squares together, in float64 with a leading zero. A segment's own cumulative
+    deviation is then a slice of the walk minus a ramp (the walk's offset cancels in max - min) and
+    its sum and sum of squares are strided differences, so a window costs one fused pass and two
+    reductions, and the per-segment arithmetic runs once for all windows: on CPU the number of ops,
+    not the arithmetic, bounds small batches.
     """
     rows, n = t.shape
+    member, size, denom, ramps = _window_layout(n, windows, unbiased, t.device)
     work = t - t.mean(-1, keepdim=True, dtype=torch.float64)
-    walk = torch.empty(rows, n + 1, dtype=torch.float64, device=t.device)
-    walk_sq = torch.empty_like(walk)
-    walk[:, 0] = walk_sq[:, 0] = 0.0
-    torch.cumsum(work, -1, out=walk[:, 1:])
-    torch.cumsum(work * work, -1, out=walk_sq[:, 1:])
-    ranges, totals, squares, sizes = [], [], [], []
-    for w in windows:
+    sums = torch.empty(2, rows, n + 1, dtype=torch.float64, device=t.device)  # walk, walk of squares
+    sums[:, :, 0] = 0.0
+    torch.cumsum(torch.stack([work, work * work]), -1, out=sums[:, :, 1:])
+    walk = sums[0]
+    ranges, seg_sums = [], []
+    for w, ramp in zip(windows, ramps):
         m = n // w
-        total = walk[:, w : m * w + 1 : w] - walk[:, 0 : (m - 1) * w + 1 : w]
-        ramp = torch.arange(1, w + 1, dtype=walk.dtype, device=walk.device)
-        dev_walk = torch.addcmul(walk[:, 1 : m * w + 1].unflatten(-1, (m, w)), total.unsqueeze(-1), ramp, value=-1.0 / w)
+        per_seg = sums[:, :, w : m * w + 1 : w] - sums[:, :, 0 : (m - 1) * w + 1 : w]  # (2, rows, m): sum, sum sq
+        dev_walk = torch.addcmul(walk[:, 1 : m * w + 1].unflatten(-1, (m, w)), per_seg[0].unsqueeze(-1), ramp,
+                                 value=-1.0 / w)
         ranges.append(dev_walk.amax(-1) - dev_walk.amin(-1))  # two reductions beat aminmax on CPU
-        totals.append(total)
-        squares.append(walk_sq[:, w : m * w + 1 : w] - walk_sq[:, 0 : (m - 1) * w + 1 : w])
-        sizes.append(torch.full((m,), float(w), dtype=walk.dtype, device=walk.device))
-    rng, total, size = torch.cat(ranges, -1), torch.cat(totals, -1), torch.cat(sizes)  # (rows, V), (V,)
-    var = (torch.cat(squares, -1) - total * total / size).clamp_min_(0.0) / (size - 1 if unbiased else size)
+        seg_sums.append(per_seg)
+    rng = torch.cat(ranges, -1)  # (rows, V)
+    total, sq = torch.cat(seg_sums, -1)
+    var = (sq - total * total / size).clamp_min_(0.0) / denom
     # A constant segment has R = 0 in its own arithmetic (nolds skips it); read off the global sums,
     # R and S are zero up to rounding, below eps * max|walk| <= eps * sqrt(T * sum x^2) and
     # eps * sum x^2. So a segment counts as constant when R or its energy is within 64x those bounds
     # (a relative variance below ~1e-13 of the whole series' energy).
-    energy_tol = 64 * torch.finfo(torch.float64).eps * walk_sq[:, -1:]
+    energy_tol = 64 * torch.finfo(torch.float64).eps * sums[1, :, -1:]
     valid = (rng > (n * energy_tol).sqrt() / 8) & (var * size > energy_tol)
     ratio = (rng / var.sqrt()).masked_fill_(~valid, 0.0)  # inf/nan only where invalid, then zeroed
-    member = _window_membership(n, windows, t.device).T
-    count = valid.to(walk.dtype) @ member  # (rows, W)
+    count = valid.to(torch.float64) @ member  # (rows, W)
     empty = (count == 0).any(0)
     if bool(empty.any()):  # one host sync for all windows
         w_bad = windows[int(torch.nonzero(empty)[0])]
