@@ -216,6 +216,12 @@ def main() -> int:
         CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
+        try:  # the references' NumPy/SciPy BLAS too, so both sides get the same cores
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(args.threads)
+        except ImportError:
+            print("  (threadpoolctl not installed: NumPy's BLAS keeps its own thread count)", file=sys.stderr)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
