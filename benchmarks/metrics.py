@@ -11,7 +11,7 @@ prints series per second side by side with the speedup. Output is a markdown tab
     .venv/bin/python benchmarks/metrics.py --device cpu                      # reduced, + references
     .venv/bin/python benchmarks/metrics.py --device cuda                     # 32 x 256 x 8192
     .venv/bin/python benchmarks/metrics.py --device cuda --dtype float64
-    .venv/bin/python benchmarks/metrics.py --device cpu --threads 1 --clock process --graph-shape 32 256
+    .venv/bin/python benchmarks/metrics.py --device cpu --threads 1 --clock thread --graph-shape 32 256
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fractals import metrics as fm  # noqa: E402
 from fractals.stimuli import fgn  # noqa: E402
+from fractals.temporal import default_windows  # noqa: E402
 
 # Settings from platform/fmx/conf/fractals/default.yaml (the design config).
 FS = 1000.0
@@ -50,7 +51,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-CLOCK = time.perf_counter  # --clock process: CPU time of this process (robust to other jobs' load)
+CLOCK = time.perf_counter  # --clock thread: CPU time of this thread (robust to other jobs' load)
 
 
 def _median_seconds(fn, device: torch.device, warmup: int, repeat: int) -> float:
@@ -68,7 +69,7 @@ def _median_seconds(fn, device: torch.device, warmup: int, repeat: int) -> float
 
 def our_metrics(x: torch.Tensor) -> dict:
     """name -> zero-argument callable running our estimator on the whole batch ``(B, C, T)``."""
-    dfa_windows = None  # default: 12 log-spaced sizes 16..T/4
+    dfa_windows = None  # default: octaves 16 .. T/4 (the windows the nolds references get too)
     latents = x.transpose(-1, -2)  # the model's (B, T, C) layout
 
     def fc_graph():
@@ -107,9 +108,10 @@ def reference_metrics(series: np.ndarray, graph_channels: np.ndarray) -> dict:
     try:
         import nolds
 
-        windows = [int(w) for w in np.unique(np.round(np.geomspace(16, series.shape[-1] // 4, 12)))]
+        # The windows ours use by default (octaves 16 .. T/4), so both sides do the same work.
+        windows = default_windows(series.shape[-1], 16)
         add("dfa_alpha", "nolds", lambda s: nolds.dfa(s, nvals=windows, overlap=False, fit_exp="poly"))
-        add("hurst_rs", "nolds", lambda s: nolds.hurst_rs(s, fit="poly"))
+        add("hurst_rs", "nolds", lambda s: nolds.hurst_rs(s, nvals=windows, fit="poly"))
     except ImportError:
         pass
     try:
@@ -199,21 +201,24 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ref-series", type=int, default=8,
                         help="series per reference library (CPU mode; they run one series at a time)")
+    parser.add_argument("--ref-repeat", type=int, default=3,
+                        help="timed runs per reference library (median; after one warm-up run)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference libraries")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here (atomically)")
-    parser.add_argument("--clock", default="wall", choices=["wall", "process"],
-                        help="process: CPU seconds of this process (CPU only, use with --threads 1 on a shared "
-                             "machine: other jobs' load then barely moves the numbers)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "thread"],
+                        help="thread: CPU seconds of the calling thread (needs --device cpu --threads 1, so all "
+                             "work runs on it; on a shared machine other jobs' load then barely moves the numbers, "
+                             "and idle library threads that spin are not counted)")
     parser.add_argument("--graph-shape", type=int, nargs=2, default=None, metavar=("B", "C"),
                         help="also time FC + graph FD on B graphs of C nodes (T = 2048) against networkx on "
                              "one such graph (CPU; e.g. 32 256, the design batch)")
     args = parser.parse_args()
     global CLOCK
-    if args.clock == "process":
-        if args.device != "cpu":
-            parser.error("--clock process: only for --device cpu (CUDA kernels run off this process's clock)")
-        CLOCK = time.process_time
+    if args.clock == "thread":
+        if args.device != "cpu" or args.threads != 1:
+            parser.error("--clock thread: needs --device cpu --threads 1 (work on other threads would not count)")
+        CLOCK = time.thread_time
     if args.threads:
         torch.set_num_threads(args.threads)
         try:  # the references' NumPy/SciPy BLAS too, so both sides get the same cores
@@ -247,7 +252,7 @@ def main() -> int:
                 print(f"  {lib} {name} ...", file=sys.stderr, flush=True)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    theirs.setdefault(name, []).append((lib, _median_seconds(fn, device, 1, 1), count))
+                    theirs.setdefault(name, []).append((lib, _median_seconds(fn, device, 1, args.ref_repeat), count))
 
     host = f"{_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
     if device.type == "cuda":
@@ -274,7 +279,7 @@ def main() -> int:
         ours_g = _median_seconds(our_metrics(big.to(dtype))["fc_graph_fd"], device, args.warmup, args.repeat)
         ref = reference_metrics(big[0, :1].numpy(), big[0].numpy()).get("fc_graph_fd", [])
         for lib, fn, count in ref:
-            ref_sec = _median_seconds(fn, device, 1, 1)
+            ref_sec = _median_seconds(fn, device, 1, args.ref_repeat)
             speed = (gb / ours_g) / (1 / ref_sec)
             print(f"| fc_graph_fd, {gb} graphs x {gc} nodes | {ours_g * 1e3:.1f} | {gb * gc / ours_g:.0f} | {lib} "
                   f"| {count / ref_sec:.1f} | {speed:.0f}x |")
