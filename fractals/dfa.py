@@ -229,11 +229,16 @@ def fluctuation_functions(x, q_vals=(2.0,), scales=None, order: int = 1, both_di
     return to_input_kind(out, was_numpy)
 
 
-def _log_fq_all(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool) -> torch.Tensor:
-    return map_rows(lambda rows: _log_fq_rows(rows, q, scales, order, both), t)
+def _log_fq_all(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool,
+                floor: float = 0.0) -> torch.Tensor:
+    """log F_q(s): ``(..., T) -> (..., Q, S)``; ``floor`` > 0 adds ``floor`` times the mean segment
+    variance (detached) to every variance, so gradients stay finite where a segment is exactly a
+    line (the priors use 1e-12)."""
+    return map_rows(lambda rows: _log_fq_rows(rows, q, scales, order, both, floor), t)
 
 
-def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool) -> torch.Tensor:
+def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool,
+                 floor: float = 0.0) -> torch.Tensor:
     profile = _profile(t)
     if _nested_scales(scales, order):  # octave grids, DFA1: one pass over the data for all scales
         energies = _nested_linear_energies(profile, scales, both)
@@ -243,6 +248,8 @@ def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int
     counts = _segments_per_scale(t.shape[-1], scales, both)
     # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
     seg_var = energies.clamp_min(0.0) / _segment_sizes(t.shape[-1], scales, both, profile.dtype, profile.device)
+    if floor > 0:
+        seg_var = seg_var + (floor * seg_var.detach().mean(-1, keepdim=True) + torch.finfo(seg_var.dtype).tiny)
     log_fq = _log_fq_scales(seg_var, counts, q, q.tolist())
     if not bool(torch.isfinite(log_fq).all()):  # extreme F2 ranges: per-scale log-sum-exp
         log_fq = torch.stack([_log_fq(v, q) for v in seg_var.split(counts, -1)], -1)

@@ -34,11 +34,9 @@ saturate (``M`` reaches ``C``). Finite ``l`` biases it low on lattices (ring: ``
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -207,18 +205,6 @@ def l_spec_1overf(
 # --------------------------------------------------------------------------------------------------
 # multifractal prior
 # --------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=128)
-def _poly_basis_cpu(s: int, order: int) -> torch.Tensor:
-    t = np.linspace(-1.0, 1.0, s)
-    q, _ = np.linalg.qr(np.stack([t**k for k in range(order + 1)], axis=1))  # NumPy: no LAPACK load stall
-    return torch.from_numpy(np.ascontiguousarray(q))
-
-
-def _poly_basis(s: int, order: int, dtype, device) -> torch.Tensor:
-    """Orthonormal polynomial basis (s, order + 1) for detrending segments of length s."""
-    return _poly_basis_cpu(s, order).to(dtype=dtype, device=device)
-
-
 def latent_tau(
     latents: torch.Tensor,
     q_vals: Sequence[float],
@@ -229,10 +215,11 @@ def latent_tau(
 ) -> torch.Tensor:
     """Differentiable MFDFA mass exponents ``tau(q) = q h(q) - 1`` per latent channel.
 
-    Profile ``y = cumsum(x - mean)``; at each scale ``s`` non-overlapping segments from both ends
-    are detrended by an order-``order`` polynomial (projection on an orthonormal basis);
-    ``log F_q(s) = (1/q) log mean_v F^2(v, s)^(q/2)`` (log-sum-exp, so q = -5 is stable; q = 0 uses
-    the log-mean); ``h(q)`` is the least-squares slope of ``log F_q`` on ``log s``.
+    The kernel of :func:`fractals.dfa.multifractal_spectrum` (profile ``y = cumsum(x - mean)``;
+    segments from both ends of each scale detrended by an order-``order`` polynomial;
+    ``log F_q(s) = (1/q) log mean_v F^2(v, s)^(q/2)``, q = 0 the log-mean), accumulated in float64,
+    with segment variances floored at 1e-12 of their mean so an exactly linear segment cannot make
+    the gradient infinite; ``h(q)`` is the least-squares slope of ``log F_q`` on ``log s``.
 
     Shape:
         latents: ``(B, T, C)`` (time on ``time_dim``). Returns ``(B, C, Q)``.
@@ -248,20 +235,11 @@ def latent_tau(
             f"scales: needs >= 2 sizes in [{order + 2}, T/2 = {n // 2}] (time axis dim {time_dim} of "
             f"shape {tuple(latents.shape)}), got {list(scales)}"
         )
-    y = torch.cumsum(x - x.mean(-1, keepdim=True), dim=-1)
-    log_fq = []
-    for s in sc:
-        n_seg = n // s
-        segs = torch.cat([y[..., : n_seg * s], y[..., n - n_seg * s:]], dim=-1).unflatten(-1, (2 * n_seg, s))
-        basis = _poly_basis(s, order, x.dtype, x.device)
-        coef = segs @ basis
-        f2 = (segs.square().sum(-1) - coef.square().sum(-1)).clamp_min(0.0) / s
-        f2 = f2 + 1e-12 * f2.detach().mean(-1, keepdim=True) + torch.finfo(x.dtype).tiny
-        log_f2 = torch.log(f2)  # (..., V)
-        safe_q = torch.where(q.abs() < 1e-9, torch.ones_like(q), q)
-        lse = torch.logsumexp(0.5 * safe_q * log_f2[..., None], dim=-2) - math.log(log_f2.shape[-1])
-        log_fq.append(torch.where(q.abs() < 1e-9, 0.5 * log_f2.mean(-1, keepdim=True), lse / safe_q))
-    log_fq = torch.stack(log_fq, dim=-1)  # (..., Q, S)
+    from fractals.dfa import _log_fq_all  # the MFDFA kernel itself (one pass on octave grids)
+
+    # Variances floored at 1e-12 of their mean: an exactly linear segment would give log 0 and an
+    # infinite gradient.
+    log_fq = _log_fq_all(x, q.double(), sc, order, True, floor=1e-12)  # (..., Q, S)
     log_s = torch.log(torch.as_tensor(sc, dtype=x.dtype, device=x.device))
     h = _lstsq_slope(log_s, log_fq)
     return q * h - 1.0
@@ -489,6 +467,7 @@ class FractalPriors(nn.Module):
         mf = metrics.get("multifractal", {}) or {}
         graph = metrics.get("graph", {}) or {}
         priors = dict(cfg.get("priors", {}) or {})
+        priors.pop("ramp_steps", None)  # a training-schedule key: models.lightning.NeuroFMxModule reads it
         known = {"spectral_beta_target", "lambda_spec", "lambda_mf", "lambda_graphfd", "warmup_steps",
                  "tau_target", "graph_D_target", "exclude_peaks"}
         unknown = set(priors) - known
