@@ -28,5 +28,10 @@ timeout 90 "$py" benchmarks/metrics.py --device cuda 2>&1 | tee "$out/metrics.tx
 timeout 60 "$py" benchmarks/priors.py --device cuda 2>&1 | tee "$out/priors.txt"
 timeout 90 "$py" benchmarks/attention.py --device cuda --dtype bf16 --lengths 256 1024 4096 16384 2>&1 \
   | tee "$out/attention.txt"
-timeout 150 "$py" benchmarks/model.py --device cuda --out "$out/model.json" 2>&1 | tee "$out/model.txt"
+timeout 90 "$py" benchmarks/model.py --device cuda --only ssd step --compile --out "$out/model.json" 2>&1 \
+  | tee "$out/model.txt"
+# Acceptance (small preset, 3000 steps per arm) is the longest part: --out is saved after every arm,
+# so a second device call with the same command continues where this one stopped.
+timeout 150 "$py" benchmarks/model.py --device cuda --only acceptance --seeds 2 --out "$out/acceptance.json" 2>&1 \
+  | tee "$out/acceptance.txt"
 echo "gpu_check done; logs in $out"
