@@ -30,8 +30,8 @@ timeout 90 "$py" benchmarks/attention.py --device cuda --dtype bf16 --lengths 25
   | tee "$out/attention.txt"
 timeout 90 "$py" benchmarks/model.py --device cuda --only ssd step --compile --out "$out/model.json" 2>&1 \
   | tee "$out/model.txt"
-# Acceptance (small preset, 3000 steps per arm) is the longest part: --out is saved after every arm,
-# so a second device call with the same command continues where this one stopped.
+# Acceptance (small preset, 3000 steps per arm) is the longest part: --out is written after every arm,
+# so the arms that finished before the timeout still come back in $out/acceptance.json.
 timeout 150 "$py" benchmarks/model.py --device cuda --only acceptance --seeds 2 --out "$out/acceptance.json" 2>&1 \
   | tee "$out/acceptance.txt"
 echo "gpu_check done; logs in $out"
