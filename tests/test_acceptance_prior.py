@@ -8,27 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from models.data.datamodule import build_datamodule
 from models.lightning import NeuroFMxModule
 
+from configs import tiny_training_config
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "platform" / "fmx" / "conf"
 
 
 def _cfg(**priors) -> dict:
-    root = yaml.safe_load((CONF / "config.yaml").read_text())
-    root.pop("defaults")
-    cfg = {**root,
-           "model": yaml.safe_load((CONF / "model" / "tiny.yaml").read_text()),
-           "data": yaml.safe_load((CONF / "data" / "synthetic.yaml").read_text()),
-           "fractals": yaml.safe_load((CONF / "fractals" / "default.yaml").read_text()),
-           "trainer": yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())}
-    cfg["data"].update(n_train=4, n_val=4, n_time=128)
-    cfg["trainer"]["batch_size"] = 4
-    cfg["fractals"]["priors"].update(lambda_spec=0.05, lambda_mf=0.0, lambda_graphfd=0.0, **priors)
-    return cfg
+    return tiny_training_config(n_train=4, lambda_spec=0.05, lambda_mf=0.0, lambda_graphfd=0.0, **priors)
 
 
 def test_prior_scale_is_zero_before_warmup_then_ramps_linearly_to_one():

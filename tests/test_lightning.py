@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
@@ -16,23 +15,14 @@ from pytorch_lightning.loggers import CSVLogger
 from models.data.datamodule import build_datamodule
 from models.lightning import NeuroFMxModule, build_lightning_module, param_groups, warmup_cosine
 
+from configs import tiny_training_config
+
 CONF = Path(__file__).resolve().parents[1] / "platform" / "fmx" / "conf"
 
 
 
 def _cfg(**fractal_priors) -> dict:
-    """The composed default config (tiny model, synthetic data), shrunk for CPU tests."""
-    root = yaml.safe_load((CONF / "config.yaml").read_text())
-    root.pop("defaults")
-    cfg = {**root,
-           "model": yaml.safe_load((CONF / "model" / "tiny.yaml").read_text()),
-           "data": yaml.safe_load((CONF / "data" / "synthetic.yaml").read_text()),
-           "fractals": yaml.safe_load((CONF / "fractals" / "default.yaml").read_text()),
-           "trainer": yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())}
-    cfg["data"].update(n_train=8, n_val=4, n_time=128)
-    cfg["trainer"]["batch_size"] = 4
-    cfg["fractals"]["priors"].update(fractal_priors)
-    return cfg
+    return tiny_training_config(**fractal_priors)
 
 
 def test_registry_builds_from_the_hydra_composed_config():
