@@ -106,3 +106,15 @@ def test_ui_command_for_local_and_remote_stores():
 def test_help_lists_commands(group):
     res = _invoke(group, "--help")
     assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_failed_acceptance_shows_its_numbers():
+    import pandas as pd
+
+    from fmx.commands.sweep import _acceptance_text
+
+    best = pd.Series({"acceptance/training_pass": 0.0, "acceptance/training_latent_beta": 3.336,
+                      "acceptance/training_beta_target": 0.6262, "acceptance/numerics_pass": 1.0,
+                      "acceptance/numerics_dfa_max_err": 0.01, "val/loss": 2.9})
+    assert _acceptance_text(best, "acceptance/numerics_pass", 1.0) == "numerics=pass"
+    assert _acceptance_text(best, "acceptance/training_pass", 0.0) == "training=FAIL (latent_beta=3.34, beta_target=0.626)"

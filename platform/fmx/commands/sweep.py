@@ -67,9 +67,19 @@ def _print_outcome(outcome, metric: str) -> None:
                           + ", ".join(f"{k.removesuffix('_mean')}={v:.3f}" for k, v in fp.items()))
         acc = {k: best[k] for k in df.columns if k.startswith("acceptance/") and k.endswith("_pass")}
         if acc:
-            console.print("acceptance: " + ", ".join(f"{k.split('/')[1][:-5]}={'pass' if v else 'FAIL'}"
-                                                     for k, v in acc.items() if v == v))
+            console.print("acceptance: " + ", ".join(_acceptance_text(best, k, v) for k, v in acc.items() if v == v))
     console.print(f"open the MLflow UI: [bold]{ui_command(outcome.tracking_uri)}[/bold]")
+
+
+def _acceptance_text(best, pass_key: str, passed) -> str:
+    """``training=FAIL (latent_beta=3.34, beta_target=0.63, beta_gap=2.7)``: a failure shows its numbers."""
+    bench = pass_key.split("/")[1][: -len("_pass")]
+    if passed:
+        return f"{bench}=pass"
+    prefix = f"acceptance/{bench}_"
+    numbers = [f"{k[len(prefix):]}={best[k]:.3g}" for k in best.index
+               if k.startswith(prefix) and k != pass_key and isinstance(best[k], (int, float)) and best[k] == best[k]]
+    return f"{bench}=FAIL" + (f" ({', '.join(numbers)})" if numbers else "")
 
 
 def _mode_of(outcome) -> str:
