@@ -101,12 +101,17 @@ def _greedy_box_counts(dist: torch.Tensor, nodes: torch.Tensor, eps: torch.Tenso
     return color.amax(-1) + 1
 
 
+def _largest_component(a: torch.Tensor) -> torch.Tensor:
+    """(G, N) bool: the largest connected component (ties: the one holding the lowest node index)."""
+    reach = _reachability(a)
+    root = reach.sum(-1).argmax(-1)  # first node of a largest component
+    return reach[torch.arange(a.shape[0], device=a.device), root]
+
+
 def _cover_device(a: torch.Tensor, eps: Optional[torch.Tensor], components: str):
     """(nodes, eps, counts) with torch ops on ``a``'s device."""
     if components == "largest":
-        reach = _reachability(a)
-        root = reach.sum(-1).argmax(-1)  # first node of a largest component
-        nodes = reach[torch.arange(a.shape[0], device=a.device), root]
+        nodes = _largest_component(a)
     else:
         nodes = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
     if eps is None:
@@ -219,7 +224,10 @@ def _colour_classes(dist: np.ndarray, nodes: np.ndarray, eps: np.ndarray) -> np.
 def _cover_cpu(a: torch.Tensor, eps: Optional[torch.Tensor], components: str):
     """(nodes, eps, counts) as torch tensors, computed with SciPy and NumPy."""
     an = a.numpy()
-    nodes = _largest_component_cpu(an) if components == "largest" else np.ones(an.shape[:2], dtype=bool)
+    if components == "largest":
+        nodes = _largest_component(a).numpy() if an.shape[-1] <= SMALL_GRAPH else _largest_component_cpu(an)
+    else:
+        nodes = np.ones(an.shape[:2], dtype=bool)
     if eps is None:
         dist = _distances_cpu(an, None)
         finite = (dist < an.shape[-1]) & nodes[:, :, None] & nodes[:, None, :]
