@@ -92,7 +92,8 @@ def find_peaks(resid: torch.Tensor, keep: torch.Tensor, f_band: torch.Tensor, df
     rs = _smooth(resid)
     # Background level and noise from the lower tail only (peaks only ever add power), so they
     # stay right even when peaks cover most of the band: for a Gaussian, q30 - q10 = 0.757 sigma.
-    q10, q30 = (torch.nanquantile(torch.where(keep, rs, torch.nan), q, dim=-1) for q in (0.1, 0.3))
+    levels = torch.tensor([0.1, 0.3], dtype=rs.dtype, device=rs.device)
+    q10, q30 = torch.nanquantile(torch.where(keep, rs, torch.nan), levels, dim=-1)  # one sort for both
     sigma = ((q30 - q10) / 0.7572).clamp_min(torch.finfo(rs.dtype).eps)
     rs = rs - (q30 + 0.5244 * sigma).unsqueeze(-1)
     thr = torch.clamp(threshold * sigma, min=min_height)
