@@ -157,24 +157,26 @@ def _log_fq_scales(seg_var: torch.Tensor, counts: list[int], q: torch.Tensor, q_
     """
     if q_list == [2.0]:  # DFA: F_2 needs no powers
         return (0.5 * torch.log(_per_scale_mean(seg_var, counts))).unsqueeze(-2)
-    log_f2 = torch.log(seg_var.clamp_min(torch.finfo(seg_var.dtype).tiny))  # (..., V)
-    top = seg_var.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(seg_var.dtype).tiny)
+    tiny = torch.finfo(seg_var.dtype).tiny
+    top = seg_var.detach().amax(-1, keepdim=True).clamp_min(tiny)
     rel = seg_var / top  # <= 1; F_q is scale-equivariant, so the factor comes back as 0.5 log(top)
     shift = 0.0  # log-sum-exp shift of the exponential path
+    is_zero = (q == 0).to(seg_var.device).unsqueeze(-1)
     if all(v.is_integer() and abs(v) <= MAX_POWER_Q for v in q_list):
         f = rel.sqrt()
         pos, neg = {}, {}
         inv_f, inv_rel = (f.reciprocal(), rel.reciprocal()) if min(q_list) < 0 else (None, None)
-        moments = [log_f2 if v == 0 else
+        moments = [torch.log(seg_var.clamp_min(tiny)) if v == 0 else
                    _integer_powers(f, rel, int(v), pos) if v > 0 else _integer_powers(inv_f, inv_rel, int(-v), neg)
                    for v in q_list]
         moments = torch.stack(moments, -2)  # (..., Q, V); the q = 0 row holds log F2 for its log average
     else:
-        scaled = torch.log(rel.clamp_min(torch.finfo(rel.dtype).tiny)).unsqueeze(-2) * (q / 2).to(rel.dtype).unsqueeze(-1)
+        log_rel = torch.log(rel.clamp_min(tiny))
+        scaled = log_rel.unsqueeze(-2) * (q / 2).to(rel.dtype).unsqueeze(-1)
         shift = scaled.detach().amax(-1, keepdim=True)
-        moments = torch.exp(scaled - shift)
+        # The q = 0 row holds log F2 (its log average), as on the integer path.
+        moments = torch.where(is_zero, torch.log(seg_var.clamp_min(tiny)).unsqueeze(-2), torch.exp(scaled - shift))
     means = _per_scale_mean(moments, counts)  # (..., Q, S)
-    is_zero = (q == 0).to(seg_var.device).unsqueeze(-1)
     safe_q = torch.where(q == 0, torch.ones_like(q), q).to(seg_var.dtype).unsqueeze(-1)
     log_moment = torch.log(torch.where(is_zero, torch.ones_like(means), means)) + shift
     return torch.where(is_zero, 0.5 * means, log_moment / safe_q + 0.5 * torch.log(top).unsqueeze(-1))

@@ -154,6 +154,20 @@ def test_nested_octave_kernel_equals_per_scale_detrending(n, scales, both):
     torch.testing.assert_close(nested, direct, rtol=1e-9, atol=0.0)
 
 
+@pytest.mark.parametrize("q_vals", [[-5.0, -3.0, -1.0, 0.0, 1.0, 3.0, 5.0], [-2.5, 0.0, 1.5, 3.0], [-20.0, 0.0, 20.0]])
+def test_all_scale_moments_equal_per_scale_log_sum_exp(q_vals):
+    # Integer q up to 12 take products of F, others exponentials, all scales at once; both must
+    # equal the plain per-scale log-sum-exp, q = 0 (the log average) included.
+    from fractals.dfa import _as_q, _log_fq, _log_fq_scales, _segments_per_scale
+
+    n, scales = 4096, [16, 32, 64, 128]
+    counts = _segments_per_scale(n, scales, True)
+    seg_var = torch.rand(3, sum(counts), generator=torch.Generator().manual_seed(5), dtype=torch.float64) ** 3 + 1e-4
+    q = _as_q(q_vals, "cpu")
+    ref = torch.stack([_log_fq(v, q) for v in seg_var.split(counts, -1)], -1)
+    torch.testing.assert_close(_log_fq_scales(seg_var, counts, q, q.tolist()), ref, rtol=1e-10, atol=1e-12)
+
+
 def test_hurst_from_dfa_kinds():
     assert hurst_from_dfa(1.7, signal="fbm") == pytest.approx(0.7)
     np.testing.assert_allclose(hurst_from_dfa(np.array([0.3, 0.8])), [0.3, 0.8])
