@@ -94,24 +94,15 @@ def _profile(t: torch.Tensor) -> torch.Tensor:
     return (t - t.mean(-1, keepdim=True, dtype=work_dtype)).cumsum(-1)
 
 
-_SIZES_CACHE: dict = {}
-
-
 def _segments_per_scale(n: int, scales: list[int], both: bool) -> list[int]:
     return [(n // s) * (2 if both and n % s else 1) for s in scales]
 
 
-def _segment_sizes(n: int, scales: list[int], both: bool, dtype, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=256)
+def _segment_sizes(n: int, scales: tuple[int, ...], both: bool, dtype, device: str) -> torch.Tensor:
     """``(V,)`` length of each of the V segments of all scales, in order (cached)."""
-    key = (n, tuple(scales), both, dtype, str(device))
-    sizes = _SIZES_CACHE.get(key)
-    if sizes is None:
-        counts = torch.tensor(_segments_per_scale(n, scales, both))
-        sizes = torch.tensor(scales, dtype=dtype).repeat_interleave(counts).to(device)
-        if len(_SIZES_CACHE) > 256:
-            _SIZES_CACHE.clear()
-        _SIZES_CACHE[key] = sizes
-    return sizes
+    counts = torch.tensor(_segments_per_scale(n, list(scales), both))
+    return torch.tensor(scales, dtype=dtype).repeat_interleave(counts).to(device)
 
 
 def _per_scale_mean(values: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -249,7 +240,8 @@ def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int
         energies = torch.cat([_segment_energies(profile, prefix, s, order, both) for s in scales], -1)  # (..., V)
     counts = _segments_per_scale(t.shape[-1], scales, both)
     # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
-    seg_var = energies.clamp_min(0.0) / _segment_sizes(t.shape[-1], scales, both, profile.dtype, profile.device)
+    sizes = _segment_sizes(t.shape[-1], tuple(scales), both, profile.dtype, str(profile.device))
+    seg_var = energies.clamp_min(0.0) / sizes
     if floor > 0:
         seg_var = seg_var + (floor * seg_var.detach().mean(-1, keepdim=True) + torch.finfo(seg_var.dtype).tiny)
     log_fq = _log_fq_scales(seg_var, counts, q, q.tolist())

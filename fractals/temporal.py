@@ -7,6 +7,7 @@ return the same kind, and run on CPU or CUDA in float32 or float64. Definitions 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -245,31 +246,22 @@ def _as_windows(windows, n: int, minimum: int, name: str = "windows") -> list[in
     return out
 
 
-_LAYOUT_CACHE: dict = {}
-
-
-def _window_layout(n: int, windows: list[int], unbiased: bool, device):
-    """Per-layout constants of :func:`_log_rs`, cached: ``(member, size, denom, ramps)``.
+@functools.lru_cache(maxsize=256)
+def _window_layout(n: int, windows: tuple[int, ...], unbiased: bool, device: str):
+    """Per-layout constants of :func:`_log_rs` (cached): ``(member, size, denom, ramps)``.
 
     ``member`` is the ``(V, n_windows)`` float64 indicator of which window each of the V segments
     (``n // w`` per window, window by window) belongs to, so per-window sums are one matmul;
     ``size`` and ``denom`` the ``(V,)`` segment lengths and variance denominators; ``ramps`` the
     ``1..w`` ramp per window.
     """
-    key = (n, tuple(windows), unbiased, str(device))
-    hit = _LAYOUT_CACHE.get(key)
-    if hit is None:
-        counts = torch.tensor([n // w for w in windows])
-        owner = torch.arange(len(windows)).repeat_interleave(counts)
-        member = torch.zeros(owner.numel(), len(windows), dtype=torch.float64)
-        member[torch.arange(owner.numel()), owner] = 1.0
-        size = torch.tensor(windows, dtype=torch.float64)[owner]
-        ramps = [torch.arange(1, w + 1, dtype=torch.float64, device=device) for w in windows]
-        hit = (member.to(device), size.to(device), (size - 1 if unbiased else size).to(device), ramps)
-        if len(_LAYOUT_CACHE) > 256:
-            _LAYOUT_CACHE.clear()
-        _LAYOUT_CACHE[key] = hit
-    return hit
+    counts = torch.tensor([n // w for w in windows])
+    owner = torch.arange(len(windows)).repeat_interleave(counts)
+    member = torch.zeros(owner.numel(), len(windows), dtype=torch.float64)
+    member[torch.arange(owner.numel()), owner] = 1.0
+    size = torch.tensor(windows, dtype=torch.float64)[owner]
+    ramps = [torch.arange(1, w + 1, dtype=torch.float64, device=device) for w in windows]
+    return member.to(device), size.to(device), (size - 1 if unbiased else size).to(device), ramps
 
 
 def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor:
@@ -283,7 +275,7 @@ def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor
     not the arithmetic, bounds small batches.
     """
     rows, n = t.shape
-    member, size, denom, ramps = _window_layout(n, windows, unbiased, t.device)
+    member, size, denom, ramps = _window_layout(n, tuple(windows), unbiased, str(t.device))
     work = t - t.mean(-1, keepdim=True, dtype=torch.float64)
     sums = torch.empty(2, rows, n + 1, dtype=torch.float64, device=t.device)  # walk, walk of squares
     sums[:, :, 0] = 0.0
