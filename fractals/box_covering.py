@@ -141,7 +141,7 @@ def _distances_cpu(a: np.ndarray, max_dist: Optional[int]) -> np.ndarray:
     for i in range(g):  # C Dijkstra stops at the largest box size: most pairs are never visited
         d = dijkstra(csr_matrix(a[i]), directed=False, unweighted=True, limit=limit)
         out[i] = np.where(np.isfinite(d), d, cap)
-    return np.minimum(out, cap)
+    return out
 
 
 def _largest_component_cpu(a: np.ndarray) -> np.ndarray:
