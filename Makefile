@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+MAMBA_SSM_VERSION ?= 2.3.2.post1
 
 .PHONY: setup test test-fast demo bench clean
 
@@ -12,6 +13,9 @@ setup: ## create .venv with CPU torch and the project (editable) plus dev extras
 	# torch first, from the local CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# mamba_ssm's Python and Triton sources only (seconds; no CUDA build): CI runs its Mamba-2 kernels in
+	# Triton's interpreter against the portable path. --no-deps: its transformers dependency is unused here.
+	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(BIN)/python -m pip install -q --no-build-isolation --no-deps mamba-ssm==$(MAMBA_SSM_VERSION)
 
 test: ## the whole test suite on CPU
 	$(BIN)/python -m pytest -q tests

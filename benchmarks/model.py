@@ -99,9 +99,16 @@ def bench_ssd(args) -> list[dict]:
                          "ms_per_step": round(sec * 1e3, 2), "tokens_per_s": round(batch * seqlen / sec)})
     if args.device.startswith("cuda"):
         try:
-            from mamba_ssm.modules.mamba2 import Mamba2 as RefMamba2
+            from models.backbones.mamba2 import _load_fused
 
-            ref = RefMamba2(d_model=d_model, d_state=64, headdim=64).to(args.device)
+            _load_fused()  # registers a source-only mamba_ssm without its failing __init__
+            from mamba_ssm.modules.mamba2 import Mamba2 as RefMamba2
+            from mamba_ssm.ops.triton import ssd_combined
+
+            # The memory-efficient path fuses the conv via causal-conv1d's CUDA extension; without it,
+            # mamba_ssm runs torch's conv1d and the same Triton SSD, which is the label then.
+            mem_eff = getattr(ssd_combined, "causal_conv1d_fwd_function", None) is not None
+            ref = RefMamba2(d_model=d_model, d_state=64, headdim=64, use_mem_eff_path=mem_eff).to(args.device)
             u = torch.randn(batch, seqlen, d_model, device=args.device, requires_grad=True)
 
             def ref_step():
@@ -110,7 +117,8 @@ def bench_ssd(args) -> list[dict]:
                 y.float().square().mean().backward()
 
             sec = _time(ref_step, args.device, repeats=args.repeats)
-            rows.append({"bench": "ssd", "path": "mamba_ssm.Mamba2 (mem-eff)", "compiled": False, "d_model": d_model,
+            rows.append({"bench": "ssd", "path": "mamba_ssm.Mamba2 (" + ("mem-eff" if mem_eff else "Triton SSD, torch conv1d") + ")",
+                         "compiled": False, "d_model": d_model,
                          "tokens": batch * seqlen, "dtype": "bfloat16", "ms_per_step": round(sec * 1e3, 2),
                          "tokens_per_s": round(batch * seqlen / sec)})
         except Exception as exc:  # noqa: BLE001

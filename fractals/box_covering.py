@@ -7,8 +7,10 @@ all closer than l_B to each other, the box count coming from greedy colouring of
 - CPU: distances by SciPy's C Dijkstra, cut off at the largest box size, and the colouring on
   bit-packed dual rows in NumPy (one vector step per node for all graphs and sizes at once; the
   step costs microseconds, where a torch op on CPU costs several).
-- Other devices (CUDA): distances from batched boolean matrix powers (BFS) and the colouring as
-  torch ops over every graph and size at once, so the data never leaves the device.
+- Other devices (CUDA): distances from batched boolean matrix powers (BFS), so the data never
+  leaves the device, and the colouring in one Triton launch (:mod:`fractals._box_triton`, graphs up
+  to 256 nodes, when triton imports) or else as torch ops over every graph and size at once, ~6
+  launches per node.
 
 The two agree exactly (tested on CPU by running the device kernel there too).
 """
@@ -21,6 +23,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from fractals import _box_triton
 from fractals._checks import as_tensor, check_finite
 
 __all__ = ["graph_fractal_dim", "BoxCounts"]
@@ -45,6 +48,9 @@ class BoxCounts:
 
 
 # ----------------------------------------------------------------------------- device kernels (torch)
+DEVICE_COLOURING = "auto"  # "torch" forces the torch loop on CUDA (benchmarks compare the two)
+
+
 def _reachability(a: torch.Tensor) -> torch.Tensor:
     """Transitive closure (with self loops) by repeated squaring of a boolean matrix: (G, N, N)."""
     n = a.shape[-1]
@@ -88,6 +94,11 @@ def _greedy_box_counts(dist: torch.Tensor, nodes: torch.Tensor, eps: torch.Tenso
     dual = (dist.unsqueeze(1) >= eps.view(1, L, 1, 1)) & nodes.view(g, 1, n, 1) & nodes.view(g, 1, 1, n)
     degree = dual.sum(-1)  # (G, L, N); excluded nodes have degree 0 and are skipped below
     order = torch.argsort(degree.masked_fill(~nodes.view(g, 1, n), -1), dim=-1, descending=True, stable=True)
+    if DEVICE_COLOURING == "auto" and _box_triton.available(dist.device, n):
+        active = torch.gather(nodes.view(g, 1, n).expand(g, L, n), -1, order)  # coloured at each step
+        lanes = g * L
+        return _box_triton.colour_counts(dual.reshape(lanes, n, n), order.reshape(lanes, n),
+                                         active.reshape(lanes, n)).reshape(g, L)
     color = torch.full((g, L, n), n, dtype=torch.long, device=dist.device)  # n = "not coloured yet"
     forbidden = torch.zeros((g, L, n + 1), dtype=torch.bool, device=dist.device)
     for s in range(n):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fractals.graph import BoxCounts, PowerLawFit, functional_connectivity_latents, graph_fractal_dim, powerlaw_fit
+from interpreter import importable, run_interpreted
 
 nx = pytest.importorskip("networkx", reason="networkx (a torch dependency) builds the reference graphs")
 
@@ -329,3 +330,40 @@ def test_cpu_and_device_box_kernels_agree(n_nodes, components, given_eps):
     dev = bc._cover_device(a, eps, components)
     for got, want in zip(cpu, dev):
         assert torch.equal(got.to(want.dtype), want)
+
+
+@pytest.mark.skipif(not importable("triton"), reason="needs triton (make setup installs it)")
+def test_triton_colouring_equals_numpy_colouring_in_the_interpreter():
+    # The CUDA path colours in one Triton launch (fractals._box_triton). Triton's CPU interpreter runs
+    # that kernel here, through _cover_device, against the NumPy bitset kernel: 1, 2 and 4 bitset
+    # words, excluded nodes (largest component) and the 256-node limit.
+    report = run_interpreted("triton_interpreter_box.py")
+    assert len(report) == 3
+    for case, counts in report.items():
+        assert counts["triton"] == counts["numpy"], case
+        assert min(min(row) for row in counts["numpy"]) > 1, case  # every size colours several boxes
+
+
+def test_device_colouring_switch_is_checked_and_the_kernel_refuses_oversized_graphs():
+    from fractals import _box_triton
+    from fractals import box_covering as bc
+
+    assert bc.DEVICE_COLOURING == "auto"
+    assert not _box_triton.available(torch.device("cpu"), 32)  # CPU tensors take the NumPy kernel
+    assert not _box_triton.available(torch.device("cuda"), _box_triton.MAX_NODES + 1)
+    if _box_triton.triton is not None:
+        n = _box_triton.MAX_NODES + 1
+        with pytest.raises(ValueError, match="MAX_NODES"):
+            _box_triton.colour_counts(torch.zeros(1, n, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.long),
+                                      torch.ones(1, n, dtype=torch.bool))
+
+
+def test_pack_rows_sets_bit_j_of_word_w_for_column_64w_plus_j():
+    from fractals._box_triton import pack_rows
+
+    dual = torch.zeros(2, 3, 130, dtype=torch.bool)
+    dual[0, 1, [0, 63, 64, 129]] = True
+    words = pack_rows(dual)
+    assert words.shape == (2, 3, 3) and words.dtype == torch.int64
+    assert words[0, 1].tolist() == [1 | -(1 << 63), 1, 2]  # bit 63 is the sign bit of an int64
+    assert int(words[1].abs().sum()) == 0 and int(words[0, 0].abs().sum()) == 0

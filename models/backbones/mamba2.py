@@ -8,8 +8,11 @@ the two paths. With ``mamba_ssm`` importable and the input on CUDA, the SSD scan
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import math
+import sys
 from typing import Any, Mapping
 
 import torch
@@ -29,18 +32,48 @@ _FUSED_ERROR: str = ""
 _LOGGED: set[str] = set()
 
 
+_SSD_MODULE = "mamba_ssm.ops.triton.ssd_combined"
+FUSED_CHUNK_SIZE = 256  # mamba_ssm's own default: its Triton tiles are tuned for it
+
+
+def _import_ssd_scan() -> tuple[Any, str]:
+    """``mamba_chunk_scan_combined`` and how it was found.
+
+    ``mamba_ssm/__init__.py`` imports its compiled Mamba-1 scan (and ``transformers``) unconditionally,
+    so a source-only install (``MAMBA_SKIP_CUDA_BUILD=TRUE``, seconds instead of a long CUDA build) or
+    an extension built against another torch fails there, although the Mamba-2 SSD is pure Triton and
+    needs neither. When the plain import fails, the package is registered without running its
+    ``__init__`` and only the Triton SSD modules are imported; then ``import mamba_ssm`` elsewhere
+    yields that bare package instead of the error.
+    """
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        return mamba_chunk_scan_combined, "mamba_ssm"
+    except Exception as exc:  # noqa: BLE001 - retried below without the package __init__
+        first = exc
+    spec = importlib.util.find_spec("mamba_ssm") if "mamba_ssm" not in sys.modules else None
+    if spec is None or spec.submodule_search_locations is None:
+        raise first
+    sys.modules["mamba_ssm"] = importlib.util.module_from_spec(spec)
+    try:
+        module = importlib.import_module(_SSD_MODULE)
+    except Exception:  # noqa: BLE001 - report the original failure, which names the real cause
+        for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+        raise first from None
+    return module.mamba_chunk_scan_combined, f"mamba_ssm Triton SSD only; the package import failed: {first}"
+
+
 def _load_fused() -> dict[str, Any]:
-    """Import the fused kernels once. ``mamba_ssm`` 2.3.x imports its compiled Mamba-1 extension in
-    ``mamba_ssm/__init__.py`` unconditionally, so any failure there (ImportError, undefined symbol,
-    CUDA init errors) must fall back to the portable path rather than crash the model."""
+    """Import the fused kernels once. Any failure (ImportError, undefined symbol, CUDA init errors)
+    falls back to the portable path rather than crash the model; ``_FUSED_ERROR`` keeps the reason."""
     global _FUSED, _FUSED_ERROR
     if _FUSED is not None:
         return _FUSED
     _FUSED = {}
     try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
-        _FUSED["scan"] = mamba_chunk_scan_combined
+        _FUSED["scan"], _FUSED["source"] = _import_ssd_scan()
     except Exception as exc:  # noqa: BLE001 - any import-time failure means "not usable here"
         _FUSED_ERROR = f"{type(exc).__name__}: {exc}"
         return _FUSED
@@ -143,7 +176,7 @@ class Mamba2(nn.Module):
             why = "input not on CUDA" if not x.is_cuda else _FUSED_ERROR
             raise RuntimeError(f"kernels='fused' but the mamba_ssm kernels cannot run: {why}")
         if ok:
-            _log_path_once("fused", "mamba_ssm.mamba_chunk_scan_combined on CUDA")
+            _log_path_once("fused", f"mamba_chunk_scan_combined on CUDA from {_FUSED['source']}")
         else:
             _log_path_once("portable", "input on CPU" if not x.is_cuda
                            else f"mamba_ssm not importable: {_FUSED_ERROR}")
@@ -173,7 +206,7 @@ class Mamba2(nn.Module):
         C = C.reshape(b, seqlen, self.ngroups, self.d_state)
         A = -torch.exp(self.A_log.float())  # float: in half precision exp(A_log) can overflow
         if fused:
-            y, state = _FUSED["scan"](x, dt, A, B, C, chunk_size=256, D=self.D, z=None,
+            y, state = _FUSED["scan"](x, dt, A, B, C, chunk_size=FUSED_CHUNK_SIZE, D=self.D, z=None,
                                       dt_bias=self.dt_bias, dt_softplus=True, return_final_states=True)
         else:
             dt = F.softplus(dt.float() + self.dt_bias.float())
