@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fractals import _box_triton, box_covering  # noqa: E402
+from fractals import _box_triton, _rs_triton, box_covering  # noqa: E402
 from fractals import metrics as fm  # noqa: E402
 from fractals.stimuli import fgn  # noqa: E402
 from fractals.temporal import default_windows  # noqa: E402
@@ -282,6 +282,15 @@ def main() -> int:
         print(f"| fc_graph_fd, torch colouring loop instead of Triton | {loop_s * 1e3:.1f} | {n_series / loop_s:.0f} "
               f"| - | - | Triton {loop_s / ours['fc_graph_fd']:.1f}x faster |")
         rows.append(dict(metric="fc_graph_fd_torch_loop", ours_s=loop_s, ours_series_per_s=n_series / loop_s))
+    if _rs_triton.available(device, default_windows(t)):  # R/S: Triton kernel against the torch path
+        _rs_triton.ENABLED = False
+        try:
+            torch_s = _median_seconds(our_metrics(x)["hurst_rs"], device, args.warmup, args.repeat)
+        finally:
+            _rs_triton.ENABLED = True
+        print(f"| hurst_rs, torch path instead of Triton | {torch_s * 1e3:.1f} | {n_series / torch_s:.0f} "
+              f"| - | - | Triton {torch_s / ours['hurst_rs']:.1f}x faster |")
+        rows.append(dict(metric="hurst_rs_torch_path", ours_s=torch_s, ours_series_per_s=n_series / torch_s))
     if args.graph_shape and device.type == "cpu":
         gb, gc = args.graph_shape
         print(f"  FC + graph FD on {gb} graphs of {gc} nodes ...", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ import torch
 
 from fractals import stimuli as S
 from fractals.temporal import higuchi_fd, hurst_rs, katz_fd
+from interpreter import importable, run_interpreted
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -124,3 +125,20 @@ def test_cuda_gives_cpu_numbers():
         xc = x.to(dtype)
         for fn in (higuchi_fd, katz_fd, hurst_rs):
             torch.testing.assert_close(fn(xc.cuda()).cpu(), fn(xc), atol=tol, rtol=0)
+
+
+@pytest.mark.skipif(not importable("triton"), reason="needs triton (make setup installs it)")
+def test_triton_rs_kernel_equals_the_torch_path_in_the_interpreter():
+    # On CUDA, R/S takes fractals._rs_triton (one read of each series per window). Triton's CPU
+    # interpreter runs that kernel here against the torch path: windows that leave remainders or are
+    # not powers of two, float32 and float64, ddof 0 and 1, skipped constant segments, and the
+    # all-constant-window error.
+    report = run_interpreted("triton_interpreter_rs.py")
+    cases = {k: v for k, v in report.items() if k.startswith("T ")}
+    assert len(cases) == 3
+    for name, case in cases.items():
+        assert case["max_diff"] <= 1e-12 * max(1.0, case["spread"]), name
+        assert case["spread"] > 0.1 and case["dtype_kept"], name
+    assert report["errors"]["triton"] == report["errors"]["torch"]
+    assert "every segment of length 16 is constant" in report["errors"]["triton"]
+    assert report["available"] == {"cpu": False, "too_long": False}
