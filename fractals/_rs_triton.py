@@ -37,7 +37,7 @@ def available(device: torch.device, windows: list[int]) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _rs_kernel(x_ptr, tol_ptr, out_ptr, n, w, n_cols, UNBIASED: tl.constexpr,
+    def _rs_kernel(x_ptr, tol_ptr, out_ptr, n, w, n_cols, DDOF: tl.constexpr,
                    SEGS: tl.constexpr, W_PAD: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         col = tl.program_id(1)
@@ -50,7 +50,7 @@ if triton is not None:
         walk = tl.cumsum(dev, axis=1)
         rng = tl.max(walk, axis=1) - tl.min(walk, axis=1)
         ss = tl.sum(dev * dev, axis=1)
-        denom = (w - 1) if UNBIASED else w
+        denom = w - DDOF
         energy_tol = tl.load(tol_ptr + row)
         # Same constant-segment rule as the torch path: R or the energy within rounding of zero.
         valid = (end <= n) & (rng > tl.sqrt(energy_tol * n) / 8.0) & (ss * w / denom > energy_tol)
@@ -81,7 +81,7 @@ def log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor:
         segs = max(1, _TILE // w_pad)
         n_cols = -(-(n // w) // segs)
         out = torch.empty(rows, n_cols, 2, dtype=torch.float64, device=t.device)
-        _rs_kernel[(rows, n_cols)](x, energy_tol, out, n, w, n_cols, UNBIASED=bool(unbiased), SEGS=segs,
+        _rs_kernel[(rows, n_cols)](x, energy_tol, out, n, w, n_cols, DDOF=int(bool(unbiased)), SEGS=segs,
                                    W_PAD=w_pad, num_warps=8 if segs * w_pad >= 2048 else 4)
         sums.append(out.sum(1))
     ratio_sum, count = torch.stack(sums, 1).unbind(-1)  # (rows, n_windows) each
