@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from models.backbones import Mamba2Stack
 from models.heads import (
+    TIME_MAJOR_KEYS,
     BehaviorHead,
     ContrastiveHead,
     DomainAdversarialHead,
@@ -269,7 +270,13 @@ class NeuroFMx(nn.Module):
             losses["behavior"], outputs["behavior"] = out.loss, out.prediction
             metrics.update({f"behavior_{n}": v for n, v in out.metrics.items()})
         if self.contrastive is not None and self.contrastive_view in batch:
-            out = self.contrastive(popt, batch[self.contrastive_view])
+            view = batch[self.contrastive_view]
+            feature_mask = batch.get(f"{self.contrastive_view}_mask")
+            if feature_mask is not None and self.contrastive_view in TIME_MAJOR_KEYS:
+                # (B, T, F) with a (B, F) mask: missing features must not reach the loss.
+                view = torch.where(feature_mask.bool()[:, None, :], view, torch.zeros((), dtype=view.dtype,
+                                                                                      device=view.device))
+            out = self.contrastive(popt, view)
             losses["contrastive"] = out.loss
             metrics.update({f"contrastive_{n}": v for n, v in out.metrics.items()})
         if self.adversarial is not None and self.adversarial_target in batch:

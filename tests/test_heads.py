@@ -110,6 +110,33 @@ def test_r2_known_values():
     assert r2_score(torch.zeros_like(y) + y.mean((0, 1)), y).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_r2_ignores_features_with_no_valid_sample():
+    # A feature masked out everywhere (an occluded keypoint) has no R^2; it must not count as a
+    # perfect 1.0 in the mean over features.
+    y = torch.randn(1, 100, 2)
+    pred = torch.zeros_like(y) + y.mean((0, 1))  # R^2 = 0 on every feature
+    weight = torch.ones_like(y, dtype=torch.bool)
+    weight[..., 1] = False
+    assert r2_score(pred, y, weight).item() == pytest.approx(0.0, abs=1e-6)
+    head = BehaviorHead(d_model=D, patch_size=P, n_features=2)
+    out = head(_latents(b=1, s=25), target=y, mask=torch.tensor([[True, False]]))
+    expected = r2_score(out.prediction[..., :1].detach(), y[..., :1])
+    assert out.metrics["r2"].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_r2_of_a_constant_feature_is_finite():
+    # A constant feature (a binary event that never fires in the batch) has no variance to
+    # explain: 1 when predicted exactly, else 0 (scikit-learn's force_finite), never -1e5.
+    const = torch.randn(1, 100, 2)
+    const[..., 1] = 0.0
+    near = const.clone()
+    near[..., 1] = 0.01
+    assert r2_score(const, const).item() == pytest.approx(1.0)
+    assert r2_score(near, const).item() == pytest.approx(0.5, abs=1e-6)
+    const[..., 1] = 0.1  # a constant that float32 means do not reproduce exactly
+    assert r2_score(const, const).item() == pytest.approx(1.0)
+
+
 def test_info_nce_known_values():
     z = torch.eye(4)
     loss, logits = info_nce(z, z, 0.5)

@@ -107,6 +107,18 @@ def test_contrastive_and_adversarial_heads_read_popt(batch):
     assert set(m(partial)["losses"]) == {"forecast_lfp"}
 
 
+def test_contrastive_view_ignores_masked_behavior_features(batch):
+    # behavior_mask marks missing features (an occluded keypoint): whatever they hold must not
+    # reach any loss, the contrastive view included.
+    m = _model(heads={"contrastive": {"view": "behavior", "dim_b": 2, "proj_dim": 8}}).eval()
+    masked = dict(batch, behavior_mask=torch.tensor([[True, False]] * 4))
+    garbage = dict(masked, behavior=batch["behavior"].clone())
+    garbage["behavior"][..., 1] = 1e3
+    with torch.no_grad():
+        a, b = m(masked)["losses"]["contrastive"], m(garbage)["losses"]["contrastive"]
+    torch.testing.assert_close(b, a)
+
+
 def test_multi_latent_chunks_give_one_step_per_chunk(batch):
     cfg = load_preset("tiny")
     cfg["perceiver"] = dict(cfg["perceiver"], n_latents=2, chunk_size=2)

@@ -195,3 +195,20 @@ def test_fractal_patterns_are_selectable_by_name(attention):
 def test_unknown_attention_lists_the_choices():
     with pytest.raises(ValueError, match="cantor"):
         PerceiverIOEncoder(d_model=D, attention="mandelbrot")
+
+
+def test_fractal_self_attention_keeps_query_positions_despite_the_null_key():
+    # MultiheadAttention appends one null key after the real keys; a position-based pattern must
+    # still place self-attention query i at key position i (a 1-cell Hilbert window: key i only).
+    from models.perceiver import MultiheadAttention
+
+    torch.manual_seed(0)
+    attn = MultiheadAttention(d_model=8, n_heads=1, attention={"name": "hilbert", "window": 1})
+    x = torch.randn(1, 10, 8)
+    with torch.no_grad():
+        ref = attn(x, x)
+        for j in range(10):
+            context = x.clone()
+            context[0, j] += 1.0
+            changed = (attn(x, context) - ref).abs().amax(-1)[0] > 1e-6
+            assert changed.nonzero().flatten().tolist() == [j]

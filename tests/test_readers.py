@@ -83,6 +83,30 @@ def test_nwb_electrical_series(tmp_path, signal):
         read_recording(path, series="nope")
 
 
+def test_nwb_offset_and_channel_conversion_give_si_units(tmp_path, signal):
+    # NWB: value in `unit` = data * conversion * channel_conversion[ch] + offset.
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectricalSeries
+
+    nwb = NWBFile(session_description="test", identifier="t2", session_start_time=datetime.now(timezone.utc))
+    device = nwb.create_device(name="amp")
+    group = nwb.create_electrode_group(name="scalp", description="EEG", location="scalp", device=device)
+    for _ in NAMES:
+        nwb.add_electrode(group=group, location="scalp")
+    region = nwb.create_electrode_table_region(list(range(3)), "all")
+    gains = np.array([1.0, 2.0, 4.0])
+    raw = signal.T * 1e6 / gains  # (time, channels) in per-channel ADC steps
+    nwb.add_acquisition(ElectricalSeries(name="eeg", data=raw, electrodes=region, rate=FS, conversion=1e-6,
+                                         channel_conversion=gains, offset=-2e-3))
+    path = tmp_path / "offset.nwb"
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    rec = read_recording(path)
+    np.testing.assert_allclose(rec.data, signal - 2e-3, rtol=1e-9, atol=1e-15)
+
+
 def test_npz_continuous_and_intervals(tmp_path, signal):
     path = tmp_path / "rec.npz"
     np.savez(path, data=signal, fs=FS, channel_names=np.array(NAMES))

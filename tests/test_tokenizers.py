@@ -114,6 +114,31 @@ def test_audio_and_video_map_to_common_grid():
     assert video.tokens.shape == (1, 4, D) and video.time_index[0].tolist() == [1, 3, 5, 7]
 
 
+def test_audio_and_video_tokens_never_see_later_bins():
+    # The forecast path is causal end to end: a token placed in common bin n may only depend on
+    # frames inside bins <= n, so changing the frames of the last bins leaves earlier tokens alone.
+    torch.manual_seed(0)
+    audio_tok = AudioTokenizer(d_model=D, n_mels=8, patch_size=16).eval()
+    audio = torch.randn(1, 8, 64)
+    late = audio.clone()
+    late[..., 44:] += 5.0  # frames 44.. are common bins 11.. of 16; one token spans 4 bins
+    a, b = audio_tok(audio, num_time_tokens=16), audio_tok(late, num_time_tokens=16)
+    assert a.time_index[0].tolist() == [3, 7, 11, 15]  # the bin of each token's last frame
+    early = a.time_index[0] < 11
+    torch.testing.assert_close(b.tokens[0, early], a.tokens[0, early])
+    # A partial last patch: 9 frames in patches of 4 end at frames 3, 7, 8 (one frame per bin).
+    short = AudioTokenizer(d_model=D, n_mels=8, patch_size=4)(torch.randn(1, 8, 9), num_time_tokens=9)
+    assert short.time_index[0].tolist() == [3, 7, 8]
+    video_tok = VideoTokenizer(d_model=D, patch_size=2, hidden=4).eval()
+    video = torch.rand(1, 3, 8, 8, 8)
+    late = video.clone()
+    late[:, :, 6:] = 1.0  # frames 6.. are common bins 12.. of 16
+    a, b = video_tok(video, num_time_tokens=16), video_tok(late, num_time_tokens=16)
+    early = a.time_index[0] < 12
+    assert early.sum() == 3
+    torch.testing.assert_close(b.tokens[0, early], a.tokens[0, early])
+
+
 def test_multimodal_concatenates_and_offsets_channels():
     mm = MultimodalTokenizer(d_model=D, patch_size=P, modalities={
         "spikes": {"n_units": 10}, "lfp": {"n_channels": 4}, "behavior": {"n_features": 2}, "audio": {"n_mels": 8},

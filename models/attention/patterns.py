@@ -71,7 +71,8 @@ def hilbert_neighbours(n_query: int, n_key: int, window: int, device=None) -> tu
 
     Sequence position ``i`` is the ``i``-th cell along a Hilbert curve; a query attends to the keys
     whose cells lie within Chebyshev distance ``window // 2`` of its own. Queries of a
-    cross-attention with ``n_query != n_key`` are placed at the proportional key position.
+    cross-attention are placed at the proportional key position (``n_query == n_key - 1`` counts as
+    self-attention plus an appended null key: query ``i`` stays at position ``i``).
 
     Returns
     -------
@@ -95,7 +96,9 @@ def hilbert_neighbours(n_query: int, n_key: int, window: int, device=None) -> tu
 
 
 def _query_positions(n_query: int, n_key: int, device=None) -> torch.Tensor:
-    if n_query == n_key:
+    # n_key - 1: self-attention plus the null key that models.perceiver.MultiheadAttention appends
+    # after the real keys; query i is still at key position i.
+    if n_query in (n_key, n_key - 1):
         return torch.arange(n_query, device=device)
     # Cross-attention: spread the queries over the key sequence.
     return torch.round(torch.linspace(0, n_key - 1, n_query, device=device)).long()

@@ -225,8 +225,14 @@ def _read_nwb(path: Path, *, series: str | None = None, **_: Any) -> Recording:
             ts = electrical[0] if electrical else next(iter(found.values()))
         data = np.asarray(ts.data[:], dtype=np.float64)
         data = data[:, None] if data.ndim == 1 else data.reshape(data.shape[0], -1)
+        # NWB stores raw counts: value = data * conversion * channel_conversion[ch] + offset.
         if ts.conversion not in (None, 1.0):
-            data = data * ts.conversion  # NWB stores raw counts plus a conversion to SI units
+            data = data * ts.conversion
+        channel_conversion = getattr(ts, "channel_conversion", None)
+        if channel_conversion is not None:
+            data = data * np.asarray(channel_conversion[:], dtype=np.float64).reshape(1, -1)
+        if getattr(ts, "offset", None):
+            data = data + float(ts.offset)
         if ts.rate is not None:
             rate = float(ts.rate)
         else:

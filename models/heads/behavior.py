@@ -14,17 +14,29 @@ __all__ = ["BehaviorHead", "r2_score"]
 def r2_score(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
     """Coefficient of determination averaged over features (last axis), over valid samples.
 
+    Features without a single valid sample have no R^2 and are left out of the mean. A constant
+    feature (no variance to explain) scores 1 when predicted exactly and 0 otherwise, as
+    scikit-learn's ``r2_score(force_finite=True)``.
+
     Shape:
         pred, target ``(B, T, F)``; weight ``(B, T, F)`` bool or None -> scalar
     """
     if weight is None:
         weight = torch.ones_like(target, dtype=torch.bool)
     w = weight.to(target.dtype)
-    n = w.sum((0, 1)).clamp_min(1.0)
+    count = w.sum((0, 1))
+    n = count.clamp_min(1.0)
     mean = (target * w).sum((0, 1)) / n
     ss_res = (((pred - target) ** 2) * w).sum((0, 1))
-    ss_tot = (((target - mean) ** 2) * w).sum((0, 1)).clamp_min(torch.finfo(target.dtype).eps)
-    return (1.0 - ss_res / ss_tot).mean()
+    ss_tot = (((target - mean) ** 2) * w).sum((0, 1))
+    info = torch.finfo(target.dtype)
+    energy = ((target**2) * w).sum((0, 1))
+    # Constant up to rounding: the spread is below what the dtype resolves at this magnitude.
+    constant = ss_tot <= info.eps * energy
+    exact = (ss_res <= info.eps * energy).to(target.dtype)
+    r2 = torch.where(constant, exact, 1.0 - ss_res / ss_tot.clamp_min(info.tiny))
+    scored = count > 0
+    return (r2 * scored).sum() / scored.sum().clamp_min(1)
 
 
 class BehaviorHead(nn.Module):

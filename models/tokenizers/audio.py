@@ -6,28 +6,37 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from models.tokenizers.base import Tokens, patchify, sinusoidal_encoding, zscore_channels
+from models.tokenizers.base import Tokens, causal_zscore_channels, patchify, sinusoidal_encoding
 
 __all__ = ["AudioTokenizer", "rescale_time_index"]
 
 
-def rescale_time_index(n_tokens: int, num_time_tokens: Optional[int], device) -> Tensor:
+def rescale_time_index(n_tokens: int, num_time_tokens: Optional[int], device, *,
+                       frames_per_token: Optional[int] = None, n_frames: Optional[int] = None) -> Tensor:
     """Map ``n_tokens`` tokens spread over a window onto ``num_time_tokens`` common token bins.
 
-    Audio and video run at their own frame rates; the token at the centre of a window fraction
-    ``u`` gets bin ``floor(u * num_time_tokens)`` so it lines up with the neural tokens.
+    Audio and video run at their own frame rates; each token gets the common bin holding its
+    *last* frame, so no token sits in a bin earlier than frames it has seen (causal chunks stay
+    causal). Token ``n`` ends at window fraction ``(n + 1) / n_tokens``, or, when
+    ``frames_per_token`` and ``n_frames`` are given (a partial last patch), at
+    ``min((n + 1) * frames_per_token, n_frames) / n_frames``.
     """
     steps = torch.arange(n_tokens, device=device)
     if num_time_tokens is None:
         return steps
-    centre = (steps.to(torch.float64) + 0.5) / n_tokens
-    return (centre * num_time_tokens).floor().long().clamp_(0, max(num_time_tokens - 1, 0))
+    if frames_per_token is not None and n_frames is not None:
+        end_frame, total = ((steps + 1) * int(frames_per_token)).clamp_(max=int(n_frames)), int(n_frames)
+    else:
+        end_frame, total = steps + 1, n_tokens
+    end = -(-end_frame * num_time_tokens // total) - 1  # integer ceil: exact, no float rounding
+    return end.clamp_(0, max(num_time_tokens - 1, 0))
 
 
 class AudioTokenizer(nn.Module):
     """Tokenize a ``(B, n_mels, T_a)`` log-mel spectrogram with a strided 1-D conv over frames.
 
-    Each mel band is z-scored over the window (microphone gain differs between rigs); a conv with
+    Each mel band is z-scored by its running statistics (microphone gain differs between rigs;
+    running, not whole-window, statistics keep a token blind to later frames); a conv with
     kernel = stride = ``patch_size`` frames mixes all bands of a patch into one token, followed by an
     MLP. Token time indices are rescaled to the common token grid when ``num_time_tokens`` is given.
 
@@ -63,11 +72,12 @@ class AudioTokenizer(nn.Module):
                 f"audio: needs a tensor (B, n_mels={self.n_mels}, T_a), got {getattr(audio, 'shape', type(audio))}"
             )
         b = audio.shape[0]
-        patches = patchify(zscore_channels(audio.float()), self.patch_size)  # (B, M, Na, P)
+        patches = patchify(causal_zscore_channels(audio.float()), self.patch_size)  # (B, M, Na, P)
         n = patches.shape[2]
         tok = self.proj(patches.permute(0, 2, 1, 3).reshape(b, n, -1))
         tok = tok + self.mlp(tok)
-        time_index = rescale_time_index(n, num_time_tokens, audio.device)
+        time_index = rescale_time_index(n, num_time_tokens, audio.device, frames_per_token=self.patch_size,
+                                        n_frames=audio.shape[-1])
         tok = tok + sinusoidal_encoding(time_index, self.d_model)
         minus_one = torch.full((b, n), -1, dtype=torch.long, device=audio.device)
         return Tokens(

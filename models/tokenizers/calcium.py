@@ -13,8 +13,9 @@ __all__ = ["CalciumTokenizer"]
 class CalciumTokenizer(nn.Module):
     """Tokenize ``(B, T, N)`` calcium traces: per-neuron patches plus neuron identity.
 
-    Traces are z-scored per neuron over the window (dF/F baselines and indicator brightness vary by
-    cell). Neuron ids come from ``calcium_ids`` when the batch has them, else the neuron position.
+    Traces are z-scored per neuron by running (causal) statistics (dF/F baselines and indicator
+    brightness vary by cell). Neuron ids come from ``calcium_ids`` when the batch has them, else the
+    neuron position.
 
     Parameters
     ----------

@@ -15,10 +15,11 @@ CONTINUOUS_KEYS = ("lfp", "eeg", "ecog", "ieeg", "emg")
 class ContinuousTokenizer(nn.Module):
     """Tokenize a ``(B, C, T)`` continuous recording: time patches plus channel embeddings.
 
-    Each channel is z-scored over the window (recordings come in volts, microvolts or arbitrary
-    units), cut into patches of ``patch_size`` samples and embedded with its channel identity
-    (``<key>_channel_ids`` when the batch has them, else the channel position). Channel counts may
-    differ between recordings: pad to a common ``C`` and mark the padding in ``<key>_mask``.
+    Each channel is z-scored (by default with running, causal statistics; recordings come in
+    volts, microvolts or arbitrary units), cut into patches of ``patch_size`` samples and embedded
+    with its channel identity (``<key>_channel_ids`` when the batch has them, else the channel
+    position). Channel counts may differ between recordings: pad to a common ``C`` and mark the
+    padding in ``<key>_mask``.
 
     Parameters
     ----------

@@ -14,8 +14,8 @@ class FMRITokenizer(nn.Module):
     """Tokenize ``(B, T, R)`` ROI series with atlas-parcel identity embeddings.
 
     ROI ids are the parcel numbers of one atlas (``fmri_roi_ids``; default the ROI position), so a
-    parcel keeps its identity across subjects; the BOLD signal is z-scored per ROI over the window.
-    fMRI is slow (TR ~ 1 s), so a ``patch_size`` of 1-2 volumes is typical.
+    parcel keeps its identity across subjects; the BOLD signal is z-scored per ROI by running
+    (causal) statistics. fMRI is slow (TR ~ 1 s), so a ``patch_size`` of 1-2 volumes is typical.
 
     Parameters
     ----------

@@ -15,10 +15,11 @@ __all__ = ["VideoTokenizer"]
 class VideoTokenizer(nn.Module):
     """Tokenize ``(B, 3, T_v, H, W)`` video with two 3-D convolutions and spatial mean pooling.
 
-    The first conv (3x3x3, spatial stride 2) sees short motion; the second (``patch_size`` frames x
-    3x3, stride ``(patch_size, 2, 2)``) groups frames into tokens. Spatial positions are averaged, so
-    any frame size works and cost stays small; token time indices are rescaled to the common grid
-    when ``num_time_tokens`` is given. Frames are expected in [0, 1] or standardised.
+    The first conv (3x3x3, spatial stride 2, causal in time) sees short motion; the second
+    (``patch_size`` frames x 3x3, stride ``(patch_size, 2, 2)``) groups frames into tokens. Spatial
+    positions are averaged, so any frame size works and cost stays small; token time indices are
+    rescaled to the common grid when ``num_time_tokens`` is given. Frames are expected in [0, 1] or
+    standardised.
 
     Parameters
     ----------
@@ -43,7 +44,7 @@ class VideoTokenizer(nn.Module):
         super().__init__()
         self.d_model, self.patch_size = int(d_model), int(patch_size)
         self.net = nn.Sequential(
-            nn.Conv3d(3, hidden, kernel_size=3, stride=(1, 2, 2), padding=1), nn.GELU(),
+            nn.Conv3d(3, hidden, kernel_size=3, stride=(1, 2, 2), padding=(0, 1, 1)), nn.GELU(),
             nn.Conv3d(hidden, self.d_model, kernel_size=(self.patch_size, 3, 3), stride=(self.patch_size, 2, 2),
                       padding=(0, 1, 1)), nn.GELU(),
         )
@@ -56,7 +57,9 @@ class VideoTokenizer(nn.Module):
         if video.shape[2] < self.patch_size:
             raise ValueError(f"video: has {video.shape[2]} frames, needs at least patch_size={self.patch_size}")
         b = video.shape[0]
-        feat = self.net(video.float()).mean(dim=(-1, -2)).transpose(1, 2)  # (B, Nv, D)
+        # Pad two frames on the left only: the 3-frame conv is causal in time (frame t sees t-2..t).
+        causal = nn.functional.pad(video.float(), (0, 0, 0, 0, 2, 0))
+        feat = self.net(causal).mean(dim=(-1, -2)).transpose(1, 2)  # (B, Nv, D)
         n = feat.shape[1]
         time_index = rescale_time_index(n, num_time_tokens, video.device)
         tok = self.out(feat) + sinusoidal_encoding(time_index, self.d_model)
