@@ -305,6 +305,8 @@ def graph_fractal_dim(adj, eps_values: Union[Sequence[int], torch.Tensor, np.nda
     n = t.shape[-1]
     if n < 2:
         raise ValueError(f"adj: needs at least 2 nodes, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"adj: is empty (shape {tuple(t.shape)}); needs at least one graph")
     if components not in ("largest", "sum"):
         raise ValueError(f"components: must be 'largest' or 'sum', got {components!r}")
     batch_shape = t.shape[:-2]
@@ -349,7 +351,10 @@ def graph_fractal_dim(adj, eps_values: Union[Sequence[int], torch.Tensor, np.nda
 
 
 def _check_eps(eps_values, device) -> torch.Tensor:
-    eps = torch.as_tensor(np.asarray(eps_values) if not isinstance(eps_values, torch.Tensor) else eps_values)
+    try:
+        eps = torch.as_tensor(np.asarray(eps_values) if not isinstance(eps_values, torch.Tensor) else eps_values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"eps_values: needs a sequence of integer box sizes, got {eps_values!r} ({exc})") from exc
     if eps.ndim != 1 or eps.numel() < 2 or torch.is_floating_point(eps) and not bool((eps == eps.round()).all()):
         raise ValueError(f"eps_values: needs at least two integer box sizes, got {eps_values!r}")
     eps = eps.long().to(device)

@@ -57,7 +57,7 @@ def functional_connectivity_latents(latents, method: str = "pearson", thresh: fl
     check_finite(t, "latents")
     if method not in ("pearson", "partial"):
         raise ValueError(f"method: must be 'pearson' or 'partial', got {method!r}")
-    if not (isinstance(thresh, (int, float)) and 0 <= thresh < 1):
+    if not (isinstance(thresh, (int, float, np.integer, np.floating)) and 0 <= thresh < 1):
         raise ValueError(f"thresh: must be a number in [0, 1), got {thresh!r}")
     T, C = t.shape[-2], t.shape[-1]
     if T < 3:
@@ -67,19 +67,29 @@ def functional_connectivity_latents(latents, method: str = "pearson", thresh: fl
     xc = t - t.mean(-2, keepdim=True)
     gram = xc.transpose(-1, -2) @ xc  # one matmul; the norms are its diagonal
     std = gram.diagonal(dim1=-2, dim2=-1).sqrt()  # (..., C)
-    if bool((std == 0).any()):
-        flat = (std == 0).reshape(-1, C)
+    const = t.amax(-2) == t.amin(-2)  # not std == 0: the mean of a constant has rounding residue
+    if bool(const.any()):
+        flat = const.reshape(-1, C)
         row, col = (int(v) for v in torch.nonzero(flat)[0])
         raise ValueError(f"latents: channel {col} of series {row} (flattened) is constant; drop it before FC")
     r = (gram / (std.unsqueeze(-1) * std.unsqueeze(-2))).clamp(-1.0, 1.0)
     eye = torch.eye(C, dtype=t.dtype, device=t.device)
     if method == "partial":
-        lam = (0.0 if T > C else 0.1) if ridge is None else float(ridge)
+        numeric = isinstance(ridge, (int, float, np.integer, np.floating)) and not isinstance(ridge, bool)
+        lam = (0.0 if T > C else 0.1) if ridge is None else float(ridge) if numeric else math.nan
         if not 0 <= lam < 1:
             raise ValueError(f"ridge: must be in [0, 1), got {ridge!r}")
-        prec = torch.linalg.inv((1 - lam) * r + lam * eye)
+        prec, info = torch.linalg.inv_ex((1 - lam) * r + lam * eye)
         d = prec.diagonal(dim1=-2, dim2=-1).sqrt()
         r = (-prec / (d.unsqueeze(-1) * d.unsqueeze(-2))).clamp(-1.0, 1.0)
+        bad = (info != 0) | ~torch.isfinite(r.detach()).flatten(-2).all(-1)
+        if bool(bad.any()):
+            row = int(torch.nonzero(bad.reshape(-1))[0])
+            raise ValueError(
+                f"latents: the correlation matrix of series {row} (flattened) is singular (collinear or duplicate "
+                f"channels) at ridge={lam:g}; pass ridge > 0 (e.g. ridge=0.1) or drop the redundant channels"
+            )
+    r = 0.5 * (r + r.transpose(-1, -2))  # matmul and inverse round (i, j) and (j, i) differently
     absr = r.abs() * (1 - eye)
     edge = absr > thresh
     adj = torch.where(edge, absr, torch.zeros_like(absr)) if weighted else edge.to(t.dtype)
@@ -127,6 +137,8 @@ def _fit_tail(x: torch.Tensor, discrete: bool, xmin: Optional[float], min_tail: 
     xm = x[cand] if xmin is None else torch.full_like(n_tail, xmin)
     shift = xm - 0.5 if discrete else xm
     alpha = 1.0 + n_tail / (suffix[cand] - n_tail * torch.log(shift))
+    if not discrete:  # a constant tail leaves only rounding in the denominator: its MLE is infinite
+        alpha = torch.where(x[-1] == xm, math.inf, alpha)
     best = (math.inf, None)
     # KS per candidate in chunks so memory stays O(chunk * n).
     last_of_run = torch.searchsorted(x, x, right=True) - 1
@@ -144,6 +156,9 @@ def _fit_tail(x: torch.Tensor, discrete: bool, xmin: Optional[float], min_tail: 
             model = 1.0 - torch.from_numpy(zeta(a_.unsqueeze(1).expand_as(xs).numpy(), (xs + 1).numpy())) / z0
             emp = (last_of_run.unsqueeze(0) - c.unsqueeze(1) + 1).to(x.dtype) / nt
             d = torch.where(in_tail, (emp - model).abs(), 0.0).amax(1)
+            # A tail of tied large values has alpha ~ 1e4: zeta underflows to 0 and the CDF to NaN,
+            # which torch.argmin would pick over every finite candidate.
+            d = torch.nan_to_num(d, nan=math.inf)
         else:
             model = 1.0 - (x.unsqueeze(0) / xm_.unsqueeze(1)) ** (1.0 - a_.unsqueeze(1))
             rank = (j.unsqueeze(0) - c.unsqueeze(1)).to(x.dtype)
@@ -154,6 +169,8 @@ def _fit_tail(x: torch.Tensor, discrete: bool, xmin: Optional[float], min_tail: 
         if float(d[k]) < best[0]:
             best = (float(d[k]), lo + k)
     i = best[1]
+    if i is None:  # every candidate's model CDF underflowed: no usable tail (caller raises)
+        return math.inf, float(xm[0]), math.inf, int(n_tail[0])
     return float(alpha[i]), float(xm[i]), best[0], int(n_tail[i])
 
 
@@ -227,7 +244,8 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
         raise ValueError(f"bootstrap: must be an integer >= 0, got {bootstrap!r}")
     if isinstance(min_tail, bool) or not isinstance(min_tail, (int, np.integer)) or min_tail < 2:
         raise ValueError(f"min_tail: must be an integer >= 2, got {min_tail!r}")
-    if xmin is not None and not (isinstance(xmin, (int, float)) and xmin > 0 and math.isfinite(xmin)):
+    if xmin is not None and not (isinstance(xmin, (int, float, np.integer, np.floating)) and xmin > 0
+                                 and math.isfinite(xmin)):
         raise ValueError(f"xmin: must be a finite number > 0 or None, got {xmin!r}")
     if discrete and xmin is not None and xmin < 1:
         raise ValueError(f"xmin: discrete fits need xmin >= 1, got {xmin!r}")

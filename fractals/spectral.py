@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from fractals._checks import as_tensor, check_finite, check_ndim, check_not_constant, check_positive
+from fractals._checks import as_tensor, check_finite, check_min_length, check_ndim, check_not_constant, check_positive
 from fractals.spectral_peaks import find_peaks as _find_peaks
 from fractals.temporal import map_rows
 
@@ -81,6 +81,12 @@ def _check_band(freq_band, top: float, what: str) -> tuple[float, float]:
         raise ValueError(f"freq_band: needs 0 < low < high <= {top:g} Hz ({what}), got {freq_band!r}; "
                          "pick a band inside the recorded spectrum")
     return low, high
+
+
+def _check_series(t: torch.Tensor, name: str) -> None:
+    if t.numel() == 0:
+        raise ValueError(f"{name}: is empty (shape {tuple(t.shape)}); needs at least one series of >= 2 samples")
+    check_min_length(t, 2, name, "Welch segments need >= 2 samples")
 
 
 def _resolve_segments(n: int, nperseg: Optional[int], noverlap: Optional[int], default: int) -> tuple[int, int]:
@@ -171,6 +177,7 @@ def welch_psd(x, fs: float, nperseg: Optional[int] = None, noverlap: Optional[in
     t, was_numpy = as_tensor(x, "x")
     fs = _check_fs(fs)
     check_ndim(t, 1)
+    _check_series(t, "x")
     check_finite(t)
     if detrend not in ("constant", False, None):
         raise ValueError(f"detrend: must be 'constant' or False, got {detrend!r}")
@@ -294,6 +301,7 @@ def spectral_beta(
     t, was_numpy = as_tensor(x, "x")
     fs = _check_fs(fs)
     check_ndim(t, 1)
+    _check_series(t, "x")
     check_finite(t)
     check_not_constant(t)
     low, high = _check_band(freq_band, fs / 2, f"Nyquist for fs={fs:g}")
@@ -303,7 +311,10 @@ def spectral_beta(
         nperseg = _default_nperseg(n)
     nperseg, noverlap = _resolve_segments(n, nperseg, noverlap, 256)
     df = fs / nperseg
-    n_in_band = math.floor(high / df + 1e-9) - math.ceil(low / df - 1e-9) + 1
+    # Band bins by index, not by comparing freqs: float32 freqs put an edge bin (60 Hz) at 59.99998.
+    # Bin 0 (DC) is never in a band with low > 0.
+    k_lo, k_hi = max(1, math.ceil(low / df - 1e-9)), math.floor(high / df + 1e-9)
+    n_in_band = k_hi - k_lo + 1
     if n_in_band < MIN_BAND_BINS:
         need = int(2 ** math.ceil(math.log2(MIN_BAND_BINS * fs / (high - low))))
         raise ValueError(
@@ -313,16 +324,17 @@ def spectral_beta(
         )
 
     freqs, psd = _welch(t, fs, nperseg, noverlap, window, "constant")
-    in_band = (freqs >= low - 1e-9 * df) & (freqs <= high + 1e-9 * df)
-    f_band = freqs[in_band]
-    p_band = psd[..., in_band]
+    f_band = freqs[k_lo:k_hi + 1]
+    p_band = psd[..., k_lo:k_hi + 1]
     return _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, peak_opts, was_numpy)
 
 
 def _check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter) -> dict:
     for name, value in (("peak_threshold", peak_threshold), ("peak_mask_level", peak_mask_level)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
         check_positive(float(value), name)
-    if not (isinstance(min_peak_height, (int, float)) and min_peak_height >= 0):
+    if not (isinstance(min_peak_height, (int, float, np.integer, np.floating)) and min_peak_height >= 0):
         raise ValueError(f"min_peak_height: must be a number >= 0 (log10 power), got {min_peak_height!r}")
     for name, value in (("max_n_peaks", max_n_peaks), ("n_iter", n_iter)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -344,7 +356,8 @@ def _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, opts, wa
     n_slots = min(opts["max_n_peaks"], F)
     use = torch.ones_like(y, dtype=torch.bool)
     peak_model = torch.zeros_like(y)
-    peak_f = peak_h = peak_w = torch.zeros((*batch_shape, n_slots), dtype=y.dtype, device=y.device)
+    peak_f = torch.zeros((*batch_shape, n_slots), dtype=y.dtype, device=y.device)
+    peak_h, peak_w = torch.zeros_like(peak_f), torch.zeros_like(peak_f)  # separate arrays: no aliasing
     peak_valid = peak_f.bool()
     if exclude_peaks:
         # Discrete choices (which bins, which peaks) carry no gradient; everything continuous does:
@@ -415,22 +428,30 @@ def fit_aperiodic(
         widths work in bins, so the grid must be uniform.
     """
     p, was_numpy = as_tensor(psd, "psd")
-    f, _ = as_tensor(freqs, "freqs")
-    f = f.to(dtype=p.dtype, device=p.device)
+    f_in, _ = as_tensor(freqs, "freqs")
+    f = f_in.to(dtype=p.dtype, device=p.device)
     check_ndim(p, 1, "psd", "(..., F)")
+    if p.numel() == 0:
+        raise ValueError(f"psd: is empty (shape {tuple(p.shape)}); needs at least one spectrum")
     if f.ndim != 1 or f.numel() != p.shape[-1]:
         raise ValueError(f"freqs: needs shape ({p.shape[-1]},) to match psd's last axis, got {tuple(f.shape)}")
     check_finite(p, "psd")
     check_finite(f, "freqs")
     if f.numel() < 2:
         raise ValueError("freqs: needs at least two frequencies")
+    # Grid values carry the rounding of the coarser dtype (float32 Welch freqs: 60 Hz as 59.99998),
+    # so steps may differ by a few ulps and a bin within a few ulps of a band edge is on the edge.
+    eps = max(torch.finfo(f_in.dtype).eps, torch.finfo(p.dtype).eps)
+    ulps = 8 * eps * float(f.abs().max())
     step = f[1:] - f[:-1]
     df = float(step[0])
-    if df <= 0 or not bool(torch.allclose(step, step[0].expand_as(step), rtol=1e-6, atol=0)):
+    if df <= 0 or not bool(torch.allclose(step, step[0].expand_as(step), rtol=1e-6, atol=ulps)):
         raise ValueError("freqs: must be uniformly spaced and increasing (a Welch or FFT grid)")
-    low, high = _check_band(freq_band, float(f[-1]) * (1 + 1e-9), "the top of freqs")
+    tol = 1e-9 * df + ulps
+    low, high = _check_band(freq_band, float(f[-1]) * (1 + 1e-9) + tol, "the top of freqs")
     opts = _check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter)
-    in_band = (f >= low - 1e-9 * df) & (f <= high + 1e-9 * df)
+    fd = f.double()
+    in_band = (fd > 0) & (fd >= low - tol) & (fd <= high + tol)  # never DC: log10(0)
     n_in_band = int(in_band.sum())
     if n_in_band < MIN_BAND_BINS:
         raise ValueError(

@@ -367,3 +367,73 @@ def test_pack_rows_sets_bit_j_of_word_w_for_column_64w_plus_j():
     assert words.shape == (2, 3, 3) and words.dtype == torch.int64
     assert words[0, 1].tolist() == [1 | -(1 << 63), 1, 2]  # bit 63 is the sign bit of an int64
     assert int(words[1].abs().sum()) == 0 and int(words[0, 0].abs().sum()) == 0
+
+
+# ----------------------------------------------------------------------------- review: edge cases
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fc_constant_channel_with_rounding_residue_raises(dtype):
+    """0.1 repeated 1000 times has a mean that is not exactly 0.1: the centred channel is not 0."""
+    x = np.random.default_rng(0).standard_normal((1000, 3)).astype(dtype)
+    x[:, 2] = 0.1
+    with pytest.raises(ValueError, match="channel 2 of series 0 .* constant"):
+        functional_connectivity_latents(x)
+
+
+def test_fc_partial_on_singular_correlation_names_ridge():
+    x = np.random.default_rng(1).standard_normal((100, 4))
+    x[:, 3] = x[:, 0]  # duplicate channel: R is singular although T > C
+    with pytest.raises(ValueError, match="ridge"):
+        functional_connectivity_latents(x, "partial")
+    assert functional_connectivity_latents(x, "partial", ridge=0.1).shape == (4, 4)
+
+
+def test_numpy_scalar_thresh_and_xmin_accepted():
+    x = np.random.default_rng(2).standard_normal((200, 5))
+    np.testing.assert_array_equal(functional_connectivity_latents(x, thresh=np.float32(0.1)),
+                                  functional_connectivity_latents(x, thresh=float(np.float32(0.1))))
+    deg = np.floor(np.random.default_rng(3).pareto(1.5, 300) + 1)
+    assert powerlaw_fit(deg, xmin=np.int64(2), discrete=True).xmin == 2.0
+
+
+def test_powerlaw_discrete_tied_top_values_do_not_crash():
+    """Ten values tied at 5000 as a candidate tail: alpha ~ 1e4, the Hurwitz zeta underflows to 0."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.floor(rng.pareto(1.5, 200) + 1) * 3, np.full(10, 5000.0)])
+    fit = powerlaw_fit(x, discrete=True)
+    assert np.isfinite(fit.alpha) and 1 < fit.alpha < 10 and fit.xmin < 5000 and np.isfinite(fit.ks)
+    with pytest.raises(ValueError, match="no usable tail"):
+        powerlaw_fit(np.full(20, 5000.0), discrete=True)
+
+
+def test_graph_fractal_dim_empty_batch_raises_naming_adj():
+    with pytest.raises(ValueError, match="^adj: .*empty"):
+        graph_fractal_dim(np.zeros((0, 5, 5)))
+
+
+@pytest.mark.parametrize("method", ["pearson", "partial"])
+def test_fc_adjacency_exactly_symmetric(method):
+    """Matmul and inverse round (i, j) and (j, i) differently; the documented symmetry is exact."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 200, 64)) @ rng.standard_normal((64, 64)) * 0.3
+    adj = functional_connectivity_latents(x, method, weighted=True, thresh=0.2)
+    np.testing.assert_array_equal(adj, np.swapaxes(adj, -1, -2))
+
+
+@pytest.mark.parametrize("eps", ["abc", [None, 2], [[1, 2], [3]]])
+def test_non_numeric_eps_values_raise_value_error(eps):
+    with pytest.raises(ValueError, match="^eps_values: "):
+        graph_fractal_dim(nx.to_numpy_array(nx.path_graph(10)), eps)
+
+
+def test_powerlaw_constant_continuous_values_raise():
+    """All values equal: the MLE denominator is rounding residue (alpha ~ 1e15), not a tail."""
+    with pytest.raises(ValueError, match="no usable tail"):
+        powerlaw_fit(np.full(30, 3.0))
+    with pytest.raises(ValueError, match="series 1 has no usable tail"):
+        powerlaw_fit(np.stack([np.random.default_rng(5).pareto(1.5, 40) + 1, np.full(40, 0.1)]))
+
+
+@pytest.mark.parametrize("ridge", ["high", [0.1], float("nan")])
+def test_fc_bad_ridge_raises_value_error_naming_it(ridge):
+    with pytest.raises(ValueError, match="^ridge: "):
+        functional_connectivity_latents(np.random.default_rng(6).standard_normal((50, 4)), "partial", ridge=ridge)

@@ -284,3 +284,60 @@ def test_gradient_finite_when_peak_fits_degenerate():
     x = x.float().requires_grad_(True)
     spectral_beta(x, FS).sum().backward()
     assert bool(torch.isfinite(x.grad).all())
+
+
+# ----------------------------------------------------------------------------- review: edge cases
+def test_float32_keeps_band_edge_bins_like_float64():
+    """fs=300, nperseg=500: 60 Hz is bin 100 exactly; float32 freqs (59.99998) must not drop it."""
+    x = np.random.default_rng(0).standard_normal((2, 2000))
+    f64 = spectral_beta(x, 300.0, (5.0, 60.0), return_fit=True, nperseg=500)
+    f32 = spectral_beta(x.astype(np.float32), 300.0, (5.0, 60.0), return_fit=True, nperseg=500)
+    assert f64.freqs.shape == f32.freqs.shape == (92,)
+    np.testing.assert_allclose(f32.beta, f64.beta, atol=1e-4)
+    freqs, psd = scipy.signal.welch(x, 1200.0, nperseg=500)  # float64 grid, 60 Hz = 25 * 2.4 Hz
+    a64 = fit_aperiodic(freqs, psd, (4.8, 60.0), return_fit=True)
+    a32 = fit_aperiodic(freqs, psd.astype(np.float32), (4.8, 60.0), return_fit=True)
+    assert a64.freqs.shape == a32.freqs.shape == (24,)
+    # float32 Welch grid with a non-dyadic step (0.6 Hz): uniform up to rounding, top bin 150 Hz usable.
+    freqs, psd = welch_psd(x.astype(np.float32), 300.0, nperseg=500)
+    np.testing.assert_allclose(fit_aperiodic(freqs, psd, (5.0, 150.0)), fit_aperiodic(*welch_psd(x, 300.0, nperseg=500), (5.0, 150.0)), atol=1e-3)
+
+
+def test_band_low_far_below_one_bin_never_takes_dc():
+    x = np.random.default_rng(1).standard_normal(4096)
+    fit = spectral_beta(x, FS, (1e-12, 80.0), return_fit=True)
+    assert float(fit.freqs[0]) > 0 and np.isfinite(fit.beta)
+    freqs, psd = welch_psd(x, FS, nperseg=1024)
+    assert np.isfinite(fit_aperiodic(freqs, psd, (1e-12, 80.0)))
+
+
+def test_empty_and_one_sample_series_raise_value_error_naming_x():
+    with pytest.raises(ValueError, match="^x: .*empty"):
+        welch_psd(np.zeros((0, 100)), FS)
+    with pytest.raises(ValueError, match="^x: .*empty"):
+        spectral_beta(np.zeros((0, 4096)), FS)
+    with pytest.raises(ValueError, match="^x: .*empty"):
+        spectral_beta(np.zeros((2, 0)), FS)
+    with pytest.raises(ValueError, match="^x: .*needs at least 2"):
+        welch_psd(np.ones(1), FS)
+    with pytest.raises(ValueError, match="^psd: .*empty"):
+        fit_aperiodic(np.arange(100.0), np.ones((0, 100)))
+
+
+def test_numpy_scalar_peak_options_accepted():
+    x = np.random.default_rng(2).standard_normal(4096)
+    want = spectral_beta(x, FS, min_peak_height=0.1)
+    assert spectral_beta(x, FS, min_peak_height=np.float32(0.1)) == pytest.approx(float(want), abs=1e-12)
+
+
+def test_fit_without_peaks_has_independent_peak_arrays():
+    fit = spectral_beta(np.random.default_rng(3).standard_normal(4096), FS, exclude_peaks=False, return_fit=True)
+    fit.peak_freq += 1.0
+    assert float(np.abs(fit.peak_power).max()) == 0.0 and float(np.abs(fit.peak_width).max()) == 0.0
+
+
+@pytest.mark.parametrize("kwargs", [{"peak_threshold": None}, {"peak_mask_level": "high"}, {"peak_threshold": [2.5]}])
+def test_non_numeric_peak_options_raise_value_error_naming_them(kwargs):
+    x = np.random.default_rng(4).standard_normal(4096)
+    with pytest.raises(ValueError, match=f"^{next(iter(kwargs))}: "):
+        spectral_beta(x, FS, **kwargs)
