@@ -6,6 +6,7 @@ argument, the offending value and what is needed, so no estimator ever returns a
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import numpy as np
@@ -110,5 +111,6 @@ def check_not_constant(x: torch.Tensor, name: str = "x") -> None:
 
 
 def check_positive(value: float, name: str) -> None:
-    if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+    # numbers.Real takes NumPy scalars too (np.float32(250) is a valid sampling rate); bool is not a rate.
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and np.isfinite(value) and value > 0):
         raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")

@@ -189,8 +189,8 @@ class SpectralRegularizer(nn.Module):
         n_iter: int = 2,
     ) -> None:
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"weight: must be >= 0, got {weight}")
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise ValueError(f"weight: must be a finite number >= 0, got {weight}")
         self.targets = targets
         self.weight = float(weight)
         self.exclude = set(exclude)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -306,7 +307,7 @@ def fingerprint(
     n_rec = max(1, int(np.prod(lead))) if lead else 1
 
     if kind == "continuous":
-        if fs is None or not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
+        if not (isinstance(fs, numbers.Real) and not isinstance(fs, bool) and math.isfinite(fs) and fs > 0):
             raise ValueError(f"fs: needs a sampling rate > 0 in Hz for kind='continuous', got {fs!r}")
         calls = _continuous_calls(cfg, float(fs), n)
         base_flags = _row_quality(rows, float(cfg["quality"]["max_flat_fraction"]))

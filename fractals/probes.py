@@ -263,8 +263,15 @@ def causal_scale_ablation(
         phase = torch.rand(spec.shape, generator=generator, dtype=moved.dtype,
                            device=generator.device if generator is not None else t.device).to(t.device)
         rotated = spec.abs() * torch.exp(1j * 2 * math.pi * phase)
+        if n % 2 == 0:
+            # The Nyquist bin of a real series is real (irfft drops its imaginary part): the only
+            # phases that keep its power are 0 and pi.
+            rotated[..., -1] = spec[..., -1].abs() * torch.where(phase[..., -1] < 0.5, 1.0, -1.0)
         spec = torch.where(mask, rotated.to(spec.dtype), spec)
-    out = torch.fft.irfft(spec, n=n, dim=-1).to(t.dtype).movedim(-1, dim)
+    # as_tensor computes half precision in float32; the caller gets their own dtype back.
+    src = getattr(x, "dtype", None)
+    out_dtype = src if src in (torch.float16, torch.bfloat16) else torch.float16 if src == np.float16 else t.dtype
+    out = torch.fft.irfft(spec, n=n, dim=-1).to(out_dtype).movedim(-1, dim)
     return to_input_kind(out, was_numpy)
 
 

@@ -138,13 +138,21 @@ def _welch_beta(x, fs, lo, hi, nper, exclude_peaks, peak_threshold, time_dim, sh
     return -slope
 
 
-def _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold) -> torch.Tensor:
+def _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold, drop_dead=False):
+    """Betas ``(R, ...)`` per resolution and, with ``drop_dead``, also the live-series mask ``(...)``."""
     check_positive(fs, "fs")
     x = _time_last(latents, time_dim)
+    if drop_dead:
+        live = x.detach().amax(-1) > x.detach().amin(-1)
+        # An exactly constant series has no spectrum: the mean removal would leave rounding noise,
+        # whose slope has gradients of 1e12 (float32) to 1e30 (float64). Zeroed, its beta is 0
+        # with zero gradient; the caller leaves it out.
+        x = torch.where(live[..., None], x, torch.zeros_like(x))
     lo, hi = float(band[0]), min(float(band[1]), 0.45 * fs)
     shape = tuple(latents.shape)
-    return torch.stack([_welch_beta(x, fs, lo, hi, r, exclude_peaks, peak_threshold, time_dim, shape, band)
-                        for r in _resolutions(x.shape[-1], nperseg)])
+    betas = torch.stack([_welch_beta(x, fs, lo, hi, r, exclude_peaks, peak_threshold, time_dim, shape, band)
+                         for r in _resolutions(x.shape[-1], nperseg)])
+    return (betas, live) if drop_dead else betas
 
 
 def latent_beta(
@@ -186,7 +194,8 @@ def l_spec_1overf(
 ) -> torch.Tensor:
     """1/f prior: ``weight * mean over resolutions and channels of (beta - beta_target)^2``.
 
-    ``beta`` per Welch resolution as in :func:`latent_beta`. ``exclude_peaks=True`` masks
+    ``beta`` per Welch resolution as in :func:`latent_beta`. Exactly constant (dead) channels
+    have no spectrum: they are left out of the mean and get no gradient. ``exclude_peaks=True`` masks
     oscillatory peaks so the prior leaves rhythms alone; it is off by default because a hard mask
     inside a loss can be gamed: measured on white-noise latents (2 x 1024 x 4, 60 Adam steps), the
     masked prior ends with beta 0.94 +- 0.06 by the unmasked estimator, the unmasked one at
@@ -198,8 +207,9 @@ def l_spec_1overf(
     w = _check_weight(weight)
     if w == 0.0:
         return _zero_like(latents)
-    betas = _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold)
-    return w * (betas - float(beta_target)).square().mean()
+    betas, live = _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold, drop_dead=True)
+    sq = (betas - float(beta_target)).square() * live
+    return w * sq.sum() / (betas.shape[0] * live.sum()).clamp_min(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,14 +334,20 @@ def soft_graph_dimension(
     if not 0.0 < float(thresh) < 1.0:
         raise ValueError(f"thresh: must lie in (0, 1), got {thresh!r}")
     check_positive(temperature, "temperature")
+    check_positive(sharpness, "sharpness")
     z = x - x.mean(-1, keepdim=True)
     z = z / z.square().sum(-1, keepdim=True).add(torch.finfo(x.dtype).tiny).sqrt()
+    # An exactly constant channel correlates with nothing; z-scoring would blow its rounding noise
+    # up to unit norm (spurious |r| and gradients of 1e3-1e8 on it).
+    live = x.detach().amax(-1, keepdim=True) > x.detach().amin(-1, keepdim=True)
+    z = torch.where(live, z, torch.zeros_like(z))
     corr = z @ z.transpose(-1, -2)
     eye = torch.eye(corr.shape[-1], dtype=x.dtype, device=x.device)
     adj = torch.sigmoid((corr.abs() - float(thresh)) / float(temperature)) * (1.0 - eye) + eye
     reach = eye.expand_as(adj)
     k = float(sharpness)
-    lo, hi = 1.0 / (1.0 + math.exp(0.5 * k)), 1.0 / (1.0 + math.exp(-0.5 * k))
+    tail = math.exp(-0.5 * k)  # g(0) and g(1) of the plain sigmoid, without overflow for large k
+    lo, hi = tail / (1.0 + tail), 1.0 / (1.0 + tail)
     masses = []
     for hop in range(1, eps[-1] + 1):
         # A soft step at half a path: sub-threshold leakage shrinks each hop instead of compounding.

@@ -113,7 +113,7 @@ def fractional_ou(
         Noise scale (> 0).
     fs : float
         Sampling rate in Hz.
-    batch_shape : tuple of int
+    batch_shape : int or tuple of int
         Extra leading shape, broadcast with the parameter shapes.
     seed, generator
         Reproducibility: a ``torch.Generator`` (used as is) or an integer seed (a fresh CPU
@@ -134,6 +134,12 @@ def fractional_ou(
     check_positive(fs, "fs")
     if not isinstance(oversample, (int, np.integer)) or oversample < 1:
         raise ValueError(f"oversample: needs an integer >= 1, got {oversample!r}")
+    if isinstance(batch_shape, (int, np.integer)):
+        batch_shape = (batch_shape,)
+    batch_shape = tuple(batch_shape)
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in batch_shape):
+        raise ValueError(f"batch_shape: needs positive integers (an int or a tuple), got {batch_shape!r}")
+    batch_shape = tuple(int(s) for s in batch_shape)
     dev = device
     for v in (H, theta, sigma):
         if isinstance(v, torch.Tensor):
@@ -347,6 +353,8 @@ def box_counting_dimension_3d(points, n_scales: int = 8, min_eps: Optional[float
         raise ValueError(f"points: needs shape (N >= 2, 3), got {tuple(p.shape)}")
     if not np.isfinite(p).all():
         raise ValueError("points: contains NaN or inf coordinates")
+    if not isinstance(n_scales, (int, np.integer)) or n_scales < 2:
+        raise ValueError(f"n_scales: needs an integer >= 2 (a slope needs two box sizes), got {n_scales!r}")
     p = p.astype(np.float64) - p.min(0)
     extent = float(p.max())
     if extent <= 0:

@@ -16,6 +16,7 @@ Ground truths, for checking estimators against:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
@@ -44,28 +45,28 @@ def _resolve_batch(batch_shape: BatchShape, n_series: Optional[int]) -> tuple[in
         batch_shape = (n_series,)
     if batch_shape is None:
         return ()
-    if isinstance(batch_shape, int):
+    if isinstance(batch_shape, numbers.Integral):
         batch_shape = (batch_shape,)
     shape = tuple(batch_shape)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape):
         raise ValueError(f"batch_shape: needs positive integers, got {batch_shape!r}")
-    return shape
+    return tuple(int(s) for s in shape)
 
 
 def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}: needs an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _check_unit_open(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or not (0.0 < float(value) < 1.0):
+    if not isinstance(value, numbers.Real) or not (0.0 < float(value) < 1.0):
         raise ValueError(f"{name}: needs a number strictly between 0 and 1, got {value!r}")
     return float(value)
 
 
 def _check_real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise ValueError(f"{name}: needs a finite number, got {value!r}")
     return float(value)
 
@@ -410,7 +411,7 @@ def one_over_f_texture(
     Shape:
         ``(*batch_shape, height, width)``, zero mean, unit variance per image.
     """
-    if isinstance(shape, int):
+    if isinstance(shape, numbers.Integral):
         shape = (shape, shape)
     shape = tuple(shape)
     if len(shape) != 2:

@@ -82,6 +82,13 @@ def test_zero_weight_costs_nothing():
     assert loss.item() == 0.0 and sig == {}
 
 
+def test_nan_or_inf_weight_is_rejected():
+    # weight=nan passed the "weight < 0" check and made every loss NaN.
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight"):
+            SpectralRegularizer(weight=bad)
+
+
 def test_target_count_mismatch_is_an_error():
     with pytest.raises(ValueError, match="targets: 1 values for 2 layers"):
         SpectralRegularizer(targets=[1.0])(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))

@@ -113,6 +113,16 @@ def test_measure_subset_numpy_input_and_config_errors():
         fingerprint(x, FS, kind="spikes")
 
 
+def test_numpy_scalar_sampling_rate_is_accepted():
+    # A rate read from a NumPy header (np.int64, np.float32) was rejected as "needs a sampling rate > 0".
+    x = _recording(n_ch=3, n=1024)
+    cfg = {**CFG, "measures": ["spectral_beta"]}
+    ref, _ = fingerprint(x, FS, cfg)
+    for fs in (np.int64(250), np.float32(250.0)):
+        table, _ = fingerprint(x, fs, cfg)
+        assert np.allclose(table["value"], ref["value"])
+
+
 def test_resolve_config_accepts_the_fractals_block():
     cfg = resolve_config({"metrics": {"window_size": 1024, "graph": {"corr_threshold": 0.5}}})
     assert cfg["graph"]["corr_threshold"] == 0.5

@@ -155,3 +155,18 @@ def test_cuda_in_cuda_out_matches_cpu(name):
     gpu = call(fn, x.cuda())
     assert _main(gpu).device.type == "cuda"
     torch.testing.assert_close(_main(gpu).cpu(), _main(call(fn, x)), rtol=1e-6, atol=1e-6)
+
+
+def test_numpy_scalar_rates_are_accepted_and_bools_are_not():
+    # fs read from a file header is often a NumPy scalar; it must work like a Python number.
+    import fractals.metrics as fm
+    from fractals.regularizers import latent_beta
+
+    x = np.random.default_rng(0).standard_normal((2, 4096))
+    want = fm.spectral_beta(x, 1000.0, (2.0, 80.0))
+    for fs in (np.float32(1000.0), np.int64(1000), np.float64(1000.0)):
+        np.testing.assert_allclose(fm.spectral_beta(x, fs, (2.0, 80.0)), want, rtol=1e-6)
+    lat = torch.from_numpy(x.T[None].copy())
+    torch.testing.assert_close(latent_beta(lat, np.float32(1000.0), (2.0, 80.0)), latent_beta(lat, 1000.0, (2.0, 80.0)))
+    with pytest.raises(ValueError, match="fs"):
+        latent_beta(lat, True, (2.0, 80.0))

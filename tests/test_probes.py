@@ -66,6 +66,26 @@ def test_phase_ablation_keeps_power_spectrum():
     assert not torch.allclose(x, y)
 
 
+def test_phase_ablation_keeps_the_nyquist_power():
+    # A band reaching fs/2 selects the Nyquist bin, which a real signal holds as a real number: a
+    # random phase there was thrown away by irfft and scaled its power by cos^2(phase).
+    x = torch.randn(3, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert bool(ablation_mask(64, 64.0, "high_beta_only", 0.3, (1.0, 32.0))[-1])
+    y = causal_scale_ablation(x, "high_beta_only", 0.3, 64.0, (1.0, 32.0), replace="phase",
+                              generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(torch.fft.rfft(y).abs(), torch.fft.rfft(x).abs(), atol=1e-9)
+
+
+def test_ablation_keeps_half_precision_dtypes():
+    # The docstring promises the input dtype back; float16/bfloat16 came back as float32.
+    x = torch.randn(2, N, generator=torch.Generator().manual_seed(4))
+    for dtype in (torch.float16, torch.bfloat16):
+        y = causal_scale_ablation(x.to(dtype), fs=FS)
+        assert y.dtype == dtype
+        assert torch.equal(y, causal_scale_ablation(x.to(dtype).float(), fs=FS).to(dtype))
+    assert causal_scale_ablation(x.numpy().astype(np.float16), fs=FS).dtype == np.float16
+
+
 def test_ablation_rejects_bad_arguments():
     x = torch.randn(N)
     with pytest.raises(ValueError, match="mode"):

@@ -226,3 +226,36 @@ def test_slow_latents_clip_the_band_and_fs_override_is_used():
     assert priors.exclude_peaks and bool(torch.isfinite(total)) and float(parts["spec"]) > 0
     assert float(parts["spec"]) == pytest.approx(
         float(l_spec_1overf(x, 62.5, (2.0, 28.125), 1.0, 0.05, exclude_peaks=True)), rel=1e-6)
+
+
+# ---------------------------------------------------------------- dead (constant) latent channels
+def test_spectral_prior_leaves_a_constant_channel_out():
+    # A constant channel has no spectrum; the mean removal left rounding noise whose "beta" entered
+    # the loss with gradients of ~1e30 (float64) on that channel.
+    g = torch.Generator().manual_seed(11)
+    live = torch.randn(2, 256, 3, generator=g, dtype=torch.float64)
+    x = torch.cat([live[..., :1], torch.full((2, 256, 1), 0.3, dtype=torch.float64), live[..., 1:]], -1)
+    x.requires_grad_(True)
+    loss = l_spec_1overf(x, 100.0, (2.0, 40.0), 1.0, 0.5)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(l_spec_1overf(live, 100.0, (2.0, 40.0), 1.0, 0.5)), rel=1e-12)
+    assert bool(torch.isfinite(x.grad).all()) and float(x.grad[..., 1].abs().max()) == 0.0
+
+
+def test_graph_prior_gives_a_constant_channel_no_gradient():
+    # z-scoring a constant channel scaled its rounding noise up to unit norm (gradients ~1e3-1e8).
+    x = _ring_latents().detach().clone()
+    x[..., 2] = 0.3
+    x.requires_grad_(True)
+    l_graph_fd(x, [1, 2, 3], 0.3, 2.0, 1.0).backward()
+    assert bool(torch.isfinite(x.grad).all()) and float(x.grad[..., 2].abs().max()) == 0.0
+
+
+def test_graph_sharpness_is_checked_and_large_values_reach_the_hard_limit():
+    # sharpness=0 divided 0 by 0 (a silent NaN D); sharpness > ~1420 overflowed math.exp.
+    x = _ring_latents(c=12, t=2000)
+    with pytest.raises(ValueError, match="sharpness"):
+        soft_graph_dimension(x, [1, 2, 3], 0.3, sharpness=0.0)
+    hard = float(np.polyfit(np.log([1, 2, 3]), np.log([3, 5, 7]), 1)[0])  # ring: M(l) = 2l + 1
+    d = soft_graph_dimension(x, [1, 2, 3], 0.3, sharpness=5000.0, temperature=1e-3)
+    assert float(d[0]) == pytest.approx(hard, abs=1e-6)

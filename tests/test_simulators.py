@@ -124,6 +124,21 @@ def test_box_counting_dimension_of_known_sets():
     assert box_counting_dimension_3d(cube, min_eps=1 / 32) == pytest.approx(3.0, abs=0.15)
 
 
+def test_box_counting_needs_two_scales():
+    # One box size is no slope: polyfit returned an arbitrary number (1.48 here) with a RankWarning.
+    pts = np.random.default_rng(1).uniform(size=(100, 3))
+    with pytest.raises(ValueError, match="n_scales"):
+        box_counting_dimension_3d(pts, n_scales=1)
+
+
+def test_fou_batch_shape_int_and_bad_batch_shape():
+    # batch_shape=3 raised TypeError ('int' object is not iterable); the stimuli take an int.
+    assert torch.equal(fractional_ou(32, 0.5, 10.0, 1.0, FS, batch_shape=3, seed=1),
+                       fractional_ou(32, 0.5, 10.0, 1.0, FS, batch_shape=(3,), seed=1))
+    with pytest.raises(ValueError, match="batch_shape"):
+        fractional_ou(32, 0.5, 10.0, 1.0, FS, batch_shape=(2, 0))
+
+
 def test_dendrite_dimension_follows_target():
     targets = [1.2, 1.4, 1.6]
     trees = [dendrite_growth(d, steps=200, seed=0) for d in targets]

@@ -103,6 +103,18 @@ def test_seeding_reproducible_and_batch_shapes():
     assert S.diamond_square(40, 0.5, batch_shape=(2,), generator=gen(0)).shape == (2, 40, 40)
 
 
+def test_numpy_scalar_arguments_are_accepted():
+    # Sizes and exponents computed with NumPy (np.int64, np.float32) were rejected as not numbers.
+    n, h, beta, fs = np.int64(64), np.float32(0.75), np.float32(1.0), np.float32(100.0)
+    assert torch.equal(S.fgn(n, h, batch_shape=(np.int64(2),), generator=gen(3)),
+                       S.fgn(64, 0.75, batch_shape=(2,), generator=gen(3)))
+    assert torch.equal(S.one_over_f_noise(n, beta, fs, n_series=np.int64(2), generator=gen(3)),
+                       S.one_over_f_noise(64, 1.0, 100.0, n_series=2, generator=gen(3)))
+    assert S.cascade_multifractal(depth=np.int64(4), p=np.float32(0.75)).shape == (16,)
+    assert S.midpoint_displacement(n, h, sigma=np.float32(2.0)).shape == (64,)
+    assert S.one_over_f_texture(np.int64(8), beta).shape == (8, 8)
+
+
 def test_midpoint_displacement_and_diamond_square_roughness_follows_H():
     rough = S.midpoint_displacement(4097, 0.3, n_series=16, generator=gen(9))
     smooth = S.midpoint_displacement(4097, 0.8, n_series=16, generator=gen(9))
