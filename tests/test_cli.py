@@ -118,3 +118,49 @@ def test_failed_acceptance_shows_its_numbers():
                       "acceptance/numerics_dfa_max_err": 0.01, "val/loss": 2.9})
     assert _acceptance_text(best, "acceptance/numerics_pass", 1.0) == "numerics=pass"
     assert _acceptance_text(best, "acceptance/training_pass", 0.0) == "training=FAIL (latent_beta=3.34, beta_target=0.626)"
+
+
+def test_resume_continues_in_the_store_the_pointer_names(tmp_path, monkeypatch):
+    """A sweep stored where FMX_STORAGE_PATH / MLFLOW_TRACKING_URI pointed (a pod), resumed later with --storage
+    and without those variables, must resume there: not start over in ./runs/ray with a fresh local MLflow."""
+    from fmx import runner, tracking
+    from fmx.schema import load_sweep
+
+    for var in ("FMX_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sweep = load_sweep(REPO / "sweeps" / "smoke.yaml", check_config=False)  # storage/tracking left at defaults
+    (store / "smoke.latest.json").write_text(json.dumps({
+        "sweep_id": "smoke-1", "tracking_uri": uri, "experiment_id": "1", "parent_run_id": "p",
+        "sweep": sweep.model_dump(mode="json"), "storage_uri": str(store.resolve()),
+        "storage_source": "FMX_STORAGE_PATH", "tracking_source": "MLFLOW_TRACKING_URI"}))
+    seen = {}
+
+    def run_sweep(sweep, **kwargs):  # records what the command would run, without starting Ray
+        seen.update(kwargs, sweep=sweep)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(runner, "run_sweep", run_sweep)
+    res = _invoke("sweep", "resume", "smoke", "--storage", str(store))
+    assert res.exit_code == 2 and "recorded" in res.output, res.output
+    assert seen["resume_id"] == "smoke-1"
+    targets = runner.resolve_targets(seen["sweep"], root=elsewhere, env={})
+    assert targets.storage.uri == str(store.resolve())
+    assert targets.tracking_uri == uri
+    assert not (elsewhere / "runs").exists()
+
+
+def test_submit_to_an_address_where_no_dashboard_answers_is_a_clean_error():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = runner.invoke(app, ["sweep", "submit", str(REPO / "sweeps" / "smoke.yaml"),
+                              "--address", f"http://127.0.0.1:{port}"])
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert "no Ray dashboard answered" in " ".join(res.output.split())

@@ -141,3 +141,22 @@ def test_the_plan_carries_the_chosen_targets_and_their_sources(clean_env, tmp_pa
     assert plan.endpoint_url == "http://127.0.0.1:9"
     assert type(plan.target().filesystem).__name__ == "S3FileSystem"  # what trials rebuild on the workers
     assert SECRET not in repr(plan) and ACCESS not in repr(plan)
+
+
+def test_ray_workers_never_receive_a_uri_with_a_password(clean_env, monkeypatch):
+    """A sweep file with its own tracking.uri leaves MLFLOW_TRACKING_URI unused (so not refused): it must still not
+    be forwarded into Ray's runtime_env, where the dashboard shows it."""
+    import ray
+
+    from fmx import runner
+
+    clean_env.setenv(TRACKING_ENV, f"http://admin:{SECRET}@neurofmx-mlflow:5000")
+    clean_env.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    clean_env.delenv("RAY_ADDRESS", raising=False)
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))  # records what a local Ray would get
+    runner.init_ray(None, num_cpus=1)
+    env_vars = (seen.get("runtime_env") or {}).get("env_vars", {})
+    assert env_vars.get("AWS_ENDPOINT_URL") == "http://127.0.0.1:9000"
+    assert TRACKING_ENV not in env_vars and SECRET not in str(seen)

@@ -71,6 +71,15 @@ def test_parse_bids_name():
     assert parse_bids_name("notes.edf") is None
 
 
+@pytest.mark.parametrize("uri", ["s3://", "s3:///eeg/sub-01.edf"])
+def test_s3_uri_without_bucket_is_refused(uri):
+    # s3:///eeg/... once read bucket "eeg": the empty bucket must be an error, not a silent shift
+    from fmx.fingerprint import storage
+
+    with pytest.raises(ValueError, match="names no bucket"):
+        storage.exists(uri)
+
+
 def test_discover_bids_folder_and_manifest(cohort, tmp_path):
     found = discover(str(cohort))
     assert len(found) == 7  # side-car events.tsv ignored

@@ -73,6 +73,15 @@ def test_redact_masks_known_values_patterns_and_secret_keys(clean_env):
     assert nested == {"a": ["***"], "db_password": "***", "ok": 3}
 
 
+def test_redact_keeps_config_keys_that_merely_contain_token(clean_env):
+    # flattened model params are logged through redact: tokenizer settings must not become "***"
+    params = {"model.tokenizers.lfp.n_channels": 16, "model.popt.n_summary_tokens": 4,
+              "MLFLOW_TRACKING_TOKEN": "tok-value", "session_token": "tok-value", "sessionToken": "tok-value"}
+    assert st.redact(params, secrets=[]) == {"model.tokenizers.lfp.n_channels": 16, "model.popt.n_summary_tokens": 4,
+                                             "MLFLOW_TRACKING_TOKEN": "***", "session_token": "***",
+                                             "sessionToken": "***"}
+
+
 def test_resolve_local_storage_is_absolute_and_created(tmp_path):
     target = st.resolve_storage("runs/ray", root=tmp_path)
     assert target.storage_path == str((tmp_path / "runs" / "ray").resolve()) and Path(target.storage_path).is_dir()
@@ -81,7 +90,7 @@ def test_resolve_local_storage_is_absolute_and_created(tmp_path):
     assert st.read_bytes(target, "a/b.json") == b"{}" and st.read_bytes(target, "missing") is None
 
 
-@pytest.mark.parametrize("bad", ["s3://", "gs://bucket/x"])
+@pytest.mark.parametrize("bad", ["s3://", "gs://bucket/x", "s3:///ray"])
 def test_resolve_rejects_bad_uris(bad):
     with pytest.raises(ValueError, match="storage.path"):
         st.resolve_storage(bad)

@@ -242,3 +242,32 @@ def test_asha_stops_a_bad_trial_early_and_ends_its_run(ray_cluster, tmp_path, ra
         assert run.info.status != "RUNNING"
         epochs[float(run.data.params["sweep.model.lr"])] = len(c.get_metric_history(run.info.run_id, "val/acc"))
     assert epochs[0.05] == 4 and epochs[1e-7] < 4, epochs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_resume_finds_the_tune_state_of_a_sweep_stored_on_s3(moto_s3, tmp_path, monkeypatch):
+    """`fmx sweep resume` of an s3:// sweep must look for Tune's state at bucket/prefix/<id> on the S3 filesystem
+    (pyarrow refuses an s3:// URI there), so Tune restores it instead of the resume failing."""
+    from ray import tune
+
+    from fmx import runner
+    from fmx.schema import parse_sweep
+
+    for k, v in moto_s3.env().items():
+        monkeypatch.setenv(k, v)
+    bucket = moto_s3.make_bucket()
+    moto_s3.client().put_object(Bucket=bucket, Key="ray/s3resume-1/tuner.pkl", Body=b"tune state")
+    sweep = parse_sweep(_sweep("s3resume", storage={"path": f"s3://{bucket}/ray", "endpoint_url": moto_s3.endpoint_url},
+                               tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+
+    class Restored(Exception):
+        pass
+
+    def restore(path, **kwargs):  # Tune found the state: stop before it unpickles the stand-in
+        raise Restored(path)
+
+    monkeypatch.setattr(runner, "init_ray", lambda *a, **k: None)  # no Ray needed up to the restore decision
+    monkeypatch.setattr(tune.Tuner, "restore", staticmethod(restore))
+    with pytest.raises(Restored, match=f"^{bucket}/ray/s3resume-1$"):
+        runner.run_sweep(sweep, resume_id="s3resume-1", root=tmp_path, progress=False)

@@ -68,6 +68,7 @@ MALFORMED = [
     ("zero_workers", lambda d: d["resources"].update(workers=0), "resources.workers", "greater than or equal to 1"),
     ("unknown_benchmark", lambda d: d.update(acceptance=["speed", "vibes"]), "acceptance[1]", "'numerics'"),
     ("gcs_storage", lambda d: d["storage"].update(path="gs://bucket/x"), "storage.path", "s3://"),
+    ("s3_without_bucket", lambda d: d["storage"].update(path="s3:///ray"), "storage.path", "needs a bucket"),
     ("inline_credentials", lambda d: d["storage"].update(aws_secret_access_key="s3cr3tvalue"),
      "storage.aws_secret_access_key", "credentials never go in a sweep file"),
     ("bad_name", lambda d: d.update(name="my sweep!"), "name", "should match pattern"),
@@ -79,6 +80,23 @@ MALFORMED = [
     ("acceptance_metric_not_run", lambda d: d.update(metric={"name": "acceptance/ablation_drop_pct",
                                                              "goal": "maximize"}), "", "needs 'ablation' in acceptance"),
     ("bare_parameter_value", lambda d: d["parameters"].update({"seed": 3}), "parameters.seed", "distribution:"),
+    ("parameter_without_distribution", lambda d: d["parameters"].update({"optim.lr": {"min": 0, "max": 1}}),
+     "parameters.optim.lr", "allowed: {distribution: uniform|log_uniform"),
+    ("constant_list", lambda d: d["parameters"].update({"optim.betas": {"value": [0.9, 0.99]}}),
+     "parameters.optim.betas.value", "a number, a string or a boolean"),
+    ("constant_extra_key", lambda d: d["parameters"].update({"optim.lr": {"value": 0.1, "max": 3}}),
+     "parameters.optim.lr.max", "allowed: value"),
+    ("uniform_with_step", lambda d: d["parameters"].update(
+        {"optim.lr": {"distribution": "uniform", "min": 0, "max": 1, "step": 0.1}}), "parameters.optim.lr.step",
+     "unknown key; got 'step'; allowed: distribution, min, max"),
+    ("categorical_null", lambda d: d["parameters"].update({"seed": {"distribution": "categorical",
+                                                                    "values": [1, None]}}),
+     "parameters.seed.values[1]", "a number, a string or a boolean"),
+    # a password in any URI of the file would reach the pointer file, the MLflow experiment and logs
+    ("artifact_location_password", lambda d: d["tracking"].update(artifact_location="s3://AKIA:s3cr3tvalue@b/x"),
+     "tracking.artifact_location", "credentials never go"),
+    ("endpoint_password", lambda d: d["storage"].update(endpoint_url="http://AKIA:s3cr3tvalue@127.0.0.1:9000"),
+     "storage.endpoint_url", "credentials never go"),
 ]
 
 
@@ -104,6 +122,8 @@ CONFIG_ERRORS = [
      "parameters.fractals.probes.causal_scale_ablation.mode", "holds a str"),
     ("string_on_number", {"fractals.priors.lambda_spec": {"distribution": "categorical", "values": ["high"]}},
      "parameters.fractals.priors.lambda_spec", "does not fit the config's float"),
+    ("float_on_int", {"trainer.max_epochs": {"distribution": "categorical", "values": [2, 2.5]}},
+     "parameters.trainer.max_epochs", "does not fit the config's int"),
     ("numeric_on_section", {"fractals.priors": {"distribution": "uniform", "min": 0, "max": 1}},
      "parameters.fractals.priors", "config section"),
     ("unknown_group_option", {"model": {"distribution": "categorical", "values": ["tiny", "gigantic"]}},
@@ -119,6 +139,12 @@ def test_key_paths_are_checked_against_the_composed_config(tmp_path, kind, param
     assert info.value.path == key_path, str(info.value)
     assert words in str(info.value), str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_ints_may_stand_for_floats_in_categorical_values(tmp_path):
+    path = _write(tmp_path, _mutated(lambda d: d["parameters"].update(
+        {"fractals.priors.lambda_mf": {"distribution": "grid", "values": [0, 0.02]}})))  # smoke: method random
+    assert load_sweep(path).parameters["fractals.priors.lambda_mf"].values == [0, 0.02]
 
 
 def test_base_override_with_unknown_key_is_an_error(tmp_path):
@@ -198,7 +224,59 @@ def test_search_space_algorithms_and_schedulers_follow_the_file():
     assert isinstance(taps, tune.search.sample.Integer)
 
     grid = load_sweep(REPO / "sweeps" / "lambda_grid.yaml")
-    assert search_algorithm(grid) is None
+    assert type(search_algorithm(grid)).__name__ == "BasicVariantGenerator"
     assert search_space(grid)["params"]["fractals.priors.lambda_spec"] == {"grid_search": [0.0, 0.01, 0.05, 0.2]}
     assert isinstance(scheduler(grid, max_epochs=10), MedianStoppingRule)
     assert isinstance(scheduler(load_sweep(REPO / "sweeps" / "smoke.yaml"), max_epochs=2), FIFOScheduler)
+
+
+def test_config_paths_containing_token_are_not_taken_for_credentials(tmp_path):
+    # model.tokenizers.* and model.popt.n_summary_tokens are model settings, not secrets
+    path = _write(tmp_path, _mutated(lambda d: (
+        d["base"].append("model.tokenizers.lfp.layout=time_mix"),
+        d["parameters"].update({"model.popt.n_summary_tokens": {"distribution": "int", "min": 2, "max": 8}}))))
+    sweep = load_sweep(path)
+    assert "model.popt.n_summary_tokens" in sweep.parameters
+    with pytest.raises(SweepFileError, match="credentials never go"):
+        parse_sweep(_mutated(lambda d: d["tracking"].update(api_token="x")))
+
+
+@pytest.mark.parametrize("method", ["random", "grid"])
+def test_int_step_draws_min_plus_multiples_of_step_with_tune_sampling(method):
+    # Optuna draws 9, 17, ..., 65 for {min: 9, max: 65, step: 8}; Tune's own sampler must draw the same values,
+    # not the multiples of 8 (16, 24, ..., 64) that tune.qrandint gives.
+    data = _mutated(lambda d: d.update(method=method, parameters={
+        "fractals.backbone.fractional_kernels.n_taps": {"distribution": "int", "min": 9, "max": 65, "step": 8},
+        "seed": {"distribution": "grid", "values": [0]}}))
+    from fmx.runner import search_space
+
+    domain = search_space(parse_sweep(data))["params"]["fractals.backbone.fractional_kernels.n_taps"]
+    drawn = {int(v) for v in domain.sample(size=400, random_state=0)}
+    assert drawn == set(range(9, 66, 8)), sorted(drawn)
+
+
+def test_random_sweeps_draw_the_same_values_from_the_same_seed():
+    # docs/sweeps.md: `seed` is "one seed for data, init and sampling"; Tune's default generator (what Tune uses
+    # when search_algorithm returns None) draws from numpy's global state instead.
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import BasicVariantGenerator
+
+    from fmx.runner import search_algorithm, search_space
+
+    sweep = load_sweep(REPO / "sweeps" / "smoke.yaml", check_config=False)
+
+    def trainable(config):
+        return None
+
+    def first_three(s):
+        alg = search_algorithm(s) or BasicVariantGenerator(max_concurrent=s.max_concurrent)
+        alg.add_configurations([Experiment("seeded", run=trainable, config=search_space(s), num_samples=3)])
+        drawn = []
+        for _ in range(3):
+            trial = alg.next_trial()
+            drawn.append(trial.config["params"])
+            alg.on_trial_complete(trial.trial_id)  # frees its slot under max_concurrent
+        return drawn
+
+    assert first_three(sweep) == first_three(sweep)
+    assert first_three(sweep) != first_three(sweep.model_copy(update={"seed": 1}))

@@ -179,7 +179,9 @@ def _compatible(current: Any, value: Any) -> bool:
         return True
     if isinstance(current, bool):
         return isinstance(value, bool)
-    if isinstance(current, (int, float)):
+    if isinstance(current, int):  # a float would break integer settings (epochs, sizes): ints only
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(current, float):  # ints may stand for floats
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(current, str):
         return isinstance(value, str)

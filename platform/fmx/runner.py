@@ -88,9 +88,14 @@ def search_space(sweep: Sweep) -> dict[str, Any]:
         elif isinstance(spec, Uniform):
             space[key] = tune.uniform(spec.min, spec.max)
         elif isinstance(spec, IntRange):
-            # Tune's qrandint includes the upper bound when it is on the step grid.
-            space[key] = tune.qrandint(spec.min, spec.max, spec.step) if spec.step > 1 else \
-                tune.randint(spec.min, spec.max + 1)
+            if spec.step == 1:
+                space[key] = tune.randint(spec.min, spec.max + 1)
+            elif sweep.method in ("tpe", "cmaes"):
+                # OptunaSearch turns qrandint into IntDistribution(min, max, step): min, min + step, ...
+                space[key] = tune.qrandint(spec.min, spec.max, spec.step)
+            else:
+                # Tune's own qrandint draws multiples of step (16, 24, ... for min 9, step 8), not min + k * step
+                space[key] = tune.choice(list(range(spec.min, spec.max + 1, spec.step)))
         elif isinstance(spec, Categorical):
             space[key] = tune.choice(list(spec.values))
         elif isinstance(spec, Grid):
@@ -101,9 +106,13 @@ def search_space(sweep: Sweep) -> dict[str, Any]:
 
 
 def search_algorithm(sweep: Sweep):
-    """Optuna (TPE or CMA-ES) behind a concurrency limiter, or None for random/grid (Tune's variant generator)."""
+    """Optuna (TPE or CMA-ES) behind a concurrency limiter, or Tune's variant generator for random/grid; all seeded
+    by ``sweep.seed``."""
     if sweep.method in ("random", "grid"):
-        return None
+        from ray.tune.search import BasicVariantGenerator
+
+        # Tune's default generator (search_alg=None) draws from numpy's global state: not reproducible
+        return BasicVariantGenerator(max_concurrent=sweep.max_concurrent, random_state=sweep.seed)
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -236,7 +245,8 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k)}
+    # a URI with user:password@ (an unused MLFLOW_TRACKING_URI) would show in the dashboard's runtime_env
+    env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k) and not uri_has_password(os.environ[k])}
     runtime_env = {"env_vars": env} if env else None
     if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray job RAY_ADDRESS names the cluster
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
@@ -416,7 +426,8 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
                              mode=plan.mode, enabled=progress)
     run_config = tune.RunConfig(name=sweep_id, storage_path=plan.storage_path, storage_filesystem=target.filesystem,
                                 callbacks=[MlflowLifecycle(plan), reporter], verbose=0)
-    exp_path = target.join(sweep_id) if target.filesystem is None else f"{plan.storage_uri.rstrip('/')}/{sweep_id}"
+    # With a custom filesystem Tune wants the bucket-relative path (pyarrow refuses s3:// URIs): bucket/prefix/<id>
+    exp_path = target.join(sweep_id)
     status = "FAILED"
     try:
         if resume_id and tune.Tuner.can_restore(exp_path, storage_filesystem=target.filesystem):

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ACCEPTANCE_BENCHMARKS = ("numerics", "training", "ablation", "stability", "speed")
 CONFIG_GROUPS = ("model", "data", "fractals", "trainer")
 # Keys that would put a secret into a sweep file (and so into params and artifacts): refused anywhere.
-_SECRET_KEY = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
+# "token" followed by a letter is another word (model.tokenizers, n_summary_tokens), not a credential.
+_SECRET_KEY = re.compile(r"(secret|password|token(?![a-z])|access_key|credential)", re.IGNORECASE)
 # scheme://user:password@host: a password inside a URI would reach params, tags, logs and the sweep pointer.
 _URI_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@")
 # The local defaults. A sweep whose storage.path / tracking.uri equals them lets FMX_STORAGE_PATH /
@@ -192,7 +193,7 @@ class Storage(_Strict):
     def _uri(cls, v: str) -> str:
         if "://" in v and not v.startswith("s3://"):
             raise ValueError(f"only local paths and s3:// URIs are supported (got {v!r})")
-        if v.startswith("s3://") and len(v) <= len("s3://"):
+        if v.startswith("s3://") and not re.match(r"^s3://[^/\s]+", v):  # s3:///ray would make "ray" the bucket
             raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
         if uri_has_password(v):
             raise ValueError("credentials never go in storage.path: use s3://bucket/prefix and AWS_ACCESS_KEY_ID/"
@@ -202,6 +203,9 @@ class Storage(_Strict):
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and uri_has_password(v):
+            raise ValueError("credentials never go in storage.endpoint_url (user:password@): use "
+                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment or FMX_S3_SECRET_FILE")
         if v is not None and not re.match(r"^https?://[^/\s]+", v):
             raise ValueError(f"endpoint_url must be http(s)://host[:port] (got {v!r})")
         return v
@@ -220,6 +224,14 @@ class Tracking(_Strict):
         if uri_has_password(v):
             raise ValueError("credentials never go in tracking.uri (user:password@): set MLFLOW_TRACKING_USERNAME "
                              "and MLFLOW_TRACKING_PASSWORD in the environment")
+        return v
+
+    @field_validator("artifact_location")
+    @classmethod
+    def _no_artifact_password(cls, v: str | None) -> str | None:
+        if v is not None and uri_has_password(v):
+            raise ValueError("credentials never go in tracking.artifact_location (user:password@): use "
+                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment or FMX_S3_SECRET_FILE")
         return v
 
 
@@ -296,7 +308,7 @@ def _loc_to_path(loc: tuple) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("uniform", "log_uniform", "int", "categorical", "grid", "Constant") or \
+        elif item in ("uniform", "log_uniform", "int", "categorical", "grid", "Constant", "bool", "float", "str") or \
                 str(item).startswith(("function-", "union[", "tagged-union")):
             continue  # pydantic's union branch names are not key paths in the file
         else:
@@ -323,7 +335,12 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
     try:
         return Sweep.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        err = errors[0]
+        spec = err.get("input")
+        if err["type"] == "union_tag_not_found" and isinstance(spec, dict) and "value" in spec:
+            # {value: V} is a constant: its own problem (a list, an extra key) says more than the missing tag
+            err = next((e for e in errors if "Constant" in e["loc"]), err)
         path = _loc_to_path(tuple(err["loc"]))
         value = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
@@ -332,7 +349,9 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
             parent = path.rsplit(".", 1)[0] if "." in path else ""
             msg = "unknown key"
             value = path.rsplit(".", 1)[-1]
-            allowed = ", ".join(_fields_at(parent))
+            # inside a parameter, pydantic's loc names the distribution's model: its fields are what is allowed
+            branch = next((_BRANCHES[x] for x in err["loc"] if isinstance(x, str) and x in _BRANCHES), None)
+            allowed = ", ".join(branch.model_fields) if branch else ", ".join(_fields_at(parent))
         elif err["type"] == "missing":
             msg, value = "required key is missing", None
             allowed = "see docs/sweeps.md"
@@ -340,6 +359,13 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
                 and err["type"] in ("model_type", "dict_type", "model_attributes_type"):
             msg = "a parameter is a mapping"
             allowed = "{distribution: uniform|log_uniform|int|categorical|grid, ...} or {value: V}"
+        elif err["type"] == "union_tag_not_found":
+            msg = "a parameter needs distribution: or value:"
+            allowed = "{distribution: uniform|log_uniform|int|categorical|grid, ...} or {value: V}"
+        elif err["loc"] and err["loc"][-1] in ("bool", "int", "float", "str") and \
+                err["type"] in ("bool_type", "int_type", "float_type", "string_type"):
+            msg = "value not allowed"  # pydantic names only the first scalar type it tried
+            allowed = "a number, a string or a boolean"
         elif err["type"] == "literal_error":
             allowed = msg.removeprefix("Input should be ")
             msg = "value not allowed"
@@ -351,6 +377,8 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
 
 
 _DIST_NAMES = ("uniform", "log_uniform", "int", "categorical", "grid")
+_BRANCHES = {"uniform": Uniform, "log_uniform": LogUniform, "int": IntRange, "categorical": Categorical,
+             "grid": Grid, "Constant": Constant}
 
 
 def _fields_at(path: str) -> list[str]:

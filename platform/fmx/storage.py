@@ -124,7 +124,7 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
             obj = pat.sub("***", obj)
         return obj
     if isinstance(obj, Mapping):
-        return {k: ("***" if re.search(r"secret|password|token", str(k), re.I) and v else redact(v, secrets))
+        return {k: ("***" if re.search(r"secret|password|token(?![a-z])", str(k), re.I) and v else redact(v, secrets))
                 for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(redact(v, secrets) for v in obj)
@@ -181,7 +181,7 @@ def resolve_storage(path: str, *, endpoint_url: str | None = None, region: str |
     """
     if path.startswith("s3://"):
         rest = path[len("s3://"):].strip("/")
-        if not rest:
+        if not rest or path[len("s3://"):].startswith("/"):  # s3:///ray names no bucket (not bucket "ray")
             raise ValueError(f"storage.path: {path!r} needs a bucket: s3://bucket/prefix")
         return StorageTarget(uri=path, storage_path=rest,
                              filesystem=s3_filesystem(endpoint_url=endpoint_url, region=region))

@@ -160,6 +160,12 @@ def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as 
 
     pointer = _pointer(name, storage, endpoint_url)
     sweep = Sweep.model_validate(pointer["sweep"])
+    # Resume where the run went, as the pointer records it (FMX_STORAGE_PATH / MLFLOW_TRACKING_URI may have
+    # chosen it): re-resolving the file's defaults here would start the sweep over in ./runs/ray.
+    sweep = sweep.model_copy(update={
+        "storage": sweep.storage.model_copy(update={"path": pointer.get("storage_uri", sweep.storage.path),
+                                                    "endpoint_url": endpoint_url or sweep.storage.endpoint_url}),
+        "tracking": sweep.tracking.model_copy(update={"uri": pointer.get("tracking_uri", sweep.tracking.uri)})})
     try:
         outcome = run_sweep(sweep, address=address, resume_id=pointer["sweep_id"], num_cpus=num_cpus)
     except ValueError as exc:
@@ -204,7 +210,7 @@ def submit(file: Path = typer.Argument(..., help="sweep YAML file"),
     try:
         url = fmx_cluster.resolve_address(address=address, cluster=cluster)
         job_id = fmx_cluster.submit_sweep(str(file), address=url, working_dir=working_dir)
-    except ValueError as exc:
+    except (ValueError, ConnectionError, PermissionError) as exc:  # bad path, no dashboard, wrong token
         _fail(str(exc))
     console.print(f"submitted [bold]{job_id}[/bold] to {url}; follow with: fmx job logs {job_id} --address {url}")
 

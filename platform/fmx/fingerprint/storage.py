@@ -56,7 +56,7 @@ def s3_filesystem():
 
 def _s3_path(uri: str) -> str:
     path = str(uri)[len("s3://"):].strip("/")
-    if not path:
+    if not path or str(uri)[len("s3://"):].startswith("/"):  # s3:///a/b names no bucket (not bucket "a")
         raise ValueError(f"uri: {uri!r} names no bucket; use s3://BUCKET/PREFIX")
     return path
 
