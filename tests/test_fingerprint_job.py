@@ -314,3 +314,15 @@ def _measure_like(stats, fragment: str) -> str:
     measures = sorted({m for m, _ in stats.index if fragment in m})
     assert measures, f"no measure containing {fragment!r} in {sorted({m for m, _ in stats.index})}"
     return measures[0]
+
+
+def test_ray_workers_get_s3_settings_but_never_the_keys():
+    # A task's runtime_env is shown by the Ray dashboard: endpoint, region and the secret file's path may
+    # travel, the key pair and session token may not.
+    from fmx.fingerprint.job import worker_env
+
+    environ = {"AWS_ACCESS_KEY_ID": "AKIAABCDEFGHIJKLMNOP", "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+               "AWS_SESSION_TOKEN": "tok", "AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_REGION": "us-east-1",
+               "FMX_S3_SECRET_FILE": "/var/run/secrets/s3", "MLFLOW_TRACKING_URI": "http://user:pw@host:5000"}
+    assert worker_env(environ) == {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_REGION": "us-east-1",
+                                   "FMX_S3_SECRET_FILE": "/var/run/secrets/s3"}

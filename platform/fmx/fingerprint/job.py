@@ -264,6 +264,20 @@ def measure_columns(summary) -> list[str]:
     return [c for c in columns[:end] if c not in LABELS]
 
 
+def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The S3 settings Ray workers get to read ``s3://`` inputs: endpoint, region, the secret file's path.
+
+    Never the keys themselves: the Ray dashboard shows a task's runtime_env. Workers take credentials
+    from their own environment (a local Ray inherits the driver's; a cluster's pods mount the secret)
+    or from the file named by ``FMX_S3_SECRET_FILE``, as sweep workers do.
+    """
+    from fmx.schema import uri_has_password
+    from fmx.storage import FORWARDED_ENV
+
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in FORWARDED_ENV if environ.get(k) and not uri_has_password(environ[k])}
+
+
 def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_per_task) -> None:
     if not records:
         return
@@ -277,8 +291,7 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_task if has_gpu else 0, "max_retries": 0}
         if any(storage.is_s3(r["path"]) for r in records):
-            # Workers read s3:// inputs themselves: hand them the S3 settings of this environment.
-            env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+            env = worker_env()
             if env:
                 options["runtime_env"] = {"env_vars": env}
         task = ray.remote(fit_recording).options(**options)
