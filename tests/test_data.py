@@ -139,6 +139,8 @@ def _files_cfg(root, **data):
 
 def test_recording_windows_ids_and_padding(tmp_path):
     (tmp_path / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\n")  # BIDS table: skipped
+    for doc in ("LICENSE.txt", "SHA256SUMS.txt", "README.txt"):  # PhysioNet-style documentation: skipped
+        (tmp_path / doc).write_text("Open Data Commons Attribution License v1.0\n")
     recs = load_recordings(find_recordings(_write_npz_folder(tmp_path)))
     ds = RecordingWindows(recs, window=200, stride=100, key="eeg")
     assert len(ds) == 9 + 5 + 3 and ds.channel_vocab == ["Cz", "Fz", "Oz", "Pz"]

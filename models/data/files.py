@@ -30,14 +30,23 @@ _FILES_KEYS = {"name", "root", "pattern", "key", "window", "stride", "val_stride
                "channels", "max_files", "split_by", "batch_size", "num_workers", "seed"}
 
 
+# Documentation that data sets ship beside recordings (PhysioNet: LICENSE.txt, SHA256SUMS.txt); .txt is
+# also the RR-interval format, so these names would otherwise be read as recordings and fail.
+_DOC_STEMS = ("readme", "license", "licence", "changes", "changelog", "sha256sums", "md5sums", "notes")
+
+
 def _is_sidecar(path: Path) -> bool:
-    """BIDS metadata tables (participants.tsv, *_events.tsv, ...) sit beside recordings but hold no signal."""
+    """BIDS metadata tables (participants.tsv, *_events.tsv, ...) and data-set documentation (README.txt,
+    LICENSE.txt, SHA256SUMS.txt) sit beside recordings but hold no signal."""
     name = path.name.lower()
+    if path.suffix.lower() == ".txt" and path.stem.lower() in _DOC_STEMS:
+        return True
     return name in _BIDS_TABLES or any(name.endswith(f"_{kind}.tsv") for kind in _BIDS_SIDECARS)
 
 
 def find_recordings(root: str | Path, pattern: str = "**/*") -> list[Path]:
-    """Sorted files under ``root`` matching ``pattern`` with a readable extension (BIDS tables skipped)."""
+    """Sorted files under ``root`` matching ``pattern`` with a readable extension (BIDS tables and data-set
+    documentation such as LICENSE.txt skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data.root: {str(root)!r} is not a folder; point it at a folder of recordings")
@@ -45,7 +54,7 @@ def find_recordings(root: str | Path, pattern: str = "**/*") -> list[Path]:
                (p.suffix.lower() in SUPPORTED_EXTENSIONS or p.name.lower().endswith(".fif.gz"))]
     sidecars = [p for p in matched if _is_sidecar(p)]
     if sidecars:
-        log.info("skipping %d BIDS metadata table(s), e.g. %s", len(sidecars), sidecars[0].name)
+        log.info("skipping %d metadata file(s) (BIDS tables, README/LICENSE), e.g. %s", len(sidecars), sidecars[0].name)
     paths = sorted(p for p in matched if not _is_sidecar(p))
     if not paths:
         raise ValueError(
