@@ -41,8 +41,8 @@ PROVIDER ?=
 
 image: ## build and push the training and MLflow images: make image REGISTRY=registry.example.com/team TAG=0.1.0
 	@test -n "$(REGISTRY)" || { echo "make image: REGISTRY is empty; run: make image REGISTRY=registry.example.com/team TAG=0.1.0" >&2; exit 2; }
-	docker build -f docker/Dockerfile -t $(REGISTRY)/neurofmx:$(TAG) .
-	docker build -f docker/mlflow.Dockerfile -t $(REGISTRY)/neurofmx-mlflow:$(TAG) .
+	docker build --platform linux/amd64 -f docker/Dockerfile -t $(REGISTRY)/neurofmx:$(TAG) .
+	docker build --platform linux/amd64 -f docker/mlflow.Dockerfile -t $(REGISTRY)/neurofmx-mlflow:$(TAG) .
 	docker push $(REGISTRY)/neurofmx:$(TAG)
 	docker push $(REGISTRY)/neurofmx-mlflow:$(TAG)
 

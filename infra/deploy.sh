@@ -63,9 +63,13 @@ s3_endpoint="$(tf_out s3_endpoint)"
 
 note "namespace $NAMESPACE and secrets"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+# Plain assignments, not $(...) inside apply_secret's arguments: there set -e would ignore a failed
+# `terraform output` and store an empty key in the Secret.
+s3_access_key_id="$(tf_out s3_access_key_id)"
+s3_secret_access_key="$(tf_out s3_secret_access_key)"
 apply_secret neurofmx-s3 \
-  "AWS_ACCESS_KEY_ID=$(tf_out s3_access_key_id)" \
-  "AWS_SECRET_ACCESS_KEY=$(tf_out s3_secret_access_key)"
+  "AWS_ACCESS_KEY_ID=$s3_access_key_id" \
+  "AWS_SECRET_ACCESS_KEY=$s3_secret_access_key"
 ray_token="$(existing_or_random neurofmx-ray-auth auth_token)"
 apply_secret neurofmx-ray-auth "auth_token=$ray_token"
 pg_password="$(existing_or_random neurofmx-postgres password)"
@@ -90,10 +94,12 @@ helm upgrade --install kuberay-operator kuberay/kuberay-operator --version "$KUB
   --namespace "$KUBERAY_NAMESPACE" --create-namespace --wait --timeout 10m
 
 note "neurofmx chart"
+# --set-string: with --set an all-digit TAG (a short git SHA such as 1234567) becomes a number,
+# which values.schema.json rejects for image.tag.
 set_args=(
-  --set "image.repository=$REGISTRY/neurofmx" --set "image.tag=$TAG"
-  --set "mlflow.image.repository=$REGISTRY/neurofmx-mlflow" --set "mlflow.image.tag=$TAG"
-  --set "s3.bucket=$bucket" --set "s3.endpoint=$s3_endpoint"
+  --set-string "image.repository=$REGISTRY/neurofmx" --set-string "image.tag=$TAG"
+  --set-string "mlflow.image.repository=$REGISTRY/neurofmx-mlflow" --set-string "mlflow.image.tag=$TAG"
+  --set-string "s3.bucket=$bucket" --set-string "s3.endpoint=$s3_endpoint"
 )
 helm upgrade --install "$RELEASE" "$REPO_ROOT/helm/neurofmx" --namespace "$NAMESPACE" \
   -f "$REPO_ROOT/helm/neurofmx/values-$PROVIDER.yaml" "${set_args[@]}" --wait --timeout 30m

@@ -396,3 +396,27 @@ def test_mlflow_container_spec_runs_a_real_auth_server(tmp_path, seaweed_s3, mon
     finally:
         stop_group(proc, grace_s=15)
         log.close()
+
+
+def test_head_shares_its_ray_temp_dir_with_the_autoscaler_sidecar():
+    """KubeRay mounts a volume named `ray-logs` at /tmp/ray into the autoscaler sidecar and reuses the
+    head's volume only when it has that name; under another name the autoscaler writes its logs and
+    events into a private emptyDir the head (dashboard, `ray status`) never reads."""
+    rc = by_kind(render(), "RayCluster")[0]["spec"]
+    pod = rc["headGroupSpec"]["template"]["spec"]
+    (head,) = pod["containers"]
+    tmp_ray = [m["name"] for m in head["volumeMounts"] if m["mountPath"] == "/tmp/ray"]
+    assert tmp_ray == ["ray-logs"]
+    assert next(v for v in pod["volumes"] if v["name"] == "ray-logs")["emptyDir"]["sizeLimit"] == "50Gi"
+
+
+def test_ray_pods_never_get_a_bucketless_storage_path():
+    """FMX_STORAGE_PATH is s3://<s3.bucket>/<rayPrefix>; with MLflow's artifacts sent elsewhere and no
+    bucket the chart rendered s3:///ray, which every sweep in the cluster then refused. Fail at render."""
+    with pytest.raises(helm.HelmError, match=r"s3\.bucket is empty.*FMX_STORAGE_PATH"):
+        render(s3={"bucket": ""}, mlflow={"artifactsDestination": "s3://other-bucket/mlflow"})
+    with pytest.raises(helm.HelmError, match=r"s3\.bucket is empty"):
+        render(s3={"bucket": ""}, mlflow={"enabled": False})
+    env = {e["name"]: e.get("value") for e in
+           by_kind(render(), "RayCluster")[0]["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FMX_STORAGE_PATH"] == "s3://neurofmx-runs/ray"

@@ -128,3 +128,15 @@ def test_docker_build_check(name):
     result = subprocess.run(["docker", "build", "--check", "-f", str(DOCKERFILES[name]), str(REPO)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_runtime_stage_can_build_triton_launchers():
+    """Triton (mamba-ssm's Mamba-2 kernels, fractals' Triton kernels) compiles its CUDA launcher with the
+    system C compiler against Python.h the first time a kernel runs on a GPU (triton/runtime/build.py:
+    "Failed to find C compiler" otherwise), so the runtime image needs gcc, libc headers and python3-dev."""
+    runtime = stages(DOCKERFILES["train"].read_text())[-1]
+    installed = set()
+    for line in runtime:
+        for cmd in re.findall(r"apt-get install ([^&]+)", line):
+            installed |= {w for w in cmd.split() if not w.startswith("-")}
+    assert {"gcc", "libc6-dev", "python3-dev"} <= installed, sorted(installed)

@@ -54,7 +54,6 @@ resource "coreweave_cks_node_pool" "h100" {
 resource "coreweave_object_storage_bucket" "runs" {
   name = var.bucket_name
   zone = var.zone
-  tags = { app = "neurofmx" }
 }
 
 # The key's permissions come from the organization's Object Storage access policies.

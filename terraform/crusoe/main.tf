@@ -23,6 +23,10 @@ resource "crusoe_kubernetes_cluster" "this" {
   version   = var.kubernetes_version
   location  = var.location
   subnet_id = crusoe_vpc_subnet.this.id
+
+  # The chart needs nvidia.com/gpu on the H100 nodes (GPU operator), InfiniBand in the pods (network
+  # operator) and the crusoe-csi-driver-fs-sc storage class (CSI driver); CMK installs them only as add-ons.
+  add_ons = ["nvidia_gpu_operator", "nvidia_network_operator", "crusoe_csi"]
 }
 
 resource "crusoe_kubernetes_node_pool" "cpu" {

@@ -3,7 +3,7 @@ terraform {
 
   required_providers {
     crusoe = {
-      source  = "crusoe-cloud/crusoe"
+      source  = "crusoecloud/crusoe"
       version = ">= 1.3.0, < 2.0.0"
     }
   }
