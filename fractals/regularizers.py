@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from fractals._checks import check_positive
+from fractals.spectral import band_bin_range
 
 __all__ = [
     "l_spec_1overf",
@@ -110,9 +111,8 @@ def _welch_beta(x, fs, lo, hi, nper, exclude_peaks, peak_threshold, time_dim, sh
         raise ValueError(
             f"nperseg: needs 8 <= nperseg <= T = {n} (time axis is dim {time_dim} of shape {shape}), got {nper}"
         )
-    freqs = torch.fft.rfftfreq(nper, d=1.0 / fs, dtype=x.dtype, device=x.device)
-    keep = (freqs >= lo) & (freqs <= hi) & (freqs > 0)
-    n_bins = int(keep.sum())
+    k_lo, k_hi = band_bin_range(lo, hi, fs / nper)  # on the host: no device sync, static slices
+    n_bins = max(0, min(k_hi, nper // 2) - k_lo + 1)
     if n_bins < 4:
         raise ValueError(
             f"band: {tuple(band)} Hz holds {n_bins} Welch bins (nperseg={nper}, fs={fs}, time axis dim "
@@ -122,12 +122,13 @@ def _welch_beta(x, fs, lo, hi, nper, exclude_peaks, peak_threshold, time_dim, sh
     segs = x.unfold(-1, nper, max(nper // 2, 1))
     segs = segs - segs.mean(-1, keepdim=True)
     win = torch.hann_window(nper, periodic=True, dtype=x.dtype, device=x.device)
-    spec = torch.fft.rfft(segs * win, dim=-1)[..., keep]
+    spec = torch.fft.rfft(segs * win, dim=-1)[..., k_lo : k_lo + n_bins]
     power = (spec.real.square() + spec.imag.square()).mean(-2)
     # A tiny floor relative to each series' power keeps log finite for dead channels.
     floor = 1e-12 * power.detach().mean(-1, keepdim=True) + torch.finfo(x.dtype).tiny
     logp = torch.log10(power + floor)
-    logf = torch.log10(freqs[keep])
+    freqs = torch.arange(k_lo, k_lo + n_bins, dtype=torch.float64, device=x.device) * (fs / nper)
+    logf = torch.log10(freqs).to(x.dtype)
     slope = _lstsq_slope(logf, logp)
     if exclude_peaks:
         with torch.no_grad():

@@ -144,6 +144,15 @@ def _welch(x: torch.Tensor, fs: float, nperseg: int, noverlap: int, window, detr
     return freqs, psd * scale
 
 
+def band_bin_range(low: float, high: float, df: float) -> tuple[int, int]:
+    """First and last Welch bin ``k`` (frequency ``k * df``) inside ``[low, high]`` Hz, never bin 0 (DC).
+
+    By index, not by comparing frequencies: float32 frequencies put an edge bin (60 Hz) at 59.99998,
+    and comparing on the device would cost a host sync per call.
+    """
+    return max(1, math.ceil(low / df - 1e-9)), math.floor(high / df + 1e-9)
+
+
 def welch_psd(x, fs: float, nperseg: Optional[int] = None, noverlap: Optional[int] = None, window="hann", *, detrend="constant"):
     """Power spectral density by Welch's method, batched over every leading axis.
 
@@ -311,9 +320,7 @@ def spectral_beta(
         nperseg = _default_nperseg(n)
     nperseg, noverlap = _resolve_segments(n, nperseg, noverlap, 256)
     df = fs / nperseg
-    # Band bins by index, not by comparing freqs: float32 freqs put an edge bin (60 Hz) at 59.99998.
-    # Bin 0 (DC) is never in a band with low > 0.
-    k_lo, k_hi = max(1, math.ceil(low / df - 1e-9)), math.floor(high / df + 1e-9)
+    k_lo, k_hi = band_bin_range(low, high, df)
     n_in_band = k_hi - k_lo + 1
     if n_in_band < MIN_BAND_BINS:
         need = int(2 ** math.ceil(math.log2(MIN_BAND_BINS * fs / (high - low))))
