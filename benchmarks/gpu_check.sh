@@ -27,9 +27,9 @@ timeout 150 "$py" -m pytest -q -k "(cuda or fused) and not interpreter" -p no:ca
   tests/test_metrics_spectral.py tests/test_metrics_graph.py tests/test_metrics_windowed.py \
   tests/test_stimuli.py tests/test_regularizers.py tests/test_simulators.py tests/test_fingerprint.py \
   tests/test_perceiver_popt.py tests/test_backbone.py 2>&1 | tee "$out/cuda_tests.log"
-timeout 60 "$py" benchmarks/metrics.py --device cuda 2>&1 | tee "$out/metrics.txt"
-timeout 40 "$py" benchmarks/priors.py --device cuda 2>&1 | tee "$out/priors.txt"
-timeout 60 "$py" benchmarks/attention.py --device cuda --dtype bf16 --lengths 256 1024 4096 16384 2>&1 \
+timeout 50 "$py" benchmarks/metrics.py --device cuda 2>&1 | tee "$out/metrics.txt"
+timeout 60 "$py" benchmarks/priors.py --device cuda --compile 2>&1 | tee "$out/priors.txt"
+timeout 50 "$py" benchmarks/attention.py --device cuda --dtype bf16 --lengths 256 1024 4096 16384 2>&1 \
   | tee "$out/attention.txt"
 timeout 100 "$py" benchmarks/model.py --device cuda --only ssd step --compile --out "$out/model.json" 2>&1 \
   | tee "$out/model.txt"

@@ -8,6 +8,7 @@ prior (median of ``--repeat`` timed runs after ``--warmup`` untimed ones); docs/
     .venv/bin/python benchmarks/priors.py --shape 8 1024 64        # CPU, reduced
     .venv/bin/python benchmarks/priors.py --device cuda            # GPU
     .venv/bin/python benchmarks/priors.py --device cuda --dtype bfloat16
+    .venv/bin/python benchmarks/priors.py --device cuda --compile    # eager and torch.compile rows
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each prior under torch.compile (on CUDA inductor fuses the ~1000 small "
+                             "ops of the three priors into Triton kernels); rows get compiled=true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,10 +79,18 @@ def main() -> int:
         "threads": torch.get_num_threads(), "load_1m": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
     }
-    for name, fn in terms.items():
-        times = _time(fn, x, args.warmup, args.repeat)
-        print(json.dumps({"bench": "priors", "term": name, "shape": args.shape, "dtype": args.dtype,
-                          "fwd_bwd_ms_median": round(1e3 * statistics.median(times), 2),
+    runs = [(name, fn, False) for name, fn in terms.items()]
+    if args.compile:
+        runs += [(name, torch.compile(fn), True) for name, fn in terms.items()]
+    for name, fn, compiled in runs:
+        try:
+            times = _time(fn, x, max(args.warmup, 2 if compiled else 0), args.repeat)  # compiling is a warm-up
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other rows
+            print(json.dumps({"bench": "priors", "term": name, "compiled": compiled,
+                              "error": f"{type(exc).__name__}: {exc}"[:300]}), flush=True)
+            continue
+        print(json.dumps({"bench": "priors", "term": name, "compiled": compiled, "shape": args.shape,
+                          "dtype": args.dtype, "fwd_bwd_ms_median": round(1e3 * statistics.median(times), 2),
                           "fwd_bwd_ms_min": round(1e3 * min(times), 2), "repeat": args.repeat, **machine}), flush=True)
     if device.type == "cuda":
         print(json.dumps({"peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}))
