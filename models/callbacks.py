@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any, Mapping
@@ -43,6 +44,13 @@ def _warn_once(key: str, msg: str, *args: Any) -> None:
         log.warning(msg, *args)
 
 
+def _autocast_off(device_type: str):
+    """Autocast disabled (a no-op where the device has none): the fits need float32, not bf16 matmuls."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def latent_band(n_samples: int, fs: float, band: tuple[float, float]) -> tuple[float, float]:
     """The configured PSD band clipped to what ``n_samples`` at ``fs`` can resolve.
 
@@ -70,10 +78,10 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
     """
     from fractals import metrics as fm
 
-    x = latents.detach().float().transpose(1, 2)[:, :max_channels]  # (B, C, T)
+    x = latents.detach().float().transpose(1, 2)  # (B, C, T)
     # Dead channels (constant over time) make every estimator undefined: drop them, do not fail.
     live = (x.amax(-1) - x.amin(-1)).amin(0) > 1e-8
-    x = x[:, live]
+    x = x[:, live][:, :max_channels]
     out: dict[str, torch.Tensor] = {}
     if x.shape[1] == 0:
         _warn_once("dead", "latent_measures: every latent channel is constant; no measures logged")
@@ -101,12 +109,13 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
         "hfd": lambda: fm.higuchi_fd(x, kmax=kmax),
         "dfa": lambda: fm.dfa_alpha(x, windows=windows if len(windows) >= 2 else None),
     }
-    for name, call in calls.items():
-        try:
-            out[name] = call()
-        except (NotImplementedError, ValueError, ImportError, RuntimeError) as exc:
-            # A measure must never stop training: log what failed once and leave it out.
-            _warn_once(f"measure-{name}", "latent_measures: %s not computed (%s)", name, exc)
+    with _autocast_off(x.device.type):  # validation_step runs inside bf16-mixed autocast
+        for name, call in calls.items():
+            try:
+                out[name] = call()
+            except (NotImplementedError, ValueError, ImportError, RuntimeError) as exc:
+                # A measure must never stop training: log what failed once and leave it out.
+                _warn_once(f"measure-{name}", "latent_measures: %s not computed (%s)", name, exc)
     return out
 
 
@@ -141,6 +150,7 @@ class LatentFingerprintCallback(pl.Callback):
             raise ValueError(f"fractals.log.fingerprint_every_n_steps: must be >= 1, got {every_n_steps}")
         self.every_n_steps = int(every_n_steps)
         self.cfg_fractals = cfg_fractals
+        self._last_step = -1  # global_step stays put over accumulated micro-batches: log each step once
 
     def fingerprint(self, latents: Mapping[str, torch.Tensor], fs: float) -> dict[str, float]:
         """Scalars for the time-resolved latents (``perceiver``, ``ssm``) at latent rate ``fs``."""
@@ -162,8 +172,9 @@ class LatentFingerprintCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if pl_module.logger is None or step == 0 or step % self.every_n_steps:
+        if pl_module.logger is None or step == 0 or step % self.every_n_steps or step == self._last_step:
             return
+        self._last_step = step
         out = _forward_latents(pl_module, batch)
         _log_scalars(pl_module, self.fingerprint(out["latents"], pl_module.latent_rate(batch)))
 
@@ -176,11 +187,13 @@ class LatentHistogramCallback(pl.Callback):
             raise ValueError(f"fractals.log.tb_hist_every_n: must be >= 1, got {every_n_steps}")
         self.every_n_steps = int(every_n_steps)
         self.cfg_fractals = cfg_fractals
+        self._last_step = -1  # global_step stays put over accumulated micro-batches: log each step once
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if pl_module.logger is None or step == 0 or step % self.every_n_steps:
+        if pl_module.logger is None or step == 0 or step % self.every_n_steps or step == self._last_step:
             return
+        self._last_step = step
         out = _forward_latents(pl_module, batch)
         measures = latent_measures(out["latents"]["ssm"], fs=pl_module.latent_rate(batch),
                                    cfg_fractals=self.cfg_fractals)
@@ -223,14 +236,20 @@ class CausalScaleAblationCallback(pl.Callback):
 
         out = dict(batch)
         band = tuple(self.cfg_fractals.get("metrics", {}).get("temporal", {}).get("psd_freq_band", (2.0, 80.0)))
-        band = (band[0], min(band[1], 0.45 * fs))
+
+        def fit(n: int) -> tuple[float, float]:
+            lo, hi = float(band[0]), min(float(band[1]), 0.45 * fs)
+            # Slow signals (fMRI at 0.5 Hz) lie entirely below the raw band: ablate what they resolve.
+            return (lo, hi) if hi > 1.5 * lo else latent_band(n, fs, band)
+
         for key in ("lfp", "eeg", "ecog", "ieeg", "emg"):
             if key in batch:
-                out[key] = causal_scale_ablation(batch[key], mode=self.mode, ratio=self.ratio, fs=fs, band=band)
+                out[key] = causal_scale_ablation(batch[key], mode=self.mode, ratio=self.ratio, fs=fs,
+                                                 band=fit(batch[key].shape[-1]))
         for key in ("spikes", "calcium", "fmri"):
             if key in batch:  # (B, T, N): time on axis 1
                 x = batch[key].transpose(1, 2)
-                y = causal_scale_ablation(x, mode=self.mode, ratio=self.ratio, fs=fs, band=band)
+                y = causal_scale_ablation(x, mode=self.mode, ratio=self.ratio, fs=fs, band=fit(x.shape[-1]))
                 out[key] = y.transpose(1, 2).clamp_min(0) if key == "spikes" else y.transpose(1, 2)
         return out
 

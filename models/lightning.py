@@ -22,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover
     import lightning.pytorch as pl
 
-from models.callbacks import build_callbacks, latent_measures
+from models.callbacks import _autocast_off, build_callbacks, latent_band, latent_measures
 from models.neurofmx import NeuroFMx
 
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
@@ -101,6 +101,7 @@ class NeuroFMxModule(pl.LightningModule):
         self.prior_ramp = ramp
         if fr.get("enable", False) and priors_cfg:
             self.priors = self._build_priors({**fr, "priors": priors_cfg})
+            self._prior_band = self.priors.band
         self.spectral_regs = self._build_spectral_regs(cfg.get("criticality", {}) or {})
 
     # ------------------------------------------------------------------ config helpers
@@ -174,8 +175,15 @@ class NeuroFMxModule(pl.LightningModule):
         if scale == 0.0:
             return None, {}
         # Warmup is handled here (step=None): the priors are not even computed before it.
-        # float32: the priors' FFTs do not run in bf16, and their log-log fits need the precision.
-        total, parts = self.priors(out["latents"]["ssm"].float(), fs=self.latent_rate(batch))
+        # float32 and no autocast: the priors' FFTs do not run in bf16, and their log-log fits need the precision.
+        latents, fs = out["latents"]["ssm"].float(), self.latent_rate(batch)
+        lo, hi = self._prior_band
+        # Latents slower than the raw-signal band (slow data, long patches) leave the 1/f fit no bins:
+        # fit where they resolve, as the val/latent_beta measure does.
+        fits = min(hi, 0.45 * fs) > 1.5 * lo
+        self.priors.band = self._prior_band if fits else latent_band(latents.shape[1], fs, self._prior_band)
+        with _autocast_off(latents.device.type):
+            total, parts = self.priors(latents, fs=fs)
         if scale < 1.0:
             total, parts = scale * total, {k: scale * v for k, v in parts.items()}
         return total, parts

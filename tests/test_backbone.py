@@ -277,3 +277,31 @@ def test_fused_branch_calls_kernels_with_mamba_ssm_conventions(monkeypatch):
     torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
     assert calls["scan"] == (None, True, True)
     assert calls["conv"] == ((2, m.conv_dim, 24), (m.conv_dim, 4), "silu")
+
+
+def test_portable_scan_and_block_run_on_the_meta_device():
+    # The module docstring promises the portable scan runs on meta (shape inference without memory);
+    # torch.autocast has no meta backend, so the autocast guard must not be entered there.
+    x, dt, A, B, C = (t.to("meta") for t in _ssd_inputs(l=20))
+    y, state = ssd_chunked(x, dt, A, B, C, chunk_size=8, D=torch.ones(4, device="meta"))
+    assert y.device.type == "meta" and y.shape == (2, 20, 4, 3) and state.shape == (2, 4, 3, 5)
+    with torch.device("meta"):
+        m = Mamba2(d_model=16, d_state=8, headdim=8, kernels="portable")
+        out, state = m(torch.empty(2, 10, 16), return_state=True)
+    assert out.shape == (2, 10, 16) and state.shape == (2, 4, 8, 8)
+
+
+def test_chunked_ssd_on_an_empty_sequence_passes_the_state_through():
+    # Streaming may hand the scan an empty piece: no output, and the carried state unchanged.
+    x, dt, A, B, C = _ssd_inputs(l=0)
+    s0 = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    y, state = ssd_chunked(x, dt, A, B, C, chunk_size=8, D=torch.ones(4, dtype=torch.float64), initial_states=s0)
+    assert y.shape == (2, 0, 4, 3)
+    torch.testing.assert_close(state, s0, rtol=0, atol=0)
+
+
+def test_wavelet_scattering_encoding_names_a_bad_input_shape():
+    pytest.importorskip("kymatio", reason="kymatio (dev extra) provides the scattering front end")
+    enc = WaveletScatteringEncoding(d_model=16, J=2, n_probe=3)
+    with pytest.raises(ValueError, match="x: needs shape"):
+        enc(torch.randn(64, 16))

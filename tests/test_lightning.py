@@ -204,3 +204,110 @@ def test_histograms_go_to_loggers_that_take_them():
     tags = {t for t, n, step in logger.histograms if n > 0 and step == 1}
     assert {"hist/latent_beta", "hist/latent_hfd", "hist/latent_dfa"} <= tags, logger.histograms
     assert "hist/latent_hfd_p50" in logger.scalars
+
+
+def test_scale_ablation_handles_signals_slower_than_the_configured_band():
+    """At fMRI-like rates 0.45 * fs lies below the band's 2 Hz low edge: the ablation must work inside
+    what the rate resolves instead of ending every validation epoch with a ValueError."""
+    from models.callbacks import CausalScaleAblationCallback
+
+    cb = CausalScaleAblationCallback(mode="high_beta_only", ablate_ratio=0.15, cfg_fractals=_cfg()["fractals"])
+    gen = torch.Generator().manual_seed(0)
+    batch = {"lfp": torch.randn(2, 3, 128, generator=gen), "spikes": 3 + torch.rand(2, 128, 5, generator=gen), "fs": 2.0}
+    out = cb.ablate(batch, fs=2.0)
+    freqs = torch.fft.rfftfreq(128, d=1 / 2.0)
+    for key, time_dim in (("lfp", -1), ("spikes", 1)):
+        assert out[key].shape == batch[key].shape
+        removed = torch.fft.rfft((batch[key] - out[key]).movedim(time_dim, -1), dim=-1).abs().amax((0, 1))
+        touched = freqs[removed > 1e-4]
+        assert touched.numel() > 0 and float(touched.max()) <= 0.9 + 1e-9, touched  # only below 0.45 fs
+
+
+def test_priors_fit_latents_slower_than_the_configured_band():
+    """At 8 Hz data the tiny model's latents run at 2 Hz, below the 1/f band's 2 Hz low edge: the prior
+    must fit where the latents resolve (as val/latent_beta does) instead of raising once warmup ends."""
+    module = NeuroFMxModule(_cfg(warmup_steps=0))
+    dm = build_datamodule(module.cfg)
+    dm.setup("fit")
+    batch = dict(next(iter(dm.train_dataloader())), fs=8.0)
+    assert module.latent_rate(batch) == 2.0
+    out = module(batch)
+    prior, parts = module._prior_loss(out, batch)
+    assert torch.isfinite(prior) and float(parts["spec"].detach()) > 0
+    # A rate that resolves the configured band keeps it.
+    prior_fast, _ = module._prior_loss(module(dict(batch, fs=100.0)), dict(batch, fs=100.0))
+    assert module.priors.band == (2.0, 80.0) and torch.isfinite(prior_fast)
+
+
+def test_fingerprint_and_histogram_log_once_per_optimizer_step():
+    """With gradient accumulation on_train_batch_end runs once per micro-batch while global_step moves
+    only on optimizer steps: each logged step must be measured and logged once, not once per micro-batch."""
+    from types import SimpleNamespace
+
+    from models.callbacks import LatentFingerprintCallback, LatentHistogramCallback
+
+    latents = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(0))
+    steps: list = []
+
+    class _Module:  # the parts of a LightningModule the callbacks use
+        training = True
+        logger = SimpleNamespace(log_metrics=lambda metrics, step=None: steps.append(step))
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def __call__(self, batch):
+            return {"latents": {"ssm": latents, "perceiver": latents}}
+
+        def latent_rate(self, batch):
+            return 100.0
+
+    fr = _cfg()["fractals"]
+    for cb in (LatentFingerprintCallback(every_n_steps=1, cfg_fractals=fr),
+               LatentHistogramCallback(every_n_steps=1, cfg_fractals=fr)):
+        steps.clear()
+        for global_step in (0, 1, 1, 2, 2):  # accumulate_grad_batches=2
+            module = _Module()
+            module.global_step = global_step
+            cb.on_train_batch_end(SimpleNamespace(global_step=global_step), module, None, {}, 0)
+        assert steps == [1, 2], (type(cb).__name__, steps)
+
+
+def test_latent_measures_take_the_first_live_channels():
+    """``max_channels`` counts non-constant channels (as documented): a dead channel among the first
+    ones must not shrink the measured set."""
+    from models.callbacks import latent_measures
+
+    lat = torch.randn(2, 128, 4, generator=torch.Generator().manual_seed(0))
+    lat[..., 0] = 1.0  # a dead channel
+    out = latent_measures(lat, fs=100.0, cfg_fractals=_cfg()["fractals"], max_channels=2)
+    assert set(out) == {"beta", "hfd", "dfa"}
+    for name, v in out.items():
+        assert v.shape == (2, 2), (name, v.shape)
+    torch.testing.assert_close(out["hfd"], latent_measures(lat[..., 1:3], fs=100.0, cfg_fractals=_cfg()["fractals"])["hfd"])
+
+
+def test_latent_measures_and_priors_ignore_autocast():
+    """bf16-mixed training runs validation_step and the prior inside autocast: the measures' and priors'
+    fits must still run in float32 (under bf16 autocast their matmuls moved latent beta by up to 4)."""
+    from models.callbacks import latent_measures
+
+    module = NeuroFMxModule(_cfg(warmup_steps=0))
+    dm = build_datamodule(module.cfg)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        out = module(batch)
+    fs = module.latent_rate(batch)
+    measures = latent_measures(out["latents"]["ssm"], fs=fs, cfg_fractals=module.fractals_cfg)
+    _, parts = module._prior_loss(out, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        measures_ac = latent_measures(out["latents"]["ssm"], fs=fs, cfg_fractals=module.fractals_cfg)
+        _, parts_ac = module._prior_loss(out, batch)
+    for name, v in measures.items():
+        torch.testing.assert_close(measures_ac[name], v, msg=name)
+    for name, v in parts.items():
+        torch.testing.assert_close(parts_ac[name], v, msg=name)

@@ -72,3 +72,17 @@ def test_small_preset_runs_every_head_on_synthetic_data():
                                   "contrastive", "adversarial"}
     assert out["latents"]["popt"].shape == (2, cfg["popt"]["n_summary_tokens"], cfg["d_model"])
     out["loss"].backward()
+
+
+def test_scattering_scale_encoding_is_counted_on_meta():
+    """count_parameters builds on the meta device; the scattering encoding sizes its projection with a
+    CPU kymatio operator, which must not receive a meta tensor."""
+    pytest.importorskip("kymatio", reason="kymatio (dev extra) provides the scattering front end")
+    from models.neurofmx import NeuroFMx
+
+    model = load_preset("tiny")
+    model["heads"] = {"behavior": model["heads"]["behavior"]}  # scattering is refused with forecasting
+    cfg = {"model": model, "fractals": {"backbone": {"scale_encodings": {
+        "enable": True, "kind": "scattering", "J": 2, "Q": 1, "n_probe": 2}}}}
+    on_cpu = sum(p.numel() for p in NeuroFMx.from_config(cfg).parameters())
+    assert count_parameters(cfg) == on_cpu > count_parameters(model)

@@ -97,6 +97,9 @@ def ssd_chunked(
         raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
     # Under autocast the einsums would drop back to bf16/fp16 and the exp(segsum) decays lose their
     # precision: run the scan in float32 (float64 stays float64) and cast the output back.
+    # Devices without autocast (meta) cannot enter the guard, and have nothing to guard against.
+    if not torch.amp.is_autocast_available(x.device.type):
+        return _ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_states=initial_states)
     with torch.autocast(device_type=x.device.type, enabled=False):
         return _ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_states=initial_states)
 
@@ -120,9 +123,10 @@ def _ssd_chunked(x, dt, A, B, C, *, chunk_size, D, initial_states):
         Bh = F.pad(Bh, (0, 0, 0, 0, 0, pad))
         Ch = F.pad(Ch, (0, 0, 0, 0, 0, pad))
     nc = (seqlen + pad) // chunk_size
+    n = Bh.shape[-1]  # explicit: -1 is ambiguous for an empty sequence
     xd = xd.reshape(b, nc, chunk_size, h, p)
-    Bh = Bh.reshape(b, nc, chunk_size, h, -1)
-    Ch = Ch.reshape(b, nc, chunk_size, h, -1)
+    Bh = Bh.reshape(b, nc, chunk_size, h, n)
+    Ch = Ch.reshape(b, nc, chunk_size, h, n)
     Ad = Ad.reshape(b, nc, chunk_size, h).permute(0, 3, 1, 2)  # (b, h, c, l)
     A_cum = torch.cumsum(Ad, dim=-1)
 

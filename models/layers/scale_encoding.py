@@ -157,7 +157,9 @@ class WaveletScatteringEncoding(nn.Module):
         self.J, self.Q, self.n_probe = int(J), int(Q), int(n_probe)
         self._operators: dict = {}  # (T, device) -> kymatio Scattering1D; not parameters
         self.probe = nn.Linear(d_model, self.n_probe, bias=False)
-        n_coef = int(self._operator(2 ** (self.J + 1), torch.device("cpu"))(torch.zeros(1, 2 ** (self.J + 1))).shape[-2])
+        # A CPU probe even under a default-device context (presets count parameters on meta).
+        cpu = torch.device("cpu")
+        n_coef = int(self._operator(2 ** (self.J + 1), cpu)(torch.zeros(1, 2 ** (self.J + 1), device=cpu)).shape[-2])
         self.proj = nn.Linear(self.n_probe * n_coef, d_model)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -171,6 +173,8 @@ class WaveletScatteringEncoding(nn.Module):
         return op
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(f"x: needs shape (batch, time, d_model), got {tuple(x.shape)}")
         b, t, _ = x.shape
         if t < 2**self.J:
             raise ValueError(f"x: needs at least 2**J = {2 ** self.J} time steps for scattering, got {t}: lower J")
