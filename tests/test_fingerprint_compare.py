@@ -166,3 +166,13 @@ def test_cli_compare(out_folder):
     assert "hfd" in res.output and "paired" in res.output
     bad = CliRunner().invoke(app, ["fingerprint", "compare", str(out_folder), "--contrast", "oops"])
     assert bad.exit_code == 2 and "COLUMN=LEVEL_A,LEVEL_B" in bad.output
+
+
+def test_one_subject_missing_a_level_keeps_the_contrast_paired():
+    # a single failed recording (sub-00 has no arithmetic rows) must not turn a within-subject design into
+    # unpaired tests on non-independent samples; the paired tests use the 11 complete subjects
+    table = _planted()
+    table = table[~((table["subject"] == "sub-00") & (table["condition"] == "arithmetic"))]
+    stats, paired = contrast_stats(table, "condition", ["rest", "arithmetic"])
+    assert paired
+    assert (stats.loc[stats["p"].notna(), "n"] == 11).all()

@@ -326,3 +326,13 @@ def test_ray_workers_get_s3_settings_but_never_the_keys():
                "FMX_S3_SECRET_FILE": "/var/run/secrets/s3", "MLFLOW_TRACKING_URI": "http://user:pw@host:5000"}
     assert worker_env(environ) == {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_REGION": "us-east-1",
                                    "FMX_S3_SECRET_FILE": "/var/run/secrets/s3"}
+
+
+def test_flatten_params_keeps_values_mlflow_accepts_and_marks_longer_ones():
+    from fmx.fingerprint.tracking import flatten_params
+    from fmx.tracking import MAX_PARAM_LEN
+
+    montage = [f"EEG {i:03d}-REF" for i in range(128)]  # ~2 kB: MLflow takes it whole
+    params = flatten_params({"preprocess": {"channels": montage, "band": [1.0, 40.0]}, "note": "x" * 9000})
+    assert params["preprocess.channels"] == str(montage) and params["preprocess.band"] == "[1.0, 40.0]"
+    assert len(params["note"]) <= MAX_PARAM_LEN and "truncated from 9000 chars" in params["note"]

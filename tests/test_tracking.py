@@ -63,7 +63,9 @@ def test_rank_zero_logger_logs_steps_and_never_ends_the_run(mlflow_server):
     hist = c.get_metric_history(rid, "train/loss")
     assert [(m.step, round(m.value, 3)) for m in hist] == [(0, 1.0), (1, 0.5), (2, 0.333)]
     run = c.get_run(rid)
-    assert "skip" not in run.data.metrics and run.data.params == {} and run.info.status == "RUNNING"
+    # NaN is kept as NaN (dropping it would leave the last finite value standing, see the NaN test below)
+    assert run.data.metrics["skip"] != run.data.metrics["skip"]
+    assert run.data.params == {} and run.info.status == "RUNNING"
 
 
 @pytest.mark.slow
@@ -120,3 +122,82 @@ def test_parallel_coordinates_skips_text_parameters():
                        "sweep.model.target": [0.5, 1.0, 1.5], "val/acc": [0.8, 0.9, 0.85]})
     fig = parallel_coordinates_figure(df, "val/acc")
     assert fig is not None and len(fig.axes[0].lines) == 3
+
+
+@pytest.fixture(scope="module")
+def local_store(mlflow_server):
+    """The session's MLflow server (its store costs seconds to create, so it is shared) and one experiment."""
+    c = tracking.client(mlflow_server.tracking_uri)
+    return c, tracking.ensure_experiment(c, "fmx-test-local")
+
+
+@pytest.mark.slow
+def test_long_params_are_marked_and_kept_whole_as_an_artifact(local_store, tmp_path):
+    import json
+
+    c, exp = local_store
+    rid, _ = tracking.get_or_create_run(c, exp, tags={"k": "long-params"}, run_name="long-params")
+    channels = [f"EEG{i:03d}-REF" for i in range(600)]  # a montage list whose JSON is over MLflow's limit
+    tracking.log_params(c, rid, {"data.channels": channels, "note": "x" * 7000, "optim.lr": 0.1})
+    params = c.get_run(rid).data.params
+    assert params["optim.lr"] == "0.1"
+    for key in ("data.channels", "note"):
+        assert len(params[key]) <= tracking.MAX_PARAM_LEN and "truncated" in params[key]
+    full = json.loads(open(c.download_artifacts(rid, "params/truncated.json", str(tmp_path))).read())
+    assert json.loads(full["data.channels"]) == channels and full["note"] == "x" * 7000
+
+
+@pytest.mark.slow
+def test_a_nan_metric_replaces_the_last_finite_value(local_store):
+    # a trial whose loss diverged must not keep (and be ranked by) its last finite loss
+    c, exp = local_store
+    parent, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "nan-1", tracking.TAG_KIND: "sweep"},
+                                           run_name="nan-1")
+    for trial, losses in (("diverged", [0.3, float("nan")]), ("steady", [0.6, 0.5])):
+        rid, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "nan-1", tracking.TAG_TRIAL: trial,
+                                                          tracking.TAG_PARENT: parent}, run_name=trial)
+        for step, loss in enumerate(losses):
+            tracking.log_metrics(c, rid, {"val/loss": loss, "note": "text is not a metric"}, step=step)
+    df = compare.ranked(compare.trials_frame(c, exp, parent), "val/loss", "min")
+    assert list(df["trial_id"]) == ["steady", "diverged"]
+    assert df["val/loss"].iloc[0] == 0.5 and df["val/loss"].isna().iloc[1] and "note" not in df
+
+
+def test_parallel_coordinates_draws_categorical_parameters_as_axes():
+    # a sweep over option names only (model group, attention mode) still gets its plot, one axis per choice
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from fmx.compare import parallel_coordinates_figure
+
+    df = pd.DataFrame({"sweep.model": ["perceiver", "mamba", "perceiver", None],
+                       "sweep.model.mode": pd.array(["fixed", "adaptive", "fixed", "fixed"], dtype="string"),
+                       "val/loss": [0.8, 0.9, 0.7, 0.75]})
+    fig = parallel_coordinates_figure(df, "val/loss")
+    assert fig is not None
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["model", "mode", "val/loss"]
+    assert len(ax.lines) == 4
+    rows = sorted(tuple(line.get_ydata()[:2]) for line in ax.lines[:3])  # mamba/adaptive -> 0, perceiver/fixed -> 1
+    assert rows == [(0.0, 0.0), (1.0, 1.0), (1.0, 1.0)]
+    assert {"mamba", "perceiver", "adaptive", "fixed"} <= {t.get_text().strip() for t in ax.texts}
+    plt.close(fig)
+
+
+@pytest.mark.slow
+def test_trials_frame_keeps_a_mixed_number_and_text_choice_as_text(local_store, tmp_path):
+    # precision in [16, "bf16-mixed"]: one column of one type, so the table writes to parquet (log_sweep_summary)
+    c, exp = local_store
+    parent, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "mixed-1",
+                                                         tracking.TAG_KIND: "sweep"}, run_name="mixed-1")
+    for i, (precision, lr) in enumerate(((16, 0.01), ("bf16-mixed", 0.1))):
+        rid, _ = tracking.get_or_create_run(c, exp, tags={tracking.TAG_SWEEP_ID: "mixed-1", tracking.TAG_TRIAL: f"t{i}",
+                                                          tracking.TAG_PARENT: parent}, run_name=f"t{i}")
+        tracking.log_params(c, rid, {"sweep.trainer.precision": precision, "sweep.optim.lr": lr})
+        tracking.log_metrics(c, rid, {"val/loss": 1.0 - i / 10})
+    df = compare.ranked(compare.trials_frame(c, exp, parent), "val/loss", "min")
+    assert list(df["sweep.trainer.precision"]) == ["bf16-mixed", "16"]
+    assert list(df["sweep.optim.lr"]) == [0.1, 0.01]
+    df.to_parquet(tmp_path / "trials.parquet", index=False)
+    df = compare.log_sweep_summary(c, exp, parent, metric="val/loss", mode="min")
+    assert "comparison/trials.parquet" in {a.path for a in c.list_artifacts(parent, "comparison")}

@@ -120,33 +120,47 @@ def git_commit(repo: str | Path | None = None) -> str:
 
 
 def log_params(c, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log flattened params (redacted, values cut to MLflow's limit), in batches of 100."""
+    """Log flattened params (redacted), in batches of 100.
+
+    A value longer than MLflow's limit is cut with a note saying so, and logged whole (all such values in one
+    JSON object) as the artifact ``params/truncated.json``.
+    """
     from mlflow.entities import Param
 
     clean = redact({k: v for k, v in params.items()})
-    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)[:MAX_PARAM_LEN])
-             for k, v in clean.items()]
     existing = c.get_run(run_id).data.params
-    items = [p for p in items if p.key not in existing]  # params are immutable: a resumed run keeps its own
+    items, truncated = [], {}
+    for k, v in clean.items():
+        if k in existing:  # params are immutable: a resumed run keeps its own
+            continue
+        value = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+        if len(value) > MAX_PARAM_LEN:
+            note = f"... [truncated from {len(value)} chars; whole value in params/truncated.json]"
+            truncated[k] = value
+            value = value[:MAX_PARAM_LEN - len(note)] + note
+        items.append(Param(k, value))
     for i in range(0, len(items), 100):
         c.log_batch(run_id, params=items[i:i + 100])
+    if truncated:
+        log_json(c, run_id, truncated, "params/truncated.json")
 
 
 def log_metrics(c, run_id: str, metrics: Mapping[str, float], *, step: int | None = None) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items() if _finite_number(v)]
+    # NaN is logged as NaN: dropping it would leave a diverged trial showing (and ranked by) its last finite value
+    items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items() if _number(v)]
     for i in range(0, len(items), 500):
         c.log_batch(run_id, metrics=items[i:i + 500])
 
 
-def _finite_number(v: Any) -> bool:
+def _number(v: Any) -> bool:
     try:
-        f = float(v)
+        float(v)
     except (TypeError, ValueError):
         return False
-    return f == f and abs(f) != float("inf")
+    return True
 
 
 def log_text(c, run_id: str, text: str, artifact_file: str) -> None:

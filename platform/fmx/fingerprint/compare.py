@@ -3,8 +3,9 @@
 ``compare(OUT, contrast="condition=rest,arithmetic")`` tests every (measure, channel) of the tidy
 table, plus the channel mean of each measure (channel ``mean``), between the two levels:
 
-- within-subject contrasts (every subject has both levels) are paired: Wilcoxon signed-rank and
-  paired t-test, Cohen's d_z, matched-pairs rank-biserial;
+- within-subject contrasts (at least 3 subjects have both levels; subjects with one level only are
+  left out of the pairs) are paired: Wilcoxon signed-rank and paired t-test, Cohen's d_z,
+  matched-pairs rank-biserial;
 - between-subject contrasts (``group_by="group"`` from participants.tsv, or a column whose
   levels never share a subject) are unpaired: Mann-Whitney U and Welch's t, Cohen's d, rank-biserial.
 
@@ -100,7 +101,9 @@ def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | 
     subjects_a = set(data.loc[data["_level"] == a_level, "subject"])
     subjects_b = set(data.loc[data["_level"] == b_level, "subject"])
     if paired is None:
-        paired = len(subjects_a & subjects_b) >= 3 and not (subjects_a ^ subjects_b)
+        # Shared subjects make the samples dependent: test them paired (subjects missing a level, e.g. after
+        # a failed recording, drop out of the pairs and `n` counts the pairs) rather than unpaired.
+        paired = len(subjects_a & subjects_b) >= 3
     rows = []
     for (measure, channel), part in data.groupby(["measure", "channel"], sort=True):
         # Average repeats (e.g. sessions) so each subject contributes one value per level.

@@ -17,13 +17,21 @@ MAX_SUBJECT_PLOTS = 64  # one PNG each; beyond this the cohort plot says more th
 
 
 def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}} -> {"a.b": "1"}``; a value over MLflow's limit is cut with a note (``OUT/job.json`` has
+    the whole config)."""
+    from fmx.tracking import MAX_PARAM_LEN
+
     out: dict[str, str] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             out.update(flatten_params(value, f"{name}."))
         else:
-            out[name] = str(value)[:500]
+            text = str(value)
+            if len(text) > MAX_PARAM_LEN:
+                note = f"... [truncated from {len(text)} chars; whole config in job.json]"
+                text = text[:MAX_PARAM_LEN - len(note)] + note
+            out[name] = text
     return out
 
 
