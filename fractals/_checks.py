@@ -34,17 +34,27 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
             raise ValueError(f"{name}: cannot convert {type(x).__name__} to an array ({exc})") from exc
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise ValueError(f"{name}: needs a numeric array, got dtype {arr.dtype}")
-        if not np.issubdtype(arr.dtype, np.floating):
+        if np.issubdtype(arr.dtype, np.complexfloating):
+            raise _complex_error(name, arr.dtype)
+        if arr.dtype not in (np.float16, np.float32, np.float64):  # ints, bools, long double (torch has none)
             arr = arr.astype(np.float64)
         t = torch.from_numpy(np.ascontiguousarray(arr))
     else:
         t = x
+        if t.is_complex():
+            raise _complex_error(name, t.dtype)
         if not torch.is_floating_point(t):
             t = t.to(torch.float64)
     if t.dtype in (torch.float16, torch.bfloat16):
         # Reductions over thousands of samples lose too much in half precision.
         t = t.float()
     return t, was_numpy
+
+
+def _complex_error(name: str, dtype) -> ValueError:
+    # Casting to float would silently drop the imaginary part (lost data).
+    return ValueError(f"{name}: complex input (dtype {dtype}) is not supported; pass a real signal, "
+                      "e.g. its real part or magnitude")
 
 
 def to_input_kind(out: Any, was_numpy: bool) -> Any:

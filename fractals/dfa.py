@@ -78,9 +78,43 @@ def _segment_energies(profile: torch.Tensor, prefix: torch.Tensor, scale: int, o
         energy = torch.linalg.vecdot(c, c)
         if order > 0:
             trend = c @ basis
-            energy = energy - torch.linalg.vecdot(trend, trend)
+            energy = _rounding_to_zero(energy - torch.linalg.vecdot(trend, trend), energy)
         out.append(energy)
     return out[0] if len(out) == 1 else torch.cat(out, -1)
+
+
+def _rounding_to_zero(residual: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:
+    """Residual energies within rounding of zero become exactly 0, so :func:`_check_fluctuations`
+    sees them instead of log F taking rounding noise for a fluctuation. Where a segment is exactly
+    polynomial, centred minus trend energy cancels to a few eps ||c||^2 (measured <= 2 eps on flat
+    stretches); 32 eps flags no segment of fGn, nor of random walks down to s = order + 2."""
+    return torch.where(residual > 32 * torch.finfo(residual.dtype).eps * centred, residual, 0.0)
+
+
+def _check_fluctuations(seg_var: torch.Tensor, counts: list[int], scales: list[int], order: int,
+                        q_list: list[float]) -> None:
+    """Raise where log F_q(s) is undefined: every segment of a scale has zero variance (any q), or
+    some segment does and the grid has q <= 0 (F_q is then 0). One host sync when none is zero."""
+    zero = seg_var == 0
+    if not bool(zero.any()):
+        return
+    per_scale = list(zip(scales, zero.split(counts, -1)))
+    for s, z in per_scale:
+        if bool(z.all(-1).any()):
+            raise ValueError(
+                f"x: every segment of length {s} is exactly a polynomial of order {order} after "
+                "integration (e.g. a flat or periodic stretch), so F(s) = 0 and its log is undefined: "
+                "use other scales or drop such series"
+            )
+    if min(q_list) <= 0:
+        for s, z in per_scale:
+            n_zero = int(z.sum(-1).max())
+            if n_zero:
+                raise ValueError(
+                    f"q_vals: F_q(s) is zero for q <= 0 (got min q = {min(q_list)}): {n_zero} segment(s) "
+                    f"of length {s} have zero detrended variance, to rounding (exactly polynomial, e.g. "
+                    "flat stretches); use q_vals > 0, larger scales, or drop such series"
+                )
 
 
 def _profile(t: torch.Tensor) -> torch.Tensor:
@@ -179,12 +213,12 @@ def _check_order(order) -> int:
 
 def _resolve_scales(scales, n: int, order: int, name: str) -> list[int]:
     if scales is None:
-        # A slope needs a range of scales: at least a factor 2 (16..32), hence T >= 128.
+        # A slope needs a range of scales: three octaves (16, 32, 64 <= T // 4), hence T >= 256.
         scales = default_windows(n, 16) if n >= 128 else []
         if len(scales) < 3:
             raise ValueError(
                 f"x: T={n} is too short for the default {name} (octaves from 16 to T//4, >= 3 of "
-                f"them): needs T >= 128, or pass {name} explicitly"
+                f"them): needs T >= 256, or pass {name} explicitly"
             )
     return _as_windows(scales, n, order + 2, name)
 
@@ -242,9 +276,12 @@ def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int
     # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
     sizes = _segment_sizes(t.shape[-1], tuple(scales), both, profile.dtype, str(profile.device))
     seg_var = energies.clamp_min(0.0) / sizes
+    q_list = q.tolist()
     if floor > 0:
         seg_var = seg_var + (floor * seg_var.detach().mean(-1, keepdim=True) + torch.finfo(seg_var.dtype).tiny)
-    log_fq = _log_fq_scales(seg_var, counts, q, q.tolist())
+    else:
+        _check_fluctuations(seg_var, counts, scales, order, q_list)
+    log_fq = _log_fq_scales(seg_var, counts, q, q_list)
     if not bool(torch.isfinite(log_fq).all()):  # extreme F2 ranges: per-scale log-sum-exp
         log_fq = torch.stack([_log_fq(v, q) for v in seg_var.split(counts, -1)], -1)
     return log_fq.to(t.dtype)  # (..., Q, S)
@@ -346,7 +383,10 @@ def hurst_from_dfa(alpha, signal: str = "fgn"):
         raise ValueError(f"signal: must be 'fgn' (H = alpha) or 'fbm' (H = alpha - 1), got {signal!r}")
     if isinstance(alpha, torch.Tensor):
         return alpha - shift
-    return np.asarray(alpha, dtype=np.float64) - shift if np.ndim(alpha) else float(alpha) - shift
+    if not np.ndim(alpha):
+        return float(alpha) - shift
+    arr = np.asarray(alpha)
+    return (arr if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.float64)) - shift
 
 
 def multifractal_spectrum(
@@ -467,7 +507,7 @@ def _nested_linear_energies(profile: torch.Tensor, scales: list[int], both: bool
     s0 = scales[0]
     start_chain = _linear_stats(profile, s0, 0, n // s0)
     end_chain = start_chain if n % s0 == 0 else _linear_stats(profile, s0, n % s0, n // s0)
-    out, prev = [], s0
+    out, centred, prev = [], [], s0
     for s in scales:
         if s != prev:
             k, m = s // prev, n // s
@@ -478,4 +518,5 @@ def _nested_linear_energies(profile: torch.Tensor, scales: list[int], both: bool
         stt = s * (s * s - 1) / 12.0
         for chain in [start_chain] + ([end_chain] if both and n % s else []):
             out.append(torch.addcmul(chain[1], chain[2], chain[2], value=-1.0 / stt))
-    return torch.cat(out, -1)
+            centred.append(chain[1])
+    return _rounding_to_zero(torch.cat(out, -1), torch.cat(centred, -1))  # once for all scales: CPU ops cost

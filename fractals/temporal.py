@@ -237,7 +237,7 @@ def _as_windows(windows, n: int, minimum: int, name: str = "windows") -> list[in
         raise ValueError(f"{name}: needs at least 2 window sizes to fit a slope, got {windows!r}")
     out = []
     for v in values:
-        if isinstance(v, float) and v.is_integer():
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not (minimum <= int(v) <= n):
             raise ValueError(f"{name}: every size must be an integer in [{minimum}, T={n}], got {v!r}")
@@ -357,11 +357,16 @@ def hurst_rs(
         towards 0.5; prefer :func:`fractals.dfa.dfa_alpha` for accuracy.
     """
     min_window = _check_int_arg(min_window, "min_window", 4)
-    t, was_numpy = _prepare(x, 2 * min_window, f"R/S needs T >= 2 * min_window={2 * min_window}")
+    if windows is None:
+        t, was_numpy = _prepare(x, 2 * min_window, f"R/S needs T >= 2 * min_window={2 * min_window}")
+    else:  # min_window only shapes the default windows; explicit ones are checked against T below
+        t, was_numpy = _prepare(x, 4, "R/S needs windows of at least 4 samples")
     n = t.shape[-1]
     if windows is None:
         if max_window is not None:
             _check_int_arg(max_window, "max_window", min_window + 1)
+            if max_window > n:
+                raise ValueError(f"max_window: must be <= T={n} (the series length), got {max_window}")
         windows = default_windows(n, min_window, max_window)
         if len(windows) < 2:
             raise ValueError(

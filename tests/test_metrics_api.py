@@ -157,6 +157,26 @@ def test_cuda_in_cuda_out_matches_cpu(name):
     torch.testing.assert_close(_main(gpu).cpu(), _main(call(fn, x)), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["higuchi_fd", "katz_fd", "hurst_rs", "dfa_alpha", "multifractal_spectrum"])
+def test_complex_input_is_refused_not_truncated(name):
+    # Casting complex to float drops the imaginary part (NumPy only warns): that is lost data.
+    z = _series((2,)) + 1j * _series((2,), seed=1)
+    for x in (z, torch.from_numpy(z)):
+        with pytest.raises(ValueError, match="x: complex"):
+            getattr(metrics, name)(x)
+
+
+def test_long_double_and_big_endian_input_are_computed_in_float64():
+    # Valid float arrays that torch cannot wrap: np.longdouble raised TypeError, big-endian data
+    # (as read from many file formats) a ValueError about byte order.
+    x = _series((2,))
+    for name in ("katz_fd", "dfa_alpha"):
+        for arr in (x.astype(np.longdouble), x.astype(">f8")):
+            out = getattr(metrics, name)(arr)
+            assert out.dtype == np.float64
+            np.testing.assert_allclose(out, getattr(metrics, name)(x), rtol=1e-12)
+
+
 def test_numpy_scalar_rates_are_accepted_and_bools_are_not():
     # fs read from a file header is often a NumPy scalar; it must work like a Python number.
     import fractals.metrics as fm

@@ -173,6 +173,29 @@ def test_hurst_from_dfa_kinds():
     np.testing.assert_allclose(hurst_from_dfa(np.array([0.3, 0.8])), [0.3, 0.8])
     with pytest.raises(ValueError, match="signal: must be 'fgn'"):
         hurst_from_dfa(0.5, signal="pink")
+    # NumPy in, NumPy out with the input's float dtype (float32 came back as float64).
+    h32 = hurst_from_dfa(np.array([1.5, 1.7], dtype=np.float32), signal="fbm")
+    assert h32.dtype == np.float32 and np.allclose(h32, [0.5, 0.7])
+    assert float(dfa_alpha(GOOD[:256]).item()) == pytest.approx(0.5, abs=0.2)  # 3 default octaves at T = 256
+
+
+def test_zero_fluctuation_scale_raises_instead_of_a_garbage_exponent():
+    # A square wave of half-period 16 has a piecewise-linear profile: every segment of 16 (aligned)
+    # is exactly detrended, F(16) = 0 and log F(16) is undefined. It used to come back as
+    # sqrt(float tiny) = 1e-154, i.e. alpha = 256.6 (nested order-1 path) or 12.7 (order 2).
+    square = torch.tensor([1.0] * 16 + [-1.0] * 16, dtype=torch.float64).repeat(64)
+    for order in (1, 2):
+        with pytest.raises(ValueError, match="every segment of length 16"):
+            dfa_alpha(square, [16, 32, 64], order=order)
+    # A flat stretch makes some segments exactly polynomial: F_q for q <= 0 is 0 (h(-5) came back
+    # as -48), while q > 0 stays defined and is computed as before.
+    x = torch.randn(2048, dtype=torch.float64, generator=gen(14))
+    x[512:1024] = 0.0
+    for order in (1, 2):
+        with pytest.raises(ValueError, match=r"q_vals: F_q\(s\) is zero for q <= 0"):
+            multifractal_spectrum(x, scales=[16, 32, 64, 128], order=order)
+        h = multifractal_spectrum(x, [1.0, 2.0, 3.0], scales=[16, 32, 64, 128], order=order)["h"]
+        assert bool(((h > 0.4) & (h < 0.7)).all()), h
 
 
 GOOD = torch.randn(512, dtype=torch.float64, generator=gen(10))
@@ -185,6 +208,7 @@ GOOD = torch.randn(512, dtype=torch.float64, generator=gen(10))
         (lambda: dfa_alpha(torch.cat([GOOD[:-1], torch.tensor([float("nan")], dtype=torch.float64)])), "NaN or inf"),
         (lambda: dfa_alpha(torch.ones(2, 512)), "constant"),
         (lambda: dfa_alpha(GOOD[:100]), "too short for the default windows"),
+        (lambda: dfa_alpha(GOOD[:200]), "T=200 is too short .* needs T >= 256"),
         (lambda: dfa_alpha(GOOD, windows=[16]), "at least 2 window sizes"),
         (lambda: dfa_alpha(GOOD, windows=[16, 1024]), r"integer in \[3, T=512\]"),
         (lambda: dfa_alpha(GOOD, windows=[2, 16]), r"integer in \[3, T=512\]"),

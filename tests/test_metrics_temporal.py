@@ -88,6 +88,20 @@ PERIOD_2 = np.tile([0.0, 1.0], 50)
 GOOD = np.random.default_rng(0).standard_normal(256)
 
 
+def test_hurst_rs_explicit_windows_need_no_default_length():
+    # min_window only shapes the default windows; explicit ones were refused below T = 32.
+    # Pinned to nolds.hurst_rs(GOOD[:20], nvals=[4, 5, 10], fit="poly", corrected=...).
+    assert hurst_rs(GOOD[:20], windows=[4, 5, 10]) == pytest.approx(0.568916546742067, abs=1e-12)
+    assert hurst_rs(GOOD[:20], [4, 5, 10], corrected=False) == pytest.approx(0.8117047734764044, abs=1e-12)
+
+
+def test_windows_as_numpy_float_scalars():
+    # A list of np.float32 integers (e.g. read from a config array) is as good as a float tensor.
+    want = hurst_rs(GOOD, [16, 32, 64])
+    assert hurst_rs(GOOD, [np.float32(16), np.float32(32), np.float32(64)]) == pytest.approx(want, abs=1e-15)
+    assert hurst_rs(GOOD, torch.tensor([16.0, 32.0, 64.0])) == pytest.approx(want, abs=1e-15)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -109,6 +123,7 @@ GOOD = np.random.default_rng(0).standard_normal(256)
         (lambda: hurst_rs(GOOD[:100]), "too short for default R/S windows"),
         (lambda: hurst_rs(GOOD, windows=[16]), "at least 2 window sizes"),
         (lambda: hurst_rs(GOOD, windows=[16, 512]), r"integer in \[4, T=256\]"),
+        (lambda: hurst_rs(GOOD, max_window=1000), r"max_window: must be <= T=256 .*got 1000"),
         (lambda: hurst_rs(np.repeat(GOOD[:32], 8) * 0 + np.repeat([0.0, 1.0], 128), windows=[8, 16]),
          "every segment of length 8 is constant"),
     ],
