@@ -6,6 +6,7 @@ argument, the offending value and what is needed, so no estimator ever returns a
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable
 
@@ -122,5 +123,6 @@ def check_not_constant(x: torch.Tensor, name: str = "x") -> None:
 
 def check_positive(value: float, name: str) -> None:
     # numbers.Real takes NumPy scalars too (np.float32(250) is a valid sampling rate); bool is not a rate.
-    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and np.isfinite(value) and value > 0):
+    # math.isfinite, not np.isfinite: under torch.compile NumPy calls on Python numbers break the graph.
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")

@@ -135,8 +135,9 @@ def _segments_per_scale(n: int, scales: list[int], both: bool) -> list[int]:
 @functools.lru_cache(maxsize=256)
 def _segment_sizes(n: int, scales: tuple[int, ...], both: bool, dtype, device: str) -> torch.Tensor:
     """``(V,)`` length of each of the V segments of all scales, in order (cached)."""
-    counts = torch.tensor(_segments_per_scale(n, list(scales), both))
-    return torch.tensor(scales, dtype=dtype).repeat_interleave(counts).to(device)
+    counts = _segments_per_scale(n, list(scales), both)
+    # From a Python list, not repeat_interleave of a count tensor: a constant under torch.compile.
+    return torch.tensor([float(s) for s, c in zip(scales, counts) for _ in range(c)], dtype=dtype, device=device)
 
 
 def _per_scale_mean(values: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -257,15 +258,17 @@ def fluctuation_functions(x, q_vals=(2.0,), scales=None, order: int = 1, both_di
 
 
 def _log_fq_all(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool,
-                floor: float = 0.0) -> torch.Tensor:
+                floor: float = 0.0, q_list: Optional[list[float]] = None) -> torch.Tensor:
     """log F_q(s): ``(..., T) -> (..., Q, S)``; ``floor`` > 0 adds ``floor`` times the mean segment
     variance (detached) to every variance, so gradients stay finite where a segment is exactly a
-    line (the priors use 1e-12)."""
-    return map_rows(lambda rows: _log_fq_rows(rows, q, scales, order, both, floor), t)
+    line (the priors use 1e-12). ``q_list``: ``q`` as Python floats when the caller has them (no
+    device read, which would also break a torch.compile graph)."""
+    q_list = q.tolist() if q_list is None else q_list
+    return map_rows(lambda rows: _log_fq_rows(rows, q, scales, order, both, floor, q_list), t)
 
 
 def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool,
-                 floor: float = 0.0) -> torch.Tensor:
+                 floor: float, q_list: list[float]) -> torch.Tensor:
     profile = _profile(t)
     if _nested_scales(scales, order):  # octave grids, DFA1: one pass over the data for all scales
         energies = _nested_linear_energies(profile, scales, both)
@@ -276,13 +279,15 @@ def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int
     # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
     sizes = _segment_sizes(t.shape[-1], tuple(scales), both, profile.dtype, str(profile.device))
     seg_var = energies.clamp_min(0.0) / sizes
-    q_list = q.tolist()
     if floor > 0:
         seg_var = seg_var + (floor * seg_var.detach().mean(-1, keepdim=True) + torch.finfo(seg_var.dtype).tiny)
     else:
         _check_fluctuations(seg_var, counts, scales, order, q_list)
     log_fq = _log_fq_scales(seg_var, counts, q, q_list)
-    if not bool(torch.isfinite(log_fq).all()):  # extreme F2 ranges: per-scale log-sum-exp
+    # Floored variances (the priors) stay within floor / V of the largest, so moments with |q| <= 20
+    # are finite: no check, and no host sync (which would also break a torch.compile graph).
+    checked = floor == 0 or max(abs(v) for v in q_list) > 20
+    if checked and not bool(torch.isfinite(log_fq).all()):  # extreme F2 ranges: per-scale log-sum-exp
         log_fq = torch.stack([_log_fq(v, q) for v in seg_var.split(counts, -1)], -1)
     return log_fq.to(t.dtype)  # (..., Q, S)
 

@@ -237,7 +237,8 @@ def latent_tau(
     """
     x = _time_last(latents, time_dim)
     n = x.shape[-1]
-    q = torch.as_tensor(list(q_vals), dtype=x.dtype, device=x.device).flatten()
+    q_list = [float(v) for v in (q_vals.tolist() if isinstance(q_vals, torch.Tensor) else q_vals)]
+    q = torch.tensor(q_list, dtype=x.dtype, device=x.device)
     sc = [int(s) for s in scales]
     if q.numel() < 1:
         raise ValueError("q_vals: needs at least one value")
@@ -250,7 +251,7 @@ def latent_tau(
 
     # Variances floored at 1e-12 of their mean: an exactly linear segment would give log 0 and an
     # infinite gradient.
-    log_fq = _log_fq_all(x, q.double(), sc, order, True, floor=1e-12)  # (..., Q, S)
+    log_fq = _log_fq_all(x, q.double(), sc, order, True, floor=1e-12, q_list=q_list)  # (..., Q, S)
     log_s = torch.log(torch.as_tensor(sc, dtype=x.dtype, device=x.device))
     h = _lstsq_slope(log_s, log_fq)
     return q * h - 1.0

@@ -43,7 +43,7 @@ def map_rows(fn, t: torch.Tensor, chunk_bytes: int = CPU_CHUNK_BYTES) -> torch.T
     Autograd flows through (``torch.cat``).
     """
     lead, n = t.shape[:-1], t.shape[-1]
-    rows = int(np.prod(lead)) if lead else 1
+    rows = math.prod(lead)  # not np.prod: traced by torch.compile, that becomes a data-dependent op
     per = max(1, chunk_bytes // max(1, n * t.element_size()))
     flat = t.reshape(rows, n)
     if t.device.type != "cpu" or rows <= per:

@@ -259,3 +259,25 @@ def test_graph_sharpness_is_checked_and_large_values_reach_the_hard_limit():
     hard = float(np.polyfit(np.log([1, 2, 3]), np.log([3, 5, 7]), 1)[0])  # ring: M(l) = 2l + 1
     d = soft_graph_dimension(x, [1, 2, 3], 0.3, sharpness=5000.0, temperature=1e-3)
     assert float(d[0]) == pytest.approx(hard, abs=1e-6)
+
+
+def test_priors_trace_into_one_graph_each_for_torch_compile():
+    # Training runs the priors every step; on a GPU their ~1000 small ops are launch-bound, and
+    # torch.compile fuses them only if the trace has no break (no host sync, no data-dependent
+    # shape, no NumPy on traced values). TorchDynamo's explain traces without compiling.
+    import torch._dynamo as dynamo
+
+    x = torch.randn(2, 256, 16, requires_grad=True)
+    priors = FractalPriors(warmup_steps=0, fs=1000.0, band=(2.0, 80.0), q_vals=[-5, -3, -1, 0, 1, 3, 5],
+                           scales=[8, 16, 32, 64], eps_values=[1, 2, 3, 4, 5, 6], corr_threshold=0.3)
+    calls = {
+        "spec": lambda z: l_spec_1overf(z, 1000.0, (2.0, 80.0), 1.0, 1.0),
+        "mf": lambda z: l_multifractal(z, [-5, -3, -1, 0, 1, 3, 5], [8, 16, 32, 64], 1.0),
+        "graph": lambda z: l_graph_fd(z, [1, 2, 3, 4, 5, 6], 0.3, 1.5, 1.0),
+        "all": lambda z: priors(z)[0],
+    }
+    for name, fn in calls.items():
+        dynamo.reset()
+        report = dynamo.explain(fn)(x)
+        assert report.graph_break_count == 0, (name, [str(b.reason)[:200] for b in report.break_reasons])
+        assert report.graph_count == 1, name
