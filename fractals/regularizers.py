@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from fractals._checks import check_positive
-from fractals.spectral import band_bin_range
+from fractals.spectral import band_bin_range, welch_segments
 
 __all__ = [
     "l_spec_1overf",
@@ -119,7 +119,7 @@ def _welch_beta(x, fs, lo, hi, nper, exclude_peaks, peak_threshold, time_dim, sh
             f"{time_dim} of shape {shape}); need >= 4: widen the band, raise nperseg, or check that "
             "time is on time_dim"
         )
-    segs = x.unfold(-1, nper, max(nper // 2, 1))
+    segs = welch_segments(x, nper, max(nper // 2, 1))
     segs = segs - segs.mean(-1, keepdim=True)
     win = torch.hann_window(nper, periodic=True, dtype=x.dtype, device=x.device)
     spec = torch.fft.rfft(segs * win, dim=-1)[..., k_lo : k_lo + n_bins]

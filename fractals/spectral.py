@@ -128,7 +128,7 @@ def _welch(x: torch.Tensor, fs: float, nperseg: int, noverlap: int, window, detr
     win = _window_tensor(window, nperseg, x.dtype, x.device)
 
     def mean_power(rows: torch.Tensor) -> torch.Tensor:
-        segs = rows.unfold(-1, nperseg, nperseg - noverlap)  # (rows, S, nperseg), a view
+        segs = welch_segments(rows, nperseg, nperseg - noverlap)  # (rows, S, nperseg), a view
         if detrend == "constant":
             segs = segs - segs.mean(-1, keepdim=True)
         spec = torch.fft.rfft(segs * win, dim=-1)
@@ -142,6 +142,18 @@ def _welch(x: torch.Tensor, fs: float, nperseg: int, noverlap: int, window, detr
     scale[1:last] = 2.0
     freqs = torch.fft.rfftfreq(nperseg, d=1.0 / fs, dtype=x.dtype, device=x.device)
     return freqs, psd * scale
+
+
+def welch_segments(x: torch.Tensor, nperseg: int, step: int) -> torch.Tensor:
+    """``(..., S, nperseg)`` view of the Welch segments of ``x`` ``(..., T)``, ``step`` samples apart.
+
+    A single segment is sliced rather than unfolded: the backward of a one-window ``unfold`` under
+    torch.compile (inductor, CPU, torch 2.13) corrupts the heap, and the priors' first resolution is
+    ``nperseg = T``.
+    """
+    if (x.shape[-1] - nperseg) // step == 0:
+        return x[..., :nperseg].unsqueeze(-2)
+    return x.unfold(-1, nperseg, step)
 
 
 def band_bin_range(low: float, high: float, df: float) -> tuple[int, int]:

@@ -281,3 +281,26 @@ def test_priors_trace_into_one_graph_each_for_torch_compile():
         report = dynamo.explain(fn)(x)
         assert report.graph_break_count == 0, (name, [str(b.reason)[:200] for b in report.break_reasons])
         assert report.graph_count == 1, name
+
+
+def test_compiled_spectral_prior_backward_equals_eager():
+    # Under torch.compile (inductor, CPU) the backward of a one-window unfold corrupted the heap
+    # (the process aborts), and the prior's first Welch resolution is nperseg = T. A subprocess
+    # keeps such an abort from taking pytest down; the compiled gradient must equal eager's.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch
+        from fractals.regularizers import l_spec_1overf
+        torch.manual_seed(0)
+        x = torch.randn(2, 256, 8, requires_grad=True)
+        f = lambda z: l_spec_1overf(z, 1000.0, (2.0, 80.0), 1.0, 1.0)
+        f(x).backward(); eager = x.grad.clone(); x.grad = None
+        torch.compile(f)(x).backward()
+        print(float((x.grad - eager).abs().max() / eager.abs().max()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-5
