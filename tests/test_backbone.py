@@ -305,3 +305,23 @@ def test_wavelet_scattering_encoding_names_a_bad_input_shape():
     enc = WaveletScatteringEncoding(d_model=16, J=2, n_probe=3)
     with pytest.raises(ValueError, match="x: needs shape"):
         enc(torch.randn(64, 16))
+
+
+def test_float64_block_keeps_float64_precision():
+    # A float64 block (gradient checks, reference runs) must not round dt and A through float32.
+    import torch.nn.functional as F
+
+    from models.backbones.ssd import ssd_naive
+
+    torch.manual_seed(0)
+    m = Mamba2(d_model=16, d_state=8, headdim=8, kernels="portable").double()
+    u = torch.randn(2, 24, 16, dtype=torch.float64)
+    y = m(u)
+    z, xbc, dt = torch.split(m.in_proj(u), [m.d_inner, m.conv_dim, m.nheads], dim=-1)
+    xbc = m._conv(xbc, False)
+    x, B, C = torch.split(xbc, [m.d_ssm, m.ngroups * m.d_state, m.ngroups * m.d_state], -1)
+    ref, _ = ssd_naive(x.reshape(2, 24, m.nheads, m.headdim), F.softplus(dt + m.dt_bias), -torch.exp(m.A_log),
+                       B.reshape(2, 24, m.ngroups, m.d_state), C.reshape(2, 24, m.ngroups, m.d_state), D=m.D)
+    ref = m.out_proj(m.norm(ref.reshape(2, 24, m.d_ssm), z))
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)

@@ -204,12 +204,14 @@ class Mamba2(nn.Module):
         x = x.reshape(b, seqlen, self.nheads, self.headdim)
         B = B.reshape(b, seqlen, self.ngroups, self.d_state)
         C = C.reshape(b, seqlen, self.ngroups, self.d_state)
-        A = -torch.exp(self.A_log.float())  # float: in half precision exp(A_log) can overflow
+        # At least float32 (in half precision exp(A_log) can overflow), and float64 stays float64.
+        work = torch.promote_types(self.A_log.dtype, torch.float32)
+        A = -torch.exp(self.A_log.to(work))
         if fused:
             y, state = _FUSED["scan"](x, dt, A, B, C, chunk_size=FUSED_CHUNK_SIZE, D=self.D, z=None,
                                       dt_bias=self.dt_bias, dt_softplus=True, return_final_states=True)
         else:
-            dt = F.softplus(dt.float() + self.dt_bias.float())
+            dt = F.softplus(dt.to(work) + self.dt_bias.to(work))
             y, state = ssd_chunked(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D)
         y = self.norm(y.reshape(b, seqlen, self.d_ssm), z)
         out = self.out_proj(y)
