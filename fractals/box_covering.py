@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fractals import _box_triton
-from fractals._checks import as_tensor, check_finite
+from fractals._checks import as_tensor, autocast_off, check_finite
 
 __all__ = ["graph_fractal_dim", "BoxCounts"]
 
@@ -254,6 +254,7 @@ def _default_eps(diameter: int, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- public API
+@autocast_off
 def graph_fractal_dim(adj, eps_values: Union[Sequence[int], torch.Tensor, np.ndarray, None] = None, *,
                       components: str = "largest", return_counts: bool = False):
     """Box-covering fractal dimension d_B of graphs, batched over leading axes.

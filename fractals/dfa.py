@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from fractals._checks import to_input_kind
+from fractals._checks import autocast_off, to_input_kind
 from fractals.temporal import _as_windows, _check_int_arg, _prepare, _slope_weights, default_windows, map_rows
 
 __all__ = ["dfa_alpha", "hurst_from_dfa", "multifractal_spectrum", "fluctuation_functions"]
@@ -224,6 +224,7 @@ def _resolve_scales(scales, n: int, order: int, name: str) -> list[int]:
     return _as_windows(scales, n, order + 2, name)
 
 
+@autocast_off
 def fluctuation_functions(x, q_vals=(2.0,), scales=None, order: int = 1, both_directions: bool = True):
     """Fluctuation functions F_q(s) for many q and scales at once (the DFA/MFDFA kernel).
 
@@ -304,6 +305,7 @@ def _as_q(q_vals, device, allow_single: bool = False) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64, device=device)
 
 
+@autocast_off
 def dfa_alpha(
     x,
     windows: Optional[Sequence[int]] = None,
@@ -394,6 +396,7 @@ def hurst_from_dfa(alpha, signal: str = "fgn"):
     return (arr if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.float64)) - shift
 
 
+@autocast_off
 def multifractal_spectrum(
     x,
     q_vals=DEFAULT_Q,

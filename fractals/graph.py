@@ -16,13 +16,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from fractals._checks import as_tensor, check_finite
+from fractals._checks import as_tensor, autocast_off, check_finite
 from fractals.box_covering import BoxCounts, graph_fractal_dim
 
 __all__ = ["functional_connectivity_latents", "graph_fractal_dim", "powerlaw_fit", "PowerLawFit", "BoxCounts"]
 
 
 # ----------------------------------------------------------------------------- connectivity
+@autocast_off
 def functional_connectivity_latents(latents, method: str = "pearson", thresh: float = 0.3, weighted: bool = False,
                                     *, ridge: Optional[float] = None):
     """Thresholded functional-connectivity adjacency between latent channels.
@@ -192,6 +193,7 @@ def _sample_like(x: torch.Tensor, alpha: float, xmin: float, n_tail: int, discre
     return torch.sort(out).values
 
 
+@autocast_off
 def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, bootstrap: int = 0,
                  generator: Optional[torch.Generator] = None, *, min_tail: int = 10) -> PowerLawFit:
     """Power-law tail fit of Clauset, Shalizi & Newman (2009).

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from fractals._checks import check_positive
+from fractals._checks import autocast_off, check_positive
 from fractals.spectral import band_bin_range, welch_segments
 
 __all__ = [
@@ -156,6 +156,7 @@ def _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold, 
     return (betas, live) if drop_dead else betas
 
 
+@autocast_off
 def latent_beta(
     latents: torch.Tensor,
     fs: float,
@@ -181,6 +182,7 @@ def latent_beta(
     return _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold).mean(0)
 
 
+@autocast_off
 def l_spec_1overf(
     latents: torch.Tensor,
     fs: float,
@@ -216,6 +218,7 @@ def l_spec_1overf(
 # --------------------------------------------------------------------------------------------------
 # multifractal prior
 # --------------------------------------------------------------------------------------------------
+@autocast_off
 def latent_tau(
     latents: torch.Tensor,
     q_vals: Sequence[float],
@@ -257,6 +260,7 @@ def latent_tau(
     return q * h - 1.0
 
 
+@autocast_off
 def l_multifractal(
     latents: torch.Tensor,
     q_vals: Sequence[float],
@@ -307,6 +311,7 @@ def l_multifractal(
 # --------------------------------------------------------------------------------------------------
 # graph fractal-dimension prior
 # --------------------------------------------------------------------------------------------------
+@autocast_off
 def soft_graph_dimension(
     latents: torch.Tensor,
     eps_values: Sequence[int],
@@ -361,6 +366,7 @@ def soft_graph_dimension(
     return _lstsq_slope(log_l, log_m)
 
 
+@autocast_off
 def l_graph_fd(
     latents: torch.Tensor,
     eps_values: Sequence[int],

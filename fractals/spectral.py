@@ -17,7 +17,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from fractals._checks import as_tensor, check_finite, check_min_length, check_ndim, check_not_constant, check_positive
+from fractals._checks import (
+    as_tensor, autocast_off, check_finite, check_min_length, check_ndim, check_not_constant, check_positive,
+)
 from fractals.spectral_peaks import find_peaks as _find_peaks
 from fractals.temporal import map_rows
 
@@ -165,6 +167,7 @@ def band_bin_range(low: float, high: float, df: float) -> tuple[int, int]:
     return max(1, math.ceil(low / df - 1e-9)), math.floor(high / df + 1e-9)
 
 
+@autocast_off
 def welch_psd(x, fs: float, nperseg: Optional[int] = None, noverlap: Optional[int] = None, window="hann", *, detrend="constant"):
     """Power spectral density by Welch's method, batched over every leading axis.
 
@@ -232,6 +235,7 @@ def _default_nperseg(n: int) -> int:
     return min(n, max(256, seg))
 
 
+@autocast_off
 def spectral_beta(
     x,
     fs: float,
@@ -414,6 +418,7 @@ def _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, opts, wa
     return fit
 
 
+@autocast_off
 def fit_aperiodic(
     freqs,
     psd,

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from fractals import _rs_triton
-from fractals._checks import as_tensor, check_finite, check_min_length, check_not_constant, to_input_kind
+from fractals._checks import (
+    as_tensor, autocast_off, check_finite, check_min_length, check_not_constant, to_input_kind,
+)
 
 __all__ = ["higuchi_fd", "katz_fd", "hurst_rs"]
 
@@ -106,6 +108,7 @@ def _higuchi_curve(t: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor
     return torch.stack(lengths, -1)
 
 
+@autocast_off
 def higuchi_fd(x, kmax: int = 8):
     """Higuchi fractal dimension of the graph of each series.
 
@@ -154,6 +157,7 @@ def higuchi_fd(x, kmax: int = 8):
 
 
 # ----------------------------------------------------------------------------- Katz
+@autocast_off
 def katz_fd(x):
     """Katz fractal dimension of each series.
 
@@ -311,6 +315,7 @@ def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor
     return torch.log((ratio @ member) / count).to(t.dtype)
 
 
+@autocast_off
 def hurst_rs(
     x,
     windows: Optional[Sequence[int]] = None,

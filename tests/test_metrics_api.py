@@ -190,3 +190,29 @@ def test_numpy_scalar_rates_are_accepted_and_bools_are_not():
     torch.testing.assert_close(latent_beta(lat, np.float32(1000.0), (2.0, 80.0)), latent_beta(lat, 1000.0, (2.0, 80.0)))
     with pytest.raises(ValueError, match="fs"):
         latent_beta(lat, True, (2.0, 80.0))
+
+
+def test_estimators_ignore_an_enclosing_autocast_region():
+    # A bf16-mixed validation or training step wraps everything in autocast; the estimators' slopes,
+    # detrending and Gram matrices must still run in the input's precision (they moved by ~2e-3 before).
+    import fractals.metrics as fm
+    from fractals.regularizers import l_multifractal, l_spec_1overf, latent_beta
+
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((4, 4096))).float().cumsum(-1) * 0.05
+    x = x + torch.from_numpy(np.random.default_rng(4).standard_normal((4, 4096))).float()
+    lat = x.T[None].contiguous()
+    calls = {
+        "higuchi_fd": lambda: fm.higuchi_fd(x), "dfa_alpha": lambda: fm.dfa_alpha(x),
+        "hurst_rs": lambda: fm.hurst_rs(x), "spectral_beta": lambda: fm.spectral_beta(x, 1000.0, (2.0, 80.0)),
+        "mfdfa": lambda: fm.fluctuation_functions(x, [-3.0, 2.0, 3.0], [16, 32, 64, 128])[0],
+        "fc": lambda: fm.functional_connectivity_latents(lat, "pearson", weighted=True),
+        "latent_beta": lambda: latent_beta(lat, 1000.0, (2.0, 80.0)),
+        "l_spec": lambda: l_spec_1overf(lat, 1000.0, (2.0, 80.0), 1.0, 1.0),
+        "l_mf": lambda: l_multifractal(lat, [-3, -1, 1, 3], [16, 32, 64, 128], 1.0),
+    }
+    for name, call in calls.items():
+        plain = call()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = call()
+        assert inside.dtype == plain.dtype, name
+        torch.testing.assert_close(inside, plain, rtol=0, atol=0, msg=name)
