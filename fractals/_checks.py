@@ -147,3 +147,15 @@ def autocast_off(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def check_segments_counted(count: torch.Tensor, windows: list[int]) -> None:
+    """R/S: raise unless every window has a non-constant segment in every series. ``count`` is
+    ``(rows, n_windows)`` non-constant segments; one host sync for all windows."""
+    empty = (count == 0).any(0)
+    if bool(empty.any()):
+        w_bad = windows[int(torch.nonzero(empty)[0])]
+        raise ValueError(
+            f"x: every segment of length {w_bad} is constant in some series; R/S is undefined: "
+            "drop those series or use larger windows"
+        )

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from fractals._checks import check_segments_counted
+
 try:  # triton ships with CUDA builds of torch; fractals itself needs only torch, numpy and scipy
     import triton
     import triton.language as tl
@@ -85,11 +87,5 @@ def log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor:
                                    W_PAD=w_pad, num_warps=8 if segs * w_pad >= 2048 else 4)
         sums.append(out.sum(1))
     ratio_sum, count = torch.stack(sums, 1).unbind(-1)  # (rows, n_windows) each
-    empty = (count == 0).any(0)
-    if bool(empty.any()):  # one host sync for all windows
-        w_bad = windows[int(torch.nonzero(empty)[0])]
-        raise ValueError(
-            f"x: every segment of length {w_bad} is constant in some series; R/S is undefined: "
-            "drop those series or use larger windows"
-        )
+    check_segments_counted(count, windows)
     return torch.log(ratio_sum / count).to(t.dtype)

@@ -16,7 +16,8 @@ import torch
 
 from fractals import _rs_triton
 from fractals._checks import (
-    as_tensor, autocast_off, check_finite, check_min_length, check_not_constant, to_input_kind,
+    as_tensor, autocast_off, check_finite, check_min_length, check_not_constant, check_segments_counted,
+    to_input_kind,
 )
 
 __all__ = ["higuchi_fd", "katz_fd", "hurst_rs"]
@@ -305,13 +306,7 @@ def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor
     valid = (rng > (n * energy_tol).sqrt() / 8) & (var * size > energy_tol)
     ratio = (rng / var.sqrt()).masked_fill_(~valid, 0.0)  # inf/nan only where invalid, then zeroed
     count = valid.to(torch.float64) @ member  # (rows, W)
-    empty = (count == 0).any(0)
-    if bool(empty.any()):  # one host sync for all windows
-        w_bad = windows[int(torch.nonzero(empty)[0])]
-        raise ValueError(
-            f"x: every segment of length {w_bad} is constant in some series; R/S is undefined: "
-            "drop those series or use larger windows"
-        )
+    check_segments_counted(count, windows)
     return torch.log((ratio @ member) / count).to(t.dtype)
 
 

@@ -180,6 +180,16 @@ class Resources(_Strict):
         return v
 
 
+_S3_KEYS = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment or FMX_S3_SECRET_FILE"
+
+
+def _refuse_password(v: str | None, field: str, fix: str) -> str | None:
+    """A sweep file is logged and shared: a URI carrying user:password@ is refused with the fix."""
+    if v is not None and uri_has_password(v):
+        raise ValueError(f"credentials never go in {field} (user:password@): {fix}")
+    return v
+
+
 class Storage(_Strict):
     """Where Ray keeps trial checkpoints: a local folder (relative to the project) or s3://bucket/prefix."""
 
@@ -195,17 +205,12 @@ class Storage(_Strict):
             raise ValueError(f"only local paths and s3:// URIs are supported (got {v!r})")
         if v.startswith("s3://") and not re.match(r"^s3://[^/\s]+", v):  # s3:///ray would make "ray" the bucket
             raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
-        if uri_has_password(v):
-            raise ValueError("credentials never go in storage.path: use s3://bucket/prefix and AWS_ACCESS_KEY_ID/"
-                             "AWS_SECRET_ACCESS_KEY in the environment or FMX_S3_SECRET_FILE")
-        return v
+        return _refuse_password(v, "storage.path", "use s3://bucket/prefix and " + _S3_KEYS)
 
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is not None and uri_has_password(v):
-            raise ValueError("credentials never go in storage.endpoint_url (user:password@): use "
-                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment or FMX_S3_SECRET_FILE")
+        _refuse_password(v, "storage.endpoint_url", "use " + _S3_KEYS)
         if v is not None and not re.match(r"^https?://[^/\s]+", v):
             raise ValueError(f"endpoint_url must be http(s)://host[:port] (got {v!r})")
         return v
@@ -221,18 +226,13 @@ class Tracking(_Strict):
     @field_validator("uri")
     @classmethod
     def _no_password(cls, v: str) -> str:
-        if uri_has_password(v):
-            raise ValueError("credentials never go in tracking.uri (user:password@): set MLFLOW_TRACKING_USERNAME "
-                             "and MLFLOW_TRACKING_PASSWORD in the environment")
-        return v
+        return _refuse_password(v, "tracking.uri",
+                                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment")
 
     @field_validator("artifact_location")
     @classmethod
     def _no_artifact_password(cls, v: str | None) -> str | None:
-        if v is not None and uri_has_password(v):
-            raise ValueError("credentials never go in tracking.artifact_location (user:password@): use "
-                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment or FMX_S3_SECRET_FILE")
-        return v
+        return _refuse_password(v, "tracking.artifact_location", "use " + _S3_KEYS)
 
 
 class Sweep(_Strict):
