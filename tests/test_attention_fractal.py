@@ -153,3 +153,39 @@ def test_neurofmx_selects_a_pattern_by_config(pattern):
     out = model(batch)
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
+
+
+@pytest.mark.parametrize("name", ["hilbert", "cantor"])
+def test_sparse_patterns_do_not_build_a_dense_mask_without_one(name):
+    # O(n M) memory as documented: an n x n mask at n = 2**19 would be 256 GiB.
+    n = 2**19
+    attn = build_pattern(name, n_heads=1, causal=True, **({"window": 1} if name == "hilbert" else {"depth": 1}))
+    q = torch.randn(1, 1, n, 1, generator=torch.Generator().manual_seed(0))
+    out = attn(q, q, q)
+    assert out.shape == q.shape and bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out[0, 0, 0], q[0, 0, 0])  # causal: the first query sees only itself
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_julia_gradients_stay_finite_in_half_precision_at_c_zero(dtype):
+    # c = 0 (the unit-circle Julia set) keeps z = 0 at offset 0; |z| must not underflow to a sqrt(0) gradient.
+    attn = build_pattern("julia", n_heads=2, c=(0.0, 0.0)).to(dtype)
+    q, k, v = _qkv(lq=9, lk=9, dtype=dtype)
+    attn(q, k, v).float().sum().backward()
+    for p in (attn.c_real, attn.c_imag, attn.gain):
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), p.grad
+
+
+@pytest.mark.parametrize("name", ["hilbert", "cantor", "fractal_blend"])
+def test_training_after_an_inference_mode_pass_of_the_same_length(name):
+    # Lightning's sanity-check validation runs under torch.inference_mode before the first training
+    # step; the cached key indices must still be usable by autograd afterwards.
+    attn = build_pattern(name, n_heads=2)
+    q, k, v = _qkv(lq=20, lk=20)
+    with torch.inference_mode():
+        expected = attn(q, k, v)
+    q.requires_grad_(True)
+    out = attn(q, k, v)
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected)
+    assert q.grad is not None and float(q.grad.abs().sum()) > 0

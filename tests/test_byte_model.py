@@ -84,3 +84,114 @@ def test_fmx_infer_generates_from_a_checkpoint(tmp_path):
     assert result.stdout_bytes.startswith(b"ab") and len(result.stdout_bytes.rstrip(b"\n")) >= 2
     bad = CliRunner().invoke(app, ["infer", str(tmp_path / "missing.ckpt")])
     assert bad.exit_code != 0
+
+
+def test_val_bpb_counts_real_bytes_only_in_base_2():
+    from models.byte.lightning import FractalByteModule
+    from models.byte.tokenizer import EOS, PAD
+
+    module = FractalByteModule(model={"d_model": 16, "n_layers": 1, "dim_range": (8, 8), "mamba": {"headdim": 16}})
+    logits = torch.zeros(1, 4, 259)
+    logits[0, 2, EOS] = 50.0  # the separator is predicted perfectly; the bytes are uniform over 259
+    module.forward = lambda ids: logits
+    logged = {}
+    module.log_dict = lambda metrics, **kw: logged.update(metrics)
+    y = torch.tensor([[ord("a"), 0x00, EOS, 0xFF]])
+    module.validation_step((torch.zeros(1, 4, dtype=torch.long), y), 0)
+    # three real bytes, each at probability 1/259: log2(259) bits per byte
+    assert float(logged["val/bpb"]) == pytest.approx(math.log2(259), rel=1e-5)
+    y_pad = torch.tensor([[ord("a"), 0x00, PAD, 0xFF]])
+    logged.clear()
+    module.validation_step((torch.zeros(1, 4, dtype=torch.long), y_pad), 0)
+    assert float(logged["val/bpb"]) == pytest.approx(math.log2(259), rel=1e-5)
+
+
+def test_tokenizer_round_trips_every_byte_value():
+    raw = bytes(range(256)) + b"\x00\xff\x00"
+    assert decode(encode(raw, add_bos=True, add_eos=True)) == raw
+    assert decode(torch.tensor(encode(raw))) == raw
+
+
+def _tiny_checkpoint(tmp_path):
+    from models.byte.lightning import FractalByteModule
+
+    module = FractalByteModule(model={"d_model": 16, "n_layers": 1, "dim_range": (8, 8), "mamba": {"headdim": 16}})
+    ckpt = tmp_path / "byte.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    return ckpt
+
+
+def test_fmx_infer_is_seeded_and_refuses_bad_sampling_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    runner = CliRunner()
+    run = lambda *a: runner.invoke(app, ["infer", str(ckpt), "-p", "ab", *a])  # noqa: E731
+    first, again = run("-n", "12", "--seed", "3"), run("-n", "12", "--seed", "3")
+    assert first.exit_code == 0, first.output
+    assert first.stdout_bytes == again.stdout_bytes and len(first.stdout_bytes) == 2 + 12 + 1
+    for bad in (["-n", "-3"], ["--top-k", "-1"], ["--temperature", "-1"]):
+        out = run(*bad)
+        assert out.exit_code == 2 and "Invalid value" in out.output, (bad, out.output, out.exception)
+
+
+def test_null_data_batch_size_falls_back_to_the_trainer_batch_size(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"\x00\xff" * 8)
+    dm = build_datamodule({"data": {"name": "bytes", "path": str(tmp_path), "batch_size": None},
+                           "trainer": {"batch_size": 32}})
+    assert dm.batch_size == 32
+
+
+def test_non_utf8_prompt_bytes_from_the_command_line_round_trip(tmp_path):
+    import os
+
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+
+    # Linux hands argv bytes that are not UTF-8 to Python as lone surrogates (os.fsdecode).
+    prompt = os.fsdecode(b"a\xff\xc3b")
+    assert decode(encode(prompt)) == b"a\xff\xc3b"
+    ckpt = _tiny_checkpoint(tmp_path)
+    out = CliRunner().invoke(app, ["infer", str(ckpt), "-p", prompt, "-n", "2", "--temperature", "0"])
+    assert out.exit_code == 0, (out.output, out.exception)
+    assert out.stdout_bytes.startswith(b"a\xff\xc3b")
+
+
+def test_fmx_infer_starts_an_empty_prompt_with_a_token_the_model_was_trained_on(tmp_path, monkeypatch):
+    # Trained on files joined by EOS, the model has only ever seen a document start after EOS;
+    # BOS never occurs in the training data, so its embedding is untrained.
+    from typer.testing import CliRunner
+
+    import models.byte.model as byte_model
+    from fmx.cli import app
+    from models.byte.data import read_corpus
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_bytes(b"\x00first")
+    (corpus / "b.txt").write_bytes(b"second\xff")
+    seen = {}
+    monkeypatch.setattr(byte_model, "generate", lambda model, ids, **kw: seen.setdefault("ids", list(ids)))
+    out = CliRunner().invoke(app, ["infer", str(_tiny_checkpoint(tmp_path)), "-n", "1"])
+    assert out.exit_code == 0, (out.output, out.exception)
+    assert len(seen["ids"]) == 1 and seen["ids"][0] in set(read_corpus(corpus).tolist())
+
+
+def test_fmx_infer_refuses_a_file_that_is_not_a_byte_checkpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+    from models.criticality.two_moons import TwoMoonsModule
+
+    other = TwoMoonsModule(width=8, depth=2)
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams),
+                "pytorch-lightning_version": pl.__version__}, tmp_path / "two_moons.ckpt")
+    (tmp_path / "notes.ckpt").write_text("hello")
+    for name in ("two_moons.ckpt", "notes.ckpt"):
+        out = CliRunner().invoke(app, ["infer", str(tmp_path / name), "-n", "1"])
+        flat = "".join(ch for ch in out.output if ch.isalnum() or ch in "._")  # the error panel wraps lines
+        assert out.exit_code == 2 and "notafractal_bytecheckpoint" in flat and name in flat, (out.output, out.exception)

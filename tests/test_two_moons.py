@@ -49,3 +49,9 @@ def test_figures_and_bad_mode():
     assert "box dim" in figs["decision_boundary"].axes[0].get_title()
     with pytest.raises(ValueError, match="model.mode"):
         build_lightning_module(_cfg(mode="sometimes"))
+
+
+def test_null_data_batch_size_falls_back_to_the_trainer_batch_size():
+    # The project convention (conf/data/*.yaml): data.batch_size null = trainer.batch_size.
+    dm = build_datamodule({"data": {"name": "two_moons", "batch_size": None}, "trainer": {"batch_size": 32}})
+    assert dm.batch_size == 32

@@ -89,8 +89,11 @@ class _SparsePattern(nn.Module):
         scores = torch.einsum("bhqe,bhqme->bhqm", q.float(), kg.float()) / math.sqrt(e)
         if bias is not None:
             scores = scores + bias.float()
-        full = _expand_mask(mask, b, h, lq, lk, q.device)
-        allowed = torch.gather(full, 3, idx.expand(full.shape[0], full.shape[1], lq, m)) & valid
+        if mask is None:
+            allowed = valid  # no (Lq, Lk) mask is ever built: memory stays O(Lq M)
+        else:
+            full = _expand_mask(mask, b, h, lq, lk, q.device)
+            allowed = torch.gather(full, 3, idx.expand(full.shape[0], full.shape[1], lq, m)) & valid
         w = _masked_softmax(scores, allowed)
         if dropout_p > 0:
             w = nn.functional.dropout(w, dropout_p)
@@ -113,9 +116,12 @@ class HilbertAttention(_SparsePattern):
     def _index(self, lq, lk, device):
         key = (lq, lk, str(device))
         if key not in self._cache:
-            idx, valid = hilbert_neighbours(lq, lk, self.window, device=device)
-            if self.causal:
-                valid = valid & (idx <= _query_positions(lq, lk, device)[:, None])
+            # Normal tensors even when first built under inference_mode (Lightning's sanity check),
+            # so a later training step can save them for backward.
+            with torch.inference_mode(False):
+                idx, valid = hilbert_neighbours(lq, lk, self.window, device=device)
+                if self.causal:
+                    valid = valid & (idx <= _query_positions(lq, lk, device)[:, None])
             self._cache = {key: (idx, valid)}
         idx, valid = self._cache[key]
         return idx, valid, None
@@ -141,13 +147,14 @@ class CantorAttention(_SparsePattern):
     def _index(self, lq, lk, device):
         key = (lq, lk, str(device))
         if key not in self._cache:
-            off, scale = cantor_offsets(lk, depth=self.depth, device=device)
-            if not self.causal:
-                off = torch.cat([off, -off[1:]])
-                scale = torch.cat([scale, scale[1:]])
-            pos = _query_positions(lq, lk, device)[:, None] - off[None, :]
-            valid = (pos >= 0) & (pos < lk)
-            self._cache = {key: (pos.clamp(0, lk - 1), valid, scale)}
+            with torch.inference_mode(False):  # see HilbertAttention._index
+                off, scale = cantor_offsets(lk, depth=self.depth, device=device)
+                if not self.causal:
+                    off = torch.cat([off, -off[1:]])
+                    scale = torch.cat([scale, scale[1:]])
+                pos = _query_positions(lq, lk, device)[:, None] - off[None, :]
+                valid = (pos >= 0) & (pos < lk)
+                self._cache = {key: (pos.clamp(0, lk - 1), valid, scale)}
         idx, valid, scale = self._cache[key]
         bias = self.scale_bias[:, scale].unsqueeze(1)  # (H, 1, M)
         return idx, valid, bias

@@ -181,7 +181,12 @@ def julia_escape_time(
     Shape:
         z0 ``(...)`` complex -> ``(...)`` real in the dtype of ``c_real``
     """
-    zr, zi = z0.real.to(c_real.dtype), z0.imag.to(c_real.dtype)
+    # Iterate in at least float32: in float16 |z|**2 underflows to 0 near z = 0 (always reached at
+    # offset 0 when c = 0) and sqrt's gradient there is infinite.
+    out_dtype = c_real.dtype
+    work = torch.promote_types(out_dtype, torch.float32)
+    c_real, c_imag = c_real.to(work), c_imag.to(work)
+    zr, zi = z0.real.to(work), z0.imag.to(work)
     escaped = torch.zeros_like(zr)
     t_escape = torch.zeros_like(zr)
     for it in range(iterations):
@@ -192,4 +197,4 @@ def julia_escape_time(
         t_escape = t_escape + first * it
         escaped = escaped + first
     t_escape = t_escape + (1 - escaped).clamp_min(0) * iterations
-    return t_escape / iterations
+    return (t_escape / iterations).to(out_dtype)

@@ -81,7 +81,7 @@ def build_datamodule(cfg: Mapping[str, Any]) -> ByteDataModule:
         raise ValueError("data.path: required for data=bytes; give a file or a folder of files (data.path=/some/folder)")
     return ByteDataModule(
         path=d["path"], seq_len=int(d.get("seq_len", 128)),
-        batch_size=int(d.get("batch_size", cfg.get("trainer", {}).get("batch_size", 16))),
+        batch_size=int(d.get("batch_size") or cfg.get("trainer", {}).get("batch_size", 16)),
         windows_per_epoch=int(d.get("windows_per_epoch", 256)), val_fraction=float(d.get("val_fraction", 0.1)),
         seed=int(cfg.get("seed", 0)), max_bytes=d.get("max_bytes"),
     )

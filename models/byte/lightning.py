@@ -33,8 +33,15 @@ class FractalByteModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self.log_dict({"val/loss": loss, "val/bpb": loss / math.log(2)}, prog_bar=True, sync_dist=True)
+        x, y = batch
+        logits = self(x)
+        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="none")
+        # Bits per byte count real bytes only: EOS separators and padding are not bytes of the data.
+        real = y.reshape(-1) < 256
+        n_real = int(real.sum())
+        bpb = nll[real].sum() / max(n_real, 1) / math.log(2)
+        self.log_dict({"val/loss": nll.mean()}, prog_bar=True, sync_dist=True)
+        self.log_dict({"val/bpb": bpb}, prog_bar=True, sync_dist=True, batch_size=max(n_real, 1))
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

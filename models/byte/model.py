@@ -125,7 +125,7 @@ def generate(model: FractalByteLM, prompt: Sequence[int], *, max_new: int = 64, 
     cost grows with length: fine for the short generations ``fmx infer`` makes.
     """
     if not prompt:
-        raise ValueError("prompt: needs at least one token (encode with add_bos=True for an empty prompt)")
+        raise ValueError("prompt: needs at least one token (start an empty prompt with EOS, the training data's separator)")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -237,6 +237,6 @@ def build_datamodule(cfg: Mapping[str, Any]) -> TwoMoonsData:
         n_train=int(d.get("n_train", 1024)),
         n_val=int(d.get("n_val", 512)),
         noise=float(d.get("noise", 0.15)),
-        batch_size=int(d.get("batch_size", batch)),
+        batch_size=int(d.get("batch_size") or batch),  # null = trainer.batch_size, as in conf/data/*.yaml
         seed=int(cfg.get("seed", 0)),
     )

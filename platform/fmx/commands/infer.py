@@ -12,9 +12,9 @@ def register(app: typer.Typer) -> None:
     def infer(
         checkpoint: Path = typer.Argument(..., help="Lightning checkpoint (.ckpt) of a fractal_byte trial"),
         prompt: str = typer.Option("", "--prompt", "-p", help="text to continue (UTF-8)"),
-        max_bytes: int = typer.Option(200, "--max-bytes", "-n", help="bytes to generate"),
-        temperature: float = typer.Option(0.8, help="0 for greedy decoding"),
-        top_k: int = typer.Option(40, help="sample among the k most likely bytes"),
+        max_bytes: int = typer.Option(200, "--max-bytes", "-n", min=0, help="bytes to generate"),
+        temperature: float = typer.Option(0.8, min=0.0, help="0 for greedy decoding"),
+        top_k: int = typer.Option(40, min=0, help="sample among the k most likely bytes"),
         seed: int = typer.Option(0, help="sampling seed"),
     ) -> None:
         """Continue PROMPT with the byte model in CHECKPOINT and print the bytes."""
@@ -22,12 +22,19 @@ def register(app: typer.Typer) -> None:
 
         from models.byte.lightning import load_for_inference
         from models.byte.model import generate
-        from models.byte.tokenizer import BOS, decode, encode
+        from models.byte.tokenizer import EOS, decode, encode
 
         if not checkpoint.is_file():
             raise typer.BadParameter(f"{checkpoint} is not a file; pass a .ckpt written by a fractal_byte trial")
-        model = load_for_inference(str(checkpoint))
-        ids = encode(prompt) if prompt else [BOS]
+        try:
+            model = load_for_inference(str(checkpoint))
+        except Exception as err:  # unpickling/loading fails in many ways; all mean "wrong file"
+            raise typer.BadParameter(
+                f"{checkpoint} is not a fractal_byte checkpoint ({type(err).__name__}: {err}); "
+                f"pass a .ckpt written by a model=fractal_byte trial"
+            ) from None
+        # Training joins files with EOS, so EOS (never BOS, absent from the data) is what precedes a document start.
+        ids = encode(prompt) if prompt else [EOS]
         out = generate(model, ids, max_new=max_bytes, temperature=temperature, top_k=top_k,
                        generator=torch.Generator().manual_seed(seed))
         sys.stdout.buffer.write(decode(out) + b"\n")
