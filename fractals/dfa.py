@@ -16,6 +16,7 @@ References: Peng et al. 1994 (DFA); Kantelhardt et al. 2002, Physica A 316, 87 (
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -92,29 +93,22 @@ def _rounding_to_zero(residual: torch.Tensor, centred: torch.Tensor) -> torch.Te
 
 
 def _check_fluctuations(seg_var: torch.Tensor, counts: list[int], scales: list[int], order: int,
-                        q_list: list[float]) -> None:
-    """Raise where log F_q(s) is undefined: every segment of a scale has zero variance (any q), or
-    some segment does and the grid has q <= 0 (F_q is then 0). One host sync when none is zero."""
+                        q_list: list[float]) -> Optional[torch.Tensor]:
+    """Raise where every segment of a scale has zero variance (F(s) = 0: its log is undefined for
+    any q). Else return the mask of non-zero segments when some are zero and the grid has q <= 0
+    (their F^q is infinite there, so those moments leave them out), or None. One host sync when none
+    is zero."""
     zero = seg_var == 0
     if not bool(zero.any()):
-        return
-    per_scale = list(zip(scales, zero.split(counts, -1)))
-    for s, z in per_scale:
+        return None
+    for s, z in zip(scales, zero.split(counts, -1)):
         if bool(z.all(-1).any()):
             raise ValueError(
                 f"x: every segment of length {s} is exactly a polynomial of order {order} after "
                 "integration (e.g. a flat or periodic stretch), so F(s) = 0 and its log is undefined: "
                 "use other scales or drop such series"
             )
-    if min(q_list) <= 0:
-        for s, z in per_scale:
-            n_zero = int(z.sum(-1).max())
-            if n_zero:
-                raise ValueError(
-                    f"q_vals: F_q(s) is zero for q <= 0 (got min q = {min(q_list)}): {n_zero} segment(s) "
-                    f"of length {s} have zero detrended variance, to rounding (exactly polynomial, e.g. "
-                    "flat stretches); use q_vals > 0, larger scales, or drop such series"
-                )
+    return ~zero if min(q_list) <= 0 else None
 
 
 def _profile(t: torch.Tensor) -> torch.Tensor:
@@ -145,20 +139,26 @@ def _per_scale_mean(values: torch.Tensor, counts: list[int]) -> torch.Tensor:
     return torch.stack([run.mean(-1) for run in values.split(counts, -1)], -1)
 
 
-def _log_fq(seg_var: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def _log_fq(seg_var: torch.Tensor, q: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """log F_q from per-segment variances (..., V) of one scale for every q at once -> (..., Q).
 
     F_q = (mean_v F2_v^(q/2))^(1/q), and for q = 0 the logarithmic average
     F_0 = exp(mean_v log F2_v / 2). Computed as a log-sum-exp so large |q| cannot overflow.
+    ``keep`` (..., V): the segments the means run over (default all).
     """
     log_f2 = torch.log(seg_var.clamp_min(torch.finfo(seg_var.dtype).tiny))  # (..., V)
-    n_seg = log_f2.shape[-1]
     half_q = (q / 2).to(log_f2.dtype)
     scaled = log_f2.unsqueeze(-2) * half_q.unsqueeze(-1)  # (..., Q, V)
-    lse = torch.logsumexp(scaled, dim=-1) - float(np.log(n_seg))
+    if keep is None:
+        n_seg = torch.full_like(log_f2[..., :1], log_f2.shape[-1])
+    else:
+        n_seg = keep.sum(-1, keepdim=True).to(log_f2.dtype)
+        scaled = scaled.masked_fill(~keep.unsqueeze(-2), -math.inf)
+        log_f2 = log_f2.masked_fill(~keep, 0.0)
+    lse = torch.logsumexp(scaled, dim=-1) - torch.log(n_seg)
     is_zero = q == 0
     safe_q = torch.where(is_zero, torch.ones_like(q), q).to(log_f2.dtype)
-    log_mean = 0.5 * log_f2.mean(-1, keepdim=True)
+    log_mean = 0.5 * log_f2.sum(-1, keepdim=True) / n_seg
     return torch.where(is_zero.to(log_f2.device), log_mean, lse / safe_q)
 
 
@@ -172,19 +172,23 @@ def _integer_powers(base: torch.Tensor, base_sq: torch.Tensor, k: int, cache: di
     return cache[k]
 
 
-def _log_fq_scales(seg_var: torch.Tensor, counts: list[int], q: torch.Tensor, q_list: list[float]) -> torch.Tensor:
+def _log_fq_scales(seg_var: torch.Tensor, counts: list[int], q: torch.Tensor, q_list: list[float],
+                   keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """log F_q(s) for every q and scale from all scales' segment variances at once.
 
     ``seg_var`` is ``(..., V)``: every segment of every scale (float64), ``counts`` the number of
     segments per scale. Moments are taken relative to the largest variance of each series, so
     positive q cannot overflow; integer q (the usual grid) are products of F = sqrt(F2), not
     exponentials. A scale whose terms all underflow (F2 ratios beyond ~1e300^(1/|q|)) comes back
-    non-finite and the caller falls back to per-scale log-sum-exp. Returns ``(..., Q, S)``.
+    non-finite and the caller falls back to per-scale log-sum-exp. ``keep`` (..., V): the segments
+    the means run over (default all). Returns ``(..., Q, S)``.
     """
-    if q_list == [2.0]:  # DFA: F_2 needs no powers
+    if q_list == [2.0] and keep is None:  # DFA: F_2 needs no powers
         return (0.5 * torch.log(_per_scale_mean(seg_var, counts))).unsqueeze(-2)
     tiny = torch.finfo(seg_var.dtype).tiny
     top = seg_var.detach().amax(-1, keepdim=True).clamp_min(tiny)
+    if keep is not None:  # left-out segments get a harmless value, then weight 0 in the means
+        seg_var = torch.where(keep, seg_var, top)
     rel = seg_var / top  # <= 1; F_q is scale-equivariant, so the factor comes back as 0.5 log(top)
     shift = 0.0  # log-sum-exp shift of the exponential path
     is_zero = (q == 0).to(seg_var.device).unsqueeze(-1)
@@ -202,7 +206,11 @@ def _log_fq_scales(seg_var: torch.Tensor, counts: list[int], q: torch.Tensor, q_
         shift = scaled.detach().amax(-1, keepdim=True)
         # The q = 0 row holds log F2 (its log average), as on the integer path.
         moments = torch.where(is_zero, torch.log(seg_var.clamp_min(tiny)).unsqueeze(-2), torch.exp(scaled - shift))
-    means = _per_scale_mean(moments, counts)  # (..., Q, S)
+    if keep is None:
+        means = _per_scale_mean(moments, counts)  # (..., Q, S)
+    else:
+        w = keep.to(moments.dtype).unsqueeze(-2)
+        means = _per_scale_mean(moments * w, counts) / _per_scale_mean(w, counts)
     safe_q = torch.where(q == 0, torch.ones_like(q), q).to(seg_var.dtype).unsqueeze(-1)
     log_moment = torch.log(torch.where(is_zero, torch.ones_like(means), means)) + shift
     return torch.where(is_zero, 0.5 * means, log_moment / safe_q + 0.5 * torch.log(top).unsqueeze(-1))
@@ -280,17 +288,34 @@ def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int
     # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
     sizes = _segment_sizes(t.shape[-1], tuple(scales), both, profile.dtype, str(profile.device))
     seg_var = energies.clamp_min(0.0) / sizes
+    keep = None
     if floor > 0:
         seg_var = seg_var + (floor * seg_var.detach().mean(-1, keepdim=True) + torch.finfo(seg_var.dtype).tiny)
     else:
-        _check_fluctuations(seg_var, counts, scales, order, q_list)
-    log_fq = _log_fq_scales(seg_var, counts, q, q_list)
+        keep = _check_fluctuations(seg_var, counts, scales, order, q_list)
     # Floored variances (the priors) stay within floor / V of the largest, so moments with |q| <= 20
     # are finite: no check, and no host sync (which would also break a torch.compile graph).
     checked = floor == 0 or max(abs(v) for v in q_list) > 20
-    if checked and not bool(torch.isfinite(log_fq).all()):  # extreme F2 ranges: per-scale log-sum-exp
-        log_fq = torch.stack([_log_fq(v, q) for v in seg_var.split(counts, -1)], -1)
-    return log_fq.to(t.dtype)  # (..., Q, S)
+    if keep is None:
+        return _log_fq_group(seg_var, counts, q, q_list, None, checked).to(t.dtype)  # (..., Q, S)
+    # Some segments have zero variance (exactly polynomial, e.g. a flat stretch): F^q is infinite there
+    # for q <= 0, so those moments leave them out, as nolds leaves constant segments out of R/S; q > 0
+    # moments keep them (a zero adds 0). q is increasing, so the q <= 0 rows come first.
+    k = sum(v <= 0 for v in q_list)
+    parts = [_log_fq_group(seg_var, counts, q[:k], q_list[:k], keep, checked)]
+    if k < len(q_list):
+        parts.append(_log_fq_group(seg_var, counts, q[k:], q_list[k:], None, checked))
+    return torch.cat(parts, -2).to(t.dtype)
+
+
+def _log_fq_group(seg_var: torch.Tensor, counts: list[int], q: torch.Tensor, q_list: list[float],
+                  keep: Optional[torch.Tensor], checked: bool) -> torch.Tensor:
+    """:func:`_log_fq_scales`, with the per-scale log-sum-exp fallback for extreme F2 ranges."""
+    log_fq = _log_fq_scales(seg_var, counts, q, q_list, keep)
+    if checked and not bool(torch.isfinite(log_fq).all()):
+        parts = zip(seg_var.split(counts, -1), keep.split(counts, -1) if keep is not None else [None] * len(counts))
+        log_fq = torch.stack([_log_fq(v, q, m) for v, m in parts], -1)
+    return log_fq
 
 
 def _as_q(q_vals, device, allow_single: bool = False) -> torch.Tensor:

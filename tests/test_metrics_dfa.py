@@ -179,7 +179,7 @@ def test_hurst_from_dfa_kinds():
     assert float(dfa_alpha(GOOD[:256]).item()) == pytest.approx(0.5, abs=0.2)  # 3 default octaves at T = 256
 
 
-def test_zero_fluctuation_scale_raises_instead_of_a_garbage_exponent():
+def test_zero_fluctuation_segments_raise_or_leave_the_negative_moments():
     # A square wave of half-period 16 has a piecewise-linear profile: every segment of 16 (aligned)
     # is exactly detrended, F(16) = 0 and log F(16) is undefined. It used to come back as
     # sqrt(float tiny) = 1e-154, i.e. alpha = 256.6 (nested order-1 path) or 12.7 (order 2).
@@ -187,15 +187,32 @@ def test_zero_fluctuation_scale_raises_instead_of_a_garbage_exponent():
     for order in (1, 2):
         with pytest.raises(ValueError, match="every segment of length 16"):
             dfa_alpha(square, [16, 32, 64], order=order)
-    # A flat stretch makes some segments exactly polynomial: F_q for q <= 0 is 0 (h(-5) came back
-    # as -48), while q > 0 stays defined and is computed as before.
+    # A flat stretch makes some segments exactly polynomial: their F^q is infinite for q <= 0 (h(-5)
+    # came back as -48). Those moments leave such segments out; q > 0 moments keep them (a zero adds
+    # 0). Checked against a NumPy MFDFA with the same rule.
     x = torch.randn(2048, dtype=torch.float64, generator=gen(14))
     x[512:1024] = 0.0
+    q, scales = [-5.0, -2.0, 0.0, 1.0, 3.0], [16, 32, 64, 128]
+    xn = x.numpy()
+    profile = np.cumsum(xn - xn.mean())
     for order in (1, 2):
-        with pytest.raises(ValueError, match=r"q_vals: F_q\(s\) is zero for q <= 0"):
-            multifractal_spectrum(x, scales=[16, 32, 64, 128], order=order)
-        h = multifractal_spectrum(x, [1.0, 2.0, 3.0], scales=[16, 32, 64, 128], order=order)["h"]
-        assert bool(((h > 0.4) & (h < 0.7)).all()), h
+        want = np.empty((len(q), len(scales)))
+        for j, s in enumerate(scales):
+            segs = profile.reshape(-1, s)
+            t = np.arange(s)
+            f2 = np.array([np.mean((seg - np.polyval(np.polyfit(t, seg, order), t)) ** 2) for seg in segs])
+            live = f2 > 1e-20 * f2.max()
+            assert 0 < (~live).sum() < live.size  # the flat stretch is exactly detrended, the rest not
+            for i, qi in enumerate(q):
+                if qi == 0:
+                    want[i, j] = np.exp(0.5 * np.mean(np.log(f2[live])))
+                else:
+                    used = f2[live] if qi < 0 else np.where(live, f2, 0.0)
+                    want[i, j] = np.mean(used ** (qi / 2)) ** (1 / qi)
+        fq, _ = fluctuation_functions(x, q, scales, order=order)
+        np.testing.assert_allclose(fq.numpy(), want, rtol=1e-7)
+        h = multifractal_spectrum(x, q, scales=scales, order=order)["h"]
+        assert bool(((h > 0.3) & (h < 0.8)).all()), h
 
 
 GOOD = torch.randn(512, dtype=torch.float64, generator=gen(10))
