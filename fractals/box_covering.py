@@ -16,6 +16,7 @@ The two agree exactly (tested on CPU by running the device kernel there too).
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
@@ -49,6 +50,14 @@ class BoxCounts:
 
 # ----------------------------------------------------------------------------- device kernels (torch)
 DEVICE_COLOURING = "auto"  # "torch" forces the torch loop on CUDA (benchmarks compare the two)
+log = logging.getLogger("fractals")
+
+
+def _triton_failed(exc: Exception) -> None:
+    """The Triton kernel could not run (compile or launch): the torch loop from now on, said once."""
+    global DEVICE_COLOURING
+    DEVICE_COLOURING = "torch"
+    log.warning("box covering: Triton colouring failed (%s: %s); using the torch loop", type(exc).__name__, exc)
 
 
 def _reachability(a: torch.Tensor) -> torch.Tensor:
@@ -97,8 +106,11 @@ def _greedy_box_counts(dist: torch.Tensor, nodes: torch.Tensor, eps: torch.Tenso
     if DEVICE_COLOURING == "auto" and _box_triton.available(dist.device, n):
         active = torch.gather(nodes.view(g, 1, n).expand(g, L, n), -1, order)  # coloured at each step
         lanes = g * L
-        return _box_triton.colour_counts(dual.reshape(lanes, n, n), order.reshape(lanes, n),
-                                         active.reshape(lanes, n)).reshape(g, L)
+        try:
+            return _box_triton.colour_counts(dual.reshape(lanes, n, n), order.reshape(lanes, n),
+                                             active.reshape(lanes, n)).reshape(g, L)
+        except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher: same counts below
+            _triton_failed(exc)
     color = torch.full((g, L, n), n, dtype=torch.long, device=dist.device)  # n = "not coloured yet"
     forbidden = torch.zeros((g, L, n + 1), dtype=torch.bool, device=dist.device)
     for s in range(n):

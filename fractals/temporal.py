@@ -8,6 +8,7 @@ return the same kind, and run on CPU or CUDA in float32 or float64. Definitions 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import Optional, Sequence
 
@@ -374,9 +375,17 @@ def hurst_rs(
                 f"needs T >= {8 * min_window} (or max_window >= 2 * min_window) or explicit windows"
             )
     windows = _as_windows(windows, n, 4)
+    y = None
     if _rs_triton.available(t.device, windows):  # one read of each series per window instead of ~3
-        y = _rs_triton.log_rs(t.reshape(-1, n), windows, unbiased).reshape(*t.shape[:-1], -1)
-    else:
+        try:
+            y = _rs_triton.log_rs(t.reshape(-1, n), windows, unbiased).reshape(*t.shape[:-1], -1)
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher: torch path below
+            _rs_triton.ENABLED = False
+            logging.getLogger("fractals").warning("hurst_rs: Triton kernel failed (%s: %s); using the torch path",
+                                                  type(exc).__name__, exc)
+    if y is None:
         y = map_rows(lambda rows: _log_rs(rows, windows, unbiased), t)  # (..., n_windows)
     log_n = torch.log(torch.tensor(windows, dtype=t.dtype, device=t.device))
     if corrected:

@@ -437,3 +437,23 @@ def test_powerlaw_constant_continuous_values_raise():
 def test_fc_bad_ridge_raises_value_error_naming_it(ridge):
     with pytest.raises(ValueError, match="^ridge: "):
         functional_connectivity_latents(np.random.default_rng(6).standard_normal((50, 4)), "partial", ridge=ridge)
+
+
+def test_a_failing_triton_colouring_falls_back_to_the_torch_loop(monkeypatch, caplog):
+    # On a GPU machine without a C compiler Triton cannot build its launcher: the counts must still
+    # come (from the torch loop), with one warning, and later calls skip the kernel.
+    from fractals import _box_triton
+    from fractals import box_covering as bc
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(_box_triton, "available", lambda device, n: True)
+    monkeypatch.setattr(_box_triton, "colour_counts", broken)
+    monkeypatch.setattr(bc, "DEVICE_COLOURING", "auto")
+    a = torch.from_numpy(nx.to_numpy_array(nx.grid_2d_graph(6, 6)) > 0)[None]
+    eps = torch.tensor([1, 2, 3])
+    with caplog.at_level("WARNING", logger="fractals"):
+        got = bc._cover_device(a, eps, "largest")[2]
+    assert torch.equal(got, bc._cover_cpu(a, eps, "largest")[2])
+    assert bc.DEVICE_COLOURING == "torch" and "Failed to find C compiler" in caplog.text

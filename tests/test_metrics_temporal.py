@@ -157,3 +157,19 @@ def test_triton_rs_kernel_equals_the_torch_path_in_the_interpreter():
     assert report["errors"]["triton"] == report["errors"]["torch"]
     assert "every segment of length 16 is constant" in report["errors"]["triton"]
     assert report["available"] == {"cpu": False, "too_long": False}
+
+
+def test_a_failing_triton_rs_kernel_falls_back_to_the_torch_path(monkeypatch, caplog):
+    from fractals import _rs_triton
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler")
+
+    x = S.fgn(2048, 0.7, n_series=2, generator=gen(9))
+    want = hurst_rs(x)
+    monkeypatch.setattr(_rs_triton, "available", lambda device, windows: _rs_triton.ENABLED)
+    monkeypatch.setattr(_rs_triton, "log_rs", broken)
+    monkeypatch.setattr(_rs_triton, "ENABLED", True)
+    with caplog.at_level("WARNING", logger="fractals"):
+        torch.testing.assert_close(hurst_rs(x), want)
+    assert not _rs_triton.ENABLED and "Failed to find C compiler" in caplog.text
