@@ -325,3 +325,26 @@ def test_float64_block_keeps_float64_precision():
     ref = m.out_proj(m.norm(ref.reshape(2, 24, m.d_ssm), z))
     assert y.dtype == torch.float64
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_a_failing_fused_scan_falls_back_to_the_portable_path(monkeypatch, caplog):
+    # With kernels="auto" a scan that cannot compile (no C compiler for Triton, a kernel bug) must not
+    # stop training: the portable path gives the same output, once warned; kernels="fused" still raises.
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler")
+
+    torch.manual_seed(0)
+    m = Mamba2(d_model=16, d_state=8, headdim=8, kernels="portable")
+    u = torch.randn(2, 24, 16)
+    want = m(u)
+    monkeypatch.setattr(mamba2_module, "_FUSED", {"scan": broken})
+    monkeypatch.setattr(mamba2_module, "_FUSED_ERROR", "")
+    monkeypatch.setattr(Mamba2, "_use_fused", lambda self, x: "scan" in mamba2_module._FUSED)
+    m.kernels = "auto"
+    with caplog.at_level("WARNING", logger="models.backbones"):
+        torch.testing.assert_close(m(u), want)
+    assert mamba2_module._FUSED == {} and "Failed to find C compiler" in caplog.text
+    monkeypatch.setattr(mamba2_module, "_FUSED", {"scan": broken})
+    m.kernels = "fused"
+    with pytest.raises(RuntimeError, match="C compiler"):
+        m(u)

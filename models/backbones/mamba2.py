@@ -86,6 +86,13 @@ def _load_fused() -> dict[str, Any]:
     return _FUSED
 
 
+def _fused_failed(exc: Exception) -> None:
+    """The fused scan failed at run time (compile or launch): the portable path from now on, said once."""
+    global _FUSED, _FUSED_ERROR
+    _FUSED, _FUSED_ERROR = {}, f"fused scan failed: {type(exc).__name__}: {exc}"
+    log.warning("Mamba-2 SSD path: portable (%s)", _FUSED_ERROR)
+
+
 def mamba_kernels_available() -> bool:
     """True when the fused ``mamba_ssm`` SSD kernel imports and a CUDA device is present."""
     return torch.cuda.is_available() and "scan" in _load_fused()
@@ -208,9 +215,15 @@ class Mamba2(nn.Module):
         work = torch.promote_types(self.A_log.dtype, torch.float32)
         A = -torch.exp(self.A_log.to(work))
         if fused:
-            y, state = _FUSED["scan"](x, dt, A, B, C, chunk_size=FUSED_CHUNK_SIZE, D=self.D, z=None,
-                                      dt_bias=self.dt_bias, dt_softplus=True, return_final_states=True)
-        else:
+            try:
+                y, state = _FUSED["scan"](x, dt, A, B, C, chunk_size=FUSED_CHUNK_SIZE, D=self.D, z=None,
+                                          dt_bias=self.dt_bias, dt_softplus=True, return_final_states=True)
+            except Exception as exc:  # noqa: BLE001 - e.g. Triton cannot build its launcher (no C compiler)
+                if self.kernels == "fused":
+                    raise
+                _fused_failed(exc)
+                fused = False
+        if not fused:
             dt = F.softplus(dt.to(work) + self.dt_bias.to(work))
             y, state = ssd_chunked(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D)
         y = self.norm(y.reshape(b, seqlen, self.d_ssm), z)
