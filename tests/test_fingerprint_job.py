@@ -111,6 +111,26 @@ def test_resume_key_depends_on_config(cohort):
     assert plan_job(str(cohort), load_config(FAST))["key"].tolist() == a["key"].tolist()
 
 
+def test_resume_key_sees_a_recording_rewritten_with_the_same_size(cohort, tmp_path):
+    # A re-export of a recording often keeps its byte length: size alone would keep the stale part.
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(cohort, data)
+    before = plan_job(str(data), load_config(FAST)).set_index("path")["key"]
+    path = next(p for p in before.index if str(p).endswith(".edf"))
+    raw = bytearray(open(path, "rb").read())
+    raw[-1] ^= 0xFF  # same length, other content
+    with open(path, "wb") as fh:
+        fh.write(raw)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))  # coarse clocks: 5 s later
+    after = plan_job(str(data), load_config(FAST)).set_index("path")["key"]
+    changed = set(before.index[before != after.reindex(before.index)])
+    assert changed == {path}
+
+
 def test_serial_job_schema_failures_and_summary(cohort, tmp_path):
     out = tmp_path / "out"
     res = run_fingerprint_job(str(cohort), str(out), config=FAST, executor="serial", log_mlflow=False, progress=False)

@@ -13,7 +13,7 @@ Layout of ``OUT`` (a folder or ``s3://`` prefix)::
     participants.parquet    the participant columns (for ``fmx fingerprint compare --group-by``)
     job.json                the resolved config, the data source and the counts
 
-``<key>`` hashes the recording's path, size and labels with the whole job config, so a re-run
+``<key>`` hashes the recording's path, size, modification time and labels with the whole job config, so a re-run
 skips every recording whose part exists and refits only new, changed or failed ones. Every file
 is written atomically (:func:`fmx.fingerprint.storage.write_bytes_atomic`).
 """
@@ -83,8 +83,9 @@ def plan_job(data: str, cfg: Mapping[str, Any], *, modality: str | None = None):
     entries = discover(data, modality=modality)
     keys = []
     for row in entries.itertuples(index=False):
-        size = storage.size_of(row.path)
-        keys.append(config_hash(str(row.path), row.member, size, {c: getattr(row, c) for c in LABELS}, dict(cfg)))
+        size, mtime = storage.version_of(row.path)
+        keys.append(config_hash(str(row.path), row.member, size, mtime, {c: getattr(row, c) for c in LABELS},
+                                dict(cfg)))
     entries["key"] = keys
     return entries
 

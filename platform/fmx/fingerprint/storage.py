@@ -116,10 +116,15 @@ def list_files(uri: str | os.PathLike) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if p.is_file())
 
 
-def size_of(uri: str | os.PathLike) -> int:
+def version_of(uri: str | os.PathLike) -> tuple[int, int]:
+    """``(size, mtime in ns)`` of a file or object: what a resume key needs to see a changed recording
+    (size alone misses a rewrite of the same length)."""
     if is_s3(uri):
-        return int(s3_filesystem().get_file_info(_s3_path(str(uri))).size or 0)
-    return Path(uri).stat().st_size
+        info = s3_filesystem().get_file_info(_s3_path(str(uri)))
+        mtime = info.mtime_ns if info.mtime_ns is not None else 0
+        return int(info.size or 0), int(mtime)
+    stat = Path(uri).stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def fetch_local(uri: str | os.PathLike, workdir: str | os.PathLike | None = None) -> Path:
