@@ -280,3 +280,19 @@ def test_random_sweeps_draw_the_same_values_from_the_same_seed():
 
     assert first_three(sweep) == first_three(sweep)
     assert first_three(sweep) != first_three(sweep.model_copy(update={"seed": 1}))
+
+
+def test_asha_horizon_covers_the_longest_sampled_max_epochs():
+    # ASHA's max_t came from the base config's max_epochs alone: a sweep over trainer.max_epochs up to
+    # 12 on a base of 2 had its longer trials cut at epoch 3.
+    from fmx.runner import _longest_epochs
+
+    def with_epochs(spec):
+        return parse_sweep(_mutated(lambda d: d["parameters"].update({"trainer.max_epochs": spec})))
+
+    base = compose(SMOKE["base"])
+    base_epochs = int(base["trainer"]["max_epochs"])
+    assert _longest_epochs(parse_sweep(SMOKE), base) == base_epochs
+    assert _longest_epochs(with_epochs({"distribution": "int", "min": 1, "max": 12}), base) == max(12, base_epochs)
+    assert _longest_epochs(with_epochs({"distribution": "categorical", "values": [3, 9]}), base) == max(9, base_epochs)
+    assert _longest_epochs(with_epochs({"value": 7}), base) == max(7, base_epochs)

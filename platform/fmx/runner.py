@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -317,6 +318,18 @@ def resolve_targets(sweep: Sweep, *, root: str | Path | None = None,
                    tracking_uri=tracking.resolve_tracking_uri(uri, root=root), tracking_source=tracking_source)
 
 
+def _longest_epochs(sweep: Sweep, cfg: Mapping[str, Any]) -> int:
+    """The most epochs any trial can run: the base config's, or the largest value the sweep gives
+    ``trainer.max_epochs`` (ASHA's max_t comes from it; the base value alone would cut longer trials)."""
+    epochs = [int(cfg.get("trainer", {}).get("max_epochs", 1))]
+    spec = sweep.parameters.get("trainer.max_epochs")
+    if spec is not None:
+        values = ([getattr(spec, "value")] if hasattr(spec, "value") else list(getattr(spec, "values", [])) or
+                  [getattr(spec, "max")])
+        epochs += [math.ceil(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(epochs)
+
+
 def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "", experiment_id: str = "",
               builders: Mapping[str, str] | None = None, fault: Mapping[str, Any] | None = None,
               env: Mapping[str, str] | None = None) -> SweepPlan:
@@ -331,7 +344,7 @@ def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "
         endpoint_url=sweep.storage.endpoint_url or st.endpoint_from_env(), region=sweep.storage.region,
         keep_best=sweep.storage.keep_best, workers=sweep.resources.workers,
         cpus_per_worker=sweep.resources.cpus_per_worker, gpus_per_worker=sweep.resources.gpus_per_worker,
-        max_failures=sweep.max_failures, max_epochs=int(cfg.get("trainer", {}).get("max_epochs", 1)),
+        max_failures=sweep.max_failures, max_epochs=_longest_epochs(sweep, cfg),
         tracking_uri=targets.tracking_uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, acceptance=list(sweep.acceptance), builders=dict(builders or {}),
         fault=dict(fault or {}), storage_source=targets.storage_source, tracking_source=targets.tracking_source)
