@@ -115,7 +115,7 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
     have the type of the value they replace (ints may stand for floats). Group keys (``model``, ``data``, ...)
     take option names and are checked by composing each option.
     """
-    from fmx.schema import CONFIG_GROUPS, NUMERIC, Categorical, Constant, Grid, SweepFileError
+    from fmx.schema import CONFIG_GROUPS, NUMERIC, Categorical, Constant, Grid, SweepFileError, Uniform
 
     try:
         cfg = compose(sweep.base)
@@ -164,6 +164,10 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
                 raise SweepFileError(file, where, f"{spec.distribution} samples numbers but the config holds a "
                                      f"{_type_name(current)} here", value=current,
                                      allowed="categorical or grid values of that type")
+            if isinstance(current, int) and isinstance(spec, Uniform):  # LogUniform too: fractions would
+                raise SweepFileError(file, where, f"{spec.distribution} samples fractions but the config key "
+                                     "holds an integer", value=current,  # break epochs, sizes, counts
+                                     allowed="distribution: int (with min, max and an optional step)")
         else:
             values = spec.values if isinstance(spec, (Categorical, Grid)) else [spec.value]
             for v in values:
