@@ -226,3 +226,14 @@ def test_time_pairing_pools_the_finer_view_and_dann_schedule():
         head(_latents(b=2, s=6), torch.randn(2, 25, 2))
     assert dann_schedule(0.0) == 0.0 and dann_schedule(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
     assert dann_schedule(0.5, max_scale=0.5) < 0.5 and dann_schedule(2.0) == dann_schedule(1.0)
+
+
+def test_time_pairing_without_a_common_valid_step_is_an_error_not_a_nan():
+    head = ContrastiveHead(dim_a=8, dim_b=4, proj_dim=8, pairing="time")
+    a, b = torch.randn(2, 6, 8), torch.randn(2, 6, 4)
+    a_mask = torch.zeros(2, 6, dtype=torch.bool)
+    a_mask[:, :3] = True
+    b_mask = ~a_mask  # valid steps never overlap
+    with pytest.raises(ValueError, match="no time step is valid in both"):
+        head(a, b, a_mask=a_mask, b_mask=b_mask)
+    assert torch.isfinite(head(a, b, a_mask=a_mask, b_mask=a_mask).loss)

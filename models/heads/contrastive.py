@@ -117,6 +117,9 @@ class ContrastiveHead(nn.Module):
             for m in (a_mask, b_mask):
                 if m is not None:
                     keep = keep & m.bool()
+            if not bool(keep.any()):  # InfoNCE over no pairs is 0/0: a NaN loss would poison training
+                raise ValueError("a_mask, b_mask: no time step is valid in both views, so there is no pair to "
+                                 "contrast; drop such batches or use pairing='sample'")
             za, zb = self.proj_a(a)[keep], self.proj_b(b)[keep]
         else:
             za, zb = self.proj_a(_pool(a, a_mask)), self.proj_b(_pool(b, b_mask))
