@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fractals import _box_triton, _rs_triton, box_covering  # noqa: E402
+from fractals import _box_triton, _rs_triton  # noqa: E402
 from fractals import metrics as fm  # noqa: E402
 from fractals.stimuli import fgn  # noqa: E402
 from fractals.temporal import default_windows  # noqa: E402
@@ -274,11 +274,11 @@ def main() -> int:
                              reference_series_per_s=ref_rate))
     print(f"| **total pass** | {total * 1e3:.1f} | {n_series / total:.0f} | | | |")
     if _box_triton.available(device, c):  # what the Triton colouring kernel saves over the torch loop
-        box_covering.DEVICE_COLOURING = "torch"
+        _box_triton.ENABLED = False
         try:
             loop_s = _median_seconds(our_metrics(x)["fc_graph_fd"], device, args.warmup, args.repeat)
         finally:
-            box_covering.DEVICE_COLOURING = "auto"
+            _box_triton.ENABLED = True
         print(f"| fc_graph_fd, torch colouring loop instead of Triton | {loop_s * 1e3:.1f} | {n_series / loop_s:.0f} "
               f"| - | - | Triton {loop_s / ours['fc_graph_fd']:.1f}x faster |")
         rows.append(dict(metric="fc_graph_fd_torch_loop", ours_s=loop_s, ours_series_per_s=n_series / loop_s))

@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import torch
 
-try:  # triton ships with CUDA builds of torch; fractals itself needs only torch, numpy and scipy
-    import triton
-    import triton.language as tl
-except Exception:  # noqa: BLE001 - any import failure means "use the torch loop"
-    triton = None
+from fractals._triton import tl, triton, warn_fallback
 
-__all__ = ["MAX_NODES", "available", "colour_counts"]
+__all__ = ["ENABLED", "MAX_NODES", "available", "colour_counts", "disable"]
 
+ENABLED = True  # False keeps the torch loop on CUDA too (benchmarks/metrics.py compares the two)
 MAX_NODES = 256
 
 
 def available(device: torch.device, n_nodes: int) -> bool:
     """True when the kernel can colour ``n_nodes``-node graphs on ``device``."""
-    return triton is not None and device.type == "cuda" and n_nodes <= MAX_NODES
+    return ENABLED and triton is not None and device.type == "cuda" and n_nodes <= MAX_NODES
+
+
+def disable(exc: Exception) -> None:
+    """The kernel failed at run time: the torch path from now on."""
+    global ENABLED
+    ENABLED = False
+    warn_fallback(__name__, exc)
 
 
 def pack_rows(dual: torch.Tensor) -> torch.Tensor:

@@ -17,14 +17,9 @@ from __future__ import annotations
 import torch
 
 from fractals._checks import check_segments_counted
+from fractals._triton import tl, triton, warn_fallback
 
-try:  # triton ships with CUDA builds of torch; fractals itself needs only torch, numpy and scipy
-    import triton
-    import triton.language as tl
-except Exception:  # noqa: BLE001 - any import failure means "use the torch path"
-    triton = None
-
-__all__ = ["MAX_WINDOW", "available", "log_rs"]
+__all__ = ["ENABLED", "MAX_WINDOW", "available", "disable", "log_rs"]
 
 ENABLED = True  # False keeps the torch path on CUDA too (benchmarks/metrics.py compares the two)
 MAX_WINDOW = 8192  # one segment is held in registers: 8192 float64 across a program's threads
@@ -34,6 +29,13 @@ _TILE = 2048  # elements a program loads (SEGS segments of next_pow2(w) lanes)
 def available(device: torch.device, windows: list[int]) -> bool:
     """True when the kernel computes R/S for these windows on ``device``."""
     return ENABLED and triton is not None and device.type == "cuda" and max(windows) <= MAX_WINDOW
+
+
+def disable(exc: Exception) -> None:
+    """The kernel failed at run time: the torch path from now on."""
+    global ENABLED
+    ENABLED = False
+    warn_fallback(__name__, exc)
 
 
 if triton is not None:

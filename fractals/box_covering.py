@@ -16,7 +16,6 @@ The two agree exactly (tested on CPU by running the device kernel there too).
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
@@ -49,17 +48,6 @@ class BoxCounts:
 
 
 # ----------------------------------------------------------------------------- device kernels (torch)
-DEVICE_COLOURING = "auto"  # "torch" forces the torch loop on CUDA (benchmarks compare the two)
-log = logging.getLogger("fractals")
-
-
-def _triton_failed(exc: Exception) -> None:
-    """The Triton kernel could not run (compile or launch): the torch loop from now on, said once."""
-    global DEVICE_COLOURING
-    DEVICE_COLOURING = "torch"
-    log.warning("box covering: Triton colouring failed (%s: %s); using the torch loop", type(exc).__name__, exc)
-
-
 def _reachability(a: torch.Tensor) -> torch.Tensor:
     """Transitive closure (with self loops) by repeated squaring of a boolean matrix: (G, N, N)."""
     n = a.shape[-1]
@@ -103,14 +91,14 @@ def _greedy_box_counts(dist: torch.Tensor, nodes: torch.Tensor, eps: torch.Tenso
     dual = (dist.unsqueeze(1) >= eps.view(1, L, 1, 1)) & nodes.view(g, 1, n, 1) & nodes.view(g, 1, 1, n)
     degree = dual.sum(-1)  # (G, L, N); excluded nodes have degree 0 and are skipped below
     order = torch.argsort(degree.masked_fill(~nodes.view(g, 1, n), -1), dim=-1, descending=True, stable=True)
-    if DEVICE_COLOURING == "auto" and _box_triton.available(dist.device, n):
+    if _box_triton.available(dist.device, n):
         active = torch.gather(nodes.view(g, 1, n).expand(g, L, n), -1, order)  # coloured at each step
         lanes = g * L
         try:
             return _box_triton.colour_counts(dual.reshape(lanes, n, n), order.reshape(lanes, n),
                                              active.reshape(lanes, n)).reshape(g, L)
         except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher: same counts below
-            _triton_failed(exc)
+            _box_triton.disable(exc)
     color = torch.full((g, L, n), n, dtype=torch.long, device=dist.device)  # n = "not coloured yet"
     forbidden = torch.zeros((g, L, n + 1), dtype=torch.bool, device=dist.device)
     for s in range(n):

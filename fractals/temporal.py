@@ -8,7 +8,6 @@ return the same kind, and run on CPU or CUDA in float32 or float64. Definitions 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from typing import Optional, Sequence
 
@@ -382,9 +381,7 @@ def hurst_rs(
         except ValueError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher: torch path below
-            _rs_triton.ENABLED = False
-            logging.getLogger("fractals").warning("hurst_rs: Triton kernel failed (%s: %s); using the torch path",
-                                                  type(exc).__name__, exc)
+            _rs_triton.disable(exc)
     if y is None:
         y = map_rows(lambda rows: _log_rs(rows, windows, unbiased), t)  # (..., n_windows)
     log_n = torch.log(torch.tensor(windows, dtype=t.dtype, device=t.device))

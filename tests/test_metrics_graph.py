@@ -346,9 +346,8 @@ def test_triton_colouring_equals_numpy_colouring_in_the_interpreter():
 
 def test_device_colouring_switch_is_checked_and_the_kernel_refuses_oversized_graphs():
     from fractals import _box_triton
-    from fractals import box_covering as bc
 
-    assert bc.DEVICE_COLOURING == "auto"
+    assert _box_triton.ENABLED
     assert not _box_triton.available(torch.device("cpu"), 32)  # CPU tensors take the NumPy kernel
     assert not _box_triton.available(torch.device("cuda"), _box_triton.MAX_NODES + 1)
     if _box_triton.triton is not None:
@@ -448,12 +447,12 @@ def test_a_failing_triton_colouring_falls_back_to_the_torch_loop(monkeypatch, ca
     def broken(*args, **kwargs):
         raise RuntimeError("Failed to find C compiler")
 
-    monkeypatch.setattr(_box_triton, "available", lambda device, n: True)
+    monkeypatch.setattr(_box_triton, "available", lambda device, n: _box_triton.ENABLED)
     monkeypatch.setattr(_box_triton, "colour_counts", broken)
-    monkeypatch.setattr(bc, "DEVICE_COLOURING", "auto")
+    monkeypatch.setattr(_box_triton, "ENABLED", True)
     a = torch.from_numpy(nx.to_numpy_array(nx.grid_2d_graph(6, 6)) > 0)[None]
     eps = torch.tensor([1, 2, 3])
     with caplog.at_level("WARNING", logger="fractals"):
         got = bc._cover_device(a, eps, "largest")[2]
     assert torch.equal(got, bc._cover_cpu(a, eps, "largest")[2])
-    assert bc.DEVICE_COLOURING == "torch" and "Failed to find C compiler" in caplog.text
+    assert not _box_triton.ENABLED and "Failed to find C compiler" in caplog.text
