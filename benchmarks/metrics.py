@@ -273,24 +273,21 @@ def main() -> int:
             rows.append(dict(metric=name, ours_s=sec, ours_series_per_s=ours_rate, reference=lib,
                              reference_series_per_s=ref_rate))
     print(f"| **total pass** | {total * 1e3:.1f} | {n_series / total:.0f} | | | |")
-    if _box_triton.available(device, c):  # what the Triton colouring kernel saves over the torch loop
-        _box_triton.ENABLED = False
+    # What each Triton kernel saves: the same metric with the kernel switched off (CUDA only).
+    for kernel, on, metric, label in (
+        (_box_triton, _box_triton.available(device, c), "fc_graph_fd", "torch colouring loop"),
+        (_rs_triton, _rs_triton.available(device, default_windows(t)), "hurst_rs", "torch path"),
+    ):
+        if not on:
+            continue
+        kernel.ENABLED = False
         try:
-            loop_s = _median_seconds(our_metrics(x)["fc_graph_fd"], device, args.warmup, args.repeat)
+            torch_s = _median_seconds(our_metrics(x)[metric], device, args.warmup, args.repeat)
         finally:
-            _box_triton.ENABLED = True
-        print(f"| fc_graph_fd, torch colouring loop instead of Triton | {loop_s * 1e3:.1f} | {n_series / loop_s:.0f} "
-              f"| - | - | Triton {loop_s / ours['fc_graph_fd']:.1f}x faster |")
-        rows.append(dict(metric="fc_graph_fd_torch_loop", ours_s=loop_s, ours_series_per_s=n_series / loop_s))
-    if _rs_triton.available(device, default_windows(t)):  # R/S: Triton kernel against the torch path
-        _rs_triton.ENABLED = False
-        try:
-            torch_s = _median_seconds(our_metrics(x)["hurst_rs"], device, args.warmup, args.repeat)
-        finally:
-            _rs_triton.ENABLED = True
-        print(f"| hurst_rs, torch path instead of Triton | {torch_s * 1e3:.1f} | {n_series / torch_s:.0f} "
-              f"| - | - | Triton {torch_s / ours['hurst_rs']:.1f}x faster |")
-        rows.append(dict(metric="hurst_rs_torch_path", ours_s=torch_s, ours_series_per_s=n_series / torch_s))
+            kernel.ENABLED = True
+        print(f"| {metric}, {label} instead of Triton | {torch_s * 1e3:.1f} | {n_series / torch_s:.0f} "
+              f"| - | - | Triton {torch_s / ours[metric]:.1f}x faster |")
+        rows.append(dict(metric=f"{metric}_without_triton", ours_s=torch_s, ours_series_per_s=n_series / torch_s))
     if args.graph_shape and device.type == "cpu":
         gb, gc = args.graph_shape
         print(f"  FC + graph FD on {gb} graphs of {gc} nodes ...", file=sys.stderr, flush=True)
