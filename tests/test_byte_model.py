@@ -195,3 +195,29 @@ def test_fmx_infer_refuses_a_file_that_is_not_a_byte_checkpoint(tmp_path):
         out = CliRunner().invoke(app, ["infer", str(tmp_path / name), "-n", "1"])
         flat = "".join(ch for ch in out.output if ch.isalnum() or ch in "._")  # the error panel wraps lines
         assert out.exit_code == 2 and "notafractal_bytecheckpoint" in flat and name in flat, (out.output, out.exception)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in LM whose next-token logits are the same at every step."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32))
+
+    def forward(self, ids):
+        return self.logits.expand(ids.shape[0], ids.shape[1], -1)
+
+
+def test_generate_stops_at_eos_and_never_samples_pad_or_bos():
+    from models.byte.tokenizer import BOS, EOS, PAD, VOCAB_SIZE
+
+    logits = torch.full((VOCAB_SIZE,), -5.0)
+    logits[PAD] = logits[BOS] = 10.0  # the most likely ids, yet they never occur in data
+    logits[EOS] = 1.0
+    logits[ord("a")] = 0.5
+    model = _FixedLogits(logits)
+    assert generate(model, [ord("x")], max_new=5) == [ord("x"), EOS]
+    assert generate(model, [ord("x")], max_new=5, stop_at_eos=False) == [ord("x")] + [ord("a")] * 5
+    sampled = generate(model, [ord("x")], max_new=50, temperature=1.0, top_k=3, stop_at_eos=False,
+                       generator=torch.Generator().manual_seed(0))
+    assert set(sampled[1:]) <= set(range(256)) and len(sampled) == 51

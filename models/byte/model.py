@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from models.backbones.mamba2 import Mamba2
-from models.byte.tokenizer import VOCAB_SIZE
+from models.byte.tokenizer import EOS, VOCAB_SIZE
 from models.layers.norms import RMSNorm
 
 __all__ = ["FractalModule", "FractalByteLM", "generate"]
@@ -118,28 +118,38 @@ class FractalByteLM(nn.Module):
 
 @torch.no_grad()
 def generate(model: FractalByteLM, prompt: Sequence[int], *, max_new: int = 64, temperature: float = 0.0,
-             top_k: int | None = None, generator: torch.Generator | None = None) -> list[int]:
-    """Sample ``max_new`` bytes after ``prompt`` (greedy when ``temperature == 0``).
+             top_k: int | None = None, generator: torch.Generator | None = None,
+             stop_at_eos: bool = True) -> list[int]:
+    """Sample up to ``max_new`` tokens after ``prompt`` (greedy when ``temperature == 0``).
 
-    The whole sequence is re-run each step (the portable SSD has no incremental decode path), so
-    cost grows with length: fine for the short generations ``fmx infer`` makes.
+    The candidates are the 256 bytes and EOS (PAD and BOS never occur in training data). With
+    ``stop_at_eos`` generation ends when the model emits EOS, the separator it learned between files,
+    and the returned ids end with that EOS; without it EOS is never sampled, so exactly ``max_new``
+    bytes come back. The whole sequence is re-run each step (the portable SSD has no incremental
+    decode path), so cost grows with length: fine for the short generations ``fmx infer`` makes.
     """
     if not prompt:
         raise ValueError("prompt: needs at least one token (start an empty prompt with EOS, the training data's separator)")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    allowed = torch.zeros(VOCAB_SIZE, dtype=torch.bool)
+    allowed[:256] = True
+    allowed[EOS] = stop_at_eos
     ids = list(prompt)
     for _ in range(max_new):
-        logits = model(torch.tensor([ids], device=device))[0, -1, :256].float()
+        logits = model(torch.tensor([ids], device=device))[0, -1].float().cpu()
+        logits = logits.masked_fill(~allowed, float("-inf"))
         if temperature <= 0:
             nxt = int(logits.argmax())
         else:
             logits = logits / temperature
             if top_k:
-                kth = torch.topk(logits, min(top_k, 256)).values[-1]
+                kth = torch.topk(logits, min(top_k, int(allowed.sum()))).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = int(torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=generator))
+            nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
         ids.append(nxt)
+        if nxt == EOS:
+            break
     model.train(was_training)
     return ids

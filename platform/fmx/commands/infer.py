@@ -16,8 +16,10 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(0.8, min=0.0, help="0 for greedy decoding"),
         top_k: int = typer.Option(40, min=0, help="sample among the k most likely bytes"),
         seed: int = typer.Option(0, help="sampling seed"),
+        stop: bool = typer.Option(True, "--stop/--no-stop",
+                                  help="end at the model's end-of-file token (EOS) before --max-bytes"),
     ) -> None:
-        """Continue PROMPT with the byte model in CHECKPOINT and print the bytes."""
+        """Continue the prompt with the byte model in CHECKPOINT and print the bytes (up to --max-bytes, or to EOS)."""
         import torch
 
         from models.byte.lightning import load_for_inference
@@ -36,5 +38,5 @@ def register(app: typer.Typer) -> None:
         # Training joins files with EOS, so EOS (never BOS, absent from the data) is what precedes a document start.
         ids = encode(prompt) if prompt else [EOS]
         out = generate(model, ids, max_new=max_bytes, temperature=temperature, top_k=top_k,
-                       generator=torch.Generator().manual_seed(seed))
+                       generator=torch.Generator().manual_seed(seed), stop_at_eos=stop)
         sys.stdout.buffer.write(decode(out) + b"\n")
