@@ -37,6 +37,11 @@ class ForecastHead(nn.Module):
     ``prediction[..., s*P:(s+1)*P]`` is the forecast of target samples
     ``[(s+horizon)*P, (s+horizon+1)*P)``. The loss covers steps ``0 .. S-horizon-1`` (whose future is
     inside the window). ``loss`` as in :class:`~models.heads.reconstruction.MaskedReconstructionHead`.
+    The ``mse`` target is z-scored over the whole window: one scale per channel and window, which
+    fixes the loss's units and reveals nothing to the predictions (they never read the target).
+    Standardising each future block by running statistics up to its step instead was measured on
+    the synthetic LFP (tiny preset, 4-sample steps): step 0's targets then had mean square ~95
+    against ~1.8 from step 4 on, so the first steps would dominate the loss.
     The head is causal; the whole model is causal when the backbone is (Mamba) and the Perceiver
     uses ``latent_attention="causal"`` or ``"local"``.
 
