@@ -143,7 +143,8 @@ def test_nested_octave_kernel_equals_per_scale_detrending(n, scales, both):
     # Nested scales with order 1 merge each scale's centred sums from the finest one; any other
     # grid detrends every scale from the samples. Both must give the same segment energies, for
     # start- and end-aligned segments (n = 3001 leaves remainders at every scale).
-    from fractals.dfa import _nested_linear_energies, _nested_scales, _profile, _segment_energies
+    from fractals._dfa_nested import _nested_linear_energies, _nested_scales
+    from fractals.dfa import _profile, _segment_energies
 
     assert _nested_scales(scales, 1) and not _nested_scales(scales, 2) and not _nested_scales([8, 12, 24], 1)
     x = S.fgn(n, 0.7, batch_shape=(3,), generator=torch.Generator().manual_seed(4))
