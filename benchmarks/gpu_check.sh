@@ -31,10 +31,10 @@ timeout 50 "$py" benchmarks/metrics.py --device cuda 2>&1 | tee "$out/metrics.tx
 timeout 60 "$py" benchmarks/priors.py --device cuda --compile 2>&1 | tee "$out/priors.txt"
 timeout 50 "$py" benchmarks/attention.py --device cuda --dtype bf16 --lengths 256 1024 4096 16384 2>&1 \
   | tee "$out/attention.txt"
-timeout 100 "$py" benchmarks/model.py --device cuda --only ssd step --compile --out "$out/model.json" 2>&1 \
+timeout 120 "$py" benchmarks/model.py --device cuda --only ssd step --compile --out "$out/model.json" 2>&1 \
   | tee "$out/model.txt"
 # Acceptance (small preset, 3000 steps per arm) is the longest part: --out is written after every arm,
 # so the arms that finished before the timeout still come back in $out/acceptance.json.
-timeout 130 "$py" benchmarks/model.py --device cuda --only acceptance --seeds 2 --out "$out/acceptance.json" 2>&1 \
+timeout 110 "$py" benchmarks/model.py --device cuda --only acceptance --seeds 2 --out "$out/acceptance.json" 2>&1 \
   | tee "$out/acceptance.txt"
 echo "gpu_check done; logs in $out"

@@ -279,7 +279,9 @@ def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int
         energies = torch.cat([_segment_energies(profile, prefix, s, order, both) for s in scales], -1)  # (..., V)
     counts = _segments_per_scale(t.shape[-1], scales, both)
     # Rounding can leave -1e-16 where a segment is exactly polynomial; that is zero.
-    sizes = _segment_sizes(t.shape[-1], tuple(scales), both, profile.dtype, str(profile.device))
+    # Under torch.compile the cache wrapper is bypassed anyway (dynamo traces the function and warns).
+    sizes_of = _segment_sizes.__wrapped__ if torch.compiler.is_compiling() else _segment_sizes
+    sizes = sizes_of(t.shape[-1], tuple(scales), both, profile.dtype, str(profile.device))
     seg_var = energies.clamp_min(0.0) / sizes
     keep = None
     if floor > 0:

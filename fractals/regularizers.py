@@ -35,10 +35,9 @@ saturate (``M`` reaches ``C``). Finite ``l`` biases it low on lattices (ring: ``
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
-from torch import nn
 
 from fractals._checks import autocast_off, check_positive
 from fractals.spectral import band_bin_range, welch_segments
@@ -399,137 +398,13 @@ def l_graph_fd(
 # --------------------------------------------------------------------------------------------------
 # module
 # --------------------------------------------------------------------------------------------------
-class FractalPriors(nn.Module):
-    """The three fractal priors as one loss module, configured like ``conf/fractals/default.yaml``.
 
-    ``forward(latents, step=None, *, fs=None)`` returns ``(total, parts)`` with ``parts`` holding the
-    weighted ``spec``, ``mf`` and ``graphfd`` terms (0-dim tensors). Nothing is computed (all zeros)
-    when ``enable`` is false or ``step < warmup_steps``; a term with zero lambda is never computed.
-    ``step=None`` means the caller handles warmup.
 
-    Parameters
-    ----------
-    enable : bool
-        Master switch (``fractals.enable``).
-    spectral_beta_target, lambda_spec, lambda_mf, lambda_graphfd, warmup_steps
-        The ``priors`` block: 1/f target and the three weights; priors start at ``warmup_steps``.
-    fs : float
-        Latent sampling rate in Hz (``metrics.sample_rate_hz``); override per call with ``fs=``.
-    band : (lo, hi)
-        Fit band of the 1/f prior (``metrics.temporal.psd_freq_band``).
-    exclude_peaks : bool
-        Mask oscillatory peaks in the 1/f prior (``priors.exclude_peaks``; off by default, see
-        :func:`l_spec_1overf`; ``metrics.temporal.exclude_peaks`` configures the estimators only).
-    q_vals, scales
-        MFDFA moments and scales (``metrics.multifractal``); scales above T/2 are dropped per call.
-    tau_target : sequence, optional
-        Target tau(q) for the multifractal match term.
-    eps_values, corr_threshold
-        Hop radii and |r| threshold of the graph term (``metrics.graph``).
-    graph_D_target : float, optional
-        Target graph dimension; None stabilises D across the batch instead.
-    time_dim : int
-        Time axis of the latents (1 for ``(B, T, C)``).
+def __getattr__(name: str):
+    # FractalPriors lives in fractals.priors (the config-driven module beside these functional terms);
+    # a lazy import keeps ``from fractals.regularizers import FractalPriors`` working without a cycle.
+    if name == "FractalPriors":
+        from fractals.priors import FractalPriors
 
-    Shape:
-        latents: ``(B, T, C)`` with time on ``time_dim``.
-    """
-
-    def __init__(
-        self,
-        *,
-        enable: bool = True,
-        spectral_beta_target: float = 1.0,
-        lambda_spec: float = 0.05,
-        lambda_mf: float = 0.02,
-        lambda_graphfd: float = 0.01,
-        warmup_steps: int = 1000,
-        fs: float = 1000.0,
-        band: Sequence[float] = (2.0, 80.0),
-        exclude_peaks: bool = False,
-        q_vals: Sequence[float] = (-5, -3, -1, 0, 1, 3, 5),
-        scales: Sequence[int] = (8, 16, 32, 64, 128, 256),
-        tau_target: Optional[Sequence[float]] = None,
-        eps_values: Sequence[int] = (1, 2, 3, 4, 5, 6),
-        corr_threshold: float = 0.3,
-        graph_D_target: Optional[float] = None,
-        time_dim: int = 1,
-    ):
-        super().__init__()
-        self.enable = bool(enable)
-        self.spectral_beta_target = float(spectral_beta_target)
-        self.lambda_spec = _check_weight(lambda_spec)
-        self.lambda_mf = _check_weight(lambda_mf)
-        self.lambda_graphfd = _check_weight(lambda_graphfd)
-        if int(warmup_steps) < 0:
-            raise ValueError(f"warmup_steps: must be >= 0, got {warmup_steps!r}")
-        self.warmup_steps = int(warmup_steps)
-        check_positive(fs, "fs")
-        self.fs = float(fs)
-        if len(band) != 2 or not 0 <= float(band[0]) < float(band[1]):
-            raise ValueError(f"band: needs (lo, hi) with 0 <= lo < hi, got {band!r}")
-        self.band = (float(band[0]), float(band[1]))
-        self.exclude_peaks = bool(exclude_peaks)
-        self.q_vals = [float(q) for q in q_vals]
-        self.scales = [int(s) for s in scales]
-        self.tau_target = None if tau_target is None else [float(t) for t in tau_target]
-        if self.tau_target is not None and len(self.tau_target) != len(self.q_vals):
-            raise ValueError(f"tau_target: needs one value per q ({len(self.q_vals)}), got {len(self.tau_target)}")
-        self.eps_values = [int(e) for e in eps_values]
-        self.corr_threshold = float(corr_threshold)
-        self.graph_D_target = None if graph_D_target is None else float(graph_D_target)
-        self.time_dim = int(time_dim)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], **overrides) -> "FractalPriors":
-        """Build from the ``fractals`` config block (``enable``, ``metrics``, ``priors``); keyword
-        overrides win (e.g. ``fs=`` for the latent rate, ``graph_D_target=``)."""
-        if not isinstance(cfg, Mapping):
-            raise ValueError(f"cfg: needs the fractals config mapping, got {type(cfg).__name__}")
-        metrics = cfg.get("metrics", {}) or {}
-        temporal = metrics.get("temporal", {}) or {}
-        mf = metrics.get("multifractal", {}) or {}
-        graph = metrics.get("graph", {}) or {}
-        priors = dict(cfg.get("priors", {}) or {})
-        priors.pop("ramp_steps", None)  # a training-schedule key: models.lightning.NeuroFMxModule reads it
-        known = {"spectral_beta_target", "lambda_spec", "lambda_mf", "lambda_graphfd", "warmup_steps",
-                 "tau_target", "graph_D_target", "exclude_peaks"}
-        unknown = set(priors) - known
-        if unknown:
-            raise ValueError(f"fractals.priors: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-        kwargs = dict(
-            enable=bool(cfg.get("enable", True)),
-            fs=float(metrics.get("sample_rate_hz", 1000.0)),
-            band=tuple(temporal.get("psd_freq_band", (2.0, 80.0))),
-            q_vals=list(mf.get("q_vals", (-5, -3, -1, 0, 1, 3, 5))),
-            scales=list(mf.get("scales", (8, 16, 32, 64, 128, 256))),
-            eps_values=list(graph.get("box_eps", (1, 2, 3, 4, 5, 6))),
-            corr_threshold=float(graph.get("corr_threshold", 0.3)),
-        )
-        kwargs.update(priors)
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    def extra_repr(self) -> str:
-        return (f"enable={self.enable}, beta*={self.spectral_beta_target}, lambda_spec={self.lambda_spec}, "
-                f"lambda_mf={self.lambda_mf}, lambda_graphfd={self.lambda_graphfd}, warmup={self.warmup_steps}")
-
-    def forward(self, latents: torch.Tensor, step: Optional[int] = None, *, fs: Optional[float] = None):
-        zero = _zero_like(latents)
-        parts = {"spec": zero, "mf": zero, "graphfd": zero}
-        if not self.enable or (step is not None and int(step) < self.warmup_steps):
-            return zero, parts
-        if self.lambda_spec > 0:
-            parts["spec"] = l_spec_1overf(latents, self.fs if fs is None else fs, self.band,
-                                          self.spectral_beta_target, self.lambda_spec,
-                                          time_dim=self.time_dim, exclude_peaks=self.exclude_peaks)
-        if self.lambda_mf > 0:
-            n = latents.shape[self.time_dim]
-            scales = [s for s in self.scales if s <= n // 2]
-            parts["mf"] = l_multifractal(latents, self.q_vals, scales, self.lambda_mf, self.tau_target,
-                                         time_dim=self.time_dim)
-        if self.lambda_graphfd > 0:
-            parts["graphfd"] = l_graph_fd(latents, self.eps_values, self.corr_threshold, self.graph_D_target,
-                                          self.lambda_graphfd, time_dim=self.time_dim)
-        total = parts["spec"] + parts["mf"] + parts["graphfd"]
-        return total, parts
+        return FractalPriors
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -216,6 +216,8 @@ def test_priors_on_cuda_match_cpu():
     gpu_total.backward()
     assert gpu_total.device.type == "cuda" and bool(torch.isfinite(xc.grad).all())
     assert float(gpu_total.detach().cpu()) == pytest.approx(float(cpu_total), rel=1e-3)
+    # compile="auto" compiles on CUDA: this is the compiled path, and it must not have fallen back.
+    assert priors.compile == "auto" and priors._compiled is not None, "torch.compile fell back to eager on CUDA"
 
 
 def test_slow_latents_clip_the_band_and_fs_override_is_used():
@@ -304,3 +306,64 @@ def test_compiled_spectral_prior_backward_equals_eager():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert float(proc.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_priors_compile_option_equals_eager_and_survives_copies():
+    # compile=True runs the three terms through torch.compile (inductor on CPU here, Triton on CUDA);
+    # a subprocess keeps an inductor abort from taking pytest down.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import copy, pickle, torch
+        from fractals.priors import FractalPriors
+        torch.manual_seed(0)
+        x = torch.randn(2, 256, 8, requires_grad=True)
+        kw = dict(warmup_steps=0, scales=[8, 16, 32, 64])
+        total, parts = FractalPriors(compile=False, **kw)(x)
+        total.backward(); eager = x.grad.clone(); x.grad = None
+        priors = FractalPriors(compile=True, **kw)
+        ctotal, cparts = priors(x)
+        ctotal.backward()
+        assert priors.compile is True and priors._compiled is not None, "fell back to eager"
+        assert copy.deepcopy(priors)._compiled is None and pickle.loads(pickle.dumps(priors)).compile is True
+        print(float(abs(ctotal - total) / total), max(float(abs(cparts[k] - parts[k])) for k in parts),
+              float((x.grad - eager).abs().max() / eager.abs().max()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rel_total, abs_parts, rel_grad = map(float, proc.stdout.strip().splitlines()[-1].split())
+    assert rel_total < 1e-5 and abs_parts < 1e-6 and rel_grad < 1e-4
+
+
+def test_priors_compile_failure_falls_back_to_eager_once(monkeypatch, caplog):
+    from fractals import priors as priors_mod
+
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("inductor: no C compiler")
+        return run
+
+    monkeypatch.setattr(priors_mod.torch, "compile", broken_compile)
+    x = torch.randn(2, 256, 8)
+    kw = dict(warmup_steps=0, scales=[8, 16, 32, 64])
+    priors = FractalPriors(compile=True, **kw)
+    with caplog.at_level("WARNING", logger="fractals"):
+        total, _ = priors(x)
+        again, _ = priors(x)
+    assert [r.message.count("torch.compile failed") for r in caplog.records] == [1]
+    assert priors.compile is False
+    expected, _ = FractalPriors(compile=False, **kw)(x)
+    assert float(total) == float(again) == float(expected)
+
+
+def test_priors_compile_option_is_checked_and_configurable():
+    with pytest.raises(ValueError, match="compile"):
+        FractalPriors(compile="yes")
+    cfg = {"enable": True, "priors": {"lambda_spec": 0.05, "compile": False}}
+    assert FractalPriors.from_config(cfg).compile is False
+    assert FractalPriors.from_config({"enable": True}).compile == "auto"
+    bad = torch.randn(2, 256, 8)
+    with pytest.raises(ValueError, match="band"):  # bad input is an error, not a compile fallback
+        FractalPriors(compile=True, warmup_steps=0, band=(600.0, 900.0), lambda_mf=0, lambda_graphfd=0)(bad)
