@@ -41,3 +41,17 @@ def build_datamodule(cfg: Mapping[str, Any]):
     """Build the LightningDataModule named by ``cfg['data']['name']`` (default ``synthetic``)."""
     name = cfg.get("data", {}).get("name", "synthetic")
     return _resolve(DATA_MODULES, name, "data.name", "build_datamodule")(cfg)
+
+
+def build_module_and_data(cfg: Mapping[str, Any]):
+    """The datamodule of ``cfg``, then the LightningModule with its config fitted to that data.
+
+    A NeuroFMx config gets tokenizers and id vocabularies for the data's modalities
+    (:func:`models.fit_to_data.fit_model_config`; e.g. 19-channel EEG from ``data=files`` on a preset
+    written for synthetic LFP). Returns ``(module, datamodule)``.
+    """
+    from models.fit_to_data import fit_model_config
+
+    data = build_datamodule(cfg)
+    fitted, _ = fit_model_config(cfg, getattr(data, "info", None) or {})
+    return build_lightning_module(fitted), data

@@ -80,10 +80,16 @@ def _import(path: str) -> Callable:
 
 
 def build_module_and_data(cfg: Mapping[str, Any], builders: Mapping[str, str] | None = None):
-    """The LightningModule and DataModule of ``cfg`` via :mod:`models.registry` (or ``module:function`` paths)."""
+    """The LightningModule and DataModule of ``cfg`` via :mod:`models.registry` (or ``module:function`` paths).
+
+    Without builder overrides the model config is first fitted to the data
+    (:func:`models.registry.build_module_and_data`): e.g. ``data=files`` on EEG adds an ``eeg`` tokenizer.
+    """
     builders = builders or {}
     from models import registry
 
+    if not builders:
+        return registry.build_module_and_data(cfg)
     make_module = _import(builders["module"]) if "module" in builders else registry.build_lightning_module
     make_data = _import(builders["data"]) if "data" in builders else registry.build_datamodule
     return make_module(cfg), make_data(cfg)

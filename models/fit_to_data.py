@@ -1,0 +1,93 @@
+"""Fit a NeuroFMx config to the data it will train on: tokenizers for the data's modalities, id vocabularies.
+
+The presets are written for the synthetic data (``lfp`` and ``spikes``, at most 16 LFP channels). A folder
+of real recordings (``data=files``) brings, say, 19 EEG channels under the batch key ``eeg``: without this
+step the model would find no tokenizer for ``eeg`` and, renamed to ``lfp``, channel ids past its vocabulary.
+:func:`fit_model_config` makes the changes a user would make by hand, and says which:
+
+- a signal modality of the data without a tokenizer gets one, copied from the config's first continuous
+  tokenizer (same layout and options), when the new one is continuous too (EEG, ECoG, iEEG, LFP, EMG);
+- a tokenizer's channel-id vocabulary too small for the data's ids (``n_channel_ids`` in the data info)
+  is raised to it;
+- forecast and reconstruction heads with explicit ``keys`` also cover the new modality.
+
+Nothing is ever shrunk or removed, so a config that already fits comes back unchanged, and the same data
+always gives the same model (checkpoints stay loadable).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Mapping
+
+from models.neurofmx import _VOCAB_OPTION, SIGNAL_KEYS, _vocab
+from models.tokenizers.continuous import CONTINUOUS_KEYS
+
+__all__ = ["fit_model_config"]
+
+log = logging.getLogger(__name__)
+
+
+def _continuous(key: str, opts: Mapping[str, Any]) -> bool:
+    return (opts.get("kind") or ("continuous" if key in CONTINUOUS_KEYS else key)) == "continuous"
+
+
+def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """Return ``(cfg, changes)``: a copy of ``cfg`` whose ``model`` block fits the data described by ``info``.
+
+    Parameters
+    ----------
+    cfg : mapping
+        The composed config (``model`` block of the ``neurofmx`` family; other families pass through).
+    info : mapping
+        The datamodule's ``info``: ``modalities`` (batch keys) and, for one-key data such as
+        ``data=files``, ``n_channel_ids``.
+
+    Returns
+    -------
+    cfg : dict
+        The fitted config (a deep copy; the input is not modified).
+    changes : list of str
+        One line per change, as ``model.<path>: <what>``, empty when the config already fits.
+    """
+    out = copy.deepcopy(dict(cfg))
+    model = out.get("model") or {}
+    if model.get("family", "neurofmx") != "neurofmx":
+        return out, []
+    tokenizers = model.setdefault("tokenizers", {})
+    modalities = [k for k in (info.get("modalities") or []) if k in SIGNAL_KEYS]
+    n_ids = info.get("n_channel_ids")
+    changes: list[str] = []
+    for key in modalities:
+        if key not in tokenizers:
+            source = next((k for k, o in tokenizers.items() if _continuous(k, o or {})), None)
+            if not _continuous(key, {}) or source is None:
+                raise ValueError(
+                    f"model.tokenizers: the data has modality {key!r} but the model has no tokenizer for it "
+                    f"(it has {sorted(tokenizers)}); add model.tokenizers.{key} to the model config")
+            opts = {k: v for k, v in dict(tokenizers[source] or {}).items()
+                    if k not in ("key", "kind", "n_channels", "n_channel_ids")}
+            tokenizers[key] = opts
+            changes.append(f"model.tokenizers.{key}: added, options copied from model.tokenizers.{source}")
+        opts = tokenizers[key] = dict(tokenizers[key] or {})
+        if n_ids is not None and len(modalities) == 1:
+            have = _vocab(key, opts, default=0)
+            if have < int(n_ids):
+                name = next((n for n in (_VOCAB_OPTION.get(key), "n_channels", "n_units", "n_channel_ids")
+                             if n and n in opts), _VOCAB_OPTION.get(key) or "n_channels")
+                opts[name] = int(n_ids)
+                changes.append(f"model.tokenizers.{key}.{name}: {have or 'unset'} -> {int(n_ids)} "
+                               f"(the data has {int(n_ids)} channel ids)")
+    heads = model.get("heads") or {}
+    for kind in ("forecast", "reconstruction"):
+        head = heads.get(kind)
+        if not head or "keys" not in head:
+            continue  # no head, or keys default to every signal tokenizer (new ones included)
+        keys = list(head["keys"])
+        missing = [k for k in modalities if k not in keys]
+        if missing:
+            head["keys"] = keys + missing
+            changes.append(f"model.heads.{kind}.keys: added {missing}")
+    for line in changes:
+        log.info("fitted to the data: %s", line)
+    return out, changes
