@@ -66,7 +66,8 @@ class NeuroDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None:
-            raise ValueError("test_dataloader: this datamodule has no test split (set data.n_test)")
+            raise ValueError("test_dataloader: this datamodule has no test split (the synthetic dataset makes one "
+                             "with data.n_test > 0; the files dataset has train and validation only)")
         return self._loader(self.test_set, shuffle=False)
 
 

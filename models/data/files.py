@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.data.batch import CHANNEL_KEYS, TIME_MAJOR_KEYS
 from models.data.readers import SUPPORTED_EXTENSIONS, Recording, read_recording
 
 __all__ = ["RecordingWindows", "find_recordings", "load_recordings", "subject_of", "build_files_datamodule"]
@@ -45,13 +46,23 @@ def _is_sidecar(path: Path) -> bool:
 
 
 def find_recordings(root: str | Path, pattern: str = "**/*") -> list[Path]:
-    """Sorted files under ``root`` matching ``pattern`` with a readable extension (BIDS tables and data-set
-    documentation such as LICENSE.txt skipped)."""
+    """Sorted files under ``root`` matching ``pattern`` with a readable extension (BIDS tables, data-set
+    documentation such as LICENSE.txt, and hidden files or folders under ``root`` skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data.root: {str(root)!r} is not a folder; point it at a folder of recordings")
+    if Path(pattern).is_absolute():
+        raise ValueError(f"data.pattern: {pattern!r} is an absolute path; give a glob relative to data.root, "
+                         f"e.g. '**/*.edf' (data.root={str(root)!r})")
     matched = [p for p in root.glob(pattern) if p.is_file() and
                (p.suffix.lower() in SUPPORTED_EXTENSIONS or p.name.lower().endswith(".fif.gz"))]
+    # Hidden names under the root are copies, not recordings: macOS '._x.edf' AppleDouble files,
+    # '.ipynb_checkpoints/'; they would fail to read and stop the whole dataset.
+    hidden = {p for p in matched if any(part.startswith(".") and part not in (".", "..")
+                                        for part in p.parts[len(root.parts):])}
+    if hidden:
+        log.info("skipping %d hidden file(s), e.g. %s", len(hidden), min(hidden))
+        matched = [p for p in matched if p not in hidden]
     sidecars = [p for p in matched if _is_sidecar(p)]
     if sidecars:
         log.info("skipping %d metadata file(s) (BIDS tables, README/LICENSE), e.g. %s", len(sidecars), sidecars[0].name)
@@ -75,6 +86,8 @@ def subject_of(path: Path) -> str:
 def load_recordings(paths: Sequence[Path], *, resample_hz: Optional[float] = None,
                     channels: Optional[Sequence[str]] = None) -> list[Recording]:
     """Read continuous recordings; all must share one sampling rate (resample otherwise)."""
+    if isinstance(channels, str):  # one name (data.channels=Cz on the command line), not its letters
+        channels = [channels]
     recs = []
     for i, path in enumerate(paths):
         rec = read_recording(path, channels=channels, resample=resample_hz)
@@ -83,13 +96,29 @@ def load_recordings(paths: Sequence[Path], *, resample_hz: Optional[float] = Non
                 f"{path}: is an interval series ({rec.kind}); the files dataset windows continuous signals: "
                 "narrow data.pattern (e.g. '**/*.edf')"
             )
-        recs.append(rec.replace(data=np.asarray(rec.data, dtype=np.float32)))
+        changes: dict[str, Any] = {"data": np.asarray(rec.data, dtype=np.float32)}
+        _check_finite(changes["data"], rec.channel_names, rec.fs, path)
+        if channels:  # picked case-insensitively; one spelling per channel keeps one id per channel
+            changes["channel_names"] = tuple(str(c) for c in channels)
+        if resample_hz and abs(rec.fs - float(resample_hz)) <= 1e-3 * float(resample_hz):
+            changes["fs"] = float(resample_hz)  # the polyphase ratio is approximated to 1/1000
+        recs.append(rec.replace(**changes))
         if (i + 1) % 20 == 0:
             log.info("read %d/%d recordings", i + 1, len(paths))
     rates = sorted({float(r.fs) for r in recs})
     if len(rates) > 1:
         raise ValueError(f"data.resample_hz: recordings have different rates {rates} Hz; set one rate to resample to")
     return recs
+
+
+def _check_finite(data: np.ndarray, names: Sequence[str], fs: float, path: Path) -> None:
+    bad = ~np.isfinite(data)
+    if bad.any():
+        ch, t = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{path}: {int(bad.sum())} non-finite sample(s) (NaN/inf), the first in channel {names[ch]!r} at "
+            f"{t / fs:.1f} s; every window over them would train on NaN: interpolate the gaps or cut the file"
+        )
 
 
 class RecordingWindows(Dataset):
@@ -119,6 +148,9 @@ class RecordingWindows(Dataset):
             raise ValueError(f"data.window: must be an integer >= 2 samples, got {window!r}")
         if not isinstance(stride, (int, np.integer)) or stride < 1:
             raise ValueError(f"data.stride: must be an integer >= 1 sample, got {stride!r}")
+        continuous = [k for k in CHANNEL_KEYS if k not in TIME_MAJOR_KEYS]  # (C, T) keys of models.data.batch
+        if key not in continuous:
+            raise ValueError(f"data.key: {key!r} is not a continuous batch key; use one of {continuous}")
         self.recordings, self.window, self.key = list(recordings), int(window), key
         if not self.recordings:
             raise ValueError("recordings: empty; nothing to window")
@@ -152,7 +184,7 @@ class RecordingWindows(Dataset):
         rec_i, start = self.index[int(i)]
         data = self.recordings[rec_i].data[:, start:start + self.window]
         return {
-            self.key: torch.from_numpy(np.ascontiguousarray(data)),
+            self.key: torch.from_numpy(data.copy()),  # a copy: a one-channel slice would be a view of the recording
             f"{self.key}_channel_ids": self._ids[rec_i].clone(),
             "subject": torch.tensor(self._subject[rec_i], dtype=torch.long),
             "fs": self.fs,
@@ -161,8 +193,8 @@ class RecordingWindows(Dataset):
 
 def _split_files(paths: list[Path], val_fraction: float, seed: int, split_by: str) -> tuple[list[Path], list[Path]]:
     """Seeded split of whole files (``split_by="file"``) or whole subjects (``"subject"``)."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"data.val_fraction: must lie in [0, 1), got {val_fraction!r}")
+    if not 0 < val_fraction < 1:  # at least one file (or subject) is always held out, so 0 cannot mean none
+        raise ValueError(f"data.val_fraction: must lie in (0, 1), got {val_fraction!r}")
     if split_by not in ("file", "subject"):
         raise ValueError(f"data.split_by: must be 'file' or 'subject', got {split_by!r}")
     groups = sorted({str(p) if split_by == "file" else subject_of(p) for p in paths})
@@ -189,13 +221,21 @@ def build_files_datamodule(cfg: Mapping[str, Any], module_cls, batch_size: int):
     paths = find_recordings(root, data.get("pattern") or "**/*")
     if data.get("max_files"):
         paths = paths[: int(data["max_files"])]
+    recs = dict(zip(paths, load_recordings(paths, resample_hz=data.get("resample_hz"), channels=data.get("channels"))))
+    window = int(data.get("window", 256))
+    # Files shorter than a window yield nothing: drop them before the split so none takes a split's place.
+    short = [p for p in paths if recs[p].data.shape[-1] < window]
+    if short:
+        log.warning("%d recording(s) shorter than window=%d samples give no window: %s", len(short), window,
+                    [str(p) for p in short[:5]])
+        paths = [p for p in paths if recs[p].data.shape[-1] >= window]
+        if not paths:
+            raise ValueError(f"data.window: {window} samples is longer than every recording; lower it")
     train_paths, val_paths = _split_files(paths, float(data.get("val_fraction", 0.2)), seed,
                                           str(data.get("split_by", "file")))
-    recs = dict(zip(paths, load_recordings(paths, resample_hz=data.get("resample_hz"), channels=data.get("channels"))))
     key = str(data.get("key", "eeg"))
-    channel_vocab = sorted({c for r in recs.values() for c in r.channel_names})
+    channel_vocab = sorted({c for p in paths for c in recs[p].channel_names})
     subject_vocab = sorted({subject_of(p) for p in paths})
-    window = int(data.get("window", 256))
     stride = int(data.get("stride") or window)
     common = dict(window=window, key=key, channel_vocab=channel_vocab, subject_vocab=subject_vocab)
     train = RecordingWindows([recs[p] for p in train_paths], stride=stride, **common)

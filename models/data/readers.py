@@ -3,8 +3,13 @@
 Formats (picked by file extension, see :func:`read_recording`):
 
 ========================  =====================================================================
-``.edf`` ``.bdf``          EDF/BDF through MNE; values in volts.
-``.fif`` ``.fif.gz``       MNE FIF raw files; values in SI units (volts for EEG).
+``.edf`` ``.bdf``          EDF/BDF through MNE; values in volts. Trigger channels (BDF ``Status``,
+                           EDF ``Trigger``) and ``EDF/BDF Annotations`` are not signal channels:
+                           ``meta["events"]`` holds the triggers as ``(onset_s, code)`` rows,
+                           ``meta["annotations"]`` the ``(onset_s, duration_s, text)`` annotations
+                           (onsets from the first sample) and ``meta["stim_channels"]`` the names.
+``.fif`` ``.fif.gz``       MNE FIF raw files; values in SI units (volts for EEG); ``stim``
+                           channels (``STI 014``) become ``meta["events"]`` as for EDF.
 ``.nwb``                   NWB through pynwb: the first ``ElectricalSeries`` in ``acquisition``
                            (else the first ``TimeSeries``); ``series=`` picks one by name.
 ``.npz``                   continuous: ``data`` (channels, time) or (time,), ``fs`` (Hz), optional
@@ -175,6 +180,8 @@ def read_recording(
 
 def pick_channels(rec: Recording, channels: Sequence[str]) -> Recording:
     """Keep ``channels`` (by name, case-insensitive), in the order given."""
+    if isinstance(channels, str):  # one name (data.channels=Cz on the command line), not its letters
+        channels = [channels]
     if rec.kind != "continuous":
         raise ValueError(f"channels: an interval series has no channels to pick ({rec.meta.get('path')})")
     lookup = {name.lower(): i for i, name in enumerate(rec.channel_names)}
@@ -200,11 +207,40 @@ def _read_mne(path: Path, **_: Any) -> Recording:
         raw = mne.io.read_raw_bdf(path, preload=True, verbose="error")
     else:
         raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+    meta: dict[str, Any] = {"path": str(path), "format": ext.lstrip(".")}
+    meta.update(_events_and_annotations(raw, path))
     data = raw.get_data().astype(np.float64)
-    return Recording(
-        data=data, fs=float(raw.info["sfreq"]), channel_names=tuple(raw.ch_names), units="V",
-        meta={"path": str(path), "format": ext.lstrip(".")},
+    return Recording(data=data, fs=float(raw.info["sfreq"]), channel_names=tuple(raw.ch_names), units="V", meta=meta)
+
+
+def _events_and_annotations(raw: Any, path: Path) -> dict[str, Any]:
+    """Drop trigger channels from ``raw`` (in place) and return them as events, with the annotations.
+
+    MNE types a BDF ``Status`` / EDF ``Trigger`` channel (and FIF ``STI``) as ``stim``: it holds
+    integer codes, not volts, and must not reach the model as a signal. ``EDF Annotations`` is never
+    a data channel in MNE; its text lands in ``raw.annotations``.
+    """
+    import mne
+
+    kinds = raw.get_channel_types() if raw.ch_names else []  # MNE refuses to list the types of no channel
+    stim = [name for name, kind in zip(raw.ch_names, kinds) if kind == "stim"]
+    if len(stim) == len(raw.ch_names):  # e.g. a Sleep-EDF '*-Hypnogram.edf' beside its PSG
+        raise ValueError(
+            f"{path}: holds no signal channel, only trigger/status channel(s) {stim} and {len(raw.annotations)} "
+            "annotation(s); leave it out (narrow data.pattern) or read its annotations with mne"
+        )
+    events = np.zeros((0, 2))
+    if stim:
+        found = mne.find_events(raw, stim_channel=stim, shortest_event=1, verbose="error")
+        events = np.column_stack([(found[:, 0] - raw.first_samp) / raw.info["sfreq"], found[:, 2]]).astype(float)
+        raw.drop_channels(stim)
+    ann = raw.annotations
+    # MNE keeps onsets on the raw's clock, which starts first_time before the first sample (FIF files
+    # cropped from longer ones; 0 for EDF/BDF), with or without a measurement date.
+    annotations = tuple(
+        (float(o) - raw.first_time, float(d), str(t)) for o, d, t in zip(ann.onset, ann.duration, ann.description)
     )
+    return {"stim_channels": tuple(stim), "events": events, "annotations": annotations}
 
 
 def _read_nwb(path: Path, *, series: str | None = None, **_: Any) -> Recording:
@@ -284,12 +320,20 @@ def _read_npz(path: Path, *, subject: str | None = None, **_: Any) -> Recording:
         if data.ndim != 2:
             raise ValueError(f"{path}: 'data' must be (channels, time), got shape {data.shape}")
         names = (
-            tuple(str(c) for c in z["channel_names"]) if "channel_names" in keys
+            tuple(_text(c) for c in np.asarray(z["channel_names"]).reshape(-1)) if "channel_names" in keys
             else tuple(f"ch{i}" for i in range(data.shape[0]))
         )
-        units = str(z["units"]) if "units" in keys else "a.u."
-        return Recording(data=data, fs=float(z["fs"]), channel_names=names, units=units,
+        units = _text(z["units"][()]) if "units" in keys else "a.u."
+        fs = np.asarray(z["fs"], dtype=np.float64)
+        if fs.size != 1:  # a 1-element array is fine: scipy.io.loadmat gives [[250.]]
+            raise ValueError(f"{path}: 'fs' must be one number in Hz, got shape {fs.shape}")
+        return Recording(data=data, fs=float(fs.reshape(-1)[0]), channel_names=names, units=units,
                          meta={"path": str(path), "format": "npz"})
+
+
+def _text(value: Any) -> str:
+    """A name stored as str or bytes (HDF5/MATLAB conversions give bytes): ``b'Fz'`` is ``Fz``."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def read_rr_cohort(path: str | Path, *, filter_ectopics: bool = False) -> Iterator[Recording]:
@@ -321,8 +365,8 @@ def _load_rr_cohort(path: str, size: int, mtime_ns: int):
         if missing:
             raise ValueError(f"{path}: the RR cohort layout needs keys {sorted(missing)}; found {sorted(z.files)}")
         rr_all, offsets = np.asarray(z["rr_ms"], np.float64), np.asarray(z["offsets"], np.int64)
-        ids = tuple(str(s) for s in z["subject_ids"])
-        groups = tuple(str(g) for g in z["group"]) if "group" in z.files else ("",) * len(ids)
+        ids = tuple(_text(s) for s in z["subject_ids"])
+        groups = tuple(_text(g) for g in z["group"]) if "group" in z.files else ("",) * len(ids)
     rr_all.setflags(write=False)  # shared by every Recording built from the cache
     return rr_all, offsets, ids, groups
 
@@ -352,6 +396,12 @@ def _read_csv(path: Path, *, fs: float | None = None, **_: Any) -> Recording:
     if not rate:
         raise ValueError(
             f"{path}: no sampling rate; add a 'time' column in seconds, a first line '# fs=250', or pass fs="
+        )
+    unnamed = [c for c in frame.columns if str(c).startswith("Unnamed: ")]
+    if unnamed:  # pandas' row index (to_csv() default) or a trailing separator: not a channel
+        raise ValueError(
+            f"{path}: column(s) {unnamed} have no name in the header (a row index written by pandas' to_csv(), "
+            "or a trailing separator); write with index=False or name every channel column"
         )
     bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if bad:
@@ -389,7 +439,9 @@ def _uniform_rate(stamps: np.ndarray, what: str) -> float:
     median = float(np.median(step))
     if median <= 0 or np.max(np.abs(step - median)) > 1e-3 * median:
         raise ValueError(f"{what}: time stamps are not uniformly spaced; resample to a uniform grid first")
-    return 1.0 / median
+    # Stamps far from zero (t0 = 3600 s) carry float noise into the step: 250.0000000059 Hz is 250 Hz,
+    # and files of one rate must compare equal.
+    return float(f"{1.0 / median:.10g}")
 
 
 # ---------------------------------------------------------------------------------- preprocessing

@@ -75,6 +75,8 @@ class SyntheticConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"data.{name}: must be an integer >= 1, got {v!r}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:  # numpy SeedSequence entropy
+            raise ValueError(f"data.seed: must be an integer >= 0, got {self.seed!r}")
         if self.n_time < 16:
             raise ValueError(f"data.n_time: needs >= 16 bins for the drive simulator, got {self.n_time}")
         if not 0 < self.hurst < 1:
@@ -94,8 +96,9 @@ class SyntheticConfig:
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "SyntheticConfig":
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in cfg.items() if k in fields}
-        if "modalities" in kwargs:
-            kwargs["modalities"] = tuple(kwargs["modalities"])
+        if "modalities" in kwargs:  # one name (data.modalities=lfp on the command line), not its letters
+            m = kwargs["modalities"]
+            kwargs["modalities"] = (m,) if isinstance(m, str) else tuple(m)
         return cls(**kwargs)
 
     def units_of(self, subject: int) -> int:
