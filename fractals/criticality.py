@@ -93,7 +93,20 @@ def top_singular_value(
         u_all, s_all, vh_all = torch.linalg.svd(w, full_matrices=False)
         u, v = u_all[..., :, 0], vh_all[..., 0, :]
     else:
-        v = init.detach() if init is not None else torch.ones(*w.shape[:-2], n, dtype=w.dtype, device=w.device)
+        # A fixed-seed Gaussian start, not all-ones: W @ ones is zero for any layer whose rows sum to
+        # zero (difference filters), and the iteration then read sigma = 0.
+        def start() -> torch.Tensor:
+            g = torch.Generator().manual_seed(0)
+            s = torch.randn(*w.shape[:-2], n, generator=g, dtype=torch.float64)
+            return s.to(dtype=w.dtype, device=w.device)
+
+        if init is None:
+            v = start()
+        else:
+            v = init.detach().to(dtype=w.dtype, device=w.device).expand(*w.shape[:-2], n)
+            zero = v.norm(dim=-1, keepdim=True) == 0
+            if bool(zero.any()):  # a zero warm start (saved from an all-zero layer) would stay zero
+                v = torch.where(zero, start(), v)
         v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         prev = torch.zeros(w.shape[:-2], dtype=w.dtype, device=w.device)
         converged = False
@@ -356,7 +369,9 @@ def perturbation_sensitivity(
         y0 = fn(x)
         gains = []
         for _ in range(n_directions):
-            u = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            # Drawn where the generator lives (a CUDA generator cannot fill a CPU tensor).
+            draw_device = generator.device if generator is not None else "cpu"
+            u = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=draw_device).to(x.device)
             u = u / u.reshape(u.shape[0], -1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (u.ndim - 1)))
             dy = (fn(x + eps * u) - y0).reshape(x.shape[0], -1).norm(dim=1) / eps
             gains.append(dy)

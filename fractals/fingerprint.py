@@ -22,8 +22,8 @@ fine) and ``r2`` (fit quality where the measure has one, NaN otherwise):
   (``error: non-finite result``); that measure NaN.
 
 Channels with any NaN measure (flat, nonfinite) are left out of the channel network. Config errors
-(unknown keys, a band above Nyquist, a recording shorter than the largest window) raise
-``ValueError`` for the whole call, since no channel could be measured.
+(unknown keys, a band not inside (0, Nyquist], a recording too short for two DFA windows or two
+multifractal scales) raise ``ValueError`` for the whole call, since no channel could be measured.
 
 Config (plain dict, all keys optional; defaults mirror ``platform/fmx/conf/fractals/default.yaml``
 ``metrics``; the whole ``fractals`` block, with ``metrics`` inside, is accepted too)::
@@ -87,6 +87,7 @@ CONTINUOUS_MEASURES = ("higuchi_fd", "katz_fd", "dfa_alpha", "hurst_rs", "spectr
 INTERVAL_MEASURES = ("dfa_alpha1", "dfa_alpha2", "higuchi_fd", "mf_width")
 # Keys of the metrics block that describe windowing/logging, not a single fingerprint: accepted, unused.
 _IGNORED_METRIC_KEYS = {"window_size", "hop_size", "sample_rate_hz", "compute_on"}
+_RANGE_KEYS = {"psd_freq_band", "alpha1_beats", "alpha2_beats"}  # [lo, hi] pairs
 
 
 def resolve_config(config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
@@ -109,10 +110,37 @@ def resolve_config(config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]
             for sub, v in value.items():
                 if sub not in cfg[key]:
                     raise ValueError(f"config.{key}: unknown key {sub!r}; allowed: {sorted(cfg[key])}")
-                cfg[key][sub] = v
+                cfg[key][sub] = _check_leaf(f"config.{key}.{sub}", cfg[key][sub], v)
         else:
             cfg[key] = value
     return cfg
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_leaf(path: str, default: Any, value: Any) -> Any:
+    """``value`` must have the default's kind (switch, number, list of numbers), so a scalar where
+    a list belongs or a quoted "false" fails here with its path, not as a TypeError deep inside."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.tolist()  # plain Python numbers (a 0-dim array gives a scalar)
+    if isinstance(default, bool):
+        # bool("false") is True: a quoted YAML/CLI value must not silently flip a switch on.
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{path}: needs true or false, got {value!r}")
+        return bool(value)
+    if isinstance(default, (int, float)):
+        if not _is_number(value):
+            raise ValueError(f"{path}: needs a number, got {value!r}")
+    elif isinstance(default, list):
+        if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__") \
+                or not all(_is_number(v) for v in value):
+            raise ValueError(f"{path}: needs a list of numbers like {default}, got {value!r}")
+        value = list(value)
+        if path.rsplit(".", 1)[-1] in _RANGE_KEYS and len(value) != 2:
+            raise ValueError(f"{path}: needs [lo, hi] (two numbers), got {value!r}")
+    return value
 
 
 def clean_rr_intervals(rr: Any, *, min_ms: float = 300.0, max_ms: float = 2000.0, window: int = 11,
@@ -125,9 +153,16 @@ def clean_rr_intervals(rr: Any, *, min_ms: float = 300.0, max_ms: float = 2000.0
     Shape:
         rr: ``(N,)``. Returns ``(M,)`` float64, M <= N, order kept.
     """
-    r = np.asarray(rr, dtype=np.float64).ravel()
-    if window < 1 or window % 2 == 0:
+    r = np.asarray(rr, dtype=np.float64)
+    if sum(d > 1 for d in r.shape) > 1:  # ravel would join several subjects into one series
+        raise ValueError(f"rr: needs one series (N,), got shape {r.shape}; clean each row separately")
+    r = r.ravel()
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1 or window % 2 == 0:
         raise ValueError(f"window: needs an odd integer >= 1, got {window!r}")
+    if not (0 <= min_ms < max_ms):
+        raise ValueError(f"min_ms, max_ms: need 0 <= min_ms < max_ms, got {min_ms!r}, {max_ms!r}")
+    if not tolerance > 0:
+        raise ValueError(f"tolerance: needs a fraction > 0 of the running mean, got {tolerance!r}")
     r = r[np.isfinite(r) & (r >= min_ms) & (r <= max_ms)]
     if r.size == 0:
         return r
@@ -185,6 +220,13 @@ def _np(v: Any) -> np.ndarray:
     return np.asarray(v, dtype=np.float64).reshape(-1)
 
 
+def _beat_range(value: Any, key: str) -> tuple[int, int]:
+    lo, hi = (int(v) for v in value)  # a pair of numbers: resolve_config checked it
+    if not 3 <= lo < hi:
+        raise ValueError(f"config.intervals.{key}: needs [lo, hi] with 3 <= lo < hi (beats), got {value!r}")
+    return lo, hi
+
+
 def _log_windows(lo: int, hi: int, max_n: int = 12) -> list[int]:
     return sorted({int(round(v)) for v in np.geomspace(lo, hi, min(max_n, hi - lo + 1))})
 
@@ -194,9 +236,9 @@ def _continuous_calls(cfg: Mapping[str, Any], fs: float, n: int) -> dict[str, Ca
 
     temporal, mf = cfg["temporal"], cfg["multifractal"]
     band = (float(temporal["psd_freq_band"][0]), float(temporal["psd_freq_band"][1]))
-    if not 0 <= band[0] < band[1] <= fs / 2:
+    if not 0 < band[0] < band[1] <= fs / 2:  # lo = 0 would put the DC bin in a log-log fit
         raise ValueError(
-            f"config.temporal.psd_freq_band: {list(band)} Hz must satisfy 0 <= lo < hi <= fs/2 = {fs / 2}; "
+            f"config.temporal.psd_freq_band: {list(band)} Hz must satisfy 0 < lo < hi <= fs/2 = {fs / 2}; "
             "set a band below Nyquist (e.g. [2, 40] for 250 Hz EEG)"
         )
     windows = [int(w) for w in temporal["dfa_orders"] if 3 <= int(w) <= n // 2]
@@ -227,9 +269,12 @@ def _interval_calls(cfg: Mapping[str, Any]) -> tuple[dict[str, Callable], dict[s
     from fractals import metrics as fm
 
     iv, mf = cfg["intervals"], cfg["multifractal"]
-    a1, a2 = _log_windows(*map(int, iv["alpha1_beats"]), max_n=13), _log_windows(*map(int, iv["alpha2_beats"]))
+    a1 = _log_windows(*_beat_range(iv["alpha1_beats"], "alpha1_beats"), max_n=13)
+    a2 = _log_windows(*_beat_range(iv["alpha2_beats"], "alpha2_beats"))
     kmax = int(cfg["temporal"]["higuchi_kmax"])
     mf_scales = sorted(int(s) for s in mf["scales"])
+    if len(mf_scales) < 2:
+        raise ValueError(f"config.multifractal.scales: needs >= 2 scales (beats) for a slope, got {mf['scales']!r}")
 
     def mf_width(rows):
         scales = [s for s in mf_scales if s <= rows.shape[-1] // 4]
@@ -279,11 +324,13 @@ def fingerprint(
         One row per (recording, channel, measure): ``channel``, ``measure``, ``value``, ``ok``,
         ``flag``, ``r2`` (``recording`` first when x has leading axes). Measures:
         :data:`CONTINUOUS_MEASURES` or :data:`INTERVAL_MEASURES`.
-    summary : dict of float
-        ``{measure}_mean`` / ``{measure}_std`` over ok channels (and recordings), ``n_channels``,
-        ``n_recordings``, ``n_flagged``; continuous only: ``fc_density`` (fraction of channel pairs
-        with ``|r| >= corr_threshold``) and ``graph_fd`` (box-covering FD of that graph), NaN when
-        fewer than 3 good channels or when the graph is too small to cover (``graph_flag`` says why).
+    summary : dict
+        Floats ``{measure}_mean`` / ``{measure}_std`` over ok channels (and recordings); ints
+        ``n_channels``, ``n_recordings``, ``n_flagged`` (channels, per recording, whose whole
+        series is flagged: flat, nonfinite, flat_segment or too_short); the str ``kind``;
+        continuous only: ``fc_density`` (fraction of channel pairs with ``|r| > corr_threshold``)
+        and ``graph_fd`` (box-covering FD of that graph), NaN when fewer than 3 good channels or
+        when the graph is too small to cover (``graph_flag``, a str, says why).
 
     Shape:
         x: ``(..., C, T)``.
@@ -298,6 +345,8 @@ def fingerprint(
         t = t.unsqueeze(0)
     if t.ndim < 2:
         raise ValueError(f"x: needs shape (..., C, T), got {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"x: is empty (shape {tuple(t.shape)}); needs at least one channel with samples")
     lead = t.shape[:-2]
     n_ch, n = t.shape[-2], t.shape[-1]
     names = [f"ch{i}" for i in range(n_ch)] if channel_names is None else [str(c) for c in channel_names]
@@ -340,6 +389,11 @@ def fingerprint(
         series = {"intervals": cleaned}
 
     selected = cfg["measures"]
+    if isinstance(selected, str):
+        raise ValueError(f"config.measures: needs a list of measure names, got the string {selected!r}; "
+                         f"write [{selected!r}]")
+    if selected is not None and len(selected) == 0:
+        raise ValueError(f"config.measures: is empty; list measures from {sorted(calls)} or use null for all")
     if selected is not None:
         unknown = set(selected) - set(calls)
         if unknown:

@@ -18,7 +18,7 @@ Reading the plots
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -346,8 +346,10 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 300) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
-    os.close(fd)
+    # Not mkstemp: its file is 0600 and os.replace keeps that, so servers and other users could not
+    # read the figure. O_EXCL with mode 0666 gives what a plain savefig would (0666 less the umask).
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(6)}.tmp{suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         fig.savefig(tmp, dpi=dpi, format=suffix.lstrip("."))
         os.replace(tmp, path)

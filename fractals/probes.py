@@ -301,8 +301,8 @@ def fc_fd_probe(
     Returns
     -------
     dict
-        ``graph_fd`` (B,) (NaN for a sample whose graph has no edge), ``density`` (B,) fraction of
-        linked channel pairs, and with labels
+        ``graph_fd`` (B,) (NaN for a sample whose graph has no edge or too few boxes to fit,
+        e.g. a complete graph), ``density`` (B,) fraction of linked channel pairs, and with labels
         ``by_label`` {label: mean FD} and ``spearman_r`` (NaN when labels are not numeric or FD is
         constant).
     """
@@ -321,7 +321,19 @@ def fc_fd_probe(
     has_edges = torch.nonzero(density > 0).flatten()
     if has_edges.numel():
         # An edgeless graph (every |r| below thresh) has no box dimension: NaN for that sample only.
-        fd[has_edges.cpu()] = torch.as_tensor(fm.graph_fractal_dim(adj[has_edges], list(eps_values))).reshape(-1).double().cpu()
+        try:
+            fd[has_edges.cpu()] = torch.as_tensor(
+                fm.graph_fractal_dim(adj[has_edges], list(eps_values))).reshape(-1).double().cpu()
+        except ValueError as exc:
+            if not str(exc).startswith("adj: graph"):
+                raise  # bad eps_values: every sample would fail the same way
+            # One graph the box covering rejects (a complete graph has one box at every size > 1)
+            # must not sink the batch: measure sample by sample, NaN for the rejected ones.
+            for i in has_edges.tolist():
+                try:
+                    fd[i] = float(torch.as_tensor(fm.graph_fractal_dim(adj[i], list(eps_values))).reshape(-1)[0])
+                except ValueError:
+                    pass
     out: dict[str, Any] = {"graph_fd": fd, "density": density}
     if labels is not None:
         lab = list(labels.tolist() if hasattr(labels, "tolist") else labels)

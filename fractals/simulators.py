@@ -19,6 +19,7 @@ Above the corner frequency ``theta / (2 pi)`` it falls like fBm (1/f^(2H+1)); be
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Optional, Sequence
 
@@ -69,7 +70,8 @@ def fou_log_spectrum(freqs_hz, H, theta, sigma) -> torch.Tensor:
 
 
 def _param(v, name: str, lo: float, hi: float, dtype, device) -> torch.Tensor:
-    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=dtype, device=device)
+    # .to keeps the autograd graph; a CPU tensor with device="cuda" would otherwise mix devices.
+    t = v.to(device=device) if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=dtype, device=device)
     if not t.is_floating_point():
         t = t.to(dtype)
     d = t.detach()
@@ -140,6 +142,8 @@ def fractional_ou(
     if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in batch_shape):
         raise ValueError(f"batch_shape: needs positive integers (an int or a tuple), got {batch_shape!r}")
     batch_shape = tuple(int(s) for s in batch_shape)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype: needs a floating torch dtype (e.g. torch.float64), got {dtype!r}")
     dev = device
     for v in (H, theta, sigma):
         if isinstance(v, torch.Tensor):
@@ -149,7 +153,13 @@ def fractional_ou(
     H = _param(H, "H", 0.0, 1.0, dtype, dev)
     theta = _param(theta, "theta", 0.0, math.inf, dtype, dev)
     sigma = _param(sigma, "sigma", 0.0, math.inf, dtype, dev)
-    shape = torch.broadcast_shapes(tuple(batch_shape), H.shape, theta.shape, sigma.shape)
+    try:
+        shape = torch.broadcast_shapes(tuple(batch_shape), H.shape, theta.shape, sigma.shape)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"batch_shape: {tuple(batch_shape)} does not broadcast with the shapes of H {tuple(H.shape)}, "
+            f"theta {tuple(theta.shape)} and sigma {tuple(sigma.shape)}; make them broadcastable"
+        ) from exc
 
     m = int(oversample) * int(n)
     freqs = torch.fft.rfftfreq(m, d=1.0 / fs, dtype=dtype, device=dev)[1:]
@@ -471,10 +481,16 @@ def dendrite_growth(
         ``segment_length`` (E,), ``wire_length``, ``coverage``, ``cost``, ``measured_D``, ``ratio``
         (floats for the scalars).
     """
-    if not (isinstance(target_D, (int, float)) and 1.0 < target_D < 3.0):
+    if isinstance(target_D, bool) or not (isinstance(target_D, numbers.Real) and 1.0 < target_D < 3.0):
         raise ValueError(f"target_D: needs a number in (1, 3), got {target_D!r}")
+    target_D = float(target_D)
     if not isinstance(steps, (int, np.integer)) or steps < 3:
         raise ValueError(f"steps: needs an integer >= 3, got {steps!r}")
+    if not (isinstance(contact_radius, numbers.Real) and math.isfinite(contact_radius) and contact_radius > 0):
+        raise ValueError(f"contact_radius: needs a finite number > 0 (trunk-length units), got {contact_radius!r}")
+    # A jitter of 1 or more can scale a child's length by zero or less: segments of no or negative length.
+    if not (isinstance(jitter, numbers.Real) and 0.0 <= jitter < 1.0):
+        raise ValueError(f"jitter: needs a number in [0, 1), got {jitter!r}")
     angle = math.radians(branch_angle_deg)
 
     def grow(ratio):

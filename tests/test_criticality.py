@@ -203,3 +203,28 @@ def test_neurofmx_takes_the_spectral_regularizer_by_config():
     assert after < 0.5 * before
     with pytest.raises(ValueError, match="criticality.modules"):
         build_lightning_module(compose(["model=tiny", "criticality.enable=true", "criticality.modules=[nope]"]))
+
+
+def test_power_iteration_finds_top_singular_value_orthogonal_to_ones():
+    # Starting from the all-ones vector, a layer whose rows sum to zero (difference filters)
+    # read sigma = 0, and a centring-like matrix read its smallest singular value.
+    n = 100
+    a = torch.randint(-3, 4, (n, n), generator=_gen(), dtype=torch.int64).double()
+    diff = a - a.roll(1, dims=1)  # integer entries: every row sums to exactly zero
+    ones = torch.full((n, n), 1.0 / n, dtype=torch.float64)
+    centring = 2.0 * (torch.eye(n, dtype=torch.float64) - ones) + 0.1 * ones
+    for w in (diff, centring, centring.float()):
+        got = top_singular_value(w, exact_below=0, n_iter=3000, tol=1e-9)
+        assert float(got) == pytest.approx(float(torch.linalg.svdvals(w.double())[0]), rel=1e-4)
+    # A zero start vector (e.g. saved from an all-zero layer) must not stay stuck at zero.
+    got = top_singular_value(centring, exact_below=0, n_iter=2000, tol=1e-9, init=torch.zeros(n, dtype=torch.float64))
+    assert float(got) == pytest.approx(2.0, rel=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_perturbation_sensitivity_takes_a_cuda_generator():
+    # randn(..., generator=<cuda generator>) on the default CPU device raised a RuntimeError.
+    x = torch.randn(16, 8, device="cuda")
+    gain = perturbation_sensitivity(lambda v: 2.0 * v, x, generator=torch.Generator("cuda").manual_seed(0))
+    assert gain == pytest.approx(2.0, rel=1e-3)

@@ -169,3 +169,86 @@ def test_fingerprint_of_a_cuda_tensor_matches_cpu():
     gpu, summary = fingerprint(x.cuda(), FS, CFG)
     assert np.allclose(cpu["value"], gpu["value"], rtol=1e-4, atol=1e-6, equal_nan=True)
     assert summary["n_flagged"] == 0
+
+
+# ------------------------------------------------------------------ review round: config and input errors
+def test_config_measures_must_be_a_non_empty_list_of_names():
+    # A YAML `measures: higuchi_fd` was split into characters ("unknown ['_', 'c', ...]"); an empty
+    # list returned a table with no columns at all.
+    x = _recording(n_ch=3, n=1024)
+    with pytest.raises(ValueError, match=r"config.measures: needs a list.*\['higuchi_fd'\]"):
+        fingerprint(x, FS, {**CFG, "measures": "higuchi_fd"})
+    with pytest.raises(ValueError, match="config.measures: is empty"):
+        fingerprint(x, FS, {**CFG, "measures": []})
+
+
+@pytest.mark.parametrize("path", [("temporal", "exclude_peaks"), ("intervals", "ectopic_filter")])
+def test_boolean_switches_reject_strings(path):
+    # bool("false") is True: a quoted "false" silently turned the switch on.
+    block, key = path
+    kind = "intervals" if block == "intervals" else "continuous"
+    x = _recording(n_ch=3, n=1024) + (800.0 if kind == "intervals" else 0.0)
+    with pytest.raises(ValueError, match=f"config.{block}.{key}: needs true or false"):
+        fingerprint(x, FS, {**CFG, block: {key: "false"}}, kind=kind)
+
+
+@pytest.mark.parametrize("block, key, value", [
+    ("temporal", "psd_freq_band", 40),           # was TypeError: 'int' object is not subscriptable
+    ("temporal", "psd_freq_band", [2, 40, 80]),  # the third number was silently ignored
+    ("temporal", "dfa_orders", 64),              # was TypeError: 'int' object is not iterable
+    ("multifractal", "q_vals", "-2,2"),
+    ("graph", "box_eps", 3),
+    ("quality", "min_r2", None),                 # was TypeError from float(None)
+    ("temporal", "higuchi_kmax", "eight"),       # was "invalid literal for int()" without the field
+])
+def test_config_values_of_the_wrong_kind_name_the_field(block, key, value):
+    x = _recording(n_ch=3, n=1024)
+    with pytest.raises(ValueError, match=f"config.{block}.{key}: needs"):
+        fingerprint(x, FS, {**CFG, block: {key: value}})
+
+
+def test_config_accepts_numpy_values():
+    x = _recording(n_ch=3, n=1024)
+    cfg = {"temporal": {"psd_freq_band": np.array([2.0, 40.0]), "dfa_orders": np.array([4, 16, 64]),
+                        "higuchi_kmax": torch.tensor(6), "exclude_peaks": np.bool_(True)},
+           "multifractal": {"scales": torch.tensor([8, 16, 32])},
+           "measures": ["higuchi_fd", "dfa_alpha", "spectral_beta"]}
+    table, _ = fingerprint(x, FS, cfg)
+    assert bool(table["ok"].all())
+
+
+def test_interval_config_errors_name_the_field():
+    rr = 800.0 + 50.0 * fgn(3000, 0.8, generator=torch.Generator().manual_seed(0)).numpy()
+    with pytest.raises(ValueError, match=r"config.intervals.alpha1_beats: .*lo < hi"):
+        fingerprint(rr, None, {"intervals": {"alpha1_beats": [16, 4]}}, kind="intervals")
+    with pytest.raises(ValueError, match="config.multifractal.scales"):
+        fingerprint(rr, None, {"multifractal": {"scales": []}}, kind="intervals")
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 1000), (2, 0, 1000)])
+def test_empty_input_is_a_value_error(shape):
+    for kind, fs in (("continuous", FS), ("intervals", None)):
+        with pytest.raises(ValueError, match="x: "):
+            fingerprint(np.zeros(shape), fs, CFG if kind == "continuous" else None, kind=kind)
+
+
+def test_clean_rr_intervals_rejects_arguments_that_lose_beats():
+    rr = 800.0 + 20.0 * np.sin(np.arange(100.0))
+    # (subjects, beats) was flattened into one series, joining subjects end to end.
+    with pytest.raises(ValueError, match=r"rr: needs one series"):
+        clean_rr_intervals(np.stack([rr, rr]))
+    assert clean_rr_intervals(rr[None]).shape == (100,)
+    with pytest.raises(ValueError, match="window"):
+        clean_rr_intervals(rr, window=11.0)  # was an IndexError from float indices
+    with pytest.raises(ValueError, match="min_ms, max_ms"):
+        clean_rr_intervals(rr, min_ms=2000, max_ms=300)  # silently dropped every beat
+    with pytest.raises(ValueError, match="tolerance"):
+        clean_rr_intervals(rr, tolerance=-0.2)
+
+
+def test_psd_band_starting_at_zero_is_a_config_error():
+    # The fingerprint accepted lo = 0 and the 1/f fit then rejected every channel one by one
+    # (a config error reported as a per-channel flag on all of them).
+    x = _recording(n_ch=3, n=1024)
+    with pytest.raises(ValueError, match=r"config.temporal.psd_freq_band: .*0 < lo"):
+        fingerprint(x, FS, {"temporal": {"psd_freq_band": [0.0, 40.0]}, "measures": ["spectral_beta"]})

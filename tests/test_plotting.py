@@ -103,3 +103,18 @@ def test_fingerprint_figure_panels_per_measure(tmp_path):
     assert len(data) > 5000
     with pytest.raises(ValueError, match="missing columns"):
         plot_fingerprint(pd.DataFrame({"channel": ["a"], "value": [1.0]}))
+
+
+def test_saved_figure_permissions_follow_the_umask(tmp_path):
+    # The temp file from mkstemp is 0600 and os.replace kept that: other users (a web or MLflow
+    # server reading the folder) could not open saved figures.
+    import os
+    import stat
+
+    fig = plot_beta_time(np.arange(5.0))
+    old = os.umask(0o022)
+    try:
+        path = save_figure(fig, tmp_path / "beta.png", dpi=40)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

@@ -154,3 +154,19 @@ def test_fc_fd_probe_graphs_and_labels():
     assert bool(torch.isnan(out["graph_fd"][4:]).all())  # edgeless graphs have no box dimension
     assert set(out["by_label"]) == {0, 1}
     assert out["by_label"][1] == pytest.approx(1.0, abs=0.15)  # a ring is one-dimensional
+
+
+def test_fc_fd_probe_one_complete_graph_does_not_sink_the_batch():
+    # A sample whose channels are all linked (a complete graph has no box dimension) raised for
+    # the whole batch; like an edgeless graph it should be NaN for that sample only.
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(3, 2000, 12, generator=g, dtype=torch.float64)
+    ring = s + s.roll(-1, dims=2)
+    common = s[:1, :, :1] * 5 + s[:1] * 0.1  # every channel dominated by one source
+    out = fc_fd_probe(torch.cat([common, ring]), thresh=0.3, eps_values=[1, 2, 3, 4], labels=[0, 1, 1, 1])
+    assert float(out["density"][0]) == 1.0
+    assert math.isnan(float(out["graph_fd"][0]))
+    assert bool(torch.isfinite(out["graph_fd"][1:]).all())
+    assert out["by_label"][1] == pytest.approx(1.0, abs=0.15)
+    with pytest.raises(ValueError, match="eps_values"):
+        fc_fd_probe(torch.cat([common, ring]), thresh=0.3, eps_values=[3, 2])

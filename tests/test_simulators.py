@@ -179,3 +179,36 @@ def test_fou_sample_and_fit_on_cuda():
     assert torch.allclose(x.cpu(), cpu, atol=1e-8)  # same seeded noise, drawn on the CPU generator
     fit = fit_fractional_ou(x, FS)
     assert fit.H.device.type == "cuda" and float(fit.H.mean()) == pytest.approx(0.7, abs=0.03)
+
+
+# ------------------------------------------------------------------ review round: argument checks
+def test_dendrite_accepts_numpy_scalars_and_rejects_bad_geometry():
+    # np.float32(1.5) was refused as "needs a number in (1, 3), got 1.5".
+    out = dendrite_growth(np.float32(1.5), steps=20, calibrate=False)
+    assert out["measured_D"] > 1.0
+    # contact_radius <= 0 gave a coverage of 0 or below (and NaN casts); jitter >= 1 grew
+    # segments of negative length (children pointing back through their parent).
+    for bad in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="contact_radius"):
+            dendrite_growth(1.5, steps=20, calibrate=False, contact_radius=bad)
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match="jitter"):
+            dendrite_growth(1.5, steps=20, calibrate=False, jitter=bad)
+
+
+def test_fou_shape_and_dtype_errors_are_value_errors():
+    with pytest.raises(ValueError, match=r"batch_shape: \(3,\) does not broadcast"):
+        fractional_ou(64, torch.tensor([0.3, 0.7]), 1.0, 1.0, FS, batch_shape=(3,))
+    with pytest.raises(ValueError, match="dtype"):
+        fractional_ou(64, 0.5, 1.0, 1.0, FS, dtype=torch.int64)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fou_cpu_tensor_parameters_follow_the_device_argument():
+    # A CPU tensor H with device="cuda" mixed devices inside the spectrum and raised.
+    H = torch.tensor([0.3, 0.7], requires_grad=True)
+    x = fractional_ou(256, H, 2.0, 1.0, FS, seed=0, device="cuda")
+    assert x.device.type == "cuda" and x.shape == (2, 256)
+    x.square().sum().backward()
+    assert H.grad is not None and bool(torch.isfinite(H.grad).all())
