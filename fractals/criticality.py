@@ -255,16 +255,18 @@ def criticality_score(indicators: Mapping[str, float], *, dead_ref: float = 0.1,
     """Signed distance from criticality in [-1, 1] from indicators: > 0 chaotic, < 0 ordered.
 
     ``sensitivity`` (perturbation gain, see :func:`perturbation_sensitivity`) contributes
-    ``tanh(log(sens / sens_ref))``: a gain above one amplifies perturbations (chaotic side).
+    ``tanh(log(sens / sens_ref))``: a gain above one amplifies perturbations (chaotic side); a gain
+    of 0 (a collapsed network, e.g. every unit dead) scores -1, the limit.
     ``dead_rate`` contributes ``-tanh((dead - dead_ref) / dead_ref)``: many dead units mean an
     ordered, information-losing network. The score is the mean of the terms present.
     """
     terms = []
     if "sensitivity" in indicators:
         s = float(indicators["sensitivity"])
-        if not (s > 0 and math.isfinite(s)):
-            raise ValueError(f"indicators['sensitivity']: must be a finite number > 0, got {s}")
-        terms.append(math.tanh(math.log(s / sens_ref)))
+        if not (s >= 0 and math.isfinite(s)):
+            raise ValueError(f"indicators['sensitivity']: must be a finite number >= 0, got {s}")
+        # 0 is a fully collapsed network (no perturbation gets through): the ordered limit, -1.
+        terms.append(math.tanh(math.log(s / sens_ref)) if s > 0 else -1.0)
     if "dead_rate" in indicators:
         d = float(indicators["dead_rate"])
         if not 0 <= d <= 1:

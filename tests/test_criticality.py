@@ -110,6 +110,21 @@ def test_adaptive_targets_move_against_the_criticality_score():
     assert criticality_score({"sensitivity": 1.0, "dead_rate": 0.1}) == pytest.approx(0.0)
 
 
+def test_a_collapsed_network_scores_ordered_and_its_targets_grow():
+    # All units dead: no perturbation gets through, sensitivity is exactly 0 (the most ordered
+    # network), where the adaptive trial must raise its targets rather than crash.
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    nn.init.constant_(net[0].bias, -10.0)
+    sens = perturbation_sensitivity(net, torch.randn(16, 2, generator=_gen(5)))
+    assert sens == 0.0
+    assert criticality_score({"sensitivity": sens}) == -1.0
+    reg = AdaptiveSpectralRegularizer(targets=1.0, rate=0.1)
+    assert reg.update_targets(net, {"sensitivity": sens, "dead_rate": 1.0}) < 0
+    assert all(t > 1.0 for t in reg.current.values())
+    with pytest.raises(ValueError, match="sensitivity"):
+        criticality_score({"sensitivity": -0.1})
+
+
 def test_criticality_lr_is_full_at_criticality_and_decays_with_distance():
     sched = CriticalityLR(alpha=0.5, eps=0.05, min_factor=0.1)
     assert sched.update({"a": 1.0}, {"a": 1.0}) == pytest.approx(1.0)
