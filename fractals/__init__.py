@@ -3,7 +3,8 @@
 Subpackage map (one module per concern):
 
 - :mod:`fractals.metrics` re-exports every estimator (temporal, spectral, multifractal, graph, windowed).
-- :mod:`fractals.regularizers`, :mod:`fractals.probes`, :mod:`fractals.stimuli`,
+- :mod:`fractals.regularizers` (the prior terms) and :mod:`fractals.priors` (``FractalPriors``, the
+  config-driven loss module), :mod:`fractals.probes`, :mod:`fractals.stimuli`,
   :mod:`fractals.simulators`, :mod:`fractals.plotting`, :mod:`fractals.fingerprint`.
 
 Only torch, NumPy and SciPy are required.
