@@ -36,11 +36,27 @@ def test_validate_reports_file_path_value_and_allowed_with_exit_2(tmp_path):
     assert "unknown config key path" in out and "lambda_spec" in out
 
 
+def test_errors_show_bracketed_values_as_written(tmp_path):
+    # the console read "[dfa,higuchi]" in the user's own value as markup and dropped it ("got '...nosuch='")
+    data = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+    data["base"].append("fractals.priors.nosuch=[dfa,higuchi]")
+    bad = tmp_path / "brackets.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    res = _invoke("sweep", "validate", str(bad))
+    assert res.exit_code == 2 and "got 'fractals.priors.nosuch=[dfa,higuchi]'" in res.output, res.output
+    res = _invoke("sweep", "status", "nosuch", "--storage", str(tmp_path / "[/]"))
+    assert res.exit_code == 2 and "[/]" in res.output, res.output
+
+
 def test_status_and_resume_of_an_unknown_sweep_explain_where_they_looked(tmp_path):
     for cmd in ("status", "resume"):
         res = _invoke("sweep", cmd, "nosuch", "--storage", str(tmp_path))
         assert res.exit_code == 2
         assert "no sweep named 'nosuch'" in " ".join(res.output.split())
+        # a mistyped --storage is reported, not created as an empty folder
+        res = _invoke("sweep", cmd, "nosuch", "--storage", str(tmp_path / "typo" / "ray"))
+        assert res.exit_code == 2 and "no sweep named 'nosuch'" in " ".join(res.output.split())
+        assert not (tmp_path / "typo").exists()
 
 
 def test_status_reads_the_pointer_and_mlflow(tmp_path, monkeypatch):
@@ -86,6 +102,49 @@ def test_status_reads_the_pointer_and_mlflow(tmp_path, monkeypatch):
 def test_compare_unknown_sweep(tmp_path):
     res = _invoke("compare", "nosuch", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
     assert res.exit_code == 2 and "no sweep 'nosuch'" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("cmd", [("compare", "smoke"), ("ui",)])
+def test_a_file_store_tracking_uri_is_a_clean_error_naming_the_option(tmp_path, monkeypatch, cmd):
+    # MLflow 3 refuses file stores: a traceback from deep inside MLflow would not say which option to change
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    res = _invoke(*cmd, "--tracking-uri", (tmp_path / "mlruns").as_uri())
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "--tracking-uri" in out and "MLFLOW_ALLOW_FILE_STORE" in out, res.output
+
+
+def test_compare_with_a_password_in_the_uri_or_no_server_is_a_clean_error(tmp_path, monkeypatch):
+    # the password came back in MLflow's traceback; an unreachable server gave a traceback too
+    import socket
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    res = runner.invoke(app, ["compare", "smoke", "--tracking-uri", f"http://u:hunter2s3cr3t@127.0.0.1:{port}"])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (res.output, res.exception)
+    assert "hunter2s3cr3t" not in res.output and "MLFLOW_TRACKING_PASSWORD" in res.output
+    res = runner.invoke(app, ["compare", "smoke", "--tracking-uri", f"http://127.0.0.1:{port}"])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (res.output, res.exception)
+    assert f"127.0.0.1:{port}" in " ".join(res.output.split())
+
+
+def test_status_when_the_sweeps_mlflow_server_is_down_is_a_clean_error(tmp_path, monkeypatch):
+    import socket
+
+    from fmx.schema import load_sweep
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sweep = load_sweep(REPO / "sweeps" / "smoke.yaml", check_config=False)
+    (tmp_path / "smoke.latest.json").write_text(json.dumps({
+        "sweep_id": "smoke-1", "tracking_uri": f"http://127.0.0.1:{port}", "experiment_id": "1", "parent_run_id": "p",
+        "sweep": sweep.model_dump(mode="json"), "storage_uri": str(tmp_path)}))
+    res = runner.invoke(app, ["sweep", "status", "smoke", "--storage", str(tmp_path)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (res.output, res.exception)
+    assert f"cannot read the MLflow store http://127.0.0.1:{port}" in " ".join(res.output.split())
 
 
 def test_submit_without_address_names_the_options(monkeypatch):

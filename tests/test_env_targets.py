@@ -77,10 +77,10 @@ def test_explicit_sweep_file_values_win_over_environment(clean_env, tmp_path):
 
 def test_each_target_falls_back_on_its_own_and_empty_variables_are_unset(clean_env, tmp_path):
     clean_env.setenv(STORAGE_ENV, "   ")
-    clean_env.setenv(TRACKING_ENV, "mlruns")  # a relative file store resolves against the project
+    clean_env.setenv(TRACKING_ENV, "mlruns")  # a relative folder: a sqlite store in it, against the project
     t = resolve_targets(_sweep(), root=tmp_path)
     assert t.storage_source == "default" and t.storage.uri.endswith("/runs/ray")
-    assert t.tracking_source == TRACKING_ENV and t.tracking_uri == (tmp_path / "mlruns").resolve().as_uri()
+    assert t.tracking_source == TRACKING_ENV and t.tracking_uri == f"sqlite:///{(tmp_path / 'mlruns' / 'mlflow.db').resolve()}"
 
 
 def test_an_explicit_env_mapping_is_read_instead_of_os_environ(clean_env, tmp_path):

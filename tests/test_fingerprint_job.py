@@ -176,6 +176,105 @@ def test_every_recording_failing_still_writes_empty_tables(cohort, tmp_path):
         compare(str(out), contrast="condition=rest,arithmetic")
 
 
+def test_a_file_store_mlflow_uri_fails_before_any_recording_is_fitted(cohort, tmp_path, monkeypatch):
+    # MLflow 3 refuses file stores: found only when logging, after the whole cohort was fitted
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"--mlflow.*file:.*MLFLOW_ALLOW_FILE_STORE"):
+        run_fingerprint_job(str(cohort), str(out), config=FAST, executor="serial", progress=False,
+                            mlflow_uri=(tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    with pytest.raises(ValueError, match=r"MLFLOW_TRACKING_URI.*file:"):
+        run_fingerprint_job(str(cohort), str(out), config=FAST, executor="serial", progress=False)
+    assert not out.exists()
+
+
+def test_credentials_in_a_uri_are_refused_and_never_shown(cohort, tmp_path):
+    # the secret came back in pyarrow's error ("got a URI: 'AKIA...:secret@bucket/eeg'") and MLflow's traceback
+    secret = "hunter2s3cr3t"
+    for kwargs in ({"data": f"s3://AKIAABCDEFGHIJKLMNOP:{secret}@bucket/eeg", "out": str(tmp_path / "o")},
+                   {"data": str(cohort), "out": f"s3://AKIAABCDEFGHIJKLMNOP:{secret}@bucket/out"},
+                   {"data": str(cohort), "out": str(tmp_path / "o"), "mlflow_uri": f"http://u:{secret}@127.0.0.1:1"}):
+        with pytest.raises(ValueError, match="credentials never go") as exc:
+            run_fingerprint_job(config=FAST, executor="serial", progress=False, **kwargs)
+        assert secret not in str(exc.value) and ("AWS_ACCESS_KEY_ID" in str(exc.value) or
+                                                 "MLFLOW_TRACKING_PASSWORD" in str(exc.value))
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(cohort, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    with pytest.raises(ValueError, match=r"out: .*notes.txt.* is a file"):
+        run_fingerprint_job(str(cohort), str(out), config=FAST, executor="serial", log_mlflow=False, progress=False)
+    assert out.read_text() == "mine"
+
+
+def test_a_manifest_row_naming_a_missing_file_is_a_failure_not_an_abort(cohort, tmp_path):
+    # the job stopped with a FileNotFoundError traceback before fitting anything (an s3:// row already failed alone)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,subject,condition\n"
+                        f"{cohort / 'sub-01' / 'eeg' / 'sub-01_task-rest_eeg.edf'},s1,rest\nmissing.edf,s2,rest\n")
+    res = run_fingerprint_job(str(manifest), str(tmp_path / "out"), config=FAST, executor="serial",
+                              log_mlflow=False, progress=False)
+    assert (res.n_fitted, res.n_failed) == (1, 1)
+    assert res.failures["path"].iloc[0].endswith("missing.edf") and "missing.edf" in res.failures["error"].iloc[0]
+
+
+def test_preprocess_options_on_rr_series_are_refused_not_ignored(tmp_path):
+    # --epoch/--resample/--band/--notch/--channels did nothing to an RR series, silently (n_epochs stayed 1)
+    rng = np.random.default_rng(0)
+    path = tmp_path / "sub-01_task-rest_rr.npz"
+    np.savez(path, rr_ms=(800 + 40 * rng.standard_normal(3000)).astype(np.float64))
+    res = run_fingerprint_job(str(path), str(tmp_path / "out"), config=["hrv"], epoch=300, executor="serial",
+                              log_mlflow=False, progress=False)
+    assert res.n_failed == 1 and "preprocess.epoch" in res.failures["error"].iloc[0]
+    assert "interval" in res.failures["error"].iloc[0]
+    res = run_fingerprint_job(str(path), str(tmp_path / "out2"), config=["hrv"], executor="serial",
+                              log_mlflow=False, progress=False)
+    assert (res.n_fitted, res.n_failed) == (1, 0)
+
+
+def test_cli_an_unreachable_mlflow_is_a_clean_error_and_the_tables_stay(cohort, tmp_path, monkeypatch):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    only_bad = tmp_path / "bad"
+    shutil.copytree(cohort / "sub-04", only_bad / "sub-04")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["fingerprint", "fit", str(only_bad), "--out", str(out), "--serial",
+                                   "--mlflow", f"http://127.0.0.1:{port}", *sum((["--config", c] for c in FAST), [])])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (res.output, res.exception)
+    assert f"127.0.0.1:{port}" in text and "--no-mlflow" in text and str(out) in text
+    assert (out / "fingerprint.parquet").exists() and (out / "failures.parquet").exists()
+
+
+@pytest.mark.slow
+def test_a_plain_mlflow_path_logs_to_a_sqlite_store_there(cohort, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    only_bad = tmp_path / "bad"  # one corrupt recording: the job is instant, the logging is what is tested
+    shutil.copytree(cohort / "sub-04", only_bad / "sub-04")
+    res = run_fingerprint_job(str(only_bad), "out", config=FAST, executor="serial", progress=False,
+                              mlflow_uri="runs/mlruns")
+    store = f"sqlite:///{(tmp_path / 'runs' / 'mlruns' / 'mlflow.db').resolve()}"
+    run = mlflow.MlflowClient(store).get_run(res.mlflow_run_id)
+    assert run.data.metrics["n_failed"] == 1 and run.info.status == "FINISHED"
+    # artifacts beside the store, as a sweep's are, not in ./mlruns of wherever the job ran
+    assert run.info.artifact_uri.startswith((tmp_path / "runs" / "mlruns" / "mlartifacts").resolve().as_uri())
+    assert not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.slow
 def test_ray_job_resumes_and_skips_finished(cohort, tmp_path, local_ray):
     out = tmp_path / "out"

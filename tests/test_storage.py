@@ -90,6 +90,18 @@ def test_resolve_local_storage_is_absolute_and_created(tmp_path):
     assert st.read_bytes(target, "a/b.json") == b"{}" and st.read_bytes(target, "missing") is None
 
 
+def test_a_home_relative_path_means_home_not_a_folder_named_tilde(tmp_path, monkeypatch):
+    # storage: {path: ~/ckpt} made <project>/~/ckpt (a folder named "~": `rm -rf ~` away from disaster)
+    from fmx import tracking
+
+    home, project = tmp_path / "home", tmp_path / "project"
+    monkeypatch.setenv("HOME", str(home))
+    assert st.resolve_storage("~/ckpt", root=project).uri == str((home / "ckpt").resolve())
+    assert tracking.resolve_tracking_uri("~/mlflow", root=project) == \
+        f"sqlite:///{(home / 'mlflow' / 'mlflow.db').resolve()}"
+    assert not (project / "~").exists()
+
+
 @pytest.mark.parametrize("bad", ["s3://", "gs://bucket/x", "s3:///ray"])
 def test_resolve_rejects_bad_uris(bad):
     with pytest.raises(ValueError, match="storage.path"):

@@ -271,3 +271,54 @@ def test_resume_finds_the_tune_state_of_a_sweep_stored_on_s3(moto_s3, tmp_path, 
     monkeypatch.setattr(tune.Tuner, "restore", staticmethod(restore))
     with pytest.raises(Restored, match=f"^{bucket}/ray/s3resume-1$"):
         runner.run_sweep(sweep, resume_id="s3resume-1", root=tmp_path, progress=False)
+
+
+def test_run_sweep_refuses_an_optuna_sweep_with_nothing_to_search(tmp_path):
+    from fmx.runner import run_sweep
+    from fmx.schema import parse_sweep
+
+    sweep = parse_sweep(_sweep("nothing", method="tpe", parameters={"optim.lr": {"value": 0.1}}))
+    with pytest.raises(ValueError, match="method tpe needs at least one parameter with a distribution"):
+        run_sweep(sweep, root=tmp_path, progress=False)
+    assert not (tmp_path / "runs").exists()  # nothing recorded
+
+
+def test_a_trial_larger_than_the_local_ray_is_refused_with_what_it_asks_and_the_fix():
+    # Ray Train waits for such a trial's workers forever (a startup timeout every 60 s, retried without limit)
+    from fmx.runner import check_trial_fits
+    from fmx.schema import Resources
+
+    with pytest.raises(ValueError) as exc:
+        check_trial_fits(Resources(workers=2, cpus_per_worker=1), {"CPU": 2.0})
+    msg = str(exc.value)
+    assert "CPU 2.01" in msg and "resources.workers=2" in msg and "resources.cpus_per_worker=1" in msg
+    assert "has CPU 2" in msg and "--num-cpus" in msg
+    with pytest.raises(ValueError,
+                       match=r"GPU 1 .*resources.gpus_per_worker=0.5.*has CPU 8, GPU 0.*gpus_per_worker: 0"):
+        check_trial_fits(Resources(workers=2, cpus_per_worker=1, gpus_per_worker=0.5), {"CPU": 8.0})
+    check_trial_fits(Resources(workers=2, cpus_per_worker=1), {"CPU": 4.0})  # fits: no error
+    check_trial_fits(Resources(workers=1, cpus_per_worker=1, gpus_per_worker=0.25), {"CPU": 2.0, "GPU": 1.0})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_run_sweep_on_a_too_small_local_ray_fails_before_any_run_is_recorded(tmp_path, monkeypatch):
+    """A real local Ray with one CPU and a 2-worker trial: a clear error within seconds, the local Ray shut down,
+    no MLflow parent run or sweep pointer left behind (the trial would otherwise wait for ever)."""
+    import ray
+
+    from fmx.runner import run_sweep
+    from fmx.schema import parse_sweep
+
+    for var in ("RAY_ADDRESS", "FMX_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    sweep = parse_sweep(_sweep("toobig", resources={"workers": 2, "cpus_per_worker": 1}))
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"CPU 2.01.*local Ray has CPU 1"):
+        run_sweep(sweep, root=tmp_path, progress=False, num_cpus=1)
+    assert time.monotonic() - start < 60
+    assert not ray.is_initialized()
+    assert not (tmp_path / "runs" / "ray" / "toobig.latest.json").exists()
+    assert not (tmp_path / "runs" / "mlflow.db").exists()

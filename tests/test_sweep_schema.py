@@ -97,6 +97,17 @@ MALFORMED = [
      "tracking.artifact_location", "credentials never go"),
     ("endpoint_password", lambda d: d["storage"].update(endpoint_url="http://AKIA:s3cr3tvalue@127.0.0.1:9000"),
      "storage.endpoint_url", "credentials never go"),
+    # Optuna has nothing to search: validate said valid, then the run crashed in Tune's first suggestion
+    ("tpe_without_parameters", lambda d: d.update(method="tpe", parameters={}), "parameters",
+     "method tpe needs at least one parameter with a distribution"),
+    ("cmaes_with_constants_only", lambda d: d.update(method="cmaes", parameters={"optim.lr": {"value": 0.1}}),
+     "parameters", "method cmaes needs at least one parameter with a distribution"),
+    # YAML's yes/true is not a count: run_cap: yes ran one trial
+    ("boolean_run_cap", lambda d: d.update(run_cap=True), "run_cap", "valid integer"),
+    ("boolean_workers", lambda d: d["resources"].update(workers=True), "resources.workers", "valid integer"),
+    ("boolean_int_bound", lambda d: d["parameters"].update(
+        {"trainer.max_epochs": {"distribution": "int", "min": False, "max": 3}}), "parameters.trainer.max_epochs.min",
+     "valid integer"),
 ]
 
 
@@ -163,6 +174,22 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path = _write(tmp_path, "name: x\nmetric: {name: val/loss, goal: minimize\nparameters: {}\n")
     with pytest.raises(SweepFileError, match=r"not valid YAML at line \d+"):
         load_sweep(path)
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path):
+    # YAML loaders keep the last of two equal keys: a second `parameters:` block would drop the first unnoticed
+    text = yaml.safe_dump(SMOKE, sort_keys=False) + "parameters:\n  optim.lr: {value: 0.1}\n"
+    with pytest.raises(SweepFileError, match=r"line \d+.*'parameters' is given twice \(first at line \d+\)"):
+        load_sweep(_write(tmp_path, text))
+    nested = "name: x\nmetric: {name: val/loss, goal: minimize, goal: maximize}\n"
+    with pytest.raises(SweepFileError, match="'goal' is given twice"):
+        load_sweep(_write(tmp_path, nested, "nested.yaml"))
+    # a YAML merge key may be overridden on purpose
+    merged = ("name: x\nmethod: random\nmetric: {name: val/loss, goal: minimize}\nparameters:\n"
+              "  optim.lr: &lr {distribution: uniform, min: 0.1, max: 0.2}\n"
+              "  optim.weight_decay: {<<: *lr, max: 0.3}\n")
+    sweep = load_sweep(_write(tmp_path, merged, "merged.yaml"), check_config=False)
+    assert (sweep.parameters["optim.weight_decay"].min, sweep.parameters["optim.weight_decay"].max) == (0.1, 0.3)
 
 
 def test_top_level_list_is_rejected(tmp_path):

@@ -11,10 +11,69 @@ def test_resolve_tracking_uri_makes_local_stores_absolute(tmp_path):
     uri = tracking.resolve_tracking_uri("sqlite:///runs/mlflow.db", root=tmp_path)
     assert uri == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}" and (tmp_path / "runs").is_dir()
     assert tracking.resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert tracking.resolve_tracking_uri("mlruns", root=tmp_path).startswith("file:///")
     # artifacts of a local sqlite store live beside it, not in ./mlruns of the current directory
     assert tracking.default_artifact_location(uri, "fmx-x") == (tmp_path / "runs" / "mlartifacts" / "fmx-x").as_uri()
     assert tracking.default_artifact_location("http://127.0.0.1:5000", "fmx-x") is None
+
+
+def test_a_plain_tracking_path_is_a_sqlite_store_in_that_folder(tmp_path, monkeypatch):
+    # MLflow 3 refuses file stores (./mlruns) without MLFLOW_ALLOW_FILE_STORE: a folder gets the default's kind of
+    # store, sqlite, with its artifacts beside it, as sqlite:///runs/mlflow.db has
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = tracking.resolve_tracking_uri("runs/mlruns", root=tmp_path)
+    folder = (tmp_path / "runs" / "mlruns").resolve()
+    assert uri == f"sqlite:///{folder / 'mlflow.db'}" and folder.is_dir()
+    assert tracking.default_artifact_location(uri, "e") == (folder / "mlartifacts" / "e").as_uri()
+    assert tracking.resolve_tracking_uri(str(folder)) == uri  # absolute folders too
+    # a path naming a database file is that database, not a folder called store.db
+    assert tracking.resolve_tracking_uri("runs/store.db", root=tmp_path) == \
+        f"sqlite:///{(tmp_path / 'runs' / 'store.db').resolve()}"
+    assert not (tmp_path / "runs" / "store.db").exists()
+
+
+def test_a_file_store_is_refused_with_the_field_the_value_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = tmp_path / "mlruns"
+    with pytest.raises(ValueError, match=r"tracking\.uri.*file:.*MLFLOW_ALLOW_FILE_STORE") as exc:
+        tracking.resolve_tracking_uri(store.as_uri(), field="tracking.uri")
+    assert "sqlite" in str(exc.value)
+    # a folder that already holds a file store is not shadowed by a new, empty sqlite store inside it
+    (store / "0").mkdir(parents=True)
+    (store / "0" / "meta.yaml").write_text("name: Default\n")
+    with pytest.raises(ValueError, match=r"--tracking-uri.*file store.*migrate-filestore"):
+        tracking.resolve_tracking_uri(str(store), field="--tracking-uri")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the user's opt-in keeps the file store
+    assert tracking.resolve_tracking_uri(str(store)) == store.resolve().as_uri()
+    assert tracking.resolve_tracking_uri(store.as_uri()) == store.as_uri()
+
+
+def test_a_sweep_with_a_plain_tracking_path_gets_a_working_store(tmp_path, monkeypatch):
+    from fmx.runner import resolve_targets
+    from fmx.schema import parse_sweep
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep = parse_sweep({"name": "s", "metric": {"name": "val/loss", "goal": "minimize"},
+                         "tracking": {"uri": "runs/mlruns"}})
+    t = resolve_targets(sweep, root=tmp_path)
+    assert t.tracking_source == "sweep file" and t.tracking_uri.startswith("sqlite:///")
+    bad = parse_sweep({"name": "s", "metric": {"name": "val/loss", "goal": "minimize"},
+                       "tracking": {"uri": "file:///tmp/mlruns"}})
+    with pytest.raises(ValueError, match=r"tracking\.uri.*'file:///tmp/mlruns'"):
+        resolve_targets(bad, root=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
+    with pytest.raises(ValueError, match=r"MLFLOW_TRACKING_URI.*'file:///tmp/mlruns'"):
+        resolve_targets(parse_sweep({"name": "s", "metric": {"name": "val/loss", "goal": "minimize"}}),
+                        root=tmp_path)
+
+
+@pytest.mark.slow
+def test_mlflow_accepts_the_store_made_from_a_plain_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    c = tracking.client(tracking.resolve_tracking_uri("runs/mlruns", root=tmp_path))
+    exp = tracking.ensure_experiment(c, "fmx-plain-path")
+    rid, created = tracking.get_or_create_run(c, exp, tags={"k": "v"}, run_name="r")
+    assert created and c.get_run(rid).info.status == "RUNNING"
 
 
 def test_git_commit_is_a_sha():

@@ -30,8 +30,8 @@ from typing import Any, Mapping
 from fmx import storage as st
 from fmx import tracking
 from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_FILE, STORAGE_ENV, TRACKING_ENV,
-                        Categorical, Constant, Grid, IntRange, LogUniform, Storage, Sweep, Uniform, choose_target,
-                        mask_uri_password, uri_has_password)
+                        Categorical, Constant, Grid, IntRange, LogUniform, Resources, Storage, Sweep, Uniform,
+                        check_search_space, choose_target, mask_uri_password, uri_has_password)
 
 logger = logging.getLogger(__name__)
 
@@ -240,19 +240,57 @@ class MlflowLifecycle(_tune_callback_base()):
 
 
 # ---------------------------------------------------------------------------------------- the driver
-def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` (or start a local Ray); forward only non-secret environment to the workers."""
+def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` (or start a local Ray); forward only non-secret environment to the workers.
+
+    Returns True when it started a local Ray (a fixed size: :func:`check_trial_fits` applies), else False.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     # a URI with user:password@ (an unused MLFLOW_TRACKING_URI) would show in the dashboard's runtime_env
     env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k) and not uri_has_password(os.environ[k])}
     runtime_env = {"env_vars": env} if env else None
     if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray job RAY_ADDRESS names the cluster
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+        return False
+    ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def check_trial_fits(resources: Resources, available: Mapping[str, float]) -> None:
+    """Refuse a trial that a fixed-size (local) Ray can never place.
+
+    One trial holds ``workers x cpus_per_worker`` CPUs (and ``workers x gpus_per_worker`` GPUs) plus
+    :data:`TRIAL_CPU` for its Tune function. Ray Train waits for workers that do not fit, timing out and retrying
+    without limit, so such a sweep would hang instead of failing.
+
+    Raises
+    ------
+    ValueError
+        Naming what one trial asks for, what the Ray has, and the fix.
+    """
+    need = {"CPU": TRIAL_CPU + resources.workers * resources.cpus_per_worker}
+    if resources.gpus_per_worker > 0:
+        need["GPU"] = resources.workers * resources.gpus_per_worker
+    short = {k: v for k, v in need.items() if v > available.get(k, 0.0) + 1e-9}
+    if not short:
+        return
+    asks = (f"CPU {need['CPU']:g} (resources.workers={resources.workers:g} x resources.cpus_per_worker="
+            f"{resources.cpus_per_worker:g} + {TRIAL_CPU:g} for the trial itself)")
+    if "GPU" in need:
+        asks += (f" and GPU {need['GPU']:g} (resources.workers x resources.gpus_per_worker="
+                 f"{resources.gpus_per_worker:g})")
+    has = ", ".join(f"{k} {available.get(k, 0.0):g}" for k in need)
+    fixes = []
+    if "CPU" in short:
+        fixes.append(f"lower resources.workers or resources.cpus_per_worker, or give the local Ray more CPUs with "
+                     f"--num-cpus (this machine has {os.cpu_count()}; logical CPUs may exceed it)")
+    if "GPU" in short:
+        fixes.append("set resources.gpus_per_worker: 0 to train on CPUs, or run where GPUs are")
+    raise ValueError(f"one trial asks for {asks}, but the local Ray has {has}: it would wait for them for ever; "
+                     + "; ".join(fixes) + ", or submit the sweep to a cluster (--address)")
 
 
 @dataclass(frozen=True)
@@ -315,7 +353,9 @@ def resolve_targets(sweep: Sweep, *, root: str | Path | None = None,
     storage = st.resolve_storage(path, endpoint_url=sweep.storage.endpoint_url, region=sweep.storage.region,
                                  root=root)
     return Targets(storage=storage, storage_source=storage_source,
-                   tracking_uri=tracking.resolve_tracking_uri(uri, root=root), tracking_source=tracking_source)
+                   tracking_uri=tracking.resolve_tracking_uri(
+                       uri, root=root, field="tracking.uri" if tracking_source == SOURCE_FILE else tracking_source),
+                   tracking_source=tracking_source)
 
 
 def _longest_epochs(sweep: Sweep, cfg: Mapping[str, Any]) -> int:
@@ -391,6 +431,7 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     from fmx.progress import SweepProgress
 
     root = Path(root or os.getcwd())
+    check_search_space(sweep)  # before any run is recorded: Optuna would fail only at the first trial
     if fault is None and os.environ.get(FAULT_ENV):  # fault injection for end-to-end tests of the CLI
         fault = json.loads(os.environ[FAULT_ENV])
     sweep_id = resume_id or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -401,6 +442,19 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     logger.info("sweep %s: %s", sweep_id, where)
     if progress:
         print(f"sweep {sweep_id}: {where}", flush=True)
+    if plan.metric.startswith("acceptance/"):
+        # the metric arrives with the trial's final report only; Tune must not require it every epoch
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's newer console output prints an experiment banner even at verbose=0; fmx shows its own progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if init_ray(address, num_cpus=num_cpus):  # before any run or pointer is recorded: a refusal leaves none
+        import ray
+
+        try:
+            check_trial_fits(sweep.resources, ray.cluster_resources())
+        except ValueError:
+            ray.shutdown()
+            raise
     c = tracking.client(plan.tracking_uri)
     experiment = sweep.tracking.experiment or f"fmx-{sweep.name}"
     plan.experiment_id = tracking.ensure_experiment(
@@ -428,12 +482,6 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
         "storage_uri": plan.storage_uri, "storage_source": plan.storage_source,
         "tracking_source": plan.tracking_source}, indent=2).encode())
 
-    if plan.metric.startswith("acceptance/"):
-        # the metric arrives with the trial's final report only; Tune must not require it every epoch
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # Tune's newer console output prints an experiment banner even at verbose=0; fmx shows its own progress.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    init_ray(address, num_cpus=num_cpus)
     trainable = tune.with_resources(tune.with_parameters(trial_fn, plan=plan), {"CPU": TRIAL_CPU})
     reporter = SweepProgress(total=None if sweep.method == "grid" else sweep.run_cap, metric=plan.metric,
                              mode=plan.mode, enabled=progress)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 ACCEPTANCE_BENCHMARKS = ("numerics", "training", "ablation", "stability", "speed")
 CONFIG_GROUPS = ("model", "data", "fractals", "trainer")
@@ -59,6 +60,16 @@ def uri_has_password(uri: str) -> bool:
 def mask_uri_password(uri: str) -> str:
     """``scheme://user:password@host`` -> ``scheme://***@host``, for error messages."""
     return re.sub(r"(?<=://)[^/@\s]*(?=@)", "***", uri, count=1) if uri_has_password(uri) else uri
+
+
+def _no_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # YAML reads yes/true as True, which pydantic would take for 1
+        raise ValueError(f"Input should be a valid integer, not a boolean ({v})")
+    return v
+
+
+# A whole number (2 and 2.0), never a boolean
+StrictInt = Annotated[int, BeforeValidator(_no_bool)]
 
 
 class SweepFileError(ValueError):
@@ -109,9 +120,9 @@ class IntRange(_Strict):
     """Integer uniform in [min, max] with an optional step."""
 
     distribution: Literal["int"]
-    min: int
-    max: int
-    step: int = 1
+    min: StrictInt
+    max: StrictInt
+    step: StrictInt = 1
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -160,14 +171,14 @@ class EarlyTerminate(_Strict):
     """Stop unpromising trials: ASHA (successive halving) or the median rule; epochs are the time unit."""
 
     type: Literal["asha", "median", "none"] = "none"
-    grace_period: int = Field(1, ge=1, description="epochs a trial always runs before it can be stopped")
-    reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/reduction_factor at each rung")
+    grace_period: StrictInt = Field(1, ge=1, description="epochs a trial always runs before it can be stopped")
+    reduction_factor: StrictInt = Field(2, ge=2, description="ASHA: keep 1/reduction_factor at each rung")
 
 
 class Resources(_Strict):
     """Per-trial resources: a TorchTrainer with `workers` DDP workers."""
 
-    workers: int = Field(1, ge=1, le=512, description="DDP workers per trial")
+    workers: StrictInt = Field(1, ge=1, le=512, description="DDP workers per trial")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0, description="0 = CPU; fractions (0.25, 0.5) pack trials on one GPU")
 
@@ -196,7 +207,7 @@ class Storage(_Strict):
     path: str = Field(DEFAULT_STORAGE_PATH, description="local folder or s3://bucket/prefix")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS, CoreWeave)")
     region: str | None = None
-    keep_best: int = Field(2, ge=1, description="checkpoints kept by metric score (the latest is always kept)")
+    keep_best: StrictInt = Field(2, ge=1, description="checkpoints kept by metric score (the latest is always kept)")
 
     @field_validator("path")
     @classmethod
@@ -246,14 +257,15 @@ class Sweep(_Strict):
     metric: Metric
     parameters: dict[str, Union[Distribution, Constant]] = Field(default_factory=dict)
     early_terminate: EarlyTerminate = EarlyTerminate()
-    run_cap: int = Field(8, ge=1, le=10_000, description="trials to sample (grid: repeats of the full grid)")
-    max_concurrent: int = Field(1, ge=1, le=1024)
-    max_failures: int = Field(2, ge=0, description="worker crashes a trial survives, resuming from its checkpoint")
+    run_cap: StrictInt = Field(8, ge=1, le=10_000, description="trials to sample (grid: repeats of the full grid)")
+    max_concurrent: StrictInt = Field(1, ge=1, le=1024)
+    max_failures: StrictInt = Field(2, ge=0,
+                                    description="worker crashes a trial survives, resuming from its checkpoint")
     resources: Resources = Resources()
     acceptance: list[Literal["numerics", "training", "ablation", "stability", "speed"]] = Field(default_factory=list)
     storage: Storage = Storage()
     tracking: Tracking = Tracking()
-    seed: int = 0
+    seed: StrictInt = 0
 
     @field_validator("base")
     @classmethod
@@ -376,6 +388,15 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
         raise SweepFileError(file, path, msg, value=value, allowed=allowed) from None
 
 
+def check_search_space(sweep: Sweep, *, file: str | Path = "<sweep>") -> None:
+    """Refuse a TPE/CMA-ES sweep with nothing to search (Optuna would fail at the first trial, mid-run)."""
+    if sweep.method in ("tpe", "cmaes") and all(isinstance(p, Constant) for p in sweep.parameters.values()):
+        raise SweepFileError(file, "parameters", f"method {sweep.method} needs at least one parameter with a "
+                             "distribution", value=sorted(sweep.parameters) or {},
+                             allowed="a distribution (uniform, log_uniform, int, categorical), or method: random "
+                             "to run the base config run_cap times")
+
+
 _DIST_NAMES = ("uniform", "log_uniform", "int", "categorical", "grid")
 _BRANCHES = {"uniform": Uniform, "log_uniform": LogUniform, "int": IntRange, "categorical": Categorical,
              "grid": Grid, "Constant": Constant}
@@ -389,6 +410,29 @@ def _fields_at(path: str) -> list[str]:
             return []
         model = field.annotation
     return list(getattr(model, "model_fields", {}))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden on purpose
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (first at line {first[key] + 1})", key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def load_sweep(path: str | Path, *, check_config: bool = True) -> Sweep:
@@ -411,13 +455,14 @@ def load_sweep(path: str | Path, *, check_config: bool = True) -> Sweep:
     if not path.is_file():
         raise SweepFileError(path, "", "sweep file not found", allowed="a path to an existing .yaml file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise SweepFileError(path, "", f"not valid YAML at {where}: {getattr(exc, 'problem', exc)}",
                              allowed="YAML mappings and lists") from None
     sweep = parse_sweep(data, file=path)
+    check_search_space(sweep, file=path)
     if check_config:
         from fmx.config import check_sweep_paths
 

@@ -187,7 +187,7 @@ def resolve_storage(path: str, *, endpoint_url: str | None = None, region: str |
                              filesystem=s3_filesystem(endpoint_url=endpoint_url, region=region))
     if "://" in path:
         raise ValueError(f"storage.path: {path!r} is neither a local path nor s3://bucket/prefix")
-    p = Path(path)
+    p = Path(path).expanduser()  # ~/ckpt is home, not a folder named "~" in the project
     if not p.is_absolute():
         p = Path(root or os.getcwd()) / p
     p.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,15 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag: the UI nests children und
 MAX_PARAM_LEN = 6000             # MLflow 3 param value limit
 
 
-def resolve_tracking_uri(uri: str, *, root: str | Path | None = None) -> str:
-    """Make sqlite/file URIs absolute (Ray workers run in other directories) and create their folder.
+def resolve_tracking_uri(uri: str, *, root: str | Path | None = None, field: str = "tracking URI") -> str:
+    """Make local stores absolute (Ray workers run in other directories) and create their folder.
 
-    ``sqlite:///runs/mlflow.db`` (relative) -> ``sqlite:////abs/project/runs/mlflow.db``; ``runs/mlruns`` ->
-    ``file:///abs/project/runs/mlruns``; http(s)://, databricks and absolute URIs pass unchanged.
+    ``sqlite:///runs/mlflow.db`` (relative) -> ``sqlite:////abs/project/runs/mlflow.db``. A plain path is a
+    sqlite store like the default: ``runs/mlruns`` -> ``sqlite:////abs/project/runs/mlruns/mlflow.db`` (artifacts
+    beside it), ``runs/store.db`` (a ``.db``/``.sqlite`` file) -> that database. MLflow 3 refuses file stores
+    unless ``MLFLOW_ALLOW_FILE_STORE=true``: with that set, a plain path and a ``file:`` URI stay file stores;
+    without it a ``file:`` URI, or a folder that already holds a file store, is a ValueError naming ``field``,
+    the value and the fix. http(s)://, databricks and other URIs pass unchanged.
     """
     root = Path(root or os.getcwd())
     if uri.startswith("sqlite:///"):
@@ -40,13 +44,32 @@ def resolve_tracking_uri(uri: str, *, root: str | Path | None = None) -> str:
         p = Path(path) if path.startswith("/") else root / path
         p.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{p.resolve()}"
+    allow_file_store = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
     if uri.startswith("file:"):
+        if not allow_file_store:
+            raise ValueError(f"{field}={uri!r} is an MLflow file store, which MLflow 3 refuses: give a plain folder "
+                             "path (a sqlite store mlflow.db is made there) or sqlite:///path/mlflow.db, or set "
+                             "MLFLOW_ALLOW_FILE_STORE=true to keep the file store")
         return uri
     if "://" in uri or uri.startswith("databricks"):
         return uri
-    p = Path(uri) if Path(uri).is_absolute() else root / uri
+    p = Path(uri).expanduser()  # ~/mlflow is home, not a folder named "~" in the project
+    p = (p if p.is_absolute() else root / p).resolve()
+    if p.suffix in _SQLITE_SUFFIXES:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{p}"
+    if allow_file_store:
+        p.mkdir(parents=True, exist_ok=True)
+        return p.as_uri()
+    if (p / ".trash").is_dir() or any(p.glob("*/meta.yaml")):
+        raise ValueError(f"{field}={uri!r}: {p} holds an MLflow file store, which MLflow 3 refuses; migrate it "
+                         f"(mlflow migrate-filestore, into e.g. sqlite:///{p}/mlflow.db) and point {field} at the "
+                         "database, or set MLFLOW_ALLOW_FILE_STORE=true to keep using it")
     p.mkdir(parents=True, exist_ok=True)
-    return p.resolve().as_uri()
+    return f"sqlite:///{p / 'mlflow.db'}"
+
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:

@@ -61,6 +61,17 @@ def fit(
         )
     except ValueError as exc:
         _fail(exc)
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        from fmx.storage import redact
+
+        # logging is the job's last step: the tables are written and a re-run skips every finished recording
+        first = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        _fail(ValueError(f"MLflow logging failed ({first}); the tables are in {out}: re-run the same command when "
+                         "the tracking server is reachable (finished recordings are skipped), or add --no-mlflow"))
     console.print(
         f"[bold]{len(result.recordings)}[/] recordings: {result.n_fitted} fitted, {result.n_skipped} skipped "
         f"(done before), {result.n_failed} failed, in {result.seconds:.1f} s -> {result.out}"

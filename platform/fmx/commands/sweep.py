@@ -19,9 +19,12 @@ DEFAULT_STORAGE = "runs/ray"  # fmx.schema.DEFAULT_STORAGE_PATH; FMX_STORAGE_PAT
 
 
 def _fail(message: str, code: int = 2) -> None:
+    from rich.markup import escape
+
     from fmx.storage import redact
 
-    console.print(f"[red]error:[/red] {redact(message)}", soft_wrap=True)
+    # escaped: a value such as key=[a,b] would otherwise be read as console markup and vanish
+    console.print(f"[red]error:[/red] {escape(redact(message))}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -137,8 +140,9 @@ def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
     # Same rule as `fmx sweep run`: the default yields to FMX_STORAGE_PATH, so status/resume in a pod
     # find sweeps the pod stored in the bucket.
     storage, _ = choose_target(storage, default=DEFAULT_STORAGE, env_var=STORAGE_ENV)
+    missing = "://" not in storage and not Path(storage).expanduser().is_dir()  # resolve_storage would create it
     try:
-        pointer = read_pointer(name, resolve_storage(storage, endpoint_url=endpoint_url))
+        pointer = None if missing else read_pointer(name, resolve_storage(storage, endpoint_url=endpoint_url))
     except ValueError as exc:
         _fail(str(exc))
     if pointer is None:
@@ -186,9 +190,17 @@ def status(name: str = typer.Argument(..., help="sweep name"),
     pointer = _pointer(name, storage, endpoint_url)
     sweep = Sweep.model_validate(pointer["sweep"])
     c = tracking.client(pointer["tracking_uri"])
-    parent = c.get_run(pointer["parent_run_id"])
-    df = compare.ranked(compare.trials_frame(c, pointer["experiment_id"], pointer["parent_run_id"]),
-                        sweep.metric.name, sweep.metric.mode)
+    try:
+        parent = c.get_run(pointer["parent_run_id"])
+        df = compare.ranked(compare.trials_frame(c, pointer["experiment_id"], pointer["parent_run_id"]),
+                            sweep.metric.name, sweep.metric.mode)
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        _fail(f"cannot read the MLflow store {pointer['tracking_uri']}: "
+              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     console.print(f"sweep [bold]{pointer['sweep_id']}[/bold] ({parent.info.status}); {len(df)} of "
                   f"{sweep.run_cap if sweep.method != 'grid' else 'grid'} trials started; storage {pointer['storage_uri']}")
     if not df.empty:

@@ -32,17 +32,23 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
 
     from fmx.schema import TRACKING_ENV, choose_target
 
-    tracking_uri, _ = choose_target(tracking_uri, default=DEFAULT_TRACKING, env_var=TRACKING_ENV)  # as `sweep run`
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking_uri, source = choose_target(tracking_uri, default=DEFAULT_TRACKING, env_var=TRACKING_ENV)  # as `sweep run`
+    uri = _resolve(tracking_uri, TRACKING_ENV if source == TRACKING_ENV else "--tracking-uri")
     c = tracking.client(uri)
-    parent = cmp.find_parent(c, name)
-    if parent is None:
-        console.print(f"[red]error:[/red] no sweep {name!r} in {uri}; pass --tracking-uri of the sweep's tracking.uri")
-        raise typer.Exit(2)
-    params = parent.data.params
-    metric = params.get("sweep.metric", "val/loss")
-    mode = "min" if params.get("sweep.goal", "minimize") == "minimize" else "max"
-    df = cmp.ranked(cmp.trials_frame(c, parent.info.experiment_id, parent.info.run_id), metric, mode)
+    try:
+        parent = cmp.find_parent(c, name)
+        if parent is None:
+            _error(f"no sweep {name!r} in {uri}; pass --tracking-uri of the sweep's tracking.uri")
+        params = parent.data.params
+        metric = params.get("sweep.metric", "val/loss")
+        mode = "min" if params.get("sweep.goal", "minimize") == "minimize" else "max"
+        df = cmp.ranked(cmp.trials_frame(c, parent.info.experiment_id, parent.info.run_id), metric, mode)
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        _error(f"cannot read the MLflow store {uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     if df.empty:
         console.print(f"sweep {name}: no trials yet")
         raise typer.Exit(0)
@@ -70,7 +76,7 @@ def ui(tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="backend store of
     """Serve the MLflow UI on the local store (Ctrl-C stops it)."""
     from fmx import tracking
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = _resolve(tracking_uri, "--tracking-uri")
     mlflow = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
            "--port", str(port)]
@@ -81,6 +87,29 @@ def ui(tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="backend store of
         raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+def _error(message: str) -> None:
+    from rich.markup import escape
+
+    from fmx.storage import redact
+
+    console.print(f"[red]error:[/red] {escape(redact(message))}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _resolve(tracking_uri: str, field: str) -> str:
+    """The absolute store URI, or a clean error naming ``field`` (a file store MLflow 3 refuses, a password)."""
+    from fmx import tracking
+    from fmx.schema import mask_uri_password, uri_has_password
+
+    if uri_has_password(tracking_uri):  # MLflow's errors would print it
+        _error(f"{field}={mask_uri_password(tracking_uri)!r} carries user:password@; drop them from the URI and set "
+               "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+    try:
+        return tracking.resolve_tracking_uri(tracking_uri, field=field)
+    except ValueError as exc:
+        _error(str(exc))
 
 
 def register(app: typer.Typer) -> None:

@@ -149,6 +149,10 @@ def run_fingerprint_job(
     start = time.perf_counter()
     if executor not in ("ray", "serial"):
         raise ValueError(f"executor: must be 'ray' or 'serial', got {executor!r}")
+    if log_mlflow:  # before any work: a store MLflow refuses would surface only after the whole cohort
+        mlflow_uri = _tracking_uri(mlflow_uri)
+    if not storage.is_s3(out) and os.path.isfile(out):
+        raise ValueError(f"out: {str(out)!r} is a file; give a folder (created if missing) or an s3:// prefix")
     cfg = dict(config) if isinstance(config, Mapping) else load_config(config)
     cfg = _apply_cli(cfg, channels=channels, resample=resample, band=band, notch=notch, epoch=epoch)
     entries = plan_job(data, cfg, modality=modality)
@@ -232,6 +236,22 @@ def run_fingerprint_job(
 
         result.mlflow_run_id = log_job(result, cfg, data=str(data), uri=mlflow_uri, experiment=experiment)
     return result
+
+
+def _tracking_uri(uri: str | None) -> str | None:
+    """``uri`` (else ``MLFLOW_TRACKING_URI``) made absolute as sweeps make theirs (a plain path is a sqlite store
+    there, a file store is refused with the fix); None leaves MLflow's own default."""
+    from fmx.schema import mask_uri_password, uri_has_password
+    from fmx.tracking import resolve_tracking_uri
+
+    field, uri = ("mlflow_uri (--mlflow)", uri) if uri else ("MLFLOW_TRACKING_URI",
+                                                             (os.environ.get("MLFLOW_TRACKING_URI") or "").strip())
+    if not uri:
+        return None
+    if uri_has_password(uri):  # it would reach tracebacks and logs
+        raise ValueError(f"{field}={mask_uri_password(uri)!r}: credentials never go in the URI (user:password@); set "
+                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment")
+    return resolve_tracking_uri(uri, field=field)
 
 
 def subject_summary(table, participants=None):

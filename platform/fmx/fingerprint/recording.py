@@ -34,6 +34,12 @@ def load_recording(entry: Mapping[str, Any], cfg: Mapping[str, Any]) -> Recordin
         rec = readers.read_recording(local, subject=entry.get("member") or None)
     rec = rec.replace(meta={"path": str(entry["path"])})
     if rec.kind == "intervals":
+        # these act on signals sampled on a clock; an RR series would pass through them unchanged, unnoticed
+        given = [name for name in ("channels", "notch", "band", "resample", "epoch") if pre.get(name)]
+        if given:
+            raise ValueError(f"preprocess.{given[0]}={pre[given[0]]!r} applies to continuous recordings; "
+                             f"{entry['path']} is an interval (RR) series: drop --{given[0]} (config "
+                             f"preprocess.{given[0]}) for it")
         iv = cfg.get("intervals", {}) or {}
         if iv.get("ectopic_filter", True):
             rec = readers.filter_ectopic(rec, min_ms=iv.get("min_ms", 300.0), max_ms=iv.get("max_ms", 2000.0),

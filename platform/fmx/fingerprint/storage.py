@@ -55,6 +55,11 @@ def s3_filesystem():
 
 
 def _s3_path(uri: str) -> str:
+    from fmx.schema import mask_uri_password, uri_has_password
+
+    if uri_has_password(str(uri)):  # pyarrow's error would print the key pair
+        raise ValueError(f"uri: {mask_uri_password(str(uri))!r}: credentials never go in a URI (user:password@); "
+                         "use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment")
     path = str(uri)[len("s3://"):].strip("/")
     if not path or str(uri)[len("s3://"):].startswith("/"):  # s3:///a/b names no bucket (not bucket "a")
         raise ValueError(f"uri: {uri!r} names no bucket; use s3://BUCKET/PREFIX")
@@ -123,7 +128,10 @@ def version_of(uri: str | os.PathLike) -> tuple[int, int]:
         info = s3_filesystem().get_file_info(_s3_path(str(uri)))
         mtime = info.mtime_ns if info.mtime_ns is not None else 0
         return int(info.size or 0), int(mtime)
-    stat = Path(uri).stat()
+    try:
+        stat = Path(uri).stat()
+    except FileNotFoundError:  # as a missing S3 object: (0, 0); reading it fails that recording alone
+        return 0, 0
     return stat.st_size, stat.st_mtime_ns
 
 

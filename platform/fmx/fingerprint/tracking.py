@@ -52,6 +52,11 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
     if uri:
         mlflow.set_tracking_uri(uri)
     try:
+        from fmx.tracking import default_artifact_location, ensure_experiment
+
+        if uri:  # a chosen local sqlite store keeps its artifacts beside it, as sweeps do, not in ./mlruns
+            ensure_experiment(mlflow.MlflowClient(uri), experiment,
+                              artifact_location=default_artifact_location(uri, experiment))
         mlflow.set_experiment(experiment)
         with mlflow.start_run(run_name=f"fingerprint {Path(str(data).rstrip('/')).name}") as run:
             mlflow.set_tags({"fmx.kind": "fingerprint", "fmx.data": str(data), "fmx.out": result.out})
