@@ -322,3 +322,22 @@ def test_run_sweep_on_a_too_small_local_ray_fails_before_any_run_is_recorded(tmp
     assert not ray.is_initialized()
     assert not (tmp_path / "runs" / "ray" / "toobig.latest.json").exists()
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+def test_relative_data_paths_are_made_absolute_for_the_workers(tmp_path):
+    # Trials run in Ray workers with another working directory: data.root=../x must mean the submitter's ../x.
+    from fmx.config import absolute_data_paths, trial_config
+    from fmx.runner import make_plan
+    from fmx.schema import parse_sweep
+
+    base = ["model=tiny", "data=files", "data.root=recordings/eeg", "+data.path=~/corpus",
+            "data.pattern=**/*.edf"]
+    out = absolute_data_paths(base, tmp_path)
+    assert out[2] == f"data.root={(tmp_path / 'recordings' / 'eeg').resolve()}"
+    assert out[3] == f"+data.path={Path('~/corpus').expanduser()}"
+    assert out[:2] == base[:2] and out[4] == base[4]
+    assert absolute_data_paths(["data.root=s3://bucket/eeg", "data.root=null", "data.root=/abs"], tmp_path) == [
+        "data.root=s3://bucket/eeg", "data.root=null", "data.root=/abs"]
+    sweep = parse_sweep(_sweep("files", base=["model=tiny", "data=files", "data.root=rec"]))
+    plan = make_plan(sweep, sweep_id="files-1", root=tmp_path)
+    assert trial_config(plan.base, {})["data"]["root"] == str((tmp_path / "rec").resolve())

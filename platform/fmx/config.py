@@ -75,6 +75,26 @@ def group_overrides(params: Mapping[str, Any]) -> list[str]:
     return [f"{k}={v}" for k, v in params.items() if k in CONFIG_GROUPS]
 
 
+# Data locations a trial's datamodule opens. Trials run in Ray workers whose working directory is not the
+# one the sweep was submitted from, so a relative path would point elsewhere (or nowhere) there.
+DATA_PATH_KEYS = ("data.root", "data.path")
+
+
+def absolute_data_paths(base: list[str] | tuple[str, ...], root: str | Path) -> list[str]:
+    """The sweep's base overrides with relative (or ``~``) :data:`DATA_PATH_KEYS` values made absolute against
+    ``root`` (where the sweep was submitted); URIs (``s3://...``) and ``null`` stay as written."""
+    out = []
+    for item in base:
+        key, sep, value = str(item).partition("=")
+        if sep and key.lstrip("+~") in DATA_PATH_KEYS and value and value != "null" and "://" not in value:
+            path = Path(value.strip("'\"")).expanduser()
+            if not path.is_absolute():
+                path = (Path(root) / path).resolve()
+            item = f"{key}={path}"
+        out.append(item)
+    return out
+
+
 def trial_config(base: list[str], params: Mapping[str, Any], *, seed: int | None = None) -> dict:
     """Compose the config of one trial: the sweep's base overrides, group choices, then the sampled values.
 

@@ -373,13 +373,14 @@ def _longest_epochs(sweep: Sweep, cfg: Mapping[str, Any]) -> int:
 def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "", experiment_id: str = "",
               builders: Mapping[str, str] | None = None, fault: Mapping[str, Any] | None = None,
               env: Mapping[str, str] | None = None) -> SweepPlan:
-    from fmx.config import compose
+    from fmx.config import absolute_data_paths, compose
 
     targets = resolve_targets(sweep, root=root, env=env)
     target = targets.storage
-    cfg = compose(sweep.base)
+    base = absolute_data_paths(sweep.base, root)
+    cfg = compose(base)
     return SweepPlan(
-        sweep_id=sweep_id, name=sweep.name, base=list(sweep.base), seed=sweep.seed, metric=sweep.metric.name,
+        sweep_id=sweep_id, name=sweep.name, base=base, seed=sweep.seed, metric=sweep.metric.name,
         mode=sweep.metric.mode, storage_uri=target.uri, storage_path=target.storage_path,
         endpoint_url=sweep.storage.endpoint_url or st.endpoint_from_env(), region=sweep.storage.region,
         keep_best=sweep.storage.keep_best, workers=sweep.resources.workers,
