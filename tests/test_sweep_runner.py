@@ -209,6 +209,13 @@ def test_acceptance_benchmarks_on_a_tiny_checkpoint(tmp_path):
     assert metrics["acceptance/numerics_pass"] == 1.0 and "acceptance/speed_device" not in metrics
     assert json.loads(json.dumps(report.to_dict()))["benchmarks"]["training"]["pass"] is True
 
+    # the threshold comes from fractals.probes.causal_scale_ablation.min_drop_pct (default 5 %)
+    probe = cfg["fractals"]["probes"]["causal_scale_ablation"]
+    assert probe["min_drop_pct"] == 5.0 and res["ablation"]["pass"] == (res["ablation"]["drop_pct"] > 5.0)
+    probe["min_drop_pct"] = res["ablation"]["drop_pct"] - 1.0
+    lower = run_acceptance(["ablation"], cfg=cfg, checkpoint=Checkpoint.from_directory(str(tmp_path)))
+    assert lower.results["ablation"]["pass"] is True
+
     no_ckpt = run_acceptance(["ablation", "training"], cfg=cfg, checkpoint=None, metrics={})
     assert no_ckpt.results == {"ablation": {"reason": "no checkpoint"},
                                "training": {"reason": "val/latent_beta was not logged"}}

@@ -111,8 +111,7 @@ def ablation(*, cfg: Mapping[str, Any], checkpoint, builders=None, n_batches: in
     from models.callbacks import CausalScaleAblationCallback
 
     probe = cfg.get("fractals", {}).get("probes", {}).get("causal_scale_ablation", {})
-    min_drop_pct = float(min_drop_pct if min_drop_pct is not None else
-                         cfg.get("data", {}).get("ablation_min_drop_pct", 5.0))
+    min_drop_pct = float(min_drop_pct if min_drop_pct is not None else probe.get("min_drop_pct", 5.0))
     module, batches = _val_batches(cfg, builders, n_batches)
     _load(module, checkpoint)
     cb = CausalScaleAblationCallback(mode=probe.get("mode", "high_beta_only"),

@@ -231,7 +231,7 @@ class Tracking(_Strict):
     """MLflow: a tracking URI (http(s)://, sqlite:///, file path) and the experiment name."""
 
     uri: str = Field(DEFAULT_TRACKING_URI, description="relative sqlite/file paths resolve to the project")
-    experiment: str | None = Field(None, description="defaults to fmx/<sweep name>")
+    experiment: str | None = Field(None, description="defaults to fmx-<sweep name>")
     artifact_location: str | None = Field(None, description="e.g. s3://bucket/mlflow for a new experiment")
 
     @field_validator("uri")
