@@ -221,8 +221,13 @@ class CausalScaleAblationCallback(pl.Callback):
             raise ValueError(
                 f"fractals.probes.causal_scale_ablation.mode: must be 'high_beta_only' or 'low_beta_only', got {mode!r}"
             )
-        if not (0.0 < float(ablate_ratio) < 1.0):
-            raise ValueError(f"fractals.probes.causal_scale_ablation.ablate_ratio: must lie in (0, 1), got {ablate_ratio}")
+        try:
+            ratio = float(ablate_ratio)
+        except (TypeError, ValueError):
+            ratio = float("nan")
+        if not (0.0 < ratio < 1.0):
+            raise ValueError("fractals.probes.causal_scale_ablation.ablate_ratio: must lie in (0, 1), "
+                             f"got {ablate_ratio!r}")
         self.mode, self.ratio, self.cfg_fractals = mode, float(ablate_ratio), cfg_fractals
         self._batch = None
 
@@ -278,13 +283,17 @@ def build_callbacks(cfg: Mapping[str, Any]) -> list[pl.Callback]:
     fr = cfg.get("fractals", {}) or {}
     if not fr.get("enable", False):
         return []
+    from models.neurofmx import _int_option
+
     logc = fr.get("log", {}) or {}
+    every = {name: _int_option(logc.get(name, default), f"fractals.log.{name}", 1)
+             for name, default in (("fingerprint_every_n_steps", 200), ("tb_hist_every_n", 500))}
     cbs: list[pl.Callback] = [
-        LatentFingerprintCallback(every_n_steps=int(logc.get("fingerprint_every_n_steps", 200)), cfg_fractals=fr),
-        LatentHistogramCallback(every_n_steps=int(logc.get("tb_hist_every_n", 500)), cfg_fractals=fr),
+        LatentFingerprintCallback(every_n_steps=every["fingerprint_every_n_steps"], cfg_fractals=fr),
+        LatentHistogramCallback(every_n_steps=every["tb_hist_every_n"], cfg_fractals=fr),
     ]
     abl = (fr.get("probes", {}) or {}).get("causal_scale_ablation", {}) or {}
     if abl.get("enable", False):
         cbs.append(CausalScaleAblationCallback(mode=abl.get("mode", "high_beta_only"),
-                                               ablate_ratio=float(abl.get("ablate_ratio", 0.15)), cfg_fractals=fr))
+                                               ablate_ratio=abl.get("ablate_ratio", 0.15), cfg_fractals=fr))
     return cbs

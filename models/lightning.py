@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover
     import lightning.pytorch as pl
 
 from models.callbacks import _autocast_off, build_callbacks, latent_band, latent_measures
-from models.neurofmx import NeuroFMx
+from models.neurofmx import NeuroFMx, _int_option
 
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
 
@@ -54,6 +54,35 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False) or "norm" in name.lower()
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _check_optim(optim: Mapping[str, Any]) -> None:
+    """Refuse optimiser settings that would fail at the first step or train silently wrong, naming the field."""
+
+    def check(name: str, ok, need: str, *, integer: bool = False, optional: bool = False) -> None:
+        if name not in optim or (optional and optim[name] is None):
+            return
+        value = optim[name]
+        try:
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not math.isfinite(number) or (integer and number != int(number)) or not ok(number):
+            raise ValueError(f"optim.{name}: needs {need}, got {value!r}")
+
+    check("lr", lambda v: v > 0, "a number > 0, e.g. 3e-4")
+    check("weight_decay", lambda v: v >= 0, "a number >= 0 (0 = no decay)")
+    check("grad_clip", lambda v: v >= 0, "a number >= 0 or null (0 or null = no clipping)", optional=True)
+    check("warmup_steps", lambda v: v >= 0, "an integer >= 0", integer=True)
+    check("total_steps", lambda v: v >= 1, "an integer >= 1 or null (null = the trainer's step count)",
+          integer=True, optional=True)
+    betas = optim.get("betas", (0.9, 0.95))
+    try:
+        ok = len(betas) == 2 and all(not isinstance(b, bool) and 0.0 <= float(b) < 1.0 for b in betas)
+    except (TypeError, ValueError):
+        ok = False
+    if isinstance(betas, str) or not ok:
+        raise ValueError(f"optim.betas: needs two numbers in [0, 1), e.g. [0.9, 0.95], got {betas!r}")
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, schedule: str = "cosine",
@@ -88,11 +117,12 @@ class NeuroFMxModule(pl.LightningModule):
         schedule = optim.get("schedule", "cosine")
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule: must be 'cosine' or 'constant', got {schedule!r}")
+        _check_optim(optim)
         fr = cfg.get("fractals", {}) or {}
         self.fractals_cfg = fr
         self.priors = None
         priors_cfg = dict(fr.get("priors", {}) or {})
-        self.prior_warmup = int(priors_cfg.get("warmup_steps", 0))
+        self.prior_warmup = _int_option(priors_cfg.get("warmup_steps", 0), "fractals.priors.warmup_steps", 0)
         # ramp_steps shapes when the priors apply, not what they measure: read it here, pass the rest.
         ramp = priors_cfg.pop("ramp_steps", 0)
         if isinstance(ramp, bool) or not isinstance(ramp, int) or ramp < 0:
@@ -116,12 +146,21 @@ class NeuroFMxModule(pl.LightningModule):
             return {}
         from fractals.criticality import SpectralRegularizer
 
+        values = {}
+        for key, default in (("target", 1.0), ("weight", 0.01)):
+            try:
+                values[key] = float(crit.get(key, default))
+            except (TypeError, ValueError):
+                raise ValueError(f"criticality.{key}: needs a number, got {crit.get(key)!r}") from None
+        modules = crit.get("modules", ["backbone"])
+        if isinstance(modules, str):
+            raise ValueError(f"criticality.modules: needs a list of NeuroFMx submodule names, e.g. [backbone], "
+                             f"got {modules!r}")
         regs = {}
-        for name in crit.get("modules", ["backbone"]):
+        for name in modules:
             if not hasattr(self.model, name):
                 raise ValueError(f"criticality.modules: NeuroFMx has no submodule {name!r}")
-            regs[name] = SpectralRegularizer(targets=float(crit.get("target", 1.0)),
-                                             weight=float(crit.get("weight", 0.01)), n_iter=2)
+            regs[name] = SpectralRegularizer(targets=values["target"], weight=values["weight"], n_iter=2)
         return regs
 
     def _spectral_loss(self) -> tuple[torch.Tensor | None, dict]:

@@ -17,7 +17,7 @@ depends on samples before the end of step ``s`` only (tested end to end).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,7 @@ from models.heads import (
     UncertaintyWeightedLoss,
     channel_view,
 )
+from models.heads.base import fit_time
 from models.layers.scale_encoding import ScaleEncoding, WaveletScatteringEncoding
 from models.perceiver import PerceiverIOEncoder
 from models.popt import PopT, channel_summaries
@@ -44,6 +45,38 @@ __all__ = ["NeuroFMx", "SIGNAL_KEYS"]
 SIGNAL_KEYS = ("spikes", "lfp", "eeg", "ecog", "ieeg", "emg", "calcium", "fmri")
 _COUNT_KEYS = ("spikes",)  # Poisson losses; everything else is z-scored MSE
 _VOCAB_OPTION = {"spikes": "n_units", "calcium": "n_neurons", "fmri": "n_rois"}
+
+
+def _int_option(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int, or a ValueError naming the config field (2.5, "abc" and True are refused)."""
+    try:
+        ok = not isinstance(value, bool) and float(value) == int(value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or int(value) < minimum:
+        raise ValueError(f"{name}: needs an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _build_part(path: str, cls, **kwargs: Any):
+    """``cls(**kwargs)``; a bad or unknown option is reported under its config path ``path``."""
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        hint = "; see platform/fmx/conf/model/tiny.yaml for the options" if isinstance(exc, TypeError) else ""
+        raise ValueError(f"{path}: {exc}{hint}") from exc
+
+
+def _head_options(heads: Mapping[str, Any], kind: str) -> dict | None:
+    """Options of head ``kind``: None when off (absent, null or false), {} for true or an empty mapping."""
+    value = heads.get(kind)
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"model.heads.{kind}: needs a mapping of options (null turns the head off), got {value!r}")
+    return dict(value)
 
 
 def _vocab(key: str, opts: Mapping[str, Any], default: int = 256) -> int:
@@ -83,7 +116,10 @@ class NeuroFMx(nn.Module):
     heads
         Which heads to build, e.g. ``{forecast: {keys: [lfp], horizon: 1}, reconstruction: {keys:
         [lfp], mask_ratio: 0.25}, behavior: {n_features: 2}, contrastive: {view: behavior},
-        adversarial: {target: subject, n_domains: 4}}``; see ``platform/fmx/conf/model/*.yaml``.
+        adversarial: {target: subject, n_domains: 4}}``; see ``platform/fmx/conf/model/*.yaml``. ``null``
+        turns a head off; ``{}`` builds it with its defaults. The contrastive head reads the PopT tokens
+        (``pairing: sample``) or the latent steps (``pairing: time``). A head with nothing to score in a batch (target
+        absent, every channel masked, no step ``horizon`` ahead) adds no loss.
 
     Shape:
         - batch: dict per the models contract
@@ -97,23 +133,29 @@ class NeuroFMx(nn.Module):
                  scale_encodings: Mapping[str, Any] | None = None,
                  popt: Mapping[str, Any] | None = None, heads: Mapping[str, Any] | None = None):
         super().__init__()
-        if int(d_model) < 8:
-            raise ValueError(f"model.d_model: must be >= 8, got {d_model}")
-        if int(patch_size) < 1:
-            raise ValueError(f"model.patch_size: must be >= 1, got {patch_size}")
-        self.d_model, self.patch_size = int(d_model), int(patch_size)
+        d_model = _int_option(d_model, "model.d_model", 8)
+        patch_size = _int_option(patch_size, "model.patch_size", 1)
+        self.d_model, self.patch_size = d_model, patch_size
+        if not isinstance(tokenizers, Mapping) or not tokenizers:
+            raise ValueError("model.tokenizers: needs at least one batch key with its tokenizer options, e.g. "
+                             f"{{lfp: {{n_channels: 16}}}}, got {tokenizers!r}")
         self.tokenizer_options = {k: dict(v or {}) for k, v in tokenizers.items()}
         self.tokenizer = MultimodalTokenizer(d_model=d_model, patch_size=patch_size, modalities=self.tokenizer_options)
-        self.perceiver = PerceiverIOEncoder(d_model=d_model, **dict(perceiver or {}))
+        self.perceiver = _build_part("model.perceiver", PerceiverIOEncoder, d_model=d_model, **dict(perceiver or {}))
+        if self.perceiver.latent_attention == "full" and _head_options(dict(heads or {}), "forecast") is not None:
+            raise ValueError("model.perceiver.latent_attention: 'full' lets every step attend to later steps, so the "
+                             "forecast head would read the samples it predicts; use causal (or local), or drop "
+                             "model.heads.forecast")
         # One SSM/head step covers chunk_size token bins.
         self.step_size = self.patch_size * self.perceiver.chunk_size
-        self.scale_encoding = self._build_scale_encoding(dict(scale_encodings) if scale_encodings else None, heads)
+        self.scale_encoding = self._build_scale_encoding(None if scale_encodings is None else dict(scale_encodings),
+                                                        heads)
         ssm = dict(ssm or {})
-        n_layers = int(ssm.pop("n_layers", 2))
-        self.backbone = Mamba2Stack(d_model=d_model, n_layers=n_layers,
+        n_layers = _int_option(ssm.pop("n_layers", 2), "model.ssm.n_layers", 1)
+        self.backbone = _build_part("model.ssm", Mamba2Stack, d_model=d_model, n_layers=n_layers,
                                     fractional=dict(fractional_kernels) if fractional_kernels else None, **ssm)
         popt = dict(popt or {})
-        self.popt = PopT(d_model=d_model, **popt)
+        self.popt = _build_part("model.popt", PopT, d_model=d_model, **popt)
         self._build_heads(dict(heads or {}))
         self.loss_weighting = UncertaintyWeightedLoss(task_names=self.loss_names)
 
@@ -123,9 +165,12 @@ class NeuroFMx(nn.Module):
             return None
         kind = se.get("kind", "filterbank")
         if kind == "filterbank":
+            if not se.get("wavelet_scales"):
+                raise ValueError("fractals.backbone.scale_encodings.wavelet_scales: kind 'filterbank' needs a list of "
+                                 f"scales in latent steps, e.g. [8, 16, 32, 64]; got {se.get('wavelet_scales')!r}")
             return ScaleEncoding(d_model=self.d_model, scales=list(se["wavelet_scales"]))
         if kind == "scattering":
-            if "forecast" in dict(heads or {}):
+            if _head_options(dict(heads or {}), "forecast") is not None:
                 raise ValueError(
                     "fractals.backbone.scale_encodings.kind: 'scattering' is non-causal and the forecast head "
                     "would see the future; use kind=filterbank or drop model.heads.forecast"
@@ -144,35 +189,56 @@ class NeuroFMx(nn.Module):
         self.reconstruction = nn.ModuleDict()
         self.mask_ratio = 0.0
         for kind, table in (("forecast", self.forecast), ("reconstruction", self.reconstruction)):
-            opts = dict(heads.get(kind) or {})
-            if not heads.get(kind):
+            opts = _head_options(heads, kind)
+            if opts is None:
                 continue
             keys = opts.pop("keys", [k for k in self.tokenizer_options if k in SIGNAL_KEYS])
+            if isinstance(keys, str) or not isinstance(keys, Sequence):
+                raise ValueError(f"model.heads.{kind}.keys: needs a list of modality names, e.g. [lfp], got {keys!r}")
+            if "loss" in opts:
+                raise ValueError(f"model.heads.{kind}.loss: the loss is set per modality (poisson for spikes, mse "
+                                 f"otherwise), got {opts['loss']!r}; remove the option")
             if kind == "reconstruction":
-                self.mask_ratio = float(opts.pop("mask_ratio", 0.25))
+                ratio = opts.pop("mask_ratio", 0.25)
+                try:
+                    self.mask_ratio = float(ratio)
+                except (TypeError, ValueError):
+                    self.mask_ratio = float("nan")
                 if not 0.0 < self.mask_ratio < 1.0:
-                    raise ValueError(f"model.heads.reconstruction.mask_ratio: must lie in (0, 1), got {self.mask_ratio}")
+                    raise ValueError(f"model.heads.reconstruction.mask_ratio: must lie in (0, 1), got {ratio!r}")
             for key in keys:
                 if key not in SIGNAL_KEYS:
                     raise ValueError(f"model.heads.{kind}.keys: {key!r} is not a signal modality {SIGNAL_KEYS}")
                 cls = ForecastHead if kind == "forecast" else MaskedReconstructionHead
                 loss = "poisson" if key in _COUNT_KEYS else "mse"
-                table[key] = cls(d_model=d, patch_size=p, loss=loss,
-                                 n_channel_ids=_vocab(key, self.tokenizer_options.get(key, {})), **opts)
+                table[key] = _build_part(f"model.heads.{kind}", cls, d_model=d, patch_size=p, loss=loss,
+                                         n_channel_ids=_vocab(key, self.tokenizer_options.get(key, {})), **opts)
         self.behavior = None
-        if heads.get("behavior"):
-            self.behavior = BehaviorHead(d_model=d, patch_size=p, **dict(heads["behavior"]))
+        opts = _head_options(heads, "behavior")
+        if opts is not None:
+            if "n_features" not in opts:
+                raise ValueError("model.heads.behavior.n_features: required, the number of behaviour features "
+                                 "(e.g. 2 for x/y kinematics)")
+            opts["n_features"] = _int_option(opts["n_features"], "model.heads.behavior.n_features", 1)
+            self.behavior = _build_part("model.heads.behavior", BehaviorHead, d_model=d, patch_size=p, **opts)
         self.contrastive, self.contrastive_view = None, None
-        if heads.get("contrastive"):
-            opts = dict(heads["contrastive"])
+        opts = _head_options(heads, "contrastive")
+        if opts is not None:
             self.contrastive_view = opts.pop("view", "behavior")
-            dim_b = int(opts.pop("dim_b"))
-            self.contrastive = ContrastiveHead(dim_a=d, dim_b=dim_b, **opts)
+            if "dim_b" not in opts:
+                raise ValueError("model.heads.contrastive.dim_b: required, the feature width of the view "
+                                 f"{self.contrastive_view!r} (behavior: model.heads.behavior.n_features)")
+            self.contrastive_dim_b = _int_option(opts.pop("dim_b"), "model.heads.contrastive.dim_b", 1)
+            self.contrastive = _build_part("model.heads.contrastive", ContrastiveHead, dim_a=d,
+                                           dim_b=self.contrastive_dim_b, **opts)
         self.adversarial, self.adversarial_target = None, None
-        if heads.get("adversarial"):
-            opts = dict(heads["adversarial"])
+        opts = _head_options(heads, "adversarial")
+        if opts is not None:
             self.adversarial_target = opts.pop("target", "subject")
-            self.adversarial = DomainAdversarialHead(d_model=d, **opts)
+            if "n_domains" not in opts:
+                raise ValueError("model.heads.adversarial.n_domains: required, the number of subjects or species "
+                                 f"(labels of batch[{self.adversarial_target!r}] lie in [0, n_domains))")
+            self.adversarial = _build_part("model.heads.adversarial", DomainAdversarialHead, d_model=d, **opts)
         names = [f"forecast_{k}" for k in self.forecast] + [f"recon_{k}" for k in self.reconstruction]
         names += [n for n, h in (("behavior", self.behavior), ("contrastive", self.contrastive),
                                  ("adversarial", self.adversarial)) if h is not None]
@@ -191,8 +257,12 @@ class NeuroFMx(nn.Module):
         missing = [k for k in ("d_model", "patch_size", "tokenizers") if k not in m]
         if missing:
             raise ValueError(f"model: missing field(s) {missing}; see platform/fmx/conf/model/tiny.yaml")
+        fk_missing = [k for k in ("n_taps", "min_alpha", "max_alpha") if k not in fk]
+        if fk.get("enable") and fk_missing:
+            raise ValueError(f"fractals.backbone.fractional_kernels: missing {fk_missing} (enable is true); "
+                             "see platform/fmx/conf/fractals/default.yaml")
         return cls(
-            d_model=int(m["d_model"]), patch_size=int(m["patch_size"]), tokenizers=m["tokenizers"],
+            d_model=m["d_model"], patch_size=m["patch_size"], tokenizers=m["tokenizers"],
             perceiver=m.get("perceiver"), ssm=m.get("ssm"),
             fractional_kernels={k: fk[k] for k in ("n_taps", "min_alpha", "max_alpha")} if fk.get("enable") else None,
             scale_encodings={k: v for k, v in se.items() if k != "enable"} if se.get("enable") else None,
@@ -242,6 +312,32 @@ class NeuroFMx(nn.Module):
             masks.insert(0, smask)
         return self.popt(torch.cat(parts, 1), mask=torch.cat(masks, 1))
 
+    def _fit_view_features(self, view: torch.Tensor) -> torch.Tensor:
+        """Zero-pad the contrastive view's features up to ``dim_b``, as the behaviour head and tokenizer take
+        ``F <= n_features``; more features than ``dim_b`` is a config error."""
+        n, dim_b = view.shape[-1], self.contrastive_dim_b
+        if n > dim_b:
+            raise ValueError(f"batch[{self.contrastive_view!r}]: has {n} features, more than "
+                             f"model.heads.contrastive.dim_b={dim_b}; raise dim_b to {n}")
+        return nn.functional.pad(view, (0, dim_b - n)) if n < dim_b else view
+
+    def _check_finite_inputs(self, batch: Mapping[str, Any]) -> None:
+        """Raise a ValueError naming the first batch key read by the model with NaN/inf in a real channel."""
+        keys = list(self.tokenizer_options) + [k for k in ("behavior", self.contrastive_view) if k]
+        for key in dict.fromkeys(keys):
+            x = batch.get(key)
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                continue
+            bad = ~torch.isfinite(x)
+            mask, time_major = batch.get(f"{key}_mask"), key in TIME_MAJOR_KEYS
+            per_channel = x.shape[::2] if time_major else x.shape[:2]
+            if isinstance(mask, torch.Tensor) and x.ndim == 3 and mask.shape == per_channel:
+                # Padding may hold anything: the tokenizers never read it.
+                bad = bad & (mask.bool()[:, None, :] if time_major else mask.bool()[:, :, None])
+            if bool(bad.any()):
+                raise ValueError(f"batch[{key!r}]: {int(bad.sum())} NaN or inf value(s) in real channels make the "
+                                 f"loss NaN; interpolate them, or mark the channel as padding in {key}_mask")
+
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         n_tok = self.tokenizer.num_time_tokens(batch)
         if n_tok is None:
@@ -255,19 +351,35 @@ class NeuroFMx(nn.Module):
         steps = h[:, k - 1 :: k]  # last latent of each chunk: one per step, sees the whole chunk
         popt = self._popt(enc["tokens"], steps)
         losses, outputs, metrics = {}, {}, {}
+        # Losses of heads that had nothing to score (no step `horizon` ahead inside the window, every channel
+        # or feature masked, no hidden step, a single sample to contrast) are 0 by construction: summed, they
+        # would pull the epoch's mean loss down and drive their uncertainty weights up, so they count only
+        # when no head scored anything.
+        empty: dict[str, torch.Tensor] = {}
+
+        def add(name: str, loss: torch.Tensor, scored: bool) -> None:
+            (losses if scored else empty)[name] = loss
+
+        def any_real(mask) -> bool:
+            return mask is None or bool(mask.bool().any())
+
         for key, head in self.forecast.items():
             if key in batch:
                 x, m, ids = channel_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids)
-                losses[f"forecast_{key}"], outputs[f"forecast_{key}"] = out.loss, out.prediction
+                add(f"forecast_{key}", out.loss, steps.shape[1] > head.horizon and any_real(m))
+                outputs[f"forecast_{key}"] = out.prediction
         for key, head in self.reconstruction.items():
             if key in batch and step_mask is not None:
                 x, m, ids = channel_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids, step_mask=step_mask)
-                losses[f"recon_{key}"], outputs[f"recon_{key}"] = out.loss, out.prediction
+                add(f"recon_{key}", out.loss, any_real(m) and any_real(step_mask))
+                outputs[f"recon_{key}"] = out.prediction
         if self.behavior is not None and "behavior" in batch:
-            out = self.behavior(steps, target=batch["behavior"], mask=batch.get("behavior_mask"))
-            losses["behavior"], outputs["behavior"] = out.loss, out.prediction
+            mask = batch.get("behavior_mask")
+            out = self.behavior(steps, target=batch["behavior"], mask=mask)
+            add("behavior", out.loss, any_real(mask))
+            outputs["behavior"] = out.prediction
             metrics.update({f"behavior_{n}": v for n, v in out.metrics.items()})
         if self.contrastive is not None and self.contrastive_view in batch:
             view = batch[self.contrastive_view]
@@ -276,17 +388,33 @@ class NeuroFMx(nn.Module):
                 # (B, T, F) with a (B, F) mask: missing features must not reach the loss.
                 view = torch.where(feature_mask.bool()[:, None, :], view, torch.zeros((), dtype=view.dtype,
                                                                                       device=view.device))
-            out = self.contrastive(popt, view)
-            losses["contrastive"] = out.loss
+            view, view_mask, latents = self._fit_view_features(view), None, popt
+            if self.contrastive.pairing == "time":
+                # Time pairing contrasts latent steps (PopT tokens have no time axis) with the view pooled to
+                # steps: a view on the sample axis is padded (or cropped) to whole steps, padding left unpooled.
+                latents = steps
+                if view.ndim == 3 and view.shape[1] != steps.shape[1]:
+                    fitted, valid = fit_time(view.transpose(1, 2), steps.shape[1] * self.step_size)
+                    view, view_mask = fitted.transpose(1, 2), valid.expand(view.shape[0], -1)
+            out = self.contrastive(latents, view, b_mask=view_mask)
+            add("contrastive", out.loss, self.contrastive.pairing == "time" or popt.shape[0] > 1)
             metrics.update({f"contrastive_{n}": v for n, v in out.metrics.items()})
         if self.adversarial is not None and self.adversarial_target in batch:
-            out = self.adversarial(popt, target=batch[self.adversarial_target])
+            try:
+                out = self.adversarial(popt, target=batch[self.adversarial_target])
+            except ValueError as exc:  # the head says "target": name the batch key and the config field
+                raise ValueError(f"batch[{self.adversarial_target!r}] (model.heads.adversarial): {exc}") from exc
             losses["adversarial"] = out.loss
             metrics.update({f"adversarial_{n}": v for n, v in out.metrics.items()})
         if not losses:
+            losses = empty
+        if not losses:
             raise ValueError(f"batch: no configured head {self.loss_names} found its target; batch keys: {sorted(batch)}")
+        total = self.loss_weighting(losses)
+        if not bool(torch.isfinite(total.detach())):
+            self._check_finite_inputs(batch)  # name the batch key that brought the NaN, if one did
         return {
-            "loss": self.loss_weighting(losses),
+            "loss": total,
             "losses": losses,
             "latents": {"perceiver": enc["perceiver"], "ssm": h, "popt": popt, "ssm_states": enc["ssm_states"]},
             "outputs": outputs,

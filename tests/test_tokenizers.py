@@ -155,8 +155,10 @@ def test_multimodal_concatenates_and_offsets_channels():
 
 def test_bad_input_names_the_argument():
     tok = SpikesTokenizer(d_model=D, patch_size=P, n_units=4)
-    with pytest.raises(ValueError, match="spikes_ids"):
+    with pytest.raises(ValueError, match=r"unit_ids: .* \(model.tokenizers.spikes.n_units\) to at least 10"):
         tok(torch.rand(1, 8, 2), unit_ids=torch.tensor([[0, 9]]))
+    with pytest.raises(ValueError, match="unit_ids: needs shape"):  # the batch key, not a made-up name
+        tok(torch.rand(1, 8, 2), unit_ids=torch.tensor([[0, 1, 2]]))
     with pytest.raises(ValueError, match="spikes"):
         tok(torch.rand(8, 2))
     with pytest.raises(ValueError, match="spikes_mask"):

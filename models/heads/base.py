@@ -88,8 +88,8 @@ class ChannelReadout(nn.Module):
             lo, hi = value_range(channel_ids)
             if lo < 0 or hi >= self.n_channel_ids:
                 raise ValueError(
-                    f"channel_ids: must lie in [0, {self.n_channel_ids}), got [{lo}, {hi}]; "
-                    "raise n_channel_ids in the head config"
+                    f"channel_ids: must lie in [0, {self.n_channel_ids}), got [{lo}, {hi}]; raise n_channel_ids "
+                    "(NeuroFMx sets it from the modality's tokenizer: model.tokenizers.<key>.n_channels or n_units)"
                 )
         h = self.proj(latents).view(b, s, self.patch_size, self.embed_dim)
         y = torch.einsum("bspe,bce->bcsp", h, self.channel_embedding(channel_ids))

@@ -103,6 +103,8 @@ class ContrastiveHead(nn.Module):
                 b_mask: Optional[Tensor] = None) -> HeadOutput:
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"a, b: need the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        # A view straight from numpy is float64: LayerNorm refuses a dtype other than its weights'.
+        a, b = a.to(self.proj_a[1].weight.dtype), b.to(self.proj_b[1].weight.dtype)
         if self.pairing == "time":
             if a.ndim != 3 or b.ndim != 3:
                 raise ValueError(f"a, b: pairing='time' needs (B, S, *) views, got {tuple(a.shape)} and {tuple(b.shape)}")

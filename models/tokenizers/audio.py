@@ -72,7 +72,7 @@ class AudioTokenizer(nn.Module):
                 f"audio: needs a tensor (B, n_mels={self.n_mels}, T_a), got {getattr(audio, 'shape', type(audio))}"
             )
         b = audio.shape[0]
-        patches = patchify(causal_zscore_channels(audio.float()), self.patch_size)  # (B, M, Na, P)
+        patches = patchify(causal_zscore_channels(audio.to(self.proj.weight.dtype)), self.patch_size)  # (B, M, Na, P)
         n = patches.shape[2]
         tok = self.proj(patches.permute(0, 2, 1, 3).reshape(b, n, -1))
         tok = tok + self.mlp(tok)

@@ -131,14 +131,15 @@ def value_range(t: Tensor) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def check_channel_input(x: Tensor, mask: Optional[Tensor], ids: Optional[Tensor], name: str) -> None:
+def check_channel_input(x: Tensor, mask: Optional[Tensor], ids: Optional[Tensor], name: str,
+                        ids_name: Optional[str] = None) -> None:
     """Validate a ``(B, C, T)`` input with its ``(B, C)`` mask and ids; raise ``ValueError`` naming the key."""
     if not isinstance(x, Tensor) or x.ndim != 3:
         raise ValueError(f"{name}: needs a tensor (B, C, T), got {getattr(x, 'shape', type(x))}")
-    for what, t in (("mask", mask), ("ids", ids)):
+    for what, t in ((f"{name}_mask", mask), (ids_name or f"{name}_ids", ids)):
         if t is not None and tuple(t.shape) != tuple(x.shape[:2]):
             raise ValueError(
-                f"{name}_{what}: needs shape (B, C) = {tuple(x.shape[:2])} to match {name}, got {tuple(t.shape)}"
+                f"{what}: needs shape (B, C) = {tuple(x.shape[:2])} to match {name}, got {tuple(t.shape)}"
             )
 
 
@@ -169,6 +170,9 @@ class ChannelPatchTokenizer(nn.Module):
         ``log1p`` for spike counts (compresses bursts), ``none`` for pre-normalised data.
     dropout : float
         Dropout on the output tokens.
+    vocab_option : str
+        Name of the config option that sets ``n_channel_ids`` (``n_channels``, ``n_units``...), named
+        in the error for an out-of-vocabulary id; ``forward(..., ids_name=)`` names the batch key of the ids.
 
     Shape:
         - x: ``(B, C, T)``; mask ``(B, C)`` bool (True = real channel); ids ``(B, C)`` long
@@ -185,6 +189,7 @@ class ChannelPatchTokenizer(nn.Module):
         layout: str = "channel_patch",
         normalize: str = "causal_zscore",
         dropout: float = 0.0,
+        vocab_option: str = "n_channel_ids",
     ) -> None:
         super().__init__()
         if int(patch_size) < 1:
@@ -198,6 +203,7 @@ class ChannelPatchTokenizer(nn.Module):
         self.d_model = int(d_model)
         self.patch_size = int(patch_size)
         self.n_channel_ids = int(n_channel_ids)
+        self.vocab_option = vocab_option  # the config option that sets n_channel_ids, named in id errors
         self.layout = layout
         self.normalize = normalize
         self.value_proj = nn.Linear(self.patch_size, self.d_model)
@@ -209,7 +215,7 @@ class ChannelPatchTokenizer(nn.Module):
         self.mix_out = nn.Linear(self.d_model, self.d_model) if layout == "time_mix" else None
         self.dropout = nn.Dropout(dropout)
 
-    def _ids(self, ids: Optional[Tensor], mask: Tensor, name: str) -> Optional[Tensor]:
+    def _ids(self, ids: Optional[Tensor], mask: Tensor, name: str, key: str) -> Optional[Tensor]:
         if self.channel_embedding is None:
             return None
         b, c = mask.shape
@@ -221,21 +227,25 @@ class ChannelPatchTokenizer(nn.Module):
             if lo < 0 or hi >= self.n_channel_ids:
                 raise ValueError(
                     f"{name}: channel/unit ids must lie in [0, {self.n_channel_ids}), got range [{lo}, {hi}]; "
-                    "raise n_channel_ids in the tokenizer config"
+                    f"raise the tokenizer's {self.vocab_option} (model.tokenizers.{key}.{self.vocab_option}) to "
+                    f"at least {hi + 1}"
                 )
         return ids
 
     def forward(
-        self, x: Tensor, *, mask: Optional[Tensor] = None, ids: Optional[Tensor] = None, name: str = "x"
+        self, x: Tensor, *, mask: Optional[Tensor] = None, ids: Optional[Tensor] = None, name: str = "x",
+        ids_name: Optional[str] = None,
     ) -> Tokens:
-        check_channel_input(x, mask, ids, name)
+        check_channel_input(x, mask, ids, name, ids_name)
         b, c, _ = x.shape
         if mask is None:
             mask = torch.ones(b, c, dtype=torch.bool, device=x.device)
         mask = mask.bool()
         # Zero padded channels first (where, not multiply: NaN * 0 is NaN) so whatever sits in the
         # padding can never reach real tokens.
-        x = torch.where(mask.unsqueeze(-1), x.float(), torch.zeros((), device=x.device))
+        # Normalise in float32 at least (float64 when the module is float64), embed in the weights' dtype.
+        work = torch.promote_types(self.value_proj.weight.dtype, torch.float32)
+        x = torch.where(mask.unsqueeze(-1), x.to(work), torch.zeros((), device=x.device))
         if self.normalize == "zscore":
             x = zscore_channels(x)
         elif self.normalize == "causal_zscore":
@@ -244,8 +254,8 @@ class ChannelPatchTokenizer(nn.Module):
             x = torch.log1p(x.clamp_min(0))
         patches = patchify(x, self.patch_size)  # (B, C, Np, P)
         n_patches = patches.shape[2]
-        tok = self.value_proj(patches)
-        ids = self._ids(ids, mask, f"{name}_ids")
+        tok = self.value_proj(patches.to(self.value_proj.weight.dtype))
+        ids = self._ids(ids, mask, ids_name or f"{name}_ids", name)
         if ids is not None:
             tok = tok + self.channel_embedding(ids).unsqueeze(2)
         steps = torch.arange(n_patches, device=x.device)

@@ -54,7 +54,7 @@ class BehaviorTokenizer(nn.Module):
         b, _, f = behavior.shape
         if f > self.n_features:
             raise ValueError(f"behavior: has {f} features, the tokenizer takes at most n_features={self.n_features}")
-        x = behavior.float().transpose(1, 2)  # (B, F, T)
+        x = behavior.to(self.proj[0].weight.dtype).transpose(1, 2)  # (B, F, T)
         if mask is not None:
             if tuple(mask.shape) != (b, f):
                 raise ValueError(f"behavior_mask: needs shape (B, F) = {(b, f)}, got {tuple(mask.shape)}")

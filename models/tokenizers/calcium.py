@@ -43,13 +43,13 @@ class CalciumTokenizer(nn.Module):
         super().__init__()
         self.embed = ChannelPatchTokenizer(
             d_model=d_model, patch_size=patch_size, n_channel_ids=n_neurons, layout=layout,
-            normalize="causal_zscore", dropout=dropout,
+            normalize="causal_zscore", dropout=dropout, vocab_option="n_neurons",
         )
 
     def forward(self, calcium: Tensor, *, mask: Optional[Tensor] = None, neuron_ids: Optional[Tensor] = None) -> Tokens:
         if not isinstance(calcium, Tensor) or calcium.ndim != 3:
             raise ValueError(f"calcium: needs a tensor (B, T, N), got {getattr(calcium, 'shape', type(calcium))}")
-        return self.embed(calcium.transpose(1, 2), mask=mask, ids=neuron_ids, name="calcium")
+        return self.embed(calcium.transpose(1, 2), mask=mask, ids=neuron_ids, name="calcium", ids_name="calcium_ids")
 
     def from_batch(self, batch: dict) -> Tokens:
         return self(batch["calcium"], mask=batch.get("calcium_mask"), neuron_ids=batch.get("calcium_ids"))

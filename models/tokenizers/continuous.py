@@ -52,11 +52,11 @@ class ContinuousTokenizer(nn.Module):
         self.batch_key = key
         self.embed = ChannelPatchTokenizer(
             d_model=d_model, patch_size=patch_size, n_channel_ids=n_channels, layout=layout,
-            normalize=normalize, dropout=dropout,
+            normalize=normalize, dropout=dropout, vocab_option="n_channels",
         )
 
     def forward(self, x: Tensor, *, mask: Optional[Tensor] = None, channel_ids: Optional[Tensor] = None) -> Tokens:
-        return self.embed(x, mask=mask, ids=channel_ids, name=self.batch_key)
+        return self.embed(x, mask=mask, ids=channel_ids, name=self.batch_key, ids_name=f"{self.batch_key}_channel_ids")
 
     def from_batch(self, batch: dict) -> Tokens:
         k = self.batch_key

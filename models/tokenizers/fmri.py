@@ -43,13 +43,13 @@ class FMRITokenizer(nn.Module):
         super().__init__()
         self.embed = ChannelPatchTokenizer(
             d_model=d_model, patch_size=patch_size, n_channel_ids=n_rois, layout=layout,
-            normalize="causal_zscore", dropout=dropout,
+            normalize="causal_zscore", dropout=dropout, vocab_option="n_rois",
         )
 
     def forward(self, fmri: Tensor, *, mask: Optional[Tensor] = None, roi_ids: Optional[Tensor] = None) -> Tokens:
         if not isinstance(fmri, Tensor) or fmri.ndim != 3:
             raise ValueError(f"fmri: needs a tensor (B, T, R), got {getattr(fmri, 'shape', type(fmri))}")
-        return self.embed(fmri.transpose(1, 2), mask=mask, ids=roi_ids, name="fmri")
+        return self.embed(fmri.transpose(1, 2), mask=mask, ids=roi_ids, name="fmri", ids_name="fmri_roi_ids")
 
     def from_batch(self, batch: dict) -> Tokens:
         return self(batch["fmri"], mask=batch.get("fmri_mask"), roi_ids=batch.get("fmri_roi_ids"))

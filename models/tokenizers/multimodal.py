@@ -50,6 +50,8 @@ def build_tokenizer(key: str, *, d_model: int, patch_size: int, **opts: Any) -> 
         return TOKENIZER_KINDS[kind](d_model=d_model, patch_size=patch_size, **opts)
     except TypeError as exc:
         raise ValueError(f"model.tokenizers.{key}: bad option for the {kind} tokenizer ({exc})") from exc
+    except ValueError as exc:  # a bad option value: say which tokenizer's config holds it
+        raise ValueError(f"model.tokenizers.{key}: {exc}") from exc
 
 
 class MultimodalTokenizer(nn.Module):

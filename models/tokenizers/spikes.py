@@ -46,13 +46,13 @@ class SpikesTokenizer(nn.Module):
         super().__init__()
         self.embed = ChannelPatchTokenizer(
             d_model=d_model, patch_size=patch_size, n_channel_ids=n_units, layout=layout,
-            normalize="log1p", dropout=dropout,
+            normalize="log1p", dropout=dropout, vocab_option="n_units",
         )
 
     def forward(self, spikes: Tensor, *, mask: Optional[Tensor] = None, unit_ids: Optional[Tensor] = None) -> Tokens:
         if not isinstance(spikes, Tensor) or spikes.ndim != 3:
             raise ValueError(f"spikes: needs a tensor (B, T, U), got {getattr(spikes, 'shape', type(spikes))}")
-        return self.embed(spikes.transpose(1, 2), mask=mask, ids=unit_ids, name="spikes")
+        return self.embed(spikes.transpose(1, 2), mask=mask, ids=unit_ids, name="spikes", ids_name="unit_ids")
 
     def from_batch(self, batch: dict) -> Tokens:
         return self(batch["spikes"], mask=batch.get("spikes_mask"), unit_ids=batch.get("unit_ids"))

@@ -58,7 +58,7 @@ class VideoTokenizer(nn.Module):
             raise ValueError(f"video: has {video.shape[2]} frames, needs at least patch_size={self.patch_size}")
         b = video.shape[0]
         # Pad two frames on the left only: the 3-frame conv is causal in time (frame t sees t-2..t).
-        causal = nn.functional.pad(video.float(), (0, 0, 0, 0, 2, 0))
+        causal = nn.functional.pad(video.to(self.out.weight.dtype), (0, 0, 0, 0, 2, 0))
         feat = self.net(causal).mean(dim=(-1, -2)).transpose(1, 2)  # (B, Nv, D)
         n = feat.shape[1]
         time_index = rescale_time_index(n, num_time_tokens, video.device)
