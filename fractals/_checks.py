@@ -7,6 +7,7 @@ argument, the offending value and what is needed, so no estimator ever returns a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import numbers
@@ -61,7 +62,7 @@ def _complex_error(name: str, dtype) -> ValueError:
 
 
 def to_input_kind(out: Any, was_numpy: bool) -> Any:
-    """Convert a tensor (or a dict/tuple of tensors) back to NumPy when the input was NumPy."""
+    """Convert a tensor (or a dict/tuple/dataclass of tensors) back to NumPy when the input was NumPy."""
     if not was_numpy:
         return out
     if isinstance(out, torch.Tensor):
@@ -70,6 +71,9 @@ def to_input_kind(out: Any, was_numpy: bool) -> Any:
         return {k: to_input_kind(v, was_numpy) for k, v in out.items()}
     if isinstance(out, tuple):
         return tuple(to_input_kind(v, was_numpy) for v in out)
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):  # SpectralFit from windowed(..., return_fit=True)
+        return dataclasses.replace(out, **{f.name: to_input_kind(getattr(out, f.name), was_numpy)
+                                           for f in dataclasses.fields(out) if f.init})
     return out
 
 

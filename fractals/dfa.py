@@ -316,8 +316,11 @@ def _log_fq_group(seg_var: torch.Tensor, counts: list[int], q: torch.Tensor, q_l
 def _as_q(q_vals, device, allow_single: bool = False) -> torch.Tensor:
     if isinstance(q_vals, torch.Tensor):
         q_vals = q_vals.detach().cpu().tolist()
-    values = np.asarray(q_vals, dtype=np.float64).reshape(-1)
     need = 1 if allow_single else 3
+    try:
+        values = np.asarray(q_vals, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        values = np.array([np.nan])  # e.g. a string: reported below, naming q_vals
     if values.size < need or not np.all(np.isfinite(values)):
         raise ValueError(f"q_vals: needs at least {need} finite values, got {q_vals!r}")
     if values.size > 1 and np.any(np.diff(values) <= 0):

@@ -138,8 +138,9 @@ def _fit_tail(x: torch.Tensor, discrete: bool, xmin: Optional[float], min_tail: 
     xm = x[cand] if xmin is None else torch.full_like(n_tail, xmin)
     shift = xm - 0.5 if discrete else xm
     alpha = 1.0 + n_tail / (suffix[cand] - n_tail * torch.log(shift))
-    if not discrete:  # a constant tail leaves only rounding in the denominator: its MLE is infinite
-        alpha = torch.where(x[-1] == xm, math.inf, alpha)
+    # A constant tail's exact MLE is infinite: continuous, only rounding is left in the denominator;
+    # discrete, the approximation above would report a finite 1 + 1 / ln(x / (x - 1/2)).
+    alpha = torch.where(x[-1] == xm, math.inf, alpha)
     best = (math.inf, None)
     # KS per candidate in chunks so memory stays O(chunk * n).
     last_of_run = torch.searchsorted(x, x, right=True) - 1
@@ -249,8 +250,9 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
     if xmin is not None and not (isinstance(xmin, (int, float, np.integer, np.floating)) and xmin > 0
                                  and math.isfinite(xmin)):
         raise ValueError(f"xmin: must be a finite number > 0 or None, got {xmin!r}")
-    if discrete and xmin is not None and xmin < 1:
-        raise ValueError(f"xmin: discrete fits need xmin >= 1, got {xmin!r}")
+    if discrete and xmin is not None and (xmin < 1 or not float(xmin).is_integer()):
+        # A fractional xmin would fit a zeta law starting between two data values (silently wrong alpha).
+        raise ValueError(f"xmin: discrete fits need an integer xmin >= 1, got {xmin!r}")
     if t.shape[-1] < min_tail:
         raise ValueError(f"values: needs at least min_tail={min_tail} samples on the last axis, got {t.shape[-1]}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)

@@ -6,6 +6,8 @@ skips zero-weight terms, and optionally runs the terms through ``torch.compile``
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -15,6 +17,31 @@ from fractals._checks import check_positive
 from fractals.regularizers import _check_weight, _zero_like, l_graph_fd, l_multifractal, l_spec_1overf
 
 __all__ = ["FractalPriors"]
+
+
+def _finite(value, name: str) -> float:
+    """A target from the config: NaN or inf would make every training loss NaN after warmup."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not math.isfinite(v):
+        raise ValueError(f"{name}: must be finite (a real number), got {value!r}")
+    return v
+
+
+def _int_list(values, name: str) -> list[int]:
+    """Sizes from a config list; 12.5 is a typo, not silently the integer 12."""
+    out = []
+    for v in values:
+        try:
+            ok = not isinstance(v, bool) and float(v).is_integer()
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name}: needs integer sizes, got {list(values)!r}")
+        out.append(int(v))
+    return out
 
 
 class FractalPriors(nn.Module):
@@ -83,15 +110,18 @@ class FractalPriors(nn.Module):
         super().__init__()
         if compile not in ("auto", True, False):
             raise ValueError(f"compile: needs 'auto' (CUDA only), true or false, got {compile!r}")
-        self.compile = compile
+        # Normalised: compile=1 (a Hydra override) passes the check above as True but is not `True`.
+        self.compile = compile if isinstance(compile, str) else bool(compile)
         self._compiled = None  # torch.compile of _terms, made on first use
         self.enable = bool(enable)
-        self.spectral_beta_target = float(spectral_beta_target)
-        self.lambda_spec = _check_weight(lambda_spec)
-        self.lambda_mf = _check_weight(lambda_mf)
-        self.lambda_graphfd = _check_weight(lambda_graphfd)
-        if int(warmup_steps) < 0:
-            raise ValueError(f"warmup_steps: must be >= 0, got {warmup_steps!r}")
+        self.spectral_beta_target = _finite(spectral_beta_target, "spectral_beta_target")
+        self.lambda_spec = _check_weight(lambda_spec, "lambda_spec")
+        self.lambda_mf = _check_weight(lambda_mf, "lambda_mf")
+        self.lambda_graphfd = _check_weight(lambda_graphfd, "lambda_graphfd")
+        # 1000.0 (a float from a sweep) is fine; 2.5 or "abc" is a typo, not silently truncated.
+        if (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Real)
+                or not float(warmup_steps).is_integer() or warmup_steps < 0):
+            raise ValueError(f"warmup_steps: must be an integer >= 0 (optimizer steps), got {warmup_steps!r}")
         self.warmup_steps = int(warmup_steps)
         check_positive(fs, "fs")
         self.fs = float(fs)
@@ -100,13 +130,13 @@ class FractalPriors(nn.Module):
         self.band = (float(band[0]), float(band[1]))
         self.exclude_peaks = bool(exclude_peaks)
         self.q_vals = [float(q) for q in q_vals]
-        self.scales = [int(s) for s in scales]
-        self.tau_target = None if tau_target is None else [float(t) for t in tau_target]
+        self.scales = _int_list(scales, "scales")
+        self.tau_target = None if tau_target is None else [_finite(t, "tau_target") for t in tau_target]
         if self.tau_target is not None and len(self.tau_target) != len(self.q_vals):
             raise ValueError(f"tau_target: needs one value per q ({len(self.q_vals)}), got {len(self.tau_target)}")
-        self.eps_values = [int(e) for e in eps_values]
+        self.eps_values = _int_list(eps_values, "eps_values")
         self.corr_threshold = float(corr_threshold)
-        self.graph_D_target = None if graph_D_target is None else float(graph_D_target)
+        self.graph_D_target = None if graph_D_target is None else _finite(graph_D_target, "graph_D_target")
         self.time_dim = int(time_dim)
 
     @classmethod

@@ -73,10 +73,13 @@ def _zero_like(latents: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=latents.dtype, device=latents.device)
 
 
-def _check_weight(weight) -> float:
-    w = float(weight)
+def _check_weight(weight, name: str = "weight") -> float:
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        w = math.nan
     if not (math.isfinite(w) and w >= 0):
-        raise ValueError(f"weight: must be a finite number >= 0, got {weight!r}")
+        raise ValueError(f"{name}: must be a finite number >= 0, got {weight!r}")
     return w
 
 
@@ -242,6 +245,8 @@ def latent_tau(
     q_list = [float(v) for v in (q_vals.tolist() if isinstance(q_vals, torch.Tensor) else q_vals)]
     q = torch.tensor(q_list, dtype=x.dtype, device=x.device)
     sc = [int(s) for s in scales]
+    if any(isinstance(v, bool) or s != v for s, v in zip(sc, scales)):  # 8.7 would truncate to 8
+        raise ValueError(f"scales: needs integer segment sizes, got {list(scales)}")
     if q.numel() < 1:
         raise ValueError("q_vals: needs at least one value")
     if len(sc) < 2 or min(sc) < order + 2 or max(sc) > n // 2:
@@ -334,9 +339,18 @@ def soft_graph_dimension(
             f"latents: needs >= 3 channels and >= 3 time points (time on dim {time_dim}), got shape "
             f"{tuple(latents.shape)}"
         )
-    eps = sorted(int(e) for e in eps_values)
+    raw = list(eps_values.tolist() if isinstance(eps_values, torch.Tensor) else eps_values)
+    try:
+        fractional = any(isinstance(e, bool) or not float(e).is_integer() for e in raw)  # 1.5 would truncate to 1
+    except (TypeError, ValueError):
+        fractional = True
+    if fractional:
+        raise ValueError(f"eps_values: needs integer hop radii, got {raw}")
+    eps = sorted(int(e) for e in raw)
     if len(eps) < 2 or eps[0] < 1:
-        raise ValueError(f"eps_values: needs >= 2 integer hop radii >= 1, got {list(eps_values)}")
+        raise ValueError(f"eps_values: needs >= 2 integer hop radii >= 1, got {raw}")
+    if len(set(eps)) != len(eps):  # one mass per radius: a repeat would not line up with log l
+        raise ValueError(f"eps_values: hop radii must be distinct, got {raw}")
     if not 0.0 < float(thresh) < 1.0:
         raise ValueError(f"thresh: must lie in (0, 1), got {thresh!r}")
     check_positive(temperature, "temperature")

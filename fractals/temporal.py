@@ -58,7 +58,11 @@ def map_rows(fn, t: torch.Tensor, chunk_bytes: int = CPU_CHUNK_BYTES) -> torch.T
 
 def check_not_scalar(x) -> None:
     """Reject 0-dim input before conversion (NumPy scalars would otherwise become shape (1,))."""
-    if (x.ndim if isinstance(x, torch.Tensor) else np.ndim(x)) == 0:
+    try:
+        ndim = x.ndim if isinstance(x, torch.Tensor) else np.ndim(x)
+    except Exception:  # noqa: BLE001 - e.g. a ragged list: as_tensor then names x and the reason
+        return
+    if ndim == 0:
         raise ValueError(
             f"x: got a 0-dim scalar ({type(x).__name__}); needs a series with time on the last axis, shape (..., T)"
         )
@@ -283,9 +287,13 @@ def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor
     rows, n = t.shape
     member, size, denom, ramps = _window_layout(n, tuple(windows), unbiased, str(t.device))
     work = t - t.mean(-1, keepdim=True, dtype=torch.float64)
-    sums = torch.empty(2, rows, n + 1, dtype=torch.float64, device=t.device)  # walk, walk of squares
-    sums[:, :, 0] = 0.0
-    torch.cumsum(torch.stack([work, work * work]), -1, out=sums[:, :, 1:])
+    stacked = torch.stack([work, work * work])
+    if stacked.requires_grad:  # cumsum(out=) has no autograd: one extra copy for differentiable input
+        sums = torch.nn.functional.pad(stacked.cumsum(-1), (1, 0))
+    else:
+        sums = torch.empty(2, rows, n + 1, dtype=torch.float64, device=t.device)  # walk, walk of squares
+        sums[:, :, 0] = 0.0
+        torch.cumsum(stacked, -1, out=sums[:, :, 1:])
     walk = sums[0]
     ranges, seg_sums = [], []
     for w, ramp in zip(windows, ramps):
@@ -304,7 +312,10 @@ def _log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor
     # (a relative variance below ~1e-13 of the whole series' energy).
     energy_tol = 64 * torch.finfo(torch.float64).eps * sums[1, :, -1:]
     valid = (rng > (n * energy_tol).sqrt() / 8) & (var * size > energy_tol)
-    ratio = (rng / var.sqrt()).masked_fill_(~valid, 0.0)  # inf/nan only where invalid, then zeroed
+    if rng.requires_grad:  # masked after dividing, invalid segments would backpropagate 0 / 0 = NaN
+        ratio = torch.where(valid, rng, 0.0) / torch.where(valid, var, 1.0).sqrt()
+    else:
+        ratio = (rng / var.sqrt()).masked_fill_(~valid, 0.0)  # inf/nan only where invalid, then zeroed
     count = valid.to(torch.float64) @ member  # (rows, W)
     check_segments_counted(count, windows)
     return torch.log((ratio @ member) / count).to(t.dtype)
@@ -367,6 +378,11 @@ def hurst_rs(
             _check_int_arg(max_window, "max_window", min_window + 1)
             if max_window > n:
                 raise ValueError(f"max_window: must be <= T={n} (the series length), got {max_window}")
+            if max_window < 2 * min_window:  # else the error below would blame x's length
+                raise ValueError(
+                    f"max_window: {max_window} leaves a single default window; needs max_window >= "
+                    f"2 * min_window = {2 * min_window} (a slope needs two sizes) or explicit windows"
+                )
         windows = default_windows(n, min_window, max_window)
         if len(windows) < 2:
             raise ValueError(
@@ -375,7 +391,8 @@ def hurst_rs(
             )
     windows = _as_windows(windows, n, 4)
     y = None
-    if _rs_triton.available(t.device, windows):  # one read of each series per window instead of ~3
+    # The Triton kernel has no backward: differentiable input takes the torch path.
+    if _rs_triton.available(t.device, windows) and not (t.requires_grad and torch.is_grad_enabled()):
         try:
             y = _rs_triton.log_rs(t.reshape(-1, n), windows, unbiased).reshape(*t.shape[:-1], -1)
         except ValueError:

@@ -8,6 +8,7 @@ is vectorized over leading dimensions is automatically vectorized over windows t
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Union
 
 import numpy as np
@@ -97,13 +98,40 @@ def windowed(metric: Union[Callable, str], x, window_size: int, hop_size: int, *
     # Metrics copy non-contiguous frames into (rows, W) blocks; on CPU bound that copy by feeding
     # series in groups (~8 MB of frames each). On CUDA one call covers the whole batch.
     per = max(1, FRAME_BLOCK_BYTES // max(1, n_windows * window_size * t.element_size()))
-    if t.device.type != "cpu" or rows <= per:
-        out = fn(t.unfold(-1, window_size, hop_size), **kwargs)  # (..., n_windows, W) view in
-    else:
-        flat = t.reshape(rows, n)
-        out = torch.cat([fn(b.unfold(-1, window_size, hop_size), **kwargs) for b in flat.split(per)], 0)
-        out = out.reshape(*lead, *out.shape[1:])
+    try:
+        if t.device.type != "cpu" or rows <= per:
+            out = fn(t.unfold(-1, window_size, hop_size), **kwargs)  # (..., n_windows, W) view in
+        else:
+            flat = t.reshape(rows, n)
+            blocks = [fn(b.unfold(-1, window_size, hop_size), **kwargs) for b in flat.split(per)]
+            out = _join_blocks(blocks, lead, n_windows)
+    except ValueError as exc:  # the metric saw one window as "x": say so, or "T=15" reads as the recording
+        raise ValueError(f"{exc} [in sliding windows: window_size={window_size} hop_size={hop_size} of T={n}]") from exc
     return to_input_kind(out, was_numpy)
+
+
+def _join_blocks(blocks: list, lead: tuple, n_windows: int, nested: bool = False):
+    """Concatenate per-block metric results into ``(*lead, n_windows, ...)``.
+
+    Metrics return a tensor (concatenated as is) or, with ``return_fit=True`` / MFDFA, a tuple,
+    dict or dataclass of them. Inside those, per-series leaves are ``(block_rows, n_windows, ...)``;
+    shared leaves (scales, q, frequencies) are 1-D and identical in every block: the first is kept.
+    """
+    first = blocks[0]
+    if isinstance(first, torch.Tensor):
+        if nested and (first.ndim < 2 or first.shape[1] != n_windows):
+            return first
+        out = torch.cat(blocks, 0)
+        return out.reshape(*lead, *out.shape[1:])
+    if isinstance(first, dict):
+        return {k: _join_blocks([b[k] for b in blocks], lead, n_windows, True) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_join_blocks(list(parts), lead, n_windows, True) for parts in zip(*blocks))
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        names = [f.name for f in dataclasses.fields(first) if f.init]
+        return dataclasses.replace(first, **{k: _join_blocks([getattr(b, k) for b in blocks], lead, n_windows, True)
+                                             for k in names})
+    return first
 
 
 def windowed_higuchi_fd(x, window_size: int = WINDOW_SIZE, hop_size: int = HOP_SIZE, **kwargs):
