@@ -237,7 +237,7 @@ def test_search_space_algorithms_and_schedulers_follow_the_file():
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
     from ray.tune.search import ConcurrencyLimiter
 
-    from fmx.runner import scheduler, search_algorithm, search_space
+    from fmx.search import scheduler, search_algorithm, search_space
 
     beta = load_sweep(REPO / "sweeps" / "beta_star.yaml")
     space = search_space(beta)["params"]
