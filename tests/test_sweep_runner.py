@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -348,3 +349,28 @@ def test_relative_data_paths_are_made_absolute_for_the_workers(tmp_path):
     sweep = parse_sweep(_sweep("files", base=["model=tiny", "data=files", "data.root=rec"]))
     plan = make_plan(sweep, sweep_id="files-1", root=tmp_path)
     assert trial_config(plan.base, {})["data"]["root"] == str((tmp_path / "rec").resolve())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_shipped_eegmat_sweep_trains_on_real_eeg(shared_data, ray_cluster, tmp_path, ray_disconnect, monkeypatch):
+    """sweeps/eegmat.yaml as shipped (its relative data.root, the tiny preset fitted to 19-channel EEG), cut to one
+    short trial; the trial must finish with a finite validation loss and an eeg forecast loss in MLflow."""
+    from fmx import tracking
+    from fmx.runner import run_sweep
+    from fmx.schema import parse_sweep
+
+    data = yaml.safe_load((REPO / "sweeps" / "eegmat.yaml").read_text())
+    data["base"] = [b for b in data["base"] if not b.startswith("trainer.")] + [
+        "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+        "data.max_files=8"]
+    data.update(run_cap=1, method="random", acceptance=[], storage={"path": str(tmp_path / "ray")},
+                tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    monkeypatch.chdir(REPO)  # where the shipped relative data.root resolves
+    out = run_sweep(parse_sweep(data), sweep_text=yaml.safe_dump(data), address=ray_cluster.address, root=REPO,
+                    progress=False)
+    assert (out.n_trials, out.n_errors) == (1, 0)
+    c = tracking.client(out.tracking_uri)
+    (kid,) = tracking.child_runs(c, out.experiment_id, out.parent_run_id)
+    metrics = c.get_run(kid.info.run_id).data.metrics
+    assert np.isfinite(metrics["val/loss"]) and "val/forecast_eeg_loss" in metrics
