@@ -3,7 +3,8 @@
 ``python benchmarks/orchestration.py overhead``  epoch time of the tiny NeuroFMx preset under Ray Train + Tune + MLflow
                                             (one trial, one worker, local Ray, sqlite MLflow) against a plain
                                             Lightning loop on the same machine, same config and batches.
-``python benchmarks/orchestration.py packing``   CUDA only: sweep throughput (trials per minute) with 4 trials sharing
+``python benchmarks/orchestration.py packing``   CUDA only: sweep throughput (trials per minute) and GPU busy % (mean
+                                            NVML utilization over the sweep's wall time) with 4 trials sharing
                                             one GPU (gpus_per_worker=0.25) against one trial per GPU.
 
 Prints one line per number and, with ``--out FILE``, writes them as JSON. Numbers are recorded in the
@@ -32,7 +33,9 @@ BASE = ["model=tiny", "data=synthetic", "trainer.log_every_n_steps=5", "fractals
 
 def _sweep_dict(name: str, *, epochs: int, batches: int, root: Path, **over) -> dict:
     d = {"name": name, "method": "random", "metric": {"name": "val/loss", "goal": "minimize"},
+         # 8 samples a batch: the synthetic set must hold `batches` of them, or an epoch stops at 64 / 8 = 8
          "base": BASE + [f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={batches}",
+                         f"data.n_train={max(64, 8 * batches)}",
                          "trainer.limit_val_batches=2"],
          "parameters": {"fractals.priors.spectral_beta_target": {"value": 1.0}},
          "run_cap": 1, "max_concurrent": 1, "resources": {"workers": 1, "cpus_per_worker": 1},
@@ -49,7 +52,7 @@ def plain_lightning(*, epochs: int, batches: int) -> dict:
     from models.registry import build_datamodule, build_lightning_module
 
     cfg = compose(BASE + [f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={batches}",
-                          "trainer.limit_val_batches=2"])
+                          f"data.n_train={max(64, 8 * batches)}", "trainer.limit_val_batches=2"])
     times: list[float] = []
 
     class EpochTimer(pl.Callback):
@@ -105,6 +108,38 @@ def overhead(args) -> dict:
     return res
 
 
+def _busy_sampler(interval_s: float = 0.5):
+    """Sample GPU 0's utilization.gpu (NVML: the share of time a kernel ran) every ``interval_s`` in a thread.
+
+    Returns ``stop()``, which ends the sampling and gives the mean busy % over the samples, or None when NVML
+    answered none (pynvml missing): the caller reports it as unmeasured, never as 0.
+    """
+    import threading
+
+    import torch
+
+    samples: list[float] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                samples.append(float(torch.cuda.utilization(0)))
+            except Exception:  # noqa: BLE001 - no NVML here: the busy % stays unmeasured
+                return
+            done.wait(interval_s)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+
+    def stop() -> float | None:
+        done.set()
+        thread.join()
+        return statistics.fmean(samples) if samples else None
+
+    return stop
+
+
 def packing(args) -> dict:
     import torch
 
@@ -122,9 +157,11 @@ def packing(args) -> dict:
                             max_concurrent=conc, resources={"workers": 1, "cpus_per_worker": 1,
                                                             "gpus_per_worker": gpus})
             d["base"] = d["base"] + ["trainer.precision=bf16-mixed"]
+            stop_sampler = _busy_sampler()
             t0 = time.perf_counter()
             out = run_sweep(parse_sweep(d), root=root, progress=False)
             wall = time.perf_counter() - t0
+            res[f"{label}_gpu_busy_pct"] = stop_sampler()  # issue 5 target: >= 80 with packing
             res[f"{label}_trials_per_min"] = 60 * out.n_trials / wall
             res[f"{label}_errors"] = out.n_errors
         import ray
