@@ -309,27 +309,22 @@ def test_a_trial_larger_than_the_local_ray_is_refused_with_what_it_asks_and_the_
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_run_sweep_on_a_too_small_local_ray_fails_before_any_run_is_recorded(tmp_path, monkeypatch):
-    """A real local Ray with one CPU and a 2-worker trial: a clear error within seconds, the local Ray shut down,
-    no MLflow parent run or sweep pointer left behind (the trial would otherwise wait for ever)."""
-    import ray
-
-    from fmx.runner import run_sweep
-    from fmx.schema import parse_sweep
-
-    for var in ("RAY_ADDRESS", "FMX_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(var, raising=False)
-    if ray.is_initialized():
-        ray.shutdown()
-    sweep = parse_sweep(_sweep("toobig", resources={"workers": 2, "cpus_per_worker": 1}))
+@pytest.mark.timeout(300)
+def test_run_sweep_on_a_too_small_local_ray_fails_before_any_run_is_recorded(tmp_path):
+    """`fmx sweep run --num-cpus 1` with a 2-worker trial on the real local Ray it starts: a clear error within
+    seconds, no MLflow store or sweep pointer left behind (the trial would otherwise wait for ever). A subprocess:
+    an in-process local Ray, even shut down, breaks later connections of this process to the shared head."""
+    sweep = _sweep("toobig", resources={"workers": 2, "cpus_per_worker": 1},
+                   storage={"path": str(tmp_path / "ray")}, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    (tmp_path / "toobig.yaml").write_text(yaml.safe_dump(sweep))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FMX_STORAGE_PATH", "MLFLOW_TRACKING_URI")}
     start = time.monotonic()
-    with pytest.raises(ValueError, match=r"CPU 2.01.*local Ray has CPU 1"):
-        run_sweep(sweep, root=tmp_path, progress=False, num_cpus=1)
-    assert time.monotonic() - start < 60
-    assert not ray.is_initialized()
-    assert not (tmp_path / "runs" / "ray" / "toobig.latest.json").exists()
-    assert not (tmp_path / "runs" / "mlflow.db").exists()
+    proc = subprocess.run([FMX, "sweep", "run", str(tmp_path / "toobig.yaml"), "--num-cpus", "1"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and time.monotonic() - start < 120
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "CPU 2.01" in out and "local Ray has CPU 1" in out, out[-2000:]
+    assert not (tmp_path / "ray" / "toobig.latest.json").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_relative_data_paths_are_made_absolute_for_the_workers(tmp_path):
