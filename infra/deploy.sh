@@ -30,6 +30,12 @@ chmod 700 "$STATE_DIR"
 
 if [[ -n "${TF_STATE_BUCKET:-}" ]]; then
   note "remote Terraform state in s3://$TF_STATE_BUCKET/neurofmx/$PROVIDER.tfstate"
+  # Virtual-hosted (BUCKET.host) by default: AWS and CoreWeave AI Object Storage refuse or deprecate
+  # path style; TF_STATE_PATH_STYLE=true for stores on a bare host:port (MinIO, SeaweedFS).
+  case "${TF_STATE_PATH_STYLE:-false}" in
+    true | false) ;;
+    *) die "TF_STATE_PATH_STYLE=${TF_STATE_PATH_STYLE} must be true or false" ;;
+  esac
   cat > "$TF_DIR/remote-state.tf" << HCL
 terraform {
   backend "s3" {
@@ -37,7 +43,7 @@ terraform {
     key                         = "neurofmx/$PROVIDER.tfstate"
     region                      = "${TF_STATE_REGION:-us-east-1}"
     endpoints                   = { s3 = "${TF_STATE_ENDPOINT:-https://s3.amazonaws.com}" }
-    use_path_style              = true
+    use_path_style              = ${TF_STATE_PATH_STYLE:-false}
     skip_credentials_validation = true
     skip_region_validation      = true
     skip_requesting_account_id  = true

@@ -218,3 +218,83 @@ def test_unknown_job_id_is_a_clear_error(ray_env):
 def test_wrong_token_is_refused(ray_head):
     with pytest.raises(PermissionError, match="RAY_AUTH_TOKEN"):
         cluster.connect(ray_head["address"], token="not-the-token")
+
+
+
+# ---------------------------------------------------------------- review round: bad addresses, large uploads
+
+
+@pytest.fixture(params=[404, 200])
+def not_ray_server(request):
+    """An HTTP server that is not a Ray dashboard: 404 on /api/version (MLflow, a static server) or an HTML page."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            body = b"<html>a web app</html>" if request.param == 200 else b""
+            self.send_response(request.param)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", request.param
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_address_that_is_not_a_ray_dashboard_is_a_clear_error(not_ray_server, monkeypatch):
+    # The MLflow port-forward (5000) next to the Ray one (8265) is an easy mix-up: it must end in a
+    # ConnectionError naming the address, and `fmx job` must print it, not a RuntimeError/HTTPError traceback.
+    address, code = not_ray_server
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    reason = "404" if code == 404 else "Expecting value"
+    with pytest.raises(ConnectionError, match=rf"{address} answered, but not as a Ray dashboard.*{reason}"):
+        cluster.connect(address)
+    out = CliRunner().invoke(app, ["job", "list", "--address", address])
+    assert out.exit_code == 2 and "not as a Ray dashboard" in out.output, out.output
+
+
+@pytest.mark.slow
+def test_a_working_dir_over_the_upload_limit_names_the_fix(ray_env, tmp_path):
+    # The dashboard refuses uploads over 100 MiB with a bare "status code 413"; the user must learn
+    # which argument is too big and how to shrink it, before anything runs on the cluster.
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "s.yaml").write_text("name: s\n")
+    (tmp_path / "recordings").mkdir()
+    (tmp_path / "recordings" / "big.bin").write_bytes(os.urandom(101 * 2**20))  # incompressible
+    with pytest.raises(ValueError, match=r"working_dir=.*100 MiB.*excludes.*\.rayignore"):
+        cluster.submit_sweep("sweeps/s.yaml", address=ray_env["address"], working_dir=tmp_path, entrypoint="true")
+    # The same folder goes through once the large file is excluded.
+    job = cluster.submit_sweep("sweeps/s.yaml", address=ray_env["address"], working_dir=tmp_path, entrypoint="true",
+                               runtime_env={"excludes": ["recordings"]})
+    assert cluster.wait_for_job(job, address=ray_env["address"], timeout_s=120, poll_s=0.5).status == "SUCCEEDED"
+
+
+def test_working_dir_upload_leaves_out_deploy_credentials_even_without_gitignore(tmp_path, monkeypatch):
+    # `make deploy` leaves the CoreWeave API token (infra/.state/*.kubeconfig) and the bucket's secret key
+    # (terraform.tfstate, terraform.tfvars) in the repository; `fmx sweep submit` uploads the repository.
+    # .gitignore covers them only while Ray honours it (RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 turns that off).
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    monkeypatch.setenv("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "1")
+    secrets_ = ["infra/.state/coreweave.kubeconfig", "terraform/coreweave/terraform.tfstate",
+                "terraform/crusoe/terraform.tfstate.backup", "terraform/crusoe/terraform.tfvars"]
+    for rel in [*secrets_, "sweeps/smoke.yaml", "infra/deploy.sh", "terraform/coreweave/main.tf"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    package = tmp_path.parent / f"{tmp_path.name}.zip"
+    create_package(str(tmp_path), package, include_gitignore=False, excludes=list(cluster.DEFAULT_EXCLUDES))
+    names = {n.rstrip("/") for n in zipfile.ZipFile(package).namelist()}
+    assert {"sweeps/smoke.yaml", "infra/deploy.sh", "terraform/coreweave/main.tf"} <= names
+    assert not names & set(secrets_), names & set(secrets_)

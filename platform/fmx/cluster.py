@@ -32,8 +32,11 @@ from typing import Any
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 SWEEP_METADATA_KEY = "fmx.sweep"
-# Uploading these with a working_dir would be slow (venv, caches) or leak local state (runs, secrets).
-DEFAULT_EXCLUDES = (".git", ".venv", "**/__pycache__", "mlruns", "runs", "*.ckpt", ".env", "terraform/**/.terraform")
+# Uploading these with a working_dir would be slow (venv, caches) or leak local state (runs, secrets):
+# `make deploy` leaves the provider token in infra/.state and the bucket key in the Terraform state,
+# excluded here so that their safety does not hang on Ray honouring .gitignore.
+DEFAULT_EXCLUDES = (".git", ".venv", "**/__pycache__", "mlruns", "runs", "*.ckpt", ".env", "terraform/**/.terraform",
+                    "infra/.state", "*.tfstate", "*.tfstate.*", "*.tfvars")
 _RAYJOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -117,6 +120,7 @@ def connect(address: str, *, token: str | None = None):
     PermissionError
         When the dashboard rejects the token (or needs one and none was given).
     """
+    import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -129,6 +133,15 @@ def connect(address: str, *, token: str | None = None):
         client.list_jobs()
     except ConnectionError as err:
         raise ConnectionError(f"no Ray dashboard answered at {address}: {err}") from err
+    except (RuntimeError, requests.HTTPError, requests.JSONDecodeError) as err:
+        # Another HTTP server on that port (a 404 or 5xx on /api/version, or a page that is not JSON):
+        # most often the MLflow port-forward given in place of the Ray one.
+        if isinstance(err, RuntimeError) and "Version check" not in str(err):
+            raise
+        raise ConnectionError(
+            f"{address} answered, but not as a Ray dashboard ({str(err).splitlines()[0]}); pass the Ray "
+            f"dashboard's address (port 8265 by default; MLflow's 5000 is a common mix-up)"
+        ) from err
     except AuthenticationError as err:
         raise PermissionError(
             f"the Ray dashboard at {address} rejected the request ({str(err).splitlines()[0]}); "
@@ -211,6 +224,13 @@ def submit_sweep(
                 entrypoint_num_gpus=entrypoint_num_gpus,
             )
         except RuntimeError as err:
+            if "status code 413" in str(err) and working_dir is not None:
+                # The dashboard caps an upload at 100 MiB (aiohttp client_max_size) and says only "413".
+                raise ValueError(
+                    f"working_dir={str(root)!r} packs to more than the Ray dashboard accepts in one upload "
+                    f"(100 MiB); leave large files out with runtime_env={{'excludes': [...]}} or a .rayignore "
+                    f"file in the folder, and read data from the data volume (/data) or the bucket"
+                ) from None
             if "No available agent" not in str(err):
                 raise
             if time.monotonic() > deadline:
