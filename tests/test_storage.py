@@ -165,3 +165,18 @@ def test_mlflow_artifacts_go_to_s3_and_secrets_stay_out(seaweed_s3, mlflow_serve
     assert seaweed_s3.secret_key not in json.dumps(c.get_run(run_id).data.params)
     keys = [o["Key"] for o in seaweed_s3.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(k.endswith("acceptance.json") for k in keys), keys
+
+
+def test_coreweave_endpoints_are_addressed_virtual_hosted_and_the_style_can_be_forced(monkeypatch):
+    # CoreWeave object storage serves only BUCKET.cwobject.com; MinIO/SeaweedFS on host:port need path style.
+    monkeypatch.delenv(st.ADDRESSING_ENV, raising=False)
+    assert st._virtual_addressing("cwobject.com") and st._virtual_addressing("accel.cwlota.com")
+    assert not st._virtual_addressing("127.0.0.1") and not st._virtual_addressing("minio.internal")
+    monkeypatch.setenv(st.ADDRESSING_ENV, "virtual")
+    assert st._virtual_addressing("127.0.0.1")
+    monkeypatch.setenv(st.ADDRESSING_ENV, "path")
+    assert not st._virtual_addressing("cwobject.com")
+    monkeypatch.setenv(st.ADDRESSING_ENV, "sideways")
+    with pytest.raises(ValueError, match=st.ADDRESSING_ENV):
+        st.s3_filesystem(endpoint_url="https://cwobject.com")
+    assert st.ADDRESSING_ENV in st.FORWARDED_ENV  # Ray workers build the same filesystem

@@ -20,8 +20,11 @@ from urllib.parse import urlparse
 
 SECRET_FILE_ENV = "FMX_S3_SECRET_FILE"
 # Environment variables that are safe to forward to Ray workers (no secret in them).
+ADDRESSING_ENV = "FMX_S3_ADDRESSING_STYLE"  # path | virtual; unset: virtual for CoreWeave hosts, else path
+# Object stores that serve only virtual-hosted requests (BUCKET.host), per their providers' docs.
+VIRTUAL_ONLY_HOSTS = ("cwobject.com", "cwlota.com")
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                 "AWS_REGION", SECRET_FILE_ENV, "MLFLOW_TRACKING_URI", "FMX_CONF_DIR", "PYTHONPATH")
+                 "AWS_REGION", SECRET_FILE_ENV, "MLFLOW_TRACKING_URI", "FMX_CONF_DIR", "PYTHONPATH", ADDRESSING_ENV)
 _KEY_ALIASES = {
     "access_key": ("AWS_ACCESS_KEY_ID", "access_key_id", "accessKey", "access_key"),
     "secret_key": ("AWS_SECRET_ACCESS_KEY", "secret_access_key", "secretKey", "secret_key"),
@@ -150,9 +153,22 @@ def s3_filesystem(*, endpoint_url: str | None = None, region: str | None = None,
     if endpoint_url:
         parsed = urlparse(endpoint_url)
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
-        # S3-compatible stores rarely support virtual-host addressing on a bare host:port.
-        kwargs["force_virtual_addressing"] = False
+        kwargs["force_virtual_addressing"] = _virtual_addressing(parsed.hostname or "")
     return pafs.S3FileSystem(**kwargs)
+
+
+def _virtual_addressing(host: str) -> bool:
+    """Virtual-hosted (BUCKET.host) or path-style requests for an endpoint ``host``.
+
+    Most S3-compatible stores (MinIO, SeaweedFS) serve path style on a bare host:port; CoreWeave's object
+    storage refuses it. ``FMX_S3_ADDRESSING_STYLE`` (``path`` or ``virtual``) overrides the choice.
+    """
+    style = os.environ.get(ADDRESSING_ENV, "").strip().lower()
+    if style not in ("", "path", "virtual"):
+        raise ValueError(f"{ADDRESSING_ENV}: must be 'path' or 'virtual' (or unset), got {style!r}")
+    if style:
+        return style == "virtual"
+    return any(host == h or host.endswith("." + h) for h in VIRTUAL_ONLY_HOSTS)
 
 
 @dataclass(frozen=True)
