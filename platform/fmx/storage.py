@@ -140,18 +140,19 @@ def endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
 
 
 def s3_filesystem(*, endpoint_url: str | None = None, region: str | None = None,
-                  credentials: S3Credentials | None = None):
+                  credentials: S3Credentials | None = None, allow_bucket_creation: bool = False):
     """A ``pyarrow.fs.S3FileSystem``; ``endpoint_url`` (http://host:port) selects an S3-compatible store."""
     from pyarrow import fs as pafs
 
     endpoint_url = endpoint_url or endpoint_from_env()
     credentials = credentials if credentials is not None else load_credentials()
-    kwargs: dict[str, Any] = {"region": region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    kwargs: dict[str, Any] = {"region": region, "allow_bucket_creation": allow_bucket_creation}
     if credentials is not None:
         kwargs.update(access_key=credentials.access_key, secret_key=credentials.secret_key,
                       session_token=credentials.session_token)
     if endpoint_url:
-        parsed = urlparse(endpoint_url)
+        parsed = urlparse(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
         kwargs["force_virtual_addressing"] = _virtual_addressing(parsed.hostname or "")
     return pafs.S3FileSystem(**kwargs)

@@ -2,8 +2,9 @@
 
 S3 goes through :class:`pyarrow.fs.S3FileSystem`. The endpoint comes from ``AWS_ENDPOINT_URL``
 (an S3-compatible server such as SeaweedFS or MinIO), credentials only from the environment
-(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), the region from
-``AWS_DEFAULT_REGION``/``AWS_REGION``. Nothing here takes a key as an argument, so none ends up in
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) or the mounted secret named by
+``FMX_S3_SECRET_FILE``, the region from ``AWS_DEFAULT_REGION``/``AWS_REGION``: the same rules as the sweeps'
+checkpoints (:func:`fmx.storage.s3_filesystem`). Nothing here takes a key as an argument, so none ends up in
 a config file or a log.
 
 Atomicity: a local file is written to a temporary name in the same folder and moved into place
@@ -17,7 +18,6 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
 __all__ = ["is_s3", "join", "s3_filesystem", "exists", "read_bytes", "write_bytes_atomic", "list_files", "fetch_local"]
 
@@ -34,24 +34,11 @@ def join(base: str | os.PathLike, *parts: str) -> str:
 
 
 def s3_filesystem():
-    """An S3 filesystem configured only from the environment (see the module docstring)."""
-    from pyarrow import fs
+    """An S3 filesystem configured only from the environment (see the module docstring): the platform's
+    :func:`fmx.storage.s3_filesystem`, allowed to create the output bucket."""
+    from fmx import storage as st
 
-    kwargs: dict = {
-        "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
-        "allow_bucket_creation": True,
-    }
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs["endpoint_override"] = parsed.netloc
-        kwargs["scheme"] = parsed.scheme
-    return fs.S3FileSystem(**kwargs)
+    return st.s3_filesystem(allow_bucket_creation=True)
 
 
 def _s3_path(uri: str) -> str:
