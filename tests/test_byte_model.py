@@ -133,7 +133,7 @@ def test_fmx_infer_is_seeded_and_refuses_bad_sampling_options(tmp_path):
     first, again = run("-n", "12", "--seed", "3"), run("-n", "12", "--seed", "3")
     assert first.exit_code == 0, first.output
     assert first.stdout_bytes == again.stdout_bytes and len(first.stdout_bytes) == 2 + 12 + 1
-    for bad in (["-n", "-3"], ["--top-k", "-1"], ["--temperature", "-1"]):
+    for bad in (["-n", "-3"], ["--top-k", "-1"], ["--temperature", "-1"], ["--temperature", "inf"]):
         out = run(*bad)
         assert out.exit_code == 2 and "Invalid value" in out.output, (bad, out.output, out.exception)
 

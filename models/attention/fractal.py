@@ -29,6 +29,7 @@ dtype, and a query with no allowed key returns zeros, so fp16 and bf16 stay fini
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -64,10 +65,61 @@ def _expand_mask(mask: Optional[Tensor], b: int, h: int, lq: int, lk: int, devic
     return m.expand(m.shape[0], m.shape[1], lq, lk)
 
 
+def _float32_scores(device: torch.device):
+    """Keep the ``.float()`` score and value products in float32 under autocast too.
+
+    Autocast would run the einsums in fp16/bf16 again, and ``q . k`` beyond 65504 is inf in fp16:
+    a NaN attention output. Devices without autocast (meta) have nothing to disable.
+    """
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def _masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     w = torch.softmax(scores, dim=-1)
     return w * allowed  # rows with no allowed key become all-zero instead of uniform
+
+
+def _by_real_length(attend, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float) -> Tensor:
+    """Run ``attend`` on each row's real keys (and, in self-attention, real queries) only.
+
+    The patterns place tokens by sequence position and size their geometry by the key count (Hilbert
+    grid, Cantor scales, Julia span, where cross-attention queries and an appended null key sit), so
+    padding moved the pattern: a sample's output depended on the other samples of its batch. Keys no
+    query may see are padding; rows with the same real lengths are run together without them, so each
+    row gets exactly the output it gets alone. Padded self-attention queries return zeros.
+    """
+    if mask is None:
+        return attend(q, k, v, mask=None, dropout_p=dropout_p)
+    b, h, lq, _ = q.shape
+    lk = k.shape[2]
+    full = _expand_mask(mask, b, h, lq, lk, q.device)
+    key_ok = full.any(2).any(1).expand(b, lk)
+    if bool(key_ok.all()):
+        return attend(q, k, v, mask=mask, dropout_p=dropout_p)
+    query_ok = key_ok[:, :lq] if lq in (lk, lk - 1) else torch.ones(b, lq, dtype=torch.bool, device=q.device)
+    full = full.expand(b, *full.shape[1:])
+    n_key, n_query = key_ok.sum(1), query_ok.sum(1)
+    out = q.new_zeros(b, h, lq, v.shape[-1])
+    for nk, nq in torch.unique(torch.stack([n_key, n_query], 1), dim=0).tolist():
+        if nk == 0 or nq == 0:
+            continue  # no key (or no real query): zeros, as for a fully masked row
+        rows = ((n_key == nk) & (n_query == nq)).nonzero().squeeze(1)
+        r = rows.numel()
+        # stable sort of "is padding" keeps the real tokens first and in their order
+        kidx = torch.sort((~key_ok[rows]).to(torch.uint8), dim=1, stable=True).indices[:, :nk]
+        qidx = torch.sort((~query_ok[rows]).to(torch.uint8), dim=1, stable=True).indices[:, :nq]
+        kr = k[rows].gather(2, kidx[:, None, :, None].expand(r, h, nk, k.shape[-1]))
+        vr = v[rows].gather(2, kidx[:, None, :, None].expand(r, h, nk, v.shape[-1]))
+        qr = q[rows].gather(2, qidx[:, None, :, None].expand(r, h, nq, q.shape[-1]))
+        mr = full[rows]
+        mr = mr.gather(2, qidx[:, None, :, None].expand(r, mr.shape[1], nq, lk))
+        mr = mr.gather(3, kidx[:, None, None, :].expand(r, mr.shape[1], nq, nk))
+        y = attend(qr, kr, vr, mask=mr, dropout_p=dropout_p)
+        out[rows] = torch.zeros_like(out[rows]).scatter(2, qidx[:, None, :, None].expand_as(y), y)
+    return out
 
 
 class _SparsePattern(nn.Module):
@@ -79,6 +131,9 @@ class _SparsePattern(nn.Module):
         raise NotImplementedError
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
+        return _by_real_length(self._attend, q, k, v, mask, dropout_p)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor], dropout_p: float) -> Tensor:
         b, h, lq, e = q.shape
         lk = k.shape[2]
         idx, valid, bias = self._index(lq, lk, q.device)  # (Lq, M), (Lq, M), (H, Lq|1, M) | None
@@ -86,18 +141,19 @@ class _SparsePattern(nn.Module):
         flat = idx.reshape(-1)
         kg = k.index_select(2, flat).view(b, h, lq, m, e)
         vg = v.index_select(2, flat).view(b, h, lq, m, e)
-        scores = torch.einsum("bhqe,bhqme->bhqm", q.float(), kg.float()) / math.sqrt(e)
-        if bias is not None:
-            scores = scores + bias.float()
         if mask is None:
             allowed = valid  # no (Lq, Lk) mask is ever built: memory stays O(Lq M)
         else:
             full = _expand_mask(mask, b, h, lq, lk, q.device)
             allowed = torch.gather(full, 3, idx.expand(full.shape[0], full.shape[1], lq, m)) & valid
-        w = _masked_softmax(scores, allowed)
-        if dropout_p > 0:
-            w = nn.functional.dropout(w, dropout_p)
-        return torch.einsum("bhqm,bhqme->bhqe", w, vg.float()).to(q.dtype)
+        with _float32_scores(q.device):
+            scores = torch.einsum("bhqe,bhqme->bhqm", q.float(), kg.float()) / math.sqrt(e)
+            if bias is not None:
+                scores = scores + bias.float()
+            w = _masked_softmax(scores, allowed)
+            if dropout_p > 0:
+                w = nn.functional.dropout(w, dropout_p)
+            return torch.einsum("bhqm,bhqme->bhqe", w, vg.float()).to(q.dtype)
 
 
 class HilbertAttention(_SparsePattern):
@@ -122,7 +178,9 @@ class HilbertAttention(_SparsePattern):
                 idx, valid = hilbert_neighbours(lq, lk, self.window, device=device)
                 if self.causal:
                     valid = valid & (idx <= _query_positions(lq, lk, device)[:, None])
-            self._cache = {key: (idx, valid)}
+            if len(self._cache) >= 64:  # a few lengths per batch (see _by_real_length), not unbounded
+                self._cache.clear()
+            self._cache[key] = (idx, valid)
         idx, valid = self._cache[key]
         return idx, valid, None
 
@@ -154,7 +212,9 @@ class CantorAttention(_SparsePattern):
                     scale = torch.cat([scale, scale[1:]])
                 pos = _query_positions(lq, lk, device)[:, None] - off[None, :]
                 valid = (pos >= 0) & (pos < lk)
-                self._cache = {key: (pos.clamp(0, lk - 1), valid, scale)}
+                if len(self._cache) >= 64:  # see HilbertAttention._index
+                    self._cache.clear()
+                self._cache[key] = (pos.clamp(0, lk - 1), valid, scale)
         idx, valid, scale = self._cache[key]
         bias = self.scale_bias[:, scale].unsqueeze(1)  # (H, 1, M)
         return idx, valid, bias
@@ -170,6 +230,9 @@ class _BiasedDense(nn.Module):
         raise NotImplementedError
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
+        return _by_real_length(self._attend, q, k, v, mask, dropout_p)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor], dropout_p: float) -> Tensor:
         b, h, lq, e = q.shape
         lk = k.shape[2]
         qpos = _query_positions(lq, lk, q.device)
@@ -180,11 +243,12 @@ class _BiasedDense(nn.Module):
         allowed = _expand_mask(mask, b, h, lq, lk, q.device)
         if self.causal:
             allowed = allowed & (rel >= lk - 1)
-        scores = torch.einsum("bhqe,bhke->bhqk", q.float(), k.float()) / math.sqrt(e) + bias.float()
-        w = _masked_softmax(scores, allowed)
-        if dropout_p > 0:
-            w = nn.functional.dropout(w, dropout_p)
-        return torch.einsum("bhqk,bhke->bhqe", w, v.float()).to(q.dtype)
+        with _float32_scores(q.device):
+            scores = torch.einsum("bhqe,bhke->bhqk", q.float(), k.float()) / math.sqrt(e) + bias.float()
+            w = _masked_softmax(scores, allowed)
+            if dropout_p > 0:
+                w = nn.functional.dropout(w, dropout_p)
+            return torch.einsum("bhqk,bhke->bhqe", w, v.float()).to(q.dtype)
 
 
 class DragonAttention(_BiasedDense):
@@ -197,6 +261,8 @@ class DragonAttention(_BiasedDense):
 
     def __init__(self, *, n_heads: int = 1, n_scales: int = 8, causal: bool = False) -> None:
         super().__init__()
+        if n_scales < 1:
+            raise ValueError(f"n_scales: must be >= 1 (dyadic scales of the paperfolding bias), got {n_scales}")
         self.causal = causal
         self.scales = n_scales
         self.weight = nn.Parameter(torch.full((n_heads, n_scales), 0.5 / math.sqrt(n_scales)))
@@ -218,6 +284,11 @@ class JuliaAttention(_BiasedDense):
     def __init__(self, *, n_heads: int = 1, c: tuple[float, float] = (-0.7, 0.27), iterations: int = 24,
                  span: float = 1.5, causal: bool = False) -> None:
         super().__init__()
+        # 0 iterations divides the escape time by zero and inf span puts every offset at inf: NaN biases.
+        if iterations < 1:
+            raise ValueError(f"iterations: must be >= 1 (escape-time steps), got {iterations}")
+        if not 0 < span < math.inf:
+            raise ValueError(f"span: must be a finite number > 0 (half-width of the offset segment), got {span}")
         self.causal, self.iterations, self.span = causal, iterations, span
         self.c_real = nn.Parameter(torch.tensor(float(c[0])))
         self.c_imag = nn.Parameter(torch.tensor(float(c[1])))

@@ -48,9 +48,9 @@ class FractionalKernel(nn.Module):
             raise ValueError(f"n_taps: must be >= 1, got {n_taps}")
         if channels < 1:
             raise ValueError(f"channels: must be >= 1, got {channels}")
-        if not (0.0 <= min_alpha < max_alpha):
+        if not (0.0 <= min_alpha < max_alpha < math.inf):  # an infinite alpha makes every tap NaN
             raise ValueError(
-                f"min_alpha/max_alpha: need 0 <= min_alpha < max_alpha, got {min_alpha}, {max_alpha}"
+                f"min_alpha/max_alpha: need 0 <= min_alpha < max_alpha < inf, got {min_alpha}, {max_alpha}"
             )
         if not (0.0 < init_gate < 1.0):
             raise ValueError(f"init_gate: must lie in (0, 1), got {init_gate}")

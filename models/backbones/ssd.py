@@ -187,7 +187,7 @@ def ssd_naive(
         decay = torch.exp(dt[:, t] * A).view(b, h, 1, 1)
         state = decay * state + (dt[:, t].view(b, h, 1) * x[:, t]).unsqueeze(-1) * Bh[:, t].unsqueeze(2)
         ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
-    y = torch.stack(ys, dim=1)
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, h, p)  # an empty sequence, as ssd_chunked allows
     if D is not None:
         y = y + x * (D.view(1, 1, h, 1) if D.ndim == 1 else D.view(1, 1, h, p))
     return y, state

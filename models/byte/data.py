@@ -57,6 +57,10 @@ class ByteDataModule(pl.LightningDataModule):
         super().__init__()
         if not 0 < val_fraction < 1:
             raise ValueError(f"data.val_fraction: must lie in (0, 1), got {val_fraction}")
+        if seq_len < 1:  # 0 gave empty windows and a NaN loss
+            raise ValueError(f"data.seq_len: must be >= 1 (bytes of context per window), got {seq_len}")
+        if windows_per_epoch < 1:
+            raise ValueError(f"data.windows_per_epoch: must be >= 1, got {windows_per_epoch}")
         self.path, self.seq_len, self.batch_size = path, seq_len, batch_size
         self.windows, self.val_fraction, self.seed, self.max_bytes = windows_per_epoch, val_fraction, seed, max_bytes
 

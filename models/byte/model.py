@@ -94,6 +94,8 @@ class FractalByteLM(nn.Module):
                  depth_range: tuple[int, int] = (1, 3), dim_range: tuple[int, int] = (64, 256), seed: int = 0,
                  drop_path: float = 0.15, mamba: dict | None = None) -> None:
         super().__init__()
+        if n_fractals < 1:  # each layer averages its fractal modules: none is an empty mean
+            raise ValueError(f"n_fractals: must be >= 1 (fractal modules per layer), got {n_fractals}")
         for name, (lo, hi) in (("depth_range", depth_range), ("dim_range", dim_range)):
             if not 1 <= lo <= hi:
                 raise ValueError(f"{name}: needs 1 <= min <= max, got {(lo, hi)}")
@@ -130,6 +132,10 @@ def generate(model: FractalByteLM, prompt: Sequence[int], *, max_new: int = 64, 
     """
     if not prompt:
         raise ValueError("prompt: needs at least one token (start an empty prompt with EOS, the training data's separator)")
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature: must be a finite number >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k: must be >= 0 (0 or None keeps every byte), got {top_k}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -143,7 +149,8 @@ def generate(model: FractalByteLM, prompt: Sequence[int], *, max_new: int = 64, 
         if temperature <= 0:
             nxt = int(logits.argmax())
         else:
-            logits = logits / temperature
+            # Shift before dividing: the best byte sits at 0, so a tiny temperature cannot overflow to inf.
+            logits = (logits - logits.max()) / temperature
             if top_k:
                 kth = torch.topk(logits, min(top_k, int(allowed.sum()))).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))

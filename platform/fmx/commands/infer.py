@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
             ) from None
         # Training joins files with EOS, so EOS (never BOS, absent from the data) is what precedes a document start.
         ids = encode(prompt) if prompt else [EOS]
-        out = generate(model, ids, max_new=max_bytes, temperature=temperature, top_k=top_k,
-                       generator=torch.Generator().manual_seed(seed), stop_at_eos=stop)
+        try:
+            out = generate(model, ids, max_new=max_bytes, temperature=temperature, top_k=top_k,
+                           generator=torch.Generator().manual_seed(seed), stop_at_eos=stop)
+        except ValueError as err:  # a bad option value (e.g. --temperature inf): say so, no traceback
+            raise typer.BadParameter(str(err)) from None
         sys.stdout.buffer.write(decode(out) + b"\n")
