@@ -57,6 +57,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-dense-gb", type=float, default=4.0, help="skip dense patterns whose fp32 scores exceed this")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats: needs >= 1, got {args.repeats}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda: torch.cuda.is_available() is False on this machine")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     dev = args.device
     name = torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or platform.machine()

@@ -29,6 +29,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="cold runs (fresh output folder each)")
     parser.add_argument("--serial", action="store_true", help="also time the in-process serial executor")
     args = parser.parse_args()
+    for flag, value in (("--repeat", args.repeat), ("--num-cpus", args.num_cpus)):
+        if value < 1:
+            parser.error(f"{flag}: needs >= 1, got {value}")
     if not Path(args.data).is_dir():
         print(f"data: {args.data} not found; the benchmark needs ../shared/data/eegmat-dev", file=sys.stderr)
         return 2

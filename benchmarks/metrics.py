@@ -45,6 +45,11 @@ Q_VALS = [-5.0, -3.0, -1.0, 0.0, 1.0, 3.0, 5.0]
 SCALES = [8, 16, 32, 64, 128, 256]
 EPS = [1, 2, 3, 4, 5, 6]
 CORR_THRESHOLD = 0.3
+# With fewer than 8 channels the FC graph of these series (a ring, ~1 shortcut per channel, chance
+# correlations of long-memory series) is complete or nearly so (measured: C = 5 always, C = 6 for some
+# B and T): one box covers it from eps = 2 and its graph FD is undefined.
+MIN_CHANNELS = 8
+MIN_SAMPLES = 256  # DFA's default windows: octaves 16 .. T/4, at least 3 of them
 
 
 def _sync(device: torch.device) -> None:
@@ -181,6 +186,31 @@ def make_series(b: int, c: int, t: int) -> torch.Tensor:
     return mix @ sources
 
 
+def _speedup(ratio: float) -> str:
+    """``12x`` from 10x up; two significant digits below, so a slower run reads 0.25x, not 0x."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop on options that would fail only after minutes of timing, with the option and the fix."""
+    for flag, value, low in (("--repeat", args.repeat, 1), ("--ref-repeat", args.ref_repeat, 1),
+                             ("--warmup", args.warmup, 0), ("--ref-series", args.ref_series, 0),
+                             ("--threads", args.threads, 1)):
+        if value is not None and value < low:
+            parser.error(f"{flag}: needs >= {low}, got {value}")
+    if args.shape:
+        b, c, t = args.shape
+        for name, value, low, why in (("B", b, 1, "a batch"), ("C", c, MIN_CHANNELS, "a graph FD of the FC graph"),
+                                      ("T", t, MIN_SAMPLES, "DFA's default windows")):
+            if value < low:
+                parser.error(f"--shape: {name} = {value} is too small: {why} needs {name} >= {low}")
+    if args.graph_shape:
+        gb, gc = args.graph_shape
+        if gb < 1 or gc < MIN_CHANNELS:
+            parser.error(f"--graph-shape: B = {gb}, C = {gc}: needs B >= 1 and C >= {MIN_CHANNELS} "
+                         "(a graph FD of the FC graph)")
+
+
 def _cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -215,6 +245,7 @@ def main() -> int:
                         help="also time FC + graph FD on B graphs of C nodes (T = 2048) against networkx on "
                              "one such graph (CPU; e.g. 32 256, the design batch)")
     args = parser.parse_args()
+    _check_args(parser, args)
     global CLOCK
     if args.clock == "thread":
         if args.device != "cpu" or args.threads != 1:
@@ -267,7 +298,7 @@ def main() -> int:
         refs = theirs.get(name) or [("-", None, 0)]
         for lib, ref_sec, count in refs:
             ref_rate = count / ref_sec if ref_sec else None
-            speed = f"{ours_rate / ref_rate:.0f}x" if ref_rate else "-"
+            speed = _speedup(ours_rate / ref_rate) if ref_rate else "-"
             ref_txt = f"{ref_rate:.1f}" if ref_rate else "-"
             print(f"| {name} | {sec * 1e3:.1f} | {ours_rate:.0f} | {lib} | {ref_txt} | {speed} |")
             rows.append(dict(metric=name, ours_s=sec, ours_series_per_s=ours_rate, reference=lib,
@@ -298,7 +329,7 @@ def main() -> int:
             ref_sec = _median_seconds(fn, device, 1, args.ref_repeat)
             speed = (gb / ours_g) / (1 / ref_sec)
             print(f"| fc_graph_fd, {gb} graphs x {gc} nodes | {ours_g * 1e3:.1f} | {gb * gc / ours_g:.0f} | {lib} "
-                  f"| {count / ref_sec:.1f} | {speed:.0f}x |")
+                  f"| {count / ref_sec:.1f} | {_speedup(speed)} |")
             rows.append(dict(metric=f"fc_graph_fd_{gb}x{gc}", ours_s=ours_g, ours_series_per_s=gb * gc / ours_g,
                              reference=lib, reference_series_per_s=count / ref_sec))
     if args.json:

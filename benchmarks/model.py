@@ -292,14 +292,15 @@ def acceptance_verdict(pairs: list[tuple[dict, dict]]) -> dict:
     beta_mean, beta_sd = _mean_sd([p["latent_beta"] for _, p in pairs])
     base_beta, _ = _mean_sd([b["latent_beta"] for b, _ in pairs])
     n = len(ratios)
+    spread = lambda v, digits: round(v, digits) if n > 1 else None  # noqa: E731 - one seed: no sd (null, not NaN)
     return {"seeds": n,
             "task_loss_ratios": [round(r, 4) for r in ratios],
             "task_loss_ratio_mean": round(r_mean, 4),
-            "task_loss_ratio_sd": round(r_sd, 4),
-            "task_loss_ratio_se": round(r_sd / n ** 0.5, 4) if n > 1 else float("nan"),
-            "baseline_task_loss_mean": round(b_mean, 4), "baseline_task_loss_sd": round(b_sd, 4),
+            "task_loss_ratio_sd": spread(r_sd, 4),
+            "task_loss_ratio_se": spread(r_sd / n ** 0.5, 4),
+            "baseline_task_loss_mean": round(b_mean, 4), "baseline_task_loss_sd": spread(b_sd, 4),
             "baseline_beta_mean": round(base_beta, 3),
-            "prior_beta_mean": round(beta_mean, 3), "prior_beta_sd": round(beta_sd, 3),
+            "prior_beta_mean": round(beta_mean, 3), "prior_beta_sd": spread(beta_sd, 3),
             **_prior_estimator_means(pairs),
             "beta_in_0.8_1.2": 0.8 <= beta_mean <= 1.2,
             "task_loss_within_1pct": r_mean <= 1.01,
@@ -337,6 +338,7 @@ def bench_acceptance(args) -> list[dict]:
     steps = args.acceptance_steps or (1500 if args.quick else 3000)
     preset = "tiny" if args.quick else "small"
     done = _finished_arms(args.out)
+    earlier = dict(done)  # arms of other runs in --out (other steps, seeds, options): the final write keeps them
     rows, pairs = [], []
     for seed in range(args.seed0, args.seed0 + args.seeds):
         pair = []
@@ -344,6 +346,7 @@ def bench_acceptance(args) -> list[dict]:
             key = _arm_key({"preset": preset, "seed": seed, "lambda_spec": lam, "steps": steps,
                             "prior_opts": args.prior_opts})
             row = done.get(key)
+            earlier.pop(key, None)
             reused = row is not None
             if not reused:
                 row = done[key] = _fit_arm(args, lam=lam, seed=seed, steps=steps)
@@ -363,6 +366,7 @@ def bench_acceptance(args) -> list[dict]:
           f"sd {v['task_loss_ratio_sd']} se {v['task_loss_ratio_se']} (target <= 1.01) -> "
           f"{'PASS' if v['pass'] else 'FAIL'}", file=sys.stderr, flush=True)
     rows.append({"bench": "acceptance", "steps": steps, "verdict": v})
+    args.earlier_arms = list(earlier.values())
     return rows
 
 
@@ -383,6 +387,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds: needs >= 1, got {args.seeds}")
+    if args.repeats < 1:
+        parser.error(f"--repeats: needs >= 1, got {args.repeats}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
     opts = {}
     for item in args.prior_opts or []:
         key, sep, value = item.partition("=")
@@ -406,7 +414,8 @@ def main(argv=None) -> int:
         print(f"# {name}: {time.perf_counter() - t0:.1f} s", flush=True)
         rows += got
     if args.out:
-        _write_json(args.out, {"device": device_name, "quick": args.quick, "rows": rows})
+        _write_json(args.out, {"device": device_name, "quick": args.quick,
+                               "rows": rows + getattr(args, "earlier_arms", [])})
     return 0
 
 

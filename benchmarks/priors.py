@@ -58,6 +58,9 @@ def main() -> int:
                         help="also time each prior under torch.compile (on CUDA inductor fuses the ~1000 small "
                              "ops of the three priors into Triton kernels); rows get compiled=true")
     args = parser.parse_args()
+    for flag, value, low in (("--repeat", args.repeat, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1)):
+        if value is not None and value < low:
+            parser.error(f"{flag}: needs >= {low}, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -92,6 +92,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=150, help="training steps per model")
     parser.add_argument("--lambda-spec", type=float, default=0.05, help="weight of the 1/f prior (config default 0.05)")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps: needs >= 1, got {args.steps}")
     torch.set_num_threads(1)  # tiny tensors: threads cost more than they save
     out = Path(args.out)
     t0 = time.perf_counter()
