@@ -33,8 +33,9 @@ timeout 50 "$py" benchmarks/attention.py --device cuda --dtype bf16 --lengths 25
   | tee "$out/attention.txt"
 timeout 120 "$py" benchmarks/model.py --device cuda --only ssd step --compile --out "$out/model.json" 2>&1 \
   | tee "$out/model.txt"
-# Acceptance (small preset, 3000 steps per arm) is the longest part: --out is written after every arm,
-# so the arms that finished before the timeout still come back in $out/acceptance.json.
-timeout 110 "$py" benchmarks/model.py --device cuda --only acceptance --seeds 2 --out "$out/acceptance.json" 2>&1 \
+# Acceptance (small preset, 3000 steps per arm, one seed: its baseline and prior arms run first) is the
+# longest part: --out is written after every arm, so the arms that finished before the timeout still come
+# back in $out/acceptance.json. The tiny preset's 3-seed PASS was measured on CPU (docs/model.md).
+timeout 110 "$py" benchmarks/model.py --device cuda --only acceptance --seeds 1 --out "$out/acceptance.json" 2>&1 \
   | tee "$out/acceptance.txt"
 echo "gpu_check done; logs in $out"

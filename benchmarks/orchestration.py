@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is named platform.py: drop its folder from the import path so `import platform` (used by torch,
-# Ray and others) finds the standard library module, not this script.
+# Drop this script's folder from the import path: Ray workers and libraries must not import its sibling
+# scripts (metrics.py, model.py, ...) in place of modules of the same name.
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
@@ -186,8 +186,11 @@ def main(argv=None) -> int:
         results["overhead"] = overhead(args)
     if args.which in ("packing", "all"):
         results["packing"] = packing(args)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    if args.out:  # atomically: a reader never sees half a file
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, args.out)
     return 0
 
 

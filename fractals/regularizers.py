@@ -251,8 +251,9 @@ def latent_tau(
         raise ValueError("q_vals: needs at least one value")
     if len(sc) < 2 or min(sc) < order + 2 or max(sc) > n // 2:
         raise ValueError(
-            f"scales: needs >= 2 sizes in [{order + 2}, T/2 = {n // 2}] (time axis dim {time_dim} of "
-            f"shape {tuple(latents.shape)}), got {list(scales)}"
+            f"scales: needs >= 2 sizes, all in [{order + 2}, T/2 = {n // 2}] (time axis dim {time_dim} of "
+            f"shape {tuple(latents.shape)}), got {list(scales)}; drop the sizes outside it (FractalPriors "
+            f"drops those above T/2 per call)"
         )
     from fractals.dfa import _log_fq_all  # the MFDFA kernel itself (one pass on octave grids)
 
