@@ -348,3 +348,13 @@ def test_a_failing_fused_scan_falls_back_to_the_portable_path(monkeypatch, caplo
     m.kernels = "fused"
     with pytest.raises(RuntimeError, match="C compiler"):
         m(u)
+
+
+def test_mamba2_refuses_an_empty_sequence_by_name():
+    # A length-0 input used to fail deep in conv1d; it is an input error, named as one.
+    from models.backbones.mamba2 import Mamba2
+
+    block = Mamba2(d_model=16, d_state=4, headdim=8)
+    with pytest.raises(ValueError, match=r"u: needs shape \(batch, length >= 1, 16\), got \(2, 0, 16\)"):
+        block(torch.randn(2, 0, 16))
+    assert block(torch.randn(2, 1, 16)).shape == (2, 1, 16)

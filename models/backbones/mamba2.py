@@ -201,8 +201,8 @@ class Mamba2(nn.Module):
         return F.silu(conv).transpose(1, 2)
 
     def forward(self, u: torch.Tensor, *, return_state: bool = False):
-        if u.ndim != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(f"u: needs shape (batch, length, {self.d_model}), got {tuple(u.shape)}")
+        if u.ndim != 3 or u.shape[-1] != self.d_model or u.shape[1] < 1:
+            raise ValueError(f"u: needs shape (batch, length >= 1, {self.d_model}), got {tuple(u.shape)}")
         b, seqlen, _ = u.shape
         fused = self._use_fused(u)
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
