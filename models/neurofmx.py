@@ -17,7 +17,7 @@ depends on samples before the end of step ``s`` only (tested end to end).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -356,29 +356,29 @@ class NeuroFMx(nn.Module):
         # would pull the epoch's mean loss down and drive their uncertainty weights up, so they count only
         # when no head scored anything.
         empty: dict[str, torch.Tensor] = {}
+        pending: list[tuple[str, torch.Tensor, bool, list[torch.Tensor]]] = []
 
-        def add(name: str, loss: torch.Tensor, scored: bool) -> None:
-            (losses if scored else empty)[name] = loss
-
-        def any_real(mask) -> bool:
-            return mask is None or bool(mask.bool().any())
+        def add(name: str, loss: torch.Tensor, scored: bool, *masks: Optional[torch.Tensor]) -> None:
+            # Whether each mask holds anything real is read below for all heads at once: one host sync per
+            # forward instead of one per head.
+            pending.append((name, loss, scored, [m for m in masks if m is not None]))
 
         for key, head in self.forecast.items():
             if key in batch:
                 x, m, ids = channel_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids)
-                add(f"forecast_{key}", out.loss, steps.shape[1] > head.horizon and any_real(m))
+                add(f"forecast_{key}", out.loss, steps.shape[1] > head.horizon, m)
                 outputs[f"forecast_{key}"] = out.prediction
         for key, head in self.reconstruction.items():
             if key in batch and step_mask is not None:
                 x, m, ids = channel_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids, step_mask=step_mask)
-                add(f"recon_{key}", out.loss, any_real(m) and any_real(step_mask))
+                add(f"recon_{key}", out.loss, True, m, step_mask)
                 outputs[f"recon_{key}"] = out.prediction
         if self.behavior is not None and "behavior" in batch:
             mask = batch.get("behavior_mask")
             out = self.behavior(steps, target=batch["behavior"], mask=mask)
-            add("behavior", out.loss, any_real(mask))
+            add("behavior", out.loss, True, mask)
             outputs["behavior"] = out.prediction
             metrics.update({f"behavior_{n}": v for n, v in out.metrics.items()})
         if self.contrastive is not None and self.contrastive_view in batch:
@@ -404,8 +404,13 @@ class NeuroFMx(nn.Module):
                 out = self.adversarial(popt, target=batch[self.adversarial_target])
             except ValueError as exc:  # the head says "target": name the batch key and the config field
                 raise ValueError(f"batch[{self.adversarial_target!r}] (model.heads.adversarial): {exc}") from exc
-            losses["adversarial"] = out.loss
+            add("adversarial", out.loss, True)
             metrics.update({f"adversarial_{n}": v for n, v in out.metrics.items()})
+        checks = [m.bool().any().to(steps.device) for _, _, scored, masks in pending if scored for m in masks]
+        real = iter(torch.stack(checks).tolist() if checks else [])
+        for name, loss, scored, masks in pending:
+            flags = [next(real) for _ in masks] if scored else []
+            (losses if scored and all(flags) else empty)[name] = loss
         if not losses:
             losses = empty
         if not losses:
