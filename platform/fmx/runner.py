@@ -313,6 +313,9 @@ def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "
     target = targets.storage
     base = absolute_data_paths(sweep.base, root)
     cfg = compose(base)
+    from fmx.train_worker import trainer_options
+
+    trainer_options(cfg.get("trainer", {}))  # a key no trial reads fails here, not silently in every trial
     return SweepPlan(
         sweep_id=sweep_id, name=sweep.name, base=base, seed=sweep.seed, metric=sweep.metric.name,
         mode=sweep.metric.mode, storage_uri=target.uri, storage_path=target.storage_path,
