@@ -32,10 +32,13 @@ __all__ = [
     "LatentFingerprintCallback",
     "LatentHistogramCallback",
     "CausalScaleAblationCallback",
+    "LATENT_MEASURES",
+    "global_means",
 ]
 
 log = logging.getLogger("models.callbacks")
 _WARNED: set[str] = set()
+LATENT_MEASURES = ("beta", "hfd", "dfa")  # what latent_measures returns, in a fixed order for logging
 
 
 def _warn_once(key: str, msg: str, *args: Any) -> None:
@@ -117,6 +120,20 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
                 # A measure must never stop training: log what failed once and leave it out.
                 _warn_once(f"measure-{name}", "latent_measures: %s not computed (%s)", name, exc)
     return out
+
+
+def global_means(trainer: Any, keys: list[str], totals: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``sum / count`` per key over every DDP rank; keys that no rank counted are left out.
+
+    ``totals`` ``(2, len(keys))`` holds this rank's weighted sums and counts. They are added over the
+    ranks in one all-reduce, so a rank with nothing to score for a key (its batches lacked the head's
+    target) adds nothing to that key's mean, and every rank gets the same keys in the same order: what
+    Lightning's ``sync_dist`` needs (a key logged on one rank only hangs it or pairs mismatched values).
+    """
+    if trainer is not None and getattr(trainer, "world_size", 1) > 1:
+        totals = trainer.strategy.reduce(totals, reduce_op="sum")
+    sums, counts = totals[0], totals[1].tolist()
+    return {key: sums[i] / counts[i] for i, key in enumerate(keys) if counts[i] > 0}
 
 
 def _log_scalars(pl_module: "pl.LightningModule", values: Mapping[str, float]) -> None:
@@ -259,23 +276,33 @@ class CausalScaleAblationCallback(pl.Callback):
         return out
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if self._batch is None or trainer.sanity_checking:
+        if trainer.sanity_checking:
             return
         batch, self._batch = self._batch, None
+        keys = ["val/ablation_delta_loss"] + [f"val/ablation_delta_{name}" for name in LATENT_MEASURES]
+        totals = torch.zeros(2, len(keys), device=pl_module.device)
         try:
-            ablated = self.ablate(batch, pl_module.sample_rate(batch))
+            values = self._deltas(pl_module, batch) if batch is not None else {}
         except (ImportError, AttributeError, NotImplementedError) as exc:
             _warn_once("ablation", "causal scale ablation skipped: fractals.probes not available (%s)", exc)
-            return
+            values = {}
+        for i, key in enumerate(keys):
+            if key in values:
+                totals[0, i], totals[1, i] = values[key], 1.0
+        # Every rank takes part in the reduction, even one whose measures failed, and logs the same keys.
+        for key, v in global_means(trainer, keys, totals).items():
+            pl_module.log(key, v, on_epoch=True, sync_dist=True, batch_size=1)
+
+    def _deltas(self, pl_module, batch) -> dict[str, float]:
+        ablated = self.ablate(batch, pl_module.sample_rate(batch))
         intact, broken = _forward_latents(pl_module, batch), _forward_latents(pl_module, ablated)
-        values = {"ablation_delta_loss": float(broken["loss"] - intact["loss"])}
+        values = {"val/ablation_delta_loss": float(broken["loss"] - intact["loss"])}
         fs = pl_module.latent_rate(batch)
         m0 = latent_measures(intact["latents"]["ssm"], fs=fs, cfg_fractals=self.cfg_fractals)
         m1 = latent_measures(broken["latents"]["ssm"], fs=fs, cfg_fractals=self.cfg_fractals)
         for name in m0.keys() & m1.keys():
-            values[f"ablation_delta_{name}"] = float(m1[name].mean() - m0[name].mean())
-        for k, v in values.items():
-            pl_module.log(f"val/{k}", v, on_epoch=True, sync_dist=True)
+            values[f"val/ablation_delta_{name}"] = float(m1[name].mean() - m0[name].mean())
+        return values
 
 
 def build_callbacks(cfg: Mapping[str, Any]) -> list[pl.Callback]:

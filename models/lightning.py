@@ -22,7 +22,8 @@ try:
 except ImportError:  # pragma: no cover
     import lightning.pytorch as pl
 
-from models.callbacks import _autocast_off, build_callbacks, latent_band, latent_measures
+from models.callbacks import (LATENT_MEASURES, _autocast_off, build_callbacks, global_means, latent_band,
+                              latent_measures)
 from models.neurofmx import NeuroFMx, _int_option
 
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
@@ -129,10 +130,15 @@ class NeuroFMxModule(pl.LightningModule):
             raise ValueError(f"fractals.priors.ramp_steps: needs an integer >= 0 (0 = full weight at warmup_steps), "
                              f"got {ramp!r}")
         self.prior_ramp = ramp
+        self._priors_checked = False  # computed once on the first batch even during warmup (see _prior_loss)
         if fr.get("enable", False) and priors_cfg:
             self.priors = self._build_priors({**fr, "priors": priors_cfg})
             self._prior_band = self.priors.band
         self.spectral_regs = self._build_spectral_regs(cfg.get("criticality", {}) or {})
+        # Validation metrics: fixed keys, (weighted sum, count) per key this epoch; see validation_step.
+        self._val_keys = (["val/loss"] + [f"val/{name}_loss" for name in self.model.loss_names]
+                          + [f"val/latent_{name}" for name in LATENT_MEASURES])
+        self._val_totals: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ config helpers
     def _build_priors(self, fr: Mapping[str, Any]):
@@ -209,20 +215,35 @@ class NeuroFMxModule(pl.LightningModule):
             return 1.0
         return min(1.0, (step - self.prior_warmup + 1) / self.prior_ramp)
 
-    def _prior_loss(self, out: Mapping[str, Any], batch) -> tuple[torch.Tensor | None, dict]:
-        scale = self.prior_scale(self.global_step) if self.priors is not None else 0.0
-        if scale == 0.0:
-            return None, {}
-        # Warmup is handled here (step=None): the priors are not even computed before it.
-        # float32 and no autocast: the priors' FFTs do not run in bf16, and their log-log fits need the precision.
-        latents, fs = out["latents"]["ssm"].float(), self.latent_rate(batch)
+    def _prior_terms(self, latents: torch.Tensor, fs: float) -> tuple[torch.Tensor, dict]:
         lo, hi = self._prior_band
         # Latents slower than the raw-signal band (slow data, long patches) leave the 1/f fit no bins:
         # fit where they resolve, as the val/latent_beta measure does.
         fits = min(hi, 0.45 * fs) > 1.5 * lo
         self.priors.band = self._prior_band if fits else latent_band(latents.shape[1], fs, self._prior_band)
-        with _autocast_off(latents.device.type):
-            total, parts = self.priors(latents, fs=fs)
+        try:
+            with _autocast_off(latents.device.type):
+                return self.priors(latents, fs=fs)
+        except ValueError as exc:
+            raise ValueError(
+                f"fractals.priors: cannot be computed on the SSM latents ({latents.shape[1]} steps at {fs:g} Hz; "
+                f"one step per model.patch_size * perceiver.chunk_size samples): {exc}. Use longer windows "
+                "(data.n_time or data.window), set the failing term's lambda to 0, or fractals.enable=false"
+            ) from exc
+
+    def _prior_loss(self, out: Mapping[str, Any], batch) -> tuple[torch.Tensor | None, dict]:
+        scale = self.prior_scale(self.global_step) if self.priors is not None else 0.0
+        if scale == 0.0:
+            if self.priors is not None and not self._priors_checked:
+                # Fail on the first batch, not thousands of steps later when the warmup ends.
+                with torch.no_grad():
+                    self._prior_terms(out["latents"]["ssm"].detach().float(), self.latent_rate(batch))
+                self._priors_checked = True
+            return None, {}
+        # Warmup is handled here (step=None): the priors are not even computed before it.
+        # float32 and no autocast: the priors' FFTs do not run in bf16, and their log-log fits need the precision.
+        total, parts = self._prior_terms(out["latents"]["ssm"].float(), self.latent_rate(batch))
+        self._priors_checked = True
         if scale < 1.0:
             total, parts = scale * total, {k: scale * v for k, v in parts.items()}
         return total, parts
@@ -251,16 +272,70 @@ class NeuroFMxModule(pl.LightningModule):
             self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_totals = torch.zeros(2, len(self._val_keys), device=self.device)
+
     def validation_step(self, batch, batch_idx):
+        # Each val/* metric is the mean over the batches that had it, weighted by batch size, over all
+        # ranks (on_validation_epoch_end). Logging per batch with sync_dist would log a head's key only
+        # on ranks whose batches had its target: DDP then hangs or averages mismatched metrics.
         out = self(batch)
         bsz = _batch_size(batch)
-        self.log("val/loss", out["loss"], prog_bar=True, sync_dist=True, batch_size=bsz)
-        for name, v in out["losses"].items():
-            self.log(f"val/{name}_loss", v, sync_dist=True, batch_size=bsz)
+        values = {}
+        scored = out.get("scored", tuple(out["losses"]))
+        if scored:  # the loss of a batch where no head scored is made of zeros: not a validation loss
+            values["val/loss"] = out["loss"]
+            values.update({f"val/{name}_loss": out["losses"][name] for name in scored})
         measures = latent_measures(out["latents"]["ssm"], fs=self.latent_rate(batch), cfg_fractals=self.fractals_cfg)
-        for name, v in measures.items():
-            self.log(f"val/latent_{name}", v.float().mean(), sync_dist=True, batch_size=bsz)
+        values.update({f"val/latent_{name}": v.float().mean() for name, v in measures.items()})
+        if self._val_totals is None:  # validation_step called outside a validation loop
+            self.on_validation_epoch_start()
+        totals = self._val_totals
+        for i, key in enumerate(self._val_keys):
+            if key in values:
+                totals[0, i] += values[key].detach().float().to(totals.device) * bsz
+                totals[1, i] += bsz
         return out["loss"]
+
+    def on_validation_epoch_end(self) -> None:
+        totals, self._val_totals = self._val_totals, None
+        if totals is None:
+            totals = torch.zeros(2, len(self._val_keys), device=self.device)
+        for key, value in global_means(self._trainer, self._val_keys, totals).items():
+            # Already the global mean on every rank; sync_dist keeps Lightning from warning about it.
+            self.log(key, value, prog_bar=key == "val/loss", sync_dist=True, batch_size=1)
+
+    def on_train_start(self) -> None:
+        self._warn_mid_epoch_resume()
+
+    def _warn_mid_epoch_resume(self) -> None:
+        """Say what happens when fit resumes from a checkpoint saved inside an epoch.
+
+        Lightning restores the step counters but restarts a train dataloader without
+        ``state_dict``/``load_state_dict`` (ours) from its first batch, then ends the epoch after the
+        batches it had left: the epoch's first batches are trained on again and its last ones not at all.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.ckpt_path is None or not trainer.is_global_zero:
+            return
+        n = trainer.num_training_batches
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if not (isinstance(n, int) and 0 < done < n):
+            return
+        loaders = trainer.train_dataloader
+        loaders = list(loaders.values()) if isinstance(loaders, Mapping) else (
+            list(loaders) if isinstance(loaders, (list, tuple)) else [loaders])
+        if all(hasattr(dl, "state_dict") and hasattr(dl, "load_state_dict") for dl in loaders):
+            return  # Lightning restores a resumable loader's position itself
+        rest = n - done
+        log.warning(
+            "resuming from %s inside epoch %d after %d of its %d training batches. The train dataloader is not "
+            "resumable, so the remaining %d batch(es) of this epoch are the loader's first %d: "
+            "batches 0-%d of the epoch are trained on twice (when the loader repeats its order: a fixed seed, or "
+            "DDP's sampler) and batches %d-%d not at all. global_step, the LR schedule and the prior warmup "
+            "continue from step %d. Resume from an end-of-epoch checkpoint to avoid this.",
+            trainer.ckpt_path, trainer.current_epoch, done, n, rest, rest, min(done, rest) - 1, max(done, rest),
+            n - 1, trainer.global_step)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -125,6 +125,8 @@ class NeuroFMx(nn.Module):
         - batch: dict per the models contract
         - output ``latents``: ``perceiver`` and ``ssm`` ``(B, S, D)``, ``popt`` ``(B, K, D)``,
           ``ssm_states`` ``(B, H, P, N)`` (last layer's final SSM state)
+        - output ``scored``: names of the heads that had something real to score (``losses`` holds
+          the others' zero losses too when none had)
     """
 
     def __init__(self, *, d_model: int, patch_size: int, tokenizers: Mapping[str, Mapping[str, Any]],
@@ -384,10 +386,16 @@ class NeuroFMx(nn.Module):
         if self.contrastive is not None and self.contrastive_view in batch:
             view = batch[self.contrastive_view]
             feature_mask = batch.get(f"{self.contrastive_view}_mask")
+            has_view = None
             if feature_mask is not None and self.contrastive_view in TIME_MAJOR_KEYS:
                 # (B, T, F) with a (B, F) mask: missing features must not reach the loss.
                 view = torch.where(feature_mask.bool()[:, None, :], view, torch.zeros((), dtype=view.dtype,
                                                                                       device=view.device))
+                # A sample without one real feature has no view: it is no pair (nor a negative).
+                has_view = feature_mask.bool().any(1)
+            sample_mask = has_view
+            if has_view is not None and self.contrastive.pairing == "time" and not bool(has_view.any()):
+                sample_mask = None  # no pair at all, which the head refuses: computed as before, scored as nothing
             view, view_mask, latents = self._fit_view_features(view), None, popt
             if self.contrastive.pairing == "time":
                 # Time pairing contrasts latent steps (PopT tokens have no time axis) with the view pooled to
@@ -396,8 +404,10 @@ class NeuroFMx(nn.Module):
                 if view.ndim == 3 and view.shape[1] != steps.shape[1]:
                     fitted, valid = fit_time(view.transpose(1, 2), steps.shape[1] * self.step_size)
                     view, view_mask = fitted.transpose(1, 2), valid.expand(view.shape[0], -1)
-            out = self.contrastive(latents, view, b_mask=view_mask)
-            add("contrastive", out.loss, self.contrastive.pairing == "time" or popt.shape[0] > 1)
+            out = self.contrastive(latents, view, b_mask=view_mask, sample_mask=sample_mask)
+            time_pairs = self.contrastive.pairing == "time"
+            enough = None if has_view is None else (has_view if time_pairs else has_view.sum() > 1)  # 2 to contrast
+            add("contrastive", out.loss, time_pairs or popt.shape[0] > 1, enough)
             metrics.update({f"contrastive_{n}": v for n, v in out.metrics.items()})
         if self.adversarial is not None and self.adversarial_target in batch:
             try:
@@ -411,11 +421,14 @@ class NeuroFMx(nn.Module):
         for name, loss, scored, masks in pending:
             flags = [next(real) for _ in masks] if scored else []
             (losses if scored and all(flags) else empty)[name] = loss
+        scored_names = tuple(losses)  # validation averages each head over the batches where it scored
         if not losses:
             losses = empty
         if not losses:
             raise ValueError(f"batch: no configured head {self.loss_names} found its target; batch keys: {sorted(batch)}")
-        total = self.loss_weighting(losses)
+        # Nothing scored: the zero losses, still in the graph, but not their weights' 0.5 * s_i terms, whose
+        # gradient would move every log-variance on a batch with nothing to learn from.
+        total = self.loss_weighting(losses) if scored_names else sum(losses.values())
         if not bool(torch.isfinite(total.detach())):
             self._check_finite_inputs(batch)  # name the batch key that brought the NaN, if one did
         return {
@@ -424,4 +437,5 @@ class NeuroFMx(nn.Module):
             "latents": {"perceiver": enc["perceiver"], "ssm": h, "popt": popt, "ssm_states": enc["ssm_states"]},
             "outputs": outputs,
             "metrics": metrics,
+            "scored": scored_names,
         }

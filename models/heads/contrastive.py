@@ -7,25 +7,36 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from models.heads.base import HeadOutput
+from models.heads.base import HeadOutput, masked_mean
 
 __all__ = ["ContrastiveHead", "info_nce", "PAIRINGS"]
 
 PAIRINGS = ("sample", "time")
 
 
-def info_nce(za: Tensor, zb: Tensor, temperature: Tensor | float) -> tuple[Tensor, Tensor]:
+def info_nce(za: Tensor, zb: Tensor, temperature: Tensor | float,
+             valid: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Symmetric InfoNCE over a batch of ``N`` positive pairs (row ``i`` of ``za`` with row ``i`` of ``zb``).
 
+    ``valid`` ``(N,)`` bool leaves pairs out: neither a positive nor anyone's negative (a sample whose
+    second view is missing). The loss is 0 when no pair is valid.
+
     Shape:
-        za, zb ``(N, E)`` (L2-normalised inside) -> loss scalar, logits ``(N, N)``
+        za, zb ``(N, E)`` (L2-normalised inside); valid ``(N,)`` -> loss scalar, logits ``(N, N)``
     """
     za = nn.functional.normalize(za, dim=-1)
     zb = nn.functional.normalize(zb, dim=-1)
     logits = za @ zb.T / temperature
     labels = torch.arange(za.shape[0], device=za.device)
-    loss = 0.5 * (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels))
-    return loss, logits
+    if valid is None:
+        loss = 0.5 * (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels))
+        return loss, logits
+    valid = valid.bool()
+    # Left-out pairs get the lowest logit (not -inf, so their own rows stay finite), then weight 0.
+    logits = logits.masked_fill(~(valid[:, None] & valid[None, :]), torch.finfo(logits.dtype).min)
+    per = (nn.functional.cross_entropy(logits, labels, reduction="none")
+           + nn.functional.cross_entropy(logits.T, labels, reduction="none"))
+    return 0.5 * masked_mean(per, valid), logits
 
 
 def _pool(x: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -75,7 +86,7 @@ class ContrastiveHead(nn.Module):
 
     Shape:
         - a ``(B, S, dim_a)`` or ``(B, dim_a)``; b ``(B, S', dim_b)`` or ``(B, dim_b)``;
-          a_mask ``(B, S)``, b_mask ``(B, S')`` optional
+          a_mask ``(B, S)``, b_mask ``(B, S')``, sample_mask ``(B,)`` optional
         - prediction: similarity logits ``(N, N)``, ``N = B`` (sample) or ``B * S`` (time)
     """
 
@@ -100,7 +111,10 @@ class ContrastiveHead(nn.Module):
         return self.log_temperature.exp().clamp(0.01, 1.0)
 
     def forward(self, a: Tensor, b: Tensor, *, a_mask: Optional[Tensor] = None,
-                b_mask: Optional[Tensor] = None) -> HeadOutput:
+                b_mask: Optional[Tensor] = None, sample_mask: Optional[Tensor] = None) -> HeadOutput:
+        """``sample_mask`` ``(B,)``: False leaves a sample (all its steps with ``pairing="time"``) out of the pairs."""
+        if sample_mask is not None and tuple(sample_mask.shape) != (a.shape[0],):
+            raise ValueError(f"sample_mask: needs shape (B,) = ({a.shape[0]},), got {tuple(sample_mask.shape)}")
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"a, b: need the same batch size, got {a.shape[0]} and {b.shape[0]}")
         # A view straight from numpy is float64: LayerNorm refuses a dtype other than its weights'.
@@ -116,7 +130,7 @@ class ContrastiveHead(nn.Module):
                     f"{a.shape[1]} and {b.shape[1]}"
                 )
             keep = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
-            for m in (a_mask, b_mask):
+            for m in (a_mask, b_mask, None if sample_mask is None else sample_mask[:, None]):
                 if m is not None:
                     keep = keep & m.bool()
             if not bool(keep.any()):  # InfoNCE over no pairs is 0/0: a NaN loss would poison training
@@ -125,8 +139,12 @@ class ContrastiveHead(nn.Module):
             za, zb = self.proj_a(a)[keep], self.proj_b(b)[keep]
         else:
             za, zb = self.proj_a(_pool(a, a_mask)), self.proj_b(_pool(b, b_mask))
-        loss, logits = info_nce(za, zb, self.temperature)
+        valid = None
+        if sample_mask is not None and self.pairing == "sample":
+            valid = sample_mask.bool().to(za.device)
+        loss, logits = info_nce(za, zb, self.temperature, valid)
         with torch.no_grad():
             labels = torch.arange(logits.shape[0], device=logits.device)
-            acc = (logits.argmax(-1) == labels).float().mean()
+            hit = (logits.argmax(-1) == labels).float()
+            acc = hit.mean() if valid is None else masked_mean(hit, valid)
         return HeadOutput(logits, loss, {"accuracy": acc, "temperature": self.temperature.detach()})
