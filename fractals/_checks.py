@@ -25,6 +25,7 @@ __all__ = [
     "check_not_constant",
     "check_positive",
     "check_ndim",
+    "pow2_scale",
 ]
 
 
@@ -132,6 +133,21 @@ def check_positive(value: float, name: str) -> None:
     # math.isfinite, not np.isfinite: under torch.compile NumPy calls on Python numbers break the graph.
     if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+
+
+def pow2_scale(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Per-series power of two near ``max |x|`` along ``dim`` (keepdim, detached).
+
+    Dividing by it is exact (only the exponent changes) and brings every series to magnitude ~1,
+    so sums of squares neither overflow (float32 |x| >= 1e19) nor underflow (|x| <= 1e-20).
+    Scale-free estimates are unchanged, and detaching is exact for their gradients (a quantity
+    that does not depend on a series' scale has zero derivative along it). Works under
+    torch.compile (exp2 / log2, no frexp).
+    """
+    xd = x.detach()
+    # max(amax, -amin): two plain reductions, ~15x faster on CPU than abs().amax (a temporary).
+    top = torch.maximum(xd.amax(dim, keepdim=True), -xd.amin(dim, keepdim=True))
+    return torch.exp2(torch.floor(torch.log2(top.clamp_min(torch.finfo(x.dtype).tiny))))
 
 
 def autocast_off(fn: Callable) -> Callable:

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from fractals._checks import autocast_off, to_input_kind
+from fractals._checks import autocast_off, pow2_scale, to_input_kind
 from fractals._dfa_nested import _nested_linear_energies, _nested_scales, _rounding_to_zero
 from fractals.temporal import _as_windows, _check_int_arg, _prepare, _slope_weights, default_windows, map_rows
 
@@ -271,6 +271,16 @@ def _log_fq_all(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int,
 
 def _log_fq_rows(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool,
                  floor: float, q_list: list[float]) -> torch.Tensor:
+    if t.dtype != torch.float64:  # float32 is profiled in float64: its squares cannot over/underflow
+        return _log_fq_kernel(t, q, scales, order, both, floor, q_list)
+    # float64 |x| beyond ~1e150 (or below ~1e-150) over/underflowed the segment energies, which then
+    # read as "exactly polynomial". F is scale-equivariant: measure x / 2^k (exact), add k log 2.
+    scale = pow2_scale(t)
+    return _log_fq_kernel(t / scale, q, scales, order, both, floor, q_list) + torch.log(scale).unsqueeze(-1)
+
+
+def _log_fq_kernel(t: torch.Tensor, q: torch.Tensor, scales: list[int], order: int, both: bool,
+                   floor: float, q_list: list[float]) -> torch.Tensor:
     profile = _profile(t)
     if _nested_scales(scales, order):  # octave grids, DFA1: one pass over the data for all scales
         energies = _nested_linear_energies(profile, scales, both)
@@ -412,10 +422,13 @@ def hurst_from_dfa(alpha, signal: str = "fgn"):
     else:
         raise ValueError(f"signal: must be 'fgn' (H = alpha) or 'fbm' (H = alpha - 1), got {signal!r}")
     if isinstance(alpha, torch.Tensor):
-        return alpha - shift
-    if not np.ndim(alpha):
-        return float(alpha) - shift
+        # Integer and bool tensors become float64 as everywhere in fractals (bool - float raised, int gave float32).
+        return (alpha if alpha.is_floating_point() else alpha.to(torch.float64)) - shift
     arr = np.asarray(alpha)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"alpha: needs real DFA exponent(s), got {alpha!r}")
+    if not arr.ndim:
+        return float(arr) - shift
     return (arr if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.float64)) - shift
 
 

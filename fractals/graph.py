@@ -65,16 +65,29 @@ def functional_connectivity_latents(latents, method: str = "pearson", thresh: fl
         raise ValueError(f"latents: needs at least 3 time steps on axis -2, got shape {tuple(t.shape)}")
     if C < 2:
         raise ValueError(f"latents: needs at least 2 channels on the last axis, got shape {tuple(t.shape)}")
-    xc = t - t.mean(-2, keepdim=True)
+    if t.numel() == 0:  # as every estimator: an empty batch is a caller bug, not an empty answer
+        raise ValueError(f"latents: is empty (shape {tuple(t.shape)}); needs at least one (T, C) series")
+    hi, lo = t.detach().amax(-2, keepdim=True), t.detach().amin(-2, keepdim=True)
+    const = (hi == lo).squeeze(-2)  # not std == 0: the mean of a constant has rounding residue
+    # Correlations are scale- and offset-free, float32 Gram matrices are not: each channel is scaled
+    # by a power of two (exact; pow2_scale from the extremes at hand), so the Gram matrix cannot
+    # overflow (|x| >= 1e19 gave NaN r, silently no edges) or underflow, and centred twice (the
+    # float32 mean of an offset of 1e6 is off by ~0.1, which cost 2e-3 in r; the second mean, of
+    # the small residuals, is exact to rounding).
+    top = torch.maximum(hi, -lo).clamp_min(torch.finfo(t.dtype).tiny)
+    xc = t / torch.exp2(torch.floor(torch.log2(top)))
+    xc = xc - xc.mean(-2, keepdim=True)
+    xc = xc - xc.mean(-2, keepdim=True)
+    if method == "partial":  # the inverse amplifies float32 rounding of r by cond(R): 0.02 off at cond 3e6
+        xc = xc.to(torch.float64)
     gram = xc.transpose(-1, -2) @ xc  # one matmul; the norms are its diagonal
     std = gram.diagonal(dim1=-2, dim2=-1).sqrt()  # (..., C)
-    const = t.amax(-2) == t.amin(-2)  # not std == 0: the mean of a constant has rounding residue
     if bool(const.any()):
         flat = const.reshape(-1, C)
         row, col = (int(v) for v in torch.nonzero(flat)[0])
         raise ValueError(f"latents: channel {col} of series {row} (flattened) is constant; drop it before FC")
     r = (gram / (std.unsqueeze(-1) * std.unsqueeze(-2))).clamp(-1.0, 1.0)
-    eye = torch.eye(C, dtype=t.dtype, device=t.device)
+    eye = torch.eye(C, dtype=r.dtype, device=t.device)
     if method == "partial":
         numeric = isinstance(ridge, (int, float, np.integer, np.floating)) and not isinstance(ridge, bool)
         lam = (0.0 if T > C else 0.1) if ridge is None else float(ridge) if numeric else math.nan
@@ -90,8 +103,8 @@ def functional_connectivity_latents(latents, method: str = "pearson", thresh: fl
                 f"latents: the correlation matrix of series {row} (flattened) is singular (collinear or duplicate "
                 f"channels) at ridge={lam:g}; pass ridge > 0 (e.g. ridge=0.1) or drop the redundant channels"
             )
-    r = 0.5 * (r + r.transpose(-1, -2))  # matmul and inverse round (i, j) and (j, i) differently
-    absr = r.abs() * (1 - eye)
+    r = (0.5 * (r + r.transpose(-1, -2))).to(t.dtype)  # matmul and inverse round (i, j) and (j, i) differently
+    absr = r.abs() * (1 - eye.to(t.dtype))
     edge = absr > thresh
     adj = torch.where(edge, absr, torch.zeros_like(absr)) if weighted else edge.to(t.dtype)
     return adj.detach().cpu().numpy() if was_numpy else adj
@@ -253,6 +266,8 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
     if discrete and xmin is not None and (xmin < 1 or not float(xmin).is_integer()):
         # A fractional xmin would fit a zeta law starting between two data values (silently wrong alpha).
         raise ValueError(f"xmin: discrete fits need an integer xmin >= 1, got {xmin!r}")
+    if t.numel() == 0 and t.shape[-1] >= min_tail:  # as every estimator: raise, not an empty fit
+        raise ValueError(f"values: is empty (shape {tuple(t.shape)}); needs at least one series")
     if t.shape[-1] < min_tail:
         raise ValueError(f"values: needs at least min_tail={min_tail} samples on the last axis, got {t.shape[-1]}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)

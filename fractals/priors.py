@@ -174,6 +174,8 @@ class FractalPriors(nn.Module):
                 f"lambda_mf={self.lambda_mf}, lambda_graphfd={self.lambda_graphfd}, warmup={self.warmup_steps}")
 
     def forward(self, latents: torch.Tensor, step: Optional[int] = None, *, fs: Optional[float] = None):
+        if not isinstance(latents, torch.Tensor):  # else a TypeError from torch.zeros(dtype=numpy dtype)
+            raise ValueError(f"latents: needs a torch.Tensor (B, T, C), got {type(latents).__name__}")
         zero = _zero_like(latents)
         parts = {"spec": zero, "mf": zero, "graphfd": zero}
         if not self.enable or (step is not None and int(step) < self.warmup_steps):

@@ -14,12 +14,13 @@ Probes run under ``torch.no_grad`` and never change their inputs.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from fractals._checks import as_tensor, check_finite, check_positive, to_input_kind
+from fractals._checks import as_tensor, check_finite, check_positive, pow2_scale, to_input_kind
 
 __all__ = ["latent_fd_probe", "attention_fd_coupling", "causal_scale_ablation", "fc_fd_probe", "ablation_mask"]
 
@@ -67,6 +68,9 @@ def latent_fd_probe(
     from fractals import metrics as fm
 
     layers = latents if isinstance(latents, Mapping) else {"": latents}
+    if isinstance(max_channels, bool) or not isinstance(max_channels, (int, np.integer)) or max_channels < 1:
+        # -1 sliced off the last channel silently (x[:, :-1])
+        raise ValueError(f"max_channels: needs an integer >= 1, got {max_channels!r}")
     mcfg = _metrics_cfg(cfg)
     temporal = mcfg.get("temporal", {}) or {}
     mf = mcfg.get("multifractal", {}) or {}
@@ -76,9 +80,14 @@ def latent_fd_probe(
     for name, lat in layers.items():
         if not isinstance(lat, torch.Tensor) or lat.ndim < 2:
             raise ValueError(f"latents[{name!r}]: needs a tensor with >= 2 dims (B, T, C), got {type(lat).__name__}")
-        x = lat.detach().float().movedim(time_dim, -1)
+        x = lat.detach().movedim(time_dim, -1)
+        if x.dtype != torch.float64:  # float64 stays: cast to float32, 1e-150 latents read as dead, 1e150 as inf
+            x = x.float()
         x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim >= 3 else x.unsqueeze(0)
         x = x[:, :max_channels]
+        if x.numel() == 0:  # else an IndexError from amin over an empty batch
+            raise ValueError(f"latents[{name!r}]: is empty (shape {tuple(lat.shape)}); "
+                             "needs at least one (T, C) series")
         check_finite(x, f"latents[{name!r}]")
         live = (x.amax(-1) - x.amin(-1)).amin(0) > 0
         prefix = f"{name}/" if name else ""
@@ -108,9 +117,13 @@ def latent_fd_probe(
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    # float64 and power-of-two scaled (exact): in float32, FD values of 1e19 overflowed the
+    # denominator (r = 0) and of 1e-30 underflowed it (r = NaN), and an offset of 1e6 cancelled.
+    a, b = a.double(), b.double()
     a = a - a.mean(dim, keepdim=True)
     b = b - b.mean(dim, keepdim=True)
-    den = (a.square().sum(dim) * b.square().sum(dim)).sqrt()
+    a, b = a / pow2_scale(a, dim), b / pow2_scale(b, dim)
+    den = a.square().sum(dim).sqrt() * b.square().sum(dim).sqrt()
     r = (a * b).sum(dim) / den
     return torch.where(den > 0, r, torch.full_like(r, float("nan")))
 
@@ -164,19 +177,22 @@ def attention_fd_coupling(
     L, B, H, Q, K = attn.shape
     if fd.shape != (B, K):
         raise ValueError(f"series_fd: needs shape (B, K) = ({B}, {K}) to match attn_weights, got {tuple(fd.shape)}")
+    if attn.numel() == 0:  # else a silent NaN per head (a correlation over no keys, a mean over no queries)
+        raise ValueError(f"attn_weights: is empty (shape {tuple(attn.shape)}); needs at least one query and key")
     if reduce_queries not in ("mean", "max"):
         raise ValueError(f"reduce_queries: must be 'mean' or 'max', got {reduce_queries!r}")
     if method not in ("pearson", "spearman"):
         raise ValueError(f"method: must be 'pearson' or 'spearman', got {method!r}")
     attn = attn.float()
+    fd = fd.to(torch.float64) if fd.dtype == torch.float64 else fd.float()  # 1e-150 FDs are not zero
     check_finite(attn, "attn_weights")
-    check_finite(fd.float(), "series_fd")
+    check_finite(fd, "series_fd")
     received = attn.mean(-2) if reduce_queries == "mean" else attn.amax(-2)  # (L, B, H, K)
     received = received.permute(0, 2, 1, 3).reshape(L, H, B * K)
-    target = fd.float().reshape(1, 1, B * K).expand_as(received)
+    target = fd.reshape(1, 1, B * K).expand(L, H, B * K)
     if method == "spearman":
         received, target = _ranks(received), _ranks(target)
-    return _pearson(received, target)
+    return _pearson(received, target).float()
 
 
 def _ranks(v: torch.Tensor) -> torch.Tensor:
@@ -250,13 +266,22 @@ def causal_scale_ablation(
         x: ``(..., T)`` with time on ``dim``. Output: same shape, dtype and kind (NumPy or torch).
     """
     t, was_numpy = as_tensor(x, "x")
+    if t.numel() == 0:  # else an MKL "inconsistent configuration" RuntimeError from the FFT
+        raise ValueError(f"x: is empty (shape {tuple(t.shape)}); needs at least one series")
     check_finite(t, "x")
     if replace not in ("zero", "phase"):
         raise ValueError(f"replace: must be 'zero' or 'phase', got {replace!r}")
     moved = t.movedim(dim, -1)
     n = moved.shape[-1]
     mask = ablation_mask(n, fs, mode, ratio, band, device=t.device)
-    spec = torch.fft.rfft(moved, dim=-1)
+    # The ablation is linear and leaves DC alone: run it on each series divided by a power of two
+    # (exact) with its mean removed, then scale back and restore the mean. Else the float32 FFT of
+    # |x| >~ 1e34 overflows into a NaN output, and an offset of 1e6 spreads its rounding over every
+    # bin (the removed band was off by 0.3).
+    scale = pow2_scale(moved)
+    unit = moved / scale
+    dc = unit.mean(-1, keepdim=True, dtype=torch.float64).to(unit.dtype)
+    spec = torch.fft.rfft(unit - dc, dim=-1)
     if replace == "zero":
         spec = spec.masked_fill(mask, 0)
     else:
@@ -271,7 +296,7 @@ def causal_scale_ablation(
     # as_tensor computes half precision in float32; the caller gets their own dtype back.
     src = getattr(x, "dtype", None)
     out_dtype = src if src in (torch.float16, torch.bfloat16) else torch.float16 if src == np.float16 else t.dtype
-    out = torch.fft.irfft(spec, n=n, dim=-1).to(out_dtype).movedim(-1, dim)
+    out = ((torch.fft.irfft(spec, n=n, dim=-1) + dc) * scale).to(out_dtype).movedim(-1, dim)
     return to_input_kind(out, was_numpy)
 
 
@@ -339,6 +364,9 @@ def fc_fd_probe(
         lab = list(labels.tolist() if hasattr(labels, "tolist") else labels)
         if len(lab) != fd.numel():
             raise ValueError(f"labels: has {len(lab)} entries for {fd.numel()} samples")
+        missing = [i for i, v in enumerate(lab) if isinstance(v, numbers.Real) and v != v]  # NaN, any float type
+        if missing:  # NaN != NaN: its group was an empty index (an IndexError)
+            raise ValueError(f"labels: NaN at sample(s) {missing[:5]}; drop those samples or give them a label")
         by = {}
         for key in dict.fromkeys(lab):
             idx = torch.tensor([i for i, v in enumerate(lab) if v == key])

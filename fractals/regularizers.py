@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from fractals._checks import autocast_off, check_positive
+from fractals._checks import autocast_off, check_finite, check_positive, pow2_scale
 from fractals.spectral import band_bin_range, welch_segments
 
 __all__ = [
@@ -63,6 +63,12 @@ def _time_last(latents: torch.Tensor, time_dim: int, name: str = "latents") -> t
         raise ValueError(f"{name}: needs a floating tensor, got dtype {latents.dtype}")
     if latents.ndim < 2:
         raise ValueError(f"{name}: needs at least 2 dims (B, T, C with time_dim={time_dim}), got shape {tuple(latents.shape)}")
+    if latents.numel() == 0:  # else an MKL "inconsistent configuration" RuntimeError from the FFT
+        raise ValueError(f"{name}: is empty (shape {tuple(latents.shape)}); needs at least one (T, C) series")
+    if not torch.compiler.is_compiling():
+        # NaN/inf channels read as dead (left out: a silently smaller loss) or gave a finite tau. One
+        # host sync, so it is skipped inside a torch.compile graph (there NaN latents make the loss NaN).
+        check_finite(latents, name)
     x = latents.movedim(time_dim, -1).contiguous()  # strided unfold/FFT on (B, T, C) is 3-4x slower
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # log-spectra and cumulative sums lose too much in half precision
@@ -151,6 +157,11 @@ def _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold, 
         # whose slope has gradients of 1e12 (float32) to 1e30 (float64). Zeroed, its beta is 0
         # with zero gradient; the caller leaves it out.
         x = torch.where(live[..., None], x, torch.zeros_like(x))
+    # beta is scale- and offset-free; float32 power is not: centred with a float64 mean (an offset of
+    # 1e6 moved beta by 0.01) and scaled by a power of two (exact), so power cannot overflow
+    # (|x| >= 1e19 gave a NaN loss) or underflow into the floor (|x| <= 1e-20 gave beta 0).
+    x = x - x.mean(-1, keepdim=True, dtype=torch.float64).to(x.dtype)
+    x = x / pow2_scale(x)
     lo, hi = float(band[0]), min(float(band[1]), 0.45 * fs)
     shape = tuple(latents.shape)
     betas = torch.stack([_welch_beta(x, fs, lo, hi, r, exclude_peaks, peak_threshold, time_dim, shape, band)
@@ -357,6 +368,10 @@ def soft_graph_dimension(
     check_positive(temperature, "temperature")
     check_positive(sharpness, "sharpness")
     z = x - x.mean(-1, keepdim=True)
+    # Centred twice: the float32 mean of an offset of 1e6 is off by ~0.03, a bias of 1e-3 in |r|
+    # that the sigmoid edges amplify; the mean of the small residuals is exact to rounding.
+    z = z - z.mean(-1, keepdim=True)
+    z = z / pow2_scale(z)  # exact; else the float32 norm overflows (|x| >= 1e19) or underflows (<= 1e-20)
     z = z / z.square().sum(-1, keepdim=True).add(torch.finfo(x.dtype).tiny).sqrt()
     # An exactly constant channel correlates with nothing; z-scoring would blow its rounding noise
     # up to unit norm (spurious |r| and gradients of 1e3-1e8 on it).

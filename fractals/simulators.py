@@ -25,7 +25,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from fractals._checks import as_tensor, check_finite, check_min_length, check_not_constant, check_positive
+from fractals._checks import (
+    as_tensor, check_finite, check_min_length, check_not_constant, check_positive, pow2_scale,
+)
 from fractals.dendrites import box_counting_dimension_3d, dendrite_growth  # re-exported: one simulators API
 
 __all__ = [
@@ -304,6 +306,8 @@ def fit_fractional_ou(
         the highest band frequency, in rad/s) and ``sigma`` absorbs the difference.
     """
     t, was_numpy = as_tensor(x, "x")
+    if t.numel() == 0:  # else an MKL "inconsistent configuration" RuntimeError from the FFT
+        raise ValueError(f"x: is empty (shape {tuple(t.shape)}); needs at least one series")
     check_finite(t, "x")
     check_min_length(t, 16, "x", "the Whittle fit needs a periodogram")
     check_not_constant(t, "x")
@@ -317,6 +321,10 @@ def fit_fractional_ou(
     work = t.to(torch.float64)
     lead = work.shape[:-1]
     work = work.reshape(-1, n)
+    # H and theta are scale-free and sigma scales with x: fit x / 2^k (exact) and scale sigma back. Else
+    # float64 |x| <= 1e-150 had its periodogram clamped at the smallest double (H off by 0.34).
+    scale = pow2_scale(work)[:, 0]
+    work = work / scale[:, None]
     log_w, ibar, counts, n_freqs = _binned_periodogram(work, fs, band, n_bins)
     ibar = ibar.clamp_min(torch.finfo(ibar.dtype).tiny)
 
@@ -339,7 +347,8 @@ def fit_fractional_ou(
         lt_c = lt.clamp(lo_th, hi_th)
         nll, sigma2 = _profile_whittle(log_w, ibar, counts, H[:, None], lt_c[:, None])
     out_dtype = t.dtype if t.is_floating_point() else torch.float64
-    res = [v.reshape(lead).to(out_dtype) for v in (H, torch.exp(lt_c), torch.sqrt(sigma2[:, 0]), nll[:, 0])]
+    sigma, loss = torch.sqrt(sigma2[:, 0]) * scale, nll[:, 0] + 2.0 * torch.log(scale)  # nll has + log sigma^2
+    res = [v.reshape(lead).to(out_dtype) for v in (H, torch.exp(lt_c), sigma, loss)]
     if was_numpy:
         res = [r.cpu().numpy() for r in res]
     return FOUFit(H=res[0], theta=res[1], sigma=res[2], loss=res[3], n_freqs=n_freqs)

@@ -19,6 +19,7 @@ import torch
 
 from fractals._checks import (
     as_tensor, autocast_off, check_finite, check_min_length, check_ndim, check_not_constant, check_positive,
+    pow2_scale,
 )
 from fractals.spectral_peaks import find_peaks as _find_peaks
 from fractals.temporal import map_rows
@@ -196,7 +197,8 @@ def welch_psd(x, fs: float, nperseg: Optional[int] = None, noverlap: Optional[in
 
     Shape:
         ``(..., T) -> (F,), (..., F)`` with ``F = nperseg // 2 + 1``. Differentiable with respect
-        to ``x``. Trailing samples that do not fill a segment are dropped, as in SciPy.
+        to ``x``. Trailing samples that do not fill a segment are dropped, as in SciPy. A PSD outside
+        ``x``'s dtype (float32: ``|x|`` beyond ~1e20 or below ~1e-20) raises ``ValueError``.
     """
     t, was_numpy = as_tensor(x, "x")
     fs = _check_fs(fs)
@@ -206,7 +208,14 @@ def welch_psd(x, fs: float, nperseg: Optional[int] = None, noverlap: Optional[in
     if detrend not in ("constant", False, None):
         raise ValueError(f"detrend: must be 'constant' or False, got {detrend!r}")
     nperseg, noverlap = _resolve_segments(t.shape[-1], nperseg, noverlap, 256)
-    freqs, psd = _welch(t, fs, nperseg, noverlap, window, detrend)
+    # Per series / 2^k (exact: SciPy's numbers) and back: float32 |X(f)|^2 of |x| ~ 1e19 overflowed though
+    # the PSD fits; a PSD the dtype cannot hold (|x| >= 1e21 or <= 1e-20 in float32) now raises.
+    scale = pow2_scale(t)
+    freqs, unit_psd = _welch(t / scale, fs, nperseg, noverlap, window, detrend)
+    psd = unit_psd * scale * scale  # not scale.square(): 2^1040 overflows where the PSD itself fits
+    if bool((psd.detach().isinf() | ((psd.detach() == 0) & (unit_psd.detach() > 0))).any()):
+        raise ValueError(f"x: its PSD (units of x^2 / Hz, |x| up to {float(t.detach().abs().max()):g}) lies outside "
+                         f"the range of {t.dtype}; pass float64 or rescale x (spectral_beta needs no rescaling)")
     if was_numpy:
         return freqs.cpu().numpy(), psd.detach().cpu().numpy()
     return freqs, psd
@@ -346,10 +355,17 @@ def spectral_beta(
             f"(series of >= {need} samples)"
         )
 
-    freqs, psd = _welch(t, fs, nperseg, noverlap, window, "constant")
+    # beta is scale- and offset-free, float32 arithmetic is not: centred in float64 (an offset of 1e6 left
+    # ~0.1 in float32 segment means, leaking into the lowest bins) and / 2^k (exact), so the PSD cannot
+    # overflow (|x| >= 1e19) or underflow (|x| <= 1e-20). The scale comes back in the fit's offset.
+    centred = t - t.mean(-1, keepdim=True, dtype=torch.float64).to(t.dtype)
+    scale = pow2_scale(centred)
+    unit = centred / scale
+    freqs, psd = _welch(unit, fs, nperseg, noverlap, window, "constant")
     f_band = freqs[k_lo:k_hi + 1]
     p_band = psd[..., k_lo:k_hi + 1]
-    return _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, peak_opts, was_numpy)
+    gain = (2.0 * torch.log10(scale.squeeze(-1))).to(t.dtype)  # log10 P(x) = log10 P(x / s) + 2 log10 s
+    return _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, peak_opts, was_numpy, gain)
 
 
 def _check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter) -> dict:
@@ -366,8 +382,9 @@ def _check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_lev
                 mask_level=float(peak_mask_level), n_iter=int(n_iter))
 
 
-def _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, opts, was_numpy):
-    """Aperiodic fit of in-band PSD bins ``(..., F)`` on a uniform grid of spacing ``df``."""
+def _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, opts, was_numpy, log10_gain=None):
+    """Aperiodic fit of in-band PSD bins ``(..., F)`` on a uniform grid of spacing ``df``; ``log10_gain``
+    ``(...)`` is added to the offset (the PSD was computed on a rescaled series)."""
     if bool((p_band.detach() <= 0).any()):
         raise ValueError(
             "psd: some series have zero power in freq_band (piecewise-constant or band-limited signal); "
@@ -405,6 +422,8 @@ def _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, opts, wa
     # Peak shoulders removed with their fitted Gaussians, peak cores masked.
     target = y - torch.log1p(peak_model) / math.log(10.0)
     offset, slope, r2 = _wls_line(lx, target, use.to(y.dtype))
+    if log10_gain is not None:
+        offset = offset + log10_gain
     beta = -slope
     if not return_fit:
         return beta.detach().cpu().numpy() if was_numpy else beta

@@ -17,7 +17,7 @@ import torch
 from fractals import _rs_triton
 from fractals._checks import (
     as_tensor, autocast_off, check_finite, check_min_length, check_not_constant, check_segments_counted,
-    to_input_kind,
+    pow2_scale, to_input_kind,
 )
 
 __all__ = ["higuchi_fd", "katz_fd", "hurst_rs"]
@@ -150,6 +150,9 @@ def higuchi_fd(x, kmax: int = 8):
     t, was_numpy = _prepare(x, 2 * kmax, f"Higuchi with kmax={kmax} needs T >= 2 * kmax")
     weights = _higuchi_weights(t.shape[-1], kmax, t.dtype, t.device)
     curve = map_rows(lambda rows: _higuchi_curve(rows, weights), t)  # (..., kmax)
+    if bool(curve.isinf().any()):  # float32 |x| >~ 1e34: the summed |diffs| overflow; FD is scale-free
+        unit = t / pow2_scale(t)
+        curve = map_rows(lambda rows: _higuchi_curve(rows, weights), unit)
     if bool((curve <= 0).any()):
         k_bad = int(torch.nonzero((curve <= 0).reshape(-1, kmax).any(0))[0]) + 1
         raise ValueError(
@@ -198,6 +201,8 @@ def katz_fd(x):
         return torch.stack([total, excursion], -1)
 
     parts = map_rows(kernel, t)
+    if bool(parts.isinf().any()):  # float32 |x| >~ 1e34: the summed steps overflow; Katz FD is scale-free
+        parts = map_rows(kernel, t / pow2_scale(t))
     total, excursion = parts[..., 0], parts[..., 1]
     mean_step = total / (t.shape[-1] - 1)
     if bool((excursion <= mean_step).any()):
@@ -390,6 +395,10 @@ def hurst_rs(
                 f"needs T >= {8 * min_window} (or max_window >= 2 * min_window) or explicit windows"
             )
     windows = _as_windows(windows, n, 4)
+    if t.dtype == torch.float64:
+        # R/S is scale-free, but float64 |x| beyond ~1e150 (or below ~1e-150) over/underflowed the
+        # sums of squares (read as "every segment constant"); dividing by 2^k is exact.
+        t = t / pow2_scale(t)
     y = None
     # The Triton kernel has no backward: differentiable input takes the torch path.
     if _rs_triton.available(t.device, windows) and not (t.requires_grad and torch.is_grad_enabled()):
