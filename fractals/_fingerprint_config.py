@@ -7,6 +7,7 @@ one sitting.
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from typing import Any, Mapping, Optional
 
@@ -55,7 +56,50 @@ def resolve_config(config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]
                 cfg[key][sub] = _check_leaf(f"config.{key}.{sub}", cfg[key][sub], v)
         else:
             cfg[key] = value
+    _check_values(cfg)
     return cfg
+
+
+def _check_values(cfg: dict[str, Any]) -> None:
+    """Values of the right kind but outside what any recording could use: they voided a measure on every
+    channel (flagged per channel), were bent silently (8.7 -> 8, a negative window dropped) or failed
+    after every measure had run, under the estimator's argument name instead of the config path."""
+    t, mf, g, q, iv = cfg["temporal"], cfg["multifractal"], cfg["graph"], cfg["quality"], cfg["intervals"]
+    _integers("config.temporal.higuchi_kmax", [t["higuchi_kmax"]], minimum=2)
+    t["higuchi_kmax"] = int(t["higuchi_kmax"])
+    for path, values, minimum in (("config.temporal.dfa_orders", t["dfa_orders"], 3),
+                                  ("config.multifractal.scales", mf["scales"], 3),
+                                  ("config.graph.box_eps", g["box_eps"], 1),
+                                  ("config.intervals.alpha1_beats", iv["alpha1_beats"], 3),
+                                  ("config.intervals.alpha2_beats", iv["alpha2_beats"], 3)):
+        _integers(path, values, minimum=minimum)
+    if len(g["box_eps"]) < 2 or any(b <= a for a, b in zip(g["box_eps"], g["box_eps"][1:])):
+        raise ValueError(f"config.graph.box_eps: needs >= 2 increasing box sizes (graph distance) for a slope, "
+                         f"got {g['box_eps']!r}; e.g. [1, 2, 3, 4, 5, 6]")
+    finite_q = [v for v in mf["q_vals"] if math.isfinite(v)]
+    if len(finite_q) != len(mf["q_vals"]) or len(set(finite_q)) < 3:
+        raise ValueError(f"config.multifractal.q_vals: needs >= 3 distinct finite moment orders, got {mf['q_vals']!r}; "
+                         "e.g. [-5, -3, -1, 0, 1, 3, 5]")
+    if not 0 <= g["corr_threshold"] < 1:
+        raise ValueError(f"config.graph.corr_threshold: needs |r| in [0, 1), got {g['corr_threshold']!r}; e.g. 0.3")
+    if not math.isfinite(q["min_r2"]):
+        raise ValueError(f"config.quality.min_r2: needs a finite r2 (0 switches the poor_fit flag off), "
+                         f"got {q['min_r2']!r}")
+    if not 0 <= q["max_flat_fraction"] <= 1:
+        raise ValueError(f"config.quality.max_flat_fraction: needs a fraction of T in [0, 1], "
+                         f"got {q['max_flat_fraction']!r}; e.g. 0.01")
+    measures = cfg["measures"]
+    if isinstance(measures, str):
+        raise ValueError(f"config.measures: needs a list of measure names, got the string {measures!r}; "
+                         f"write [{measures!r}]")
+    if measures is not None and (not hasattr(measures, "__iter__") or isinstance(measures, Mapping)):
+        raise ValueError(f"config.measures: needs a list of measure names or null, got {measures!r}")
+
+
+def _integers(path: str, values: Any, *, minimum: int) -> None:
+    bad = [v for v in values if not float(v).is_integer() or v < minimum]
+    if bad:
+        raise ValueError(f"{path}: needs whole numbers >= {minimum}, got {bad} in {values!r}")
 
 
 def _is_number(v: Any) -> bool:

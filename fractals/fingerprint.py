@@ -22,8 +22,9 @@ fine) and ``r2`` (fit quality where the measure has one, NaN otherwise):
   (``error: non-finite result``); that measure NaN.
 
 Channels with any NaN measure (flat, nonfinite) are left out of the channel network. Config errors
-(unknown keys, a band not inside (0, Nyquist], a recording too short for two DFA windows or two
-multifractal scales) raise ``ValueError`` for the whole call, since no channel could be measured.
+(unknown keys, values out of range such as ``higuchi_kmax < 2``, a band not inside (0, Nyquist], a
+recording too short for two DFA windows or two multifractal scales) and repeated channel names raise
+``ValueError`` for the whole call, since no channel could be measured.
 
 Config (plain dict, all keys optional; defaults mirror ``platform/fmx/conf/fractals/default.yaml``
 ``metrics``; the whole ``fractals`` block, with ``metrics`` inside, is accepted too)::
@@ -60,6 +61,7 @@ on a clock, so a slope over Hz would need resampling to an even grid first (do t
 """
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -283,6 +285,10 @@ def fingerprint(
     names = [f"ch{i}" for i in range(n_ch)] if channel_names is None else [str(c) for c in channel_names]
     if len(names) != n_ch:
         raise ValueError(f"channel_names: has {len(names)} names for {n_ch} channels (x shape {tuple(t.shape)})")
+    repeated = sorted(c for c, k in collections.Counter(names).items() if k > 1)
+    if repeated:  # rows are keyed by channel: two "Cz" rows would be merged by any per-channel groupby downstream
+        raise ValueError(f"channel_names: {repeated} appear more than once; names must be unique (rename or drop "
+                         "the duplicates)")
     rows = t.reshape(-1, n)
     n_rec = max(1, int(np.prod(lead))) if lead else 1
 
@@ -319,10 +325,7 @@ def fingerprint(
         good = np.array([f == "" for f in base_flags])
         series = {"intervals": cleaned}
 
-    selected = cfg["measures"]
-    if isinstance(selected, str):
-        raise ValueError(f"config.measures: needs a list of measure names, got the string {selected!r}; "
-                         f"write [{selected!r}]")
+    selected = cfg["measures"]  # a list or None: resolve_config checked it
     if selected is not None and len(selected) == 0:
         raise ValueError(f"config.measures: is empty; list measures from {sorted(calls)} or use null for all")
     if selected is not None:
@@ -371,7 +374,9 @@ def fingerprint(
     table = pd.DataFrame.from_records(records)
 
     summary: dict[str, Any] = {"n_channels": n_ch, "n_recordings": n_rec, "kind": kind,
-                               "n_flagged": int(sum(1 for f in base_flags if f))}
+                               # a series too short for every measure is as unusable as a flat one
+                               "n_flagged": int(sum(1 for i, f in enumerate(base_flags)
+                                                    if f or all(flags[m][i] == "too_short" for m in calls)))}
     for m in calls:
         ok = table.loc[(table["measure"] == m) & table["ok"], "value"].to_numpy(dtype=float)
         summary[f"{m}_mean"] = float(ok.mean()) if ok.size else float("nan")

@@ -110,6 +110,10 @@ def compare_cmd(
         _fail(exc)
     stats = result.stats
     means = stats[stats["channel"].isin([MEAN_CHANNEL, "network"])]  # channel means and whole-montage measures
+    if stats["p"].isna().all():  # the table holds only NaN: say why (e.g. one subject in a group)
+        from rich.markup import escape
+
+        console.print(f"[yellow]no test could run:[/] {escape(str(stats['note'].iloc[0]))}", soft_wrap=True)
     kind = "paired" if result.paired else "unpaired"
     table = Table("measure", "mean a", "mean b", "d", "r_rb", "p", "q_fdr", "channels q<alpha",
                   title=f"{result.name} ({kind}; channel means and network)")

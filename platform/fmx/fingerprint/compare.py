@@ -11,8 +11,8 @@ table, plus the channel mean of each measure (channel ``mean``), between the two
 
 The primary p-value (``p``; ``test="rank"`` for Wilcoxon/Mann-Whitney or ``"t"``) is corrected
 with Benjamini-Hochberg (``q_fdr``) and Holm (``q_holm``) within each family: by default each
-measure's channels form one family and the channel means across measures another. With
-``mixed=True`` a linear mixed model ``value ~ level + (1 | subject)`` (statsmodels ``mixedlm``) is
+measure's channels form one family and the channel means and network values across measures another.
+With ``mixed=True`` a linear mixed model ``value ~ level + (1 | subject)`` (statsmodels ``mixedlm``) is
 fitted to each measure's channel means. Tables and figures go to ``OUT/compare/<name>/``.
 """
 from __future__ import annotations
@@ -32,6 +32,9 @@ from fmx.fingerprint.stats import p_adjust, paired_stats, unpaired_stats
 __all__ = ["CompareResult", "compare", "parse_contrast", "contrast_stats", "mixed_effects"]
 
 MEAN_CHANNEL = "mean"
+_PAIRED_COLUMNS = ("n", "mean_a", "mean_b", "diff", "t", "p_ttest", "cohens_d", "w", "p_wilcoxon", "rank_biserial")
+_UNPAIRED_COLUMNS = ("n_a", "n_b", "mean_a", "mean_b", "diff", "t", "p_welch", "u", "p_mannwhitney", "cohens_d",
+                     "rank_biserial")
 
 
 @dataclasses.dataclass
@@ -104,6 +107,9 @@ def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | 
         # Shared subjects make the samples dependent: test them paired (subjects missing a level, e.g. after
         # a failed recording, drop out of the pairs and `n` counts the pairs) rather than unpaired.
         paired = len(subjects_a & subjects_b) >= 3
+    elif paired and len(subjects_a & subjects_b) < 3:
+        raise ValueError(f"paired: only {len(subjects_a & subjects_b)} subjects have both levels {a_level!r} and "
+                         f"{b_level!r}; a paired test needs >= 3: leave the choice automatic or use --unpaired")
     rows = []
     for (measure, channel), part in data.groupby(["measure", "channel"], sort=True):
         # Average repeats (e.g. sessions) so each subject contributes one value per level.
@@ -124,6 +130,10 @@ def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | 
             row.update(p=np.nan, note=str(exc))
         rows.append(row)
     stats = pd.DataFrame(rows)
+    # every column even when no test could run (too few subjects): figures and the CLI read them (was a KeyError)
+    for name in _PAIRED_COLUMNS if paired else _UNPAIRED_COLUMNS:
+        if name not in stats.columns:
+            stats[name] = np.nan
     # Montage order (first appearance in the table), channel means and network last: plots read naturally.
     order = {c: i for i, c in enumerate(dict.fromkeys(table["channel"]))}
     order[MEAN_CHANNEL] = len(order) + 1
@@ -137,7 +147,8 @@ def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | 
     if family == "all":
         groups = [stats.index]
     else:
-        is_mean = stats["channel"] == MEAN_CHANNEL
+        # channel means and whole-montage (network) values: the summary-level tests, corrected together
+        is_mean = stats["channel"].isin([MEAN_CHANNEL, "network"])
         groups = [idx for _, idx in stats[~is_mean].groupby("measure").groups.items()] + [stats[is_mean].index]
     for idx in groups:
         sub = stats.loc[idx, "p"]
@@ -204,6 +215,8 @@ def compare(
     Give either ``contrast`` (``COLUMN=A,B``) or ``group_by`` (a participants column; ``levels``
     picks two of its values, by default the two it has, sorted).
     """
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"alpha: needs a threshold in (0, 1), got {alpha!r}; e.g. 0.05")
     if (contrast is None) == (group_by is None):
         raise ValueError(
             "contrast/group_by: give exactly one (e.g. --contrast condition=rest,arithmetic or --group-by group)")

@@ -17,6 +17,7 @@ when grouping). ``DATA`` may be:
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path, PurePosixPath
 
@@ -38,6 +39,8 @@ _BIDS = re.compile(
 )
 # BIDS side-car suffixes: tables and descriptions next to the signals, never signals themselves.
 _SIDE_CARS = {"events", "channels", "electrodes", "scans", "sessions", "coordsystem", "participants", "beh"}
+# BIDS top-level folders that hold processed, source or code files: copies of a recording there are not recordings.
+_NOT_RAW = {"derivatives", "sourcedata", "code"}
 
 
 def parse_bids_name(name: str) -> dict[str, str] | None:
@@ -120,7 +123,7 @@ def _from_files(paths: list[str], root: str | None):
 
     rows = []
     for path in paths:
-        if path.lower().endswith("participants.tsv"):
+        if path.lower().endswith("participants.tsv") or _not_raw(path, root):
             continue
         entities = parse_bids_name(path.replace("\\", "/"))
         if entities is None or not entities["ext"].lower().endswith(SUPPORTED_EXTENSIONS):
@@ -129,6 +132,18 @@ def _from_files(paths: list[str], root: str | None):
             continue
         rows.append({"path": path, "member": "", **{k: entities[k] for k in (*KEY_COLUMNS, "modality")}})
     return pd.DataFrame(rows, columns=["path", "member", *KEY_COLUMNS, "modality"])
+
+
+def _not_raw(path: str, root: str | None) -> bool:
+    """Whether ``path`` lies in a BIDS ``derivatives/``, ``sourcedata/`` or ``code/`` folder of ``root``."""
+    if root is None:
+        return False
+    if storage.is_s3(root):
+        base = str(root).rstrip("/") + "/"
+        relative = path[len(base):] if path.startswith(base) else path
+    else:
+        relative = os.path.relpath(path, root)
+    return relative.replace("\\", "/").split("/", 1)[0] in _NOT_RAW
 
 
 def _from_manifest(uri: str):

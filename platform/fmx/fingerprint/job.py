@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from fmx.fingerprint import storage
-from fmx.fingerprint.config import config_hash, load_config
+from fmx.fingerprint.config import check_config, config_hash, load_config
 from fmx.fingerprint.discover import discover
 from fmx.fingerprint.recording import TIDY_COLUMNS, fit_recording
 
@@ -149,13 +149,24 @@ def run_fingerprint_job(
     start = time.perf_counter()
     if executor not in ("ray", "serial"):
         raise ValueError(f"executor: must be 'ray' or 'serial', got {executor!r}")
+    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
+        raise ValueError(f"num_cpus (--num-cpus): needs a whole number >= 1 of CPUs for local Ray, got {num_cpus!r}")
+    if not (isinstance(gpus_per_task, (int, float)) and 0 <= gpus_per_task < float("inf")):
+        raise ValueError(f"gpus_per_task (--gpus-per-task): needs a GPU share >= 0 (0: CPU), got {gpus_per_task!r}")
     if log_mlflow:  # before any work: a store MLflow refuses would surface only after the whole cohort
         mlflow_uri = _tracking_uri(mlflow_uri)
     if not storage.is_s3(out) and os.path.isfile(out):
         raise ValueError(f"out: {str(out)!r} is a file; give a folder (created if missing) or an s3:// prefix")
     cfg = dict(config) if isinstance(config, Mapping) else load_config(config)
     cfg = _apply_cli(cfg, channels=channels, resample=resample, band=band, notch=notch, epoch=epoch)
+    check_config(cfg)  # a bad value would fail every recording alike, a quoted switch flip silently
     entries = plan_job(data, cfg, modality=modality)
+    if not storage.is_s3(out):
+        try:  # now, not at the first part's write after that recording was fitted
+            os.makedirs(out, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"out: {str(out)!r} cannot be created ({exc.strerror or exc}); give a writable folder "
+                             "or an s3:// prefix") from None
     parts_dir = storage.join(out, "parts")
     done = {os.path.basename(p)[:-len(".parquet")] for p in storage.list_files(parts_dir) if p.endswith(".parquet")} \
         if storage.exists(parts_dir) else set()
@@ -221,8 +232,8 @@ def run_fingerprint_job(
     write_parquet(recordings, storage.join(out, "recordings.parquet"))
     write_parquet(failures_frame, storage.join(out, "failures.parquet"))
     write_parquet(flags, storage.join(out, "flags.parquet"))
-    if participant_cols:
-        write_parquet(participants, storage.join(out, "participants.parquet"))
+    # always: a stale file from an earlier run into this OUT would hand `compare --group-by` removed columns
+    write_parquet(participants, storage.join(out, "participants.parquet"))
     result = JobResult(out=str(out), table=table, summary=summary, recordings=recordings, failures=failures_frame,
                        n_fitted=int((recordings["status"] == "fitted").sum()),
                        n_skipped=int((recordings["status"] == "skipped").sum()),
@@ -317,7 +328,8 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
                 options["runtime_env"] = {"env_vars": env}
         task = ray.remote(fit_recording).options(**options)
         cfg_ref = ray.put(cfg)
-        device = "cuda" if has_gpu else "cpu"
+        # a task granted no GPU sees none (Ray empties its CUDA_VISIBLE_DEVICES): --gpus-per-task 0 means CPU
+        device = "cuda" if has_gpu and gpus_per_task > 0 else "cpu"
         width = max(1, int(ray.cluster_resources().get("CPU", 1))) * 2  # bounded in-flight: memory stays flat
         pending: dict = {}
         queue = list(records)

@@ -3,8 +3,8 @@
 This is the unit of work a Ray task runs (see :mod:`fmx.fingerprint.job`). It reads the file with
 :func:`models.data.readers.read_recording`, applies the ``preprocess``/``intervals`` sections of the
 job config, runs :func:`fractals.fingerprint.fingerprint` (per channel and for the channel network)
-and :func:`fractals.simulators.fit_fractional_ou` (``fou_H``, ``fou_theta``, ``fou_sigma`` per
-channel), per epoch when epoching is on, and averages epochs per channel and measure.
+and, for continuous recordings, :func:`fractals.simulators.fit_fractional_ou` (``fou_H``, ``fou_theta``,
+``fou_sigma`` per channel), per epoch when epoching is on, and averages epochs per channel and measure.
 """
 from __future__ import annotations
 
@@ -98,7 +98,9 @@ def measure_recording(rec: Recording, cfg: Mapping[str, Any], *, device: str = "
         rows, flags = _tidy(table, summary)
         frames.append(rows)
         flagged.extend({**f, "epoch": seg.meta.get("epoch", 0)} for f in flags)
-        if fou_cfg.get("enable", True):
+        # an interval series is not sampled on a clock: a Whittle fit over Hz of its mean beat rate is meaningless
+        # (as fractals.fingerprint has no PSD slope for it)
+        if fou_cfg.get("enable", True) and seg.kind == "continuous":
             frames.append(_fou_rows(x, seg, fou_cfg))
     rows = pd.concat(frames, ignore_index=True)
     finite = np.isfinite(rows["value"].to_numpy(np.float64))
