@@ -88,7 +88,10 @@ def top_singular_value(
     if not bool(torch.isfinite(weight).all()):
         raise ValueError("weight: contains NaN or inf; the spectral norm is undefined")
     m, n = weight.shape[-2:]
-    w = weight.detach()
+    # Half precision (bf16-true training) has no CPU SVD and too few bits for the power iteration's
+    # tolerance: both run in float32, and sigma comes back in the weight's dtype.
+    half = weight.dtype in (torch.float16, torch.bfloat16)
+    w = weight.detach().float() if half else weight.detach()
     if min(m, n) <= exact_below:
         u_all, s_all, vh_all = torch.linalg.svd(w, full_matrices=False)
         u, v = u_all[..., :, 0], vh_all[..., 0, :]
@@ -131,7 +134,9 @@ def top_singular_value(
             )
         u = torch.einsum("...mn,...n->...m", w, v)
         u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    sigma = torch.einsum("...m,...mn,...n->...", u, weight, v)
+    sigma = torch.einsum("...m,...mn,...n->...", u, weight.float() if half else weight, v)
+    if half:
+        sigma, u, v = sigma.to(weight.dtype), u.to(weight.dtype), v.to(weight.dtype)
     return (sigma, u, v) if return_vectors else sigma
 
 

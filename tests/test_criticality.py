@@ -243,3 +243,14 @@ def test_perturbation_sensitivity_takes_a_cuda_generator():
     x = torch.randn(16, 8, device="cuda")
     gain = perturbation_sensitivity(lambda v: 2.0 * v, x, generator=torch.Generator("cuda").manual_seed(0))
     assert gain == pytest.approx(2.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_get_sigma_in_their_dtype(dtype):
+    # bf16-true training with criticality on: torch has no half-precision SVD on CPU ("linalg_svd_cpu").
+    w = torch.randn(6, 5, generator=torch.Generator().manual_seed(1)).to(dtype).requires_grad_()
+    sigma = top_singular_value(w)
+    exact = torch.linalg.matrix_norm(w.detach().float(), 2)
+    assert sigma.dtype == dtype and abs(float(sigma) - float(exact)) <= 0.01 * float(exact)
+    sigma.backward()
+    assert w.grad.dtype == dtype and bool(torch.isfinite(w.grad).all()) and float(w.grad.abs().sum()) > 0
