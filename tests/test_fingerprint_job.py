@@ -455,3 +455,24 @@ def test_flatten_params_keeps_values_mlflow_accepts_and_marks_longer_ones():
     params = flatten_params({"preprocess": {"channels": montage, "band": [1.0, 40.0]}, "note": "x" * 9000})
     assert params["preprocess.channels"] == str(montage) and params["preprocess.band"] == "[1.0, 40.0]"
     assert len(params["note"]) <= MAX_PARAM_LEN and "truncated from 9000 chars" in params["note"]
+
+
+def test_cli_exits_1_when_every_recording_failed(cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+
+    only_bad = tmp_path / "bad"
+    shutil.copytree(cohort / "sub-04", only_bad / "sub-04")
+    res = CliRunner().invoke(app, ["fingerprint", "fit", str(only_bad), "--out", str(tmp_path / "out"), "--serial",
+                                   "--no-mlflow", *sum((["--config", c] for c in FAST), [])])
+    assert res.exit_code == 1, res.output
+    assert "every recording failed" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("subject, name", [("sub-01", "sub-01.png"), ("site/a", "site_a.png"),
+                                           ("../x", "_x.png"), ("", "subject.png")])
+def test_subject_plot_names_stay_one_file_in_the_plots_folder(subject, name):
+    from fmx.fingerprint.tracking import plot_file_name
+
+    assert plot_file_name(subject) == name

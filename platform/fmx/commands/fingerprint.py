@@ -84,6 +84,10 @@ def fit(
                           markup=False, highlight=False)
     if result.mlflow_run_id:
         console.print(f"MLflow run {result.mlflow_run_id}")
+    if result.n_failed and not (result.n_fitted or result.n_skipped):
+        # A script or a cluster job must see that nothing was measured (exit 0 read as success).
+        console.print("[red]error:[/] every recording failed; see the reasons above")
+        raise typer.Exit(code=1)
 
 
 @app.command("compare")

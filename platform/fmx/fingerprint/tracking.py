@@ -80,7 +80,8 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
                 (figures / "subjects").mkdir(parents=True)
                 for subject in sorted(result.table["subject"].unique())[:MAX_SUBJECT_PLOTS]:
                     rows = result.table[result.table["subject"] == subject]
-                    save_figure(_subject_figure(rows, subject), figures / "subjects" / f"{subject}.png", dpi=110)
+                    save_figure(_subject_figure(rows, subject), figures / "subjects" / plot_file_name(subject),
+                                dpi=110)
                 if not result.table.empty:
                     by = "condition" if result.summary["condition"].nunique() > 1 else _group_column(result.summary)
                     plots.save(plots.plot_cohort(_long_means(result, by), by=by), figures / "cohort.png")
@@ -88,6 +89,12 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
             return run.info.run_id
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def plot_file_name(subject: Any) -> str:
+    """``<subject>.png`` with anything but letters, digits, ``.``, ``-`` and ``_`` replaced: a subject id with
+    ``/`` or ``..`` (from a manifest) must not make folders or write outside ``plots/subjects``."""
+    return (re.sub(r"[^\w.-]", "_", str(subject)).lstrip(".") or "subject") + ".png"
 
 
 def _subject_figure(rows, subject: str):
