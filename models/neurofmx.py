@@ -308,8 +308,11 @@ class NeuroFMx(nn.Module):
     def _popt(self, tokens: Tokens, steps: torch.Tensor) -> torch.Tensor:
         """PopT over per-channel token summaries (when the tokens keep channels) and the SSM steps."""
         parts, masks = [steps], [torch.ones(steps.shape[:2], dtype=torch.bool, device=steps.device)]
-        if bool((tokens.channel_index >= 0).any()):
-            summ, smask = channel_summaries(tokens)
+        chan = tokens.channel_index
+        # One host sync answers both "any channel tokens?" (largest index >= 0) and how many channels.
+        top = int(chan.max()) if chan.numel() else -1
+        if top >= 0:
+            summ, smask = channel_summaries(tokens, top + 1)
             parts.insert(0, summ.to(steps.dtype))
             masks.insert(0, smask)
         return self.popt(torch.cat(parts, 1), mask=torch.cat(masks, 1))

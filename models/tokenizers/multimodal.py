@@ -111,16 +111,22 @@ class MultimodalTokenizer(nn.Module):
                 f"batch: has none of the configured modalities {self.keys}; batch keys: {sorted(batch)}"
             )
         n_time = self.num_time_tokens(batch)
-        parts: list[Tokens] = []
-        offset = 0
+        outs: list[Tokens] = []
         for key in present:
             tok = self.tokenizers[key]
             kind_own_clock = isinstance(tok, (AudioTokenizer, VideoTokenizer))
-            out = tok.from_batch(batch, num_time_tokens=n_time) if kind_own_clock else tok.from_batch(batch)
+            outs.append(tok.from_batch(batch, num_time_tokens=n_time) if kind_own_clock else tok.from_batch(batch))
+        # Channels per modality (largest index + 1; 0 for channel-mixing tokens), read for all modalities
+        # in one host sync.
+        tops = [out.channel_index.max().clamp_min(-1) for out in outs if out.channel_index.numel()]
+        top_values = iter(torch.stack(tops).tolist() if tops else [])
+        parts: list[Tokens] = []
+        offset = 0
+        for key, out in zip(present, outs):
             m = self.keys.index(key)
             emb = self.modality_embedding.weight[m]
             chan = out.channel_index
-            n_chan = int(chan.max().clamp_min(-1)) + 1 if chan.numel() else 0  # 0 for channel-mixing tokens
+            n_chan = int(next(top_values)) + 1 if chan.numel() else 0
             chan = torch.where(chan >= 0, chan + offset, chan)
             offset += n_chan
             parts.append(Tokens(out.tokens + emb, out.mask, out.time_index, chan, torch.full_like(chan, m)))
