@@ -312,8 +312,10 @@ class NeuroFMxModule(pl.LightningModule):
         """Say what happens when fit resumes from a checkpoint saved inside an epoch.
 
         Lightning restores the step counters but restarts a train dataloader without
-        ``state_dict``/``load_state_dict`` (ours) from its first batch, then ends the epoch after the
-        batches it had left: the epoch's first batches are trained on again and its last ones not at all.
+        ``state_dict``/``load_state_dict`` from its first batch, then ends the epoch after the batches it
+        had left: the epoch's first batches are trained on again and its last ones not at all. Our data
+        modules' train loaders are resumable (:mod:`models.data.resumable`), so this speaks only for
+        custom data modules.
         """
         trainer = self._trainer
         if trainer is None or trainer.ckpt_path is None or not trainer.is_global_zero:

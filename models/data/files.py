@@ -4,11 +4,13 @@ Recordings are read once with :func:`models.data.readers.read_recording` (option
 channel-picked), kept in memory as float32 and windowed into ``window`` samples every ``stride``
 samples. Train and validation splits are made by file or by subject (``split_by``, a seeded
 permutation), so no recording (or subject) leaks across splits. Channel names across all files
-form one vocabulary whose indices become ``<key>_channel_ids``; recordings with fewer channels are
-padded and masked by the collate function. The subject label comes from a BIDS ``sub-XX`` entity in the path (else the file stem).
+form one vocabulary (case-insensitive: 'FP1' and 'Fp1' are one channel) whose indices become
+``<key>_channel_ids``; recordings with fewer channels are padded and masked by the collate function.
+The subject label comes from a BIDS ``sub-XX`` entity in the path (else the file stem).
 """
 from __future__ import annotations
 
+import glob
 import logging
 import re
 from pathlib import Path
@@ -47,15 +49,20 @@ def _is_sidecar(path: Path) -> bool:
 
 def find_recordings(root: str | Path, pattern: str = "**/*") -> list[Path]:
     """Sorted files under ``root`` matching ``pattern`` with a readable extension (BIDS tables, data-set
-    documentation such as LICENSE.txt, and hidden files or folders under ``root`` skipped)."""
+    documentation such as LICENSE.txt, and hidden files or folders under ``root`` skipped). Linked folders
+    are followed; a file reachable by several paths (links) is listed once."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data.root: {str(root)!r} is not a folder; point it at a folder of recordings")
     if Path(pattern).is_absolute():
         raise ValueError(f"data.pattern: {pattern!r} is an absolute path; give a glob relative to data.root, "
                          f"e.g. '**/*.edf' (data.root={str(root)!r})")
-    matched = [p for p in root.glob(pattern) if p.is_file() and
-               (p.suffix.lower() in SUPPORTED_EXTENSIONS or p.name.lower().endswith(".fif.gz"))]
+    # glob.glob follows linked folders under '**' (pathlib's glob skipped them: a root of links to subject
+    # folders lost those subjects silently); a link loop ends at the system's link limit.
+    found = (root / rel for rel in glob.glob(pattern, root_dir=str(root), recursive=True, include_hidden=True))
+    readable = [p for p in found if p.is_file() and
+                (p.suffix.lower() in SUPPORTED_EXTENSIONS or p.name.lower().endswith(".fif.gz"))]
+    matched = _one_path_per_file(root, readable)
     # Hidden names under the root are copies, not recordings: macOS '._x.edf' AppleDouble files,
     # '.ipynb_checkpoints/'; they would fail to read and stop the whole dataset.
     hidden = {p for p in matched if any(part.startswith(".") and part not in (".", "..")
@@ -74,6 +81,22 @@ def find_recordings(root: str | Path, pattern: str = "**/*") -> list[Path]:
     return paths
 
 
+def _one_path_per_file(root: Path, paths: list[Path]) -> list[Path]:
+    """One path per real file: a link beside its target (``latest.edf``) or a file seen again through a
+    linked folder would be read twice, and could land in train and validation both. The path that has
+    no link under ``root`` wins (it carries the folder names the subject label comes from), then the shortest."""
+    real_root = root.resolve()
+    best: dict[Path, Path] = {}
+    for p in sorted(paths, key=lambda p: (len(p.parts), str(p))):
+        real = p.resolve()
+        if real not in best or (best[real].resolve() != real_root / best[real].relative_to(root)
+                                and real == real_root / p.relative_to(root)):
+            best[real] = p
+    if len(best) < len(paths):
+        log.info("skipping %d path(s) that reach an already listed file through a link", len(paths) - len(best))
+    return list(best.values())
+
+
 def subject_of(path: Path) -> str:
     """BIDS subject label (``sub-XX`` in the path) or, failing that, the file stem."""
     for part in reversed(path.parts):
@@ -86,8 +109,7 @@ def subject_of(path: Path) -> str:
 def load_recordings(paths: Sequence[Path], *, resample_hz: Optional[float] = None,
                     channels: Optional[Sequence[str]] = None) -> list[Recording]:
     """Read continuous recordings; all must share one sampling rate (resample otherwise)."""
-    if isinstance(channels, str):  # one name (data.channels=Cz on the command line), not its letters
-        channels = [channels]
+    channels = _channel_list(channels)  # one name (data.channels=Cz) is not its letters; [1, 2] names '1', '2'
     recs = []
     for i, path in enumerate(paths):
         rec = read_recording(path, channels=channels, resample=resample_hz)
@@ -96,6 +118,10 @@ def load_recordings(paths: Sequence[Path], *, resample_hz: Optional[float] = Non
                 f"{path}: is an interval series ({rec.kind}); the files dataset windows continuous signals: "
                 "narrow data.pattern (e.g. '**/*.edf')"
             )
+        twice = sorted({c for c in rec.channel_names if rec.channel_names.count(c) > 1})
+        if twice:  # one name, one channel id: the model could not tell these channels apart
+            raise ValueError(f"{path}: channel name(s) {twice} appear more than once in channel_names "
+                             f"{list(rec.channel_names)}; rename them in the file, or pick one with data.channels")
         changes: dict[str, Any] = {"data": np.asarray(rec.data, dtype=np.float32)}
         _check_finite(changes["data"], rec.channel_names, rec.fs, path)
         if channels:  # picked case-insensitively; one spelling per channel keeps one id per channel
@@ -191,9 +217,78 @@ class RecordingWindows(Dataset):
         }
 
 
+def _one_spelling_per_channel(recs: dict[Path, Recording], paths: Sequence[Path]) -> dict[Path, Recording]:
+    """Name each channel with one spelling across files ('FP1' and 'Fp1' are one electrode, so one id), as
+    channel picking already matches names case-insensitively. A file holding two names that differ only in
+    case keeps its own names (two channels there)."""
+    spelling: dict[str, str] = {}
+    for name in sorted({c for p in paths for c in recs[p].channel_names}):
+        spelling.setdefault(name.casefold(), name)
+    out = dict(recs)
+    for p in paths:
+        names = recs[p].channel_names
+        if len({c.casefold() for c in names}) == len(names):
+            canonical = tuple(spelling[c.casefold()] for c in names)
+            if canonical != names:
+                out[p] = recs[p].replace(channel_names=canonical)
+    return out
+
+
+def _rate(value: Any) -> Optional[float]:
+    """``data.resample_hz``: ``None`` or a finite rate > 0 (text such as "250" from a command line is read)."""
+    if value is None:
+        return None
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if isinstance(value, bool) or not (np.isfinite(rate) and rate > 0):
+        raise ValueError(f"data.resample_hz: must be a rate in Hz > 0, or null to keep the files' rate; got {value!r}")
+    return rate
+
+
+def _channel_list(value: Any) -> Optional[list[str]]:
+    """``data.channels`` as names: one name, or a list; numbered channels may come as ints (Hydra reads
+    ``[1,2]`` as ints), which name channels '1' and '2'."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, (str, int)) else list(value)
+    bad = [c for c in names if isinstance(c, bool) or not isinstance(c, (str, int, np.integer))]
+    if bad:
+        raise ValueError(f"data.channels: {bad} are not channel names; give names such as ['Cz', 'Pz'], got {value!r}")
+    names = [str(c) for c in names]
+    folded = [c.casefold() for c in names]
+    twice = sorted({c for c, f in zip(names, folded) if folded.count(f) > 1})
+    if twice:
+        raise ValueError(f"data.channels: {twice} listed more than once (names match case-insensitively); "
+                         f"give each channel once, got {value!r}")
+    return names
+
+
+def _count(data: Mapping[str, Any], name: str, default: Optional[int], least: int, meaning: str, *,
+           prefix: str = "data") -> Optional[int]:
+    """An integer config field ``>= least`` (``None`` = ``default``); 2.5, -1 or 'ten' are named, not coerced."""
+    value = data.get(name)
+    if value is None:
+        return default
+    try:
+        number = None if isinstance(value, bool) else int(value)
+        exact = number is not None and float(value) == number
+    except (TypeError, ValueError):
+        exact = False
+    if not exact or number < least:
+        raise ValueError(f"{prefix}.{name}: must be an integer >= {least} ({meaning}), got {value!r}")
+    return number
+
+
 def _split_files(paths: list[Path], val_fraction: float, seed: int, split_by: str) -> tuple[list[Path], list[Path]]:
     """Seeded split of whole files (``split_by="file"``) or whole subjects (``"subject"``)."""
-    if not 0 < val_fraction < 1:  # at least one file (or subject) is always held out, so 0 cannot mean none
+    try:
+        val_fraction = float(val_fraction)
+    except (TypeError, ValueError):
+        pass  # named below with the value as given
+    if not (isinstance(val_fraction, float) and 0 < val_fraction < 1):  # at least one file (or subject) is
+        # always held out, so 0 cannot mean none
         raise ValueError(f"data.val_fraction: must lie in (0, 1), got {val_fraction!r}")
     if split_by not in ("file", "subject"):
         raise ValueError(f"data.split_by: must be 'file' or 'subject', got {split_by!r}")
@@ -217,12 +312,17 @@ def build_files_datamodule(cfg: Mapping[str, Any], module_cls, batch_size: int):
     root = data.get("root")
     if root in (None, "", "???"):
         raise ValueError("data.root: not set; give the folder of recordings, e.g. data.root=../shared/data/eegmat-dev")
-    seed = int(data["seed"]) if data.get("seed") is not None else int(cfg.get("seed", 0) or 0)
+    seed = _count(data, "seed", int(cfg.get("seed", 0) or 0), 0,
+                  "the train/val split and the shuffle; null = the root seed")
+    window = _count(data, "window", 256, 2, "samples per window")
+    stride = _count(data, "stride", window, 1, "train hop in samples; null = window")
+    val_stride = _count(data, "val_stride", window, 1, "validation hop in samples; null = window")
+    max_files = _count(data, "max_files", None, 1, "files to read; null reads all")
     paths = find_recordings(root, data.get("pattern") or "**/*")
-    if data.get("max_files"):
-        paths = paths[: int(data["max_files"])]
-    recs = dict(zip(paths, load_recordings(paths, resample_hz=data.get("resample_hz"), channels=data.get("channels"))))
-    window = int(data.get("window", 256))
+    if max_files is not None:
+        paths = paths[:max_files]
+    recs = dict(zip(paths, load_recordings(paths, resample_hz=_rate(data.get("resample_hz")),
+                                           channels=_channel_list(data.get("channels")))))
     # Files shorter than a window yield nothing: drop them before the split so none takes a split's place.
     short = [p for p in paths if recs[p].data.shape[-1] < window]
     if short:
@@ -231,17 +331,17 @@ def build_files_datamodule(cfg: Mapping[str, Any], module_cls, batch_size: int):
         paths = [p for p in paths if recs[p].data.shape[-1] >= window]
         if not paths:
             raise ValueError(f"data.window: {window} samples is longer than every recording; lower it")
-    train_paths, val_paths = _split_files(paths, float(data.get("val_fraction", 0.2)), seed,
+    train_paths, val_paths = _split_files(paths, data.get("val_fraction", 0.2), seed,
                                           str(data.get("split_by", "file")))
     key = str(data.get("key", "eeg"))
+    recs = _one_spelling_per_channel(recs, paths)
     channel_vocab = sorted({c for p in paths for c in recs[p].channel_names})
     subject_vocab = sorted({subject_of(p) for p in paths})
-    stride = int(data.get("stride") or window)
     common = dict(window=window, key=key, channel_vocab=channel_vocab, subject_vocab=subject_vocab)
     train = RecordingWindows([recs[p] for p in train_paths], stride=stride, **common)
-    val = RecordingWindows([recs[p] for p in val_paths], stride=int(data.get("val_stride") or window), **common)
+    val = RecordingWindows([recs[p] for p in val_paths], stride=val_stride, **common)
     info = {"fs": train.fs, "n_time": window, "modalities": [key], "n_channel_ids": len(channel_vocab),
             "channel_names": channel_vocab, "n_subjects": len(subject_vocab), "subjects": subject_vocab,
             "train_files": [str(p) for p in train_paths], "val_files": [str(p) for p in val_paths]}
     return module_cls(train=train, val=val, batch_size=batch_size,
-                      num_workers=int(data.get("num_workers", 0) or 0), info=info)
+                      num_workers=_count(data, "num_workers", 0, 0, "loader processes"), info=info, seed=seed)

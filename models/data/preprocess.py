@@ -55,7 +55,8 @@ def notch(rec: Recording, freq: float, *, quality: float = 30.0, harmonics: bool
 
 
 def resample(rec: Recording, fs: float) -> Recording:
-    """Polyphase resampling to ``fs`` Hz (anti-aliased); the ratio is approximated to 1/1000."""
+    """Polyphase resampling to ``fs`` Hz (anti-aliased); the up/down ratio is approximated with denominators
+    up to 1000 (up to 10**6 where that misses ``fs`` by more than 0.1 %, e.g. 30 kHz to 25 Hz)."""
     from scipy import signal
 
     _need_continuous(rec, "resample")
@@ -64,6 +65,11 @@ def resample(rec: Recording, fs: float) -> Recording:
     if abs(fs - rec.fs) < 1e-9:
         return rec
     ratio = Fraction(fs / rec.fs).limit_denominator(1000)
+    if abs(float(ratio) * rec.fs - fs) > 1e-3 * fs:  # below 1/1000 the capped ratio misses the rate (30 kHz -> 25 Hz)
+        ratio = Fraction(fs / rec.fs).limit_denominator(10**6)
+    if ratio == 0 or abs(float(ratio) * rec.fs - fs) > 1e-3 * fs:
+        raise ValueError(f"resample: {fs!r} Hz is below 1/1e6 of the recording's {rec.fs} Hz "
+                         f"({rec.meta.get('path', 'in memory')}); pick a rate closer to it")
     data = signal.resample_poly(rec.data, ratio.numerator, ratio.denominator, axis=-1)
     return rec.replace(data=data, fs=rec.fs * ratio.numerator / ratio.denominator, meta={"resampled_from": rec.fs})
 

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -57,6 +59,8 @@ __all__ = [
     "filter_ectopic",
     "SUPPORTED_EXTENSIONS",
 ]
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_EXTENSIONS = (".edf", ".bdf", ".fif", ".fif.gz", ".nwb", ".npz", ".csv", ".tsv", ".rr", ".ibi", ".txt")
 _RR_COLUMNS = {"rr_ms": 1.0, "ibi_ms": 1.0, "rr": 1.0, "intervals_ms": 1.0, "intervals_s": 1000.0, "intervals": 1000.0}
@@ -153,16 +157,34 @@ def _read_mne(path: Path, **_: Any) -> Recording:
     import mne
 
     ext = _suffix(path)
-    if ext == ".edf":
-        raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
-    elif ext == ".bdf":
-        raw = mne.io.read_raw_bdf(path, preload=True, verbose="error")
-    else:
-        raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if ext == ".edf":
+            raw = mne.io.read_raw_edf(path, preload=True, verbose="warning")
+        elif ext == ".bdf":
+            raw = mne.io.read_raw_bdf(path, preload=True, verbose="warning")
+        else:
+            raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+    if any("does not match the file size" in str(w.message) for w in caught):
+        # a copy cut short (an interrupted download) reads as a shorter recording: say so, naming the file
+        log.warning("%s: the header's record count does not match the file size (a truncated copy, or a recording "
+                    "that was not stopped cleanly); reading the %.1f s the file holds%s", path,
+                    raw.n_times / raw.info["sfreq"], _header_duration(path))
     meta: dict[str, Any] = {"path": str(path), "format": ext.lstrip(".")}
     meta.update(_events_and_annotations(raw, path))
     data = raw.get_data().astype(np.float64)
     return Recording(data=data, fs=float(raw.info["sfreq"]), channel_names=tuple(raw.ch_names), units="V", meta=meta)
+
+
+def _header_duration(path: Path) -> str:
+    """' of the N s the header names', from the EDF/BDF fixed header (records x record seconds), or ''."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    try:
+        seconds = int(head[236:244]) * float(head[244:252])
+    except ValueError:
+        return ""
+    return f" of the {seconds:g} s the header names" if seconds > 0 else ""
 
 
 def _events_and_annotations(raw: Any, path: Path) -> dict[str, Any]:
@@ -326,7 +348,7 @@ def _load_rr_cohort(path: str, size: int, mtime_ns: int):
 def _read_csv(path: Path, *, fs: float | None = None, **_: Any) -> Recording:
     import pandas as pd
 
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # Windows editors and Excel start UTF-8 files with a BOM
     header_fs = None
     first = text.splitlines()[0] if text else ""
     if first.startswith("#"):
@@ -365,7 +387,7 @@ def _read_csv(path: Path, *, fs: float | None = None, **_: Any) -> Recording:
 
 def _read_rr_text(path: Path, **_: Any) -> Recording:
     try:
-        rr = np.loadtxt(path, dtype=np.float64, comments="#", ndmin=1)
+        rr = np.loadtxt(path, dtype=np.float64, comments="#", ndmin=1, encoding="utf-8-sig")  # BOM: see _read_csv
     except Exception as exc:
         raise ValueError(f"{path}: an interval file needs one number (milliseconds) per line ({exc})") from exc
     if rr.ndim != 1:
