@@ -173,7 +173,7 @@ def bench_step(args) -> list[dict]:
         torch.manual_seed(0)
         module = NeuroFMxModule(cfg).to(args.device)
         batch = _batch(cfg, args.device, batch_size)
-        opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+        opt = module.configure_optimizers()["optimizer"]  # what training uses (fused AdamW on CPU)
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
 
         def step():
