@@ -144,10 +144,12 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
             try:
                 compose(sweep.base[: i + 1])  # cumulative: a key may exist only after a group choice
             except ValueError as exc:
+                add = _missing_key_hint(str(item), list(sweep.base[:i])) if "not in struct" in str(exc) else ""
                 raise SweepFileError(file, f"base[{i}]", f"override does not apply to the config ({exc})",
                                      value=item, allowed="an existing key path key=value or group=option "
-                                     f"(groups: {', '.join(CONFIG_GROUPS)})") from None
+                                     f"(groups: {', '.join(CONFIG_GROUPS)}){add}") from None
         raise
+    _check_base_types(sweep.base, cfg, file=file)
     for key, spec in sweep.parameters.items():
         where = f"parameters.{key}"
         if key in CONFIG_GROUPS:
@@ -196,6 +198,61 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
                                          value=v, allowed=f"values of type {_type_name(current)} "
                                          f"(current value {current!r})")
     return cfg
+
+
+def _missing_key_hint(item: str, before: list[str]) -> str:
+    """For ``key=value`` naming a key the config lacks: the sibling it was probably meant to be, else Hydra's ``+``
+    (the presets leave optional keys such as ``model.perceiver.attention`` out)."""
+    import difflib
+
+    key = item.partition("=")[0]
+    if key.startswith(("+", "~")):
+        return ""
+    parent, _, leaf = key.rpartition(".")
+    try:
+        siblings = [str(k) for k in get_path(compose(before), parent)] if parent else []
+    except (KeyError, TypeError, ValueError):
+        siblings = []
+    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.8)  # "attention" is not "latent_attention"
+    if close:
+        return f"; did you mean {parent}.{close[0]}?"
+    return f", or +{item} to add an optional key the config leaves out"
+
+
+def _check_base_types(base: list[str], cfg: Mapping[str, Any], *, file: str | Path) -> None:
+    """Refuse a base override whose value has the wrong kind for its key: Hydra keeps ``fractals.enable=no`` as the
+    string ``'no'`` (truthy: the priors would run) and ``trainer.max_epochs=two`` as ``'two'``.
+
+    The reference is the config composed from the group choices alone; ints and floats stand for each other,
+    and null and keys the defaults leave null are not checked.
+    """
+    from fmx.schema import CONFIG_GROUPS, SweepFileError
+
+    groups = [item for item in base if str(item).partition("=")[0].lstrip("+~") in CONFIG_GROUPS]
+    last = {str(item).partition("=")[0]: i for i, item in enumerate(base)}  # the entry that sets the final value
+    reference = None
+    for key, i in last.items():
+        if key.startswith(("+", "~")) or key in CONFIG_GROUPS or "=" not in str(base[i]):
+            continue
+        if reference is None:
+            reference = compose(groups)
+        try:
+            current, value = get_path(reference, key), get_path(cfg, key)
+        except (KeyError, TypeError):
+            continue
+        if current is None or value is None or isinstance(current, (dict, list)):
+            continue
+        if isinstance(current, bool):
+            wanted = "true or false" if not isinstance(value, bool) else ""
+        elif isinstance(current, (int, float)):
+            wanted = "a number" if isinstance(value, bool) or not isinstance(value, (int, float)) else ""
+        else:
+            wanted = ""
+        if wanted:
+            shown = str(current).lower() if isinstance(current, bool) else repr(current)  # Hydra's spelling
+            raise SweepFileError(file, f"base[{i}]", f"{key} takes a {_type_name(current)} but the override gives "
+                                 f"the {_type_name(value)} {value!r}", value=base[i],
+                                 allowed=f"{wanted} (the default is {key}={shown})")
 
 
 def _compatible(current: Any, value: Any) -> bool:

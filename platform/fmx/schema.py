@@ -22,6 +22,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+MAX_SEED = 2**32 - 1  # numpy's SeedSequence, Optuna's samplers and Tune's variant generator take 0 .. 2**32 - 1
 ACCEPTANCE_BENCHMARKS = ("numerics", "training", "ablation", "stability", "speed")
 CONFIG_GROUPS = ("model", "data", "fractals", "trainer")
 # Keys that would put a secret into a sweep file (and so into params and artifacts): refused anywhere.
@@ -162,6 +163,19 @@ class Metric(_Strict):
     name: str = Field(min_length=1, description="e.g. val/loss, val/latent_beta, acceptance/score")
     goal: Literal["minimize", "maximize"]
 
+    @field_validator("name")
+    @classmethod
+    def _namespaced(cls, v: str) -> str:
+        # every metric a trial reports is namespaced (val/loss, train/loss, fingerprint/..., acceptance/...);
+        # a W&B-style val_loss would pass here and stop the sweep after its first epoch
+        if "/" not in v:
+            prefix, sep, rest = v.partition("_")
+            hint = f"did you mean '{prefix}/{rest}'? " if sep and prefix in (
+                "val", "train", "acceptance", "fingerprint") else ""
+            raise ValueError(f"{hint}metric names have a namespace, as the trials report them: val/loss, "
+                             "val/latent_beta, val/<head>_loss, val/acc (two_moons), acceptance/<benchmark>_<quantity>")
+        return v
+
     @property
     def mode(self) -> str:
         return "min" if self.goal == "minimize" else "max"
@@ -275,8 +289,21 @@ class Sweep(_Strict):
                 raise ValueError(f"each base entry is a Hydra override key=value (got {item!r})")
         return v
 
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED} (numpy, Optuna and Tune seed with it)")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self):
+        seed = self.parameters.get("seed")
+        seeds = (seed.values if isinstance(seed, (Categorical, Grid)) else [seed.value] if isinstance(seed, Constant)
+                 else [seed.min, seed.max] if isinstance(seed, IntRange) else [])
+        bad = [v for v in seeds if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_SEED]
+        if bad:
+            raise ValueError(f"parameters.seed: seeds must be between 0 and {MAX_SEED} (got {bad[0]})")
         grids = [k for k, p in self.parameters.items() if isinstance(p, Grid)]
         if grids and self.method in ("tpe", "cmaes"):
             raise ValueError(f"grid distributions ({', '.join(grids)}) need method: grid or random, "

@@ -20,14 +20,16 @@ def register(app: typer.Typer) -> None:
                                   help="end at the model's end-of-file token (EOS) before --max-bytes"),
     ) -> None:
         """Continue the prompt with the byte model in CHECKPOINT and print the bytes (up to --max-bytes, or to EOS)."""
+        if checkpoint.is_dir() and (checkpoint / "model.ckpt").is_file():  # the folder a trial's fmx.checkpoint names
+            raise typer.BadParameter(f"{checkpoint} is a checkpoint folder; pass the file in it: "
+                                     f"{checkpoint / 'model.ckpt'}")
+        if not checkpoint.is_file():
+            raise typer.BadParameter(f"{checkpoint} is not a file; pass a .ckpt written by a fractal_byte trial")
         import torch
 
         from models.byte.lightning import load_for_inference
         from models.byte.model import generate
         from models.byte.tokenizer import EOS, decode, encode
-
-        if not checkpoint.is_file():
-            raise typer.BadParameter(f"{checkpoint} is not a file; pass a .ckpt written by a fractal_byte trial")
         try:
             model = load_for_inference(str(checkpoint))
         except Exception as err:  # unpickling/loading fails in many ways; all mean "wrong file"

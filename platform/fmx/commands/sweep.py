@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def _print_outcome(outcome, metric: str) -> None:
                   f"checkpoints in {outcome.storage_uri}")
     if not df.empty:
         console.print(_table(df, metric, title="trials (best first)"))
+    if metric in df and df[metric].notna().any():  # ranked: NaN last; no trial reported it -> no best trial
         best = df.iloc[0]
         console.print(f"[bold]best trial[/bold] {best['trial_id']}: {metric} = {best.get(metric)}")
         fp = {k.split("/", 1)[1]: best[k] for k in df.columns
@@ -113,21 +115,114 @@ def run(file: Path = typer.Argument(..., help="sweep YAML file"),
         address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
         num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all)")) -> None:
     """Run a sweep: trials on Ray Tune over Ray Train, tracked in MLflow, checkpoints on disk or S3."""
-    from fmx.runner import run_sweep
+    from fmx.commands.tracking import check_reachable
+    from fmx.runner import resolve_targets, run_sweep
+    from fmx.schema import SOURCE_FILE
 
     sweep = _load(file)
+    try:
+        targets = resolve_targets(sweep)
+    except ValueError as exc:  # e.g. an unusable FMX_STORAGE_PATH or MLFLOW_TRACKING_URI
+        _fail(str(exc))
+    # before Ray starts: an absent server would otherwise surface minutes later, after MLflow's retries
+    check_reachable(targets.tracking_uri, "tracking.uri" if targets.tracking_source == SOURCE_FILE
+                    else targets.tracking_source, fail=_fail)
+    _check_ray_address(address)
     try:
         outcome = run_sweep(sweep, sweep_text=file.read_text(), address=address, num_cpus=num_cpus)
     except ValueError as exc:  # e.g. an unusable FMX_STORAGE_PATH or MLFLOW_TRACKING_URI
         _fail(str(exc))
+    except Exception as exc:
+        _fail_aborted(exc, sweep)
+    outcome = _cut_short(outcome)
     _print_outcome(outcome, sweep.metric.name)
     _exit_for(outcome, sweep)
+
+
+def _check_ray_address(address: Optional[str]) -> None:
+    """Refuse an explicit ``--address HOST:PORT`` (or ``ray://HOST:PORT``) where nothing listens: Ray's driver
+    would retry it for ever, printing a warning a minute. ``auto``, ``local`` and other forms are Ray's to read."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        _fail(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one (ray start "
+              "--head) or pass its head's address: HOST:6379, or ray://HOST:10001 for Ray Client; leave --address "
+              "out to start a local Ray")
+
+
+def _fail_aborted(exc: Exception, sweep) -> None:
+    """A sweep Tune aborted (a TuneError wrapping the formatted traceback): one line with the cause and the fix,
+    and the trials it left RUNNING in MLflow marked FAILED. Other exceptions propagate unchanged."""
+    from ray.tune.error import TuneError
+
+    if not isinstance(exc, TuneError):
+        raise exc
+    _end_running_trials(sweep)
+    lines = str(exc).strip().splitlines()
+    start = max((i for i, line in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception): ", line)), default=None)
+    cause = " ".join(x.strip() for x in lines[start:]) if start is not None else (lines[-1] if lines else repr(exc))
+    if "did not include the specified metric" in cause:
+        reported = sorted({k for k in re.findall(r"'([^']+)': ", cause.partition("Result: ")[2])
+                           if "/" in k and not k.startswith("config/")})
+        _fail(f"metric.name: the trials never report {sweep.metric.name!r}; they report: {', '.join(reported)}; "
+              "set metric.name in the sweep file to one of them")
+    _fail(f"the sweep stopped: {cause}")
+
+
+def _end_running_trials(sweep) -> None:
+    """Mark FAILED the trial runs an aborted sweep left RUNNING (best effort; only when the pointer's parent run
+    has ended, so a concurrent sweep of the same name keeps its trials)."""
+    from fmx import tracking
+    from fmx.schema import STORAGE_ENV, choose_target
+    from fmx.storage import read_pointer, resolve_storage
+
+    try:
+        storage, _ = choose_target(sweep.storage.path, default=DEFAULT_STORAGE, env_var=STORAGE_ENV)
+        pointer = read_pointer(sweep.name, resolve_storage(storage, endpoint_url=sweep.storage.endpoint_url))
+        c = tracking.client(pointer["tracking_uri"])
+        if c.get_run(pointer["parent_run_id"]).info.status == "RUNNING":
+            return
+        for run in tracking.child_runs(c, pointer["experiment_id"], pointer["parent_run_id"]):
+            if run.info.status == "RUNNING":
+                tracking.end_run(c, run.info.run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the error message is what matters; MLflow may be the problem
+        pass
+
+
+def _cut_short(outcome):
+    """The outcome, marked interrupted when a trial's run is still RUNNING after Tune returned.
+
+    Tune's cleanup after Ctrl-C marks a trial that was training TERMINATED, so the runner's status check misses
+    it; the driver's lifecycle callback ends every trial that completed or failed, so a RUNNING child run is one
+    the interrupt cut short. Its run and the parent become KILLED, as for any interrupted sweep."""
+    import dataclasses
+
+    from fmx import tracking
+
+    if outcome.interrupted:
+        return outcome
+    c = tracking.client(outcome.tracking_uri)
+    cut = [r for r in tracking.child_runs(c, outcome.experiment_id, outcome.parent_run_id)
+           if r.info.status == "RUNNING"]
+    if not cut:
+        return outcome
+    for run in cut:
+        tracking.end_run(c, run.info.run_id, "KILLED")
+    tracking.end_run(c, outcome.parent_run_id, "KILLED")
+    return dataclasses.replace(outcome, interrupted=True)
 
 
 def _exit_for(outcome, sweep) -> None:
     if outcome.interrupted:
         console.print(f"[yellow]interrupted[/yellow]: continue with [bold]fmx sweep resume {sweep.name} "
-                      f"--storage {sweep.storage.path}[/bold]")
+                      f"--storage {shlex.quote(outcome.storage_uri)}[/bold]")
         raise typer.Exit(130)
     if outcome.n_errors:
         raise typer.Exit(1)
@@ -170,10 +265,18 @@ def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as 
         "storage": sweep.storage.model_copy(update={"path": pointer.get("storage_uri", sweep.storage.path),
                                                     "endpoint_url": endpoint_url or sweep.storage.endpoint_url}),
         "tracking": sweep.tracking.model_copy(update={"uri": pointer.get("tracking_uri", sweep.tracking.uri)})})
+    from fmx.commands.tracking import check_reachable
+
+    check_reachable(sweep.tracking.uri, f"tracking_uri in {name}.latest.json", fail=_fail,
+                    label=f"cannot reach the MLflow store {sweep.tracking.uri}")
+    _check_ray_address(address)
     try:
         outcome = run_sweep(sweep, address=address, resume_id=pointer["sweep_id"], num_cpus=num_cpus)
     except ValueError as exc:
         _fail(str(exc))
+    except Exception as exc:
+        _fail_aborted(exc, sweep)
+    outcome = _cut_short(outcome)
     _print_outcome(outcome, sweep.metric.name)
     _exit_for(outcome, sweep)
 
@@ -189,6 +292,10 @@ def status(name: str = typer.Argument(..., help="sweep name"),
 
     pointer = _pointer(name, storage, endpoint_url)
     sweep = Sweep.model_validate(pointer["sweep"])
+    from fmx.commands.tracking import check_reachable
+
+    check_reachable(pointer["tracking_uri"], f"tracking_uri in {name}.latest.json", fail=_fail,
+                    label=f"cannot read the MLflow store {pointer['tracking_uri']}")
     c = tracking.client(pointer["tracking_uri"])
     try:
         parent = c.get_run(pointer["parent_run_id"])
@@ -202,11 +309,23 @@ def status(name: str = typer.Argument(..., help="sweep name"),
         _fail(f"cannot read the MLflow store {pointer['tracking_uri']}: "
               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     console.print(f"sweep [bold]{pointer['sweep_id']}[/bold] ({parent.info.status}); {len(df)} of "
-                  f"{sweep.run_cap if sweep.method != 'grid' else 'grid'} trials started; storage {pointer['storage_uri']}")
+                  f"{_planned_trials(sweep)} trials started; storage {pointer['storage_uri']}")
     if not df.empty:
         console.print(_table(df, sweep.metric.name, title="trials"))
         counts = df["status"].value_counts().to_dict()
         console.print("status: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def _planned_trials(sweep) -> int:
+    """run_cap samples, each one pass over every grid parameter (Tune repeats the grid per sample, also with
+    method random)."""
+    from fmx.schema import Grid
+
+    n = sweep.run_cap
+    for spec in sweep.parameters.values():
+        if isinstance(spec, Grid):
+            n *= len(spec.values)
+    return n
 
 
 @app.command()

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +20,7 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
             tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="MLflow tracking URI of the sweep (default: "
                                                                     "$MLFLOW_TRACKING_URI, else runs/mlflow.db)"),
             out: Optional[Path] = typer.Option(None, help="folder for the table and plots (default runs/compare/NAME)"),
-            top: int = typer.Option(20, help="rows shown")) -> None:
+            top: int = typer.Option(20, min=0, help="rows shown")) -> None:
     """Compare a sweep's trials: a ranked table, CSV + parquet, and plots (best trials, parallel coordinates,
     beta* against loss and latent beta)."""
     import matplotlib
@@ -33,7 +35,13 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
     from fmx.schema import TRACKING_ENV, choose_target
 
     tracking_uri, source = choose_target(tracking_uri, default=DEFAULT_TRACKING, env_var=TRACKING_ENV)  # as `sweep run`
-    uri = _resolve(tracking_uri, TRACKING_ENV if source == TRACKING_ENV else "--tracking-uri")
+    field = TRACKING_ENV if source == TRACKING_ENV else "--tracking-uri"
+    missing = _missing_local_store(tracking_uri)
+    if missing is not None:  # resolving would create the folder and an empty store: a typo leaves litter
+        _error(f"no sweep {name!r} in {tracking_uri}: no MLflow store at {missing} (nothing was tracked there); run "
+               f"the sweep first, or pass {field} of the sweep's tracking.uri")
+    uri = _resolve(tracking_uri, field)
+    check_reachable(uri, field)
     c = tracking.client(uri)
     try:
         parent = cmp.find_parent(c, name)
@@ -83,10 +91,25 @@ def ui(tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="backend store of
     console.print(f"MLflow UI on http://{host}:{port} (store {uri})")
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION=os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
                                                                             "false"))
+    proc = subprocess.Popen(cmd, env=env)
+    stopped = []
+
+    def stop(signum, frame):  # kill/hang-up reach only this process: without this the server outlives it
+        stopped.append(signum)
+        proc.terminate()
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, stop)
     try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
+        code = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the server too (same process group): let it finish
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
         raise typer.Exit(0) from None
+    raise typer.Exit(0 if stopped else code)
 
 
 def _error(message: str) -> None:
@@ -110,6 +133,52 @@ def _resolve(tracking_uri: str, field: str) -> str:
         return tracking.resolve_tracking_uri(tracking_uri, field=field)
     except ValueError as exc:
         _error(str(exc))
+
+
+def _missing_local_store(uri: str) -> Path | None:
+    """The sqlite file a local tracking URI names when it does not exist yet (None: it exists, or not local).
+
+    The same mapping as :func:`fmx.tracking.resolve_tracking_uri`, without creating anything; an existing folder is
+    left to that function (it may hold a store, or a file store it explains)."""
+    if uri.startswith("sqlite:///"):
+        p = Path(uri[len("sqlite:///"):].partition("?")[0])  # ?timeout=30 and friends are SQLAlchemy options
+        p = p if p.is_absolute() else Path.cwd() / p
+        return None if p.exists() else p
+    if "://" in uri or uri.startswith(("file:", "databricks")):
+        return None
+    p = Path(uri).expanduser()
+    p = p if p.is_absolute() else Path.cwd() / p
+    if p.suffix in (".db", ".sqlite", ".sqlite3"):
+        return None if p.exists() else p
+    return None if p.exists() else p / "mlflow.db"
+
+
+def check_reachable(uri: str, field: str, fail=None, label: str | None = None) -> None:
+    """Fail in seconds when nothing answers at an http(s) tracking URI: MLflow's client retries a refused
+    connection with backoff for about four minutes before it gives up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from fmx.schema import mask_uri_password
+
+    # any HTTP answer (200, 401, 404) means a server is there; only a failed connection counts. Three tries over
+    # ~3 s ride out a server pod that is restarting.
+    for attempt in range(3):
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5)
+            return
+        except requests.exceptions.SSLError:
+            return  # certificate settings (MLFLOW_TRACKING_INSECURE_TLS, ...) are MLflow's to apply
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            error = exc
+            if attempt < 2:
+                time.sleep(1.0 + attempt)
+    root = error.args[0] if error.args else None
+    detail = str(getattr(root, "reason", root) or error).split(": ")[-1].strip("')\"")
+    shown = label or f"{field}={mask_uri_password(uri)!r}"
+    (fail or _error)(f"{shown}: no MLflow server answers there ({type(error).__name__}: {detail}); start the server, "
+                     f"or fix {field} to the URI of a running one")
 
 
 def register(app: typer.Typer) -> None:
