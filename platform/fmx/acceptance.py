@@ -18,6 +18,7 @@ when not applicable); a benchmark that cannot run (an estimator not available) r
 """
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -187,6 +188,7 @@ def run_acceptance(names, *, cfg: Mapping[str, Any], checkpoint=None, metrics: M
             continue
         try:
             report.results[name] = runners[name]()
-        except (NotImplementedError, ImportError, ValueError, RuntimeError, KeyError) as exc:
+        except (NotImplementedError, ImportError, ValueError, RuntimeError, KeyError,
+                OSError, EOFError, pickle.UnpicklingError) as exc:  # unreadable checkpoint: a reason, not a crash
             report.results[name] = {"reason": f"{type(exc).__name__}: {exc}"}
     return report

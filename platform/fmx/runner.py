@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -130,7 +129,7 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
 
         best = None
         if not plan.metric.startswith("acceptance/"):
-            best = result.get_best_checkpoint(plan.metric, plan.mode)
+            best = best_finite_checkpoint(result, plan.metric, plan.mode)
         report = run_acceptance(plan.acceptance, cfg=cfg, checkpoint=best or result.checkpoint,
                                 metrics=final, builders=plan.builders)
         tracking.log_metrics(c, run_id, report.metrics(), step=int(final.get("step", 0)))
@@ -140,6 +139,21 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
         c.set_tag(run_id, "fmx.checkpoint", result.checkpoint.path)
     final["fmx_complete"] = 1.0
     tune.report(final)
+
+
+def best_finite_checkpoint(result, metric: str, mode: str):
+    """The kept checkpoint with the best finite ``metric`` (None when none has one).
+
+    Ray's ``Result.get_best_checkpoint`` takes Python's ``min``/``max`` over a list that holds NaN-scored
+    checkpoints first, and a NaN compares False: a trial that diverged after a good epoch got its NaN
+    checkpoint as the "best" one, and the acceptance benchmarks ran on it.
+    """
+    scored = [(ckpt, m.get(metric)) for ckpt, m in (result.best_checkpoints or [])]
+    finite = [(ckpt, float(v)) for ckpt, v in scored
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not finite:
+        return None
+    return (min if mode == "min" else max)(finite, key=lambda cv: cv[1])[0]
 
 
 # ---------------------------------------------------------------------------------- MLflow lifecycle
@@ -154,8 +168,26 @@ class MlflowLifecycle(_tune_callback_base()):
 
     def __init__(self, plan: SweepPlan):
         self.plan = plan
+        self.pending: dict[str, tuple[Any, str]] = {}  # trial id -> (trial, status) whose run could not be ended
 
     def _end(self, trial, status: str) -> None:
+        # An exception here would make Tune mark a trial that finished training as ERROR (counted as failed,
+        # re-run by resume) because the tracking server was away: keep it for finish_pending instead.
+        try:
+            self._end_now(trial, status)
+            self.pending.pop(trial.trial_id, None)
+        except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors: tracking is bookkeeping
+            self.pending[trial.trial_id] = (trial, status)
+            logger.warning("trial %s: could not mark its MLflow run %s (%s); retried when the sweep ends",
+                           trial.trial_id, status, st.redact(str(exc)).splitlines()[0] if str(exc) else type(exc))
+
+    def finish_pending(self) -> None:
+        """End the runs whose end failed during the sweep (the server was away); raises if it still is."""
+        for trial, status in list(self.pending.values()):
+            self._end_now(trial, status)
+            self.pending.pop(trial.trial_id, None)
+
+    def _end_now(self, trial, status: str) -> None:
         c = tracking.client(self.plan.tracking_uri)
         run = tracking.find_run(c, self.plan.experiment_id,
                                 {tracking.TAG_SWEEP_ID: self.plan.sweep_id, tracking.TAG_TRIAL: trial.trial_id})
@@ -285,7 +317,7 @@ def resolve_targets(sweep: Sweep, *, root: str | Path | None = None,
                          "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead, so they never "
                          "reach params, logs or the sweep pointer")
     storage = st.resolve_storage(path, endpoint_url=sweep.storage.endpoint_url, region=sweep.storage.region,
-                                 root=root)
+                                 root=root, field="storage.path" if storage_source == SOURCE_FILE else storage_source)
     return Targets(storage=storage, storage_source=storage_source,
                    tracking_uri=tracking.resolve_tracking_uri(
                        uri, root=root, field="tracking.uri" if tracking_source == SOURCE_FILE else tracking_source),
@@ -343,6 +375,14 @@ class SweepOutcome:
     interrupted: bool = False
 
 
+def new_sweep_id(name: str) -> str:
+    """``<name>-<UTC time>``, to the microsecond: two ``fmx sweep run`` of one file started in the same second
+    must not share a Tune folder and a parent run."""
+    from datetime import datetime, timezone
+
+    return f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-%f')}"
+
+
 def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None, resume_id: str | None = None,
               root: str | Path | None = None, builders: Mapping[str, str] | None = None,
               fault: Mapping[str, Any] | None = None, progress: bool = True,
@@ -372,9 +412,11 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     check_search_space(sweep)  # before any run is recorded: Optuna would fail only at the first trial
     if fault is None and os.environ.get(FAULT_ENV):  # fault injection for end-to-end tests of the CLI
         fault = json.loads(os.environ[FAULT_ENV])
-    sweep_id = resume_id or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    sweep_id = resume_id or new_sweep_id(sweep.name)
     plan = make_plan(sweep, sweep_id=sweep_id, root=root, builders=builders, fault=fault)
     target = plan.target()
+    # a store that refuses writes must stop the sweep before Ray starts and before a parent run is recorded
+    st.check_writable(target, field="storage.path" if plan.storage_source == SOURCE_FILE else plan.storage_source)
     where = Targets(storage=target, storage_source=plan.storage_source, tracking_uri=plan.tracking_uri,
                     tracking_source=plan.tracking_source).describe()
     logger.info("sweep %s: %s", sweep_id, where)
@@ -414,17 +456,23 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
             "sweep.tracking_source": plan.tracking_source})
         if sweep_text:
             tracking.log_text(c, plan.parent_run_id, sweep_text, f"sweep/{sweep.name}.yaml")
-    st.write_bytes(target, st.pointer_name(sweep.name), json.dumps({
-        "sweep_id": sweep_id, "tracking_uri": plan.tracking_uri, "experiment_id": plan.experiment_id,
-        "parent_run_id": plan.parent_run_id, "sweep": sweep.model_dump(mode="json"),
-        "storage_uri": plan.storage_uri, "storage_source": plan.storage_source,
-        "tracking_source": plan.tracking_source}, indent=2).encode())
+    try:
+        st.write_bytes(target, st.pointer_name(sweep.name), json.dumps({
+            "sweep_id": sweep_id, "tracking_uri": plan.tracking_uri, "experiment_id": plan.experiment_id,
+            "parent_run_id": plan.parent_run_id, "sweep": sweep.model_dump(mode="json"),
+            "storage_uri": plan.storage_uri, "storage_source": plan.storage_source,
+            "tracking_source": plan.tracking_source}, indent=2).encode())
+    except OSError as exc:  # the store stopped taking writes since the check: no parent left RUNNING for ever
+        tracking.end_run(c, plan.parent_run_id, "FAILED")
+        raise ValueError(f"storage: cannot write the sweep pointer to {target.uri}: "
+                         f"{st.redact(str(exc)).splitlines()[0]}") from None
 
     trainable = tune.with_resources(tune.with_parameters(trial_fn, plan=plan), {"CPU": TRIAL_CPU})
     reporter = SweepProgress(total=None if sweep.method == "grid" else sweep.run_cap, metric=plan.metric,
                              mode=plan.mode, enabled=progress)
+    lifecycle = MlflowLifecycle(plan)
     run_config = tune.RunConfig(name=sweep_id, storage_path=plan.storage_path, storage_filesystem=target.filesystem,
-                                callbacks=[MlflowLifecycle(plan), reporter], verbose=0)
+                                callbacks=[lifecycle, reporter], verbose=0)
     # With a custom filesystem Tune wants the bucket-relative path (pyarrow refuses s3:// URIs): bucket/prefix/<id>
     exp_path = target.join(sweep_id)
     status = "FAILED"
@@ -433,6 +481,11 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=target.filesystem,
                                        param_space=search_space(sweep))
+            # Tune restores the callbacks pickled with the first run: the progress shown by this one (and the
+            # lifecycle whose pending run ends are retried below) would never be called
+            internal = getattr(tuner, "_local_tuner", None)  # None through a Ray client (ray://): left as pickled
+            if internal is not None:
+                internal.get_run_config().callbacks = [lifecycle, reporter]  # no public way to pass them
         else:
             tuner = tune.Tuner(
                 trainable, param_space=search_space(sweep),
@@ -449,6 +502,7 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     finally:
         if status != "FINISHED":
             tracking.end_run(c, plan.parent_run_id, status)
+    lifecycle.finish_pending()  # the server is back (the summary below needs it too)
     n_errors = len(grid.errors)
     statuses = [t.status for t in grid._experiment_analysis.trials]  # noqa: SLF001 - no public accessor
     interrupted = any(st_ in ("PENDING", "RUNNING", "PAUSED") for st_ in statuses)

@@ -4,6 +4,7 @@ Split from :mod:`fmx.runner`, which builds the ``Tuner`` from these three.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fmx.schema import Categorical, Constant, Grid, IntRange, LogUniform, Sweep, Uniform
@@ -63,14 +64,45 @@ def search_algorithm(sweep: Sweep):
                               max_concurrent=sweep.max_concurrent)
 
 
+def _asha_base():
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler
+
+
+class NonFiniteStoppingASHA(_asha_base()):
+    """ASHA that also stops a trial whose metric is NaN or infinite.
+
+    Tune's ASHA compares ``metric < cutoff``, which is False for NaN, so a diverged trial would otherwise run
+    to ``max_t``; and an infinite value recorded in a rung made its cutoff NaN, so no later trial was stopped there.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result):
+        from ray.tune.schedulers import TrialScheduler
+
+        value = result.get(self._metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            self._num_stopped += 1
+            return TrialScheduler.STOP
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        value = result.get(self._metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            # not recorded: an infinite value in a rung makes its percentile cutoff NaN, which stops no one
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
 def scheduler(sweep: Sweep, max_epochs: int):
     """ASHA or the median stopping rule over epochs (Tune iterations), or FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule
 
     et = sweep.early_terminate
     if et.type == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=max(max_epochs + 1, et.grace_period + 1),
-                             grace_period=et.grace_period, reduction_factor=et.reduction_factor)
+        return NonFiniteStoppingASHA(time_attr="training_iteration", max_t=max(max_epochs + 1, et.grace_period + 1),
+                                     grace_period=et.grace_period, reduction_factor=et.reduction_factor)
     if et.type == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=et.grace_period,
                                   min_samples_required=2)

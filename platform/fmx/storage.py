@@ -189,7 +189,7 @@ class StorageTarget:
 
 
 def resolve_storage(path: str, *, endpoint_url: str | None = None, region: str | None = None,
-                    root: str | Path | None = None) -> StorageTarget:
+                    root: str | Path | None = None, field: str = "storage.path") -> StorageTarget:
     """Turn a sweep's ``storage.path`` into a Ray storage target.
 
     Local paths are made absolute against ``root`` (default: the current directory) and created; ``s3://bucket/
@@ -207,7 +207,11 @@ def resolve_storage(path: str, *, endpoint_url: str | None = None, region: str |
     p = Path(path).expanduser()  # ~/ckpt is home, not a folder named "~" in the project
     if not p.is_absolute():
         p = Path(root or os.getcwd()) / p
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only or missing mount: one line, not a traceback
+        raise ValueError(f"{field}: cannot create the folder {p} ({exc.strerror or exc}); choose a writable "
+                         "folder or s3://bucket/prefix") from None
     return StorageTarget(uri=str(p.resolve()), storage_path=str(p.resolve()))
 
 
@@ -237,6 +241,32 @@ def read_bytes(target: StorageTarget, rel: str) -> bytes | None:
         return None
     with target.filesystem.open_input_stream(full) as fh:
         return fh.read()
+
+
+def check_writable(target: StorageTarget, *, field: str = "storage.path") -> None:
+    """Write and delete a small probe under the storage target, so a store that refuses writes (missing bucket,
+    wrong keys, read-only folder) stops a sweep before any run is recorded rather than after.
+
+    Raises
+    ------
+    ValueError
+        Naming ``field``, the target, the store's answer and the fix.
+    """
+    rel = f".fmx-write-check-{os.getpid()}"
+    try:
+        full = write_bytes(target, rel, b"fmx")
+    except OSError as exc:  # pyarrow's S3 errors and local PermissionError are OSErrors
+        fix = ("create the bucket, check the keys (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the file named by "
+               f"{SECRET_FILE_ENV}) and storage.endpoint_url" if target.is_s3 else "make the folder writable")
+        raise ValueError(f"{field}: cannot write to {target.uri}: {redact(str(exc)).splitlines()[0]}; {fix}, "
+                         "or choose another storage.path") from None
+    try:
+        if target.filesystem is None:
+            Path(full).unlink(missing_ok=True)
+        else:
+            target.filesystem.delete_file(full)
+    except OSError:  # a store that takes writes but refuses deletes (object lock) still holds checkpoints
+        pass
 
 
 def exists(target: StorageTarget, rel: str) -> bool:
