@@ -2,7 +2,7 @@
 import pytest
 
 from fmx.config import compose
-from fmx.train_worker import TRAINER_KEYS, trainer_options
+from fmx.config import TRAINER_KEYS, trainer_options
 
 
 def test_shipped_trainer_config_maps_to_lightning_arguments():
@@ -44,3 +44,19 @@ def test_every_documented_key_is_in_the_shipped_config_or_optional():
     shipped = set(compose([])["trainer"])
     assert shipped <= set(TRAINER_KEYS)
     assert set(TRAINER_KEYS) - shipped == {"accumulate_grad_batches"}
+
+
+def test_validate_names_an_ignored_trainer_key_in_base(tmp_path):
+    from fmx.schema import SweepFileError, load_sweep
+
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text("name: s\nbase: [model=tiny, data=synthetic, +trainer.gradient_clip_val=0.5]\n"
+                          "method: random\nmetric: {name: val/loss, goal: minimize}\nparameters: {}\nrun_cap: 1\n")
+    with pytest.raises(SweepFileError, match=r"s\.yaml: base: trainer\.gradient_clip_val: no trial reads"):
+        load_sweep(sweep_file)
+
+
+def test_the_worker_uses_the_same_checked_options():
+    import fmx.train_worker as tw
+
+    assert tw.trainer_options is trainer_options and tw.TRAINER_KEYS is TRAINER_KEYS

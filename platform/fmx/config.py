@@ -197,6 +197,10 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
                     raise SweepFileError(file, where, f"value does not fit the config's {_type_name(current)}",
                                          value=v, allowed=f"values of type {_type_name(current)} "
                                          f"(current value {current!r})")
+    try:  # a +trainer.<key> no trial reads would be ignored without a word
+        trainer_options(cfg.get("trainer", {}) or {})
+    except ValueError as exc:
+        raise SweepFileError(file, "base", str(exc)) from None
     return cfg
 
 
@@ -267,3 +271,41 @@ def _compatible(current: Any, value: Any) -> bool:
     if isinstance(current, str):
         return isinstance(value, str)
     return isinstance(value, type(current))
+
+
+# The ``trainer`` config keys a trial reads (the Lightning Trainer arguments they set, or the data module's
+# per-worker batch size). Anything else would be silently ignored, so it is refused at submission.
+TRAINER_KEYS = {
+    "max_epochs": "epochs per trial (ASHA's max_t)",
+    "batch_size": "per-worker batch size (data.batch_size overrides it)",
+    "precision": "Lightning precision: 32-true, bf16-mixed, 16-mixed, 64-true",
+    "limit_train_batches": "batches (int) or fraction (float) of the train set per epoch",
+    "limit_val_batches": "batches (int) or fraction (float) of the val set per validation",
+    "log_every_n_steps": "per-step metric logging interval",
+    "val_check_interval": "validation interval within an epoch (1.0: at epoch end)",
+    "find_unused_parameters": "DDP: needed when a batch skips tokenizers/heads",
+    "accumulate_grad_batches": "batches whose gradients add up before an optimizer step",
+}
+
+
+def trainer_options(tr: Mapping[str, Any]) -> dict[str, Any]:
+    """The Lightning ``Trainer`` arguments of a composed ``trainer`` config, checked.
+
+    Raises ``ValueError`` naming a key no trial reads (``+trainer.gradient_clip_val=1`` would otherwise be
+    ignored without a word; gradient clipping is ``model.optim.grad_clip``) or a count that is not a positive
+    integer.
+    """
+    unknown = sorted(set(tr) - set(TRAINER_KEYS))
+    if unknown:
+        hint = " (gradient clipping is model.optim.grad_clip)" if "gradient_clip_val" in unknown else ""
+        raise ValueError(f"trainer.{unknown[0]}: no trial reads this key{hint}; allowed trainer keys: "
+                         f"{', '.join(sorted(TRAINER_KEYS))}")
+    for key in ("max_epochs", "log_every_n_steps", "accumulate_grad_batches"):
+        value = tr.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"trainer.{key}: needs an integer >= 1, got {value!r}")
+    return dict(
+        max_epochs=int(tr.get("max_epochs", 1)), precision=tr.get("precision", "32-true"),
+        limit_train_batches=tr.get("limit_train_batches", 1.0), limit_val_batches=tr.get("limit_val_batches", 1.0),
+        log_every_n_steps=int(tr.get("log_every_n_steps", 10)), val_check_interval=tr.get("val_check_interval", 1.0),
+        accumulate_grad_batches=int(tr.get("accumulate_grad_batches", 1)))

@@ -345,7 +345,7 @@ def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "
     target = targets.storage
     base = absolute_data_paths(sweep.base, root)
     cfg = compose(base)
-    from fmx.train_worker import trainer_options
+    from fmx.config import trainer_options
 
     trainer_options(cfg.get("trainer", {}))  # a key no trial reads fails here, not silently in every trial
     return SweepPlan(

@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover
     from lightning.pytorch.utilities import rank_zero_only
 
 from fmx import tracking
+from fmx.config import TRAINER_KEYS, trainer_options  # noqa: F401  TRAINER_KEYS re-exported
 
 CKPT_NAME = "model.ckpt"
 
@@ -278,44 +279,6 @@ def _log_fingerprint(uri: str, run_id: str, tables: list, summary: Mapping[str, 
         plt.close(fig)
     except Exception as exc:  # noqa: BLE001 - plots are a convenience; the parquet table is the record
         print(f"fmx: fingerprint plot skipped: {exc}")
-
-
-# The ``trainer`` config keys a trial reads (the Lightning Trainer arguments they set, or the data module's
-# per-worker batch size). Anything else would be silently ignored, so it is refused at submission.
-TRAINER_KEYS = {
-    "max_epochs": "epochs per trial (ASHA's max_t)",
-    "batch_size": "per-worker batch size (data.batch_size overrides it)",
-    "precision": "Lightning precision: 32-true, bf16-mixed, 16-mixed, 64-true",
-    "limit_train_batches": "batches (int) or fraction (float) of the train set per epoch",
-    "limit_val_batches": "batches (int) or fraction (float) of the val set per validation",
-    "log_every_n_steps": "per-step metric logging interval",
-    "val_check_interval": "validation interval within an epoch (1.0: at epoch end)",
-    "find_unused_parameters": "DDP: needed when a batch skips tokenizers/heads",
-    "accumulate_grad_batches": "batches whose gradients add up before an optimizer step",
-}
-
-
-def trainer_options(tr: Mapping[str, Any]) -> dict[str, Any]:
-    """The Lightning ``Trainer`` arguments of a composed ``trainer`` config, checked.
-
-    Raises ``ValueError`` naming a key no trial reads (``+trainer.gradient_clip_val=1`` would otherwise be
-    ignored without a word; gradient clipping is ``model.optim.grad_clip``) or a count that is not a positive
-    integer.
-    """
-    unknown = sorted(set(tr) - set(TRAINER_KEYS))
-    if unknown:
-        hint = " (gradient clipping is model.optim.grad_clip)" if "gradient_clip_val" in unknown else ""
-        raise ValueError(f"trainer.{unknown[0]}: no trial reads this key{hint}; allowed trainer keys: "
-                         f"{', '.join(sorted(TRAINER_KEYS))}")
-    for key in ("max_epochs", "log_every_n_steps", "accumulate_grad_batches"):
-        value = tr.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"trainer.{key}: needs an integer >= 1, got {value!r}")
-    return dict(
-        max_epochs=int(tr.get("max_epochs", 1)), precision=tr.get("precision", "32-true"),
-        limit_train_batches=tr.get("limit_train_batches", 1.0), limit_val_batches=tr.get("limit_val_batches", 1.0),
-        log_every_n_steps=int(tr.get("log_every_n_steps", 10)), val_check_interval=tr.get("val_check_interval", 1.0),
-        accumulate_grad_batches=int(tr.get("accumulate_grad_batches", 1)))
 
 
 def _restore_path(tmp_root: Path) -> str | None:
