@@ -260,3 +260,13 @@ def test_trials_frame_keeps_a_mixed_number_and_text_choice_as_text(local_store, 
     df.to_parquet(tmp_path / "trials.parquet", index=False)
     df = compare.log_sweep_summary(c, exp, parent, metric="val/loss", mode="min")
     assert "comparison/trials.parquet" in {a.path for a in c.list_artifacts(parent, "comparison")}
+
+
+def test_metrics_an_mlflow_server_clamped_from_inf_read_back_as_inf():
+    import math
+    import sys
+
+    from fmx.compare import _unclamped
+
+    assert _unclamped(sys.float_info.max) == math.inf and _unclamped(-sys.float_info.max) == -math.inf
+    assert _unclamped(1.5) == 1.5 and math.isnan(_unclamped(float("nan")))

@@ -60,3 +60,4 @@ def test_the_worker_uses_the_same_checked_options():
     import fmx.train_worker as tw
 
     assert tw.trainer_options is trainer_options and tw.TRAINER_KEYS is TRAINER_KEYS
+

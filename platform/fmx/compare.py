@@ -8,6 +8,7 @@ latent beta the trials reached. ``fmx compare NAME`` prints the table with rich.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from fmx import tracking
@@ -41,7 +42,7 @@ def trials_frame(c, experiment_id: str, parent_run_id: str):
                 row[k] = v
             elif k in CONFIG_COLUMNS:  # fixed by the base config but needed for baselines across trials
                 row[f"cfg.{k}"] = v
-        row.update({k: v for k, v in run.data.metrics.items() if not k.startswith("system/")})
+        row.update({k: _unclamped(v) for k, v in run.data.metrics.items() if not k.startswith("system/")})
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in df.columns:
@@ -52,6 +53,14 @@ def trials_frame(c, experiment_id: str, parent_run_id: str):
             if not any(isinstance(v, str) for v in parsed):
                 df[col] = parsed.infer_objects()
     return df
+
+
+def _unclamped(v: Any) -> Any:
+    """A metric as logged: an MLflow server stores +-inf as +-1.7976931348623157e308 (the largest float64),
+    so a diverged trial's loss read back as a huge finite number that ranked and plotted as one."""
+    if isinstance(v, float) and abs(v) >= sys.float_info.max:
+        return math.copysign(math.inf, v)
+    return v
 
 
 def _number(v: str) -> Any:
