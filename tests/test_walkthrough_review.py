@@ -426,3 +426,15 @@ def test_sweep_run_with_an_address_where_no_ray_listens_stops_at_once(tmp_path, 
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (res.output, res.exception)
     assert f"--address {address}" in out and "no Ray cluster answers" in out, out
+
+
+def test_progress_total_counts_grid_passes_for_every_method(tmp_path):
+    from fmx.runner import planned_trials
+    from fmx.schema import load_sweep
+
+    for method, cap, want in (("random", 2, 6), ("grid", 1, 3)):
+        f = tmp_path / f"{method}.yaml"
+        f.write_text(f"name: g\nbase: [model=tiny, data=synthetic]\nmethod: {method}\nrun_cap: {cap}\n"
+                     "metric: {name: val/loss, goal: minimize}\n"
+                     "parameters:\n  fractals.priors.lambda_spec: {distribution: grid, values: [0.0, 0.1, 0.2]}\n")
+        assert planned_trials(load_sweep(f)) == want

@@ -375,6 +375,18 @@ class SweepOutcome:
     interrupted: bool = False
 
 
+def planned_trials(sweep: Sweep) -> int:
+    """How many trials a sweep runs: ``run_cap`` samples, each one pass over every grid parameter (Tune repeats
+    the grid per sample, whatever the method)."""
+    from fmx.schema import Grid
+
+    n = sweep.run_cap
+    for spec in sweep.parameters.values():
+        if isinstance(spec, Grid):
+            n *= len(spec.values)
+    return n
+
+
 def new_sweep_id(name: str) -> str:
     """``<name>-<UTC time>``, to the microsecond: two ``fmx sweep run`` of one file started in the same second
     must not share a Tune folder and a parent run."""
@@ -468,7 +480,7 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
                          f"{st.redact(str(exc)).splitlines()[0]}") from None
 
     trainable = tune.with_resources(tune.with_parameters(trial_fn, plan=plan), {"CPU": TRIAL_CPU})
-    reporter = SweepProgress(total=None if sweep.method == "grid" else sweep.run_cap, metric=plan.metric,
+    reporter = SweepProgress(total=planned_trials(sweep), metric=plan.metric,
                              mode=plan.mode, enabled=progress)
     lifecycle = MlflowLifecycle(plan)
     run_config = tune.RunConfig(name=sweep_id, storage_path=plan.storage_path, storage_filesystem=target.filesystem,

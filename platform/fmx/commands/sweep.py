@@ -288,6 +288,7 @@ def status(name: str = typer.Argument(..., help="sweep name"),
            endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint for s3:// storage")) -> None:
     """Show a sweep's trials: status, sampled values and the metric (from MLflow)."""
     from fmx import compare, tracking
+    from fmx.runner import planned_trials
     from fmx.schema import Sweep
 
     pointer = _pointer(name, storage, endpoint_url)
@@ -309,23 +310,11 @@ def status(name: str = typer.Argument(..., help="sweep name"),
         _fail(f"cannot read the MLflow store {pointer['tracking_uri']}: "
               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     console.print(f"sweep [bold]{pointer['sweep_id']}[/bold] ({parent.info.status}); {len(df)} of "
-                  f"{_planned_trials(sweep)} trials started; storage {pointer['storage_uri']}")
+                  f"{planned_trials(sweep)} trials started; storage {pointer['storage_uri']}")
     if not df.empty:
         console.print(_table(df, sweep.metric.name, title="trials"))
         counts = df["status"].value_counts().to_dict()
         console.print("status: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-
-
-def _planned_trials(sweep) -> int:
-    """run_cap samples, each one pass over every grid parameter (Tune repeats the grid per sample, also with
-    method random)."""
-    from fmx.schema import Grid
-
-    n = sweep.run_cap
-    for spec in sweep.parameters.values():
-        if isinstance(spec, Grid):
-            n *= len(spec.values)
-    return n
 
 
 @app.command()
