@@ -20,6 +20,7 @@ test them.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -88,6 +89,10 @@ def top_singular_value(
     if not bool(torch.isfinite(weight).all()):
         raise ValueError("weight: contains NaN or inf; the spectral norm is undefined")
     m, n = weight.shape[-2:]
+    if m == 0 or n == 0:
+        raise ValueError(f"weight: has an empty matrix side (shape {tuple(weight.shape)}); needs m, n >= 1")
+    if init is not None and (init.ndim == 0 or init.shape[-1] != n):
+        raise ValueError(f"init: needs start vectors (..., {n}) for weight {tuple(weight.shape)}, got {tuple(init.shape)}")
     # Half precision (bf16-true training) has no CPU SVD and too few bits for the power iteration's
     # tolerance: both run in float32, and sigma comes back in the weight's dtype.
     half = weight.dtype in (torch.float16, torch.bfloat16)
@@ -149,11 +154,19 @@ def spectral_radius(matrix: torch.Tensor) -> torch.Tensor:
     Shape:
         matrix ``(..., n, n)`` or diagonal ``(n,)`` -> ``(...)``
     """
+    if matrix.numel() == 0 or (matrix.ndim >= 2 and matrix.shape[-1] == 0):
+        raise ValueError(f"matrix: is empty (shape {tuple(matrix.shape)}); needs at least one value")
+    # NaN reached LAPACK's balancing step, which crashed the whole process (MKL segfault), not an error.
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError("matrix: contains NaN or inf; the spectral radius is undefined")
     if matrix.ndim == 1:
         return matrix.abs().max()
-    if matrix.shape[-1] != matrix.shape[-2]:
+    if matrix.ndim == 0 or matrix.shape[-1] != matrix.shape[-2]:
         raise ValueError(f"matrix: needs square matrices (..., n, n), got shape {tuple(matrix.shape)}")
-    return torch.linalg.eigvals(matrix.detach()).abs().amax(-1)
+    m = matrix.detach()
+    if m.dtype in (torch.float16, torch.bfloat16):  # no half-precision eig on CPU: solve in float32
+        return torch.linalg.eigvals(m.float()).abs().amax(-1).to(matrix.dtype)
+    return torch.linalg.eigvals(m).abs().amax(-1)
 
 
 def weight_matrices(model: nn.Module, *, include: Sequence[type] = (nn.Linear, nn.Conv1d, nn.Conv2d)) -> dict[str, torch.Tensor]:
@@ -174,8 +187,8 @@ def layerwise_targets(n_layers: int, *, first: float = 0.8, last: float = 1.0) -
     """
     if n_layers < 1:
         raise ValueError(f"n_layers: needs at least 1, got {n_layers}")
-    if first <= 0 or last <= 0:
-        raise ValueError(f"first, last: targets must be > 0, got {first}, {last}")
+    if not (first > 0 and last > 0 and math.isfinite(first) and math.isfinite(last)):  # NaN gave NaN targets
+        raise ValueError(f"first, last: targets must be finite numbers > 0, got {first}, {last}")
     if n_layers == 1:
         return [float(last)]
     ratio = (last / first) ** (1.0 / (n_layers - 1))
@@ -222,7 +235,7 @@ class SpectralRegularizer(nn.Module):
             if missing:
                 raise ValueError(f"targets: no target for layer(s) {missing}; give one per layer name")
             return {n: float(t[n]) for n in names}
-        if isinstance(t, (int, float)):
+        if isinstance(t, numbers.Real) or (isinstance(t, torch.Tensor) and t.ndim == 0):  # NumPy / 0-d too
             return {n: float(t) for n in names}
         t = list(t)
         if len(t) != len(names):
@@ -246,8 +259,8 @@ class SpectralRegularizer(nn.Module):
     def forward(self, model: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return ``(loss, sigmas)``; the loss is a zero tensor when ``weight == 0``."""
         if self.weight == 0:
-            p = next(model.parameters())
-            return p.new_zeros(()), {}
+            p = next(model.parameters(), None)
+            return (p.new_zeros(()) if p is not None else torch.zeros(())), {}
         sig = self.sigmas(model)
         if not sig:
             raise ValueError("model: has no Linear/Conv weight matrices to regularize (check exclude)")
@@ -293,8 +306,10 @@ class AdaptiveSpectralRegularizer(SpectralRegularizer):
 
     def __init__(self, *, rate: float = 0.05, min_target: float = 0.3, max_target: float = 2.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not 0 < min_target < max_target:
+        if not 0 < min_target < max_target < math.inf:
             raise ValueError(f"min_target, max_target: need 0 < min < max, got {min_target}, {max_target}")
+        if not (rate >= 0 and math.isfinite(rate)):  # a NaN rate pinned every target at min_target
+            raise ValueError(f"rate: must be a finite number >= 0, got {rate}")
         self.rate, self.min_target, self.max_target = float(rate), float(min_target), float(max_target)
         self.current: dict[str, float] | None = None
 
@@ -324,7 +339,7 @@ class CriticalityLR:
     """
 
     def __init__(self, *, alpha: float = 0.5, eps: float = 0.05, min_factor: float = 0.1) -> None:
-        if alpha < 0 or eps <= 0 or not 0 < min_factor <= 1:
+        if not (alpha >= 0 and math.isfinite(alpha) and 0 < eps < math.inf and 0 < min_factor <= 1):
             raise ValueError(f"alpha >= 0, eps > 0 and 0 < min_factor <= 1 needed; got {alpha}, {eps}, {min_factor}")
         self.alpha, self.eps, self.min_factor = alpha, eps, min_factor
         self.factor = 1.0
@@ -332,7 +347,12 @@ class CriticalityLR:
     def update(self, sigmas: Mapping[str, torch.Tensor | float], targets: Mapping[str, float]) -> float:
         if not sigmas:
             raise ValueError("sigmas: empty; pass the sigmas returned by a SpectralRegularizer")
+        missing = [n for n in sigmas if n not in targets]
+        if missing:
+            raise ValueError(f"targets: no target for layer(s) {missing}; pass the regularizer's layer_targets")
         d = sum(abs(float(s) - targets[n]) for n, s in sigmas.items()) / len(sigmas)
+        if not math.isfinite(d):  # a NaN sigma fell through max() to min_factor: a diverged run looked slow, not broken
+            raise ValueError(f"sigmas: contain NaN or inf ({dict(sigmas)}); the distance to criticality is undefined")
         self.factor = float(min(1.0, max(self.min_factor, ((d + self.eps) / self.eps) ** -self.alpha)))
         return self.factor
 
@@ -351,6 +371,11 @@ def dead_neuron_rate(activations: torch.Tensor | Sequence[torch.Tensor], *, thre
     for a in acts:
         if a.ndim < 2:
             raise ValueError(f"activations: needs (N, units), got shape {tuple(a.shape)}")
+        if a.numel() == 0:
+            raise ValueError(f"activations: is empty (shape {tuple(a.shape)}); needs samples and units")
+        # A NaN unit compares as never below the threshold: it was counted alive, hiding a diverged layer.
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError("activations: contain NaN or inf; the dead rate is undefined (did training diverge?)")
         a = a.detach().reshape(a.shape[0], -1)
         dead += int((a.abs().amax(0) <= threshold).sum())
         total += a.shape[1]
@@ -370,8 +395,12 @@ def perturbation_sensitivity(
     A finite-difference estimate of the Jacobian's average stretch: near 1 at criticality, above 1
     on the chaotic side, below 1 on the ordered side (for maps between spaces of equal scale).
     """
-    if eps <= 0:
-        raise ValueError(f"eps: must be > 0, got {eps}")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps: must be a finite number > 0, got {eps}")
+    if isinstance(n_directions, bool) or not isinstance(n_directions, numbers.Integral) or n_directions < 1:
+        raise ValueError(f"n_directions: needs an integer >= 1, got {n_directions!r}")
+    if not x.is_floating_point():
+        raise ValueError(f"x: needs a floating tensor to perturb, got dtype {x.dtype}; pass x.float()")
     with torch.no_grad():
         y0 = fn(x)
         gains = []
@@ -426,6 +455,8 @@ def boundary_box_dimension(
         raise ValueError(f"bounds: need xmin < xmax and ymin < ymax, got {bounds}")
     if not 0 <= min_level < levels:
         raise ValueError(f"min_level: needs 0 <= min_level < levels={levels}, got {min_level}")
+    if isinstance(coarse, bool) or not isinstance(coarse, numbers.Integral) or coarse < 1:
+        raise ValueError(f"coarse: needs an integer >= 1 (boxes per side of the start grid), got {coarse!r}")
     span = torch.tensor([xmax - xmin, ymax - ymin], dtype=torch.float64)
     lo = torch.tensor([xmin, ymin], dtype=torch.float64)
     offsets = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [0.5, 0.5]], dtype=torch.float64)
@@ -438,7 +469,13 @@ def boundary_box_dimension(
         n_side = coarse * 2**level
         pts = lo + (cand[:, None, :].double() + offsets[None]) * (span / n_side)
         with torch.no_grad():
-            labels = torch.as_tensor(predict(pts.reshape(-1, 2).to(torch.float32))).reshape(-1, 5)
+            labels = torch.as_tensor(predict(pts.reshape(-1, 2).to(torch.float32)))
+        if labels.numel() != pts.shape[0] * 5:
+            raise ValueError(
+                f"predict: must return one label per point, shape ({pts.shape[0] * 5},), got {tuple(labels.shape)}; "
+                "return class indices (e.g. logits.argmax(-1))"
+            )
+        labels = labels.reshape(-1, 5)
         boundary = cand[(labels != labels[:, :1]).any(1)]
         if boundary.shape[0] == 0:
             break
@@ -471,7 +508,10 @@ def singular_value_exponent(weight: torch.Tensor, *, skip: int = 1) -> torch.Ten
     Shape:
         weight ``(..., m, n)`` -> ``(...)``
     """
-    s = torch.linalg.svdvals(weight.detach())[..., skip:]
+    if weight.ndim < 2:
+        raise ValueError(f"weight: needs a matrix (..., m, n), got shape {tuple(weight.shape)}")
+    w = weight.detach()
+    s = torch.linalg.svdvals(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w)[..., skip:]
     if s.shape[-1] < 3:
         raise ValueError(f"weight: needs at least {skip + 3} singular values, got shape {tuple(weight.shape)}")
     s = s.clamp_min(torch.finfo(s.dtype).tiny)

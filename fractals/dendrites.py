@@ -25,7 +25,8 @@ def box_counting_dimension_3d(points, n_scales: int = 8, min_eps: Optional[float
     Shape:
         points: ``(N, 3)``.
     """
-    p = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
+    # double() first: NumPy has no bfloat16, and the box grid needs floats anyway.
+    p = points.detach().cpu().double().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
     if p.ndim != 2 or p.shape[1] != 3 or p.shape[0] < 2:
         raise ValueError(f"points: needs shape (N >= 2, 3), got {tuple(p.shape)}")
     if not np.isfinite(p).all():
@@ -158,6 +159,17 @@ def dendrite_growth(
     # A jitter of 1 or more can scale a child's length by zero or less: segments of no or negative length.
     if not (isinstance(jitter, numbers.Real) and 0.0 <= jitter < 1.0):
         raise ValueError(f"jitter: needs a number in [0, 1), got {jitter!r}")
+    if isinstance(branch_angle_deg, bool) or not (isinstance(branch_angle_deg, numbers.Real)
+                                                   and math.isfinite(branch_angle_deg)):
+        raise ValueError(f"branch_angle_deg: needs a finite angle in degrees, got {branch_angle_deg!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ValueError(f"seed: needs an integer >= 0, got {seed!r}")
+    try:
+        w_wire, w_cover = (float(c) for c in cost_coeffs)
+    except (TypeError, ValueError):
+        raise ValueError(f"cost_coeffs: needs a (wire, coverage) pair of numbers, got {cost_coeffs!r}") from None
+    if not (math.isfinite(w_wire) and math.isfinite(w_cover)):
+        raise ValueError(f"cost_coeffs: needs finite numbers, got {cost_coeffs!r}")
     angle = math.radians(branch_angle_deg)
 
     def grow(ratio):
@@ -191,7 +203,7 @@ def dendrite_growth(
         "segment_length": torch.from_numpy(seg_len),
         "wire_length": wire,
         "coverage": coverage,
-        "cost": cost_coeffs[0] * wire - cost_coeffs[1] * coverage,
+        "cost": w_wire * wire - w_cover * coverage,
         "measured_D": float(dim),
         "ratio": float(ratio),
     }

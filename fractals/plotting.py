@@ -47,7 +47,9 @@ _RC = {
 
 def _numpy(v: Any, name: str) -> np.ndarray:
     if hasattr(v, "detach"):
-        v = v.detach().cpu().numpy()
+        v = v.detach().cpu()
+        # NumPy has no bfloat16: widen floating tensors first (a plot needs no more than float64).
+        v = (v.double() if v.is_floating_point() else v).numpy()
     arr = np.asarray(v, dtype=float)
     if arr.size == 0:
         raise ValueError(f"{name}: is empty; nothing to plot")
@@ -92,6 +94,8 @@ def plot_fd_hist(
     """
     import matplotlib
 
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins: needs an integer >= 1, got {bins!r}")
     groups = _series_dict(values, "values")
     fig = _figure(figsize)
     with matplotlib.rc_context(_RC):
@@ -145,6 +149,13 @@ def plot_beta_time(
         raise ValueError(f"times: has {t.size} values but beta_seq has {b.shape[1]} windows")
     if labels is not None and len(labels) != b.shape[0]:
         raise ValueError(f"labels: has {len(labels)} names for {b.shape[0]} rows of beta_seq")
+    if not np.isfinite(b).any():  # else a blank figure, as plot_fd_hist refuses
+        raise ValueError("beta_seq: no finite value to plot (all NaN or inf)")
+    if target is not None:
+        try:
+            target = float(target)
+        except (TypeError, ValueError):
+            raise ValueError(f"target: needs a number (the prior's beta), got {target!r}") from None
     fig = _figure(figsize)
     with matplotlib.rc_context(_RC):
         ax = fig.add_subplot(1, 1, 1)
@@ -190,6 +201,8 @@ def plot_multifractal_spectrum(
     with matplotlib.rc_context(_RC):
         ax_tau, ax_f = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
         for label, spec in spectra.items():
+            if not isinstance(spec, Mapping):
+                raise ValueError(f"spectra[{label!r}]: needs a multifractal_spectrum dict, got {type(spec).__name__}")
             for key in ("tau", "alpha", "falpha"):
                 if key not in spec:
                     raise ValueError(f"spectra[{label!r}]: missing key {key!r} (have {sorted(spec)})")
@@ -197,6 +210,13 @@ def plot_multifractal_spectrum(
             alpha = _numpy(spec["alpha"], "alpha").reshape(-1, np.shape(spec["alpha"])[-1]).mean(0)
             falpha = _numpy(spec["falpha"], "falpha").reshape(-1, np.shape(spec["falpha"])[-1]).mean(0)
             q = _numpy(spec["q"], "q").ravel() if "q" in spec else np.arange(tau.size)
+            if not q.size == tau.size == alpha.size == falpha.size:
+                raise ValueError(
+                    f"spectra[{label!r}]: q, tau, alpha, falpha need the same length Q, got "
+                    f"{q.size}, {tau.size}, {alpha.size}, {falpha.size}"
+                )
+            if not (np.isfinite(alpha) & np.isfinite(falpha)).any():  # else an empty f(alpha) panel
+                raise ValueError(f"spectra[{label!r}]: alpha/falpha hold no finite pair to plot (all NaN or inf)")
             ax_tau.plot(q, tau, marker="o", ms=3, label=label or None)
             width = np.nanmax(alpha) - np.nanmin(alpha)
             ax_f.plot(alpha, falpha, marker="o", ms=3, label=f"{label} width {width:.2f}".strip())
@@ -265,6 +285,12 @@ _FINGERPRINT_PANELS = [
 ]
 
 
+def _tick_label(channel, limit: int = 40) -> str:
+    text = str(channel)
+    # Keep both ends: recordings often differ only at the end ("...-Ref1", "...-Ref2").
+    return text if len(text) <= limit else text[: limit // 2 - 1] + "..." + text[-(limit // 2 - 2):]
+
+
 def plot_fingerprint(
     fingerprints: Any,
     summaries: Optional[Any] = None,
@@ -300,7 +326,10 @@ def plot_fingerprint(
         raise ValueError("fingerprints: no measure rows to plot")
     ncols = min(3, len(panels))
     nrows = int(np.ceil(len(panels) / ncols))
-    fig = _figure(figsize or (7.2, 2.1 * nrows))
+    # Channel names stand rotated under each panel (7 pt, ~0.07 in a character): a fixed 2.1 in row left
+    # no room for the axes once names passed ~20 characters (constrained layout gave up, panels collapsed).
+    longest = max((len(_tick_label(c)) for df in frames.values() for c in df["channel"]), default=0)
+    fig = _figure(figsize or (7.2, max(2.1, 1.3 + 0.075 * longest) * nrows))
     with matplotlib.rc_context(_RC):
         n_groups = len(frames)
         offsets = np.linspace(-0.2, 0.2, n_groups) if n_groups > 1 else np.zeros(1)
@@ -308,21 +337,23 @@ def plot_fingerprint(
             ax = fig.add_subplot(nrows, ncols, i + 1)
             channels: list = []
             for df in frames.values():
-                for ch in df.loc[df["measure"] == measure, "channel"]:
+                # Keyed by name text: NaN != NaN, and 1 vs "1" across tables is one channel.
+                for ch in df.loc[df["measure"] == measure, "channel"].astype(str):
                     if ch not in channels:
                         channels.append(ch)
             pos = {ch: j for j, ch in enumerate(channels)}
             for g, (glabel, df) in enumerate(frames.items()):
                 rows = df[df["measure"] == measure]
-                x = np.array([pos[c] for c in rows["channel"]], dtype=float) + offsets[g]
+                x = np.array([pos[c] for c in rows["channel"].astype(str)], dtype=float) + offsets[g]
                 y = rows["value"].to_numpy(dtype=float)
-                ok = rows["ok"].to_numpy(dtype=bool) if "ok" in rows else np.ones(len(rows), bool)
+                # A missing ok (NA from a nullable/Arrow table, NaN after concatenating tables) is not ok.
+                ok = rows["ok"].to_numpy(dtype=bool, na_value=False) if "ok" in rows else np.ones(len(rows), bool)
                 ax.plot(x[ok], y[ok], "o", ms=3, color=f"C{g}", label=glabel or None)
                 if (~ok).any():
                     ax.plot(x[~ok], y[~ok], "o", ms=3, mfc="none", color=f"C{g}")
             ax.set_title(label)
             ax.set_xticks(range(len(channels)))
-            ax.set_xticklabels([str(c) for c in channels], rotation=90)
+            ax.set_xticklabels([_tick_label(c) for c in channels], rotation=90)
             if i == 0 and n_groups > 1:
                 ax.legend(frameon=False)
         note = ""
@@ -331,7 +362,13 @@ def plot_fingerprint(
                 isinstance(v, Mapping) for v in summaries.values())) else {"": summaries}
             parts = []
             for glabel, s in sums.items():
-                bits = [f"{k} {s[k]:.2f}" for k in ("fc_density", "graph_fd") if k in s and s[k] == s[k]]
+                # None (JSON null) and NaN both mean "not measured": leave them out of the note.
+                vals = {k: s[k] for k in ("fc_density", "graph_fd") if k in s and s[k] is not None}
+                try:
+                    vals = {k: float(v) for k, v in vals.items()}
+                except (TypeError, ValueError):
+                    raise ValueError(f"summaries: fc_density/graph_fd need numbers, got {vals!r}") from None
+                bits = [f"{k} {v:.2f}" for k, v in vals.items() if v == v]
                 if bits:
                     parts.append((f"{glabel}: " if glabel else "") + ", ".join(bits))
             note = "; ".join(parts)

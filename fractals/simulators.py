@@ -74,7 +74,7 @@ def fou_log_spectrum(freqs_hz, H, theta, sigma) -> torch.Tensor:
 def _param(v, name: str, lo: float, hi: float, dtype, device) -> torch.Tensor:
     # .to keeps the autograd graph; a CPU tensor with device="cuda" would otherwise mix devices.
     t = v.to(device=device) if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=dtype, device=device)
-    if not t.is_floating_point():
+    if not t.is_floating_point() or t.dtype in (torch.float16, torch.bfloat16):
         t = t.to(dtype)
     d = t.detach()
     if not bool(torch.isfinite(d).all()) or bool((d <= lo).any()) or bool((d >= hi).any()):
@@ -151,6 +151,8 @@ def fractional_ou(
         if isinstance(v, torch.Tensor):
             dev = v.device if dev is None else dev
             dtype = v.dtype if v.is_floating_point() else dtype
+    if dtype in (torch.float16, torch.bfloat16):  # the CPU FFT has no half precision: sample in float32
+        dtype = torch.float32
     dev = torch.device("cpu") if dev is None else torch.device(dev)
     H = _param(H, "H", 0.0, 1.0, dtype, dev)
     theta = _param(theta, "theta", 0.0, math.inf, dtype, dev)
@@ -173,12 +175,16 @@ def fractional_ou(
         scale[-1] = 1.0
     amp = torch.exp(0.5 * log_s) * torch.sqrt(m * fs * scale)
 
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed: needs an integer (or a torch.Generator via generator=), got {seed!r}")
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     gen_dev = generator.device if generator is not None else dev
     noise_shape = (*shape, freqs.numel())
-    re = torch.randn(noise_shape, generator=generator, dtype=dtype, device=gen_dev).to(dev)
-    im = torch.randn(noise_shape, generator=generator, dtype=dtype, device=gen_dev).to(dev)
+    # Drawn in float64 whatever the output dtype (as fractals.stimuli does): one seed, one series in float32
+    # and float64; drawing in dtype gave a float32 run an unrelated series.
+    re = torch.randn(noise_shape, generator=generator, dtype=torch.float64, device=gen_dev).to(dev, dtype)
+    im = torch.randn(noise_shape, generator=generator, dtype=torch.float64, device=gen_dev).to(dev, dtype)
     if m % 2 == 0:
         im[..., -1] = 0.0
     spec = torch.complex(re * amp, im * amp)
@@ -314,7 +320,12 @@ def fit_fractional_ou(
     check_positive(fs, "fs")
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 8:
         raise ValueError(f"n_bins: needs an integer >= 8, got {n_bins!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps: needs an integer >= 0 (0 keeps the grid start), got {steps!r}")
+    check_positive(lr, "lr")
     n = t.shape[-1]
+    if freq_band is not None and (not hasattr(freq_band, "__len__") or len(freq_band) != 2):
+        raise ValueError(f"freq_band: needs a (lo, hi) pair in Hz, got {freq_band!r}")
     band = (fs / n, fs / 2.0) if freq_band is None else (float(freq_band[0]), float(freq_band[1]))
     if not (0 <= band[0] < band[1] <= fs / 2.0):
         raise ValueError(f"freq_band: needs 0 <= lo < hi <= fs/2 = {fs / 2}, got {freq_band!r}")

@@ -61,13 +61,24 @@ def _check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _scalar(value):
+    # A 0-d tensor or array (e.g. one entry of a fitted FOUFit.H) was refused with "needs a number
+    # strictly between 0 and 1, got tensor(0.7000)": a message that contradicts the value shown.
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        if getattr(value, "ndim", None) == 0 and str(value.dtype) not in ("torch.bool", "bool"):
+            return value.item()
+    return value
+
+
 def _check_unit_open(value, name: str) -> float:
-    if not isinstance(value, numbers.Real) or not (0.0 < float(value) < 1.0):
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 < float(value) < 1.0):
         raise ValueError(f"{name}: needs a number strictly between 0 and 1, got {value!r}")
     return float(value)
 
 
 def _check_real(value, name: str) -> float:
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise ValueError(f"{name}: needs a finite number, got {value!r}")
     return float(value)
@@ -296,7 +307,14 @@ def one_over_f_noise(
     batch = _resolve_batch(batch_shape, n_series)
     work_device = generator.device if generator is not None else (device or "cpu")
     freqs = torch.fft.rfftfreq(n, d=1.0 / fs, dtype=torch.float64, device=work_device)
-    psd = one_over_f_psd(freqs, beta, peak_list)
+    # The output is normalised by its expected variance, so any constant factor of the PSD cancels: take
+    # f^-beta relative to its largest value, else a steep beta (f^-200 at f = fs/n) overflowed to inf -> NaN.
+    log_aperiodic = -beta * torch.log(torch.where(freqs > 0, freqs, torch.ones_like(freqs)))
+    log_ref = float(log_aperiodic[1:].max())
+    if abs(log_ref) < 600:  # representable as is: keep the plain formula (same values as one_over_f_psd)
+        psd = one_over_f_psd(freqs, beta, peak_list)
+    else:  # beta = 0 gives 1 + peaks at f > 0 and 0 at DC
+        psd = torch.exp((log_aperiodic - log_ref).clamp_max(0.0)) * one_over_f_psd(freqs, 0.0, peak_list)
     n_bins = freqs.numel()
     re = _randn((*batch, n_bins), generator, device)
     im = _randn((*batch, n_bins), generator, device)

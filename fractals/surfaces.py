@@ -55,6 +55,11 @@ def one_over_f_texture(
     kx = torch.fft.rfftfreq(w, dtype=torch.float64, device=work_device)[None, :]
     k = torch.sqrt(ky**2 + kx**2)
     amp = torch.where(k > 0, k.clamp_min(1e-12).pow(-beta / 2), torch.zeros_like(k))
+    log_amp = -0.5 * beta * torch.log(k[k > 0])
+    if float(log_amp.abs().max()) >= 600:  # a steep beta overflows or underflows k^(-beta/2) (NaN image):
+        # each image is normalised below, so divide by the largest amplitude first
+        amp = torch.where(k > 0, torch.exp(-0.5 * beta * torch.log(k.clamp_min(1e-12)) - log_amp.max()),
+                          torch.zeros_like(k))
     z = torch.complex(_randn((*batch, h, w // 2 + 1), generator, device),
                       _randn((*batch, h, w // 2 + 1), generator, device))
     img = torch.fft.irfft2(z * amp, s=(h, w))
