@@ -213,8 +213,14 @@ class NeuroFMx(nn.Module):
                     raise ValueError(f"model.heads.{kind}.keys: {key!r} is not a signal modality {SIGNAL_KEYS}")
                 cls = ForecastHead if kind == "forecast" else MaskedReconstructionHead
                 loss = "poisson" if key in _COUNT_KEYS else "mse"
+                # The readout takes the ids its tokenizer takes: the tokenizer's own vocabulary, defaults included
+                # (spikes and calcium default to 1024 ids, fMRI to 400), not a fixed 256.
+                embed = getattr(self.tokenizer.tokenizers[key], "embed", None) if key in self.tokenizer.tokenizers \
+                    else None
+                n_ids = getattr(embed, "n_channel_ids", None)
+                n_ids = _vocab(key, self.tokenizer_options.get(key, {})) if n_ids is None else n_ids
                 table[key] = _build_part(f"model.heads.{kind}", cls, d_model=d, patch_size=p, loss=loss,
-                                         n_channel_ids=_vocab(key, self.tokenizer_options.get(key, {})), **opts)
+                                         n_channel_ids=n_ids, **opts)
         self.behavior = None
         opts = _head_options(heads, "behavior")
         if opts is not None:
@@ -275,7 +281,9 @@ class NeuroFMx(nn.Module):
     def _step_mask(self, batch_size: int, n_steps: int, device) -> torch.Tensor | None:
         """Steps hidden from the encoder for masked reconstruction (True = hidden and scored).
 
-        Random in training; a fixed pattern in eval so validation losses are comparable across epochs.
+        Random in training; a fixed pattern in eval so validation losses are comparable across epochs. The eval
+        pattern is one row shared by every sample: a row per batch position made a sample's outputs depend on
+        where it sat in the batch.
         """
         if not self.reconstruction or n_steps < 2:
             return None
@@ -283,7 +291,7 @@ class NeuroFMx(nn.Module):
             u = torch.rand(batch_size, n_steps, device=device)
         else:
             g = torch.Generator().manual_seed(0)
-            u = torch.rand(batch_size, n_steps, generator=g).to(device)
+            u = torch.rand(1, n_steps, generator=g).to(device).expand(batch_size, n_steps)
         mask = u < self.mask_ratio
         mask[mask.all(1), 0] = False  # every window keeps at least one visible step
         return mask
@@ -300,7 +308,12 @@ class NeuroFMx(nn.Module):
         per = self.perceiver(tokens.tokens, mask=mask, time_index=tokens.time_index, n_time=n_time)
         x = per.latents
         if self.scale_encoding is not None:
-            x = self.scale_encoding(x)
+            try:
+                x = self.scale_encoding(x)
+            except ValueError as exc:  # a window too short for the scattering: say which window and which field
+                raise ValueError(f"batch: a window of {n_time} token bins ({x.shape[1]} latent steps of "
+                                 f"{self.step_size} samples) is too short for fractals.backbone.scale_encodings "
+                                 f"({exc}); use longer windows") from exc
         h, states = self.backbone(x, return_states=True)
         return {"perceiver": per.latents, "ssm": h, "ssm_states": states[-1],
                 "tokens": Tokens(tokens.tokens, mask, tokens.time_index, tokens.channel_index, tokens.modality_index)}
@@ -382,7 +395,11 @@ class NeuroFMx(nn.Module):
                 outputs[f"recon_{key}"] = out.prediction
         if self.behavior is not None and "behavior" in batch:
             mask = batch.get("behavior_mask")
-            out = self.behavior(steps, target=batch["behavior"], mask=mask)
+            try:
+                out = self.behavior(steps, target=batch["behavior"], mask=mask)
+            except ValueError as exc:  # the head says "target": name the batch key and the config field
+                raise ValueError(f"batch['behavior'] (model.heads.behavior.n_features="
+                                 f"{self.behavior.n_features}): {exc}") from exc
             add("behavior", out.loss, True, mask)
             outputs["behavior"] = out.prediction
             metrics.update({f"behavior_{n}": v for n, v in out.metrics.items()})
@@ -407,6 +424,10 @@ class NeuroFMx(nn.Module):
                 if view.ndim == 3 and view.shape[1] != steps.shape[1]:
                     fitted, valid = fit_time(view.transpose(1, 2), steps.shape[1] * self.step_size)
                     view, view_mask = fitted.transpose(1, 2), valid.expand(view.shape[0], -1)
+            if view.shape[0] != latents.shape[0]:
+                raise ValueError(f"batch[{self.contrastive_view!r}] (model.heads.contrastive.view): has "
+                                 f"{view.shape[0]} samples on axis 0, the other modalities {latents.shape[0]}; "
+                                 "give every batch key one row per sample")
             out = self.contrastive(latents, view, b_mask=view_mask, sample_mask=sample_mask)
             time_pairs = self.contrastive.pairing == "time"
             enough = None if has_view is None else (has_view if time_pairs else has_view.sum() > 1)  # 2 to contrast
@@ -420,7 +441,22 @@ class NeuroFMx(nn.Module):
             add("adversarial", out.loss, True)
             metrics.update({f"adversarial_{n}": v for n, v in out.metrics.items()})
         checks = [m.bool().any().to(steps.device) for _, _, scored, masks in pending if scored for m in masks]
-        real = iter(torch.stack(checks).tolist() if checks else [])
+        # Counts scored with the Poisson NLL must be >= 0: with a negative target exp(r) - y * r has no lower
+        # bound, so the loss would run to -inf instead of failing. Read in the same host sync as the masks.
+        count_keys = [k for k in _COUNT_KEYS if k in batch and (k in self.forecast or k in self.reconstruction)]
+        for key in count_keys:
+            x, m, _ = channel_view(batch, key)
+            neg = x < 0
+            if isinstance(m, torch.Tensor):
+                neg = neg & m.bool()[:, :, None]
+            checks.append(neg.any().to(steps.device))
+        flags_all = torch.stack(checks).tolist() if checks else []
+        negative = [k for k, bad in zip(count_keys, flags_all[len(flags_all) - len(count_keys):]) if bad]
+        if negative:
+            raise ValueError(f"batch[{negative[0]!r}]: has negative values in real channels, but it is scored as "
+                             "counts (Poisson loss); pass binned spike counts >= 0, or mark those units False in "
+                             f"{negative[0]}_mask")
+        real = iter(flags_all[: len(flags_all) - len(count_keys)])
         for name, loss, scored, masks in pending:
             flags = [next(real) for _ in masks] if scored else []
             (losses if scored and all(flags) else empty)[name] = loss

@@ -25,6 +25,7 @@ of a NaN from a fully masked softmax row.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import torch
@@ -226,8 +227,11 @@ class PerceiverIOEncoder(nn.Module):
         super().__init__()
         if latent_attention not in LATENT_ATTENTION:
             raise ValueError(f"latent_attention: must be one of {LATENT_ATTENTION}, got {latent_attention!r}")
-        if int(n_latents) < 1 or int(chunk_size) < 1:
-            raise ValueError(f"n_latents, chunk_size: must be >= 1, got {n_latents!r}, {chunk_size!r}")
+        for name, value, least in (("n_latents", n_latents, 1), ("chunk_size", chunk_size, 1),
+                                   ("n_self_layers", n_self_layers, 0), ("mlp_ratio", mlp_ratio, 1)):
+            # int() would turn chunk_size 2.5 into 2 and n_self_layers -1 into no layers, silently
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
         self.d_model, self.n_latents, self.chunk_size = int(d_model), int(n_latents), int(chunk_size)
         self.latent_attention = latent_attention
         self.latent_array = nn.Parameter(torch.randn(self.n_latents, self.d_model) * 0.02)

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import logging
 import math
+import numbers
 import sys
 from typing import Any, Mapping
 
@@ -139,6 +140,10 @@ class Mamba2(nn.Module):
                  chunk_size: int = 64, kernels: str = "auto",
                  fractional: Mapping[str, Any] | None = None):
         super().__init__()
+        for name, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("headdim", headdim),
+                            ("ngroups", ngroups), ("chunk_size", chunk_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:  # 0 divides by 0
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = expand * d_model
         self.d_ssm = self.d_inner

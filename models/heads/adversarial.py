@@ -86,6 +86,9 @@ class DomainAdversarialHead(nn.Module):
             pooled = latents
         else:
             raise ValueError(f"latents: needs (B, S, D) or (B, D), got {tuple(latents.shape)}")
+        target = torch.as_tensor(target, device=pooled.device)  # a bare int gets the shape error below
+        if target.is_floating_point() and not bool((target == target.round()).all()):  # .long() truncated 1.5 to 1
+            raise ValueError(f"target: domain labels must be integers, got non-integer values {target.tolist()[:8]}")
         target = target.long().reshape(-1)
         if target.shape[0] != pooled.shape[0]:
             raise ValueError(f"target: needs shape (B,) = ({pooled.shape[0]},), got {tuple(target.shape)}")

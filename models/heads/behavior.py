@@ -59,6 +59,8 @@ class BehaviorHead(nn.Module):
 
     def __init__(self, *, d_model: int, patch_size: int, n_features: int, hidden: int = 0) -> None:
         super().__init__()
+        if int(hidden) < 0:
+            raise ValueError(f"hidden: must be >= 0 (0 = linear decoder), got {hidden!r}")
         self.d_model, self.patch_size, self.n_features = int(d_model), int(patch_size), int(n_features)
         out = self.patch_size * self.n_features
         self.net = (nn.Linear(d_model, out) if not hidden

@@ -66,8 +66,10 @@ class ForecastHead(nn.Module):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss: must be one of {LOSSES}, got {loss!r}")
-        if int(horizon) < 1:
-            raise ValueError(f"horizon: must be >= 1 step, got {horizon!r}")
+        if isinstance(horizon, bool) or int(horizon) != horizon or int(horizon) < 1:  # 1.5 was read as 1
+            raise ValueError(f"horizon: must be an integer >= 1 step, got {horizon!r}")
+        if int(kernel_size) < 1:  # 0 failed in the first forward inside oneDNN's convolution
+            raise ValueError(f"kernel_size: must be >= 1 step, got {kernel_size!r}")
         self.d_model, self.patch_size, self.horizon, self.loss_kind = int(d_model), int(patch_size), int(horizon), loss
         self.conv = CausalConv1d(channels=d_model, kernel_size=kernel_size)
         self.mlp = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 2 * d_model), nn.GELU(),

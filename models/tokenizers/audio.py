@@ -69,7 +69,7 @@ class AudioTokenizer(nn.Module):
     def forward(self, audio: Tensor, *, num_time_tokens: Optional[int] = None) -> Tokens:
         if not isinstance(audio, Tensor) or audio.ndim != 3 or audio.shape[1] != self.n_mels:
             raise ValueError(
-                f"audio: needs a tensor (B, n_mels={self.n_mels}, T_a), got {getattr(audio, 'shape', type(audio))}"
+                f"audio: needs a tensor (B, n_mels={self.n_mels}, T_a), got {tuple(audio.shape) if isinstance(audio, Tensor) else type(audio).__name__}"
             )
         b = audio.shape[0]
         patches = patchify(causal_zscore_channels(audio.to(self.proj.weight.dtype)), self.patch_size)  # (B, M, Na, P)
@@ -78,7 +78,7 @@ class AudioTokenizer(nn.Module):
         tok = tok + self.mlp(tok)
         time_index = rescale_time_index(n, num_time_tokens, audio.device, frames_per_token=self.patch_size,
                                         n_frames=audio.shape[-1])
-        tok = tok + sinusoidal_encoding(time_index, self.d_model)
+        tok = tok + sinusoidal_encoding(time_index, self.d_model).to(tok.dtype)
         minus_one = torch.full((b, n), -1, dtype=torch.long, device=audio.device)
         return Tokens(
             self.dropout(tok), torch.ones(b, n, dtype=torch.bool, device=audio.device), time_index.expand(b, n),

@@ -88,9 +88,12 @@ def zscore_channels(x: Tensor, *, eps: float = 1e-5) -> Tensor:
         x: ``(..., T)`` -> ``(..., T)``
     """
     mean = x.mean(-1, keepdim=True)
-    std = x.std(-1, keepdim=True, unbiased=False)
-    floor = eps * x.abs().amax(-1, keepdim=True) + torch.finfo(x.dtype).tiny
-    return (x - mean) / torch.maximum(std, floor)
+    var = x.var(-1, keepdim=True, unbiased=False)
+    tiny = torch.finfo(x.dtype).tiny
+    floor = eps * x.abs().amax(-1, keepdim=True) + tiny
+    # max(std, floor) taken under the root: sqrt'(0) is inf, and inf * 0 made the input gradient of a flat
+    # channel (or of the first sample, below) NaN; the clamp keeps the root's argument off 0.
+    return (x - mean) / torch.maximum(var, floor.square()).clamp_min(tiny).sqrt()
 
 
 def causal_zscore_channels(x: Tensor, *, eps: float = 1e-5) -> Tensor:
@@ -108,8 +111,9 @@ def causal_zscore_channels(x: Tensor, *, eps: float = 1e-5) -> Tensor:
     n = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=torch.float64)
     mean = xd.cumsum(-1) / n
     var = (xd.square().cumsum(-1) / n - mean.square()).clamp_min(0)
-    floor = eps * xd.abs().cummax(-1).values + torch.finfo(torch.float64).tiny
-    return ((xd - mean) / torch.maximum(var.sqrt(), floor)).to(x.dtype)
+    tiny = torch.finfo(torch.float64).tiny
+    floor = eps * xd.abs().cummax(-1).values + tiny
+    return ((xd - mean) / torch.maximum(var, floor.square()).clamp_min(tiny).sqrt()).to(x.dtype)
 
 
 def patchify(x: Tensor, patch_size: int) -> Tensor:
@@ -134,8 +138,11 @@ def value_range(t: Tensor) -> tuple[int, int]:
 def check_channel_input(x: Tensor, mask: Optional[Tensor], ids: Optional[Tensor], name: str,
                         ids_name: Optional[str] = None) -> None:
     """Validate a ``(B, C, T)`` input with its ``(B, C)`` mask and ids; raise ``ValueError`` naming the key."""
-    if not isinstance(x, Tensor) or x.ndim != 3:
-        raise ValueError(f"{name}: needs a tensor (B, C, T), got {getattr(x, 'shape', type(x))}")
+    if not isinstance(x, Tensor):  # a numpy array has the right shape yet fails: say it is the type
+        raise ValueError(f"{name}: needs a torch.Tensor (B, C, T), got {type(x).__name__}; convert with "
+                         "torch.as_tensor")
+    if x.ndim != 3:
+        raise ValueError(f"{name}: needs a tensor (B, C, T), got shape {tuple(x.shape)}")
     for what, t in ((f"{name}_mask", mask), (ids_name or f"{name}_ids", ids)):
         if t is not None and tuple(t.shape) != tuple(x.shape[:2]):
             raise ValueError(
@@ -224,7 +231,12 @@ class ChannelPatchTokenizer(nn.Module):
         ids = torch.where(mask, ids.long(), torch.zeros((), dtype=torch.long, device=mask.device))
         if ids.numel():
             lo, hi = value_range(ids)
-            if lo < 0 or hi >= self.n_channel_ids:
+            if lo < 0:  # no vocabulary size fixes a negative id
+                raise ValueError(
+                    f"{name}: channel/unit ids must lie in [0, {self.n_channel_ids}), got range [{lo}, {hi}]; "
+                    f"negative ids are not allowed: mark padded channels False in {key}_mask instead"
+                )
+            if hi >= self.n_channel_ids:
                 raise ValueError(
                     f"{name}: channel/unit ids must lie in [0, {self.n_channel_ids}), got range [{lo}, {hi}]; "
                     f"raise the tokenizer's {self.vocab_option} (model.tokenizers.{key}.{self.vocab_option}) to "

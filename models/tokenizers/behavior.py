@@ -50,7 +50,7 @@ class BehaviorTokenizer(nn.Module):
 
     def forward(self, behavior: Tensor, *, mask: Optional[Tensor] = None) -> Tokens:
         if not isinstance(behavior, Tensor) or behavior.ndim != 3:
-            raise ValueError(f"behavior: needs a tensor (B, T, F), got {getattr(behavior, 'shape', type(behavior))}")
+            raise ValueError(f"behavior: needs a tensor (B, T, F), got {tuple(behavior.shape) if isinstance(behavior, Tensor) else type(behavior).__name__}")
         b, _, f = behavior.shape
         if f > self.n_features:
             raise ValueError(f"behavior: has {f} features, the tokenizer takes at most n_features={self.n_features}")
@@ -65,7 +65,8 @@ class BehaviorTokenizer(nn.Module):
         n = patches.shape[2]
         flat = patches.permute(0, 2, 1, 3).reshape(b, n, -1)
         steps = torch.arange(n, device=x.device)
-        tok = self.proj(flat) + sinusoidal_encoding(steps, self.d_model)
+        tok = self.proj(flat)
+        tok = tok + sinusoidal_encoding(steps, self.d_model).to(tok.dtype)
         minus_one = torch.full((b, n), -1, dtype=torch.long, device=x.device)
         return Tokens(
             self.dropout(tok), torch.ones(b, n, dtype=torch.bool, device=x.device), steps.expand(b, n),

@@ -48,7 +48,7 @@ class CalciumTokenizer(nn.Module):
 
     def forward(self, calcium: Tensor, *, mask: Optional[Tensor] = None, neuron_ids: Optional[Tensor] = None) -> Tokens:
         if not isinstance(calcium, Tensor) or calcium.ndim != 3:
-            raise ValueError(f"calcium: needs a tensor (B, T, N), got {getattr(calcium, 'shape', type(calcium))}")
+            raise ValueError(f"calcium: needs a tensor (B, T, N), got {tuple(calcium.shape) if isinstance(calcium, Tensor) else type(calcium).__name__}")
         return self.embed(calcium.transpose(1, 2), mask=mask, ids=neuron_ids, name="calcium", ids_name="calcium_ids")
 
     def from_batch(self, batch: dict) -> Tokens:

@@ -48,7 +48,7 @@ class FMRITokenizer(nn.Module):
 
     def forward(self, fmri: Tensor, *, mask: Optional[Tensor] = None, roi_ids: Optional[Tensor] = None) -> Tokens:
         if not isinstance(fmri, Tensor) or fmri.ndim != 3:
-            raise ValueError(f"fmri: needs a tensor (B, T, R), got {getattr(fmri, 'shape', type(fmri))}")
+            raise ValueError(f"fmri: needs a tensor (B, T, R), got {tuple(fmri.shape) if isinstance(fmri, Tensor) else type(fmri).__name__}")
         return self.embed(fmri.transpose(1, 2), mask=mask, ids=roi_ids, name="fmri", ids_name="fmri_roi_ids")
 
     def from_batch(self, batch: dict) -> Tokens:

@@ -88,10 +88,22 @@ class MultimodalTokenizer(nn.Module):
         built = {}
         for key, opts in modalities.items():
             opts = dict(opts or {})
+            if opts.get("key", key) != key:  # was a TypeError (key passed twice); the config key is the batch key
+                raise ValueError(f"model.tokenizers.{key}.key: {opts['key']!r} differs from the modality name "
+                                 f"{key!r}, which is the batch key read; drop the option or rename the modality")
+            opts.pop("key", None)
             if _kind_of(key, opts) in _OWN_CLOCK:
                 built[key] = build_tokenizer(key, d_model=d_model, **{"patch_size": 4, **opts})
             else:
                 built[key] = build_tokenizer(key, d_model=d_model, patch_size=patch_size, **opts)
+        for key, tok in built.items():
+            # Each tokenizer reads its own batch key (spikes -> batch["spikes"], unit_ids, spikes_mask): under
+            # another config key it would tokenize that modality's data, or fail with a KeyError.
+            read = getattr(tok, "batch_key", key)
+            if read != key:
+                raise ValueError(f"model.tokenizers.{key}: a {_kind_of(key, modalities[key] or {})!r} tokenizer "
+                                 f"reads batch[{read!r}], not batch[{key!r}]; name the modality {read!r} (only "
+                                 "kind 'continuous' reads any batch key)")
         self.tokenizers = nn.ModuleDict(built)
         self.modality_embedding = nn.Embedding(len(self.keys), self.d_model)
 
@@ -104,6 +116,32 @@ class MultimodalTokenizer(nn.Module):
                 return -(-t // self.patch_size)
         return None
 
+    def _check_aligned(self, batch: Mapping[str, Any], present: list[str], n_time: Optional[int]) -> None:
+        """One batch size for all modalities, one token-bin count for those on the common time axis.
+
+        Without this, a longer modality's tail was silently dropped (and which one set the length
+        depended on the order of the config's tokenizers), and a batch-size mismatch failed deep in
+        ``torch.cat``.
+        """
+        sizes = {k: batch[k].shape[0] for k in present if isinstance(batch[k], torch.Tensor) and batch[k].ndim}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"batch: modalities disagree on the batch size (axis 0): {sizes}; every modality "
+                             "needs one row per sample, in the same order")
+        if 0 in sizes.values():
+            raise ValueError(f"batch: has no samples (batch size 0 in {sizes}); drop empty batches before the model")
+        bins = {}
+        for k in present:
+            x = batch[k]
+            if k in _OWN_CLOCK or not isinstance(x, torch.Tensor) or x.ndim != 3:
+                continue  # own-clock modalities are rescaled; a bad shape is named by the modality's tokenizer
+            t = x.shape[-1] if isinstance(self.tokenizers[k], ContinuousTokenizer) else x.shape[1]
+            bins[k] = (t, -(-t // self.patch_size))
+        if n_time is not None and any(n != n_time for _, n in bins.values()):
+            lengths = {k: t for k, (t, _) in bins.items()}
+            raise ValueError(f"batch: modalities on the common time axis have different lengths {lengths} "
+                             f"(time samples), i.e. different numbers of {self.patch_size}-sample token bins; "
+                             "crop or pad them to one length T per batch")
+
     def forward(self, batch: Mapping[str, Any]) -> Tokens:
         present = [k for k in self.keys if k in batch]
         if not present:
@@ -111,6 +149,7 @@ class MultimodalTokenizer(nn.Module):
                 f"batch: has none of the configured modalities {self.keys}; batch keys: {sorted(batch)}"
             )
         n_time = self.num_time_tokens(batch)
+        self._check_aligned(batch, present, n_time)
         outs: list[Tokens] = []
         for key in present:
             tok = self.tokenizers[key]

@@ -51,7 +51,7 @@ class SpikesTokenizer(nn.Module):
 
     def forward(self, spikes: Tensor, *, mask: Optional[Tensor] = None, unit_ids: Optional[Tensor] = None) -> Tokens:
         if not isinstance(spikes, Tensor) or spikes.ndim != 3:
-            raise ValueError(f"spikes: needs a tensor (B, T, U), got {getattr(spikes, 'shape', type(spikes))}")
+            raise ValueError(f"spikes: needs a tensor (B, T, U), got {tuple(spikes.shape) if isinstance(spikes, Tensor) else type(spikes).__name__}")
         return self.embed(spikes.transpose(1, 2), mask=mask, ids=unit_ids, name="spikes", ids_name="unit_ids")
 
     def from_batch(self, batch: dict) -> Tokens:

@@ -53,7 +53,7 @@ class VideoTokenizer(nn.Module):
 
     def forward(self, video: Tensor, *, num_time_tokens: Optional[int] = None) -> Tokens:
         if not isinstance(video, Tensor) or video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"video: needs a tensor (B, 3, T_v, H, W), got {getattr(video, 'shape', type(video))}")
+            raise ValueError(f"video: needs a tensor (B, 3, T_v, H, W), got {tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__}")
         if video.shape[2] < self.patch_size:
             raise ValueError(f"video: has {video.shape[2]} frames, needs at least patch_size={self.patch_size}")
         b = video.shape[0]
@@ -62,7 +62,8 @@ class VideoTokenizer(nn.Module):
         feat = self.net(causal).mean(dim=(-1, -2)).transpose(1, 2)  # (B, Nv, D)
         n = feat.shape[1]
         time_index = rescale_time_index(n, num_time_tokens, video.device)
-        tok = self.out(feat) + sinusoidal_encoding(time_index, self.d_model)
+        tok = self.out(feat)
+        tok = tok + sinusoidal_encoding(time_index, self.d_model).to(tok.dtype)
         minus_one = torch.full((b, n), -1, dtype=torch.long, device=video.device)
         return Tokens(
             self.dropout(tok), torch.ones(b, n, dtype=torch.bool, device=video.device), time_index.expand(b, n),
