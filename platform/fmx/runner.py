@@ -31,6 +31,7 @@ from fmx import tracking
 from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_FILE, STORAGE_ENV, TRACKING_ENV,
                         Resources, Storage, Sweep, check_search_space, choose_target, mask_uri_password,
                         uri_has_password)
+from fmx.lifecycle import MlflowLifecycle  # noqa: F401  also the name pickled in older sweeps' Tune state
 from fmx.search import scheduler, search_algorithm, search_space
 
 logger = logging.getLogger(__name__)
@@ -154,55 +155,6 @@ def best_finite_checkpoint(result, metric: str, mode: str):
     if not finite:
         return None
     return (min if mode == "min" else max)(finite, key=lambda cv: cv[1])[0]
-
-
-# ---------------------------------------------------------------------------------- MLflow lifecycle
-def _tune_callback_base():
-    from ray.tune import Callback
-
-    return Callback
-
-
-class MlflowLifecycle(_tune_callback_base()):
-    """Driver-side Tune callback: ends each trial's child run with the trial (Ray's helpers leave them RUNNING)."""
-
-    def __init__(self, plan: SweepPlan):
-        self.plan = plan
-        self.pending: dict[str, tuple[Any, str]] = {}  # trial id -> (trial, status) whose run could not be ended
-
-    def _end(self, trial, status: str) -> None:
-        # An exception here would make Tune mark a trial that finished training as ERROR (counted as failed,
-        # re-run by resume) because the tracking server was away: keep it for finish_pending instead.
-        try:
-            self._end_now(trial, status)
-            self.pending.pop(trial.trial_id, None)
-        except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors: tracking is bookkeeping
-            self.pending[trial.trial_id] = (trial, status)
-            logger.warning("trial %s: could not mark its MLflow run %s (%s); retried when the sweep ends",
-                           trial.trial_id, status, st.redact(str(exc)).splitlines()[0] if str(exc) else type(exc))
-
-    def finish_pending(self) -> None:
-        """End the runs whose end failed during the sweep (the server was away); raises if it still is."""
-        for trial, status in list(self.pending.values()):
-            self._end_now(trial, status)
-            self.pending.pop(trial.trial_id, None)
-
-    def _end_now(self, trial, status: str) -> None:
-        c = tracking.client(self.plan.tracking_uri)
-        run = tracking.find_run(c, self.plan.experiment_id,
-                                {tracking.TAG_SWEEP_ID: self.plan.sweep_id, tracking.TAG_TRIAL: trial.trial_id})
-        if run is None:
-            return
-        last = trial.last_result or {}
-        if status == "FINISHED" and not last.get("fmx_complete"):
-            c.set_tag(run.info.run_id, "fmx.stopped_early", "true")  # the scheduler stopped it
-        tracking.end_run(c, run.info.run_id, status)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED")
 
 
 # ---------------------------------------------------------------------------------------- the driver

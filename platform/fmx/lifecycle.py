@@ -1,0 +1,68 @@
+"""The driver-side MLflow lifecycle of a sweep's trials (a Tune callback).
+
+Ray's helpers leave each trial's nested MLflow run RUNNING; :class:`MlflowLifecycle` ends it with the trial
+(FINISHED, or FAILED on error; tagged ``fmx.stopped_early`` when the scheduler stopped it). Kept apart from
+:mod:`fmx.runner` so that the runner reads in one sitting.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fmx import storage as st
+from fmx import tracking
+
+if TYPE_CHECKING:
+    from fmx.runner import SweepPlan
+
+logger = logging.getLogger("fmx.runner")  # the runner's logger: one place to turn sweep messages up or down
+
+__all__ = ["MlflowLifecycle"]
+
+
+def _tune_callback_base():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class MlflowLifecycle(_tune_callback_base()):
+    """Driver-side Tune callback: ends each trial's child run with the trial (Ray's helpers leave them RUNNING)."""
+
+    def __init__(self, plan: SweepPlan):
+        self.plan = plan
+        self.pending: dict[str, tuple[Any, str]] = {}  # trial id -> (trial, status) whose run could not be ended
+
+    def _end(self, trial, status: str) -> None:
+        # An exception here would make Tune mark a trial that finished training as ERROR (counted as failed,
+        # re-run by resume) because the tracking server was away: keep it for finish_pending instead.
+        try:
+            self._end_now(trial, status)
+            self.pending.pop(trial.trial_id, None)
+        except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors: tracking is bookkeeping
+            self.pending[trial.trial_id] = (trial, status)
+            logger.warning("trial %s: could not mark its MLflow run %s (%s); retried when the sweep ends",
+                           trial.trial_id, status, st.redact(str(exc)).splitlines()[0] if str(exc) else type(exc))
+
+    def finish_pending(self) -> None:
+        """End the runs whose end failed during the sweep (the server was away); raises if it still is."""
+        for trial, status in list(self.pending.values()):
+            self._end_now(trial, status)
+            self.pending.pop(trial.trial_id, None)
+
+    def _end_now(self, trial, status: str) -> None:
+        c = tracking.client(self.plan.tracking_uri)
+        run = tracking.find_run(c, self.plan.experiment_id,
+                                {tracking.TAG_SWEEP_ID: self.plan.sweep_id, tracking.TAG_TRIAL: trial.trial_id})
+        if run is None:
+            return
+        last = trial.last_result or {}
+        if status == "FINISHED" and not last.get("fmx_complete"):
+            c.set_tag(run.info.run_id, "fmx.stopped_early", "true")  # the scheduler stopped it
+        tracking.end_run(c, run.info.run_id, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED")
