@@ -476,3 +476,17 @@ def test_subject_plot_names_stay_one_file_in_the_plots_folder(subject, name):
     from fmx.fingerprint.tracking import plot_file_name
 
     assert plot_file_name(subject) == name
+
+
+def test_flagged_values_are_marked_not_ok_for_the_subject_plots():
+    import pandas as pd
+
+    from fmx.fingerprint.tracking import with_ok_column
+
+    table = pd.DataFrame({"subject": ["s1", "s1", "s2"], "session": ["", "", ""], "condition": ["rest"] * 3,
+                          "channel": ["Cz", "Pz", "Cz"], "measure": ["spectral_beta"] * 3, "value": [1.0, 2.0, 3.0]})
+    flags = pd.DataFrame({"subject": ["s1"], "session": [""], "condition": ["rest"], "channel": ["Pz"],
+                          "measure": ["spectral_beta"], "flag": ["poor_fit"], "epoch": [0]})
+    out = with_ok_column(table, flags)
+    assert out["ok"].tolist() == [True, False, True] and out["value"].tolist() == [1.0, 2.0, 3.0]
+    assert with_ok_column(table, None)["ok"].all()

@@ -51,6 +51,7 @@ class JobResult:
     n_failed: int
     seconds: float
     mlflow_run_id: str | None = None
+    flags: Any = None     # channel-level quality flags (flags.parquet): the plots draw flagged values open
 
 
 def write_parquet(frame, uri: str, metadata: Mapping[str, str] | None = None) -> None:
@@ -237,7 +238,7 @@ def run_fingerprint_job(
     result = JobResult(out=str(out), table=table, summary=summary, recordings=recordings, failures=failures_frame,
                        n_fitted=int((recordings["status"] == "fitted").sum()),
                        n_skipped=int((recordings["status"] == "skipped").sum()),
-                       n_failed=len(failures_frame), seconds=time.perf_counter() - start)
+                       n_failed=len(failures_frame), seconds=time.perf_counter() - start, flags=flags)
     job_info = {"data": str(data), "config": cfg, "executor": executor, "n_recordings": len(entries),
                 "n_fitted": result.n_fitted, "n_skipped": result.n_skipped, "n_failed": result.n_failed,
                 "seconds": round(result.seconds, 3)}

@@ -78,8 +78,9 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
                 mlflow.log_artifacts(str(tables), "tables")
                 figures = Path(tmp, "plots")
                 (figures / "subjects").mkdir(parents=True)
+                marked = with_ok_column(result.table, result.flags)
                 for subject in sorted(result.table["subject"].unique())[:MAX_SUBJECT_PLOTS]:
-                    rows = result.table[result.table["subject"] == subject]
+                    rows = marked[marked["subject"] == subject]
                     save_figure(_subject_figure(rows, subject), figures / "subjects" / plot_file_name(subject),
                                 dpi=110)
                 if not result.table.empty:
@@ -89,6 +90,18 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
             return run.info.run_id
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def with_ok_column(table, flags):
+    """``table`` with ``ok``: False where ``flags`` (flags.parquet rows) flags that subject/session/condition,
+    channel and measure (``poor_fit``, ``flat_segment``...), so plots draw those values as open markers."""
+    keys = ["subject", "session", "condition", "channel", "measure"]
+    table = table.assign(ok=True)
+    if flags is None or len(flags) == 0:
+        return table
+    flagged = flags.loc[flags["flag"].astype(str) != "", keys].drop_duplicates().assign(_flagged=True)
+    merged = table.merge(flagged, on=keys, how="left")
+    return merged.assign(ok=merged["_flagged"].isna()).drop(columns="_flagged")
 
 
 def plot_file_name(subject: Any) -> str:
@@ -103,7 +116,7 @@ def _subject_figure(rows, subject: str):
 
     frames = {}
     for (session, condition), group in rows.groupby(["session", "condition"], sort=True):
-        frames["/".join(x for x in (session, condition) if x) or subject] = group[["channel", "measure", "value"]]
+        frames["/".join(x for x in (session, condition) if x) or subject] = group[["channel", "measure", "value", "ok"]]
     return plot_fingerprint(frames, title=f"fingerprint of {subject}")
 
 
