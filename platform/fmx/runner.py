@@ -454,8 +454,9 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
             tuner = tune.Tuner(
                 trainable, param_space=search_space(sweep),
                 tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_algorithm(sweep),
-                                            scheduler=scheduler(sweep, plan.max_epochs), num_samples=sweep.run_cap,
-                                            max_concurrent_trials=sweep.max_concurrent),
+                                            # max_concurrent is enforced by the search algorithm itself (Tune
+                                            # ignores max_concurrent_trials for a variant generator, with a warning)
+                                            scheduler=scheduler(sweep, plan.max_epochs), num_samples=sweep.run_cap),
                 run_config=run_config)
         with reporter:
             grid = tuner.fit()
