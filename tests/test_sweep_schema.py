@@ -327,3 +327,12 @@ def test_asha_horizon_covers_the_longest_sampled_max_epochs():
     assert _longest_epochs(with_epochs({"distribution": "int", "min": 1, "max": 12}), base) == max(12, base_epochs)
     assert _longest_epochs(with_epochs({"distribution": "categorical", "values": [3, 9]}), base) == max(9, base_epochs)
     assert _longest_epochs(with_epochs({"value": 7}), base) == max(7, base_epochs)
+
+
+def test_schema_module_help_prints_usage_instead_of_writing_a_file_named_help(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "fmx.schema", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0 and "usage: python -m fmx.schema" in res.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -493,4 +493,8 @@ def export_json_schema(path: str | Path) -> Path:
 if __name__ == "__main__":  # python -m fmx.schema [docs/sweep_schema.json]
     import sys
 
+    if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1].startswith("-")):  # --help wrote a file "--help"
+        print("usage: python -m fmx.schema [OUT.json]   (default docs/sweep_schema.json): export the sweep file's "
+              "JSON Schema", file=sys.stderr)
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
     print(export_json_schema(sys.argv[1] if len(sys.argv) > 1 else "docs/sweep_schema.json"))
