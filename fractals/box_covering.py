@@ -358,6 +358,8 @@ def _check_eps(eps_values, device) -> torch.Tensor:
         raise ValueError(f"eps_values: needs a sequence of integer box sizes, got {eps_values!r} ({exc})") from exc
     if eps.ndim != 1 or eps.numel() < 2 or torch.is_floating_point(eps) and not bool((eps == eps.round()).all()):
         raise ValueError(f"eps_values: needs at least two integer box sizes, got {eps_values!r}")
+    if torch.is_floating_point(eps) and not bool((eps.abs() < 2.0**62).all()):  # .long() would wrap inf / 1e20
+        raise ValueError(f"eps_values: box sizes must be finite integers below 2**62, got {eps.tolist()}")
     eps = eps.long().to(device)
     if bool((eps < 1).any()) or bool((eps[1:] <= eps[:-1]).any()):
         raise ValueError(f"eps_values: box sizes must be >= 1 and strictly increasing, got {eps.tolist()}")

@@ -11,6 +11,7 @@ Select it with ``model=two_moons data=two_moons`` (see ``sweeps/criticality_two_
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
@@ -102,6 +103,16 @@ class TwoMoonsModule(pl.LightningModule):
         super().__init__()
         if mode not in ("fixed", "adaptive", "none"):
             raise ValueError(f"model.mode: {mode!r} is not one of fixed, adaptive, none")
+        for name, value in (("width", width), ("depth", depth), ("update_every", update_every)):
+            # update_every=0 raised ZeroDivisionError after the first validation; depth=0 a matmul error in fit.
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"model.{name}: must be an integer >= 1, got {value!r}")
+        if layerwise is not None and len(layerwise) != 2:  # a third entry was silently dropped
+            raise ValueError(f"model.layerwise: needs [first, last] (2 targets) or null, got {list(layerwise)!r}")
+        for name, values in (("target", [target]), ("layerwise", list(layerwise or [])), ("lr", [lr])):
+            # a negative target trains towards collapsed weights; lr 0 trains nothing
+            if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf for v in values):
+                raise ValueError(f"model.{name}: must be finite numbers > 0, got {values if name == 'layerwise' else values[0]!r}")
         self.save_hyperparameters()
         self.net = TwoMoonsMLP(width=width, depth=depth)
         targets = layerwise_targets(depth, first=layerwise[0], last=layerwise[1]) if layerwise else target
@@ -157,7 +168,8 @@ class TwoMoonsModule(pl.LightningModule):
             self.log_dict({f"val/{k}": v for k, v in ind.items() if math.isfinite(v)}, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        if isinstance(self.reg, AdaptiveSpectralRegularizer) and self._last_indicators:
+        # Lightning's sanity-check validation runs before any training step: it must not move targets.
+        if isinstance(self.reg, AdaptiveSpectralRegularizer) and self._last_indicators and not self.trainer.sanity_checking:
             if (self.current_epoch + 1) % self.hparams.update_every == 0:
                 score = self.reg.update_targets(self.net, self._last_indicators)
                 self.log("val/criticality_score", score, sync_dist=True)
@@ -200,6 +212,11 @@ class TwoMoonsData(pl.LightningDataModule):
 
     def __init__(self, *, n_train: int = 1024, n_val: int = 512, noise: float = 0.15, batch_size: int = 128, seed: int = 0) -> None:
         super().__init__()
+        for name, value, least in (("n_train", n_train, 2), ("n_val", n_val, 2), ("batch_size", batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"data.{name}: must be an integer >= {least}, got {value!r}")
+        if not (isinstance(noise, numbers.Real) and 0 <= noise < math.inf):  # NaN noise gave NaN inputs
+            raise ValueError(f"data.noise: must be a finite number >= 0, got {noise!r}")
         self.n_train, self.n_val, self.noise, self.batch_size, self.seed = n_train, n_val, noise, batch_size, seed
 
     def setup(self, stage: str | None = None) -> None:
@@ -226,7 +243,12 @@ def build_lightning_module(cfg: Mapping[str, Any]) -> TwoMoonsModule:
     lr = cfg.get("optim", {}).get("lr")
     if m.get("lr") is not None:
         lr = m["lr"]
-    return TwoMoonsModule(**kwargs, **({"lr": float(lr)} if lr is not None else {}))
+    if lr is not None:
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model.lr: must be a number > 0, got {lr!r}") from exc
+    return TwoMoonsModule(**kwargs, **({"lr": lr} if lr is not None else {}))
 
 
 def build_datamodule(cfg: Mapping[str, Any]) -> TwoMoonsData:
