@@ -24,8 +24,8 @@ fractal_blend      the sum of its parts                    the sum of its parts
 =================  =====================================  ==========================================
 
 Only the two sparse patterns (Hilbert, Cantor) are sub-quadratic; Dragon and Julia change *which*
-keys get weight, not how many are scored. Scores and softmax run in float32 whatever the input
-dtype, and a query with no allowed key returns zeros, so fp16 and bf16 stay finite.
+keys get weight, not how many are scored. Scores and softmax run in float32 for fp16/bf16/fp32
+inputs (float64 stays float64), and a query with no allowed key returns zeros, so fp16 and bf16 stay finite.
 """
 from __future__ import annotations
 
@@ -76,6 +76,19 @@ def _float32_scores(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    # At least float32 (fp16/bf16 scores overflow), but float64 stays float64: rounding it to
+    # float32 lost its precision silently (torch.autograd.gradcheck failed on every pattern).
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _check_heads(n_heads: int, q: Tensor) -> None:
+    # Per-head parameters broadcast against one head silently: a (B, 1, L, E) input came back (B, H, L, E).
+    if q.ndim != 4 or q.shape[1] != n_heads:
+        raise ValueError(f"q: needs shape (B, n_heads={n_heads}, L, E) for this pattern's per-head parameters, "
+                         f"got {tuple(q.shape)}; build the pattern with n_heads={q.shape[1] if q.ndim == 4 else '...'}")
+
+
 def _masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     w = torch.softmax(scores, dim=-1)
@@ -89,8 +102,16 @@ def _by_real_length(attend, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tens
     grid, Cantor scales, Julia span, where cross-attention queries and an appended null key sit), so
     padding moved the pattern: a sample's output depended on the other samples of its batch. Keys no
     query may see are padding; rows with the same real lengths are run together without them, so each
-    row gets exactly the output it gets alone. Padded self-attention queries return zeros.
+    row gets exactly the output it gets alone. Queries at padded positions attend to the real keys in
+    a call of their own (as under SDPA's key-padding mask), never zeros: the kernel cannot tell a
+    padded self-attention query from a cross-attention query whose count happens to equal the key
+    count (one Perceiver latent per chunk and at most one token per chunk in the batch), and zeroing
+    that latent dropped even its null key.
     """
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        # An empty sequence, or no key at all: zeros as from SDPA (the geometry builders need a key).
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        return q.new_zeros(*q.shape[:3], v.shape[-1]).requires_grad_(needs_grad)
     if mask is None:
         return attend(q, k, v, mask=None, dropout_p=dropout_p)
     b, h, lq, _ = q.shape
@@ -104,21 +125,27 @@ def _by_real_length(attend, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tens
     n_key, n_query = key_ok.sum(1), query_ok.sum(1)
     out = q.new_zeros(b, h, lq, v.shape[-1])
     for nk, nq in torch.unique(torch.stack([n_key, n_query], 1), dim=0).tolist():
-        if nk == 0 or nq == 0:
-            continue  # no key (or no real query): zeros, as for a fully masked row
+        if nk == 0:
+            continue  # no key: zeros, as for a fully masked row
         rows = ((n_key == nk) & (n_query == nq)).nonzero().squeeze(1)
         r = rows.numel()
         # stable sort of "is padding" keeps the real tokens first and in their order
         kidx = torch.sort((~key_ok[rows]).to(torch.uint8), dim=1, stable=True).indices[:, :nk]
-        qidx = torch.sort((~query_ok[rows]).to(torch.uint8), dim=1, stable=True).indices[:, :nq]
+        qorder = torch.sort((~query_ok[rows]).to(torch.uint8), dim=1, stable=True).indices
         kr = k[rows].gather(2, kidx[:, None, :, None].expand(r, h, nk, k.shape[-1]))
         vr = v[rows].gather(2, kidx[:, None, :, None].expand(r, h, nk, v.shape[-1]))
-        qr = q[rows].gather(2, qidx[:, None, :, None].expand(r, h, nq, q.shape[-1]))
-        mr = full[rows]
-        mr = mr.gather(2, qidx[:, None, :, None].expand(r, mr.shape[1], nq, lk))
-        mr = mr.gather(3, kidx[:, None, None, :].expand(r, mr.shape[1], nq, nk))
-        y = attend(qr, kr, vr, mask=mr, dropout_p=dropout_p)
-        out[rows] = torch.zeros_like(out[rows]).scatter(2, qidx[:, None, :, None].expand_as(y), y)
+        mk = full[rows]
+        mk = mk.gather(3, kidx[:, None, None, :].expand(r, mk.shape[1], lq, nk))
+        y_rows = q.new_zeros(r, h, lq, v.shape[-1])
+        for qidx in (qorder[:, :nq], qorder[:, nq:]):  # real queries, then padded ones
+            n = qidx.shape[1]
+            if n == 0:
+                continue
+            qr = q[rows].gather(2, qidx[:, None, :, None].expand(r, h, n, q.shape[-1]))
+            mr = mk.gather(2, qidx[:, None, :, None].expand(r, mk.shape[1], n, nk))
+            y = attend(qr, kr, vr, mask=mr, dropout_p=dropout_p)
+            y_rows = y_rows.scatter(2, qidx[:, None, :, None].expand_as(y), y)
+        out[rows] = y_rows
     return out
 
 
@@ -146,14 +173,15 @@ class _SparsePattern(nn.Module):
         else:
             full = _expand_mask(mask, b, h, lq, lk, q.device)
             allowed = torch.gather(full, 3, idx.expand(full.shape[0], full.shape[1], lq, m)) & valid
+        work = _work_dtype(q.dtype)
         with _float32_scores(q.device):
-            scores = torch.einsum("bhqe,bhqme->bhqm", q.float(), kg.float()) / math.sqrt(e)
+            scores = torch.einsum("bhqe,bhqme->bhqm", q.to(work), kg.to(work)) / math.sqrt(e)
             if bias is not None:
-                scores = scores + bias.float()
+                scores = scores + bias.to(work)
             w = _masked_softmax(scores, allowed)
             if dropout_p > 0:
                 w = nn.functional.dropout(w, dropout_p)
-            return torch.einsum("bhqm,bhqme->bhqe", w, vg.float()).to(q.dtype)
+            return torch.einsum("bhqm,bhqme->bhqe", w, vg.to(work)).to(q.dtype)
 
 
 class HilbertAttention(_SparsePattern):
@@ -198,9 +226,13 @@ class CantorAttention(_SparsePattern):
 
     def __init__(self, *, n_heads: int = 1, depth: int = 3, causal: bool = False) -> None:
         super().__init__()
-        self.depth, self.causal = depth, causal
+        self.depth, self.causal, self.n_heads = depth, causal, n_heads
         self.scale_bias = nn.Parameter(torch.zeros(n_heads, self.MAX_SCALES))
         self._cache: dict = {}
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
+        _check_heads(self.n_heads, q)
+        return super().forward(q, k, v, mask=mask, dropout_p=dropout_p)
 
     def _index(self, lq, lk, device):
         key = (lq, lk, str(device))
@@ -230,6 +262,7 @@ class _BiasedDense(nn.Module):
         raise NotImplementedError
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
+        _check_heads(self.n_heads, q)
         return _by_real_length(self._attend, q, k, v, mask, dropout_p)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor], dropout_p: float) -> Tensor:
@@ -243,12 +276,13 @@ class _BiasedDense(nn.Module):
         allowed = _expand_mask(mask, b, h, lq, lk, q.device)
         if self.causal:
             allowed = allowed & (rel >= lk - 1)
+        work = _work_dtype(q.dtype)
         with _float32_scores(q.device):
-            scores = torch.einsum("bhqe,bhke->bhqk", q.float(), k.float()) / math.sqrt(e) + bias.float()
+            scores = torch.einsum("bhqe,bhke->bhqk", q.to(work), k.to(work)) / math.sqrt(e) + bias.to(work)
             w = _masked_softmax(scores, allowed)
             if dropout_p > 0:
                 w = nn.functional.dropout(w, dropout_p)
-            return torch.einsum("bhqk,bhke->bhqe", w, v.float()).to(q.dtype)
+            return torch.einsum("bhqk,bhke->bhqe", w, v.to(work)).to(q.dtype)
 
 
 class DragonAttention(_BiasedDense):
@@ -263,7 +297,7 @@ class DragonAttention(_BiasedDense):
         super().__init__()
         if n_scales < 1:
             raise ValueError(f"n_scales: must be >= 1 (dyadic scales of the paperfolding bias), got {n_scales}")
-        self.causal = causal
+        self.causal, self.n_heads = causal, n_heads
         self.scales = n_scales
         self.weight = nn.Parameter(torch.full((n_heads, n_scales), 0.5 / math.sqrt(n_scales)))
 
@@ -289,7 +323,7 @@ class JuliaAttention(_BiasedDense):
             raise ValueError(f"iterations: must be >= 1 (escape-time steps), got {iterations}")
         if not 0 < span < math.inf:
             raise ValueError(f"span: must be a finite number > 0 (half-width of the offset segment), got {span}")
-        self.causal, self.iterations, self.span = causal, iterations, span
+        self.causal, self.iterations, self.span, self.n_heads = causal, iterations, span, n_heads
         self.c_real = nn.Parameter(torch.tensor(float(c[0])))
         self.c_imag = nn.Parameter(torch.tensor(float(c[1])))
         self.gain = nn.Parameter(torch.ones(n_heads))
@@ -319,11 +353,16 @@ class FractalBlendAttention(nn.Module):
             raise ValueError(f"patterns: unknown {unknown or patterns}; choose from {sorted(PATTERNS)}")
         self.parts = nn.ModuleDict({p: PATTERNS[p](n_heads=n_heads, causal=causal) for p in patterns})
         self.logits = nn.Parameter(torch.zeros(n_heads, len(patterns)))
+        self.n_heads = n_heads
 
     def forward(self, q, k, v, *, mask=None, dropout_p: float = 0.0):
+        _check_heads(self.n_heads, q)
         outs = torch.stack([part(q, k, v, mask=mask, dropout_p=dropout_p) for part in self.parts.values()], -1)
-        w = torch.softmax(self.logits.float(), -1).to(outs.dtype)  # (H, P)
-        return (outs * w[None, :, None, None, :]).sum(-1)
+        # Blend in at least float32: in fp16 the blend weights' gradient sums outs * grad over the whole
+        # batch and overflowed to inf (outputs ~30, B L E = 44 terms).
+        work = _work_dtype(torch.promote_types(outs.dtype, self.logits.dtype))
+        w = torch.softmax(self.logits.to(work), -1)  # (H, P)
+        return (outs.to(work) * w[None, :, None, None, :]).sum(-1).to(outs.dtype)
 
 
 def build_pattern(name: str, *, n_heads: int, causal: bool = False, **kwargs) -> nn.Module:
@@ -348,6 +387,8 @@ class FractalMultiheadAttention(nn.Module):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads}")
+        if pattern == "sdpa" and kwargs:  # were silently ignored: torch SDPA has no pattern options
+            raise ValueError(f"pattern: 'sdpa' takes no pattern options, got {sorted(kwargs)}; choose a fractal pattern")
         self.n_heads, self.causal, self.pattern = n_heads, causal, pattern
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)

@@ -41,7 +41,8 @@ class FractalByteModule(pl.LightningModule):
         n_real = int(real.sum())
         bpb = nll[real].sum() / max(n_real, 1) / math.log(2)
         self.log_dict({"val/loss": nll.mean()}, prog_bar=True, sync_dist=True)
-        self.log_dict({"val/bpb": bpb}, prog_bar=True, sync_dist=True, batch_size=max(n_real, 1))
+        # Weighted by real bytes: a batch of EOS-only targets weighs 0 instead of adding a perfect 0.0 bpb.
+        self.log_dict({"val/bpb": bpb}, prog_bar=True, sync_dist=True, batch_size=n_real)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -13,6 +13,7 @@ module's tests and the ``val/bpb`` metric are how it is judged.
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from typing import Sequence
 
@@ -37,6 +38,8 @@ class FractalModule(nn.Module):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth: must be >= 1, got {depth}")
+        if not 0 <= drop_path <= 1:  # NaN or < 0 silently never dropped a branch; > 1 always dropped both
+            raise ValueError(f"drop_path: must lie in [0, 1] (branch drop probability per join), got {drop_path}")
         self.depth, self.drop_path = depth, drop_path
         self.base = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
         self.inner = FractalModule(d_model=d_model, depth=depth - 1, hidden=hidden, drop_path=drop_path) if depth > 1 else None
@@ -99,7 +102,10 @@ class FractalByteLM(nn.Module):
         for name, (lo, hi) in (("depth_range", depth_range), ("dim_range", dim_range)):
             if not 1 <= lo <= hi:
                 raise ValueError(f"{name}: needs 1 <= min <= max, got {(lo, hi)}")
-        rng = random.Random(seed)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            # random.Random(None) seeds from the clock: the checkpoint then rebuilt another architecture.
+            raise ValueError(f"seed: must be an integer (it fixes the drawn architecture), got {seed!r}")
+        rng = random.Random(int(seed))
         self.architecture = [
             [(rng.randint(*depth_range), rng.randint(*dim_range)) for _ in range(n_fractals)] for _ in range(n_layers)
         ]
@@ -112,6 +118,10 @@ class FractalByteLM(nn.Module):
         nn.init.normal_(self.embed.weight, std=1 / math.sqrt(d_model))
 
     def forward(self, ids: Tensor) -> Tensor:
+        # A 1-D id list failed inside Mamba-2 naming its own argument "u"; float ids inside the embedding.
+        if ids.ndim != 2 or ids.shape[1] < 1 or ids.is_floating_point() or ids.is_complex():
+            raise ValueError(f"ids: needs an integer (batch, length >= 1) tensor of byte ids, got shape "
+                             f"{tuple(ids.shape)} dtype {ids.dtype}; add a batch axis with ids[None]")
         x = self.embed(ids)
         for layer in self.layers:
             x = layer(x)
@@ -130,27 +140,40 @@ def generate(model: FractalByteLM, prompt: Sequence[int], *, max_new: int = 64, 
     bytes come back. The whole sequence is re-run each step (the portable SSD has no incremental
     decode path), so cost grows with length: fine for the short generations ``fmx infer`` makes.
     """
-    if not prompt:
+    # A tensor of ids is a natural prompt: ``not tensor`` raised "ambiguous" and ids outside the
+    # vocabulary an IndexError deep in the embedding.
+    ids = [int(i) for i in (prompt.reshape(-1).tolist() if isinstance(prompt, Tensor) else prompt)]
+    if not ids:
         raise ValueError("prompt: needs at least one token (start an empty prompt with EOS, the training data's separator)")
-    if not math.isfinite(temperature):
+    bad = [i for i in ids if not 0 <= i < VOCAB_SIZE]
+    if bad:
+        raise ValueError(f"prompt: token ids must lie in [0, {VOCAB_SIZE}) (bytes 0-255 and the specials), "
+                         f"got {bad[:5]}; encode text with models.byte.tokenizer.encode")
+    if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature: must be a finite number >= 0 (0 is greedy), got {temperature}")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k: must be >= 0 (0 or None keeps every byte), got {top_k}")
+    if max_new < 0:
+        raise ValueError(f"max_new: must be >= 0 (tokens to generate), got {max_new}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     allowed = torch.zeros(VOCAB_SIZE, dtype=torch.bool)
     allowed[:256] = True
     allowed[EOS] = stop_at_eos
-    ids = list(prompt)
     for _ in range(max_new):
         logits = model(torch.tensor([ids], device=device))[0, -1].float().cpu()
+        if not bool(torch.isfinite(logits[allowed]).all()):
+            # Greedy argmax of NaN logits silently gave byte 0 forever; sampling crashed in multinomial.
+            raise ValueError("model: the next-byte logits are not finite (NaN/inf weights, e.g. a diverged "
+                             "checkpoint); retrain or load an earlier checkpoint")
         logits = logits.masked_fill(~allowed, float("-inf"))
         if temperature <= 0:
             nxt = int(logits.argmax())
         else:
             # Shift before dividing: the best byte sits at 0, so a tiny temperature cannot overflow to inf.
-            logits = (logits - logits.max()) / temperature
+            # float64: a temperature above float32's max (3.4e38) was inf there, and -inf / inf is NaN.
+            logits = (logits.double() - logits.max()) / temperature
             if top_k:
                 kth = torch.topk(logits, min(top_k, int(allowed.sum()))).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
