@@ -106,12 +106,18 @@ class MultiheadAttention(nn.Module):
     """
 
     def __init__(self, *, d_model: int, n_heads: int, attention: AttentionOption = "sdpa",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, cross: bool = False) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads}")
         self.n_heads, self.dropout = n_heads, dropout
         self.attn_fn = get_attention(attention, n_heads=n_heads)  # an nn.Module pattern registers as a child
+        if cross and isinstance(self.attn_fn, nn.Module):
+            # A fractal pattern cannot tell latents from padded self-attention queries when the counts
+            # match (one latent per chunk, one token per chunk): tell it every query is real.
+            from models.attention import mark_cross_attention
+
+            mark_cross_attention(self.attn_fn)
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -138,7 +144,8 @@ class _Block(nn.Module):
         super().__init__()
         self.norm_q = nn.LayerNorm(d_model)
         self.norm_kv = nn.LayerNorm(d_model) if cross else None
-        self.attn = MultiheadAttention(d_model=d_model, n_heads=n_heads, attention=attention, dropout=dropout)
+        self.attn = MultiheadAttention(d_model=d_model, n_heads=n_heads, attention=attention, dropout=dropout,
+                                       cross=cross)
         self.norm_mlp = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
                                  nn.Linear(mlp_ratio * d_model, d_model), nn.Dropout(dropout))

@@ -213,3 +213,20 @@ def test_multihead_attention_refuses_pattern_options_with_sdpa():
 
     with pytest.raises(ValueError, match=r"pattern: 'sdpa' takes no pattern options, got \['window'\]"):
         FractalMultiheadAttention(d_model=8, n_heads=2, pattern="sdpa", window=3)
+
+
+@pytest.mark.parametrize("pattern", ["hilbert", "cantor", "dragon", "julia", "fractal_blend"])
+def test_marked_cross_attention_latents_do_not_depend_on_the_batch(pattern):
+    # 7 latents against a 4-token context padded to 7 (+ the null key): the counts look like
+    # self-attention, and without the mark the padded keys' positions were taken for padded latents.
+    from models.perceiver import MultiheadAttention
+
+    torch.manual_seed(0)
+    att = MultiheadAttention(d_model=8, n_heads=2, attention=pattern, cross=True).eval()
+    q = torch.randn(2, 7, 8)
+    ctx = torch.randn(2, 7, 8)
+    mask = torch.ones(2, 1, 7, dtype=torch.bool)
+    mask[0, :, 4:] = False
+    batched = att(q, ctx, mask=mask)
+    alone = att(q[:1], ctx[:1, :4], mask=mask[:1, :, :4])
+    torch.testing.assert_close(batched[:1], alone, rtol=1e-5, atol=1e-6)

@@ -8,6 +8,7 @@ from models.attention.fractal import (
     HilbertAttention,
     JuliaAttention,
     build_pattern,
+    mark_cross_attention,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "HilbertAttention",
     "JuliaAttention",
     "build_pattern",
+    "mark_cross_attention",
 ]

@@ -51,6 +51,7 @@ __all__ = [
     "JuliaAttention",
     "FractalBlendAttention",
     "FractalMultiheadAttention",
+    "mark_cross_attention",
     "PATTERNS",
     "build_pattern",
 ]
@@ -95,7 +96,8 @@ def _masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
     return w * allowed  # rows with no allowed key become all-zero instead of uniform
 
 
-def _by_real_length(attend, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float) -> Tensor:
+def _by_real_length(attend, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float,
+                    cross: bool = False) -> Tensor:
     """Run ``attend`` on each row's real keys (and, in self-attention, real queries) only.
 
     The patterns place tokens by sequence position and size their geometry by the key count (Hilbert
@@ -106,7 +108,8 @@ def _by_real_length(attend, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tens
     a call of their own (as under SDPA's key-padding mask), never zeros: the kernel cannot tell a
     padded self-attention query from a cross-attention query whose count happens to equal the key
     count (one Perceiver latent per chunk and at most one token per chunk in the batch), and zeroing
-    that latent dropped even its null key.
+    that latent dropped even its null key. ``cross=True`` (set by :func:`mark_cross_attention`) says
+    every query is real, so no query is taken for padding whatever the counts.
     """
     if q.shape[2] == 0 or k.shape[2] == 0:
         # An empty sequence, or no key at all: zeros as from SDPA (the geometry builders need a key).
@@ -120,7 +123,8 @@ def _by_real_length(attend, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tens
     key_ok = full.any(2).any(1).expand(b, lk)
     if bool(key_ok.all()):
         return attend(q, k, v, mask=mask, dropout_p=dropout_p)
-    query_ok = key_ok[:, :lq] if lq in (lk, lk - 1) else torch.ones(b, lq, dtype=torch.bool, device=q.device)
+    self_like = lq in (lk, lk - 1) and not cross
+    query_ok = key_ok[:, :lq] if self_like else torch.ones(b, lq, dtype=torch.bool, device=q.device)
     full = full.expand(b, *full.shape[1:])
     n_key, n_query = key_ok.sum(1), query_ok.sum(1)
     out = q.new_zeros(b, h, lq, v.shape[-1])
@@ -153,12 +157,13 @@ class _SparsePattern(nn.Module):
     """Attention over a fixed set of ``M`` gathered keys per query (indices from the geometry)."""
 
     causal: bool
+    cross: bool = False  # every query is real (cross-attention): see mark_cross_attention
 
     def _index(self, lq: int, lk: int, device) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         raise NotImplementedError
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
-        return _by_real_length(self._attend, q, k, v, mask, dropout_p)
+        return _by_real_length(self._attend, q, k, v, mask, dropout_p, cross=self.cross)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor], dropout_p: float) -> Tensor:
         b, h, lq, e = q.shape
@@ -256,6 +261,7 @@ class _BiasedDense(nn.Module):
     """Dense attention with an additive ``(H, Lq, Lk)`` bias from a relative-offset pattern."""
 
     causal: bool
+    cross: bool = False  # every query is real (cross-attention): see mark_cross_attention
 
     def offset_bias(self, d: Tensor, lk: int) -> Tensor:
         """Bias ``(H, ...)`` for relative offsets ``d = query_pos - key_pos``."""
@@ -263,7 +269,7 @@ class _BiasedDense(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None, dropout_p: float = 0.0) -> Tensor:
         _check_heads(self.n_heads, q)
-        return _by_real_length(self._attend, q, k, v, mask, dropout_p)
+        return _by_real_length(self._attend, q, k, v, mask, dropout_p, cross=self.cross)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor], dropout_p: float) -> Tensor:
         b, h, lq, e = q.shape
@@ -363,6 +369,19 @@ class FractalBlendAttention(nn.Module):
         work = _work_dtype(torch.promote_types(outs.dtype, self.logits.dtype))
         w = torch.softmax(self.logits.to(work), -1)  # (H, P)
         return (outs.to(work) * w[None, :, None, None, :]).sum(-1).to(outs.dtype)
+
+
+def mark_cross_attention(module: nn.Module) -> nn.Module:
+    """Tell the patterns in ``module`` that they serve cross-attention, so all queries are real.
+
+    In a padded batch the kernel cannot tell a padded self-attention query from a cross-attention query
+    whose count happens to equal the key count (Perceiver latents against a chunk's tokens); the
+    Perceiver marks its cross-attention blocks so no latent is ever taken for padding.
+    """
+    for part in module.modules():
+        if isinstance(part, (_SparsePattern, _BiasedDense)):
+            part.cross = True
+    return module
 
 
 def build_pattern(name: str, *, n_heads: int, causal: bool = False, **kwargs) -> nn.Module:
