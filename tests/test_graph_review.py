@@ -189,3 +189,13 @@ def test_fixed_xmin_bootstrap_does_not_count_unfittable_sets_as_rejections():
         x = np.concatenate([rng.uniform(0.2, 1.0, 88), (1 - rng.random(12)) ** (-1 / 1.5)])
         ps.append(float(powerlaw_fit(x, xmin=1.0, bootstrap=40, generator=torch.Generator().manual_seed(seed)).p_value))
     assert np.mean(ps) > 0.4, ps
+
+
+def test_two_moons_builders_refuse_a_misspelt_key_instead_of_training_the_default():
+    from models.criticality.two_moons import build_datamodule, build_lightning_module
+
+    with pytest.raises(ValueError, match=r"model\.widht: not an option of the two-moons model; allowed: criticality_lr"):
+        build_lightning_module({"model": {"family": "two_moons", "widht": 8}})
+    with pytest.raises(ValueError, match=r"data\.nois: not an option"):
+        build_datamodule({"data": {"name": "two_moons", "nois": 0.1}})
+    assert build_lightning_module({"model": {"family": "two_moons", "width": 8, "lr": 0.01}}) is not None

@@ -234,9 +234,18 @@ class TwoMoonsData(pl.LightningDataModule):
 _MODEL_KEYS = ("width", "depth", "mode", "target", "layerwise", "weight", "rate", "update_every", "criticality_lr")
 
 
+def _refuse_unknown(section: str, values: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """A typo (``model.widht``) would otherwise train the default silently."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{section}.{unknown[0]}: not an option of the two-moons {section}; "
+                         f"allowed: {', '.join(sorted(known))}")
+
+
 def build_lightning_module(cfg: Mapping[str, Any]) -> TwoMoonsModule:
     """Entry point for :mod:`models.registry` (``model.family: two_moons``)."""
     m = dict(cfg.get("model", {}))
+    _refuse_unknown("model", m, (*_MODEL_KEYS, "family", "lr"))
     kwargs = {k: m[k] for k in _MODEL_KEYS if k in m and m[k] is not None}
     if "layerwise" in kwargs:
         kwargs["layerwise"] = tuple(kwargs["layerwise"])
@@ -254,6 +263,7 @@ def build_lightning_module(cfg: Mapping[str, Any]) -> TwoMoonsModule:
 def build_datamodule(cfg: Mapping[str, Any]) -> TwoMoonsData:
     """Entry point for :mod:`models.registry` (``data.name: two_moons``)."""
     d = dict(cfg.get("data", {}))
+    _refuse_unknown("data", d, ("name", "n_train", "n_val", "noise", "batch_size"))
     batch = cfg.get("trainer", {}).get("batch_size", d.get("batch_size", 128))
     return TwoMoonsData(
         n_train=int(d.get("n_train", 1024)),
