@@ -200,7 +200,10 @@ class TwoMoonsModule(pl.LightningModule):
         if x is not None and y is not None:
             ax.scatter(x[:, 0].cpu(), x[:, 1].cpu(), c=y.cpu(), s=6, cmap="RdBu_r", edgecolors="none")
         d = self._last_indicators.get("boundary_dim")
-        ax.set_title(f"decision boundary (box dim {d:.2f})" if d is not None else "decision boundary")
+        if d is not None and math.isfinite(d):
+            ax.set_title(f"decision boundary (box dim {d:.2f})")
+        else:  # untrained: no boundary crosses the grid yet, so its dimension is undefined, not "nan"
+            ax.set_title("decision boundary (box dim undefined: no boundary yet)")
         ax.set_xlabel("x1")
         ax.set_ylabel("x2")
         fig.tight_layout()
