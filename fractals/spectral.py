@@ -21,6 +21,7 @@ from fractals._checks import (
     as_tensor, autocast_off, check_finite, check_min_length, check_ndim, check_not_constant, check_positive,
     pow2_scale,
 )
+from fractals.spectral_peaks import check_peak_opts as _check_peak_opts
 from fractals.spectral_peaks import find_peaks as _find_peaks
 from fractals.temporal import map_rows
 
@@ -366,20 +367,6 @@ def spectral_beta(
     p_band = psd[..., k_lo:k_hi + 1]
     gain = (2.0 * torch.log10(scale.squeeze(-1))).to(t.dtype)  # log10 P(x) = log10 P(x / s) + 2 log10 s
     return _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, peak_opts, was_numpy, gain)
-
-
-def _check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter) -> dict:
-    for name, value in (("peak_threshold", peak_threshold), ("peak_mask_level", peak_mask_level)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
-        check_positive(float(value), name)
-    if not (isinstance(min_peak_height, (int, float, np.integer, np.floating)) and min_peak_height >= 0):
-        raise ValueError(f"min_peak_height: must be a number >= 0 (log10 power), got {min_peak_height!r}")
-    for name, value in (("max_n_peaks", max_n_peaks), ("n_iter", n_iter)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-    return dict(threshold=float(peak_threshold), min_height=float(min_peak_height), max_n_peaks=int(max_n_peaks),
-                mask_level=float(peak_mask_level), n_iter=int(n_iter))
 
 
 def _fit_band(f_band, p_band, df, freq_band, exclude_peaks, return_fit, opts, was_numpy, log10_gain=None):

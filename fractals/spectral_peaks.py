@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["find_peaks"]
+from fractals._checks import check_positive
+
+__all__ = ["find_peaks", "check_peak_opts"]
 
 _FWHM_PER_SD = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _SMOOTH_VAR_BINS = 12.0 / 9.0  # variance (bins^2) of the 5-bin triangular smoother
@@ -138,3 +141,18 @@ def find_peaks(resid: torch.Tensor, keep: torch.Tensor, f_band: torch.Tensor, df
         freqs.append(zero), heights.append(zero), widths.append(zero), valids.append(zero.bool())
     stack = lambda seq: torch.stack(seq, -1)  # noqa: E731
     return mask, model, stack(freqs), stack(heights), stack(widths), stack(valids)
+
+
+def check_peak_opts(peak_threshold, min_peak_height, max_n_peaks, peak_mask_level, n_iter) -> dict:
+    """The peak-masking options of the aperiodic fit, checked by name; the dict :func:`find_peaks` takes."""
+    for name, value in (("peak_threshold", peak_threshold), ("peak_mask_level", peak_mask_level)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+        check_positive(float(value), name)
+    if not (isinstance(min_peak_height, (int, float, np.integer, np.floating)) and min_peak_height >= 0):
+        raise ValueError(f"min_peak_height: must be a number >= 0 (log10 power), got {min_peak_height!r}")
+    for name, value in (("max_n_peaks", max_n_peaks), ("n_iter", n_iter)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+    return dict(threshold=float(peak_threshold), min_height=float(min_peak_height), max_n_peaks=int(max_n_peaks),
+                mask_level=float(peak_mask_level), n_iter=int(n_iter))
