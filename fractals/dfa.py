@@ -422,6 +422,8 @@ def hurst_from_dfa(alpha, signal: str = "fgn"):
     else:
         raise ValueError(f"signal: must be 'fgn' (H = alpha) or 'fbm' (H = alpha - 1), got {signal!r}")
     if isinstance(alpha, torch.Tensor):
+        if alpha.is_complex():  # .to(float64) would drop the imaginary part; NumPy input raises here too
+            raise ValueError(f"alpha: needs real DFA exponent(s), got a complex tensor ({alpha.dtype})")
         # Integer and bool tensors become float64 as everywhere in fractals (bool - float raised, int gave float32).
         return (alpha if alpha.is_floating_point() else alpha.to(torch.float64)) - shift
     arr = np.asarray(alpha)

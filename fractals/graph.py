@@ -307,7 +307,9 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
     bootstrap : int
         Number of synthetic sets for the p-value (CSN use 2500 for +/- 0.01; 0 skips it).
     generator : torch.Generator, optional
-        Random source for the bootstrap; default a generator seeded with 0 (deterministic).
+        Random source for the bootstrap (shared by the series in turn); default a generator seeded
+        with 0 for each series, so results are deterministic and a series' p-value does not depend
+        on the batch it is fitted in.
     min_tail : int
         Fewest tail samples a candidate x_min may leave.
 
@@ -348,7 +350,6 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
         raise ValueError(f"values: is empty (shape {tuple(t.shape)}); needs at least one series")
     if t.shape[-1] < min_tail:
         raise ValueError(f"values: needs at least min_tail={min_tail} samples on the last axis, got {t.shape[-1]}")
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     flat = t.detach().to("cpu", torch.float64).reshape(-1, t.shape[-1])
     out = {k: [] for k in ("alpha", "xmin", "ks", "sigma", "n_tail", "p_value")}
     for row_idx, row in enumerate(flat):
@@ -364,6 +365,9 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
         out["alpha"].append(alpha), out["xmin"].append(xm), out["ks"].append(ks), out["n_tail"].append(n_tail)
         out["sigma"].append((alpha - 1.0) / math.sqrt(n_tail))
         if bootstrap:
+            # Default: a fresh seed-0 stream per series (one shared stream gave series 1 of a batch another
+            # p-value than the same series fitted alone).
+            gen = generator if generator is not None else torch.Generator().manual_seed(0)
             # With x_min fixed a synthetic tail has a Binomial size; refit it whatever its size (a set
             # under min_tail used to count as a rejection: p ~ 0.3 for true power laws with small tails).
             synth_min_tail = min_tail if xmin is None else 2

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from fractals._checks import check_positive
-from fractals.regularizers import _check_weight, _zero_like, l_graph_fd, l_multifractal, l_spec_1overf
+from fractals.regularizers import (
+    _check_time_dim, _check_weight, _zero_like, l_graph_fd, l_multifractal, l_spec_1overf,
+)
 
 __all__ = ["FractalPriors"]
 
@@ -130,12 +132,20 @@ class FractalPriors(nn.Module):
         self.band = (float(band[0]), float(band[1]))
         self.exclude_peaks = bool(exclude_peaks)
         self.q_vals = [float(q) for q in q_vals]
+        # Checked here, not first after warmup (possibly hours into a run), like the targets above.
+        if not all(math.isfinite(q) for q in self.q_vals) or any(b <= a for a, b in zip(self.q_vals, self.q_vals[1:])):
+            raise ValueError(f"q_vals: needs finite, strictly increasing moment orders, got {list(q_vals)!r}")
         self.scales = _int_list(scales, "scales")
         self.tau_target = None if tau_target is None else [_finite(t, "tau_target") for t in tau_target]
         if self.tau_target is not None and len(self.tau_target) != len(self.q_vals):
             raise ValueError(f"tau_target: needs one value per q ({len(self.q_vals)}), got {len(self.tau_target)}")
         self.eps_values = _int_list(eps_values, "eps_values")
-        self.corr_threshold = float(corr_threshold)
+        self.corr_threshold = _finite(corr_threshold, "corr_threshold")
+        if not 0.0 < self.corr_threshold < 1.0:
+            raise ValueError(f"corr_threshold: must lie in (0, 1) (the |r| that links two channels), "
+                             f"got {corr_threshold!r}")
+        if len(set(self.eps_values)) != len(self.eps_values) or len(self.eps_values) < 2 or min(self.eps_values) < 1:
+            raise ValueError(f"eps_values: needs >= 2 distinct hop radii >= 1, got {list(eps_values)!r}")
         self.graph_D_target = None if graph_D_target is None else _finite(graph_D_target, "graph_D_target")
         self.time_dim = int(time_dim)
 
@@ -202,6 +212,7 @@ class FractalPriors(nn.Module):
             parts["spec"] = l_spec_1overf(latents, fs, self.band, self.spectral_beta_target, self.lambda_spec,
                                           time_dim=self.time_dim, exclude_peaks=self.exclude_peaks)
         if self.lambda_mf > 0:
+            _check_time_dim(self.time_dim, latents.shape)  # else an IndexError from shape[time_dim]
             n = latents.shape[self.time_dim]
             scales = [s for s in self.scales if s <= n // 2]
             parts["mf"] = l_multifractal(latents, self.q_vals, scales, self.lambda_mf, self.tau_target,

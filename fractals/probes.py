@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fractals._checks import as_tensor, check_finite, check_positive, pow2_scale, to_input_kind
+from fractals.regularizers import _check_time_dim
 
 __all__ = ["latent_fd_probe", "attention_fd_coupling", "causal_scale_ablation", "fc_fd_probe", "ablation_mask"]
 
@@ -80,6 +81,7 @@ def latent_fd_probe(
     for name, lat in layers.items():
         if not isinstance(lat, torch.Tensor) or lat.ndim < 2:
             raise ValueError(f"latents[{name!r}]: needs a tensor with >= 2 dims (B, T, C), got {type(lat).__name__}")
+        _check_time_dim(time_dim, lat.shape, f"latents[{name!r}]")
         x = lat.detach().movedim(time_dim, -1)
         if x.dtype != torch.float64:  # float64 stays: cast to float32, 1e-150 latents read as dead, 1e150 as inf
             x = x.float()
@@ -96,8 +98,8 @@ def latent_fd_probe(
         if x.shape[1] == 0:
             continue
         n = x.shape[-1]
-        band = tuple(temporal.get("psd_freq_band", (2.0, 80.0)))
-        band = (float(band[0]), min(float(band[1]), 0.45 * rate))
+        band = _band_pair(temporal.get("psd_freq_band", (2.0, 80.0)), "cfg.temporal.psd_freq_band")
+        band = (band[0], min(band[1], 0.45 * rate))
         scales = [int(s) for s in mf.get("scales", (8, 16, 32, 64, 128, 256)) if int(s) <= n // 4]
         calls = {
             "higuchi_fd": lambda: fm.higuchi_fd(x, kmax=min(int(temporal.get("higuchi_kmax", 8)), n // 4)),
@@ -166,6 +168,10 @@ def attention_fd_coupling(
     if isinstance(attn_weights, Mapping):
         attn_weights = list(attn_weights.values())
     if isinstance(attn_weights, (list, tuple)):
+        shapes = [tuple(torch.as_tensor(a).shape) for a in attn_weights]
+        if not shapes or len(set(shapes)) > 1:  # else torch.stack's RuntimeError
+            raise ValueError(f"attn_weights: needs one or more layers of equal shape (B, H, Q, K), got shapes "
+                             f"{shapes}; pass layers with different head counts separately")
         attn = torch.stack([torch.as_tensor(a) for a in attn_weights])
     else:
         attn = torch.as_tensor(attn_weights)
@@ -209,6 +215,15 @@ def _ranks(v: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(mean_pos).scatter_(-1, order, mean_pos).to(v.dtype)
 
 
+def _band_pair(band, name: str) -> tuple[float, float]:
+    """``(lo, hi)`` as floats; a 1-tuple was an IndexError, a string a bare float() message."""
+    try:
+        lo, hi = (float(v) for v in band)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: needs a (lo_hz, hi_hz) pair of numbers, got {band!r}") from exc
+    return lo, hi
+
+
 def ablation_mask(n: int, fs: float, mode: str, ratio: float, band: Sequence[float], *, device=None) -> torch.Tensor:
     """Boolean mask over the ``n // 2 + 1`` rFFT bins: True for the bins :func:`causal_scale_ablation` removes.
 
@@ -217,12 +232,19 @@ def ablation_mask(n: int, fs: float, mode: str, ratio: float, band: Sequence[flo
     ``"high_beta_only"`` (fine temporal structure), the ``k`` lowest for ``"low_beta_only"`` (slow
     structure). Bins outside the band are never touched.
     """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:  # else rfftfreq's TypeError/RuntimeError
+        raise ValueError(f"n: needs an integer >= 1 (the series length in samples), got {n!r}")
+    n = int(n)
     if mode not in ("high_beta_only", "low_beta_only"):
         raise ValueError(f"mode: must be 'high_beta_only' or 'low_beta_only', got {mode!r}")
-    if not 0.0 < float(ratio) < 1.0:
+    try:  # None or a list was a TypeError from float()
+        inside = 0.0 < float(ratio) < 1.0
+    except (TypeError, ValueError):
+        inside = False
+    if not inside:
         raise ValueError(f"ratio: must lie in (0, 1), got {ratio!r}")
     check_positive(fs, "fs")
-    lo, hi = float(band[0]), float(band[1])
+    lo, hi = _band_pair(band, "band")
     if not 0 <= lo < hi:
         raise ValueError(f"band: needs (lo, hi) with 0 <= lo < hi, got {tuple(band)!r}")
     freqs = torch.fft.rfftfreq(n, d=1.0 / fs, dtype=torch.float64, device=device)
@@ -271,6 +293,10 @@ def causal_scale_ablation(
     check_finite(t, "x")
     if replace not in ("zero", "phase"):
         raise ValueError(f"replace: must be 'zero' or 'phase', got {replace!r}")
+    nd = t.ndim
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not -nd <= dim < max(nd, 1):
+        raise ValueError(f"dim: needs an axis of x with shape {tuple(t.shape)} (an integer in [{-nd}, {nd - 1}]), "
+                         f"got {dim!r}")
     moved = t.movedim(dim, -1)
     n = moved.shape[-1]
     mask = ablation_mask(n, fs, mode, ratio, band, device=t.device)
@@ -336,6 +362,7 @@ def fc_fd_probe(
     t, _ = as_tensor(latents, "latents")
     if t.ndim != 3:
         raise ValueError(f"latents: needs shape (B, T, C), got {tuple(t.shape)}")
+    _check_time_dim(time_dim, t.shape)
     x = t.movedim(time_dim, 1)  # (B, T, C), the layout functional_connectivity_latents takes
     adj = fm.functional_connectivity_latents(x, method=method, thresh=thresh)
     adj = torch.as_tensor(adj)

@@ -35,6 +35,7 @@ saturate (``M`` reaches ``C``). Finite ``l`` biases it low on lattices (ring: ``
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Optional, Sequence
 
 import torch
@@ -65,6 +66,7 @@ def _time_last(latents: torch.Tensor, time_dim: int, name: str = "latents") -> t
         raise ValueError(f"{name}: needs at least 2 dims (B, T, C with time_dim={time_dim}), got shape {tuple(latents.shape)}")
     if latents.numel() == 0:  # else an MKL "inconsistent configuration" RuntimeError from the FFT
         raise ValueError(f"{name}: is empty (shape {tuple(latents.shape)}); needs at least one (T, C) series")
+    _check_time_dim(time_dim, latents.shape, name)
     if not torch.compiler.is_compiling():
         # NaN/inf channels read as dead (left out: a silently smaller loss) or gave a finite tau. One
         # host sync, so it is skipped inside a torch.compile graph (there NaN latents make the loss NaN).
@@ -73,6 +75,25 @@ def _time_last(latents: torch.Tensor, time_dim: int, name: str = "latents") -> t
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # log-spectra and cumulative sums lose too much in half precision
     return x
+
+
+def _check_time_dim(time_dim, shape, name: str = "latents") -> None:
+    """An axis of ``shape``; else movedim / shape[time_dim] raised an IndexError naming no argument."""
+    nd = len(shape)
+    if isinstance(time_dim, bool) or not isinstance(time_dim, numbers.Integral) or not -nd <= time_dim < nd:
+        raise ValueError(f"time_dim: needs an axis of {name} with shape {tuple(shape)} (an integer in "
+                         f"[{-nd}, {nd - 1}]), got {time_dim!r}")
+
+
+def _finite(value, name: str) -> float:
+    """A target or weight given as a number: NaN or inf would make the loss NaN without a word."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not math.isfinite(v):
+        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+    return v
 
 
 def _zero_like(latents: torch.Tensor) -> torch.Tensor:
@@ -109,7 +130,17 @@ def _resolutions(n: int, nperseg) -> list[int]:
         # another untouched (measured: descent on nperseg=T alone ends at beta 0.26 for nperseg=T/4).
         res = [n // d for d in (1, 2, 4, 8) if n // d >= 64] or [n]
     else:
-        res = [int(v) for v in (nperseg if isinstance(nperseg, (list, tuple)) else [nperseg])]
+        values = nperseg if isinstance(nperseg, (list, tuple)) else [nperseg]
+        for v in values:  # inf was an OverflowError, NaN / arrays a message naming no argument, 64.5 truncated
+            try:
+                ok = not isinstance(v, bool) and float(v).is_integer()
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"nperseg: needs integer Welch segment lengths (or None), got {nperseg!r}")
+        res = [int(v) for v in values]
+        if not res:  # else "stack expects a non-empty TensorList"
+            raise ValueError(f"nperseg: needs at least one Welch segment length (or None), got {nperseg!r}")
     return res
 
 
@@ -162,7 +193,13 @@ def _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold, 
     # (|x| >= 1e19 gave a NaN loss) or underflow into the floor (|x| <= 1e-20 gave beta 0).
     x = x - x.mean(-1, keepdim=True, dtype=torch.float64).to(x.dtype)
     x = x / pow2_scale(x)
-    lo, hi = float(band[0]), min(float(band[1]), 0.45 * fs)
+    try:
+        lo, hi = (float(v) for v in band)
+    except (TypeError, ValueError):  # (2.0,) was an IndexError, "ab" a bare float() message
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN was "cannot convert float NaN to integer"
+        raise ValueError(f"band: needs a (low_hz, high_hz) pair of finite numbers, got {band!r}")
+    hi = min(hi, 0.45 * fs)
     shape = tuple(latents.shape)
     betas = torch.stack([_welch_beta(x, fs, lo, hi, r, exclude_peaks, peak_threshold, time_dim, shape, band)
                          for r in _resolutions(x.shape[-1], nperseg)])
@@ -223,8 +260,9 @@ def l_spec_1overf(
     w = _check_weight(weight)
     if w == 0.0:
         return _zero_like(latents)
+    target = _finite(beta_target, "beta_target")
     betas, live = _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold, drop_dead=True)
-    sq = (betas - float(beta_target)).square() * live
+    sq = (betas - target).square() * live
     return w * sq.sum() / (betas.shape[0] * live.sum()).clamp_min(1)
 
 
@@ -254,6 +292,10 @@ def latent_tau(
     x = _time_last(latents, time_dim)
     n = x.shape[-1]
     q_list = [float(v) for v in (q_vals.tolist() if isinstance(q_vals, torch.Tensor) else q_vals)]
+    if not all(math.isfinite(v) for v in q_list):  # a NaN / inf q gave a NaN tau, a NaN loss
+        raise ValueError(f"q_vals: needs finite moment orders, got {q_list}")
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 0:
+        raise ValueError(f"order: needs an integer >= 0 (detrending polynomial order), got {order!r}")
     q = torch.tensor(q_list, dtype=x.dtype, device=x.device)
     sc = [int(s) for s in scales]
     if any(isinstance(v, bool) or s != v for s, v in zip(sc, scales)):  # 8.7 would truncate to 8
@@ -313,14 +355,20 @@ def l_multifractal(
         d2 = (d1[..., 1:] - d1[..., :-1]) / (0.5 * (q[2:] - q[:-2]))
         loss = loss + d2.square().mean()
     if tau_target is not None:
-        target = torch.as_tensor(tau_target, dtype=tau.dtype, device=tau.device)
+        mw = _check_weight(match_weight, "match_weight")
+        try:
+            target = torch.as_tensor(tau_target, dtype=tau.dtype, device=tau.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"tau_target: needs numbers (one per q), got {tau_target!r}") from exc
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(target).all()):  # one host sync
+            raise ValueError(f"tau_target: must be finite, got {tau_target!r}")
         try:
             diff = tau - target
         except RuntimeError as exc:
             raise ValueError(
                 f"tau_target: shape {tuple(target.shape)} does not broadcast to tau {tuple(tau.shape)}"
             ) from exc
-        loss = loss + float(match_weight) * diff.square().mean()
+        loss = loss + mw * diff.square().mean()
     return w * loss
 
 
@@ -363,7 +411,11 @@ def soft_graph_dimension(
         raise ValueError(f"eps_values: needs >= 2 integer hop radii >= 1, got {raw}")
     if len(set(eps)) != len(eps):  # one mass per radius: a repeat would not line up with log l
         raise ValueError(f"eps_values: hop radii must be distinct, got {raw}")
-    if not 0.0 < float(thresh) < 1.0:
+    try:  # None or a list was a TypeError from float()
+        inside = 0.0 < float(thresh) < 1.0
+    except (TypeError, ValueError):
+        inside = False
+    if not inside:
         raise ValueError(f"thresh: must lie in (0, 1), got {thresh!r}")
     check_positive(temperature, "temperature")
     check_positive(sharpness, "sharpness")
@@ -418,11 +470,12 @@ def l_graph_fd(
     w = _check_weight(weight)
     if w == 0.0:
         return _zero_like(latents)
+    target = None if D_target is None else _finite(D_target, "D_target")
     d = soft_graph_dimension(latents, eps_values, thresh, time_dim=time_dim, temperature=temperature,
                              sharpness=sharpness).flatten()
     if D_target is None:
         return w * d.var(unbiased=False)
-    return w * (d - float(D_target)).square().mean()
+    return w * (d - target).square().mean()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -67,6 +67,16 @@ def fou_log_spectrum(freqs_hz, H, theta, sigma) -> torch.Tensor:
     f = torch.as_tensor(freqs_hz)
     H, theta, sigma = (torch.as_tensor(v, dtype=f.dtype if f.is_floating_point() else torch.float64)
                        for v in (H, theta, sigma))
+    # Outside the domain the log spectrum is NaN or inf (f = 0: log 0); say which argument instead.
+    fd = f.detach()
+    if not bool((torch.isfinite(fd) & (fd > 0)).all()):
+        bad = fd[~(torch.isfinite(fd) & (fd > 0))].flatten()[0].item()
+        raise ValueError(f"freqs_hz: every frequency must be a finite number > 0 Hz, got {bad!r}; drop the DC bin")
+    for v, name, lo, hi in ((H, "H", 0.0, 1.0), (theta, "theta", 0.0, math.inf), (sigma, "sigma", 0.0, math.inf)):
+        d = v.detach()
+        ok = torch.isfinite(d) & (d > lo) & (d < hi)
+        if not bool(ok.all()):
+            raise ValueError(f"{name}: every value must lie in ({lo}, {hi}), got {d[~ok].flatten()[0].item()!r}")
     log_w = torch.log(2.0 * math.pi * f)
     return 2.0 * torch.log(sigma)[..., None] + _log_shape(log_w, H[..., None], torch.log(theta)[..., None])
 
@@ -349,9 +359,14 @@ def fit_fractional_ou(
         h0, th0 = hh.reshape(-1)[best], tt.reshape(-1)[best]
 
     params = torch.stack([torch.logit(h0), th0], dim=-1)  # (R, 2): logit H, log theta
-    _adam(lambda p: _profile_whittle(log_w, ibar, counts, torch.sigmoid(p[:, 0]).clamp(1e-3, 1 - 1e-3)[:, None],
-                                     p[:, 1].clamp(lo_th, hi_th)[:, None])[0].sum(),
-          params, steps=int(steps), lr=float(lr))
+    # The refinement differentiates the likelihood: under torch.no_grad() or inference_mode (an eval or
+    # validation loop) it raised "element 0 of tensors does not require grad". Autograd is switched back
+    # on here, on clones (tensors made in inference mode can be neither saved for backward nor updated).
+    with torch.inference_mode(False), torch.enable_grad():
+        log_w, ibar, counts, params = log_w.clone(), ibar.clone(), counts.clone(), params.clone()
+        _adam(lambda p: _profile_whittle(log_w, ibar, counts, torch.sigmoid(p[:, 0]).clamp(1e-3, 1 - 1e-3)[:, None],
+                                         p[:, 1].clamp(lo_th, hi_th)[:, None])[0].sum(),
+              params, steps=int(steps), lr=float(lr))
     a, lt = params[:, 0], params[:, 1]
     with torch.no_grad():
         H = torch.sigmoid(a).clamp(1e-3, 1 - 1e-3)

@@ -121,9 +121,18 @@ def _window_tensor(window, nperseg: int, dtype, device) -> torch.Tensor:
         except ValueError as exc:
             raise ValueError(f"window: unknown window {window!r} ({exc}); use e.g. 'hann' or 'hamming'") from exc
         return torch.as_tensor(win, dtype=dtype, device=device)
-    win = torch.as_tensor(np.asarray(window) if not isinstance(window, torch.Tensor) else window)
+    try:
+        win = torch.as_tensor(np.asarray(window) if not isinstance(window, torch.Tensor) else window)
+    except (TypeError, ValueError, RuntimeError) as exc:  # None or a dict: "can't convert np.ndarray of type object"
+        raise ValueError(f"window: needs a window name (e.g. 'hann') or a 1-D array of nperseg={nperseg} "
+                         f"weights, got {window!r}") from exc
     if win.ndim != 1 or win.numel() != nperseg:
         raise ValueError(f"window: an array window needs shape ({nperseg},) = (nperseg,), got {tuple(win.shape)}")
+    # The PSD divides by sum(w^2): NaN, all-zero or complex weights (cast to real: their real part) gave a
+    # silent NaN PSD.
+    weights = win.detach()
+    if weights.is_complex() or not bool(torch.isfinite(weights.double()).all()) or not bool((weights != 0).any()):
+        raise ValueError(f"window: an array window needs finite real weights, not all zero, got {window!r}")
     return win.to(dtype=dtype, device=device)
 
 
@@ -216,7 +225,8 @@ def welch_psd(x, fs: float, nperseg: Optional[int] = None, noverlap: Optional[in
     psd = unit_psd * scale * scale  # not scale.square(): 2^1040 overflows where the PSD itself fits
     if bool((psd.detach().isinf() | ((psd.detach() == 0) & (unit_psd.detach() > 0))).any()):
         raise ValueError(f"x: its PSD (units of x^2 / Hz, |x| up to {float(t.detach().abs().max()):g}) lies outside "
-                         f"the range of {t.dtype}; pass float64 or rescale x (spectral_beta needs no rescaling)")
+                         f"the range of {t.dtype}; {'' if t.dtype == torch.float64 else 'pass float64 or '}"
+                         "rescale x (spectral_beta needs no rescaling)")
     if was_numpy:
         return freqs.cpu().numpy(), psd.detach().cpu().numpy()
     return freqs, psd

@@ -21,6 +21,7 @@ import math
 import numbers
 from typing import Iterable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -100,7 +101,13 @@ def _randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
 def _finish(x: torch.Tensor, dtype, device) -> torch.Tensor:
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype: needs a floating torch dtype (e.g. torch.float32), got {dtype!r}")
-    return x.to(device=device if device is not None else x.device, dtype=dtype)
+    out = x.to(device=device if device is not None else x.device, dtype=dtype)
+    # Drawn in float64; a narrower dtype can overflow (fbm_series(2**20, 0.9) reaches 5e5 > float16's
+    # 65504), which returned inf samples without a word.
+    if dtype != x.dtype and not bool(torch.isfinite(out).all()):
+        raise ValueError(f"dtype: {dtype} cannot hold the generated values (|x| up to "
+                         f"{float(x.abs().max()):.3g}); use torch.float32 / float64 or a smaller sigma or n")
+    return out
 
 
 # ----------------------------------------------------------------------------- fGn / fBm
@@ -246,14 +253,19 @@ def one_over_f_psd(freqs: torch.Tensor, beta: float, peaks=None) -> torch.Tensor
 
     Each peak's ``amplitude_ratio`` r_i is its power relative to the aperiodic power at its own
     centre frequency (r = 1 doubles the power there). The value at f = 0 is 0 (zero-mean series).
+    A NumPy array or list of frequencies gives a NumPy array back.
     """
-    f = freqs.to(torch.float64)
+    was_numpy = not isinstance(freqs, torch.Tensor)  # NumPy / list input was an AttributeError (.to)
+    f = torch.as_tensor(np.asarray(freqs, dtype=np.float64) if was_numpy else freqs).to(torch.float64)
+    beta = _check_real(beta, "beta")
     safe = torch.where(f > 0, f, torch.ones_like(f))
     aperiodic = torch.where(f > 0, safe.pow(-beta), torch.zeros_like(f))
     bump = torch.zeros_like(f)
-    for freq, width, ratio in peaks or []:
+    # Validated as in one_over_f_noise (no fs here): a zero width gave a NaN PSD.
+    for freq, width, ratio in _check_peaks(peaks, math.inf):
         bump = bump + ratio * torch.exp(-0.5 * ((f - freq) / width) ** 2)
-    return aperiodic * (1.0 + bump)
+    out = aperiodic * (1.0 + bump)
+    return out.numpy() if was_numpy else out
 
 
 def one_over_f_noise(
