@@ -46,6 +46,16 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- spectral norms
+def _check_weight_kind(weight, name: str, *, allow_complex: bool) -> None:
+    """A clear ValueError for input LAPACK would refuse with a bare RuntimeError (or TypeError for NumPy)."""
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"{name}: needs a torch tensor, got {type(weight).__name__}; pass torch.as_tensor({name})")
+    if weight.is_complex() and not allow_complex:
+        raise ValueError(f"{name}: complex dtype {weight.dtype} is not supported; pass a real tensor")
+    if not (weight.is_floating_point() or weight.is_complex()):
+        raise ValueError(f"{name}: needs a floating tensor, got dtype {weight.dtype}; pass {name}.float()")
+
+
 def top_singular_value(
     weight: torch.Tensor,
     *,
@@ -87,6 +97,7 @@ def top_singular_value(
     Shape:
         weight ``(..., m, n)`` -> sigma ``(...)``
     """
+    _check_weight_kind(weight, "weight", allow_complex=False)
     if weight.ndim < 2:
         raise ValueError(f"weight: needs a matrix (..., m, n), got shape {tuple(weight.shape)}")
     if not bool(torch.isfinite(weight).all()):
@@ -96,6 +107,14 @@ def top_singular_value(
         raise ValueError(f"weight: has an empty matrix side (shape {tuple(weight.shape)}); needs m, n >= 1")
     if init is not None and (init.ndim == 0 or init.shape[-1] != n):
         raise ValueError(f"init: needs start vectors (..., {n}) for weight {tuple(weight.shape)}, got {tuple(init.shape)}")
+    if init is not None:
+        try:  # the start vectors must broadcast over the batch of matrices
+            fits = torch.broadcast_shapes(init.shape[:-1], weight.shape[:-2]) == weight.shape[:-2]
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"init: batch shape {tuple(init.shape[:-1])} does not broadcast to weight's batch "
+                             f"{tuple(weight.shape[:-2])}; pass one start vector per matrix or a single (n,)") from None
     # Half precision (bf16-true training) has no CPU SVD and too few bits for the power iteration's
     # tolerance: both run in float32, and sigma comes back in the weight's dtype.
     half = weight.dtype in (torch.float16, torch.bfloat16)
@@ -157,6 +176,7 @@ def spectral_radius(matrix: torch.Tensor) -> torch.Tensor:
     Shape:
         matrix ``(..., n, n)`` or diagonal ``(n,)`` -> ``(...)``
     """
+    _check_weight_kind(matrix, "matrix", allow_complex=True)
     if matrix.numel() == 0 or (matrix.ndim >= 2 and matrix.shape[-1] == 0):
         raise ValueError(f"matrix: is empty (shape {tuple(matrix.shape)}); needs at least one value")
     # NaN reached LAPACK's balancing step, which crashed the whole process (MKL segfault), not an error.
@@ -226,12 +246,33 @@ class SpectralRegularizer(nn.Module):
         if not (weight >= 0 and math.isfinite(weight)):
             raise ValueError(f"weight: must be a finite number >= 0, got {weight}")
         self.targets = targets
+        if targets is None:  # list(None) failed at the first step with a bare TypeError
+            raise ValueError("targets: needs a number, one per layer, or a mapping name -> number; got None")
+        if isinstance(targets, (Mapping, Sequence, numbers.Real, torch.Tensor)):  # config errors at build, not step 1
+            values = list(targets.values()) if isinstance(targets, Mapping) else (
+                [targets] if isinstance(targets, (numbers.Real, str)) or (isinstance(targets, torch.Tensor)
+                                                                          and targets.ndim == 0) else list(targets))
+            if any(isinstance(v, str) for v in values):
+                raise ValueError(f"targets: needs a number, a sequence of numbers or a mapping, got the text {targets!r}")
+            try:
+                ok = all(float(v) >= 0 and math.isfinite(float(v)) for v in values)
+            except (TypeError, ValueError, RuntimeError):  # None, a nested list, a multi-element tensor
+                ok = False
+            if not ok:
+                raise ValueError(f"targets: need finite singular values >= 0, got {targets!r}")
         self.weight = float(weight)
         self.exclude = set(exclude)
         self.n_iter = int(n_iter)
         self._v: dict[str, torch.Tensor] = {}
 
     def layer_targets(self, names: Sequence[str]) -> dict[str, float]:
+        out = self._layer_targets(names)
+        bad = {n: v for n, v in out.items() if not (v >= 0 and math.isfinite(v))}
+        if bad:  # a NaN or inf target made the penalty (and so the training loss) NaN or inf
+            raise ValueError(f"targets: need finite singular values >= 0, got {bad}")
+        return out
+
+    def _layer_targets(self, names: Sequence[str]) -> dict[str, float]:
         t = self.targets
         if isinstance(t, Mapping):
             missing = [n for n in names if n not in t]
@@ -240,6 +281,8 @@ class SpectralRegularizer(nn.Module):
             return {n: float(t[n]) for n in names}
         if isinstance(t, numbers.Real) or (isinstance(t, torch.Tensor) and t.ndim == 0):  # NumPy / 0-d too
             return {n: float(t) for n in names}
+        if isinstance(t, str):  # list("1.0") read as three targets
+            raise ValueError(f"targets: needs a number, a sequence of numbers or a mapping, got the text {t!r}")
         t = list(t)
         if len(t) != len(names):
             raise ValueError(f"targets: {len(t)} values for {len(names)} layers {list(names)}; give one per layer")
@@ -281,6 +324,8 @@ def criticality_score(indicators: Mapping[str, float], *, dead_ref: float = 0.1,
     ``dead_rate`` contributes ``-tanh((dead - dead_ref) / dead_ref)``: many dead units mean an
     ordered, information-losing network. The score is the mean of the terms present.
     """
+    if not (0 < dead_ref < math.inf and 0 < sens_ref < math.inf):  # else ZeroDivisionError / math domain error
+        raise ValueError(f"dead_ref, sens_ref: need finite numbers > 0, got {dead_ref}, {sens_ref}")
     terms = []
     if "sensitivity" in indicators:
         s = float(indicators["sensitivity"])

@@ -58,6 +58,8 @@ def perturbation_sensitivity(
         raise ValueError(f"n_directions: needs an integer >= 1, got {n_directions!r}")
     if not x.is_floating_point():
         raise ValueError(f"x: needs a floating tensor to perturb, got dtype {x.dtype}; pass x.float()")
+    if x.ndim < 1 or x.shape[0] == 0 or x.numel() == 0:  # else a reshape RuntimeError (or a NaN mean)
+        raise ValueError(f"x: needs a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
     with torch.no_grad():
         y0 = fn(x)
         gains = []
@@ -110,6 +112,9 @@ def boundary_box_dimension(
     xmin, xmax, ymin, ymax = map(float, bounds)
     if not (xmax > xmin and ymax > ymin):
         raise ValueError(f"bounds: need xmin < xmax and ymin < ymax, got {bounds}")
+    for name, value in (("levels", levels), ("min_level", min_level)):  # range(2.5) gave a bare TypeError
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name}: needs an integer, got {value!r}")
     if not 0 <= min_level < levels:
         raise ValueError(f"min_level: needs 0 <= min_level < levels={levels}, got {min_level}")
     if isinstance(coarse, bool) or not isinstance(coarse, numbers.Integral) or coarse < 1:
@@ -165,8 +170,16 @@ def singular_value_exponent(weight: torch.Tensor, *, skip: int = 1) -> torch.Ten
     Shape:
         weight ``(..., m, n)`` -> ``(...)``
     """
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"weight: needs a torch tensor, got {type(weight).__name__}; pass torch.as_tensor(weight)")
+    if not (weight.is_floating_point() or weight.is_complex()):
+        raise ValueError(f"weight: needs a floating tensor, got dtype {weight.dtype}; pass weight.float()")
     if weight.ndim < 2:
         raise ValueError(f"weight: needs a matrix (..., m, n), got shape {tuple(weight.shape)}")
+    if isinstance(skip, bool) or not isinstance(skip, numbers.Integral) or skip < 0:
+        raise ValueError(f"skip: needs an integer >= 0 (top singular values left out), got {skip!r}")
+    if not bool(torch.isfinite(weight).all()):  # else LAPACK's LinAlgError
+        raise ValueError("weight: contains NaN or inf; the singular values are undefined")
     w = weight.detach()
     s = torch.linalg.svdvals(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w)[..., skip:]
     if s.shape[-1] < 3:

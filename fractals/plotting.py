@@ -50,7 +50,11 @@ def _numpy(v: Any, name: str) -> np.ndarray:
         v = v.detach().cpu()
         # NumPy has no bfloat16: widen floating tensors first (a plot needs no more than float64).
         v = (v.double() if v.is_floating_point() else v).numpy()
-    arr = np.asarray(v, dtype=float)
+    try:
+        arr = np.asarray(v, dtype=float)
+    except (TypeError, ValueError) as exc:  # NumPy's message named neither the argument nor what it needs
+        raise ValueError(f"{name}: needs numbers (an array, tensor or list of equal-length rows), got "
+                         f"{type(v).__name__} ({exc})") from None
     if arr.size == 0:
         raise ValueError(f"{name}: is empty; nothing to plot")
     return arr
@@ -87,7 +91,7 @@ def plot_fd_hist(
     Parameters
     ----------
     values : array, tensor, or mapping label -> array
-        Values to histogram (any shape; flattened). NaNs (flagged channels) are dropped and counted
+        Values to histogram (any shape; flattened). NaNs (flagged channels) and infs are dropped and counted
         in the legend.
     measure : str
         x-axis label, e.g. ``"Higuchi FD"`` or ``"Hurst H"``.
@@ -108,7 +112,8 @@ def plot_fd_hist(
         for label, v in groups.items():
             ok = v[np.isfinite(v)]
             dropped = v.size - ok.size
-            text = f"{label} (n={ok.size}" + (f", {dropped} NaN dropped)" if dropped else ")")
+            kind = "NaN" if np.isnan(v).sum() == dropped else "NaN/inf"  # an inf is not a NaN: say which
+            text = f"{label} (n={ok.size}" + (f", {dropped} {kind} dropped)" if dropped else ")")
             ax.hist(ok, bins=edges, alpha=0.6, label=text.strip())
         ax.set_xlabel(measure)
         ax.set_ylabel("count")
@@ -124,7 +129,7 @@ def plot_beta_time(
     target: Optional[float] = None,
     labels: Optional[Sequence[str]] = None,
     title: Optional[str] = None,
-    xlabel: str = "time (s)",
+    xlabel: Optional[str] = None,
     figsize=(3.5, 2.6),
 ):
     """Aperiodic slope beta over time (windows or training steps).
@@ -138,6 +143,8 @@ def plot_beta_time(
         Window centres (default 0..W-1). Use steps and ``xlabel="step"`` for training curves.
     target : float, optional
         The prior's beta target, drawn dashed.
+    xlabel : str, optional
+        x-axis label; default ``"time (s)"`` with ``times``, ``"window"`` without (x is then the window index).
     """
     import matplotlib
 
@@ -145,6 +152,8 @@ def plot_beta_time(
     if b.ndim != 2:
         raise ValueError(f"beta_seq: needs shape (W,) or (S, W), got {b.shape}")
     t = np.arange(b.shape[1]) if times is None else _numpy(times, "times").ravel()
+    if xlabel is None:  # without times x is the window index, not seconds
+        xlabel = "window" if times is None else "time (s)"
     if t.size != b.shape[1]:
         raise ValueError(f"times: has {t.size} values but beta_seq has {b.shape[1]} windows")
     if labels is not None and len(labels) != b.shape[0]:
@@ -206,9 +215,7 @@ def plot_multifractal_spectrum(
             for key in ("tau", "alpha", "falpha"):
                 if key not in spec:
                     raise ValueError(f"spectra[{label!r}]: missing key {key!r} (have {sorted(spec)})")
-            tau = _numpy(spec["tau"], "tau").reshape(-1, np.shape(spec["tau"])[-1]).mean(0)
-            alpha = _numpy(spec["alpha"], "alpha").reshape(-1, np.shape(spec["alpha"])[-1]).mean(0)
-            falpha = _numpy(spec["falpha"], "falpha").reshape(-1, np.shape(spec["falpha"])[-1]).mean(0)
+            tau, alpha, falpha = (_mean_over_series(spec[k], k) for k in ("tau", "alpha", "falpha"))
             q = _numpy(spec["q"], "q").ravel() if "q" in spec else np.arange(tau.size)
             if not q.size == tau.size == alpha.size == falpha.size:
                 raise ValueError(
@@ -230,6 +237,15 @@ def plot_multifractal_spectrum(
         if title:
             fig.suptitle(title)
     return fig
+
+
+def _mean_over_series(v: Any, name: str) -> np.ndarray:
+    """Mean over leading axes, skipping NaN series: one failed series must not blank the others."""
+    arr = _numpy(v, name)
+    arr = arr.reshape(-1, arr.shape[-1]) if arr.ndim else arr.reshape(1, 1)
+    finite = np.isfinite(arr)
+    count = finite.sum(0)
+    return np.where(count > 0, np.where(finite, arr, 0.0).sum(0) / np.maximum(count, 1), np.nan)
 
 
 def plot_attention_fd_coupling(
@@ -319,6 +335,16 @@ def plot_fingerprint(
         missing = {"channel", "measure", "value"} - set(getattr(df, "columns", []))
         if missing:
             raise ValueError(f"fingerprints[{label!r}]: missing columns {sorted(missing)}")
+    # A table of several recordings (leading axes of the input) holds each channel once per recording: draw
+    # the recordings side by side, or their values stack on one x position as if they were one series.
+    split = {}
+    for label, df in frames.items():
+        if "recording" in df.columns and df["recording"].astype(str).nunique() > 1:
+            for rec, part in df.groupby(df["recording"].astype(str), sort=False):
+                split[f"{label} recording {rec}".strip()] = part
+        else:
+            split[label] = df
+    frames = split
     present = set().union(*(set(df["measure"]) for df in frames.values()))
     panels = [(m, lab) for m, lab in _FINGERPRINT_PANELS if m in present]
     panels += [(m, m) for m in sorted(present - {p for p, _ in _FINGERPRINT_PANELS})]

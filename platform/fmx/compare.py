@@ -141,12 +141,19 @@ def sweep_acceptance(df, *, task_metric: str = "val/loss") -> dict[str, float]:
 
 def best_trials_figure(df, metric: str, top: int = 10):
     import matplotlib.pyplot as plt
+    import numpy as np
 
     if metric not in df or df[metric].isna().all():
         return None
     d = df.dropna(subset=[metric]).head(top)
+    values = d[metric].to_numpy(float)
+    finite = np.isfinite(values)
+    # A diverged trial (+-inf) has no bar length: an inf bar vanished with its label. Name its value instead.
+    names = [str(t) if ok else f"{t} ({v:g})" for t, v, ok in zip(d["trial_id"], values, finite)]
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(d) + 1.5))
-    ax.barh(d["trial_id"].astype(str)[::-1], d[metric][::-1], color="tab:blue")
+    # Positions, not categories: two trials with the same id (an untagged run) drew on one bar.
+    ax.barh(np.arange(len(d))[::-1], np.where(finite, values, 0.0), color="tab:blue")
+    ax.set_yticks(np.arange(len(d))[::-1], names)
     ax.set_xlabel(metric)
     ax.set_title("best trials")
     fig.tight_layout()
@@ -166,7 +173,12 @@ def parallel_coordinates_figure(df, metric: str):
     if not cols or metric not in df or df[metric].isna().all():
         return None
     cols = cols + [metric]
-    d = df.dropna(subset=[metric])
+    # Only trials with a finite metric: one diverged (inf) trial made the metric axis' span inf, which put
+    # every other trial at 0 and coloured them alike.
+    keep = np.isfinite(pd.to_numeric(df[metric], errors="coerce").to_numpy(float))
+    if not keep.any():
+        return None
+    d = df[keep]
     data = np.full((len(d), len(cols)), np.nan)
     levels: dict[int, list[str]] = {}
     for j, c in enumerate(cols):
@@ -176,8 +188,9 @@ def parallel_coordinates_figure(df, metric: str):
             levels[j] = sorted({str(v) for v in d[c] if pd.notna(v)})
             codes = {lv: i for i, lv in enumerate(levels[j])}
             data[:, j] = [codes[str(v)] if pd.notna(v) else np.nan for v in d[c]]
-    low = np.array([np.nanmin(col) if np.isfinite(col).any() else 0.0 for col in data.T])
-    span = np.array([np.nanmax(col) if np.isfinite(col).any() else 0.0 for col in data.T]) - low
+    finite_data = np.where(np.isfinite(data), data, np.nan)
+    low = np.array([np.nanmin(col) if np.isfinite(col).any() else 0.0 for col in finite_data.T])
+    span = np.array([np.nanmax(col) if np.isfinite(col).any() else 0.0 for col in finite_data.T]) - low
     scaled = (data - low) / np.where(span > 0, span, 1)
     m = d[metric].to_numpy(float)
     colors = plt.cm.viridis((m - m.min()) / (np.ptp(m) or 1))
@@ -187,11 +200,27 @@ def parallel_coordinates_figure(df, metric: str):
     for j, names in levels.items():
         for i, name in enumerate(names):
             ax.text(j, (i - low[j]) / (span[j] if span[j] > 0 else 1), f" {name}", fontsize=7, va="center")
-    ax.set_xticks(range(len(cols)), [c.removeprefix("sweep.").split(".")[-1] for c in cols], rotation=20)
+    ax.set_xticks(range(len(cols)), _short_names([c.removeprefix("sweep.") for c in cols]), rotation=20)
     ax.set_yticks([])
-    ax.set_title(f"parallel coordinates (colour: {metric})")
+    left_out = len(df) - len(d)
+    note = f"; {left_out} trial(s) without a finite value left out" if left_out else ""
+    ax.set_title(f"parallel coordinates (colour: {metric}{note})")
     fig.tight_layout()
     return fig
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """The shortest dotted suffix of each path that no other path shares (model.encoder.dropout and
+    model.decoder.dropout both read "dropout" before)."""
+    out = []
+    for p in paths:
+        parts = p.split(".")
+        for k in range(1, len(parts) + 1):
+            name = ".".join(parts[-k:])
+            if sum(q == name or q.endswith("." + name) for q in paths) == 1:
+                break
+        out.append(name)
+    return out
 
 
 def beta_star_figure(df, metric: str):
@@ -231,7 +260,9 @@ def fingerprint_figure(df):
     import matplotlib.ticker  # noqa: F401 - MaxNLocator below
 
     if "ok" in df:
-        df = df[df["ok"].astype(bool)]
+        # A missing ok (NA in a nullable table, NaN after concatenating tables) is not ok, as in
+        # fractals.plotting.plot_fingerprint; astype(bool) raised on NA and kept NaN rows as ok.
+        df = df[df["ok"].to_numpy(dtype=bool, na_value=False)]
     measures = sorted(df["measure"].unique())
     n = max(1, len(measures))
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
