@@ -310,7 +310,7 @@ def build_callbacks(cfg: Mapping[str, Any]) -> list[pl.Callback]:
     fr = cfg.get("fractals", {}) or {}
     if not fr.get("enable", False):
         return []
-    from models.neurofmx import _int_option
+    from models._config_options import _int_option
 
     logc = fr.get("log", {}) or {}
     every = {name: _int_option(logc.get(name, default), f"fractals.log.{name}", 1)

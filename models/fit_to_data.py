@@ -7,8 +7,8 @@ step the model would find no tokenizer for ``eeg`` and, renamed to ``lfp``, chan
 
 - a signal modality of the data without a tokenizer gets one, copied from the config's first continuous
   tokenizer (same layout and options), when the new one is continuous too (EEG, ECoG, iEEG, LFP, EMG);
-- a tokenizer's channel-id vocabulary too small for the data's ids (``n_channel_ids`` in the data info)
-  is raised to it;
+- a tokenizer's channel-id vocabulary too small for the data's ids (``n_channel_ids`` in the data info,
+  or a per-modality count: the synthetic data's ``n_unit_ids`` and ``n_lfp_channels``) is raised to it;
 - forecast and reconstruction heads with explicit ``keys`` also cover the new modality.
 
 Nothing is ever shrunk or removed, so a config that already fits comes back unchanged, and the same data
@@ -17,6 +17,7 @@ always gives the same model (checkpoints stay loadable).
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from typing import Any, Mapping
 
@@ -26,6 +27,21 @@ from models.tokenizers.continuous import CONTINUOUS_KEYS
 __all__ = ["fit_model_config"]
 
 log = logging.getLogger(__name__)
+
+# Data info keys that state one modality's id count (the synthetic data: unit ids are global across
+# subjects, so data.n_subjects or data.n_units can outgrow a preset's vocabulary).
+_INFO_IDS = {"spikes": "n_unit_ids", "lfp": "n_lfp_channels"}
+
+
+def _default_vocab(key: str, opts: Mapping[str, Any]) -> int:
+    """The id vocabulary the tokenizer of ``key`` takes when its options leave it unset (0 if none)."""
+    from models.tokenizers.multimodal import TOKENIZER_KINDS, _kind_of
+
+    params = inspect.signature(TOKENIZER_KINDS[_kind_of(key, opts)].__init__).parameters
+    for name in (_VOCAB_OPTION.get(key), "n_channels", "n_units", "n_channel_ids"):
+        if name in params and isinstance(params[name].default, int):
+            return int(params[name].default)
+    return 0
 
 
 def _continuous(key: str, opts: Mapping[str, Any]) -> bool:
@@ -41,7 +57,8 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
         The composed config (``model`` block of the ``neurofmx`` family; other families pass through).
     info : mapping
         The datamodule's ``info``: ``modalities`` (batch keys) and, for one-key data such as
-        ``data=files``, ``n_channel_ids``.
+        ``data=files``, ``n_channel_ids``; per-modality id counts ``n_unit_ids`` (spikes) and
+        ``n_lfp_channels`` (lfp) from the synthetic data.
 
     Returns
     -------
@@ -70,14 +87,20 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
             tokenizers[key] = opts
             changes.append(f"model.tokenizers.{key}: added, options copied from model.tokenizers.{source}")
         opts = tokenizers[key] = dict(tokenizers[key] or {})
-        if n_ids is not None and len(modalities) == 1:
-            have = _vocab(key, opts, default=0)
-            if have < int(n_ids):
+        need = [int(n_ids)] if n_ids is not None and len(modalities) == 1 else []
+        count = info.get(_INFO_IDS.get(key, ""))
+        # A per-modality count raises a vocabulary only past what the tokenizer takes already, its default
+        # included: an unset spikes vocabulary (1024 ids) is not cut to the synthetic data's 64.
+        if count is not None and int(count) > (_vocab(key, opts, default=0) or _default_vocab(key, opts)):
+            need.append(int(count))
+        if need:
+            have, want = _vocab(key, opts, default=0), max(need)
+            if have < want:
                 name = next((n for n in (_VOCAB_OPTION.get(key), "n_channels", "n_units", "n_channel_ids")
                              if n and n in opts), _VOCAB_OPTION.get(key) or "n_channels")
-                opts[name] = int(n_ids)
-                changes.append(f"model.tokenizers.{key}.{name}: {have or 'unset'} -> {int(n_ids)} "
-                               f"(the data has {int(n_ids)} channel ids)")
+                opts[name] = want
+                changes.append(f"model.tokenizers.{key}.{name}: {have or 'unset'} -> {want} "
+                               f"(the data has {want} channel ids)")
     heads = model.get("heads") or {}
     for kind in ("forecast", "reconstruction"):
         head = heads.get(kind)

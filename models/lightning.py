@@ -24,7 +24,8 @@ except ImportError:  # pragma: no cover
 
 from models.callbacks import (LATENT_MEASURES, _autocast_off, build_callbacks, global_means, latent_band,
                               latent_measures)
-from models.neurofmx import NeuroFMx, _int_option
+from models._config_options import _int_option
+from models.neurofmx import NeuroFMx
 
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
 
@@ -250,6 +251,12 @@ class NeuroFMxModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self(batch)
+        if out.get("unscorable"):  # every window alike: the run would train on a loss of 0 and log no val/loss
+            n_steps = -(-self.model.tokenizer.num_time_tokens(batch) // self.model.perceiver.chunk_size)
+            raise ValueError(f"batch: its windows give {n_steps} step(s) of {self.model.step_size} samples, too few "
+                             "for every head with its target here "
+                             f"{list(out['unscorable'])} (forecast needs more steps than its horizon, reconstruction "
+                             "2): training would see a loss of 0. Use longer windows (data.window or data.n_time)")
         loss = task = out["loss"]
         prior, terms = self._prior_loss(out, batch)
         bsz = _batch_size(batch)
@@ -307,6 +314,24 @@ class NeuroFMxModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._warn_mid_epoch_resume()
+        self._warn_priors_never_on()
+
+    def _warn_priors_never_on(self) -> None:
+        """Say so when the fractal priors cannot switch on inside this fit: their settings then change nothing
+        (a 10-epoch sweep trial of 80 steps under the default ``warmup_steps: 1000``)."""
+        trainer = self._trainer
+        if self.priors is None or trainer is None or not trainer.is_global_zero:
+            return
+        if not any(getattr(self.priors, f"lambda_{term}", 0.0) > 0 for term in ("spec", "mf", "graphfd")):
+            return
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or self.prior_warmup < total:
+            return
+        log.warning(
+            "fractals.priors.warmup_steps=%d but this fit runs %d optimizer steps: the fractal priors never switch "
+            "on, so fractals.priors.* (spectral_beta_target, lambda_spec, lambda_mf, lambda_graphfd) change nothing "
+            "in this run. Set fractals.priors.warmup_steps below the step count, or train longer.",
+            self.prior_warmup, int(total))
 
     def _warn_mid_epoch_resume(self) -> None:
         """Say what happens when fit resumes from a checkpoint saved inside an epoch.

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from models._config_options import _build_part, _head_options, _int_option, _refuse_fractions
 from models.backbones import Mamba2Stack
 from models.heads import (
     TIME_MAJOR_KEYS,
@@ -45,38 +46,6 @@ __all__ = ["NeuroFMx", "SIGNAL_KEYS"]
 SIGNAL_KEYS = ("spikes", "lfp", "eeg", "ecog", "ieeg", "emg", "calcium", "fmri")
 _COUNT_KEYS = ("spikes",)  # Poisson losses; everything else is z-scored MSE
 _VOCAB_OPTION = {"spikes": "n_units", "calcium": "n_neurons", "fmri": "n_rois"}
-
-
-def _int_option(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an int, or a ValueError naming the config field (2.5, "abc" and True are refused)."""
-    try:
-        ok = not isinstance(value, bool) and float(value) == int(value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or int(value) < minimum:
-        raise ValueError(f"{name}: needs an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _build_part(path: str, cls, **kwargs: Any):
-    """``cls(**kwargs)``; a bad or unknown option is reported under its config path ``path``."""
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        hint = "; see platform/fmx/conf/model/tiny.yaml for the options" if isinstance(exc, TypeError) else ""
-        raise ValueError(f"{path}: {exc}{hint}") from exc
-
-
-def _head_options(heads: Mapping[str, Any], kind: str) -> dict | None:
-    """Options of head ``kind``: None when off (absent, null or false), {} for true or an empty mapping."""
-    value = heads.get(kind)
-    if value is None or value is False:
-        return None
-    if value is True:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"model.heads.{kind}: needs a mapping of options (null turns the head off), got {value!r}")
-    return dict(value)
 
 
 def _vocab(key: str, opts: Mapping[str, Any], default: int = 256) -> int:
@@ -127,6 +96,8 @@ class NeuroFMx(nn.Module):
           ``ssm_states`` ``(B, H, P, N)`` (last layer's final SSM state)
         - output ``scored``: names of the heads that had something real to score (``losses`` holds
           the others' zero losses too when none had)
+        - output ``unscorable``: the heads with their target here, when the window is too short for all of them
+          (forecast needs more steps than its horizon, reconstruction 2); empty otherwise
     """
 
     def __init__(self, *, d_model: int, patch_size: int, tokenizers: Mapping[str, Mapping[str, Any]],
@@ -170,7 +141,8 @@ class NeuroFMx(nn.Module):
             if not se.get("wavelet_scales"):
                 raise ValueError("fractals.backbone.scale_encodings.wavelet_scales: kind 'filterbank' needs a list of "
                                  f"scales in latent steps, e.g. [8, 16, 32, 64]; got {se.get('wavelet_scales')!r}")
-            return ScaleEncoding(d_model=self.d_model, scales=list(se["wavelet_scales"]))
+            return _build_part("fractals.backbone.scale_encodings.wavelet_scales", ScaleEncoding, d_model=self.d_model,
+                               scales=list(se["wavelet_scales"]))
         if kind == "scattering":
             if _head_options(dict(heads or {}), "forecast") is not None:
                 raise ValueError(
@@ -265,6 +237,8 @@ class NeuroFMx(nn.Module):
         missing = [k for k in ("d_model", "patch_size", "tokenizers") if k not in m]
         if missing:
             raise ValueError(f"model: missing field(s) {missing}; see platform/fmx/conf/model/tiny.yaml")
+        _refuse_fractions(m, "model")
+        _refuse_fractions(bb, "fractals.backbone")
         fk_missing = [k for k in ("n_taps", "min_alpha", "max_alpha") if k not in fk]
         if fk.get("enable") and fk_missing:
             raise ValueError(f"fractals.backbone.fractional_kernels: missing {fk_missing} (enable is true); "
@@ -381,13 +355,16 @@ class NeuroFMx(nn.Module):
             # forward instead of one per head.
             pending.append((name, loss, scored, [m for m in masks if m is not None]))
 
+        too_short = []  # heads whose target is here but the window has too few steps for (every batch alike)
         for key, head in self.forecast.items():
             if key in batch:
                 x, m, ids = channel_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids)
                 add(f"forecast_{key}", out.loss, steps.shape[1] > head.horizon, m)
                 outputs[f"forecast_{key}"] = out.prediction
+                too_short += [f"forecast_{key}"] if steps.shape[1] <= head.horizon else []
         for key, head in self.reconstruction.items():
+            too_short += [f"recon_{key}"] if key in batch and step_mask is None else []
             if key in batch and step_mask is not None:
                 x, m, ids = channel_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids, step_mask=step_mask)
@@ -405,6 +382,10 @@ class NeuroFMx(nn.Module):
             metrics.update({f"behavior_{n}": v for n, v in out.metrics.items()})
         if self.contrastive is not None and self.contrastive_view in batch:
             view = batch[self.contrastive_view]
+            if self.contrastive.pairing == "time" and view.ndim != 3:
+                raise ValueError(f"batch[{self.contrastive_view!r}] (model.heads.contrastive.view): has shape "
+                                 f"{tuple(view.shape)}, one vector per sample, but model.heads.contrastive.pairing "
+                                 "'time' pairs time steps and needs a (B, T, F) view; use pairing: sample")
             feature_mask = batch.get(f"{self.contrastive_view}_mask")
             has_view = None
             if feature_mask is not None and self.contrastive_view in TIME_MAJOR_KEYS:
@@ -440,6 +421,7 @@ class NeuroFMx(nn.Module):
                 raise ValueError(f"batch[{self.adversarial_target!r}] (model.heads.adversarial): {exc}") from exc
             add("adversarial", out.loss, True)
             metrics.update({f"adversarial_{n}": v for n, v in out.metrics.items()})
+        unscorable = tuple(too_short) if too_short and all(name in too_short for name, *_ in pending) else ()
         checks = [m.bool().any().to(steps.device) for _, _, scored, masks in pending if scored for m in masks]
         # Counts scored with the Poisson NLL must be >= 0: with a negative target exp(r) - y * r has no lower
         # bound, so the loss would run to -inf instead of failing. Read in the same host sync as the masks.
@@ -477,4 +459,5 @@ class NeuroFMx(nn.Module):
             "outputs": outputs,
             "metrics": metrics,
             "scored": scored_names,
+            "unscorable": unscorable,
         }

@@ -23,6 +23,12 @@ DATA_MODULES: dict[str, str] = {
     "bytes": "models.byte.data",
 }
 
+# dataset name -> the family whose batches it produces. build_module_and_data refuses a known mismatch up front:
+# otherwise it fails at the first step deep inside the model ("too many values to unpack"). Datasets left
+# out here are not checked.
+DATA_FAMILY: dict[str, str] = {"synthetic": "neurofmx", "files": "neurofmx", "two_moons": "two_moons",
+                               "bytes": "fractal_byte"}
+
 
 def _resolve(table: Mapping[str, str], key: str, field: str, attr: str) -> Callable[..., Any]:
     if key not in table:
@@ -52,6 +58,12 @@ def build_module_and_data(cfg: Mapping[str, Any]):
     """
     from models.fit_to_data import fit_model_config
 
+    family = (cfg.get("model", {}) or {}).get("family", "neurofmx")
+    name = (cfg.get("data", {}) or {}).get("name", "synthetic")
+    if DATA_FAMILY.get(name, family) != family:
+        fits = sorted(k for k, v in DATA_FAMILY.items() if v == family)
+        raise ValueError(f"data.name: {name!r} makes batches for model.family {DATA_FAMILY[name]!r}, not {family!r}; "
+                         f"use {' or '.join(f'data={k}' for k in fits) or 'a dataset of that family'}")
     data = build_datamodule(cfg)
     fitted, _ = fit_model_config(cfg, getattr(data, "info", None) or {})
     return build_lightning_module(fitted), data

@@ -29,7 +29,7 @@ class FractionalKernel(nn.Module):
     n_taps
         Kernel length (samples of memory). Longer than ``fft_threshold`` switches to FFT convolution.
     min_alpha, max_alpha
-        Bounds on the decay exponent; 0 is no decay (running mean), 1 is ``1/t``.
+        Bounds on the decay exponent; 0 is no decay (running mean), 1 is ``1/t``. Equal bounds fix it.
     channels
         Number of depthwise channels.
     init_gate
@@ -48,9 +48,10 @@ class FractionalKernel(nn.Module):
             raise ValueError(f"n_taps: must be >= 1, got {n_taps}")
         if channels < 1:
             raise ValueError(f"channels: must be >= 1, got {channels}")
-        if not (0.0 <= min_alpha < max_alpha < math.inf):  # an infinite alpha makes every tap NaN
+        # min_alpha == max_alpha is a fixed exponent (a sweep's bounds can meet, e.g. both at 0.5).
+        if not (0.0 <= min_alpha <= max_alpha < math.inf):  # an infinite alpha makes every tap NaN
             raise ValueError(
-                f"min_alpha/max_alpha: need 0 <= min_alpha < max_alpha < inf, got {min_alpha}, {max_alpha}"
+                f"min_alpha/max_alpha: need 0 <= min_alpha <= max_alpha < inf, got {min_alpha}, {max_alpha}"
             )
         if not (0.0 < init_gate < 1.0):
             raise ValueError(f"init_gate: must lie in (0, 1), got {init_gate}")

@@ -59,8 +59,16 @@ def build_lightning_module(cfg: Mapping[str, Any]) -> FractalByteModule:
         kwargs["mamba"] = dict(kwargs["mamba"])
     kwargs.setdefault("seed", int(cfg.get("seed", 0)))
     optim = cfg.get("optim", {})
-    return FractalByteModule(model=kwargs, lr=float(m.get("lr", optim.get("lr", 3e-3))),
-                             weight_decay=float(optim.get("weight_decay", 0.01)))
+    lr, decay = m.get("lr", optim.get("lr", 3e-3)), optim.get("weight_decay", 0.01)
+    for name, value, ok in (("model.lr", lr, lambda v: 0 < v < math.inf), ("optim.weight_decay", decay,
+                                                                           lambda v: 0 <= v < math.inf)):
+        try:  # lr 0 would train nothing without a word
+            good = not isinstance(value, bool) and ok(float(value))
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise ValueError(f"{name}: needs a finite number {'> 0' if name == 'model.lr' else '>= 0'}, got {value!r}")
+    return FractalByteModule(model=kwargs, lr=float(lr), weight_decay=float(decay))
 
 
 def load_for_inference(checkpoint: str, map_location: str = "cpu") -> FractalByteLM:

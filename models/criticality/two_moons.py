@@ -124,6 +124,16 @@ class TwoMoonsModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # ASISR's moved targets are plain floats outside the state_dict: without them a reloaded model, or a
+        # trial resumed from its checkpoint, would restart from model.target.
+        if getattr(self.reg, "current", None) is not None:
+            checkpoint["asisr_targets"] = dict(self.reg.current)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if isinstance(self.reg, AdaptiveSpectralRegularizer) and checkpoint.get("asisr_targets") is not None:
+            self.reg.current = {str(k): float(v) for k, v in checkpoint["asisr_targets"].items()}
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         task = nn.functional.cross_entropy(self(x), y)
@@ -148,11 +158,13 @@ class TwoMoonsModule(pl.LightningModule):
             # (left out of the logged metrics rather than logged as NaN).
             bdim = float("nan")
         weights = [m.weight for m in self.net.hidden]
+        # The exponent's fit needs 4 singular values (1 skipped, 3 fitted): none for depth 1 or width < 4.
+        square = weights[1:] if self.hparams.width >= 4 else []
         return {
             "dead_rate": dead,
             "sensitivity": sens,
             "boundary_dim": bdim,
-            "sv_exponent": float(torch.stack([singular_value_exponent(w) for w in weights[1:]]).mean()) if len(weights) > 1 else float("nan"),
+            "sv_exponent": float(torch.stack([singular_value_exponent(w) for w in square]).mean()) if square else float("nan"),
             "sigma_mean": float(torch.stack([torch.linalg.matrix_norm(w.detach(), ord=2) for w in weights]).mean()),
         }
 

@@ -99,6 +99,12 @@ class ScaleEncoding(nn.Module):
 
     def __init__(self, *, d_model: int, scales: Sequence[int], n_probe: int = 8):
         super().__init__()
+        try:  # int() would build a period-8 band for 8.5 without a word
+            whole = all(not isinstance(s, bool) and float(s).is_integer() for s in scales)
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
+            raise ValueError(f"scales: need integer periods in token steps, got {list(scales)}")
         self.scales = [int(s) for s in scales]
         band_energies(torch.zeros(1, 4), self.scales)  # validates scales early, with the field name
         self.probe = nn.Linear(d_model, n_probe, bias=False)

@@ -1,0 +1,51 @@
+"""Reading NeuroFMx config options: integers that must be whole, parts built under their config path, and
+head switches. Kept apart from :mod:`models.neurofmx` so the model file stays readable in one sitting."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def _int_option(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int, or a ValueError naming the config field (2.5, "abc" and True are refused)."""
+    try:
+        ok = not isinstance(value, bool) and float(value) == int(value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or int(value) < minimum:
+        raise ValueError(f"{name}: needs an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# Size options the parts read with int(): 33.5 (a uniform sweep distribution) would run as 33 while the
+# tracker logs 33.5. Whole floats (33.0) are fine.
+_WHOLE_KEYS = frozenset({"n_units", "n_channels", "n_neurons", "n_rois", "n_channel_ids", "n_summary_tokens", "hidden",
+                         "kernel_size", "embed_dim", "proj_dim", "n_domains", "n_taps", "J", "Q", "n_probe"})
+
+
+def _refuse_fractions(tree: Mapping[str, Any], path: str) -> None:
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            _refuse_fractions(value, f"{path}.{key}")
+        elif key in _WHOLE_KEYS and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{path}.{key}: needs an integer, got {value!r}")
+
+
+def _build_part(path: str, cls, **kwargs: Any):
+    """``cls(**kwargs)``; a bad or unknown option is reported under its config path ``path``."""
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        hint = "; see platform/fmx/conf/model/tiny.yaml for the options" if isinstance(exc, TypeError) else ""
+        raise ValueError(f"{path}: {exc}{hint}") from exc
+
+
+def _head_options(heads: Mapping[str, Any], kind: str) -> dict | None:
+    """Options of head ``kind``: None when off (absent, null or false), {} for true or an empty mapping."""
+    value = heads.get(kind)
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"model.heads.{kind}: needs a mapping of options (null turns the head off), got {value!r}")
+    return dict(value)
