@@ -148,6 +148,8 @@ def _forward_latents(pl_module, batch) -> torch.Tensor:
     try:
         with torch.no_grad():
             out = pl_module(batch)
+            if hasattr(pl_module, "clean_latents"):  # unmasked latents when reconstruction hides steps
+                out = {**out, "latents": pl_module.clean_latents(batch, out)}
     finally:
         pl_module.train(was_training)
     return out

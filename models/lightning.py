@@ -196,6 +196,16 @@ class NeuroFMxModule(pl.LightningModule):
         """Rate of the SSM latents: ``n_latents`` per chunk of ``patch_size * chunk_size`` samples."""
         return self.sample_rate(batch) * self.model.perceiver.n_latents / self.model.step_size
 
+    def clean_latents(self, batch: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The latents the fractal measures read: ``out["latents"]``, or, when a masked-reconstruction head
+        hides steps from the encoder (in eval too, on a fixed pattern), those of an unmasked encode of the
+        same batch. Hidden steps carry no input, so measuring them biased val/latent_* and the fingerprints."""
+        if not len(self.model.reconstruction):
+            return out["latents"]
+        with torch.no_grad():
+            enc = self.model.encode(batch)
+        return {**out["latents"], **{k: enc[k] for k in ("perceiver", "ssm")}}
+
     # ------------------------------------------------------------------ steps
     def forward(self, batch: Mapping[str, Any]) -> dict:
         return self.model(batch)
@@ -293,7 +303,8 @@ class NeuroFMxModule(pl.LightningModule):
         if scored:  # the loss of a batch where no head scored is made of zeros: not a validation loss
             values["val/loss"] = out["loss"]
             values.update({f"val/{name}_loss": out["losses"][name] for name in scored})
-        measures = latent_measures(out["latents"]["ssm"], fs=self.latent_rate(batch), cfg_fractals=self.fractals_cfg)
+        measures = latent_measures(self.clean_latents(batch, out)["ssm"], fs=self.latent_rate(batch),
+                                   cfg_fractals=self.fractals_cfg)
         values.update({f"val/latent_{name}": v.float().mean() for name, v in measures.items()})
         if self._val_totals is None:  # validation_step called outside a validation loop
             self.on_validation_epoch_start()
