@@ -13,9 +13,9 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from fractals._checks import check_positive
+from fractals._checks import check_finite, check_positive
 from fractals.regularizers import (
-    _check_time_dim, _check_weight, _zero_like, l_graph_fd, l_multifractal, l_spec_1overf,
+    _LATENTS_CHECKED, _check_time_dim, _check_weight, _zero_like, l_graph_fd, l_multifractal, l_spec_1overf,
 )
 
 __all__ = ["FractalPriors"]
@@ -206,6 +206,17 @@ class FractalPriors(nn.Module):
         return self._terms(latents, fs)
 
     def _terms(self, latents: torch.Tensor, fs: float):
+        on = sum(w > 0 for w in (self.lambda_spec, self.lambda_mf, self.lambda_graphfd))
+        if on > 1 and not torch.compiler.is_compiling():  # one NaN/inf check (a host sync) for all the terms
+            check_finite(latents, "latents")
+            token = _LATENTS_CHECKED.set(True)
+            try:
+                return self._unchecked_terms(latents, fs)
+            finally:
+                _LATENTS_CHECKED.reset(token)
+        return self._unchecked_terms(latents, fs)
+
+    def _unchecked_terms(self, latents: torch.Tensor, fs: float):
         zero = _zero_like(latents)
         parts = {"spec": zero, "mf": zero, "graphfd": zero}
         if self.lambda_spec > 0:

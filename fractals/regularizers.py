@@ -34,6 +34,7 @@ saturate (``M`` reaches ``C``). Finite ``l`` biases it low on lattices (ring: ``
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 from typing import Any, Optional, Sequence
@@ -57,6 +58,11 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+# Set by FractalPriors while its terms run on latents it has checked once: each term's own check is a host
+# sync, so three terms cost three per training step in eager mode.
+_LATENTS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("fractals_latents_checked", default=False)
+
+
 def _time_last(latents: torch.Tensor, time_dim: int, name: str = "latents") -> torch.Tensor:
     if not isinstance(latents, torch.Tensor):
         raise ValueError(f"{name}: needs a torch.Tensor (B, T, C), got {type(latents).__name__}")
@@ -67,7 +73,7 @@ def _time_last(latents: torch.Tensor, time_dim: int, name: str = "latents") -> t
     if latents.numel() == 0:  # else an MKL "inconsistent configuration" RuntimeError from the FFT
         raise ValueError(f"{name}: is empty (shape {tuple(latents.shape)}); needs at least one (T, C) series")
     _check_time_dim(time_dim, latents.shape, name)
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not _LATENTS_CHECKED.get():
         # NaN/inf channels read as dead (left out: a silently smaller loss) or gave a finite tau. One
         # host sync, so it is skipped inside a torch.compile graph (there NaN latents make the loss NaN).
         check_finite(latents, name)
