@@ -49,6 +49,17 @@ def build_datamodule(cfg: Mapping[str, Any]):
     return _resolve(DATA_MODULES, name, "data.name", "build_datamodule")(cfg)
 
 
+def check_data_family(cfg: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming ``data.name`` when the dataset makes batches for another model family than
+    ``model.family`` (it would fail at the first step deep inside the model)."""
+    family = (cfg.get("model", {}) or {}).get("family", "neurofmx")
+    name = (cfg.get("data", {}) or {}).get("name", "synthetic")
+    if DATA_FAMILY.get(name, family) != family:
+        fits = sorted(k for k, v in DATA_FAMILY.items() if v == family)
+        raise ValueError(f"data.name: {name!r} makes batches for model.family {DATA_FAMILY[name]!r}, not {family!r}; "
+                         f"use {' or '.join(f'data={k}' for k in fits) or 'a dataset of that family'}")
+
+
 def build_module_and_data(cfg: Mapping[str, Any]):
     """The datamodule of ``cfg``, then the LightningModule with its config fitted to that data.
 
@@ -58,12 +69,7 @@ def build_module_and_data(cfg: Mapping[str, Any]):
     """
     from models.fit_to_data import fit_model_config
 
-    family = (cfg.get("model", {}) or {}).get("family", "neurofmx")
-    name = (cfg.get("data", {}) or {}).get("name", "synthetic")
-    if DATA_FAMILY.get(name, family) != family:
-        fits = sorted(k for k, v in DATA_FAMILY.items() if v == family)
-        raise ValueError(f"data.name: {name!r} makes batches for model.family {DATA_FAMILY[name]!r}, not {family!r}; "
-                         f"use {' or '.join(f'data={k}' for k in fits) or 'a dataset of that family'}")
+    check_data_family(cfg)
     data = build_datamodule(cfg)
     fitted, _ = fit_model_config(cfg, getattr(data, "info", None) or {})
     return build_lightning_module(fitted), data

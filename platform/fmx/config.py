@@ -150,6 +150,7 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
                                      f"(groups: {', '.join(CONFIG_GROUPS)}){add}") from None
         raise
     _check_base_types(sweep.base, cfg, file=file)
+    _check_base_read(sweep.base, file=file)
     for key, spec in sweep.parameters.items():
         where = f"parameters.{key}"
         if key in CONFIG_GROUPS:
@@ -169,15 +170,17 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
         try:
             current = get_path(cfg, key)
         except KeyError as missing:
-            parent = ".".join(key.split(".")[:-1])
-            try:
-                siblings = sorted(get_path(cfg, parent)) if parent else sorted(cfg)
-            except (KeyError, TypeError):
-                siblings = sorted(cfg)
+            # list what exists where the path stops matching (not under the key's own parent, which may not exist)
+            parent = ".".join(missing.args[0].split(".")[:-1])
+            node = get_path(cfg, parent) if parent else cfg
+            if isinstance(node, Mapping):
+                allowed = f"keys under {parent or 'the root'}: {', '.join(map(str, sorted(node, key=str)))}"
+            elif isinstance(node, list):
+                allowed = f"{parent} is a list: indexes 0 to {len(node) - 1}"
+            else:
+                allowed = f"{parent} holds a value ({node!r}), not keys: a key path ends there"
             raise SweepFileError(file, where, f"unknown config key path (no {missing.args[0]!r} in the "
-                                 "composed config)", value=key,
-                                 allowed=f"keys under {parent or 'the root'}: {', '.join(map(str, siblings))}") \
-                from None
+                                 "composed config)", value=key, allowed=allowed) from None
         if isinstance(current, (dict, list)) and not isinstance(spec, (Categorical, Grid, Constant)):
             raise SweepFileError(file, where, "a numeric distribution cannot replace a config section",
                                  value=_type_name(current), allowed="a leaf key path (number)")
@@ -201,7 +204,57 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
         trainer_options(cfg.get("trainer", {}) or {})
     except ValueError as exc:
         raise SweepFileError(file, "base", str(exc)) from None
+    _check_sampled_trainer_values(sweep, cfg, file=file)
+    _check_run_shape(sweep, cfg, file=file)
     return cfg
+
+
+def _spec_values(spec) -> list:
+    """The values a parameter can take that matter for a check: its list, its constant, or its bounds."""
+    if hasattr(spec, "values"):
+        return list(spec.values)
+    if hasattr(spec, "value"):
+        return [spec.value]
+    return [spec.min, spec.max]
+
+
+def _check_sampled_trainer_values(sweep, cfg: Mapping[str, Any], *, file) -> None:
+    """A ``trainer.<key>`` parameter gets the checks of :func:`trainer_options` for each value it can take (a
+    value Lightning refuses would otherwise fail every trial that draws it)."""
+    from fmx.schema import SweepFileError
+
+    for key, spec in sweep.parameters.items():
+        section, _, leaf = key.partition(".")
+        if section != "trainer" or leaf not in TRAINER_KEYS:
+            continue
+        for value in _spec_values(spec):
+            try:
+                trainer_options({**(cfg.get("trainer") or {}), leaf: value})
+            except ValueError as exc:
+                raise SweepFileError(file, f"parameters.{key}", str(exc), value=value) from None
+
+
+def _check_run_shape(sweep, cfg: Mapping[str, Any], *, file) -> None:
+    """Refuse settings that validate one by one but make the run pointless: early stopping that can never stop a
+    trial (grace_period >= the longest max_epochs), and a val/ metric with validation switched off."""
+    from fmx.schema import SweepFileError
+
+    trainer = cfg.get("trainer") or {}
+    et = sweep.early_terminate
+    if et.type != "none":
+        epochs = [trainer.get("max_epochs", 1)]
+        if "trainer.max_epochs" in sweep.parameters:
+            epochs += _spec_values(sweep.parameters["trainer.max_epochs"])
+        longest = max(int(e) for e in epochs if isinstance(e, (int, float)) and not isinstance(e, bool))
+        if et.grace_period >= longest:
+            raise SweepFileError(file, "early_terminate.grace_period", f"{et.type} stops a trial only after "
+                                 f"grace_period epochs, and no trial runs more than trainer.max_epochs={longest}: "
+                                 "it would never stop one", value=et.grace_period,
+                                 allowed=f"a grace_period below {longest}, or early_terminate type: none")
+    if sweep.metric.name.startswith("val/") and trainer.get("limit_val_batches", 1.0) == 0:
+        raise SweepFileError(file, "base", f"trainer.limit_val_batches=0 switches validation off, so no trial ever "
+                             f"reports {sweep.metric.name}", value=0,
+                             allowed="limit_val_batches > 0, or a metric the trials report without validation")
 
 
 def _missing_key_hint(item: str, before: list[str]) -> str:
@@ -221,6 +274,28 @@ def _missing_key_hint(item: str, before: list[str]) -> str:
     if close:
         return f"; did you mean {parent}.{close[0]}?"
     return f", or +{item} to add an optional key the config leaves out"
+
+
+def _check_base_read(base: list[str], *, file: str | Path) -> None:
+    """Refuse base entries no trial would see: ``seed=N`` (:func:`trial_config` gives every trial the sweep's own
+    ``seed``) and ``+section.key=V`` adding a root section (the builders read only the root config's sections)."""
+    from fmx.schema import CONFIG_GROUPS, SweepFileError
+
+    roots = None
+    for i, item in enumerate(base):
+        key = str(item).partition("=")[0]
+        bare = key.lstrip("+~")
+        if bare == "seed":
+            raise SweepFileError(file, f"base[{i}]", "every trial gets the sweep's own seed instead (the top-level "
+                                 "seed:, default 0)", value=item, allowed="seed: N at the top level of the file, "
+                                 "or a seed parameter to sample it")
+        if key.startswith("+"):
+            if roots is None:
+                groups = [b for b in base if str(b).partition("=")[0].lstrip("+~") in CONFIG_GROUPS]
+                roots = sorted(compose(groups))
+            if bare.split(".")[0] not in roots:
+                raise SweepFileError(file, f"base[{i}]", f"adds the root section {bare.split('.')[0]!r}, which no "
+                                     "trial reads", value=item, allowed=f"keys under the root: {', '.join(roots)}")
 
 
 def _check_base_types(base: list[str], cfg: Mapping[str, Any], *, file: str | Path) -> None:
@@ -288,12 +363,17 @@ TRAINER_KEYS = {
 }
 
 
+# What pl.Trainer(precision=...) takes (Lightning's _PRECISION_INPUT; Hydra reads precision=16 as the int 16)
+LIGHTNING_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "64-true", "16-true", "bf16-true", "transformer-engine",
+                        "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
+
+
 def trainer_options(tr: Mapping[str, Any]) -> dict[str, Any]:
     """The Lightning ``Trainer`` arguments of a composed ``trainer`` config, checked.
 
     Raises ``ValueError`` naming a key no trial reads (``+trainer.gradient_clip_val=1`` would otherwise be
-    ignored without a word; gradient clipping is ``model.optim.grad_clip``) or a count that is not a positive
-    integer.
+    ignored without a word; gradient clipping is ``model.optim.grad_clip``), a count that is not a positive
+    integer, or a precision, batch limit or validation interval ``pl.Trainer`` would refuse.
     """
     unknown = sorted(set(tr) - set(TRAINER_KEYS))
     if unknown:
@@ -304,6 +384,21 @@ def trainer_options(tr: Mapping[str, Any]) -> dict[str, Any]:
         value = tr.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"trainer.{key}: needs an integer >= 1, got {value!r}")
+    # Lightning refuses these only when a trial builds its Trainer: every trial would fail
+    precision = tr.get("precision", "32-true")
+    if isinstance(precision, bool) or precision not in LIGHTNING_PRECISIONS:
+        raise ValueError(f"trainer.precision: {precision!r} is not a Lightning precision; allowed: "
+                         f"{', '.join(str(p) for p in LIGHTNING_PRECISIONS if isinstance(p, str))}")
+    for key, least in (("limit_train_batches", 0), ("limit_val_batches", -1), ("val_check_interval", 0)):
+        value = tr.get(key, 1.0)
+        if value is None:  # Lightning's default
+            continue
+        whole = isinstance(value, int) and not isinstance(value, bool) and value > least
+        fraction = isinstance(value, float) and (least < value <= 1.0 if least == 0 else 0.0 <= value <= 1.0)
+        if not (whole or fraction):
+            counts = "an integer >= 1" if least == 0 else "an integer >= 0"
+            span = "(0, 1]" if least == 0 else "[0, 1]"
+            raise ValueError(f"trainer.{key}: needs {counts} (batches) or a fraction in {span}, got {value!r}")
     return dict(
         max_epochs=int(tr.get("max_epochs", 1)), precision=tr.get("precision", "32-true"),
         limit_train_batches=tr.get("limit_train_batches", 1.0), limit_val_batches=tr.get("limit_val_batches", 1.0),

@@ -13,35 +13,26 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from fmx.distributions import (  # noqa: F401  re-exported: the parameter distributions of a sweep file
+    NUMERIC, Categorical, Constant, Distribution, Grid, IntRange, LogUniform, StrictInt, Uniform, _no_bool, _Strict)
 from fmx.targets import (  # noqa: F401  re-exported: where checkpoints and runs go
-    DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_DEFAULT, SOURCE_FILE, STORAGE_ENV, TRACKING_ENV, choose_target,
-    mask_uri_password, uri_has_password)
+    DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_DEFAULT, SOURCE_FILE, STORAGE_ENV, TRACKING_ENV,
+    TRACKING_URI_FORMS, choose_target, mask_uri_password, tracking_uri_problem, uri_has_password)
 
 MAX_SEED = 2**32 - 1  # numpy's SeedSequence, Optuna's samplers and Tune's variant generator take 0 .. 2**32 - 1
+RAY_RESOURCE_UNIT = 1e-4  # Ray refuses a fractional resource quantity below 0.0001 when it schedules the workers
 ACCEPTANCE_BENCHMARKS = ("numerics", "training", "ablation", "stability", "speed")
 CONFIG_GROUPS = ("model", "data", "fractals", "trainer")
 # Keys that would put a secret into a sweep file (and so into params and artifacts): refused anywhere.
 # "token" followed by a letter is another word (model.tokenizers, n_summary_tokens), not a credential.
 _SECRET_KEY = re.compile(r"(secret|password|token(?![a-z])|access_key|credential)", re.IGNORECASE)
-
-
-def _no_bool(v: Any) -> Any:
-    if isinstance(v, bool):  # YAML reads yes/true as True, which pydantic would take for 1
-        raise ValueError(f"Input should be a valid integer, not a boolean ({v})")
-    return v
-
-
-# A whole number (2 and 2.0), never a boolean
-StrictInt = Annotated[int, BeforeValidator(_no_bool)]
 
 
 class SweepFileError(ValueError):
@@ -57,76 +48,6 @@ class SweepFileError(ValueError):
         super().__init__(msg)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------------------------------- distributions
-class Uniform(_Strict):
-    """Real value uniform in [min, max]."""
-
-    distribution: Literal["uniform"]
-    min: float
-    max: float
-
-    @model_validator(mode="after")
-    def _bounds(self):
-        if not (math.isfinite(self.min) and math.isfinite(self.max)) or self.min >= self.max:
-            raise ValueError(f"min must be < max and both finite (min={self.min}, max={self.max})")
-        return self
-
-
-class LogUniform(Uniform):
-    """Real value log-uniform in [min, max], min > 0 (weights and learning rates)."""
-
-    distribution: Literal["log_uniform"]  # type: ignore[assignment]
-
-    @model_validator(mode="after")
-    def _positive(self):
-        if self.min <= 0:
-            raise ValueError(f"log_uniform needs min > 0 (min={self.min})")
-        return self
-
-
-class IntRange(_Strict):
-    """Integer uniform in [min, max] with an optional step."""
-
-    distribution: Literal["int"]
-    min: StrictInt
-    max: StrictInt
-    step: StrictInt = 1
-
-    @model_validator(mode="after")
-    def _bounds(self):
-        if self.min >= self.max or self.step < 1:
-            raise ValueError(f"int needs min < max and step >= 1 (min={self.min}, max={self.max}, step={self.step})")
-        return self
-
-
-class Categorical(_Strict):
-    """One of a list of values (numbers, strings, booleans)."""
-
-    distribution: Literal["categorical"]
-    values: list[Union[bool, int, float, str]] = Field(min_length=1)
-
-
-class Grid(_Strict):
-    """Every value is tried (Tune grid search); each grid multiplies the trial count."""
-
-    distribution: Literal["grid"]
-    values: list[Union[bool, int, float, str]] = Field(min_length=1)
-
-
-class Constant(_Strict):
-    """A fixed value for every trial (same as a base override, kept for W&B-style files)."""
-
-    value: Union[bool, int, float, str]
-
-
-Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Categorical, Grid], Field(discriminator="distribution")]
-NUMERIC = (Uniform, LogUniform, IntRange)
-
-
 # --------------------------------------------------------------------------------------------- sections
 class Metric(_Strict):
     """The metric the search optimises; a name the LightningModule or the acceptance step logs."""
@@ -137,6 +58,8 @@ class Metric(_Strict):
     @field_validator("name")
     @classmethod
     def _namespaced(cls, v: str) -> str:
+        if any(c.isspace() for c in v):  # no trial reports "val/loss ": the run would stop after its first one
+            raise ValueError("metric names have no spaces; e.g. val/loss")
         # every metric a trial reports is namespaced (val/loss, train/loss, fingerprint/..., acceptance/...);
         # a W&B-style val_loss would pass here and stop the sweep after its first epoch
         if "/" not in v:
@@ -166,6 +89,16 @@ class Resources(_Strict):
     workers: StrictInt = Field(1, ge=1, le=512, description="DDP workers per trial")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0, description="0 = CPU; fractions (0.25, 0.5) pack trials on one GPU")
+
+    @field_validator("cpus_per_worker", "gpus_per_worker")
+    @classmethod
+    def _schedulable(cls, v: float, info) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"{info.field_name} must be a finite number (got {v})")
+        if 0 < v < RAY_RESOURCE_UNIT:
+            raise ValueError(f"{info.field_name} must be 0 or at least {RAY_RESOURCE_UNIT:g} (got {v:g}): Ray "
+                             "refuses smaller fractions when it schedules the workers")
+        return v
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -222,8 +155,12 @@ class Tracking(_Strict):
     @field_validator("uri")
     @classmethod
     def _no_password(cls, v: str) -> str:
-        return _refuse_password(v, "tracking.uri",
-                                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment")
+        _refuse_password(v, "tracking.uri",
+                         "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment")
+        problem = tracking_uri_problem(v)
+        if problem:  # MLflow would refuse it only after Ray had started
+            raise ValueError(f"the tracking URI {problem}; use {TRACKING_URI_FORMS}")
+        return v
 
     @field_validator("artifact_location")
     @classmethod
@@ -379,6 +316,10 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
         elif err["type"] == "literal_error":
             allowed = msg.removeprefix("Input should be ")
             msg = "value not allowed"
+        if value is None and "input" in err and err["type"] != "missing":
+            msg += "; got null"  # SweepFileError leaves a None value out (an empty key reads as null)
+        if not err["loc"] and err["type"] == "value_error":
+            value = None  # a check across fields: its message names them, the input is the whole file
         if isinstance(value, dict) and err["type"] != "missing":
             value = {k: v for k, v in value.items() if not _SECRET_KEY.search(str(k))}
         if isinstance(value, str):
@@ -433,7 +374,7 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-def load_sweep(path: str | Path, *, check_config: bool = True) -> Sweep:
+def load_sweep(path: str | Path, *, check_config: bool = True, check_build: bool = False) -> Sweep:
     """Read, validate and (by default) check a sweep file's key paths against the composed Hydra config.
 
     Parameters
@@ -443,6 +384,10 @@ def load_sweep(path: str | Path, *, check_config: bool = True) -> Sweep:
     check_config : bool
         Compose the Hydra config with the file's ``base`` overrides and check that every parameter key path
         exists there and holds a value of a fitting type (see :func:`fmx.config.check_sweep_paths`).
+    check_build : bool
+        Also build the model and data module of the trials at the edges of the search space
+        (:func:`fmx.trial_build.check_trials_build`; seconds: it imports torch and the model code). ``fmx sweep validate``
+        and ``fmx sweep run`` do.
 
     Raises
     ------
@@ -450,10 +395,17 @@ def load_sweep(path: str | Path, *, check_config: bool = True) -> Sweep:
         Naming the file, the key path, the bad value and what is allowed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SweepFileError(path, "", "is a folder, not a sweep file", allowed="a path to a .yaml file")
     if not path.is_file():
         raise SweepFileError(path, "", "sweep file not found", allowed="a path to an existing .yaml file")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise SweepFileError(path, "", f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+                             allowed="a YAML file saved as UTF-8") from None
+    except OSError as exc:
+        raise SweepFileError(path, "", f"cannot read the file ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -465,6 +417,10 @@ def load_sweep(path: str | Path, *, check_config: bool = True) -> Sweep:
         from fmx.config import check_sweep_paths
 
         check_sweep_paths(sweep, file=path)
+        if check_build:
+            from fmx.trial_build import check_trials_build
+
+            check_trials_build(sweep, file=path)
     return sweep
 
 

@@ -38,7 +38,7 @@ def fit(
                                                help="Config NAME (default|eeg|hrv) and/or key=value overrides."),
     modality: Optional[str] = typer.Option(None, "--modality", help="Only files of this BIDS modality (eeg, ieeg...)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray instance."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray instance."),
     gpus_per_task: float = typer.Option(0.25, "--gpus-per-task",
                                         help="GPU share per recording when the cluster has GPUs."),
     serial: bool = typer.Option(False, "--serial", help="Run in this process without Ray (debugging)."),
@@ -50,6 +50,16 @@ def fit(
     """Fingerprint every recording of DATA; resumable (finished recordings are skipped)."""
     from fmx.fingerprint.job import run_fingerprint_job
 
+    if not no_mlflow:  # before the job: MLflow would refuse the URI only when logging, after every recording
+        import os
+
+        from fmx.targets import TRACKING_ENV, TRACKING_URI_FORMS, mask_uri_password, tracking_uri_problem
+
+        uri, field = (mlflow, "--mlflow") if mlflow else ((os.environ.get(TRACKING_ENV) or "").strip(), TRACKING_ENV)
+        problem = tracking_uri_problem(uri) if uri else None
+        if problem:
+            _fail(ValueError(f"{field}={mask_uri_password(uri)!r}: the tracking URI {problem}; use "
+                             f"{TRACKING_URI_FORMS}, or add --no-mlflow"))
     picked = [c.strip() for item in (channels or []) for c in item.split(",") if c.strip()] or None
     band_pair = list(band) if band and band[0] is not None else None
     try:

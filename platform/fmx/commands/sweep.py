@@ -29,19 +29,20 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(file: Path, check_config: bool = True):
+def _load(file: Path, check_config: bool = True, check_build: bool = False):
     from fmx.schema import SweepFileError, load_sweep
 
     try:
-        return load_sweep(file, check_config=check_config)
+        return load_sweep(file, check_config=check_config, check_build=check_build)
     except SweepFileError as exc:
         _fail(str(exc))
 
 
 @app.command()
 def validate(file: Path = typer.Argument(..., help="sweep YAML file")) -> None:
-    """Check a sweep file: schema, value ranges, and every key path against the composed Hydra config."""
-    sweep = _load(file)
+    """Check a sweep file: schema, value ranges, every key path against the composed Hydra config, and the model
+    and data a trial builds at the edges of the search space."""
+    sweep = _load(file, check_build=True)
     table = Table(title=f"{file}: valid", show_header=True)
     table.add_column("parameter")
     table.add_column("distribution")
@@ -113,13 +114,14 @@ def _table(df, metric: str, *, title: str, n: int = 20) -> Table:
 @app.command()
 def run(file: Path = typer.Argument(..., help="sweep YAML file"),
         address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
-        num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all)")) -> None:
+        num_cpus: Optional[int] = typer.Option(None, min=1, help="CPUs of the local Ray (default: all)")) -> None:
     """Run a sweep: trials on Ray Tune over Ray Train, tracked in MLflow, checkpoints on disk or S3."""
     from fmx.commands.tracking import check_reachable
     from fmx.runner import resolve_targets, run_sweep
     from fmx.schema import SOURCE_FILE
 
-    sweep = _load(file)
+    sweep = _load(file, check_build=True)  # a value the model builder refuses fails here, not in every trial
+    _check_env_tracking_uri(sweep)
     try:
         targets = resolve_targets(sweep)
     except ValueError as exc:  # e.g. an unusable FMX_STORAGE_PATH or MLFLOW_TRACKING_URI
@@ -137,6 +139,19 @@ def run(file: Path = typer.Argument(..., help="sweep YAML file"),
     outcome = _cut_short(outcome)
     _print_outcome(outcome, sweep.metric.name)
     _exit_for(outcome, sweep)
+
+
+def _check_env_tracking_uri(sweep) -> None:
+    """Refuse an ``MLFLOW_TRACKING_URI`` MLflow cannot open, when it takes the place of the file's default: MLflow
+    would raise only after Ray had started (the file's own tracking.uri is checked by the schema)."""
+    from fmx.schema import TRACKING_ENV, choose_target
+    from fmx.targets import DEFAULT_TRACKING_URI, TRACKING_URI_FORMS, mask_uri_password, tracking_uri_problem
+
+    uri, source = choose_target(sweep.tracking.uri, default=DEFAULT_TRACKING_URI, env_var=TRACKING_ENV)
+    problem = tracking_uri_problem(uri) if source == TRACKING_ENV else None
+    if problem:
+        _fail(f"{TRACKING_ENV}={mask_uri_password(uri)!r}: the tracking URI {problem}; use {TRACKING_URI_FORMS}, or "
+              "unset it to use the local default")
 
 
 def _check_ray_address(address: Optional[str]) -> None:
@@ -237,13 +252,36 @@ def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
     storage, _ = choose_target(storage, default=DEFAULT_STORAGE, env_var=STORAGE_ENV)
     missing = "://" not in storage and not Path(storage).expanduser().is_dir()  # resolve_storage would create it
     try:
-        pointer = None if missing else read_pointer(name, resolve_storage(storage, endpoint_url=endpoint_url))
+        target = None if missing else resolve_storage(storage, endpoint_url=endpoint_url)
     except ValueError as exc:
         _fail(str(exc))
+    where = f"{name}.latest.json under {storage}"
+    try:
+        pointer = None if target is None else read_pointer(name, target)
+    except ValueError as exc:  # json's JSONDecodeError: a damaged (e.g. truncated) pointer
+        _fail(f"{where} is not valid JSON ({exc}); the pointer is damaged: restore it, or run the sweep again")
     if pointer is None:
         _fail(f"no sweep named {name!r} under {storage} (looked for {name}.latest.json); "
               "pass --storage with the sweep's storage.path")
+    lacking = [k for k in _POINTER_KEYS if k not in pointer] if isinstance(pointer, dict) else list(_POINTER_KEYS)
+    if lacking:
+        _fail(f"{where} is not a sweep pointer (it lacks {', '.join(lacking)}); the pointer is damaged: restore "
+              "it, or run the sweep again")
     return pointer
+
+
+_POINTER_KEYS = ("sweep_id", "tracking_uri", "experiment_id", "parent_run_id", "sweep")
+
+
+def _pointer_sweep(pointer: dict, name: str):
+    """The sweep a pointer recorded, validated (a pointer written by another version may hold what this one
+    refuses)."""
+    from fmx.schema import SweepFileError, parse_sweep
+
+    try:
+        return parse_sweep(pointer["sweep"], file=f"{name}.latest.json (sweep)")
+    except SweepFileError as exc:
+        _fail(f"{exc}; the sweep this pointer records does not validate here: run it again from its sweep file")
 
 
 @app.command()
@@ -252,13 +290,12 @@ def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as 
                                                              "else runs/ray)"),
            endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint for s3:// storage"),
            address: Optional[str] = typer.Option(None, help="Ray cluster address"),
-           num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray")) -> None:
+           num_cpus: Optional[int] = typer.Option(None, min=1, help="CPUs of the local Ray")) -> None:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from checkpoints."""
     from fmx.runner import run_sweep
-    from fmx.schema import Sweep
 
     pointer = _pointer(name, storage, endpoint_url)
-    sweep = Sweep.model_validate(pointer["sweep"])
+    sweep = _pointer_sweep(pointer, name)
     # Resume where the run went, as the pointer records it (FMX_STORAGE_PATH / MLFLOW_TRACKING_URI may have
     # chosen it): re-resolving the file's defaults here would start the sweep over in ./runs/ray.
     sweep = sweep.model_copy(update={
@@ -289,10 +326,9 @@ def status(name: str = typer.Argument(..., help="sweep name"),
     """Show a sweep's trials: status, sampled values and the metric (from MLflow)."""
     from fmx import compare, tracking
     from fmx.runner import planned_trials
-    from fmx.schema import Sweep
 
     pointer = _pointer(name, storage, endpoint_url)
-    sweep = Sweep.model_validate(pointer["sweep"])
+    sweep = _pointer_sweep(pointer, name)
     from fmx.commands.tracking import check_reachable
 
     check_reachable(pointer["tracking_uri"], f"tracking_uri in {name}.latest.json", fail=_fail,

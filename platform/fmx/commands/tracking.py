@@ -61,7 +61,11 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
         console.print(f"sweep {name}: no trials yet")
         raise typer.Exit(0)
     out = out or Path("runs") / "compare" / name
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # --out names a file, or a folder under one
+        _error(f"--out {out}: cannot make the folder for the table and plots ({exc.strerror or exc}); give a folder "
+               "path")
     df.to_csv(out / "trials.csv", index=False)
     df.to_parquet(out / "trials.parquet", index=False)
     written = []
@@ -80,7 +84,7 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
 
 def ui(tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="backend store of the MLflow UI"),
        host: str = typer.Option("127.0.0.1", help="bind address (keep 127.0.0.1 on shared machines)"),
-       port: int = typer.Option(5000, help="port")) -> None:
+       port: int = typer.Option(5000, min=1, max=65535, help="port")) -> None:
     """Serve the MLflow UI on the local store (Ctrl-C stops it)."""
     from fmx import tracking
 
@@ -125,10 +129,14 @@ def _resolve(tracking_uri: str, field: str) -> str:
     """The absolute store URI, or a clean error naming ``field`` (a file store MLflow 3 refuses, a password)."""
     from fmx import tracking
     from fmx.schema import mask_uri_password, uri_has_password
+    from fmx.targets import TRACKING_URI_FORMS, tracking_uri_problem
 
     if uri_has_password(tracking_uri):  # MLflow's errors would print it
         _error(f"{field}={mask_uri_password(tracking_uri)!r} carries user:password@; drop them from the URI and set "
                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+    problem = tracking_uri_problem(tracking_uri)
+    if problem:  # MLflow's client would raise a traceback (or retry an unopenable sqlite path for minutes)
+        _error(f"{field}={tracking_uri!r}: the tracking URI {problem}; use {TRACKING_URI_FORMS}")
     try:
         return tracking.resolve_tracking_uri(tracking_uri, field=field)
     except ValueError as exc:
