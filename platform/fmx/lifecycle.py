@@ -1,4 +1,4 @@
-"""The driver-side MLflow lifecycle of a sweep's trials (a Tune callback).
+"""The driver-side MLflow lifecycle of a sweep's trials (a Tune callback), and SIGTERM handling of the driver.
 
 Ray's helpers leave each trial's nested MLflow run RUNNING; :class:`MlflowLifecycle` ends it with the trial
 (FINISHED, or FAILED on error; tagged ``fmx.stopped_early`` when the scheduler stopped it). Kept apart from
@@ -7,6 +7,8 @@ Ray's helpers leave each trial's nested MLflow run RUNNING; :class:`MlflowLifecy
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import TYPE_CHECKING, Any
 
 from fmx import storage as st
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fmx.runner")  # the runner's logger: one place to turn sweep messages up or down
 
-__all__ = ["MlflowLifecycle"]
+__all__ = ["MlflowLifecycle", "SigtermAsInterrupt"]
 
 
 def _tune_callback_base():
@@ -66,3 +68,48 @@ class MlflowLifecycle(_tune_callback_base()):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "FAILED")
+
+
+class SigtermAsInterrupt:
+    """SIGTERM (``kill``, a Kubernetes eviction) stops a sweep as Ctrl-C does.
+
+    While Tune runs, SIGTERM calls Tune's own stop handler: Tune saves its state one last time and returns, the
+    runs become KILLED, and ``fmx sweep resume`` continues. Without this, ``ray.init``'s handlers print a stack
+    dump and abort the driver (exit -6) before Tune saves (a trial that had finished is run again on resume), and
+    the parent run ends FAILED. Outside ``tuner.fit`` SIGTERM raises KeyboardInterrupt. A handler the application
+    installed itself is kept.
+    """
+
+    def __init__(self):
+        self.received = False
+        self.fitting = False
+        self._previous = None
+        self._installed = False
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        previous = signal.getsignal(signal.SIGTERM)
+        # SIG_DFL, a handler set outside Python (None), or ray.init's sys.exit(15): replaced; an app's own: kept
+        if previous in (signal.SIG_DFL, None) or getattr(previous, "__module__", "").startswith("ray."):
+            self._previous, self._installed = previous, True
+            signal.signal(signal.SIGTERM, self._on_term)
+        return self
+
+    def _on_term(self, signum, frame):
+        self.received = True
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if self.fitting and callable(tune_stop) and getattr(tune_stop, "__module__", "").startswith("ray.tune"):
+            tune_stop(signum, frame)  # Tune listens on SIGINT and SIGUSR1 with this handler
+            return
+        raise KeyboardInterrupt
+
+    def arm(self) -> None:
+        """Put the handler back after ``ray.init``, which sets its own."""
+        if self._installed and getattr(signal.getsignal(signal.SIGTERM), "__module__", "").startswith("ray."):
+            signal.signal(signal.SIGTERM, self._on_term)
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if callable(self._previous) else signal.SIG_DFL)
+        return False

@@ -29,14 +29,15 @@ from typing import Any, Mapping
 from fmx import storage as st
 from fmx import tracking
 from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_FILE, STORAGE_ENV, TRACKING_ENV,
-                        Resources, Storage, Sweep, check_search_space, choose_target, mask_uri_password,
+                        Storage, Sweep, check_search_space, choose_target, mask_uri_password,
                         uri_has_password)
 from fmx.lifecycle import MlflowLifecycle  # noqa: F401  also the name pickled in older sweeps' Tune state
+from fmx.lifecycle import SigtermAsInterrupt
+from fmx.ray_setup import TRIAL_CPU, check_trial_fits, init_ray  # noqa: F401  tests patch runner.init_ray
 from fmx.search import scheduler, search_algorithm, search_space
 
 logger = logging.getLogger(__name__)
 
-TRIAL_CPU = 0.01  # the Tune function only waits on its TorchTrainer; 0 is rejected by Tune
 # Test hook: '{"epoch": 1, "marker": "/tmp/x"}' makes rank 0 of the first trial to reach epoch 1 die (os._exit)
 # in the middle of it, as a lost worker would; the marker file makes it happen once.
 FAULT_ENV = "FMX_TEST_FAULT"
@@ -158,59 +159,6 @@ def best_finite_checkpoint(result, metric: str, mode: str):
 
 
 # ---------------------------------------------------------------------------------------- the driver
-def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
-    """Connect to ``address`` (or start a local Ray); forward only non-secret environment to the workers.
-
-    Returns True when it started a local Ray (a fixed size: :func:`check_trial_fits` applies), else False.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # a URI with user:password@ (an unused MLFLOW_TRACKING_URI) would show in the dashboard's runtime_env
-    env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k) and not uri_has_password(os.environ[k])}
-    runtime_env = {"env_vars": env} if env else None
-    if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray job RAY_ADDRESS names the cluster
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-        return False
-    ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
-    return True
-
-
-def check_trial_fits(resources: Resources, available: Mapping[str, float]) -> None:
-    """Refuse a trial that a fixed-size (local) Ray can never place.
-
-    One trial holds ``workers x cpus_per_worker`` CPUs (and ``workers x gpus_per_worker`` GPUs) plus
-    :data:`TRIAL_CPU` for its Tune function. Ray Train waits for workers that do not fit, timing out and retrying
-    without limit, so such a sweep would hang instead of failing.
-
-    Raises
-    ------
-    ValueError
-        Naming what one trial asks for, what the Ray has, and the fix.
-    """
-    need = {"CPU": TRIAL_CPU + resources.workers * resources.cpus_per_worker}
-    if resources.gpus_per_worker > 0:
-        need["GPU"] = resources.workers * resources.gpus_per_worker
-    short = {k: v for k, v in need.items() if v > available.get(k, 0.0) + 1e-9}
-    if not short:
-        return
-    asks = (f"CPU {need['CPU']:g} (resources.workers={resources.workers:g} x resources.cpus_per_worker="
-            f"{resources.cpus_per_worker:g} + {TRIAL_CPU:g} for the trial itself)")
-    if "GPU" in need:
-        asks += (f" and GPU {need['GPU']:g} (resources.workers x resources.gpus_per_worker="
-                 f"{resources.gpus_per_worker:g})")
-    has = ", ".join(f"{k} {available.get(k, 0.0):g}" for k in need)
-    fixes = []
-    if "CPU" in short:
-        fixes.append(f"lower resources.workers or resources.cpus_per_worker, or give the local Ray more CPUs with "
-                     f"--num-cpus (this machine has {os.cpu_count()}; logical CPUs may exceed it)")
-    if "GPU" in short:
-        fixes.append("set resources.gpus_per_worker: 0 to train on CPUs, or run where GPUs are")
-    raise ValueError(f"one trial asks for {asks}, but the local Ray has {has}: it would wait for them for ever; "
-                     + "; ".join(fixes) + ", or submit the sweep to a cluster (--address)")
-
-
 @dataclass(frozen=True)
 class Targets:
     """Where a sweep's checkpoints and MLflow runs go, and where each choice came from.
@@ -325,6 +273,7 @@ class SweepOutcome:
     n_errors: int
     best: dict[str, Any] | None
     interrupted: bool = False
+    stopped_by: str | None = None  # "SIGTERM" when a SIGTERM stopped it (Ctrl-C: None): the CLI's exit status
 
 
 def planned_trials(sweep: Sweep) -> int:
@@ -367,6 +316,17 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
     builders, fault
         Test hooks: ``module:function`` builders instead of the registry; a worker crash to inject.
     """
+    import dataclasses
+
+    with SigtermAsInterrupt() as term:
+        outcome = _run_sweep(sweep, sweep_text=sweep_text, address=address, resume_id=resume_id, root=root,
+                             builders=builders, fault=fault, progress=progress, num_cpus=num_cpus, term=term)
+    return dataclasses.replace(outcome, stopped_by="SIGTERM") if term.received else outcome
+
+
+def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id: str | None,
+               root: str | Path | None, builders: Mapping[str, str] | None, fault: Mapping[str, Any] | None,
+               progress: bool, num_cpus: int | None, term: SigtermAsInterrupt) -> SweepOutcome:
     from ray import tune
 
     from fmx.compare import log_sweep_summary
@@ -399,6 +359,7 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
         except ValueError:
             ray.shutdown()
             raise
+    term.arm()
     c = tracking.client(plan.tracking_uri)
     experiment = sweep.tracking.experiment or f"fmx-{sweep.name}"
     plan.experiment_id = tracking.ensure_experiment(
@@ -459,10 +420,25 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
                                             scheduler=scheduler(sweep, plan.max_epochs), num_samples=sweep.run_cap),
                 run_config=run_config)
         with reporter:
-            grid = tuner.fit()
+            term.fitting = True
+            try:
+                grid = tuner.fit()
+            except EOFError:  # the results are read back from an empty error.pkl: click said only "Aborted."
+                raise ValueError(f"storage: a failed trial's error record under {target.join(sweep_id)} is empty, "
+                                 "as a full disk leaves it; free space on the checkpoint store, then continue with "
+                                 f"`fmx sweep resume {sweep.name} --storage {plan.storage_uri}` (failed trials run "
+                                 "again)") from None
+            finally:
+                term.fitting = False
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C (Tune's "press again to skip"): its trials' runs end KILLED too
         status = "KILLED"
+        try:
+            for run in tracking.child_runs(c, plan.experiment_id, plan.parent_run_id):
+                if run.info.status == "RUNNING":
+                    tracking.end_run(c, run.info.run_id, "KILLED")
+        except Exception:  # noqa: BLE001 - the interrupt is what propagates; `fmx sweep resume` reopens them anyway
+            pass
         raise
     finally:
         if status != "FINISHED":

@@ -220,9 +220,12 @@ def write_bytes(target: StorageTarget, rel: str, data: bytes) -> str:
     full = target.join(rel)
     if target.filesystem is None:
         Path(full).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{full}.tmp{os.getpid()}"
-        Path(tmp).write_bytes(data)
-        os.replace(tmp, full)
+        tmp = Path(f"{full}.tmp{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, full)
+        finally:  # a full disk: no half-written temp file left beside the old one
+            tmp.unlink(missing_ok=True)
     else:
         with target.filesystem.open_output_stream(full) as fh:  # S3 puts are atomic per object
             fh.write(data)

@@ -238,7 +238,8 @@ def _exit_for(outcome, sweep) -> None:
     if outcome.interrupted:
         console.print(f"[yellow]interrupted[/yellow]: continue with [bold]fmx sweep resume {sweep.name} "
                       f"--storage {shlex.quote(outcome.storage_uri)}[/bold]")
-        raise typer.Exit(130)
+        # 143 = 128 + SIGTERM: schedulers (Kubernetes, systemd) read the signal from the status; Ctrl-C is 130
+        raise typer.Exit(143 if getattr(outcome, "stopped_by", None) == "SIGTERM" else 130)
     if outcome.n_errors:
         raise typer.Exit(1)
 

@@ -6,6 +6,7 @@ One module per concern:
 - :mod:`fmx.fingerprint.config`     the Hydra group ``conf/fingerprint`` and the resume hash
 - :mod:`fmx.fingerprint.recording`  read, preprocess and measure one recording (the Ray task)
 - :mod:`fmx.fingerprint.job`        fan-out, resume, failures, cohort tables
+- :mod:`fmx.fingerprint.interrupt`  Ctrl-C, SIGTERM and a full disk: a clean stop that says how to continue
 - :mod:`fmx.fingerprint.stats`      paired/unpaired tests, effect sizes, BH-FDR and Holm
 - :mod:`fmx.fingerprint.compare`    contrasts over a job's output, mixed model, figures
 - :mod:`fmx.fingerprint.plots`      cohort, per-channel effect and scalp-map figures

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 from fmx.fingerprint import storage
 from fmx.fingerprint.config import check_config, config_hash, load_config
 from fmx.fingerprint.discover import discover
+from fmx.fingerprint.interrupt import rearm_sigterm, saved_counter, stop_cleanly, write_failed_message
 from fmx.fingerprint.recording import TIDY_COLUMNS, fit_recording
 
 __all__ = ["JobResult", "run_fingerprint_job", "subject_summary", "measure_columns", "read_parquet", "write_parquet",
@@ -145,8 +146,6 @@ def run_fingerprint_job(
         Where to log the run (tables, plots, params); ``mlflow_uri=None`` uses MLflow's own default
         (``MLFLOW_TRACKING_URI``).
     """
-    import pandas as pd
-
     start = time.perf_counter()
     if executor not in ("ray", "serial"):
         raise ValueError(f"executor: must be 'ray' or 'serial', got {executor!r}")
@@ -178,8 +177,12 @@ def run_fingerprint_job(
     def handle(entry: Mapping[str, Any], result: dict) -> None:
         stats[entry["key"]] = {"seconds": result["seconds"], "error": result["error"]}
         if result["error"] is None:
-            write_parquet(result["rows"], storage.join(parts_dir, f"{entry['key']}.parquet"),
-                          metadata={"fmx.info": json.dumps(result["info"]), "fmx.path": str(entry["path"])})
+            try:
+                write_parquet(result["rows"], storage.join(parts_dir, f"{entry['key']}.parquet"),
+                              metadata={"fmx.info": json.dumps(result["info"]), "fmx.path": str(entry["path"])})
+            except OSError as exc:  # a full disk, a read-only OUT: one line saying how to go on, the parts stay
+                saved = len(done) + sum(1 for k, s in stats.items() if s["error"] is None and k != entry["key"])
+                raise ValueError(write_failed_message(exc, out=str(out), saved=saved, total=len(entries))) from None
         else:
             failures.append({"path": str(entry["path"]), "member": entry.get("member", ""),
                              **{c: entry[c] for c in LABELS}, "error": result["error"]})
@@ -187,7 +190,9 @@ def run_fingerprint_job(
             on_result({**result, "entry": dict(entry)})
 
     records = todo.to_dict("records")
-    with _Progress(progress, total=len(entries), done=len(entries) - len(records)) as advance:
+    saved = saved_counter(parts_dir, set(entries["key"]))
+    with stop_cleanly(out=str(out), total=len(entries), saved=saved, progress=progress), \
+            _Progress(progress, total=len(entries), done=len(entries) - len(records)) as advance:
         def tick(entry, result):
             handle(entry, result)
             advance(failed=len(failures))
@@ -200,6 +205,16 @@ def run_fingerprint_job(
                 tick(entry, fit_recording(entry, cfg, device=device))
         else:
             _run_ray(records, cfg, tick, address=address, num_cpus=num_cpus, gpus_per_task=gpus_per_task)
+    with stop_cleanly(out=str(out), total=len(entries), saved=saved, progress=progress):
+        return _write_tables(entries, done, stats, failures, out=out, parts_dir=parts_dir, data=data, cfg=cfg,
+                             executor=executor, start=start, log_mlflow=log_mlflow, mlflow_uri=mlflow_uri,
+                             experiment=experiment)
+
+
+def _write_tables(entries, done, stats, failures, *, out, parts_dir, data, cfg, executor, start, log_mlflow,
+                  mlflow_uri, experiment) -> JobResult:
+    """Gather the parts into the cohort tables, write them and job.json, and log the MLflow run."""
+    import pandas as pd
 
     ok_keys = [k for k in entries["key"] if k in done or stats.get(k, {}).get("error", "x") is None]
     frames, infos = [], {}
@@ -228,13 +243,16 @@ def run_fingerprint_job(
                  for entry in entries.to_dict("records") for flag in infos.get(entry["key"], {}).get("flags", [])]
     flags = pd.DataFrame(flag_rows, columns=[*LABELS, "channel", "measure", "flag", "epoch"])
 
-    write_parquet(table, storage.join(out, "fingerprint.parquet"))
-    write_parquet(summary, storage.join(out, "summary.parquet"))
-    write_parquet(recordings, storage.join(out, "recordings.parquet"))
-    write_parquet(failures_frame, storage.join(out, "failures.parquet"))
-    write_parquet(flags, storage.join(out, "flags.parquet"))
-    # always: a stale file from an earlier run into this OUT would hand `compare --group-by` removed columns
-    write_parquet(participants, storage.join(out, "participants.parquet"))
+    try:
+        write_parquet(table, storage.join(out, "fingerprint.parquet"))
+        write_parquet(summary, storage.join(out, "summary.parquet"))
+        write_parquet(recordings, storage.join(out, "recordings.parquet"))
+        write_parquet(failures_frame, storage.join(out, "failures.parquet"))
+        write_parquet(flags, storage.join(out, "flags.parquet"))
+        # always: a stale file from an earlier run into this OUT would hand `compare --group-by` removed columns
+        write_parquet(participants, storage.join(out, "participants.parquet"))
+    except OSError as exc:
+        raise ValueError(write_failed_message(exc, out=str(out), saved=len(ok_keys), total=len(entries))) from None
     result = JobResult(out=str(out), table=table, summary=summary, recordings=recordings, failures=failures_frame,
                        n_fitted=int((recordings["status"] == "fitted").sum()),
                        n_skipped=int((recordings["status"] == "skipped").sum()),
@@ -242,7 +260,11 @@ def run_fingerprint_job(
     job_info = {"data": str(data), "config": cfg, "executor": executor, "n_recordings": len(entries),
                 "n_fitted": result.n_fitted, "n_skipped": result.n_skipped, "n_failed": result.n_failed,
                 "seconds": round(result.seconds, 3)}
-    storage.write_bytes_atomic(storage.join(out, "job.json"), json.dumps(job_info, indent=2, default=str).encode())
+    try:
+        storage.write_bytes_atomic(storage.join(out, "job.json"),
+                                   json.dumps(job_info, indent=2, default=str).encode())
+    except OSError as exc:
+        raise ValueError(write_failed_message(exc, out=str(out), saved=len(ok_keys), total=len(entries))) from None
     if log_mlflow:
         from fmx.fingerprint.tracking import log_job
 
@@ -320,6 +342,7 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
     if started:
         ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
                  include_dashboard=False, logging_level="warning", log_to_driver=False)
+        rearm_sigterm()
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_task if has_gpu else 0, "max_retries": 0}

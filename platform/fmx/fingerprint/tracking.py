@@ -57,11 +57,13 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
         if uri:  # a chosen local sqlite store keeps its artifacts beside it, as sweeps do, not in ./mlruns
             ensure_experiment(mlflow.MlflowClient(uri), experiment,
                               artifact_location=default_artifact_location(uri, experiment))
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name=f"fingerprint {Path(str(data).rstrip('/')).name}") as run:
+        exp = mlflow.set_experiment(experiment)
+        params = flatten_params(cfg)
+        params["data"] = str(data)
+        unfinished = _unfinished_run(mlflow.MlflowClient(), exp.experiment_id, out=result.out, params=params)
+        with mlflow.start_run(run_id=unfinished, run_name=None if unfinished else
+                              f"fingerprint {Path(str(data).rstrip('/')).name}") as run:
             mlflow.set_tags({"fmx.kind": "fingerprint", "fmx.data": str(data), "fmx.out": result.out})
-            params = flatten_params(cfg)
-            params["data"] = str(data)
             mlflow.log_params(params)
             metrics = {"n_recordings": len(result.recordings), "n_fitted": result.n_fitted,
                        "n_skipped": result.n_skipped, "n_failed": result.n_failed, "seconds": result.seconds}
@@ -90,6 +92,31 @@ def log_job(result, cfg: Mapping[str, Any], *, data: str, uri: str | None, exper
             return run.info.run_id
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def _unfinished_run(client, experiment_id: str, *, out: str, params: Mapping[str, str]) -> str | None:
+    """The run the last job into ``out`` left unfinished, when it logged these ``params``: the re-run ends it.
+
+    A job stopped while logging (SIGKILL: RUNNING; SIGTERM, Ctrl-C, a server gone: FAILED or KILLED) is
+    continued by running it again; a new run beside the old one would leave a RUNNING or FAILED duplicate.
+    Older runs of such jobs still RUNNING become KILLED. FINISHED runs, and runs with other params (the config
+    changed), stay as they are.
+    """
+    if "'" in out:  # cannot be quoted in a filter string: a new run, as before
+        return None
+    try:
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`fmx.kind` = 'fingerprint' and "
+                                  f"tags.`fmx.out` = '{out}'", max_results=50,
+                                  order_by=["attributes.start_time DESC"])
+        unfinished = [r for r in runs if r.info.status != "FINISHED" and dict(r.data.params) == dict(params)]
+        if not runs or not unfinished or unfinished[0].info.run_id != runs[0].info.run_id:
+            return None  # the last job into out finished (or had another config): a new job, a new run
+        for stale in unfinished[1:]:
+            if stale.info.status == "RUNNING":
+                client.set_terminated(stale.info.run_id, status="KILLED")
+        return unfinished[0].info.run_id
+    except Exception:  # noqa: BLE001 - finding it is a nicety; logging a new run is always possible
+        return None
 
 
 def with_ok_column(table, flags):
