@@ -10,6 +10,47 @@ from typing import Any, Mapping
 from fmx.config import absolute_data_paths, trial_config
 
 
+# Config sections a model family never reads (models/criticality/two_moons.py: Adam at model.lr; models/byte/
+# lightning.py: AdamW at model.lr with optim.weight_decay): a sweep parameter there trains every trial alike.
+FAMILY_IGNORES = {
+    "two_moons": ("fractals", "criticality", "optim"),
+    "fractal_byte": ("fractals", "criticality", "optim.lr", "optim.betas", "optim.warmup_steps", "optim.schedule",
+                     "optim.grad_clip", "optim.total_steps"),
+}
+
+
+def ignored_key_paths(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """Key-path prefixes the trial built from ``cfg`` never reads: its family's :data:`FAMILY_IGNORES`, and
+    ``trainer.batch_size`` when the data group sets its own ``data.batch_size``."""
+    family = (cfg.get("model") or {}).get("family", "neurofmx")
+    ignored = list(FAMILY_IGNORES.get(family, ()))
+    if (cfg.get("data") or {}).get("batch_size") is not None:
+        ignored.append("trainer.batch_size")
+    return tuple(ignored)
+
+
+def check_parameters_are_read(sweep, params: Mapping[str, Any], cfg: Mapping[str, Any], *,
+                              file: str | Path = "<sweep>") -> None:
+    """Refuse a sampled key path the trial's model family or data group never reads (a silent no-op axis)."""
+    from fmx.schema import SweepFileError
+
+    ignored = ignored_key_paths(cfg)
+    family = (cfg.get("model") or {}).get("family", "neurofmx")
+    for key in params:
+        hit = next((p for p in ignored if key == p or key.startswith(p + ".")), None)
+        if hit is None:
+            continue
+        if hit == "trainer.batch_size":
+            why = (f"data.batch_size={cfg['data']['batch_size']} (data={cfg['data'].get('name')}) wins over it; "
+                   "sample data.batch_size instead")
+        else:
+            why = (f"model.family {family} does not read {hit} (see platform/fmx/conf/model/{family}.yaml for what "
+                   "it reads, e.g. model.lr)")
+        raise SweepFileError(file, f"parameters.{key}", f"every trial would train alike: {why}",
+                             value=sweep.parameters[key].model_dump(exclude_defaults=True)
+                             if hasattr(sweep.parameters[key], "model_dump") else None)
+
+
 def _corners(sweep, limit: int = 6) -> list[dict[str, Any]]:
     """Parameter sets at the edges of the search space: numeric distributions at their min and at their max,
     every categorical/grid value at least once (up to ``limit`` sets), constants as given."""
@@ -80,6 +121,7 @@ def check_trials_build(sweep, *, file: str | Path = "<sweep>", root: str | Path 
                                  value=value) from None
         except Exception:  # noqa: BLE001 - anything else (an optional package, a CUDA-only part) is the trial's
             continue
+        check_parameters_are_read(sweep, params, cfg, file=file)  # after the build: a family/data mismatch first
 
 
 def _blame(sweep, params: Mapping[str, Any], message: str) -> tuple[str, Any]:
