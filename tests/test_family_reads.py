@@ -60,3 +60,40 @@ def test_a_sweep_can_sample_accumulate_grad_batches(tmp_path):
                     "parameters:\n  trainer.accumulate_grad_batches: {distribution: grid, values: [1, 2]}\nrun_cap: 1\n")
     sweep = load_sweep(path, check_build=True)
     assert sweep.parameters["trainer.accumulate_grad_batches"].values == [1, 2]
+
+
+def test_status_table_keeps_same_named_parameters_apart():
+    import pandas as pd
+
+    from fmx.commands.sweep import _table
+
+    df = pd.DataFrame({"trial_id": ["a"], "status": ["TERMINATED"], "sweep.model.encoder.dropout": [0.1],
+                       "sweep.model.decoder.dropout": [0.2], "sweep.optim.lr": [1e-3], "val/loss": [1.5]})
+    headers = [col.header for col in _table(df, "val/loss", title="t").columns]
+    assert headers == ["trial_id", "status", "encoder.dropout", "decoder.dropout", "lr", "val/loss"]
+
+
+def test_diverged_trials_rank_last_and_are_never_the_best(tmp_path):
+    import math
+
+    import mlflow
+    import pandas as pd
+
+    from fmx import tracking
+    from fmx.compare import log_sweep_summary, ranked
+
+    df = pd.DataFrame({"trial_id": list("abcde"), "val/loss": [-math.inf, 2.0, math.nan, 1.0, math.inf]})
+    assert list(ranked(df, "val/loss", "min")["trial_id"]) == ["d", "b", "a", "c", "e"]  # -inf ranked first
+    assert list(ranked(df, "val/loss", "max")["trial_id"]) == ["b", "d", "a", "c", "e"]
+
+    # every trial diverged: no best/<metric> = inf and no diverged trial tagged as the best
+    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = c.create_experiment("x", artifact_location=str(tmp_path / "art"))
+    parent = c.create_run(exp).info.run_id
+    for i, value in enumerate((math.inf, math.nan)):
+        child = c.create_run(exp, tags={tracking.TAG_PARENT: parent, tracking.TAG_TRIAL: f"t{i}"}).info.run_id
+        c.log_metric(child, "val/loss", value)
+    out = log_sweep_summary(c, exp, parent, metric="val/loss", mode="min")
+    assert len(out) == 2
+    run = c.get_run(parent)
+    assert "best/val/loss" not in run.data.metrics and "fmx.best_trial" not in run.data.tags

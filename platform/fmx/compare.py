@@ -71,10 +71,19 @@ def _number(v: str) -> Any:
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
+def _is_finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def ranked(df, metric: str, mode: str):
+    """Trials best first by ``metric``; diverged trials (NaN, +-inf) last: -inf used to rank first for min."""
+    import pandas as pd
+
     if df.empty or metric not in df:
         return df
-    return df.sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+    finite = df[metric].map(_is_finite).astype(bool)
+    order = df[finite].sort_values(metric, ascending=(mode == "min"))
+    return pd.concat([order, df[~finite]]).reset_index(drop=True)
 
 
 def log_sweep_summary(c, experiment_id: str, parent_run_id: str, *, metric: str, mode: str) -> Any:
@@ -92,7 +101,7 @@ def log_sweep_summary(c, experiment_id: str, parent_run_id: str, *, metric: str,
         tracking.log_metrics(c, parent_run_id, across)
     tracking.log_dataframe_parquet(c, parent_run_id, df, "comparison/trials.parquet")
     tracking.log_text(c, parent_run_id, df.to_csv(index=False), "comparison/trials.csv")
-    if metric in df and df[metric].notna().any():
+    if metric in df and _is_finite(df.iloc[0][metric]):  # no best when every trial diverged
         best = df.iloc[0]
         tracking.log_metrics(c, parent_run_id, {f"best/{metric}": float(best[metric]),
                                                 "sweep/n_trials": float(len(df))})

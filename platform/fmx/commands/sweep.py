@@ -103,9 +103,14 @@ def _table(df, metric: str, *, title: str, n: int = 20) -> Table:
     cols = ["trial_id", "status"] + [c for c in df.columns if c.startswith("sweep.")] + \
         [c for c in (metric, "val/latent_beta", "fingerprint/spectral_beta_mean") if c in df.columns and c != "status"]
     cols = list(dict.fromkeys(cols))
+    from fmx.compare import _short_names
+
     table = Table(title=title)
+    params = [c for c in cols if c.startswith("sweep.")]
+    # the shortest unique suffix: model.encoder.dropout and model.decoder.dropout both read "dropout" before
+    short = dict(zip(params, _short_names([c.removeprefix("sweep.") for c in params])))
     for c in cols:
-        table.add_column(c.removeprefix("sweep.").split(".")[-1] if c.startswith("sweep.") else c)
+        table.add_column(short.get(c, c))
     for _, row in df.head(n).iterrows():
         table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
     return table
