@@ -151,6 +151,9 @@ def test_group_contrast_is_unpaired(out_folder):
         compare(str(out_folder), group_by="nope")
     with pytest.raises(ValueError, match="give exactly one"):
         compare(str(out_folder))
+    # the same level twice was "X must have 2 or fewer dimensions" from deep inside the statistics
+    with pytest.raises(ValueError, match=r"levels: \['A', 'A'\] for group_by 'group'.*two different levels"):
+        compare(str(out_folder), group_by="group", levels=["A", "A"])
     with pytest.raises(ValueError, match=r"condition='sleep' not in the results; levels found"):
         compare(str(out_folder), contrast="condition=rest,sleep")
 

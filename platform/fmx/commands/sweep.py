@@ -127,6 +127,7 @@ def run(file: Path = typer.Argument(..., help="sweep YAML file"),
 
     sweep = _load(file, check_build=True)  # a value the model builder refuses fails here, not in every trial
     _check_env_tracking_uri(sweep)
+    _check_ray_address(address)  # before resolve_targets creates the local checkpoint folder
     try:
         targets = resolve_targets(sweep)
     except ValueError as exc:  # e.g. an unusable FMX_STORAGE_PATH or MLFLOW_TRACKING_URI
@@ -134,7 +135,6 @@ def run(file: Path = typer.Argument(..., help="sweep YAML file"),
     # before Ray starts: an absent server would otherwise surface minutes later, after MLflow's retries
     check_reachable(targets.tracking_uri, "tracking.uri" if targets.tracking_source == SOURCE_FILE
                     else targets.tracking_source, fail=_fail)
-    _check_ray_address(address)
     try:
         outcome = run_sweep(sweep, sweep_text=file.read_text(), address=address, num_cpus=num_cpus)
     except ValueError as exc:  # e.g. an unusable FMX_STORAGE_PATH or MLFLOW_TRACKING_URI

@@ -233,8 +233,9 @@ def compare(
             raise ValueError(f"group_by: {column!r} is not a participants column; available: {sorted(table.columns)}")
         found = sorted(table[column].dropna().astype(str).unique())
         pair = list(levels) if levels else found
-        if len(pair) != 2:
-            raise ValueError(f"group_by: {column!r} has levels {found}; pick two with levels=A,B")
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ValueError(f"levels: {pair} for group_by {column!r} (levels {found}); pick two different levels "
+                             "with levels=A,B")
         paired = False if paired is None else paired
     stats, was_paired = contrast_stats(table, column, pair, paired=paired, test=test, family=family)
     mixed_table = mixed_effects(table, column, pair) if mixed else None

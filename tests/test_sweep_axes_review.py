@@ -1,6 +1,7 @@
-"""A sweep axis the trial never reads is refused at validate: the two-moons MLP and the byte LM train with their
-own optimiser at model.lr and no fractal priors, and a data group with its own batch size overrides
-trainer.batch_size, so sampling those keys used to train every trial alike without a word."""
+"""Lead review of what sweeps do with their inputs: an axis the trial never reads is refused at validate (the
+two-moons MLP and the byte LM train with their own optimiser at model.lr and no fractal priors, and a data group
+with its own batch size overrides trainer.batch_size), diverged trials never rank best, a dead --address is refused
+before any folder is made."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -97,3 +98,24 @@ def test_diverged_trials_rank_last_and_are_never_the_best(tmp_path):
     assert len(out) == 2
     run = c.get_run(parent)
     assert "best/val/loss" not in run.data.metrics and "fmx.best_trial" not in run.data.tags
+
+
+def test_a_dead_ray_address_is_refused_before_any_folder_is_made(tmp_path, monkeypatch):
+    import shutil
+    import socket
+
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+
+    sweep = tmp_path / "smoke.yaml"
+    shutil.copy(REPO / "sweeps" / "smoke.yaml", sweep)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FMX_STORAGE_PATH", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    res = CliRunner().invoke(app, ["sweep", "run", str(sweep), "--address", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2 and "--address" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke.yaml"]  # runs/ray was made before the refusal
