@@ -119,3 +119,13 @@ def test_a_dead_ray_address_is_refused_before_any_folder_is_made(tmp_path, monke
     res = CliRunner().invoke(app, ["sweep", "run", str(sweep), "--address", f"127.0.0.1:{port}"])
     assert res.exit_code == 2 and "--address" in res.output, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke.yaml"]  # runs/ray was made before the refusal
+
+
+@pytest.mark.parametrize("key", ["fractals.metrics.window_size", "fractals.probes.attention_fd_coupling"])
+def test_fractals_keys_nothing_reads_are_not_in_the_config(tmp_path, key):
+    # both sat in conf/fractals/default.yaml, so a sweep over them validated and every trial trained alike
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nbase: [model=tiny, data=synthetic]\nmethod: grid\nmetric: {name: val/loss, goal: minimize}\n"
+                    f"parameters:\n  {key}: {{distribution: grid, values: [1, 2]}}\nrun_cap: 1\n")
+    with pytest.raises(SweepFileError, match=rf"parameters\.{key}: unknown config key path"):
+        load_sweep(path)
