@@ -33,14 +33,16 @@ def _kernel(name: str, heads: int):
 
 
 def _time(fn, device: str, repeats: int) -> float:
+    # "cuda:1" too: comparing to "cuda" skipped the syncs there and timed only the kernel launches.
+    on_cuda = torch.device(device).type == "cuda"
     times = []
     for i in range(repeats + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if on_cuda:
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if on_cuda:
+            torch.cuda.synchronize(device)
         if i:  # first call warms caches (index tables, kernels)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -63,7 +65,8 @@ def main() -> None:
         ap.error("--device cuda: torch.cuda.is_available() is False on this machine")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     dev = args.device
-    name = torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or platform.machine()
+    on_cuda = torch.device(dev).type == "cuda"
+    name = torch.cuda.get_device_name(dev) if on_cuda else platform.processor() or platform.machine()
     print(f"device={dev} ({name}) torch={torch.__version__} batch={args.batch} heads={args.heads} "
           f"head_dim={args.head_dim} dtype={args.dtype}; fwd+bwd, median of {args.repeats}\n")
     print("| n | " + " | ".join(PATTERNS) + " |")
@@ -73,7 +76,7 @@ def main() -> None:
         for pat in PATTERNS:
             # dense patterns hold scores, weights and their grads in fp32: ~4 copies of B*H*n*n floats
             dense_gb = 4 * args.batch * args.heads * n * n * 4 / 1e9
-            if (pat in DENSE or (pat == "sdpa" and dev == "cpu")) and dense_gb > args.max_dense_gb:
+            if (pat in DENSE or (pat == "sdpa" and not on_cuda)) and dense_gb > args.max_dense_gb:
                 cells.append("skipped (memory)")
                 continue
             g = torch.Generator(device="cpu").manual_seed(0)
@@ -87,16 +90,16 @@ def main() -> None:
                 out = kern(q, k, v)
                 out.float().pow(2).mean().backward()
 
-            if dev == "cuda":
-                torch.cuda.reset_peak_memory_stats()
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
             try:
                 t = _time(step, dev, args.repeats)
             except (RuntimeError, MemoryError) as exc:  # out of memory: report, don't crash the table
                 cells.append(f"failed ({type(exc).__name__})")
                 continue
             cell = f"{t * 1e3:.1f} ms"
-            if dev == "cuda":
-                cell += f", {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+            if on_cuda:
+                cell += f", {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB"
             cells.append(cell)
         print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
 

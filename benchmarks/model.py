@@ -54,7 +54,7 @@ CONF = REPO / "platform" / "fmx" / "conf"
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # the device timed: a bare synchronize() waits for cuda:0 only
 
 
 def _time(fn, device: str, repeats: int, warmup: int = 2) -> float:
@@ -243,10 +243,13 @@ def _fit_arm(args, *, lam: float, seed: int, steps: int) -> dict:
     pl.seed_everything(seed, verbose=False)
     module = NeuroFMxModule(cfg)
     dm = build_datamodule(cfg)
-    trainer = pl.Trainer(max_steps=steps, accelerator="gpu" if args.device.startswith("cuda") else "cpu",
-                         devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    on_cuda = args.device.startswith("cuda")
+    # devices=1 trained on cuda:0 whatever --device said; [index] trains where the other rows ran.
+    trainer = pl.Trainer(max_steps=steps, accelerator="gpu" if on_cuda else "cpu",
+                         devices=[torch.device(args.device).index or 0] if on_cuda else 1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                         precision="bf16-mixed" if args.device.startswith("cuda") else "32-true")
+                         precision="bf16-mixed" if on_cuda else "32-true")
     module.configure_callbacks = lambda: []  # time the training only
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -413,6 +416,9 @@ def main(argv=None) -> int:
             print(json.dumps(r))
         print(f"# {name}: {time.perf_counter() - t0:.1f} s", flush=True)
         rows += got
+        if args.out and name != which[-1]:  # a timeout in a later benchmark (one device call) keeps these rows
+            _write_json(args.out, {"device": device_name, "quick": args.quick, "partial": True,
+                                   "rows": rows + getattr(args, "earlier_arms", [])})
     if args.out:
         _write_json(args.out, {"device": device_name, "quick": args.quick,
                                "rows": rows + getattr(args, "earlier_arms", [])})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fractals._checks import check_segments_counted
+from fractals._checks import check_segments_counted, pow2_scale
 from fractals._triton import tl, triton, warn_fallback
 
 __all__ = ["ENABLED", "MAX_WINDOW", "available", "disable", "log_rs"]
@@ -64,6 +64,18 @@ if triton is not None:
         tl.store(out + 1, tl.sum(valid.to(tl.float64), axis=0))
 
 
+def _energy_tol(x: torch.Tensor) -> torch.Tensor:
+    """The torch path's constant-segment tolerance, 64 eps64 times each series' centred energy:
+    ``(rows, T) -> (rows,)`` float64. A tolerance needs no float64 pass over the batch, but a float32
+    ``var`` of |x| >~ 2e19 overflows to inf (every segment then read as constant, where the torch
+    path's float64 sums are fine): the variance is taken of the series divided by a power of two
+    (exact) and scaled back in float64.
+    """
+    scale = pow2_scale(x)
+    var = (x / scale).var(-1, correction=0).double() * scale[:, 0].double().square()
+    return ((64 * torch.finfo(torch.float64).eps * x.shape[-1]) * var).contiguous()
+
+
 def log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor:
     """log (R/S)_n per window, as :func:`fractals.temporal._log_rs`: ``(rows, T) -> (rows, n_windows)``.
 
@@ -76,9 +88,7 @@ def log_rs(t: torch.Tensor, windows: list[int], unbiased: bool) -> torch.Tensor:
         raise ValueError(f"windows: at most MAX_WINDOW={MAX_WINDOW} samples fit the kernel's registers, got {max(windows)}")
     rows, n = t.shape
     x = t.contiguous()
-    # The torch path's tolerance, 64 eps64 times the series' centred energy; a tolerance needs no
-    # float64 pass over the batch.
-    energy_tol = ((64 * torch.finfo(torch.float64).eps * n) * x.var(-1, correction=0).double()).contiguous()
+    energy_tol = _energy_tol(x)
     sums = []
     for w in windows:  # one launch per window; each reads every series once
         w_pad = triton.next_power_of_2(w)

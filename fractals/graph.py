@@ -267,15 +267,18 @@ def _zeta_inverse_cdf(r: torch.Tensor, alpha: float, xmin: float) -> torch.Tenso
 def _sample_like(x: torch.Tensor, alpha: float, xmin: float, n_tail: int, discrete: bool, gen: torch.Generator):
     """CSN 2009 semi-parametric bootstrap set: tail from the fitted law, body resampled."""
     n = x.numel()
-    from_tail = torch.rand(n, generator=gen, dtype=torch.float64) < n_tail / n
+    # Drawn where the generator lives (a CUDA generator, passed with CUDA input, cannot fill a CPU
+    # tensor), then brought to x (the fits run on CPU float64).
+    draw = gen.device
+    from_tail = torch.rand(n, generator=gen, dtype=torch.float64, device=draw).to(x.device) < n_tail / n
     body = x[x < xmin]
-    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    u = torch.rand(n, generator=gen, dtype=torch.float64, device=draw).to(x.device)
     if discrete:
         tail = _zeta_inverse_cdf(1 - u, alpha, xmin)
     else:
         tail = xmin * (1 - u) ** (-1.0 / (alpha - 1.0))
     if body.numel():
-        pick = body[torch.randint(body.numel(), (n,), generator=gen)]
+        pick = body[torch.randint(body.numel(), (n,), generator=gen, device=draw).to(x.device)]
         out = torch.where(from_tail, tail, pick)
     else:
         out = tail

@@ -386,7 +386,8 @@ def fc_fd_probe(
                     fd[i] = float(torch.as_tensor(fm.graph_fractal_dim(adj[i], list(eps_values))).reshape(-1)[0])
                 except ValueError:
                     pass
-    out: dict[str, Any] = {"graph_fd": fd, "density": density}
+    # On the input's device, as ``density`` (a CPU graph_fd beside CUDA densities broke ``graph_fd * density``).
+    out: dict[str, Any] = {"graph_fd": fd.to(density.device), "density": density}
     if labels is not None:
         lab = list(labels.tolist() if hasattr(labels, "tolist") else labels)
         if len(lab) != fd.numel():

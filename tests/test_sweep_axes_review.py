@@ -129,3 +129,12 @@ def test_fractals_keys_nothing_reads_are_not_in_the_config(tmp_path, key):
                     f"parameters:\n  {key}: {{distribution: grid, values: [1, 2]}}\nrun_cap: 1\n")
     with pytest.raises(SweepFileError, match=rf"parameters\.{key}: unknown config key path"):
         load_sweep(path)
+
+
+@pytest.mark.parametrize("workers,gpus,backend", [(2, 0.5, "gloo"), (4, 0.25, "gloo"), (1, 0.5, None), (2, 1, None),
+                                                   (2, 0, None), (1, 0, None)])
+def test_workers_sharing_a_gpu_all_reduce_over_gloo(workers, gpus, backend):
+    # beta_star (2 workers x 0.5 GPU) would have packed both DDP ranks on one GPU under NCCL: "Duplicate GPU detected"
+    from fmx.runner import process_group_backend
+
+    assert process_group_backend(workers, gpus) == backend

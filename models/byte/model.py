@@ -177,7 +177,10 @@ def generate(model: FractalByteLM, prompt: Sequence[int], *, max_new: int = 64, 
             if top_k:
                 kth = torch.topk(logits, min(top_k, int(allowed.sum()))).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+            probs = torch.softmax(logits, -1)
+            if generator is not None:  # a CUDA generator (model on CUDA) cannot sample from CPU probabilities
+                probs = probs.to(generator.device)
+            nxt = int(torch.multinomial(probs, 1, generator=generator))
         ids.append(nxt)
         if nxt == EOS:
             break

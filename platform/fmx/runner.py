@@ -85,7 +85,7 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
     import ray.train
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from fmx.config import flatten, trial_config
@@ -110,8 +110,9 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
     target = plan.target()
     use_gpu = plan.gpus_per_worker > 0
     resources = {"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if use_gpu else {})}
+    backend = process_group_backend(plan.workers, plan.gpus_per_worker)
     trainer = TorchTrainer(
-        train_loop,
+        train_loop, torch_config=TorchConfig(backend=backend) if backend else None,
         train_loop_config={"cfg": cfg, "tracking_uri": plan.tracking_uri, "run_id": run_id, "use_gpu": use_gpu,
                            "builders": plan.builders, "fault": plan.fault,
                            "threads_per_worker": max(1, int(plan.cpus_per_worker))},
@@ -141,6 +142,14 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
         c.set_tag(run_id, "fmx.checkpoint", result.checkpoint.path)
     final["fmx_complete"] = 1.0
     tune.report(final)
+
+
+def process_group_backend(workers: int, gpus_per_worker: float) -> str | None:
+    """``"gloo"`` when DDP ranks may share a GPU (several workers with a fraction of one each: Ray packs them onto
+    one device, and NCCL refuses two ranks there, "Duplicate GPU detected"; ray-project/ray#48012); else None,
+    Ray's default (NCCL with GPUs, gloo without). Gloo all-reduces CUDA tensors through the host: slower, and fine
+    for the small models such trials pack."""
+    return "gloo" if workers > 1 and 0 < gpus_per_worker < 1 else None
 
 
 def best_finite_checkpoint(result, metric: str, mode: str):

@@ -320,7 +320,11 @@ def train_loop(config: Mapping[str, Any]) -> None:
             callbacks.append(ModelFiguresCallback(tracking_uri=uri, run_id=run_id))
             monitor = tracking.start_system_metrics(run_id, tracking_uri=uri)
     tr = cfg.get("trainer", {})
-    use_gpu = bool(config.get("use_gpu")) and torch.cuda.is_available()
+    use_gpu = bool(config.get("use_gpu"))
+    if use_gpu and not torch.cuda.is_available():  # training on CPU while a GPU sits reserved, without a word
+        raise ValueError("resources.gpus_per_worker: > 0 reserves a GPU for this worker, but its torch sees no CUDA "
+                         f"device (torch {torch.__version__}, CUDA build {torch.version.cuda}); install a CUDA build of "
+                         "torch on the GPU nodes, or set resources.gpus_per_worker: 0 to train on CPUs")
     trainer = pl.Trainer(
         accelerator="gpu" if use_gpu else "cpu", devices="auto",
         strategy=RayDDPStrategy(find_unused_parameters=bool(tr.get("find_unused_parameters", True))),
