@@ -14,43 +14,23 @@ check_tools terraform helm kubectl base64 od
 check_credentials
 [[ -n "${REGISTRY:-}" ]] || problems+=("REGISTRY is not set: the registry that make image pushed to, e.g. REGISTRY=registry.example.com/team")
 [[ -n "${TAG:-}" ]] || problems+=("TAG is not set: the image tag that make image pushed, e.g. TAG=0.1.0")
-if ! has_tfvars; then
-  [[ -n "${TF_VAR_bucket_name:-}" ]] || problems+=("TF_VAR_bucket_name is not set: export TF_VAR_bucket_name=<a globally unique bucket name> (or write terraform/${PROVIDER:-PROVIDER}/terraform.tfvars)")
-  [[ -n "${TF_VAR_cpu_instance_type:-}" ]] || problems+=("TF_VAR_cpu_instance_type is not set: a CPU instance type of ${PROVIDER:-the provider} (docs/deploy.md)")
-  if [[ "${PROVIDER:-}" == crusoe ]]; then
-    [[ -n "${TF_VAR_kubernetes_version:-}" ]] || problems+=("TF_VAR_kubernetes_version is not set: a Crusoe Managed Kubernetes version (crusoe kubernetes versions list)")
-    [[ -n "${TF_VAR_ssh_public_key:-}" ]] || problems+=("TF_VAR_ssh_public_key is not set: export TF_VAR_ssh_public_key=\"\$(cat ~/.ssh/id_ed25519.pub)\"")
-  fi
+# Both become image references in the pods: a malformed one would only show as InvalidImageName after
+# the cluster exists and helm's --wait runs out. Docker's reference grammar: host[:port] then lowercase paths.
+registry_re='^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*$'
+if [[ -n "${REGISTRY:-}" ]] && ! [[ "$REGISTRY" =~ $registry_re ]]; then
+  problems+=("REGISTRY=$REGISTRY is not a registry path (no scheme, no trailing /, lowercase repository), e.g. REGISTRY=registry.example.com/team")
 fi
+if [[ -n "${TAG:-}" ]] && ! [[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
+  problems+=("TAG=$TAG is not an image tag (letters, digits, _ . -; at most 128), e.g. TAG=0.1.0")
+fi
+check_tf_vars
 fail_on_problems
 
 TF_DIR="$REPO_ROOT/terraform/$PROVIDER"
 mkdir -p "$STATE_DIR"
 chmod 700 "$STATE_DIR"
 
-if [[ -n "${TF_STATE_BUCKET:-}" ]]; then
-  note "remote Terraform state in s3://$TF_STATE_BUCKET/neurofmx/$PROVIDER.tfstate"
-  # Virtual-hosted (BUCKET.host) by default: AWS and CoreWeave AI Object Storage refuse or deprecate
-  # path style; TF_STATE_PATH_STYLE=true for stores on a bare host:port (MinIO, SeaweedFS).
-  case "${TF_STATE_PATH_STYLE:-false}" in
-    true | false) ;;
-    *) die "TF_STATE_PATH_STYLE=${TF_STATE_PATH_STYLE} must be true or false" ;;
-  esac
-  cat > "$TF_DIR/remote-state.tf" << HCL
-terraform {
-  backend "s3" {
-    bucket                      = "$TF_STATE_BUCKET"
-    key                         = "neurofmx/$PROVIDER.tfstate"
-    region                      = "${TF_STATE_REGION:-us-east-1}"
-    endpoints                   = { s3 = "${TF_STATE_ENDPOINT:-https://s3.amazonaws.com}" }
-    use_path_style              = ${TF_STATE_PATH_STYLE:-false}
-    skip_credentials_validation = true
-    skip_region_validation      = true
-    skip_requesting_account_id  = true
-  }
-}
-HCL
-fi
+write_remote_state
 
 note "terraform apply ($PROVIDER)"
 export TF_VAR_kubeconfig_token="${COREWEAVE_API_TOKEN:-}"
@@ -80,14 +60,21 @@ ray_token="$(existing_or_random neurofmx-ray-auth auth_token)"
 apply_secret neurofmx-ray-auth "auth_token=$ray_token"
 pg_password="$(existing_or_random neurofmx-postgres password)"
 apply_secret neurofmx-postgres "password=$pg_password"
-pg_host="$RELEASE-postgres"
-[[ "$RELEASE" == *neurofmx* ]] || pg_host="$RELEASE-neurofmx-postgres"
-apply_secret neurofmx-mlflow-db "uri=postgresql+psycopg2://mlflow:${pg_password}@${pg_host}:5432/mlflow"
+# The chart's object names (neurofmx.fullname in _helpers.tpl): the release name, suffixed with the
+# chart name unless it contains it, cut to 40 characters, one trailing '-' trimmed.
+fullname="$RELEASE"
+[[ "$RELEASE" == *neurofmx* ]] || fullname="$RELEASE-neurofmx"
+fullname="${fullname:0:40}"
+fullname="${fullname%-}"
+pg_host="$fullname-postgres"
+db_uri="$(existing_or neurofmx-mlflow-db uri "postgresql+psycopg2://mlflow:${pg_password}@${pg_host}:5432/mlflow")"
+apply_secret neurofmx-mlflow-db "uri=$db_uri"
 admin_password="$(existing_or_random neurofmx-mlflow-auth admin_password)"
 flask_key="$(existing_or_random neurofmx-mlflow-auth flask_secret_key)"
 auth_ini="$(< "$REPO_ROOT/infra/mlflow-basic-auth.ini.tmpl")"
 auth_db="postgresql+psycopg2://mlflow:${pg_password}@${pg_host}:5432/mlflow_auth"
 auth_ini="${auth_ini//@AUTH_DATABASE_URI@/"$auth_db"}" # quoted: no & expansion (bash 5.2)
+auth_ini="$(existing_or neurofmx-mlflow-auth basic_auth.ini "$auth_ini")"
 apply_secret neurofmx-mlflow-auth \
   "basic_auth.ini=$auth_ini" \
   "admin_username=admin" \
@@ -106,12 +93,15 @@ set_args=(
   --set-string "image.repository=$REGISTRY/neurofmx" --set-string "image.tag=$TAG"
   --set-string "mlflow.image.repository=$REGISTRY/neurofmx-mlflow" --set-string "mlflow.image.tag=$TAG"
   --set-string "s3.bucket=$bucket" --set-string "s3.endpoint=$s3_endpoint"
+  # The head's NetworkPolicy admits the operator's namespace only: it must be the one installed above.
+  --set-string "networkPolicy.operatorNamespace=$KUBERAY_NAMESPACE"
 )
-helm upgrade --install "$RELEASE" "$REPO_ROOT/helm/neurofmx" --namespace "$NAMESPACE" \
+# --reset-then-reuse-values (Helm >= 3.14): overrides made with `helm upgrade --reuse-values --set ...`
+# (docs/deploy.md, Configuration reference) survive a redeploy; the provider file and set_args still win.
+helm upgrade --install --reset-then-reuse-values "$RELEASE" "$REPO_ROOT/helm/neurofmx" --namespace "$NAMESPACE" \
   -f "$REPO_ROOT/helm/neurofmx/values-$PROVIDER.yaml" "${set_args[@]}" --wait --timeout 30m
 
-cluster="$RELEASE"
-[[ "$RELEASE" == *neurofmx* ]] || cluster="$RELEASE-neurofmx"
+cluster="$fullname"
 note "waiting for RayCluster $cluster"
 kubectl -n "$NAMESPACE" wait "raycluster/$cluster" --for=condition=HeadPodReady --timeout=30m
 
@@ -125,6 +115,8 @@ cat << EOF_MSG
 
 NeuroFMx is running on $PROVIDER (namespace $NAMESPACE).
 
+Kubeconfig of this cluster (the kubectl commands below need it in your shell):
+  export KUBECONFIG=$(printf '%q' "$KUBECONFIG")
 Ray dashboard / Jobs API:
   kubectl -n $NAMESPACE port-forward svc/$cluster-head-svc 8265:8265 &
   http://127.0.0.1:8265   (token: kubectl -n $NAMESPACE get secret neurofmx-ray-auth -o jsonpath='{.data.auth_token}' | base64 -d)

@@ -69,6 +69,14 @@ existing_or_random() {
   printf '%s' "$value"
 }
 
+# The value under KEY of Secret NAME, else FALLBACK: what was generated once, or pointed elsewhere by hand
+# (an external database, docs/deploy.md), survives the next deploy.
+existing_or() {
+  local secret="$1" key="$2" fallback="$3" value
+  value="$(kubectl -n "$NAMESPACE" get secret "$secret" -o "jsonpath={.data.${key//./\\.}}" 2> /dev/null | base64 -d 2> /dev/null || true)"
+  printf '%s' "${value:-$fallback}"
+}
+
 apply_secret() {
   # apply_secret NAME KEY=VALUE...: create or update a Secret. Values go through files in a private
   # temporary folder, never through command-line arguments (visible in ps) or stdout.
@@ -87,4 +95,44 @@ apply_secret() {
 # True when terraform/$PROVIDER has a terraform.tfvars: variables then need not come from TF_VAR_*.
 has_tfvars() {
   [[ -f "$REPO_ROOT/terraform/${PROVIDER:-none}/terraform.tfvars" ]]
+}
+
+# Root-module variables without a default: `terraform apply` and `terraform destroy` both need them.
+check_tf_vars() {
+  if ! has_tfvars; then
+    [[ -n "${TF_VAR_bucket_name:-}" ]] || problems+=("TF_VAR_bucket_name is not set: export TF_VAR_bucket_name=<a globally unique bucket name> (or write terraform/${PROVIDER:-PROVIDER}/terraform.tfvars)")
+    [[ -n "${TF_VAR_cpu_instance_type:-}" ]] || problems+=("TF_VAR_cpu_instance_type is not set: a CPU instance type of ${PROVIDER:-the provider} (docs/deploy.md)")
+    if [[ "${PROVIDER:-}" == crusoe ]]; then
+      [[ -n "${TF_VAR_kubernetes_version:-}" ]] || problems+=("TF_VAR_kubernetes_version is not set: a Crusoe Managed Kubernetes version (crusoe kubernetes versions list)")
+      [[ -n "${TF_VAR_ssh_public_key:-}" ]] || problems+=("TF_VAR_ssh_public_key is not set: export TF_VAR_ssh_public_key=\"\$(cat ~/.ssh/id_ed25519.pub)\"")
+    fi
+  fi
+}
+
+# With TF_STATE_BUCKET, terraform/$PROVIDER/remote-state.tf (an S3 backend): deploy.sh and undeploy.sh
+# both write it, so either can run from a checkout that has never seen the state.
+write_remote_state() {
+  if [[ -n "${TF_STATE_BUCKET:-}" ]]; then
+    note "remote Terraform state in s3://$TF_STATE_BUCKET/neurofmx/$PROVIDER.tfstate"
+    # Virtual-hosted (BUCKET.host) by default: AWS and CoreWeave AI Object Storage refuse or deprecate
+    # path style; TF_STATE_PATH_STYLE=true for stores on a bare host:port (MinIO, SeaweedFS).
+    case "${TF_STATE_PATH_STYLE:-false}" in
+      true | false) ;;
+      *) die "TF_STATE_PATH_STYLE=${TF_STATE_PATH_STYLE} must be true or false" ;;
+    esac
+    cat > "$TF_DIR/remote-state.tf" << HCL
+terraform {
+  backend "s3" {
+    bucket                      = "$TF_STATE_BUCKET"
+    key                         = "neurofmx/$PROVIDER.tfstate"
+    region                      = "${TF_STATE_REGION:-us-east-1}"
+    endpoints                   = { s3 = "${TF_STATE_ENDPOINT:-https://s3.amazonaws.com}" }
+    use_path_style              = ${TF_STATE_PATH_STYLE:-false}
+    skip_credentials_validation = true
+    skip_region_validation      = true
+    skip_requesting_account_id  = true
+  }
+}
+HCL
+  fi
 }

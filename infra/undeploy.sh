@@ -10,12 +10,21 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 check_provider
 check_tools terraform helm kubectl
 check_credentials
+check_tf_vars
 fail_on_problems
 
 TF_DIR="$REPO_ROOT/terraform/$PROVIDER"
+# Backend and providers first: from a fresh checkout, destroy would otherwise fail, or, with no backend,
+# find an empty local state and destroy nothing while the cluster keeps running.
+write_remote_state
+terraform -chdir="$TF_DIR" init -input=false
 [[ -n "${KUBECONFIG:-}" ]] || export KUBECONFIG="$STATE_DIR/$PROVIDER.kubeconfig"
 
-if [[ -f "$KUBECONFIG" ]]; then
+if [[ -f "$KUBECONFIG" ]] && ! kubectl get --raw /readyz --request-timeout=30s > /dev/null 2>&1; then
+  # A rerun after a failed destroy (a bucket that was not empty) finds the kubeconfig of a cluster
+  # that is already gone: nothing is left to uninstall, and the destroy below must still run.
+  note "the cluster in $KUBECONFIG does not answer (already destroyed?): skipping helm and the data volume"
+elif [[ -f "$KUBECONFIG" ]]; then
   note "helm uninstall $RELEASE"
   helm uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 15m || note "release $RELEASE not found"
   if [[ "${PURGE_DATA:-0}" == 1 ]]; then

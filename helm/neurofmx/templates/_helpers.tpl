@@ -55,6 +55,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: AWS_ENDPOINT_URL
   value: {{ . | quote }}
 {{- end }}
+{{- if has .Values.s3.addressingStyle (list "path" "virtual") }}
+# fmx.storage.s3_filesystem (Ray checkpoints) follows this; "auto" keeps its own per-host choice.
+- name: FMX_S3_ADDRESSING_STYLE
+  value: {{ .Values.s3.addressingStyle | quote }}
+{{- end }}
 - name: FMX_STORAGE_PATH
   value: {{ printf "s3://%s/%s" .Values.s3.bucket .Values.s3.rayPrefix | quote }}
 {{- if .Values.mlflow.enabled }}
