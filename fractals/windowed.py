@@ -3,8 +3,8 @@
 :func:`windowed` turns a ``(..., T)`` series into a ``(..., n_windows, window_size)`` view with
 ``Tensor.unfold`` (no copy) and applies a batched metric to all windows at once, so a metric that
 is vectorized over leading dimensions is automatically vectorized over windows too. The defaults
-(1024-sample windows, hop 256) are the design config's ``fractals.metrics.window_size`` and
-``hop_size``.
+(1024-sample windows, hop 256) are the design document's ``fractals.metrics.window_size`` and
+``hop_size`` (not keys of ``conf/fractals/default.yaml``: training reads no windowed measure).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ __all__ = [
     "windowed_spectral_beta",
 ]
 
-WINDOW_SIZE = 1024  # design config fractals.metrics.window_size
-HOP_SIZE = 256  # design config fractals.metrics.hop_size
+WINDOW_SIZE = 1024  # the design document's fractals.metrics.window_size
+HOP_SIZE = 256  # the design document's fractals.metrics.hop_size
 FRAME_BLOCK_BYTES = 8 << 20  # CPU: frames handed to one metric call
 
 
