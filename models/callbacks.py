@@ -136,10 +136,21 @@ def global_means(trainer: Any, keys: list[str], totals: torch.Tensor) -> dict[st
     return {key: sums[i] / counts[i] for i, key in enumerate(keys) if counts[i] > 0}
 
 
+def _logged_step(trainer: Any) -> int:
+    """The step Lightning's loggers put the metrics logged now at: the index of the optimizer step just taken
+    (``train/loss`` of step k is logged at k; a validation after k+1 steps at k), so the callbacks' metrics line up
+    with ``train/*`` and ``val/*``. ``trainer.global_step`` is one ahead of it after each step."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return int(step) if isinstance(step, int) else int(getattr(trainer, "global_step", 0))
+
+
 def _log_scalars(pl_module: "pl.LightningModule", values: Mapping[str, float]) -> None:
     if pl_module.logger is None:
         return
-    pl_module.logger.log_metrics({k: float(v) for k, v in values.items()}, step=pl_module.global_step)
+    trainer = getattr(pl_module, "_trainer", None)
+    step = _logged_step(trainer) if trainer is not None else pl_module.global_step
+    pl_module.logger.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
 
 def _forward_latents(pl_module, batch) -> torch.Tensor:
@@ -221,7 +232,7 @@ class LatentHistogramCallback(pl.Callback):
         for name, v in measures.items():
             flat = v.flatten().float().cpu()
             if hasattr(experiment, "add_histogram"):
-                experiment.add_histogram(f"hist/latent_{name}", flat, global_step=step)
+                experiment.add_histogram(f"hist/latent_{name}", flat, global_step=_logged_step(trainer))
             q = torch.quantile(flat, torch.tensor([0.1, 0.5, 0.9]))
             scalars.update({f"hist/latent_{name}_p10": q[0], f"hist/latent_{name}_p50": q[1],
                             f"hist/latent_{name}_p90": q[2]})

@@ -59,9 +59,22 @@ class NeuroDataModule(pl.LightningDataModule):
         self.seed = int(seed)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        sampler = None
+        trainer = self.trainer
+        world = int(trainer.world_size) if trainer is not None else 1
+        if not shuffle and 1 < world <= len(dataset):
+            # Lightning's DistributedSampler pads every rank's share to the same length by repeating samples, so
+            # the global val/* means counted up to world - 1 samples twice (5 samples, 2 ranks: 6 scored). Each
+            # sample once instead; the ranks' batch counts may then differ by one, which validation allows (no
+            # per-batch collective: the means are reduced once at epoch end), as long as every rank has one.
+            from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=int(trainer.global_rank),
+                                                   shuffle=False)
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=collate_batch, persistent_workers=self.num_workers > 0, drop_last=False,
+            dataset, batch_size=self.batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+            num_workers=self.num_workers, collate_fn=collate_batch, persistent_workers=self.num_workers > 0,
+            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:

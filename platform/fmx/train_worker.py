@@ -169,9 +169,12 @@ class FingerprintArtifactCallback(pl.Callback):
             return
         if table is None or table.empty:
             return
-        table = table.assign(epoch=trainer.current_epoch, step=trainer.global_step)
+        from models.callbacks import _logged_step
+
+        step = _logged_step(trainer)  # the step val/* of this validation are logged at
+        table = table.assign(epoch=trainer.current_epoch, step=step)
         self.tables.append(table)
-        _log_fingerprint(self.uri, self.run_id, self.tables, summary, step=trainer.global_step)
+        _log_fingerprint(self.uri, self.run_id, self.tables, summary, step=step)
 
 
 class ModelFiguresCallback(pl.Callback):
@@ -296,6 +299,33 @@ def _restore_path(tmp_root: Path) -> str | None:
     return str(dst)
 
 
+class RankSeedCallback(pl.Callback):
+    """Give each DDP rank its own random stream for training, once the model is built from the shared seed.
+
+    Every rank seeds with the trial's seed, so the initial weights agree (DDP also broadcasts rank 0's), and
+    Lightning's DDP setup re-seeds every rank with it again. Left at that, every rank drew the same dropout,
+    drop-path and masked-reconstruction masks at every step, on different samples: N workers explored no more
+    masks than one. The stream is drawn from (seed, rank, global_step) at train start, after Lightning's re-seed,
+    so a resumed fit does not replay the masks of the first steps either. One worker keeps the plain seed.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.world_size <= 1:
+            return
+        import random
+
+        import numpy as np
+
+        state = np.random.SeedSequence([self.seed, int(trainer.global_rank), int(trainer.global_step)])
+        torch_seed, np_seed = (int(v) for v in state.generate_state(2))
+        torch.manual_seed(torch_seed)
+        np.random.seed(np_seed)
+        random.seed(np_seed)
+
+
 def train_loop(config: Mapping[str, Any]) -> None:
     """``train_loop_per_worker``: ``config`` = {cfg, tracking_uri, run_id, builders, fault}."""
     import ray.train
@@ -313,6 +343,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
     loggers, callbacks, monitor = [], [], None
     fault = config.get("fault") or {}
     callbacks.append(ReportCheckpointCallback(fail_at_epoch=fault.get("epoch"), fail_marker=fault.get("marker")))
+    callbacks.append(RankSeedCallback(int(cfg.get("seed", 0))))
     if uri and run_id:
         loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id))
         if rank == 0:
