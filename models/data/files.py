@@ -21,14 +21,14 @@ import torch
 from torch.utils.data import Dataset
 
 from models.data.batch import CHANNEL_KEYS, TIME_MAJOR_KEYS
-from models.data.readers import SUPPORTED_EXTENSIONS, Recording, read_recording
+from models.data.readers import SUPPORTED_EXTENSIONS, Recording, fif_continuations, read_recording
 
 __all__ = ["RecordingWindows", "find_recordings", "load_recordings", "subject_of", "build_files_datamodule"]
 
 log = logging.getLogger(__name__)
 _SUB = re.compile(r"sub-([A-Za-z0-9]+)")
 _BIDS_TABLES = {"participants.tsv", "samples.tsv"}
-_BIDS_SIDECARS = ("events", "channels", "electrodes", "scans", "sessions", "coordsystem", "photo")
+_BIDS_SIDECARS = ("events", "channels", "electrodes", "scans", "sessions", "coordsystem", "photo", "beh")
 _FILES_KEYS = {"name", "root", "pattern", "key", "window", "stride", "val_stride", "val_fraction", "resample_hz",
                "channels", "max_files", "split_by", "batch_size", "num_workers", "seed"}
 
@@ -70,6 +70,10 @@ def find_recordings(root: str | Path, pattern: str = "**/*") -> list[Path]:
     if hidden:
         log.info("skipping %d hidden file(s), e.g. %s", len(hidden), min(hidden))
         matched = [p for p in matched if p not in hidden]
+    parts = fif_continuations([p.as_posix() for p in matched])
+    if parts:  # MNE reads them with the first part of their split file
+        log.info("skipping %d continuation part(s) of split FIF files, e.g. %s", len(parts), min(parts))
+        matched = [p for p in matched if p.as_posix() not in parts]
     sidecars = [p for p in matched if _is_sidecar(p)]
     if sidecars:
         log.info("skipping %d metadata file(s) (BIDS tables, README/LICENSE), e.g. %s", len(sidecars), sidecars[0].name)

@@ -9,7 +9,9 @@ Formats (picked by file extension, see :func:`read_recording`):
                            ``meta["annotations"]`` the ``(onset_s, duration_s, text)`` annotations
                            (onsets from the first sample) and ``meta["stim_channels"]`` the names.
 ``.fif`` ``.fif.gz``       MNE FIF raw files; values in SI units (volts for EEG); ``stim``
-                           channels (``STI 014``) become ``meta["events"]`` as for EDF.
+                           channels (``STI 014``) become ``meta["events"]`` as for EDF. Channels
+                           marked bad (``raw.info["bads"]``) are left out, named in
+                           ``meta["bad_channels"]``.
 ``.nwb``                   NWB through pynwb: the first ``ElectricalSeries`` in ``acquisition``
                            (else the first ``TimeSeries``); ``series=`` picks one by name.
 ``.npz``                   continuous: ``data`` (channels, time) or (time,), ``fs`` (Hz), optional
@@ -37,12 +39,14 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from models.data.fif_splits import fif_continuations  # noqa: F401  re-exported for files/discover
 from models.data.preprocess import _resample_recording, bandpass, epoch, filter_ectopic, notch, resample, trim_flat_edges
 from models.data.recording import Recording
 
@@ -58,6 +62,7 @@ __all__ = [
     "trim_flat_edges",
     "filter_ectopic",
     "SUPPORTED_EXTENSIONS",
+    "fif_continuations",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,8 +148,10 @@ def pick_channels(rec: Recording, channels: Sequence[str]) -> Recording:
     lookup = {name.lower(): i for i, name in enumerate(rec.channel_names)}
     missing = [c for c in channels if c.lower() not in lookup]
     if missing:
+        bads = [c for c in missing if c.lower() in {b.lower() for b in rec.meta.get("bad_channels", ())}]
         raise ValueError(
             f"channels: {missing} not in {rec.meta.get('path', 'the recording')}; available: {list(rec.channel_names)}"
+            + (f"; {bads} are marked bad in the file (raw.info['bads']), so left out" if bads else "")
         )
     idx = [lookup[c.lower()] for c in channels]
     return rec.replace(data=rec.data[idx], channel_names=tuple(rec.channel_names[i] for i in idx))
@@ -172,6 +179,13 @@ def _read_mne(path: Path, **_: Any) -> Recording:
                     raw.n_times / raw.info["sfreq"], _header_duration(path))
     meta: dict[str, Any] = {"path": str(path), "format": ext.lstrip(".")}
     meta.update(_events_and_annotations(raw, path))
+    bads = [name for name in raw.info["bads"] if name in raw.ch_names]
+    if bads and len(bads) == len(raw.ch_names):
+        raise ValueError(f"{path}: every signal channel is marked bad ({bads}); clear raw.info['bads'] and save "
+                         "it again, or leave the file out")
+    if bads:  # marked bad in MNE (raw.info['bads']): as MNE's own analyses, leave them out of the signal
+        raw.drop_channels(bads)
+    meta["bad_channels"] = tuple(bads)
     data = raw.get_data().astype(np.float64)
     return Recording(data=data, fs=float(raw.info["sfreq"]), channel_names=tuple(raw.ch_names), units="V", meta=meta)
 
@@ -205,7 +219,10 @@ def _events_and_annotations(raw: Any, path: Path) -> dict[str, Any]:
         )
     events = np.zeros((0, 2))
     if stim:
-        found = mne.find_events(raw, stim_channel=stim, shortest_event=1, verbose="error")
+        # BioSemi BDF Status: trigger codes are bits 0-15; bits 16-23 are system flags (CMS in range,
+        # battery, new epoch) that would add 65536.. to every code and make events of their own
+        bdf = {"mask": 0xFFFF, "mask_type": "and"} if _suffix(path) == ".bdf" else {}
+        found = mne.find_events(raw, stim_channel=stim, shortest_event=1, verbose="error", **bdf)
         events = np.column_stack([(found[:, 0] - raw.first_samp) / raw.info["sfreq"], found[:, 2]]).astype(float)
         raw.drop_channels(stim)
     ann = raw.annotations
@@ -249,6 +266,9 @@ def _read_nwb(path: Path, *, series: str | None = None, **_: Any) -> Recording:
             stamps = np.asarray(ts.timestamps[:], dtype=np.float64)
             rate = _uniform_rate(stamps, f"{path}: {ts.name}.timestamps")
         names = _nwb_channel_names(ts, data.shape[1])
+        if len(names) != data.shape[1] and len(names) == data.shape[0]:
+            raise ValueError(f"{path}: {ts.name}.data has shape {tuple(ts.data.shape)} for {len(names)} electrodes: "
+                             "stored as (channels, time), but NWB series are (time, channels); write data.T")
         return Recording(
             data=np.ascontiguousarray(data.T), fs=rate, channel_names=names, units=str(ts.unit or "a.u."),
             meta={"path": str(path), "format": "nwb", "series": ts.name},
@@ -293,10 +313,16 @@ def _read_npz(path: Path, *, subject: str | None = None, **_: Any) -> Recording:
         data = data[None, :] if data.ndim == 1 else data
         if data.ndim != 2:
             raise ValueError(f"{path}: 'data' must be (channels, time), got shape {data.shape}")
-        names = (
-            tuple(_text(c) for c in np.asarray(z["channel_names"]).reshape(-1)) if "channel_names" in keys
-            else tuple(f"ch{i}" for i in range(data.shape[0]))
-        )
+        given = tuple(_text(c) for c in np.asarray(z["channel_names"]).reshape(-1)) if "channel_names" in keys else None
+        n_names = len(given) if given is not None else None
+        if (data.shape[0] != n_names == data.shape[1]) or (n_names is None and data.shape[0] > data.shape[1]):
+            # numpy/pandas code often keeps (time, channels): read as is it would be thousands of tiny channels
+            raise ValueError(
+                f"{path}: 'data' of shape {data.shape} looks like (time, channels)"
+                + (f" ({n_names} channel_names)" if n_names is not None else " (more channels than samples)")
+                + "; the npz layout is (channels, time): save data.T"
+            )
+        names = given if given is not None else tuple(f"ch{i}" for i in range(data.shape[0]))
         units = _text(z["units"][()]) if "units" in keys else "a.u."
         fs = np.asarray(z["fs"], dtype=np.float64)
         if fs.size != 1:  # a 1-element array is fine: scipy.io.loadmat gives [[250.]]
@@ -350,15 +376,42 @@ def _read_csv(path: Path, *, fs: float | None = None, **_: Any) -> Recording:
 
     text = path.read_text(encoding="utf-8-sig")  # Windows editors and Excel start UTF-8 files with a BOM
     header_fs = None
-    first = text.splitlines()[0] if text else ""
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
     if first.startswith("#"):
-        for token in first.lstrip("#").replace(",", " ").split():
-            if token.lower().startswith("fs="):
-                header_fs = float(token.split("=", 1)[1])
-    sep = "\t" if _suffix(path) == ".tsv" else ","
-    frame = pd.read_csv(io.StringIO(text), sep=sep, comment="#")
+        found = _FS_LINE.search(first)  # '# fs=250', '# fs = 250', '# fs=250Hz'
+        if found:
+            header_fs = float(found.group(1))
+    sep, decimal = "\t" if _suffix(path) == ".tsv" else ",", "."
+    rows = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if sep == "," and rows and ";" in rows[0] and "," not in rows[0]:
+        # a European Excel export: ';' between columns, ',' as the decimal mark ('1,5;2,5')
+        sep, decimal = ";", ("," if any("," in row for row in rows[1:]) else ".")
+    frame = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, comment="#")
+    # 'Fz, Cz' (a space after each separator): ' Cz' would be another channel than the Cz of other files
+    frame.columns = [c.strip() if isinstance(c, str) else c for c in frame.columns]
     if frame.empty:
         raise ValueError(f"{path}: no rows; a CSV recording needs one column per channel and one row per sample")
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        # rows hold more fields than the header has names: pandas would take the first column(s) as a row
+        # index and shift every channel one column left. Empty extra fields are trailing separators.
+        extra = frame.index.nlevels
+        if frame.iloc[:, -extra:].isna().all().all():
+            frame = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, comment="#", index_col=False)
+            frame.columns = [c.strip() if isinstance(c, str) else c for c in frame.columns]
+        else:
+            raise ValueError(
+                f"{path}: rows hold {extra} more value(s) than the header has names ({list(frame.columns)}); "
+                "name every column in the header (one per channel, plus an optional 'time')"
+            )
+    names = [str(c).strip() for c in frame.columns]
+    numbered = all(n.isdigit() for n in names) and sorted(map(int, names)) in (
+        list(range(len(names))), list(range(1, len(names) + 1)))  # channels named 1..N (or 0..N-1) are a header
+    if all(_is_number(n) for n in names) and not numbered:
+        raise ValueError(
+            f"{path}: the first line {list(frame.columns)} holds numbers, not channel names (no header row; it "
+            "would be lost as data); add a header line naming each channel, e.g. 'Fz,Cz,Pz'"
+        )
     cols = {c.lower(): c for c in frame.columns}
     if len(frame.columns) == 1 and frame.columns[0].lower() in _RR_COLUMNS:
         scale = _RR_COLUMNS[frame.columns[0].lower()]
@@ -383,6 +436,17 @@ def _read_csv(path: Path, *, fs: float | None = None, **_: Any) -> Recording:
     return Recording(data=frame.to_numpy(np.float64).T.copy(), fs=float(rate),
                      channel_names=tuple(str(c) for c in frame.columns), units="a.u.",
                      meta={"path": str(path), "format": "csv"})
+
+
+_FS_LINE = re.compile(r"\bfs\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)", re.IGNORECASE)
+
+
+def _is_number(name: Any) -> bool:
+    try:
+        float(str(name).replace(",", "."))
+    except ValueError:
+        return False
+    return True
 
 
 def _read_rr_text(path: Path, **_: Any) -> Recording:

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from fmx.fingerprint import storage
-from models.data.readers import SUPPORTED_EXTENSIONS
+from models.data.readers import SUPPORTED_EXTENSIONS, fif_continuations
 
 __all__ = ["discover", "parse_bids_name", "read_participants", "KEY_COLUMNS"]
 
@@ -37,6 +37,7 @@ _BIDS = re.compile(
     r"_(?P<modality>[A-Za-z0-9]+)"
     r"(?P<ext>\.[A-Za-z0-9.]+)$"
 )
+_SES_FOLDER = re.compile(r"^ses-[A-Za-z0-9]+$")
 # BIDS side-car suffixes: tables and descriptions next to the signals, never signals themselves.
 _SIDE_CARS = {"events", "channels", "electrodes", "scans", "sessions", "coordsystem", "participants", "beh"}
 # BIDS top-level folders that hold processed, source or code files: copies of a recording there are not recordings.
@@ -66,10 +67,15 @@ def read_participants(uri: str) -> "pd.DataFrame":  # noqa: F821
     if "participant_id" not in frame.columns:
         raise ValueError(f"{uri}: needs a 'participant_id' column (values like sub-01); found {list(frame.columns)}")
     frame = frame.rename(columns={"participant_id": "subject"})
-    frame["subject"] = [s if s.startswith("sub-") else f"sub-{s}" for s in frame["subject"]]
+    frame["subject"] = [s if s.startswith("sub-") else f"sub-{s}" for s in frame["subject"].str.strip()]
+    twice = sorted(set(frame["subject"][frame["subject"].duplicated()]))
+    if twice:  # merged onto the recordings, each would be fitted and counted once per row
+        raise ValueError(f"{uri}: participant_id {twice} listed more than once; keep one row per participant")
     for column in frame.columns:
-        numeric = pd.to_numeric(frame[column], errors="coerce")
-        if column != "subject" and numeric.notna().all():
+        # BIDS writes a missing value as 'n/a': an age column with one 'n/a' is still numbers (NaN there)
+        missing = frame[column].str.strip().isin(("n/a", "N/A", "NA", ""))
+        numeric = pd.to_numeric(frame[column].mask(missing), errors="coerce")
+        if column != "subject" and numeric[~missing].notna().all() and not missing.all():
             frame[column] = numeric
     return frame.drop(columns=[c for c in ("path", "member", "session", "condition", "modality") if c in frame.columns])
 
@@ -87,7 +93,8 @@ def discover(data: str, *, modality: str | None = None) -> "pd.DataFrame":  # no
     elif _is_file(data):
         frame = _from_files([data], root=None)
     else:
-        frame = _from_files(storage.list_files(data), root=data)
+        files = storage.list_files(data) if storage.is_s3(data) else _local_files(data)
+        frame = _from_files(files, root=data)
         participants = storage.join(data, "participants.tsv")
         if storage.exists(participants):
             frame = frame.merge(read_participants(participants), on="subject", how="left")
@@ -112,6 +119,23 @@ def discover(data: str, *, modality: str | None = None) -> "pd.DataFrame":  # no
     return frame.sort_values(["subject", "session", "condition"]).reset_index(drop=True)
 
 
+def _local_files(root: str) -> list[str]:
+    """Every file under a local folder, following linked folders (a cohort folder of links to subject
+    folders kept elsewhere: ``Path.rglob`` skips those links, and their subjects went missing unnoticed).
+    A folder reached again through a link loop is walked once."""
+    seen: set[str] = set()
+    out = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        # str(Path(...)) as storage.list_files writes them ('./a' is 'a'): paths key resumable results
+        out.extend(str(Path(folder, n)) for n in names if os.path.isfile(os.path.join(folder, n)))
+    return sorted(out)
+
+
 def _is_file(uri: str) -> bool:
     if storage.is_s3(uri):
         return any(uri.lower().endswith(ext) for ext in SUPPORTED_EXTENSIONS)
@@ -122,16 +146,37 @@ def _from_files(paths: list[str], root: str | None):
     import pandas as pd
 
     rows = []
+    parts = fif_continuations([p.replace("\\", "/") for p in paths])  # read with their first part by MNE
     for path in paths:
-        if path.lower().endswith("participants.tsv") or _not_raw(path, root):
+        if path.replace("\\", "/") in parts:
+            continue
+        if path.lower().endswith("participants.tsv") or _not_raw(path, root) or _hidden(path, root):
             continue
         entities = parse_bids_name(path.replace("\\", "/"))
         if entities is None or not entities["ext"].lower().endswith(SUPPORTED_EXTENSIONS):
             continue
         if entities["modality"].lower() in _SIDE_CARS:
             continue
+        if not entities["session"]:  # 'sub-01/ses-pre/eeg/sub-01_task-rest_eeg.edf': the session is the folder's
+            folders = [part for part in path.replace("\\", "/").split("/")[:-1] if _SES_FOLDER.match(part)]
+            entities["session"] = folders[-1] if folders else ""
         rows.append({"path": path, "member": "", **{k: entities[k] for k in (*KEY_COLUMNS, "modality")}})
     return pd.DataFrame(rows, columns=["path", "member", *KEY_COLUMNS, "modality"])
+
+
+def _relative(path: str, root: str) -> str:
+    if storage.is_s3(root):
+        base = str(root).rstrip("/") + "/"
+        return path[len(base):] if path.startswith(base) else path
+    return os.path.relpath(path, root).replace("\\", "/")
+
+
+def _hidden(path: str, root: str | None) -> bool:
+    """Whether a folder of ``path`` under ``root`` is hidden (``.ipynb_checkpoints/``, ``.Trash/``): copies
+    there would be read as extra recordings of their subject, or collide with the real ones."""
+    if root is None:
+        return False
+    return any(part.startswith(".") and part not in (".", "..") for part in _relative(path, root).split("/")[:-1])
 
 
 def _not_raw(path: str, root: str | None) -> bool:
