@@ -28,14 +28,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 SWEEP_METADATA_KEY = "fmx.sweep"
 # Uploading these with a working_dir would be slow (venv, caches) or leak local state (runs, secrets):
 # `make deploy` leaves the provider token in infra/.state and the bucket key in the Terraform state,
 # excluded here so that their safety does not hang on Ray honouring .gitignore.
-DEFAULT_EXCLUDES = (".git", ".venv", "**/__pycache__", "mlruns", "runs", "*.ckpt", ".env", "terraform/**/.terraform",
+DEFAULT_EXCLUDES = (".git", ".venv", "**/__pycache__", "mlruns", "runs", "*.ckpt", ".env", ".env.*",
+                    "terraform/**/.terraform",
                     "infra/.state", "*.tfstate", "*.tfstate.*", "*.tfvars")
 _RAYJOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -102,6 +103,11 @@ def resolve_address(*, address: str | None = None, cluster: str | None = None) -
 
 
 def _check_address(address: str) -> str:
+    if re.match(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^/\s]*@", address):  # user:password@ or a token as user@
+        # masked: the message reaches the terminal and CI logs
+        shown = re.sub(r"(?<=://)[^/\s]*@", "***@", address, count=1)
+        raise ValueError(f"address={shown!r}: credentials never go in the address (user:password@); pass token= "
+                         "or set RAY_AUTH_TOKEN to the cluster's token, and give http(s)://HOST:PORT")
     if not re.match(r"^https?://[^/\s:]+(:\d+)?/?$", address):
         raise ValueError(
             f"address={address!r} is not a Ray dashboard URL; expected http(s)://HOST:PORT, "
@@ -148,6 +154,19 @@ def connect(address: str, *, token: str | None = None):
             f"pass token= or set RAY_AUTH_TOKEN to the cluster's token"
         ) from err
     return client
+
+
+def secret_excludes(root: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> set[str]:
+    """The mounted secret named by ``FMX_S3_SECRET_FILE``, when it lies inside ``root``, as a working_dir
+    exclude: the job package (kept by the cluster, unpacked on every node) must not carry the keys."""
+    secret = ((os.environ if environ is None else environ).get("FMX_S3_SECRET_FILE") or "").strip()
+    if not secret:
+        return set()
+    try:
+        rel = Path(secret).expanduser().resolve().relative_to(Path(root).resolve())
+    except ValueError:  # outside the folder: not uploaded
+        return set()
+    return {"/" + rel.as_posix()} if rel.parts else set()
 
 
 def sweep_entrypoint(sweep_file: str, *, extra_args: tuple[str, ...] = ()) -> str:
@@ -205,7 +224,7 @@ def submit_sweep(
         except ValueError:
             raise ValueError(f"sweep_file={sweep!r} lies outside working_dir={str(root)!r}; move it inside") from None
         env.setdefault("working_dir", str(root))
-        env["excludes"] = sorted(set(env.get("excludes", [])) | set(DEFAULT_EXCLUDES))
+        env["excludes"] = sorted(set(env.get("excludes", [])) | set(DEFAULT_EXCLUDES) | secret_excludes(root))
     if not sweep.endswith((".yaml", ".yml")) and entrypoint is None:
         raise ValueError(f"sweep_file={sweep!r} should be a .yaml sweep description")
     client = connect(address, token=token)

@@ -20,7 +20,9 @@ StrictInt = Annotated[int, BeforeValidator(_no_bool)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a library caller's ValidationError would print the raw value (keys in an s3:// URI);
+    # parse_sweep still reads it from errors() and masks it
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 # ---------------------------------------------------------------------------------------- distributions

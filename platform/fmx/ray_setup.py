@@ -19,6 +19,7 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    _keep_keys_out_of_tune_runtime_env()
     # a URI with user:password@ (an unused MLFLOW_TRACKING_URI) would show in the dashboard's runtime_env
     env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k) and not uri_has_password(os.environ[k])}
     runtime_env = {"env_vars": env} if env else None
@@ -27,6 +28,20 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
         return False
     ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
     return True
+
+
+_AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+
+
+def _keep_keys_out_of_tune_runtime_env() -> None:
+    """Stop Ray Tune copying the driver's AWS keys into every trial's ``runtime_env``: Ray prints that in plain
+    text (``runtime_env_agent.log``, the dashboard). Workers read the keys from their own environment or the
+    mounted secret (:func:`fmx.storage.s3_filesystem`), as the cluster's pods get them."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray layout: nothing to patch
+        return
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - _AWS_KEYS
 
 
 def check_trial_fits(resources: Resources, available: Mapping[str, float]) -> None:

@@ -130,11 +130,12 @@ class Storage(_Strict):
     @field_validator("path")
     @classmethod
     def _uri(cls, v: str) -> str:
+        _refuse_password(v, "storage.path", "use s3://bucket/prefix and " + _S3_KEYS)  # first: the others echo v
         if "://" in v and not v.startswith("s3://"):
             raise ValueError(f"only local paths and s3:// URIs are supported (got {v!r})")
         if v.startswith("s3://") and not re.match(r"^s3://[^/\s]+", v):  # s3:///ray would make "ray" the bucket
             raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
-        return _refuse_password(v, "storage.path", "use s3://bucket/prefix and " + _S3_KEYS)
+        return v
 
     @field_validator("endpoint_url")
     @classmethod

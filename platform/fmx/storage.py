@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
+
+from fmx.targets import mask_credentials, mask_uri_password, uri_has_password
 
 SECRET_FILE_ENV = "FMX_S3_SECRET_FILE"
 # Environment variables that are safe to forward to Ray workers (no secret in them).
@@ -30,8 +32,9 @@ _KEY_ALIASES = {
     "secret_key": ("AWS_SECRET_ACCESS_KEY", "secret_access_key", "secretKey", "secret_key"),
     "session_token": ("AWS_SESSION_TOKEN", "session_token", "sessionToken"),
 }
-# Anything that looks like an AWS key pair or a URL password, masked even when not a known value.
-_PATTERNS = [re.compile(r"AKIA[0-9A-Z]{16}"), re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)")]
+# Anything that looks like an AWS access key, masked even when not a known value (URL passwords and credential
+# query parameters: fmx.targets.mask_credentials).
+_PATTERNS = [re.compile(r"(?:AKIA|ASIA)[0-9A-Z]{16}")]
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
         creds = None
     if creds is not None:
         values += [creds.access_key, creds.secret_key, creds.session_token]
+    # URL-encoded too: a secret holding '/', '+' or '@' (AWS secret keys often do) appears so inside URLs
+    values += [quote(v, safe=safe) for v in values if v for safe in ("", "/")]
     return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
 
 
@@ -125,7 +130,7 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
             obj = obj.replace(s, "***")
         for pat in _PATTERNS:
             obj = pat.sub("***", obj)
-        return obj
+        return mask_credentials(obj)
     if isinstance(obj, Mapping):
         return {k: ("***" if re.search(r"secret|password|token(?![a-z])", str(k), re.I) and v else redact(v, secrets))
                 for k, v in obj.items()}
@@ -141,12 +146,20 @@ def endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
 
 def s3_filesystem(*, endpoint_url: str | None = None, region: str | None = None,
                   credentials: S3Credentials | None = None, allow_bucket_creation: bool = False):
-    """A ``pyarrow.fs.S3FileSystem``; ``endpoint_url`` (http://host:port) selects an S3-compatible store."""
+    """A ``pyarrow.fs.S3FileSystem``; ``endpoint_url`` (http://host:port) selects an S3-compatible store.
+
+    With credentials from the environment or the mounted secret it pickles without them: Ray pickles the
+    filesystem into Tune's experiment state (``tuner.pkl``, ``basic-variant-state-*.json``), which it uploads
+    beside the checkpoints, and into the actors it starts. Unpickled, it reads them again from that process's
+    environment or mounted secret (``FMX_S3_SECRET_FILE`` reaches Ray workers; the keys never do). Only
+    ``credentials`` given by the caller are kept in the object (and pickle with it).
+    """
     from pyarrow import fs as pafs
 
     endpoint_url = endpoint_url or endpoint_from_env()
-    credentials = credentials if credentials is not None else load_credentials()
     region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    given = credentials is not None
+    credentials = credentials if given else load_credentials()
     kwargs: dict[str, Any] = {"region": region, "allow_bucket_creation": allow_bucket_creation}
     if credentials is not None:
         kwargs.update(access_key=credentials.access_key, secret_key=credentials.secret_key,
@@ -155,7 +168,33 @@ def s3_filesystem(*, endpoint_url: str | None = None, region: str | None = None,
         parsed = urlparse(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
         kwargs["force_virtual_addressing"] = _virtual_addressing(parsed.hostname or "")
-    return pafs.S3FileSystem(**kwargs)
+    if given:
+        return pafs.S3FileSystem(**kwargs)
+    fs = _keyless_s3_class()(**kwargs)
+    fs._fmx_settings = {"endpoint_url": endpoint_url, "region": region, "allow_bucket_creation": allow_bucket_creation}
+    return fs
+
+
+def _s3_from_settings(settings: dict):
+    """Unpickling a filesystem made by :func:`s3_filesystem`: the same store, this process's credentials."""
+    return s3_filesystem(**settings)
+
+
+_KEYLESS_S3 = None
+
+
+def _keyless_s3_class():
+    """``pyarrow.fs.S3FileSystem`` pickled by its settings, not its keys (pyarrow is imported on first use)."""
+    global _KEYLESS_S3
+    if _KEYLESS_S3 is None:
+        from pyarrow import fs as pafs
+
+        class S3FileSystem(pafs.S3FileSystem):  # pyarrow's, but pickled without the keys
+            def __reduce__(self):
+                return _s3_from_settings, (self._fmx_settings,)
+
+        _KEYLESS_S3 = S3FileSystem
+    return _KEYLESS_S3
 
 
 def _virtual_addressing(host: str) -> bool:
@@ -196,6 +235,10 @@ def resolve_storage(path: str, *, endpoint_url: str | None = None, region: str |
     prefix`` gets a pyarrow S3 filesystem (endpoint override for S3-compatible stores) and a bucket-relative
     ``storage_path`` as Ray expects with a custom filesystem.
     """
+    if uri_has_password(path):  # pyarrow's errors would echo it
+        raise ValueError(f"{field}: {mask_uri_password(path)!r}: credentials never go in a URI (user:password@ or "
+                         "?secret_key=); use s3://bucket/prefix and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
+                         f"environment or the file named by {SECRET_FILE_ENV}")
     if path.startswith("s3://"):
         rest = path[len("s3://"):].strip("/")
         if not rest or path[len("s3://"):].startswith("/"):  # s3:///ray names no bucket (not bucket "ray")

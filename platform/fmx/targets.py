@@ -10,7 +10,18 @@ import re
 import urllib.parse
 
 # scheme://user:password@host: a password inside a URI would reach params, tags, logs and the sweep pointer.
-_URI_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@")
+# The password runs to the LAST '@' before the host: it may hold '@' or ':' unencoded, and an AWS secret key
+# (s3://KEY:SECRET@bucket) often holds '/'. Digits then '/', '?', '#' or the end after the colon are a port
+# (http://host:5000/a@b has no password).
+_USERINFO = r"[^/@\s:]*:(?!\d*(?:[/?#\s'\"]|$))\S*(?=@[^@/\s]*(?:[/?#\s'\"]|$))"
+_URI_PASSWORD = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://" + _USERINFO)
+_NETLOC_USERINFO = re.compile(r"(?<=://)[^/@\s:]*:[^/\s]*(?=@)")
+# Credentials as query parameters: libpq and MySQL take ?password=, pyarrow's S3 URIs ?secret_key=, presigned
+# URLs X-Amz-Security-Token; servers take ?token=.
+QUERY_SECRET = re.compile(r"(?i)(?<=[?&;])(?:password|passwd|pwd|token|access_token|auth_token|api_key|apikey|"
+                          r"secret|secret_key|secret_access_key|access_key|session_token|x-amz-security-token)="
+                          r"(?=[^&#\s'\"])")
+_QUERY_SECRET_VALUE = re.compile(QUERY_SECRET.pattern + r"[^&#\s'\"]+")
 # The local defaults. A sweep whose storage.path / tracking.uri equals them lets FMX_STORAGE_PATH /
 # MLFLOW_TRACKING_URI choose instead (choose_target; fmx.runner.resolve_targets): cluster pods set both.
 DEFAULT_STORAGE_PATH = "runs/ray"
@@ -35,13 +46,25 @@ def choose_target(value: str, *, default: str, env_var: str, env=None) -> tuple[
 
 
 def uri_has_password(uri: str) -> bool:
-    """Whether ``uri`` carries ``user:password@`` (refused: credentials come from the environment)."""
-    return bool(_URI_PASSWORD.match(uri))
+    """Whether ``uri`` carries ``user:password@`` or a credential query parameter (``?password=``,
+    ``?token=``, ``?secret_key=``...): refused, credentials come from the environment."""
+    uri = str(uri)
+    return bool(_URI_PASSWORD.match(uri)) or ("://" in uri and "?" in uri and bool(QUERY_SECRET.search(uri)))
 
 
 def mask_uri_password(uri: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://***@host``, for error messages."""
-    return re.sub(r"(?<=://)[^/@\s]*(?=@)", "***", uri, count=1) if uri_has_password(uri) else uri
+    """``scheme://user:password@host`` -> ``scheme://***@host`` and ``?password=X`` -> ``?password=***``, for
+    error messages."""
+    if not uri_has_password(uri):
+        return uri
+    return mask_credentials(str(uri), count=1)
+
+
+def mask_credentials(text: str, *, count: int = 0) -> str:
+    """Mask every ``user:password@`` and credential query value in free ``text`` (an error message, a log line)."""
+    text = _NETLOC_USERINFO.sub("***", text, count=count)  # '@' in the host part: up to its last '@'
+    text = re.sub(r"(?<=://)" + _USERINFO, "***", text, count=count)  # a secret holding '/': up to the host
+    return _QUERY_SECRET_VALUE.sub(lambda m: m.group(0).split("=", 1)[0] + "=***", text)
 
 
 # The schemes MLflow opens as a tracking store (``+driver`` variants such as postgresql+psycopg2 included).

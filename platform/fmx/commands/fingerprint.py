@@ -20,7 +20,10 @@ console = Console()
 def _fail(exc: Exception) -> None:
     from rich.markup import escape
 
-    console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)  # unwrapped: paths stay copyable
+    from fmx.storage import redact
+
+    # unwrapped: paths stay copyable; redacted: a data path or --mlflow URI may carry a password
+    console.print(f"[red]error:[/] {escape(redact(str(exc)))}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -264,8 +264,10 @@ def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
     where = f"{name}.latest.json under {storage}"
     try:
         pointer = None if target is None else read_pointer(name, target)
-    except ValueError as exc:  # json's JSONDecodeError: a damaged (e.g. truncated) pointer
+    except json.JSONDecodeError as exc:  # a damaged (e.g. truncated) pointer
         _fail(f"{where} is not valid JSON ({exc}); the pointer is damaged: restore it, or run the sweep again")
+    except ValueError as exc:  # pyarrow raises these too (a store that refuses the read): not a damaged pointer
+        _fail(f"{where} could not be read: {exc}")
     if pointer is None:
         _fail(f"no sweep named {name!r} under {storage} (looked for {name}.latest.json); "
               "pass --storage with the sweep's storage.path")
