@@ -23,6 +23,7 @@ import math
 import numbers
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -248,9 +249,9 @@ class SpectralRegularizer(nn.Module):
         self.targets = targets
         if targets is None:  # list(None) failed at the first step with a bare TypeError
             raise ValueError("targets: needs a number, one per layer, or a mapping name -> number; got None")
-        if isinstance(targets, (Mapping, Sequence, numbers.Real, torch.Tensor)):  # config errors at build, not step 1
+        if isinstance(targets, (Mapping, Sequence, numbers.Real, torch.Tensor, np.ndarray)):  # errors at build
             values = list(targets.values()) if isinstance(targets, Mapping) else (
-                [targets] if isinstance(targets, (numbers.Real, str)) or (isinstance(targets, torch.Tensor)
+                [targets] if isinstance(targets, (numbers.Real, str)) or (isinstance(targets, (torch.Tensor, np.ndarray))
                                                                           and targets.ndim == 0) else list(targets))
             if any(isinstance(v, str) for v in values):
                 raise ValueError(f"targets: needs a number, a sequence of numbers or a mapping, got the text {targets!r}")
@@ -279,7 +280,7 @@ class SpectralRegularizer(nn.Module):
             if missing:
                 raise ValueError(f"targets: no target for layer(s) {missing}; give one per layer name")
             return {n: float(t[n]) for n in names}
-        if isinstance(t, numbers.Real) or (isinstance(t, torch.Tensor) and t.ndim == 0):  # NumPy / 0-d too
+        if isinstance(t, numbers.Real) or (isinstance(t, (torch.Tensor, np.ndarray)) and t.ndim == 0):  # NumPy / 0-d too
             return {n: float(t) for n in names}
         if isinstance(t, str):  # list("1.0") read as three targets
             raise ValueError(f"targets: needs a number, a sequence of numbers or a mapping, got the text {t!r}")

@@ -15,21 +15,10 @@ from torch import nn
 
 from fractals._checks import check_finite, check_positive
 from fractals.regularizers import (
-    _LATENTS_CHECKED, _check_time_dim, _check_weight, _zero_like, l_graph_fd, l_multifractal, l_spec_1overf,
+    _LATENTS_CHECKED, _check_time_dim, _check_weight, _finite, _zero_like, l_graph_fd, l_multifractal, l_spec_1overf,
 )
 
 __all__ = ["FractalPriors"]
-
-
-def _finite(value, name: str) -> float:
-    """A target from the config: NaN or inf would make every training loss NaN after warmup."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = math.nan
-    if isinstance(value, bool) or not math.isfinite(v):
-        raise ValueError(f"{name}: must be finite (a real number), got {value!r}")
-    return v
 
 
 def _int_list(values, name: str) -> list[int]:

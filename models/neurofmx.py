@@ -445,6 +445,10 @@ class NeuroFMx(nn.Module):
         scored_names = tuple(losses)  # validation averages each head over the batches where it scored
         if not losses:
             losses = empty
+        if not losses and unscorable:  # the targets are here: the windows are too short to score them
+            raise ValueError(f"batch: its windows give {steps.shape[1]} step(s) of {self.step_size} samples, too few "
+                             f"for every head with its target here {list(unscorable)} (forecast needs more steps "
+                             "than its horizon, reconstruction 2). Use longer windows (data.window or data.n_time)")
         if not losses:
             raise ValueError(f"batch: no configured head {self.loss_names} found its target; batch keys: {sorted(batch)}")
         # Nothing scored: the zero losses, still in the graph, but not their weights' 0.5 * s_i terms, whose

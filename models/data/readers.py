@@ -321,6 +321,8 @@ def _read_npz(path: Path, *, subject: str | None = None, **_: Any) -> Recording:
                 f"{path}: 'data' of shape {data.shape} looks like (time, channels)"
                 + (f" ({n_names} channel_names)" if n_names is not None else " (more channels than samples)")
                 + "; the npz layout is (channels, time): save data.T"
+                + ("" if n_names is not None else
+                   " (if it is (channels, time) already, save channel_names with one name per row)")
             )
         names = given if given is not None else tuple(f"ch{i}" for i in range(data.shape[0]))
         units = _text(z["units"][()]) if "units" in keys else "a.u."
@@ -387,6 +389,8 @@ def _read_csv(path: Path, *, fs: float | None = None, **_: Any) -> Recording:
     if sep == "," and rows and ";" in rows[0] and "," not in rows[0]:
         # a European Excel export: ';' between columns, ',' as the decimal mark ('1,5;2,5')
         sep, decimal = ";", ("," if any("," in row for row in rows[1:]) else ".")
+    elif sep == "\t" and any("," in row for row in rows[1:]) and not any("." in row for row in rows[1:]):
+        decimal = ","  # the same export as tab-separated text ('1,5\t2,5'): ',' never separates a TSV's columns
     frame = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, comment="#")
     # 'Fz, Cz' (a space after each separator): ' Cz' would be another channel than the Cz of other files
     frame.columns = [c.strip() if isinstance(c, str) else c for c in frame.columns]
