@@ -15,6 +15,11 @@ import urllib.parse
 # (http://host:5000/a@b has no password).
 _USERINFO = r"[^/@\s:]*:(?!\d*(?:[/?#\s'\"]|$))\S*(?=@[^@/\s]*(?:[/?#\s'\"]|$))"
 _URI_PASSWORD = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://" + _USERINFO)
+# An object store's bucket has no port: there any ':' before the host's '@' starts a password, even one that
+# begins with digits and '/' (s3://KEY:12/ab@bucket), which _USERINFO takes for a port.
+_BUCKET_USERINFO = r"[^/@\s:]*:\S*(?=@[^@/\s]*(?:[/?#\s'\"]|$))"
+_BUCKET_SCHEMES = r"(?i:s3|s3a|s3n|gs|gcs)://"
+_BUCKET_URI_PASSWORD = re.compile(r"^\s*" + _BUCKET_SCHEMES + _BUCKET_USERINFO)
 _NETLOC_USERINFO = re.compile(r"(?<=://)[^/@\s:]*:[^/\s]*(?=@)")
 # Credentials as query parameters: libpq and MySQL take ?password=, pyarrow's S3 URIs ?secret_key=, presigned
 # URLs X-Amz-Security-Token; servers take ?token=.
@@ -49,7 +54,9 @@ def uri_has_password(uri: str) -> bool:
     """Whether ``uri`` carries ``user:password@`` or a credential query parameter (``?password=``,
     ``?token=``, ``?secret_key=``...): refused, credentials come from the environment."""
     uri = str(uri)
-    return bool(_URI_PASSWORD.match(uri)) or ("://" in uri and "?" in uri and bool(QUERY_SECRET.search(uri)))
+    if _URI_PASSWORD.match(uri) or _BUCKET_URI_PASSWORD.match(uri):
+        return True
+    return "://" in uri and "?" in uri and bool(QUERY_SECRET.search(uri))
 
 
 def mask_uri_password(uri: str) -> str:
@@ -64,6 +71,7 @@ def mask_credentials(text: str, *, count: int = 0) -> str:
     """Mask every ``user:password@`` and credential query value in free ``text`` (an error message, a log line)."""
     text = _NETLOC_USERINFO.sub("***", text, count=count)  # '@' in the host part: up to its last '@'
     text = re.sub(r"(?<=://)" + _USERINFO, "***", text, count=count)  # a secret holding '/': up to the host
+    text = re.sub(r"(?<![A-Za-z0-9+.-])(" + _BUCKET_SCHEMES + ")" + _BUCKET_USERINFO, r"\1***", text, count=count)
     return _QUERY_SECRET_VALUE.sub(lambda m: m.group(0).split("=", 1)[0] + "=***", text)
 
 

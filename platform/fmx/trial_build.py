@@ -22,8 +22,16 @@ FAMILY_IGNORES = {
 def ignored_key_paths(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     """Key-path prefixes the trial built from ``cfg`` never reads: its family's :data:`FAMILY_IGNORES`, and
     ``trainer.batch_size`` when the data group sets its own ``data.batch_size``."""
-    family = (cfg.get("model") or {}).get("family", "neurofmx")
+    model = cfg.get("model") or {}
+    family = model.get("family", "neurofmx")
     ignored = list(FAMILY_IGNORES.get(family, ()))
+    # without a model.lr of their own they read optim.lr: two_moons when model.lr is null, fractal_byte when the
+    # key is gone (~model.lr)
+    if (family == "two_moons" and model.get("lr") is None) or (family == "fractal_byte" and "lr" not in model):
+        ignored = [p for p in ignored if p not in ("optim", "optim.lr")]
+        if family == "two_moons":
+            ignored += [f"optim.{k}" for k in ("weight_decay", "betas", "warmup_steps", "schedule", "grad_clip",
+                                               "total_steps")]
     if (cfg.get("data") or {}).get("batch_size") is not None:
         ignored.append("trainer.batch_size")
     return tuple(ignored)
@@ -51,21 +59,40 @@ def check_parameters_are_read(sweep, params: Mapping[str, Any], cfg: Mapping[str
                              if hasattr(sweep.parameters[key], "model_dump") else None)
 
 
-def _corners(sweep, limit: int = 6) -> list[dict[str, Any]]:
+def _corners(sweep, limit: int = 6, *, max_sets: int = 32) -> list[dict[str, Any]]:
     """Parameter sets at the edges of the search space: numeric distributions at their min and at their max,
-    every categorical/grid value at least once (up to ``limit`` sets), constants as given."""
-    lists = [len(spec.values) for spec in sweep.parameters.values() if hasattr(spec, "values")]
-    n = min(limit, max([2, *lists]))
+    every categorical/grid value at least once, constants as given.
+
+    When the categorical/grid values make at most ``max_sets`` sets (each numeric edge counted), every
+    combination is built (a grid of models x data groups runs each pair, and one pair may not fit); otherwise
+    value ``i`` of every list goes together (at least ``limit`` sets, as many as the longest list has values, up
+    to ``max_sets``)."""
+    import itertools
+
+    listed = [key for key, spec in sweep.parameters.items() if hasattr(spec, "values")]
+    numeric = [key for key, spec in sweep.parameters.items()
+               if not hasattr(spec, "values") and not hasattr(spec, "value")]
+    edges = 2 if numeric else 1
+    combos = 1
+    for key in listed:
+        combos *= len(sweep.parameters[key].values)
+    if combos * edges <= max_sets:
+        picks = [(dict(zip(listed, values)), edge) for values in
+                 itertools.product(*(sweep.parameters[k].values for k in listed)) for edge in range(edges)]
+    else:
+        n = min(max_sets, max([2, limit, *(len(sweep.parameters[k].values) for k in listed)]))
+        picks = [({k: sweep.parameters[k].values[i % len(sweep.parameters[k].values)] for k in listed}, i % 2)
+                 for i in range(n)]
     corners = []
-    for i in range(n):
+    for chosen, edge in picks:
         params = {}
         for key, spec in sweep.parameters.items():
-            if hasattr(spec, "values"):
-                params[key] = spec.values[i % len(spec.values)]
+            if key in chosen:
+                params[key] = chosen[key]
             elif hasattr(spec, "value"):
                 params[key] = spec.value
             else:
-                params[key] = spec.min if i % 2 == 0 else spec.max
+                params[key] = spec.min if edge == 0 else spec.max
         if params not in corners:
             corners.append(params)
     return corners or [{}]
@@ -130,17 +157,26 @@ def _blame(sweep, params: Mapping[str, Any], message: str) -> tuple[str, Any]:
 
     named = message.split(":", 1)[0].strip()
 
-    def score(key: str) -> int:  # the key itself beats a section holding it (data.fs=0 beats data=synthetic)
+    def score(key: str) -> tuple[int, int]:  # the key itself beats a section holding it (data.fs=0 beats data=..)
         if key == named or key.endswith("." + named):
-            return 3 + key.count(".")
-        if re.search(rf"\b{re.escape(key.rsplit('.', 1)[-1])}\b", message):  # "model.ssm: n_taps: ..."
-            return 2
-        return 1 if named.startswith(key + ".") else 0
+            return 4 + key.count("."), 0
+        leaf = re.escape(key.rsplit(".", 1)[-1])
+        if re.search(rf"(?<![\w.]){leaf}\s*:", message):  # named as a field: "model.ssm: n_taps: ..."
+            return 3, 0
+        # the section holding the key named (data for "data.name: ...") before a key named elsewhere in the
+        # message ("... for model.family ..."); a sampled one before a base entry all the same
+        if named.startswith(key + "."):
+            return 2, 1
+        return (2, 0) if re.search(rf"\b{leaf}\b", message) else (0, 0)
 
-    candidates = [(score(key), 1, 0, f"parameters.{key}", value) for key, value in params.items()]
-    candidates += [(score(str(item).partition("=")[0].lstrip("+~")), 0, i, f"base[{i}]", item)
+    def rank(key: str, sampled: int, index: int) -> tuple[int, int, int, int]:
+        primary, section = score(key)
+        return primary, sampled, section, index
+
+    candidates = [(*rank(key, 1, 0), f"parameters.{key}", value) for key, value in params.items()]
+    candidates += [(*rank(str(item).partition("=")[0].lstrip("+~"), 0, i), f"base[{i}]", item)
                    for i, item in enumerate(sweep.base)]
-    best = max(candidates, key=lambda c: c[:3], default=None)  # sampled beat base values; a later entry an earlier
+    best = max(candidates, key=lambda c: c[:4], default=None)  # sampled beat base values; a later entry an earlier
     if best is not None and best[0] > 0:
-        return best[3], best[4]
+        return best[4], best[5]
     return ("parameters" if params else "base"), (dict(params) if params else None)
