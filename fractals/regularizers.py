@@ -98,7 +98,7 @@ def _finite(value, name: str) -> float:
     except (TypeError, ValueError):
         v = math.nan
     if isinstance(value, bool) or not math.isfinite(v):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+        raise ValueError(f"{name}: must be finite (a real number), got {value!r}")
     return v
 
 
