@@ -138,9 +138,11 @@ def start_ray_head(tmp: Path, *, num_cpus: int = 4, object_store_mb: int = 512, 
     port, dash = free_port(), free_port()
     temp_dir = Path(f"/tmp/rayfmx_{uuid.uuid4().hex[:8]}")
     log = tmp / "ray_head.log"
-    # No drain wait on SIGTERM (Ray waits 30 s by default); token auth off unless the caller's env asks for it.
+    # No drain wait on SIGTERM (Ray waits 30 s by default); token auth off: an in-process ray.init earlier in the
+    # session leaves RAY_AUTH_MODE=token in os.environ, and the dashboard then answered /api/version with 401 only
+    # (tests/test_cluster_submit.py starts its own token-auth head).
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-               RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
+               RAY_AUTH_MODE="disabled")
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
            f"--num-cpus={num_cpus}", "--num-gpus=0", f"--object-store-memory={object_store_mb * 2**20}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats",

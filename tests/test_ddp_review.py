@@ -110,6 +110,7 @@ def run_trial(tmp: Path) -> dict:
     env = {RECORD_ENV: str(record), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), str(REPO),
                                                        os.environ.get("PYTHONPATH")]))}
+    saved_env = dict(os.environ)  # ray.init leaves RAY_AUTH_MODE=token (and more) in os.environ: later Ray heads
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     try:
         result = TorchTrainer(
@@ -124,6 +125,8 @@ def run_trial(tmp: Path) -> dict:
                                  checkpoint_config=CheckpointConfig(num_to_keep=None))).fit()
     finally:
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved_env)  # started by this pytest process would otherwise demand a token
     rows = {r: [json.loads(line) for line in (record / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
     return {"cfg": cfg, "rows": rows, "uri": uri, "run_id": run_id, "result": result, "killed": tmp / "killed",
             "tmp": tmp}

@@ -325,7 +325,7 @@ def test_cli_fit_on_a_ray_cluster_address(cohort, tmp_path, ray_cluster):
     import sys
 
     out = tmp_path / "cluster"
-    env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), COLUMNS="200")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", COLUMNS="200")  # as the session head (fixtures_servers)
     cmd = [sys.executable, "-m", "fmx.cli", "fingerprint", "fit", str(cohort), "--out", str(out), "--no-mlflow",
            "--address", ray_cluster.address, *sum((["--config", c] for c in FAST), [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
