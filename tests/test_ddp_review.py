@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,9 @@ def run_trial(tmp: Path) -> dict:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), str(REPO),
                                                        os.environ.get("PYTHONPATH")]))}
     saved_env = dict(os.environ)  # ray.init leaves RAY_AUTH_MODE=token (and more) in os.environ: later Ray heads
+    # TorchTrainer.fit in this process installs Ray Train's SIGINT handler and leaves it: a later test's Ctrl-C
+    # would call into this finished Ray
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     try:
         result = TorchTrainer(
@@ -127,6 +131,8 @@ def run_trial(tmp: Path) -> dict:
         ray.shutdown()
         os.environ.clear()
         os.environ.update(saved_env)  # started by this pytest process would otherwise demand a token
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
     rows = {r: [json.loads(line) for line in (record / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
     return {"cfg": cfg, "rows": rows, "uri": uri, "run_id": run_id, "result": result, "killed": tmp / "killed",
             "tmp": tmp}
