@@ -2,9 +2,15 @@
 registered here so every test module can use them."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# One auth mode for every Ray this session starts or joins: the first in-process ray.init of a local Ray sets
+# RAY_AUTH_MODE=token in os.environ, after which drivers (token) and the session head (no token) disagreed and
+# trial actors were cancelled. test_cluster_submit starts its own token-auth head with an explicit env.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 pytest_plugins = ["fixtures_servers"]
 
