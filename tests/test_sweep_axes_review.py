@@ -138,3 +138,24 @@ def test_workers_sharing_a_gpu_all_reduce_over_gloo(workers, gpus, backend):
     from fmx.runner import process_group_backend
 
     assert process_group_backend(workers, gpus) == backend
+
+
+@pytest.mark.parametrize("entry,words", [
+    ("optim.lr=0.01", "does not read optim"),
+    ("optim.grad_clip=0.5", "does not read optim"),
+    ("fractals.priors.lambda_spec=0.3", "does not read fractals"),
+    ("trainer.batch_size=64", "data.batch_size=128"),
+])
+def test_a_two_moons_base_override_nothing_reads_is_refused(tmp_path, entry, words):
+    with pytest.raises(SweepFileError) as err:
+        load_sweep(_moons_sweep(tmp_path, {}, base_extra=[entry]))
+    msg = str(err.value)
+    assert f"base[{len(MOONS['base'])}]" in msg and f"no trial reads {entry.split('=')[0]}" in msg and words in msg, msg
+
+
+def test_base_overrides_that_change_nothing_still_validate(tmp_path):
+    # fractals.enable=false (in the shipped sweep) states that the priors are off; restating a default changes nothing;
+    # model.lr and optim.lr with model.lr=null are read
+    sweep = load_sweep(_moons_sweep(tmp_path, {}, base_extra=["trainer.batch_size=8", "model.lr=0.05"]))
+    assert "fractals.enable=false" in sweep.base
+    load_sweep(_moons_sweep(tmp_path, {}, base_extra=["model.lr=null", "optim.lr=0.02"]))

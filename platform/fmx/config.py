@@ -151,6 +151,7 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
         raise
     _check_base_types(sweep.base, cfg, file=file)
     _check_base_read(sweep.base, file=file)
+    _check_base_unread_keys(sweep.base, cfg, file=file)
     for key, spec in sweep.parameters.items():
         where = f"parameters.{key}"
         if key in CONFIG_GROUPS:
@@ -296,6 +297,42 @@ def _check_base_read(base: list[str], *, file: str | Path) -> None:
             if bare.split(".")[0] not in roots:
                 raise SweepFileError(file, f"base[{i}]", f"adds the root section {bare.split('.')[0]!r}, which no "
                                      "trial reads", value=item, allowed=f"keys under the root: {', '.join(roots)}")
+
+
+def _check_base_unread_keys(base: list[str], cfg: Mapping[str, Any], *, file: str | Path) -> None:
+    """Refuse a base override that changes a key the base config's model family or data group never reads
+    (``optim.lr=0.01`` for the two-moons MLP, which trains at ``model.lr``): the user believes it applies.
+
+    Switching off what is not read (``fractals.enable=false``) and restating a default pass: they change nothing.
+    """
+    from fmx.schema import CONFIG_GROUPS, SweepFileError
+    from fmx.trial_build import unread_key, unread_reason
+
+    groups = [item for item in base if str(item).partition("=")[0].lstrip("+~") in CONFIG_GROUPS]
+    last = {str(item).partition("=")[0]: i for i, item in enumerate(base)}  # the entry that sets the final value
+    reference = None
+    for key, i in last.items():
+        bare = key.lstrip("+")
+        if key.startswith("~") or bare in CONFIG_GROUPS:
+            continue
+        hit = unread_key(bare, cfg)
+        if hit is None:
+            continue
+        try:
+            value = get_path(cfg, bare)
+        except (KeyError, TypeError):
+            continue
+        if bare.endswith(".enable") and value is False:
+            continue
+        if reference is None:
+            reference = compose(groups)
+        try:
+            if get_path(reference, bare) == value:
+                continue
+        except (KeyError, TypeError):
+            pass
+        raise SweepFileError(file, f"base[{i}]", f"no trial reads {bare}: {unread_reason(hit, cfg, verb='set')}",
+                             value=base[i], allowed=f"leave {bare} out of base")
 
 
 def _check_base_types(base: list[str], cfg: Mapping[str, Any], *, file: str | Path) -> None:

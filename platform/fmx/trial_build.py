@@ -37,23 +37,31 @@ def ignored_key_paths(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(ignored)
 
 
+def unread_key(key: str, cfg: Mapping[str, Any]) -> str | None:
+    """The prefix of :func:`ignored_key_paths` that ``key`` falls under for the trial built from ``cfg``, else None."""
+    return next((p for p in ignored_key_paths(cfg) if key == p or key.startswith(p + ".")), None)
+
+
+def unread_reason(hit: str, cfg: Mapping[str, Any], *, verb: str) -> str:
+    """Why nothing reads the key path prefix ``hit`` (from :func:`unread_key`), and what to ``verb`` instead."""
+    family = (cfg.get("model") or {}).get("family", "neurofmx")
+    if hit == "trainer.batch_size":
+        return (f"data.batch_size={cfg['data']['batch_size']} (data={cfg['data'].get('name')}) wins over it; "
+                f"{verb} data.batch_size instead")
+    return (f"model.family {family} does not read {hit} (see platform/fmx/conf/model/{family}.yaml for what "
+            "it reads, e.g. model.lr)")
+
+
 def check_parameters_are_read(sweep, params: Mapping[str, Any], cfg: Mapping[str, Any], *,
                               file: str | Path = "<sweep>") -> None:
     """Refuse a sampled key path the trial's model family or data group never reads (a silent no-op axis)."""
     from fmx.schema import SweepFileError
 
-    ignored = ignored_key_paths(cfg)
-    family = (cfg.get("model") or {}).get("family", "neurofmx")
     for key in params:
-        hit = next((p for p in ignored if key == p or key.startswith(p + ".")), None)
+        hit = unread_key(key, cfg)
         if hit is None:
             continue
-        if hit == "trainer.batch_size":
-            why = (f"data.batch_size={cfg['data']['batch_size']} (data={cfg['data'].get('name')}) wins over it; "
-                   "sample data.batch_size instead")
-        else:
-            why = (f"model.family {family} does not read {hit} (see platform/fmx/conf/model/{family}.yaml for what "
-                   "it reads, e.g. model.lr)")
+        why = unread_reason(hit, cfg, verb="sample")
         raise SweepFileError(file, f"parameters.{key}", f"every trial would train alike: {why}",
                              value=sweep.parameters[key].model_dump(exclude_defaults=True)
                              if hasattr(sweep.parameters[key], "model_dump") else None)
