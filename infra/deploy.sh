@@ -40,9 +40,14 @@ approve=()
 terraform -chdir="$TF_DIR" apply -input=false "${approve[@]}"
 
 tf_out() { terraform -chdir="$TF_DIR" output -raw "$1"; }
-if [[ -z "${KUBECONFIG:-}" ]]; then
-  export KUBECONFIG="$STATE_DIR/$PROVIDER.kubeconfig"
+# The new cluster's kubeconfig, never a KUBECONFIG exported for another cluster (helm and kubectl below would
+# install there). DEPLOY_KUBECONFIG names one of the new cluster issued elsewhere (e.g. the CoreWeave Console).
+use_kubeconfig
+if [[ -z "${DEPLOY_KUBECONFIG:-}" ]]; then
   (umask 077 && tf_out kubeconfig > "$KUBECONFIG")
+elif [[ ! -f "$KUBECONFIG" ]]; then
+  echo "DEPLOY_KUBECONFIG=$DEPLOY_KUBECONFIG is not a file: download the new cluster's kubeconfig there, or unset DEPLOY_KUBECONFIG to use the one Terraform writes" >&2
+  exit 2
 fi
 bucket="$(tf_out bucket_name)"
 s3_endpoint="$(tf_out s3_endpoint)"

@@ -136,3 +136,14 @@ terraform {
 HCL
   fi
 }
+
+# Export KUBECONFIG for this script: DEPLOY_KUBECONFIG when set, else the file deploy.sh writes from Terraform's
+# output. A KUBECONFIG already exported in the shell usually names another cluster (a team's default): deploy
+# would install there and undeploy would uninstall (and with PURGE_DATA delete volumes) there, so it is ignored.
+use_kubeconfig() {
+  local wanted="${DEPLOY_KUBECONFIG:-$STATE_DIR/$PROVIDER.kubeconfig}"
+  if [[ -n "${KUBECONFIG:-}" && "$KUBECONFIG" != "$wanted" ]]; then
+    note "ignoring KUBECONFIG=$KUBECONFIG from the environment (it may name another cluster); using $wanted (DEPLOY_KUBECONFIG=FILE names another kubeconfig of this cluster)"
+  fi
+  export KUBECONFIG="$wanted"
+}

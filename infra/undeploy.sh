@@ -18,7 +18,7 @@ TF_DIR="$REPO_ROOT/terraform/$PROVIDER"
 # find an empty local state and destroy nothing while the cluster keeps running.
 write_remote_state
 terraform -chdir="$TF_DIR" init -input=false
-[[ -n "${KUBECONFIG:-}" ]] || export KUBECONFIG="$STATE_DIR/$PROVIDER.kubeconfig"
+use_kubeconfig  # the deployed cluster's, never an exported KUBECONFIG of another (helm uninstall would run there)
 
 if [[ -f "$KUBECONFIG" ]] && ! kubectl get --raw /readyz --request-timeout=30s > /dev/null 2>&1; then
   # A rerun after a failed destroy (a bucket that was not empty) finds the kubeconfig of a cluster

@@ -370,3 +370,56 @@ def test_undeploy_from_another_checkout_uses_the_remote_state(stub_env):
     init = calls.index(f"terraform -chdir={tf_dir} init -input=false")
     destroy = calls.index(f"terraform -chdir={tf_dir} destroy -input=false -auto-approve")
     assert init < destroy, calls
+
+
+# ---------------------------------------------------------------- a KUBECONFIG exported for another cluster
+
+
+def _recording_kubeconfig(stub_env):
+    """Make the helm and kubectl stubs record the KUBECONFIG they ran with."""
+    bindir = Path(stub_env["PATH"].split(":")[0])
+    for name in ("helm", "kubectl"):
+        text = (bindir / name).read_text().replace(
+            "#!/usr/bin/env bash\n", '#!/usr/bin/env bash\nprintf \'%s\\n\' "${KUBECONFIG:-}" >> "$STUB_DIR/kubeconfigs"\n', 1)
+        (bindir / name).write_text(text)
+    return Path(stub_env["STUB_DIR"]) / "kubeconfigs"
+
+
+def test_deploy_ignores_a_kubeconfig_exported_for_another_cluster(stub_env, tmp_path):
+    """A researcher's shell often exports KUBECONFIG for the team's everyday cluster. deploy.sh used it as is:
+    the Secrets, KubeRay and the chart went to that cluster, not the one Terraform had just created."""
+    seen = _recording_kubeconfig(stub_env)
+    other = tmp_path / "team-cluster.kubeconfig"
+    other.write_text("apiVersion: v1\n# the team's everyday cluster\n")
+    result = _run("deploy.sh", dict(stub_env, KUBECONFIG=str(other)))
+    assert result.returncode == 0, result.stderr
+    new = Path(stub_env["STATE_DIR"]) / "coreweave.kubeconfig"
+    assert new.read_text() == "apiVersion: v1\n"
+    assert set(seen.read_text().split()) == {str(new)}
+    assert f"ignoring KUBECONFIG={other}" in result.stdout and "DEPLOY_KUBECONFIG" in result.stdout
+
+
+def test_deploy_kubeconfig_names_a_console_kubeconfig(stub_env, tmp_path):
+    seen = _recording_kubeconfig(stub_env)
+    console = tmp_path / "console.kubeconfig"
+    missing = _run("deploy.sh", dict(stub_env, DEPLOY_KUBECONFIG=str(console)))
+    assert missing.returncode == 2 and f"DEPLOY_KUBECONFIG={console} is not a file" in missing.stderr
+    console.write_text("apiVersion: v1\n# from the Console\n")
+    result = _run("deploy.sh", dict(stub_env, DEPLOY_KUBECONFIG=str(console)))
+    assert result.returncode == 0, result.stderr
+    assert set(seen.read_text().split()) == {str(console)}
+    assert not (Path(stub_env["STATE_DIR"]) / "coreweave.kubeconfig").exists()
+
+
+def test_undeploy_never_uninstalls_from_a_kubeconfig_exported_for_another_cluster(stub_env, tmp_path):
+    """undeploy.sh took an exported KUBECONFIG as is too: `helm uninstall neurofmx` (and with PURGE_DATA=1 the
+    volume deletion) ran against the team's cluster."""
+    seen = _recording_kubeconfig(stub_env)
+    state = Path(stub_env["STATE_DIR"])
+    state.mkdir()
+    (state / "coreweave.kubeconfig").write_text("apiVersion: v1\n")
+    other = tmp_path / "team-cluster.kubeconfig"
+    other.write_text("apiVersion: v1\n")
+    result = _run("undeploy.sh", dict(stub_env, KUBECONFIG=str(other), PURGE_DATA="1"))
+    assert result.returncode == 0, result.stderr
+    assert set(seen.read_text().split()) == {str(state / "coreweave.kubeconfig")}
