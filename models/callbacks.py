@@ -277,15 +277,26 @@ class CausalScaleAblationCallback(pl.Callback):
             # Slow signals (fMRI at 0.5 Hz) lie entirely below the raw band: ablate what they resolve.
             return (lo, hi) if hi > 1.5 * lo else latent_band(n, fs, band)
 
+        def run(x: torch.Tensor, mask: Any) -> torch.Tensor:
+            # x (B, C, T). Padded channels may hold anything, NaN included (the model never reads them, and its
+            # NaN error says to mark such channels as padding), but the ablation refuses non-finite input:
+            # ablate zeros there and hand the padding back as it was.
+            pad = None
+            if isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(x.shape[:2]):
+                pad = ~mask.to(x.device).bool()[:, :, None]
+                x_in = torch.where(pad, torch.zeros((), dtype=x.dtype, device=x.device), x)
+            else:
+                x_in = x
+            y = causal_scale_ablation(x_in, mode=self.mode, ratio=self.ratio, fs=fs, band=fit(x.shape[-1]))
+            return y if pad is None else torch.where(pad, x, y)
+
         for key in ("lfp", "eeg", "ecog", "ieeg", "emg"):
             if key in batch:
-                out[key] = causal_scale_ablation(batch[key], mode=self.mode, ratio=self.ratio, fs=fs,
-                                                 band=fit(batch[key].shape[-1]))
+                out[key] = run(batch[key], batch.get(f"{key}_mask"))
         for key in ("spikes", "calcium", "fmri"):
             if key in batch:  # (B, T, N): time on axis 1
-                x = batch[key].transpose(1, 2)
-                y = causal_scale_ablation(x, mode=self.mode, ratio=self.ratio, fs=fs, band=fit(x.shape[-1]))
-                out[key] = y.transpose(1, 2).clamp_min(0) if key == "spikes" else y.transpose(1, 2)
+                y = run(batch[key].transpose(1, 2), batch.get(f"{key}_mask")).transpose(1, 2)
+                out[key] = y.clamp_min(0) if key == "spikes" else y
         return out
 
     def on_validation_epoch_end(self, trainer, pl_module):
