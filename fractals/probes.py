@@ -118,6 +118,12 @@ def latent_fd_probe(
     return out
 
 
+def _as_tensor_view(v: Any) -> torch.Tensor:
+    """``torch.as_tensor`` that also takes NumPy views with negative strides (``np.flip``, ``[::-1]``),
+    which it refuses ("At least one stride in the given numpy array is negative")."""
+    return torch.as_tensor(np.asarray(v, order="C") if isinstance(v, np.ndarray) else v)
+
+
 def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
     # float64 and power-of-two scaled (exact): in float32, FD values of 1e19 overflowed the
     # denominator (r = 0) and of 1e-30 underflowed it (r = NaN), and an offset of 1e6 cancelled.
@@ -168,18 +174,19 @@ def attention_fd_coupling(
     if isinstance(attn_weights, Mapping):
         attn_weights = list(attn_weights.values())
     if isinstance(attn_weights, (list, tuple)):
-        shapes = [tuple(torch.as_tensor(a).shape) for a in attn_weights]
+        layers = [_as_tensor_view(a) for a in attn_weights]
+        shapes = [tuple(a.shape) for a in layers]
         if not shapes or len(set(shapes)) > 1:  # else torch.stack's RuntimeError
             raise ValueError(f"attn_weights: needs one or more layers of equal shape (B, H, Q, K), got shapes "
                              f"{shapes}; pass layers with different head counts separately")
-        attn = torch.stack([torch.as_tensor(a) for a in attn_weights])
+        attn = torch.stack(layers)
     else:
-        attn = torch.as_tensor(attn_weights)
+        attn = _as_tensor_view(attn_weights)
     if attn.ndim == 4:
         attn = attn.unsqueeze(0)
     if attn.ndim != 5:
         raise ValueError(f"attn_weights: needs shape (L, B, H, Q, K) or (B, H, Q, K), got {tuple(attn.shape)}")
-    fd = torch.as_tensor(series_fd).to(attn.device)
+    fd = _as_tensor_view(series_fd).to(attn.device)
     L, B, H, Q, K = attn.shape
     if fd.shape != (B, K):
         raise ValueError(f"series_fd: needs shape (B, K) = ({B}, {K}) to match attn_weights, got {tuple(fd.shape)}")

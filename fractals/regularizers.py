@@ -39,6 +39,7 @@ import math
 import numbers
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 from fractals._checks import autocast_off, check_finite, check_positive, pow2_scale
@@ -363,7 +364,9 @@ def l_multifractal(
     if tau_target is not None:
         mw = _check_weight(match_weight, "match_weight")
         try:
-            target = torch.as_tensor(tau_target, dtype=tau.dtype, device=tau.device)
+            # order="C": torch.as_tensor refuses NumPy views with negative strides (tau_target[::-1]).
+            target = torch.as_tensor(np.asarray(tau_target, order="C") if isinstance(tau_target, np.ndarray)
+                                     else tau_target, dtype=tau.dtype, device=tau.device)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"tau_target: needs numbers (one per q), got {tau_target!r}") from exc
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(target).all()):  # one host sync

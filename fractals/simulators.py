@@ -64,7 +64,11 @@ def fou_log_spectrum(freqs_hz, H, theta, sigma) -> torch.Tensor:
     tensor (..., F)
         ``log S(2 pi f)`` with the normalisation in the module docstring.
     """
-    f = torch.as_tensor(freqs_hz)
+    # order="C" (ascontiguousarray would make 0-d arrays 1-d): torch.as_tensor refuses NumPy views with
+    # negative strides (freqs[::-1]).
+    f, H, theta, sigma = (np.asarray(v, order="C") if isinstance(v, np.ndarray) else v
+                          for v in (freqs_hz, H, theta, sigma))
+    f = torch.as_tensor(f)
     H, theta, sigma = (torch.as_tensor(v, dtype=f.dtype if f.is_floating_point() else torch.float64)
                        for v in (H, theta, sigma))
     # Outside the domain the log spectrum is NaN or inf (f = 0: log 0); say which argument instead.
@@ -83,6 +87,8 @@ def fou_log_spectrum(freqs_hz, H, theta, sigma) -> torch.Tensor:
 
 def _param(v, name: str, lo: float, hi: float, dtype, device) -> torch.Tensor:
     # .to keeps the autograd graph; a CPU tensor with device="cuda" would otherwise mix devices.
+    if isinstance(v, np.ndarray):  # torch.as_tensor refuses NumPy views with negative strides (H[::-1])
+        v = np.asarray(v, order="C")
     t = v.to(device=device) if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=dtype, device=device)
     if not t.is_floating_point() or t.dtype in (torch.float16, torch.bfloat16):
         t = t.to(dtype)

@@ -122,7 +122,8 @@ def _window_tensor(window, nperseg: int, dtype, device) -> torch.Tensor:
             raise ValueError(f"window: unknown window {window!r} ({exc}); use e.g. 'hann' or 'hamming'") from exc
         return torch.as_tensor(win, dtype=dtype, device=device)
     try:
-        win = torch.as_tensor(np.asarray(window) if not isinstance(window, torch.Tensor) else window)
+        # order="C": torch.as_tensor refuses NumPy views with negative strides (window[::-1]).
+        win = torch.as_tensor(np.asarray(window, order="C") if not isinstance(window, torch.Tensor) else window)
     except (TypeError, ValueError, RuntimeError) as exc:  # None or a dict: "can't convert np.ndarray of type object"
         raise ValueError(f"window: needs a window name (e.g. 'hann') or a 1-D array of nperseg={nperseg} "
                          f"weights, got {window!r}") from exc

@@ -256,7 +256,8 @@ def one_over_f_psd(freqs: torch.Tensor, beta: float, peaks=None) -> torch.Tensor
     A NumPy array or list of frequencies gives a NumPy array back.
     """
     was_numpy = not isinstance(freqs, torch.Tensor)  # NumPy / list input was an AttributeError (.to)
-    f = torch.as_tensor(np.asarray(freqs, dtype=np.float64) if was_numpy else freqs).to(torch.float64)
+    # order="C": torch.as_tensor refuses NumPy views with negative strides (freqs[::-1]).
+    f = torch.as_tensor(np.asarray(freqs, dtype=np.float64, order="C") if was_numpy else freqs).to(torch.float64)
     beta = _check_real(beta, "beta")
     safe = torch.where(f > 0, f, torch.ones_like(f))
     aperiodic = torch.where(f > 0, safe.pow(-beta), torch.zeros_like(f))

@@ -160,11 +160,17 @@ class TwoMoonsModule(pl.LightningModule):
         weights = [m.weight for m in self.net.hidden]
         # The exponent's fit needs 4 singular values (1 skipped, 3 fitted): none for depth 1 or width < 4.
         square = weights[1:] if self.hparams.width >= 4 else []
+        exponents = []
+        for w in square:
+            try:
+                exponents.append(singular_value_exponent(w))
+            except ValueError:  # a layer collapsed below rank 4 (dead units): no power law to fit there
+                continue
         return {
             "dead_rate": dead,
             "sensitivity": sens,
             "boundary_dim": bdim,
-            "sv_exponent": float(torch.stack([singular_value_exponent(w) for w in square]).mean()) if square else float("nan"),
+            "sv_exponent": float(torch.stack(exponents).mean()) if exponents else float("nan"),
             "sigma_mean": float(torch.stack([torch.linalg.matrix_norm(w.detach(), ord=2) for w in weights]).mean()),
         }
 
