@@ -1,12 +1,15 @@
 """File datasets: a folder of recordings (EDF/BDF/FIF, NWB, npz, CSV) cut into fixed-length windows.
 
-Recordings are read once with :func:`models.data.readers.read_recording` (optionally resampled and
-channel-picked), kept in memory as float32 and windowed into ``window`` samples every ``stride``
-samples. Train and validation splits are made by file or by subject (``split_by``, a seeded
-permutation), so no recording (or subject) leaks across splits. Channel names across all files
-form one vocabulary (case-insensitive: 'FP1' and 'Fp1' are one channel) whose indices become
+Recordings are read once with :func:`models.data.readers.read_recording` (optionally channel-picked;
+constant padding at either end cut; then optionally resampled), kept in memory as float32 and windowed
+into ``window`` samples every ``stride`` samples. Train and validation splits are made by file or by
+subject (``split_by``, a seeded permutation), so no recording (or subject) leaks across splits. Channel
+names across all files form one vocabulary (case-insensitive: 'FP1' and 'Fp1' are one channel) whose indices become
 ``<key>_channel_ids``; recordings with fewer channels are padded and masked by the collate function.
 The subject label comes from a BIDS ``sub-XX`` entity in the path (else the file stem).
+Windows that share a sample with a span annotated as bad (MNE's ``BAD_...`` annotations, see
+:mod:`models.data.bad_spans`) are left out unless ``reject_by_annotation`` is false; the datamodule's
+``info["windows_dropped_bad"]`` counts them per split.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.data.bad_spans import bad_spans, longest_clean, windows_clear_of_bad
 from models.data.batch import CHANNEL_KEYS, TIME_MAJOR_KEYS
-from models.data.readers import SUPPORTED_EXTENSIONS, Recording, fif_continuations, read_recording
+from models.data.readers import (SUPPORTED_EXTENSIONS, Recording, fif_continuations, read_recording, resample,
+                                 trim_flat_edges)
 
 __all__ = ["RecordingWindows", "find_recordings", "load_recordings", "subject_of", "build_files_datamodule"]
 
@@ -30,7 +35,7 @@ _SUB = re.compile(r"sub-([A-Za-z0-9]+)")
 _BIDS_TABLES = {"participants.tsv", "samples.tsv"}
 _BIDS_SIDECARS = ("events", "channels", "electrodes", "scans", "sessions", "coordsystem", "photo", "beh")
 _FILES_KEYS = {"name", "root", "pattern", "key", "window", "stride", "val_stride", "val_fraction", "resample_hz",
-               "channels", "max_files", "split_by", "batch_size", "num_workers", "seed"}
+               "channels", "max_files", "split_by", "batch_size", "num_workers", "seed", "reject_by_annotation"}
 
 
 # Documentation that data sets ship beside recordings (PhysioNet: LICENSE.txt, SHA256SUMS.txt); .txt is
@@ -112,16 +117,23 @@ def subject_of(path: Path) -> str:
 
 def load_recordings(paths: Sequence[Path], *, resample_hz: Optional[float] = None,
                     channels: Optional[Sequence[str]] = None) -> list[Recording]:
-    """Read continuous recordings; all must share one sampling rate (resample otherwise)."""
+    """Read continuous recordings, constant padding at either end cut (:func:`~models.data.readers.trim_flat_edges`);
+    all must share one sampling rate (resample otherwise)."""
     channels = _channel_list(channels)  # one name (data.channels=Cz) is not its letters; [1, 2] names '1', '2'
     recs = []
     for i, path in enumerate(paths):
-        rec = read_recording(path, channels=channels, resample=resample_hz)
+        rec = read_recording(path, channels=channels)
         if rec.kind != "continuous":
             raise ValueError(
                 f"{path}: is an interval series ({rec.kind}); the files dataset windows continuous signals: "
                 "narrow data.pattern (e.g. '**/*.edf')"
             )
+        # constant padding at either end (eegmat-dev rest files end with 1.9 s of it) is not signal: the last
+        # window of such a file would teach the model padding (the fingerprint jobs trim it too)
+        if rec.data.shape[-1] > 1 and np.any(rec.data[:, 1:] != rec.data[:, :-1]):  # an all-constant file stays
+            rec = trim_flat_edges(rec)
+        if resample_hz:  # after the trim: resampled, the padding rings and is no longer constant
+            rec = resample(rec, resample_hz)
         twice = sorted({c for c in rec.channel_names if rec.channel_names.count(c) > 1})
         if twice:  # one name, one channel id: the model could not tell these channels apart
             raise ValueError(f"{path}: channel name(s) {twice} appear more than once in channel_names "
@@ -166,6 +178,9 @@ class RecordingWindows(Dataset):
         Channel names indexing ``<key>_channel_ids`` (default: the sorted names of these recordings).
     subject_vocab : sequence of str
         Subject labels indexing ``subject`` (default: the sorted labels of these recordings).
+    reject_by_annotation : bool
+        Leave out every window that shares a sample with a span annotated as bad (description starting
+        with "bad", any case: MNE's ``BAD_`` convention and default); ``n_dropped_bad`` counts them.
 
     Shape:
         One sample: ``<key> (C, window)`` float32, ``<key>_channel_ids (C,)``, ``subject ()`` long,
@@ -173,7 +188,8 @@ class RecordingWindows(Dataset):
     """
 
     def __init__(self, recordings: Sequence[Recording], *, window: int, stride: int, key: str = "eeg",
-                 channel_vocab: Optional[Sequence[str]] = None, subject_vocab: Optional[Sequence[str]] = None):
+                 channel_vocab: Optional[Sequence[str]] = None, subject_vocab: Optional[Sequence[str]] = None,
+                 reject_by_annotation: bool = True):
         if not isinstance(window, (int, np.integer)) or window < 2:
             raise ValueError(f"data.window: must be an integer >= 2 samples, got {window!r}")
         if not isinstance(stride, (int, np.integer)) or stride < 1:
@@ -195,16 +211,31 @@ class RecordingWindows(Dataset):
         self._ids = [torch.tensor([lookup[c] for c in r.channel_names], dtype=torch.long) for r in self.recordings]
         self._subject = [self.subject_vocab.index(s) for s in subjects]
         self.index: list[tuple[int, int]] = []
-        short = []
+        self.n_dropped_bad = 0
+        short, all_bad = [], []
         for i, r in enumerate(self.recordings):
             n = r.data.shape[-1]
             if n < self.window:
                 short.append(r.meta.get("path", f"rec{i}"))
-            self.index.extend((i, start) for start in range(0, n - self.window + 1, int(stride)))
+            starts = np.arange(0, n - self.window + 1, int(stride))
+            if reject_by_annotation:  # MNE's reject_by_annotation: artefacts marked BAD_... never reach the model
+                clear = windows_clear_of_bad(bad_spans(r), starts, self.window)
+                self.n_dropped_bad += int((~clear).sum())
+                if starts.size and not clear.any():
+                    all_bad.append(r.meta.get("path", f"rec{i}"))
+                starts = starts[clear]
+            self.index.extend((i, int(start)) for start in starts)
         if short:
             log.warning("%d recording(s) shorter than window=%d samples give no window: %s",
                         len(short), self.window, short[:5])
+        if self.n_dropped_bad:
+            log.info("left out %d window(s) overlapping spans annotated BAD (%d kept)%s", self.n_dropped_bad,
+                     len(self.index), f"; no clean window at all in {all_bad[:5]}" if all_bad else "")
         if not self.index:
+            if all_bad:
+                raise ValueError(f"data.window: every window of {all_bad[:5]} overlaps a span annotated BAD "
+                                 f"(window={self.window} samples); lower data.window, or set "
+                                 "data.reject_by_annotation=false to train on the marked artefacts")
             raise ValueError(f"data.window: {self.window} samples is longer than every recording; lower it")
 
     def __len__(self) -> int:
@@ -322,6 +353,9 @@ def build_files_datamodule(cfg: Mapping[str, Any], module_cls, batch_size: int):
     stride = _count(data, "stride", window, 1, "train hop in samples; null = window")
     val_stride = _count(data, "val_stride", window, 1, "validation hop in samples; null = window")
     max_files = _count(data, "max_files", None, 1, "files to read; null reads all")
+    reject = data.get("reject_by_annotation", True)
+    if not isinstance(reject, bool):
+        raise ValueError(f"data.reject_by_annotation: must be true or false, got {reject!r}")
     paths = find_recordings(root, data.get("pattern") or "**/*")
     if max_files is not None:
         paths = paths[:max_files]
@@ -335,17 +369,31 @@ def build_files_datamodule(cfg: Mapping[str, Any], module_cls, batch_size: int):
         paths = [p for p in paths if recs[p].data.shape[-1] >= window]
         if not paths:
             raise ValueError(f"data.window: {window} samples is longer than every recording; lower it")
+    if reject:  # as short files: one with no clean window would take a split's place and leave it empty
+        clean = {p: longest_clean(recs[p]) for p in paths}
+        all_bad = [p for p in paths if clean[p] < window]
+        if all_bad:
+            shown = [f"{p} (longest clean stretch {clean[p]} samples)" for p in all_bad[:5]]
+            log.warning("%d recording(s) have no window of %d samples clear of spans annotated BAD: %s",
+                        len(all_bad), window, shown)
+            paths = [p for p in paths if p not in all_bad]
+            if not paths:
+                raise ValueError(f"data.window: no recording has {window} samples in a row clear of spans annotated "
+                                 f"BAD, e.g. {shown[:3]}; lower data.window, or set data.reject_by_annotation=false "
+                                 "to train on the marked artefacts")
     train_paths, val_paths = _split_files(paths, data.get("val_fraction", 0.2), seed,
                                           str(data.get("split_by", "file")))
     key = str(data.get("key", "eeg"))
     recs = _one_spelling_per_channel(recs, paths)
     channel_vocab = sorted({c for p in paths for c in recs[p].channel_names})
     subject_vocab = sorted({subject_of(p) for p in paths})
-    common = dict(window=window, key=key, channel_vocab=channel_vocab, subject_vocab=subject_vocab)
+    common = dict(window=window, key=key, channel_vocab=channel_vocab, subject_vocab=subject_vocab,
+                  reject_by_annotation=reject)
     train = RecordingWindows([recs[p] for p in train_paths], stride=stride, **common)
     val = RecordingWindows([recs[p] for p in val_paths], stride=val_stride, **common)
     info = {"fs": train.fs, "n_time": window, "modalities": [key], "n_channel_ids": len(channel_vocab),
             "channel_names": channel_vocab, "n_subjects": len(subject_vocab), "subjects": subject_vocab,
-            "train_files": [str(p) for p in train_paths], "val_files": [str(p) for p in val_paths]}
+            "train_files": [str(p) for p in train_paths], "val_files": [str(p) for p in val_paths],
+            "windows_dropped_bad": {"train": train.n_dropped_bad, "val": val.n_dropped_bad}}
     return module_cls(train=train, val=val, batch_size=batch_size,
                       num_workers=_count(data, "num_workers", 0, 0, "loader processes"), info=info, seed=seed)

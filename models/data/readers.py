@@ -8,6 +8,8 @@ Formats (picked by file extension, see :func:`read_recording`):
                            ``meta["events"]`` holds the triggers as ``(onset_s, code)`` rows,
                            ``meta["annotations"]`` the ``(onset_s, duration_s, text)`` annotations
                            (onsets from the first sample) and ``meta["stim_channels"]`` the names.
+                           Signals recorded at different rates are refused (MNE would resample them
+                           to the highest); ``channels=`` of one rate reads those at their rate.
 ``.fif`` ``.fif.gz``       MNE FIF raw files; values in SI units (volts for EEG); ``stim``
                            channels (``STI 014``) become ``meta["events"]`` as for EDF. Channels
                            marked bad (``raw.info["bads"]``) are left out, named in
@@ -25,6 +27,10 @@ Formats (picked by file extension, see :func:`read_recording`):
                            interval series.
 ``.rr`` ``.ibi`` ``.txt``  event-interval series: one RR/inter-beat interval in milliseconds a line.
 ========================  =====================================================================
+
+Annotations starting with "BAD" (MNE's artefact marks) stay in ``meta["annotations"]``: the file
+datasets leave out windows over them and fingerprint jobs measure around them
+(:mod:`models.data.bad_spans`).
 
 Interval recordings have ``kind="intervals"``, ``data`` of shape ``(n,)`` in milliseconds and
 ``fs`` set to the mean event rate in Hz (events per second), so ``n / fs`` is still the duration.
@@ -46,6 +52,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from models.data.edf_rates import one_rate_channels
 from models.data.fif_splits import fif_continuations  # noqa: F401  re-exported for files/discover
 from models.data.preprocess import _resample_recording, bandpass, epoch, filter_ectopic, notch, resample, trim_flat_edges
 from models.data.recording import Recording
@@ -122,7 +129,7 @@ def read_recording(
             f"path: {path.name!r} has an unsupported extension {ext!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}"
         )
     try:
-        rec = readers[ext](path, fs=fs, series=series, subject=subject)
+        rec = readers[ext](path, fs=fs, series=series, subject=subject, channels=channels)
     except ValueError as exc:
         if str(path) in str(exc) or path.name in str(exc):
             raise
@@ -160,16 +167,19 @@ def pick_channels(rec: Recording, channels: Sequence[str]) -> Recording:
 # ---------------------------------------------------------------------------------------- formats
 
 
-def _read_mne(path: Path, **_: Any) -> Recording:
+def _read_mne(path: Path, *, channels: Sequence[str] | None = None, **_: Any) -> Recording:
     import mne
 
     ext = _suffix(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if ext == ".edf":
-            raw = mne.io.read_raw_edf(path, preload=True, verbose="warning")
-        elif ext == ".bdf":
-            raw = mne.io.read_raw_bdf(path, preload=True, verbose="warning")
+        if ext in (".edf", ".bdf"):
+            read = mne.io.read_raw_edf if ext == ".edf" else mne.io.read_raw_bdf
+            raw = read(path, preload=False, verbose="warning")
+            include = one_rate_channels(raw, path, channels)
+            if include is not None:  # MNE reads the included channels at their own rate
+                raw = read(path, preload=False, include=include, verbose="warning")
+            raw.load_data(verbose="warning")
         else:
             raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
     if any("does not match the file size" in str(w.message) for w in caught):

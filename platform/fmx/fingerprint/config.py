@@ -87,6 +87,7 @@ _RULES: dict[str, dict[str, tuple[Any, str, bool]]] = {
     "preprocess": {"channels": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v),
                                 "a list of channel names", True),
                    "trim_flat_edges": (lambda v: isinstance(v, bool), "true or false", False),
+                   "reject_by_annotation": (lambda v: isinstance(v, bool), "true or false", False),
                    "notch": (lambda v: _number(v) and v > 0, "a line frequency > 0 Hz (null: no notch)", True),
                    "band": (lambda v: _band(v, lambda lo: lo > 0), "[low, high] Hz with 0 < low < high", True),
                    "resample": (lambda v: _number(v) and v > 0, "a rate > 0 Hz (null: keep)", True),

@@ -17,6 +17,7 @@ when grouping). ``DATA`` may be:
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,8 @@ from models.data.readers import SUPPORTED_EXTENSIONS, fif_continuations
 
 __all__ = ["discover", "parse_bids_name", "read_participants", "KEY_COLUMNS"]
 
+log = logging.getLogger(__name__)
+
 KEY_COLUMNS = ("subject", "session", "condition")
 _BIDS = re.compile(
     r"^(?P<subject>sub-[A-Za-z0-9]+)"
@@ -38,6 +41,8 @@ _BIDS = re.compile(
     r"(?P<ext>\.[A-Za-z0-9.]+)$"
 )
 _SES_FOLDER = re.compile(r"^ses-[A-Za-z0-9]+$")
+# signal files for sure (.txt/.csv/.tsv/.npz are also tables and notes): one of these left out for its name is said
+_SIGNAL_EXTENSIONS = (".edf", ".bdf", ".fif", ".fif.gz", ".nwb")
 # BIDS side-car suffixes: tables and descriptions next to the signals, never signals themselves.
 _SIDE_CARS = {"events", "channels", "electrodes", "scans", "sessions", "coordsystem", "participants", "beh"}
 # BIDS top-level folders that hold processed, source or code files: copies of a recording there are not recordings.
@@ -145,7 +150,7 @@ def _is_file(uri: str) -> bool:
 def _from_files(paths: list[str], root: str | None):
     import pandas as pd
 
-    rows = []
+    rows, unnamed = [], []
     parts = fif_continuations([p.replace("\\", "/") for p in paths])  # read with their first part by MNE
     for path in paths:
         if path.replace("\\", "/") in parts:
@@ -154,6 +159,8 @@ def _from_files(paths: list[str], root: str | None):
             continue
         entities = parse_bids_name(path.replace("\\", "/"))
         if entities is None or not entities["ext"].lower().endswith(SUPPORTED_EXTENSIONS):
+            if path.lower().endswith(_SIGNAL_EXTENSIONS):
+                unnamed.append(path)
             continue
         if entities["modality"].lower() in _SIDE_CARS:
             continue
@@ -161,6 +168,10 @@ def _from_files(paths: list[str], root: str | None):
             folders = [part for part in path.replace("\\", "/").split("/")[:-1] if _SES_FOLDER.match(part)]
             entities["session"] = folders[-1] if folders else ""
         rows.append({"path": path, "member": "", **{k: entities[k] for k in (*KEY_COLUMNS, "modality")}})
+    if unnamed and rows:  # with no row at all, discover's error says which names it expects
+        log.warning("left out %d recording(s) not named sub-XX[_ses-YY][_task-COND]_<modality>.<ext>, e.g. %s; "
+                    "rename them, or list them in a manifest CSV (path, subject, condition)", len(unnamed),
+                    [os.path.basename(p) for p in unnamed[:3]])
     return pd.DataFrame(rows, columns=["path", "member", *KEY_COLUMNS, "modality"])
 
 

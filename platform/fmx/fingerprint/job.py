@@ -6,12 +6,14 @@ Layout of ``OUT`` (a folder or ``s3://`` prefix)::
     fingerprint.parquet     tidy table: subject, session, condition, channel, measure, value
     summary.parquet         one row per subject/session/condition: channel-mean of every measure
                             (network measures as they are) plus participants.tsv columns
-    recordings.parquet      one row per recording: path, labels, key, status, seconds, n_epochs
+    recordings.parquet      one row per recording: path, labels, key, status, seconds, n_epochs, the share
+                            annotated BAD and the share not measured (bad_fraction, excluded_fraction)
     failures.parquet        path, labels, error for every recording that could not be fitted
     flags.parquet           channel-level quality flags from fractals.fingerprint (flat, poor_fit, ...):
                             NaN values are left out of fingerprint.parquet and listed here
     participants.parquet    the participant columns (for ``fmx fingerprint compare --group-by``)
-    job.json                the resolved config, the data source and the counts
+    job.json                the resolved config, the data source and the counts (with the recordings that had
+                            spans annotated BAD and the mean share of their data not measured)
 
 ``<key>`` hashes the recording's path, size, modification time and labels with the whole job config, so a re-run
 skips every recording whose part exists and refits only new, changed or failed ones. Every file
@@ -237,7 +239,9 @@ def _write_tables(entries, done, stats, failures, *, out, parts_dir, data, cfg, 
         status.append({"path": str(entry["path"]), "member": entry["member"], **{c: entry[c] for c in LABELS},
                        "key": key, "status": state, "seconds": stats.get(key, {}).get("seconds", float("nan")),
                        "n_epochs": info.get("n_epochs", 0), "duration_s": info.get("duration_s", float("nan")),
-                       "trimmed_s": info.get("trimmed_s", 0.0)})
+                       "trimmed_s": info.get("trimmed_s", 0.0), "n_segments": info.get("n_segments", 0),
+                       "bad_fraction": info.get("bad_fraction", float("nan")),
+                       "excluded_fraction": info.get("excluded_fraction", float("nan"))})
     recordings = pd.DataFrame(status)
     flag_rows = [{**{c: entry[c] for c in LABELS}, **flag}
                  for entry in entries.to_dict("records") for flag in infos.get(entry["key"], {}).get("flags", [])]
@@ -259,7 +263,7 @@ def _write_tables(entries, done, stats, failures, *, out, parts_dir, data, cfg, 
                        n_failed=len(failures_frame), seconds=time.perf_counter() - start, flags=flags)
     job_info = {"data": str(data), "config": cfg, "executor": executor, "n_recordings": len(entries),
                 "n_fitted": result.n_fitted, "n_skipped": result.n_skipped, "n_failed": result.n_failed,
-                "seconds": round(result.seconds, 3)}
+                "seconds": round(result.seconds, 3), **_bad_span_counts(recordings)}
     try:
         storage.write_bytes_atomic(storage.join(out, "job.json"),
                                    json.dumps(job_info, indent=2, default=str).encode())
@@ -270,6 +274,15 @@ def _write_tables(entries, done, stats, failures, *, out, parts_dir, data, cfg, 
 
         result.mlflow_run_id = log_job(result, cfg, data=str(data), uri=mlflow_uri, experiment=experiment)
     return result
+
+
+def _bad_span_counts(recordings) -> dict[str, Any]:
+    """job.json's account of spans annotated BAD: how many measured recordings had some, and the mean share of
+    those recordings' data left unmeasured."""
+    measured = recordings[recordings["status"] != "failed"]
+    marked = measured[measured["bad_fraction"].fillna(0) > 0]
+    mean = float(marked["excluded_fraction"].mean()) if len(marked) else 0.0
+    return {"n_with_bad_spans": int(len(marked)), "excluded_fraction_with_bad_spans": round(mean, 4)}
 
 
 def _tracking_uri(uri: str | None) -> str | None:

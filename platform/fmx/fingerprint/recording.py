@@ -5,6 +5,16 @@ This is the unit of work a Ray task runs (see :mod:`fmx.fingerprint.job`). It re
 job config, runs :func:`fractals.fingerprint.fingerprint` (per channel and for the channel network)
 and, for continuous recordings, :func:`fractals.simulators.fit_fractional_ou` (``fou_H``, ``fou_theta``,
 ``fou_sigma`` per channel), per epoch when epoching is on, and averages epochs per channel and measure.
+
+Spans annotated as bad (MNE's ``BAD_...`` annotations, :mod:`models.data.bad_spans`) are not measured
+(``preprocess.reject_by_annotation``, on by default). Joining the clean pieces would put a jump at
+every join, which reads as extra roughness (Higuchi/Katz FD up) and as a break in the fluctuation
+function (DFA, multifractal width), so each clean piece is measured on its own and the values are
+averaged per channel and measure weighted by the piece's length: every clean sample counts once, as in
+a recording without bad spans. A piece must hold the longest window the config asks for (``2 x`` the
+largest DFA window and ``4 x`` the largest multifractal scale, the limits below which
+:func:`fractals.fingerprint.fingerprint` drops scales), so that every piece is measured with the same
+scales; shorter pieces are left out. With epoching, epochs are cut inside clean pieces.
 """
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ import numpy as np
 
 from fmx.fingerprint import storage
 from models.data import readers
+from models.data.bad_spans import bad_spans, clean_segments, longest_clean
 from models.data.readers import Recording
 
 __all__ = ["load_recording", "measure_recording", "fit_recording", "TIDY_COLUMNS", "NETWORK_CHANNEL"]
@@ -31,7 +42,10 @@ def load_recording(entry: Mapping[str, Any], cfg: Mapping[str, Any]) -> Recordin
     pre = cfg.get("preprocess", {}) or {}
     with tempfile.TemporaryDirectory(prefix="fmx-fp-") as tmp:
         local = storage.fetch_local(entry["path"], tmp)
-        rec = readers.read_recording(local, subject=entry.get("member") or None)
+        # EDF/BDF channels at mixed rates are refused unless the channels picked share one rate, read at that rate
+        mixed_rates_possible = str(local).lower().endswith((".edf", ".bdf"))
+        rec = readers.read_recording(local, subject=entry.get("member") or None,
+                                     channels=pre.get("channels") if mixed_rates_possible else None)
     rec = rec.replace(meta={"path": str(entry["path"])})
     if rec.kind == "intervals":
         # these act on signals sampled on a clock; an RR series would pass through them unchanged, unnoticed
@@ -87,32 +101,85 @@ def measure_recording(rec: Recording, cfg: Mapping[str, Any], *, device: str = "
     import pandas as pd
     from fractals.fingerprint import fingerprint
 
-    epoch_s = (cfg.get("preprocess", {}) or {}).get("epoch")
-    segments = readers.epoch(rec, float(epoch_s)) if epoch_s and rec.kind == "continuous" else [rec]
+    segments, clean = _clean_segments(rec, cfg)
     fou_cfg = cfg.get("fou", {}) or {}
     frames, flagged, summary = [], [], {}
-    for seg in segments:
+    for k, seg in enumerate(segments):
         x = _to_device(seg.data, device)
         table, summary = fingerprint(x, seg.fs, config=cfg.get("fingerprint") or None,
                                      channel_names=list(seg.channel_names), kind=seg.kind)
         rows, flags = _tidy(table, summary)
-        frames.append(rows)
-        flagged.extend({**f, "epoch": seg.meta.get("epoch", 0)} for f in flags)
+        parts = [rows]
+        flagged.extend({**f, "epoch": k} for f in flags)
         # an interval series is not sampled on a clock: a Whittle fit over Hz of its mean beat rate is meaningless
         # (as fractals.fingerprint has no PSD slope for it)
         if fou_cfg.get("enable", True) and seg.kind == "continuous":
-            frames.append(_fou_rows(x, seg, fou_cfg))
+            parts.append(_fou_rows(x, seg, fou_cfg))
+        weight = float(seg.data.shape[-1])  # clean pieces differ in length: each sample counts once
+        frames.extend(part.assign(weight=weight) for part in parts)
     rows = pd.concat(frames, ignore_index=True)
     finite = np.isfinite(rows["value"].to_numpy(np.float64))
-    rows = rows[finite].groupby(["channel", "measure"], sort=False, as_index=False)["value"].mean()
+    rows = rows[finite].assign(weighted=lambda f: f["value"] * f["weight"])
+    sums = rows.groupby(["channel", "measure"], sort=False, as_index=False)[["weighted", "weight"]].sum()
+    rows = sums.assign(value=sums["weighted"] / sums["weight"])[["channel", "measure", "value"]]
     if rows.empty:
         raise ValueError(
             f"{rec.meta.get('path')}: no finite measure on any channel (flags: "
             f"{sorted({f['flag'] for f in flagged})[:3]}); check for flat, clipped or too short channels"
         )
     info = {"n_epochs": len(segments), "duration_s": rec.duration_s, "fs": rec.fs, "n_channels": rec.n_channels,
-            "trimmed_s": float(sum(rec.meta.get("trimmed_s", [0.0, 0.0]))), "flags": flagged, "summary": summary}
+            "trimmed_s": float(sum(rec.meta.get("trimmed_s", [0.0, 0.0]))), "flags": flagged, "summary": summary,
+            **clean}
     return rows, info
+
+
+def _clean_segments(rec: Recording, cfg: Mapping[str, Any]) -> tuple[list[Recording], dict[str, Any]]:
+    """The pieces to measure (clean segments, or epochs cut inside them) and how much of ``rec`` they leave out.
+
+    ``bad_fraction`` is the share of ``rec`` annotated bad (measured or not), ``excluded_fraction`` the share
+    not measured (bad spans, clean pieces too short to measure, epoch tails), ``n_segments`` the clean pieces
+    measured.
+    """
+    pre = cfg.get("preprocess", {}) or {}
+    epoch_s = pre.get("epoch")
+    if rec.kind != "continuous":
+        return [rec], {"n_segments": 1, "bad_fraction": 0.0, "excluded_fraction": 0.0}
+    n = rec.data.shape[-1]
+    reject = pre.get("reject_by_annotation", True)
+    marked = bad_spans(rec)
+    bad = int((marked[:, 1] - marked[:, 0]).sum())  # reported with reject_by_annotation=false too
+    spans = marked if reject else marked[:0]
+    if epoch_s:
+        need, why = int(round(float(epoch_s) * rec.fs)), f"one epoch (preprocess.epoch={epoch_s} s; lower it)"
+    elif len(spans):
+        need, why = _longest_window(cfg)
+    else:
+        need, why = 0, ""
+    pieces = clean_segments(rec, min_samples=max(need, 1)) if len(spans) else [rec]
+    if not pieces:
+        longest = longest_clean(rec)
+        raise ValueError(
+            f"{rec.meta.get('path')}: too little clean data: {(n - bad) / rec.fs:.1f} s of {n / rec.fs:.1f} s lie "
+            f"outside the spans annotated BAD, the longest clean piece {longest / rec.fs:.1f} s; measuring needs "
+            f"{need} samples ({need / rec.fs:.1f} s) in one piece for {why}, or set "
+            "preprocess.reject_by_annotation=false to measure through the marked artefacts"
+        )
+    segments = [e for piece in pieces for e in readers.epoch(piece, float(epoch_s))] if epoch_s else pieces
+    measured = sum(seg.data.shape[-1] for seg in segments)
+    return segments, {"n_segments": len(pieces), "bad_fraction": bad / n, "excluded_fraction": 1.0 - measured / n}
+
+
+def _longest_window(cfg: Mapping[str, Any]) -> tuple[int, str]:
+    """Samples one clean piece needs so that every configured DFA window and multifractal scale is used."""
+    from fractals.fingerprint import resolve_config
+
+    resolved = resolve_config(cfg.get("fingerprint") or None)
+    dfa = 2 * max(int(v) for v in resolved["temporal"]["dfa_orders"])
+    multifractal = 4 * max(int(v) for v in resolved["multifractal"]["scales"])
+    if multifractal >= dfa:
+        return multifractal, (f"4 x the largest multifractal scale ({multifractal // 4}; lower "
+                              "fingerprint.multifractal.scales)")
+    return dfa, f"2 x the largest DFA window ({dfa // 2}; lower fingerprint.temporal.dfa_orders)"
 
 
 def _tidy(table, summary: Mapping[str, Any]):
