@@ -263,7 +263,25 @@ def test_training_windows_leave_out_constant_padding_at_the_ends(tmp_path):
 @pytest.mark.realdata
 def test_eegmat_training_windows_hold_no_padding(shared_data):
     rec, = load_recordings([shared_data / "eegmat-dev" / "sub-00" / "eeg" / "sub-00_task-rest_eeg.edf"])
-    assert rec.data.shape[-1] == 15000 - 484 and rec.meta["trimmed_s"][1] == pytest.approx(1.936)
+    # 484 samples are flat in every channel; the 4 before them are channels settling onto the padding one by one
+    assert rec.data.shape[-1] == 15000 - 488 and rec.meta["trimmed_s"][1] == pytest.approx(1.952)
+
+
+def test_channels_settling_onto_padding_one_at_a_time_are_cut_too():
+    """eegmat-dev's channels reach the end padding over ~10 samples (a resampling filter's step response);
+    trim_flat_edges cut only where every channel was flat, and those samples took sub-00's mean multifractal
+    width at rest from 0.86 to 1.21. A dead channel (flat for long) must not pull the cut in."""
+    from models.data.preprocess import trim_flat_edges
+    from models.data.recording import Recording
+
+    x = np.random.default_rng(0).standard_normal((3, 400))
+    x[:, 300:] = 0.0                   # padding in every channel from 300
+    x[0, 295:300] = 0.0                # channel 0 reached it 5 samples early
+    x[1, 297:300] = 0.0                # channel 1 3 samples early
+    x[2, :] = np.where(np.arange(400) < 200, x[2], 1.0)  # channel 2 died at 200, long before
+    x[2, 300:] = 1.0
+    rec = trim_flat_edges(Recording(data=x, fs=100.0, channel_names=("a", "b", "c"), kind="continuous", meta={}))
+    assert rec.data.shape[-1] == 295
 
 
 def test_file_with_no_clean_window_is_left_out_before_the_split(tmp_path, caplog):

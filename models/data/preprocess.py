@@ -134,10 +134,27 @@ def trim_flat_edges(rec: Recording, *, min_run: int = 8, max_burst: int = 32) ->
         raise ValueError(f"{rec.meta.get('path', 'recording')}: every channel is constant; nothing to measure")
     head = _padding_transitions(moving, min_run, max_burst)
     tail = _padding_transitions(moving[::-1], min_run, max_burst)
+    # Channels settle onto padding one at a time (eegmat-dev, resampled 500 -> 250 Hz: over ~10 samples), so
+    # the last samples before the all-flat stretch are a step response, not signal; they took sub-00's mean
+    # multifractal width from 0.86 to 1.21. Cut up to where the first channel goes flat, within max_burst.
+    if head:
+        head += _settle(rec.data[:, head:n - tail], max_burst)
+    if tail:
+        tail += _settle(rec.data[:, head:n - tail][:, ::-1], max_burst)
     if head == 0 and tail == 0:
         return rec
     return rec.replace(data=rec.data[:, head:n - tail].copy(),
                        meta={"trimmed_s": [head / rec.fs, tail / rec.fs], **_shifted(rec, head / rec.fs)})
+
+
+def _settle(x: np.ndarray, max_burst: int) -> int:
+    """Samples at the start of ``x`` (C, T) where some channel still holds its first value: the longest such
+    run shorter than ``max_burst`` (a channel flat for longer is a dead channel, not a settling one)."""
+    window = x[:, :max_burst]
+    same = np.cumprod(window == window[:, :1], axis=1)  # (C, max_burst): still at the first value
+    runs = same.sum(axis=1)
+    runs = runs[runs < window.shape[1]]
+    return int(runs.max()) if runs.size and runs.max() > 1 else 0
 
 
 def _padding_transitions(moving: np.ndarray, min_run: int, max_burst: int) -> int:
