@@ -73,6 +73,19 @@ def _check_values(cfg: dict[str, Any]) -> None:
                                   ("config.intervals.alpha1_beats", iv["alpha1_beats"], 3),
                                   ("config.intervals.alpha2_beats", iv["alpha2_beats"], 3)):
         _integers(path, values, minimum=minimum)
+    # The ectopic filter's settings, checked here so a bad one names its config path (clean_rr_intervals
+    # named only "window") and a fractional window fails instead of being cut down by int().
+    _integers("config.intervals.window", [iv["window"]], minimum=1)
+    if int(iv["window"]) % 2 == 0:
+        raise ValueError(f"config.intervals.window: needs an odd number of beats (a centred running mean), "
+                         f"got {iv['window']!r}; e.g. 11")
+    iv["window"] = int(iv["window"])
+    if not 0 <= iv["min_ms"] < iv["max_ms"]:
+        raise ValueError(f"config.intervals.min_ms, config.intervals.max_ms: need 0 <= min_ms < max_ms (ms), got "
+                         f"{iv['min_ms']!r}, {iv['max_ms']!r}; e.g. 300, 2000")
+    if not (iv["tolerance"] > 0 and math.isfinite(iv["tolerance"])):
+        raise ValueError(f"config.intervals.tolerance: needs a fraction > 0 of the running mean, "
+                         f"got {iv['tolerance']!r}; e.g. 0.2")
     if len(g["box_eps"]) < 2 or any(b <= a for a, b in zip(g["box_eps"], g["box_eps"][1:])):
         raise ValueError(f"config.graph.box_eps: needs >= 2 increasing box sizes (graph distance) for a slope, "
                          f"got {g['box_eps']!r}; e.g. [1, 2, 3, 4, 5, 6]")

@@ -15,7 +15,9 @@ fine) and ``r2`` (fit quality where the measure has one, NaN otherwise):
 - ``flat_segment``: a stretch of identical samples longer than ``quality.max_flat_fraction`` of
   the recording (and 8 samples): padding, a disconnected electrode or clipping. Measured, but
   ``ok`` is False; trim it (eegmat-dev rest recordings end with about 2 s of flat padding).
-- ``too_short``: (intervals) fewer beats left than the measure needs; that measure NaN.
+- ``too_short``: (intervals) fewer beats left than the measure needs; that measure NaN. When the
+  ectopic filter dropped most beats and left too few for any measure, the flag goes on to say how
+  many it kept (intervals in seconds lose every beat: the filter's range is in ms).
 - ``poor_fit``: the 1/f fit explains less than ``quality.min_r2`` of the log-PSD variance; the
   value is kept, ``ok`` is False.
 - ``error: ...``: an estimator rejected this channel (message kept) or returned inf/NaN
@@ -32,7 +34,9 @@ Config (plain dict, all keys optional; defaults mirror ``platform/fmx/conf/fract
     temporal:
       higuchi_kmax: 8               # Higuchi k_max; larger k biases FD down on short series
       dfa_orders: [4, 16, 64, 256]  # DFA window sizes in samples (kept where <= T // 2)
-      psd_freq_band: [2.0, 80.0]    # Hz band of the 1/f fit (must lie below fs / 2)
+      psd_freq_band: [2.0, 80.0]    # Hz band of the 1/f fit (must lie below fs / 2 and inside the recording's
+                                    # pass band: on eegmat-dev EEG, low-passed at 45 Hz, 2-80 Hz fits the
+                                    # filter roll-off (beta ~4, no alpha peak masked); pass [2, 40] there)
       exclude_peaks: true           # mask oscillatory peaks before the fit
     multifractal:
       q_vals: [-5, -3, -1, 0, 1, 3, 5]
@@ -309,11 +313,16 @@ def fingerprint(
             finite = np.isfinite(r)
             n_valid = int(np.nonzero(finite)[0][-1]) + 1 if finite.any() else 0
             r = r[:n_valid]  # trailing NaN pads shorter rows; a NaN inside a row is an error
+            n_beats = r.size
             if iv["ectopic_filter"]:
                 r = clean_rr_intervals(r, min_ms=iv["min_ms"], max_ms=iv["max_ms"], window=int(iv["window"]),
                                        tolerance=iv["tolerance"])
             if not np.isfinite(r).all():
                 flag = "nonfinite"
+            elif r.size < n_beats / 2 and r.size < min(min_len[m] for m in calls):
+                # The filter took most beats and left nothing measurable: most often intervals in seconds.
+                flag = (f"too_short: the ectopic filter kept {r.size} of {n_beats} beats ({iv['min_ms']:g}-"
+                        f"{iv['max_ms']:g} ms, within {iv['tolerance']:g} of the running mean); are the intervals in ms?")
             elif r.size <= 1:
                 flag = "too_short"
             elif np.ptp(r) == 0:

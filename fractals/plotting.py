@@ -198,7 +198,7 @@ def plot_multifractal_spectrum(
     spectra : dict or mapping label -> dict
         Output(s) of :func:`fractals.metrics.multifractal_spectrum` with keys ``tau``, ``alpha``,
         ``falpha`` (last axis Q; leading axes are averaged) and optionally ``q``; without ``q``,
-        tau is plotted against the index of q.
+        tau is plotted against the index of q. The legend's width is the mean of the series' widths.
     """
     import matplotlib
 
@@ -225,7 +225,7 @@ def plot_multifractal_spectrum(
             if not (np.isfinite(alpha) & np.isfinite(falpha)).any():  # else an empty f(alpha) panel
                 raise ValueError(f"spectra[{label!r}]: alpha/falpha hold no finite pair to plot (all NaN or inf)")
             ax_tau.plot(q, tau, marker="o", ms=3, label=label or None)
-            width = np.nanmax(alpha) - np.nanmin(alpha)
+            width = _mean_width(spec["alpha"])
             ax_f.plot(alpha, falpha, marker="o", ms=3, label=f"{label} width {width:.2f}".strip())
         ax_tau.set_xlabel("q" if any("q" in s for s in spectra.values()) else "q index")
         ax_tau.set_ylabel(r"$\tau(q)$")
@@ -237,6 +237,15 @@ def plot_multifractal_spectrum(
         if title:
             fig.suptitle(title)
     return fig
+
+
+def _mean_width(alpha: Any) -> float:
+    """Mean over series of ``max alpha - min alpha``: the fingerprint's ``mf_width`` mean. The width of the
+    mean arc is smaller when the series' extremes fall at different q (eegmat sub-00: 0.69 against 0.72)."""
+    a = _numpy(alpha, "alpha")
+    a = a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+    a = a[np.isfinite(a).any(-1)]  # a failed (all-NaN) series is left out, as in the drawn mean arc
+    return float(np.mean(np.nanmax(a, -1) - np.nanmin(a, -1)))
 
 
 def _mean_over_series(v: Any, name: str) -> np.ndarray:
@@ -321,7 +330,8 @@ def plot_fingerprint(
     fingerprints : DataFrame or mapping label -> DataFrame
         Tidy tables from :func:`fractals.fingerprint.fingerprint`; several labels (e.g. rest vs.
         task) are drawn side by side in each panel. Rows with ``ok == False`` are drawn as open
-        markers at their value when finite, so flagged channels stay visible.
+        markers at their value when finite, so flagged channels stay visible; rows without a value
+        (NaN: flat or non-finite channels) as an x on the panel's floor, counted in its title.
     summaries : dict or mapping label -> dict, optional
         The summary dicts; network measures (``fc_density``, ``graph_fd``) are added under the
         figure title.
@@ -359,6 +369,13 @@ def plot_fingerprint(
     with matplotlib.rc_context(_RC):
         n_groups = len(frames)
         offsets = np.linspace(-0.2, 0.2, n_groups) if n_groups > 1 else np.zeros(1)
+        # The default cycle has 10 colours ("C10" is "C0"): more groups (subjects) take tab20, then turbo.
+        if n_groups <= 10:
+            colors = [f"C{g}" for g in range(n_groups)]
+        elif n_groups <= 20:
+            colors = [matplotlib.colormaps["tab20"](g) for g in range(n_groups)]
+        else:
+            colors = [matplotlib.colormaps["turbo"](v) for v in np.linspace(0.05, 0.95, n_groups)]
         for i, (measure, label) in enumerate(panels):
             ax = fig.add_subplot(nrows, ncols, i + 1)
             channels: list = []
@@ -368,20 +385,30 @@ def plot_fingerprint(
                     if ch not in channels:
                         channels.append(ch)
             pos = {ch: j for j, ch in enumerate(channels)}
+            n_missing = 0
             for g, (glabel, df) in enumerate(frames.items()):
                 rows = df[df["measure"] == measure]
                 x = np.array([pos[c] for c in rows["channel"].astype(str)], dtype=float) + offsets[g]
                 y = rows["value"].to_numpy(dtype=float)
                 # A missing ok (NA from a nullable/Arrow table, NaN after concatenating tables) is not ok.
                 ok = rows["ok"].to_numpy(dtype=bool, na_value=False) if "ok" in rows else np.ones(len(rows), bool)
-                ax.plot(x[ok], y[ok], "o", ms=3, color=f"C{g}", label=glabel or None)
+                ax.plot(x[ok], y[ok], "o", ms=3, color=colors[g], label=glabel or None)
                 if (~ok).any():
-                    ax.plot(x[~ok], y[~ok], "o", ms=3, mfc="none", color=f"C{g}")
-            ax.set_title(label)
+                    ax.plot(x[~ok], y[~ok], "o", ms=3, mfc="none", color=colors[g])
+                # No value (flat or NaN-holding channel): an x on the panel's floor, else an empty slot.
+                missing = ~np.isfinite(y)
+                if missing.any():
+                    ax.plot(x[missing], np.zeros(int(missing.sum())), "x", ms=4, color=colors[g], clip_on=False,
+                            transform=ax.get_xaxis_transform())
+                    n_missing += int(missing.sum())
+            ax.set_title(label + (f"\nx: {n_missing} not measured (NaN)" if n_missing else ""))
             ax.set_xticks(range(len(channels)))
             ax.set_xticklabels([_tick_label(c) for c in channels], rotation=90)
-            if i == 0 and n_groups > 1:
+            if i == 0 and 1 < n_groups <= 4:
                 ax.legend(frameon=False)
+            elif i == 0 and n_groups > 4:  # inside a panel a long legend covers the points and the title
+                fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", frameon=False,
+                           ncols=1 + (n_groups - 1) // 24)
         note = ""
         if summaries is not None:
             sums = summaries if (isinstance(summaries, Mapping) and all(
@@ -397,7 +424,15 @@ def plot_fingerprint(
                 bits = [f"{k} {v:.2f}" for k, v in vals.items() if v == v]
                 if bits:
                     parts.append((f"{glabel}: " if glabel else "") + ", ".join(bits))
-            note = "; ".join(parts)
+            # Several subjects' notes on one line ran off both sides of the figure: wrap between them.
+            max_chars = max(40, int(fig.get_figwidth() / 0.075))  # 9 pt title, ~0.075 in a character
+            lines: list[str] = []
+            for part in parts:
+                if lines and len(lines[-1]) + 2 + len(part) <= max_chars:
+                    lines[-1] += "; " + part
+                else:
+                    lines.append(part)
+            note = "\n".join(lines)
         # The network summary goes under the title: below the panels it would hit the tick labels.
         fig.suptitle((title or "fractal fingerprint") + (f"\n{note}" if note else ""))
     return fig
