@@ -18,7 +18,16 @@ TF_DIR="$REPO_ROOT/terraform/$PROVIDER"
 # find an empty local state and destroy nothing while the cluster keeps running.
 write_remote_state
 terraform -chdir="$TF_DIR" init -input=false
-use_kubeconfig  # the deployed cluster's, never an exported KUBECONFIG of another (helm uninstall would run there)
+# The kubeconfig deploy.sh recorded for this provider (DEPLOY_KUBECONFIG there, e.g. one from the Console), unless
+# DEPLOY_KUBECONFIG names one now; never an exported KUBECONFIG of another cluster (helm uninstall would run there).
+record="${FMX_HOME:-$HOME/.fmx}/clusters/$PROVIDER.json"
+if [[ -z "${DEPLOY_KUBECONFIG:-}" && -f "$record" ]]; then
+  recorded="$(sed -n 's/.*"kubeconfig": "\([^"]*\)".*/\1/p' "$record")"
+  if [[ -n "$recorded" && -f "$recorded" ]]; then
+    DEPLOY_KUBECONFIG="$recorded"
+  fi
+fi
+use_kubeconfig
 
 if [[ -f "$KUBECONFIG" ]] && ! kubectl get --raw /readyz --request-timeout=30s > /dev/null 2>&1; then
   # A rerun after a failed destroy (a bucket that was not empty) finds the kubeconfig of a cluster

@@ -141,7 +141,8 @@ def test_fingerprint_with_too_little_clean_data_names_file_and_lengths():
     data = _noise(2, 10)
     bad = [(0.5, 2.0, "BAD_a"), (3.0, 2.5, "BAD_b"), (6.0, 4.0, "bad_c")]  # clean: 0.5 + 0.5 + 0.5 s
     with pytest.raises(ValueError) as info:
-        measure_recording(_rec(data, bad, path="/x/sub-01_eeg.fif"), FAST)
+        measure_recording(_rec(data, bad, path="/x/sub-01_eeg.fif"),
+                          {"fingerprint": {"measures": ["higuchi_fd", "mf_width"]}, "fou": {"enable": False}})
     message = str(info.value)
     assert "/x/sub-01_eeg.fif" in message and "1.5 s" in message and "BAD" in message
     assert "1024 samples" in message  # 4 x the largest multifractal scale (256): one segment must hold it

@@ -33,6 +33,20 @@ def shift_annotations(annotations: Sequence[Any], seconds: float) -> tuple:
     return tuple((float(onset) - seconds, float(duration), text) for onset, duration, text in annotations)
 
 
+def shifted_meta(rec: Recording, seconds: float) -> dict:
+    """``meta`` changes for a piece starting ``seconds`` into ``rec``: annotations and events (onsets from the first
+    sample, as the readers give them) count from the piece's first sample."""
+    changes: dict = {}
+    if rec.meta.get("annotations"):
+        changes["annotations"] = shift_annotations(rec.meta["annotations"], seconds)
+    events = rec.meta.get("events")
+    if events is not None and len(events):
+        shifted = np.array(events, dtype=np.float64)
+        shifted[:, 0] -= seconds
+        changes["events"] = shifted
+    return changes
+
+
 def bad_spans(rec: Recording) -> np.ndarray:
     """Merged ``[start, stop)`` sample ranges of ``rec`` covered by bad annotations.
 
@@ -87,7 +101,7 @@ def clean_segments(rec: Recording, *, min_samples: int = 1) -> list[Recording]:
     """The pieces of ``rec`` between its bad spans that hold at least ``min_samples`` samples.
 
     Each piece's ``meta["onset_s"]`` is its start in ``rec``, ``meta["segment"]`` its index among
-    all clean pieces, and its annotations are shifted to its own first sample. A recording without
+    all clean pieces, and its annotations and events are shifted to its own first sample. A recording without
     bad spans comes back whole (``[rec]``) when it is long enough.
     """
     if rec.kind != "continuous":  # an interval series has no clock for annotations to mark
@@ -103,6 +117,5 @@ def clean_segments(rec: Recording, *, min_samples: int = 1) -> list[Recording]:
             onset = start / rec.fs
             pieces.append(rec.replace(
                 data=rec.data[:, start:stop].copy(),
-                meta={"onset_s": onset, "segment": k,
-                      "annotations": shift_annotations(rec.meta.get("annotations", ()), onset)}))
+                meta={"onset_s": onset, "segment": k, "annotations": (), **shifted_meta(rec, onset)}))
     return pieces

@@ -52,9 +52,11 @@ def one_rate_channels(raw: Any, path: Path, channels: Sequence[str] | None) -> l
     if not wanted:
         return None
     stim = {name: float(rate) for name, rate, kind in zip(raw.ch_names, rates, kinds) if kind == "stim"}
-    off_rate = [name for name, rate in stim.items() if rate != found[0]]
-    if off_rate:  # MNE reads the signals at their rate but sizes the data by the trigger's: a stretched time axis
-        log.warning("%s: leaving out trigger channel(s) %s recorded at %s Hz, not at the signals' %g Hz (MNE would "
+    # A faster trigger makes MNE size the data by the trigger's rate (a stretched time axis); a slower one it holds
+    # up to the signals' rate, and its events land on the right samples.
+    off_rate = [name for name, rate in stim.items() if rate > found[0]]
+    if off_rate:
+        log.warning("%s: leaving out trigger channel(s) %s recorded at %s Hz, faster than the signals' %g Hz (MNE would "
                     "misread the file's time axis); their events are not read", path, off_rate,
                     sorted({stim[n] for n in off_rate}), found[0])
     elif found[0] == float(raw.info["sfreq"]):

@@ -371,7 +371,14 @@ def build_files_datamodule(cfg: Mapping[str, Any], module_cls, batch_size: int):
             raise ValueError(f"data.window: {window} samples is longer than every recording; lower it")
     if reject:  # as short files: one with no clean window would take a split's place and leave it empty
         clean = {p: longest_clean(recs[p]) for p in paths}
-        all_bad = [p for p in paths if clean[p] < window]
+
+        def clear_on_grid(p, hop: int) -> bool:  # windows start on the hop grid: a clean stretch may fit none
+            starts = np.arange(0, recs[p].data.shape[-1] - window + 1, hop)
+            return bool(windows_clear_of_bad(bad_spans(recs[p]), starts, window).any())
+
+        # the file may land in either split: it needs a clear window on both grids
+        all_bad = [p for p in paths if clean[p] < window or not (clear_on_grid(p, stride)
+                                                                 and clear_on_grid(p, val_stride))]
         if all_bad:
             shown = [f"{p} (longest clean stretch {clean[p]} samples)" for p in all_bad[:5]]
             log.warning("%d recording(s) have no window of %d samples clear of spans annotated BAD: %s",

@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from models.data.bad_spans import shift_annotations
+from models.data.bad_spans import shifted_meta
 from models.data.recording import Recording
 
 __all__ = ["bandpass", "notch", "resample", "epoch", "trim_flat_edges", "filter_ectopic"]
@@ -96,23 +96,9 @@ def epoch(rec: Recording, seconds: float, *, overlap: float = 0.0) -> list[Recor
     step = max(1, int(round(size * (1 - overlap))))
     return [
         rec.replace(data=rec.data[:, start:start + size].copy(), meta={"epoch": i, "onset_s": start / rec.fs,
-                                                                       **_shifted(rec, start / rec.fs)})
+                                                                       **shifted_meta(rec, start / rec.fs)})
         for i, start in enumerate(range(0, n - size + 1, step))
     ]
-
-
-def _shifted(rec: Recording, seconds: float) -> dict:
-    """``meta`` changes for a piece starting ``seconds`` into ``rec``: annotations and events (onsets from the first
-    sample, as the readers give them) count from the piece's first sample."""
-    changes: dict = {}
-    if rec.meta.get("annotations"):
-        changes["annotations"] = shift_annotations(rec.meta["annotations"], seconds)
-    events = rec.meta.get("events")
-    if events is not None and len(events):
-        shifted = np.array(events, dtype=np.float64)
-        shifted[:, 0] -= seconds
-        changes["events"] = shifted
-    return changes
 
 
 def trim_flat_edges(rec: Recording, *, min_run: int = 8, max_burst: int = 32) -> Recording:
@@ -144,7 +130,7 @@ def trim_flat_edges(rec: Recording, *, min_run: int = 8, max_burst: int = 32) ->
     if head == 0 and tail == 0:
         return rec
     return rec.replace(data=rec.data[:, head:n - tail].copy(),
-                       meta={"trimmed_s": [head / rec.fs, tail / rec.fs], **_shifted(rec, head / rec.fs)})
+                       meta={"trimmed_s": [head / rec.fs, tail / rec.fs], **shifted_meta(rec, head / rec.fs)})
 
 
 def _settle(x: np.ndarray, max_burst: int) -> int:

@@ -171,11 +171,16 @@ def _clean_segments(rec: Recording, cfg: Mapping[str, Any]) -> tuple[list[Record
 
 def _longest_window(cfg: Mapping[str, Any]) -> tuple[int, str]:
     """Samples one clean piece needs so that every configured DFA window and multifractal scale is used."""
+    from fractals._fingerprint_config import CONTINUOUS_MEASURES
     from fractals.fingerprint import resolve_config
 
     resolved = resolve_config(cfg.get("fingerprint") or None)
-    dfa = 2 * max(int(v) for v in resolved["temporal"]["dfa_orders"])
-    multifractal = 4 * max(int(v) for v in resolved["multifractal"]["scales"])
+    measures = resolved["measures"] or CONTINUOUS_MEASURES
+    # A measure left out needs none of its windows; the fingerprint still checks its two smallest ones.
+    dfa_windows = sorted(int(v) for v in resolved["temporal"]["dfa_orders"])
+    scales = sorted(int(v) for v in resolved["multifractal"]["scales"])
+    dfa = 2 * (dfa_windows[-1] if "dfa_alpha" in measures else dfa_windows[min(1, len(dfa_windows) - 1)])
+    multifractal = 4 * (scales[-1] if "mf_width" in measures else scales[min(1, len(scales) - 1)])
     if multifractal >= dfa:
         return multifractal, (f"4 x the largest multifractal scale ({multifractal // 4}; lower "
                               "fingerprint.multifractal.scales)")
