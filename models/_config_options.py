@@ -2,16 +2,34 @@
 head switches. Kept apart from :mod:`models.neurofmx` so the model file stays readable in one sitting."""
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
+
+
+def _is_whole(value: Any, minimum: int) -> bool:
+    """Whether ``value`` is an integer >= ``minimum`` (whole floats such as 2.0 count; 2.5, inf, "abc", None and
+    True do not)."""
+    try:
+        return not isinstance(value, bool) and float(value) == int(value) and int(value) >= minimum
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _is_real(value: Any, low: float, *, open_low: bool = False) -> bool:
+    """Whether ``value`` is a finite number >= ``low`` (> ``low`` with ``open_low``); NaN, inf, strings and bools
+    are not."""
+    if isinstance(value, bool):
+        return False
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(x) and (x > low if open_low else x >= low)
 
 
 def _int_option(value: Any, name: str, minimum: int) -> int:
     """``value`` as an int, or a ValueError naming the config field (2.5, "abc" and True are refused)."""
-    try:
-        ok = not isinstance(value, bool) and float(value) == int(value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or int(value) < minimum:
+    if not _is_whole(value, minimum):
         raise ValueError(f"{name}: needs an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -19,7 +37,8 @@ def _int_option(value: Any, name: str, minimum: int) -> int:
 # Size options the parts read with int(): 33.5 (a uniform sweep distribution) would run as 33 while the
 # tracker logs 33.5. Whole floats (33.0) are fine.
 _WHOLE_KEYS = frozenset({"n_units", "n_channels", "n_neurons", "n_rois", "n_channel_ids", "n_summary_tokens", "hidden",
-                         "kernel_size", "embed_dim", "proj_dim", "n_domains", "n_taps", "J", "Q", "n_probe"})
+                         "kernel_size", "embed_dim", "proj_dim", "n_domains", "n_taps", "J", "Q", "n_probe",
+                         "n_features", "n_mels"})
 
 
 def _refuse_fractions(tree: Mapping[str, Any], path: str) -> None:

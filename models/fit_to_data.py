@@ -19,8 +19,9 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from models._config_options import _is_whole
 from models.neurofmx import _VOCAB_OPTION, SIGNAL_KEYS, _vocab
 from models.tokenizers.continuous import CONTINUOUS_KEYS
 
@@ -68,10 +69,12 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
         One line per change, as ``model.<path>: <what>``, empty when the config already fits.
     """
     out = copy.deepcopy(dict(cfg))
-    model = out.get("model") or {}
-    if model.get("family", "neurofmx") != "neurofmx":
+    model = out.get("model")
+    if not isinstance(model, Mapping) or model.get("family", "neurofmx") != "neurofmx":
         return out, []
     tokenizers = model.setdefault("tokenizers", {})
+    if not isinstance(tokenizers, Mapping):  # NeuroFMx names it; here it failed as "'NoneType' is not iterable"
+        return out, []
     modalities = [k for k in (info.get("modalities") or []) if k in SIGNAL_KEYS]
     n_ids = info.get("n_channel_ids")
     changes: list[str] = []
@@ -87,6 +90,10 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
             tokenizers[key] = opts
             changes.append(f"model.tokenizers.{key}: added, options copied from model.tokenizers.{source}")
         opts = tokenizers[key] = dict(tokenizers[key] or {})
+        for name in (_VOCAB_OPTION.get(key), "n_channels", "n_units", "n_channel_ids"):
+            if name and name in opts and not _is_whole(opts[name], 0):  # int() failed naming no option
+                raise ValueError(f"model.tokenizers.{key}.{name}: needs an integer >= 0 (the channel-id vocabulary), "
+                                 f"got {opts[name]!r}")
         need = [int(n_ids)] if n_ids is not None and len(modalities) == 1 else []
         count = info.get(_INFO_IDS.get(key, ""))
         # A per-modality count raises a vocabulary only past what the tokenizer takes already, its default
@@ -106,6 +113,8 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
         head = heads.get(kind)
         if not head or "keys" not in head:
             continue  # no head, or keys default to every signal tokenizer (new ones included)
+        if isinstance(head["keys"], (str, bytes)) or not isinstance(head["keys"], Sequence):
+            continue  # NeuroFMx refuses it by name; list("lfp") was read as the modalities l, f and p
         keys = list(head["keys"])
         missing = [k for k in modalities if k not in keys]
         if missing:

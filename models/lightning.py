@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
 
 from models.callbacks import (LATENT_MEASURES, _autocast_off, build_callbacks, global_means, latent_band,
                               latent_measures)
-from models._config_options import _int_option
+from models._config_options import _int_option, _is_real
 from models.neurofmx import NeuroFMx
 
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
@@ -121,6 +121,12 @@ class NeuroFMxModule(pl.LightningModule):
             raise ValueError(f"optim.schedule: must be 'cosine' or 'constant', got {schedule!r}")
         _check_optim(optim)
         fr = cfg.get("fractals", {}) or {}
+        ablation = ((fr.get("probes", {}) or {}).get("causal_scale_ablation", {}) or {})
+        for name, value in (("fractals.enable", fr.get("enable")), ("criticality.enable",
+                            (cfg.get("criticality", {}) or {}).get("enable")),
+                            ("fractals.probes.causal_scale_ablation.enable", ablation.get("enable"))):
+            if value is not None and not isinstance(value, bool):  # any truthy value, 'false' too, switched it on
+                raise ValueError(f"{name}: needs true or false, got {value!r}")
         self.fractals_cfg = fr
         self.priors = None
         priors_cfg = dict(fr.get("priors", {}) or {})
@@ -132,6 +138,7 @@ class NeuroFMxModule(pl.LightningModule):
                              f"got {ramp!r}")
         self.prior_ramp = ramp
         self._priors_checked = False  # computed once on the first batch even during warmup (see _prior_loss)
+        self._horizon_checked = False  # see _warn_forecast_never_scored
         if fr.get("enable", False) and priors_cfg:
             self.priors = self._build_priors({**fr, "priors": priors_cfg})
             self._prior_band = self.priors.band
@@ -145,7 +152,11 @@ class NeuroFMxModule(pl.LightningModule):
     def _build_priors(self, fr: Mapping[str, Any]):
         from fractals.regularizers import FractalPriors
 
-        return FractalPriors.from_config(fr, time_dim=1)  # latents["ssm"] is (B, T, D)
+        try:
+            return FractalPriors.from_config(fr, time_dim=1)  # latents["ssm"] is (B, T, D)
+        except (TypeError, ValueError) as exc:  # e.g. psd_freq_band: 0 failed as "'int' object is not iterable"
+            raise ValueError(f"fractals.metrics / fractals.priors: {exc}; see platform/fmx/conf/fractals/default.yaml "
+                             "for each option's form") from exc
 
     def _build_spectral_regs(self, crit: Mapping[str, Any]) -> dict:
         """Spectral-norm regularizers (``criticality`` config block) per named submodule."""
@@ -155,18 +166,21 @@ class NeuroFMxModule(pl.LightningModule):
 
         values = {}
         for key, default in (("target", 1.0), ("weight", 0.01)):
-            try:
-                values[key] = float(crit.get(key, default))
-            except (TypeError, ValueError):
-                raise ValueError(f"criticality.{key}: needs a number, got {crit.get(key)!r}") from None
+            # -1 or NaN was refused by the regularizer as "targets: ..." / "weight: ...", not under criticality.
+            if not _is_real(crit.get(key, default), 0.0):
+                raise ValueError(f"criticality.{key}: needs a finite number >= 0, got {crit.get(key)!r}")
+            values[key] = float(crit.get(key, default))
         modules = crit.get("modules", ["backbone"])
-        if isinstance(modules, str):
-            raise ValueError(f"criticality.modules: needs a list of NeuroFMx submodule names, e.g. [backbone], "
-                             f"got {modules!r}")
+        children = dict(self.model.named_children())
+        if isinstance(modules, (str, bytes)) or not isinstance(modules, Sequence) or not modules:
+            # null failed as "not iterable"; [] silently regularized nothing with criticality enabled
+            raise ValueError(f"criticality.modules: needs a list of NeuroFMx submodule names (at least one), e.g. "
+                             f"[backbone], got {modules!r}")
         regs = {}
         for name in modules:
-            if not hasattr(self.model, name):
-                raise ValueError(f"criticality.modules: NeuroFMx has no submodule {name!r}")
+            if not isinstance(name, str) or name not in children:  # hasattr() let d_model or training through
+                raise ValueError(f"criticality.modules: NeuroFMx has no submodule {name!r}; choose from "
+                                 f"{sorted(children)}")
             regs[name] = SpectralRegularizer(targets=values["target"], weight=values["weight"], n_iter=2)
         return regs
 
@@ -183,13 +197,16 @@ class NeuroFMxModule(pl.LightningModule):
     def sample_rate(self, batch: Mapping[str, Any]) -> float:
         """Sample rate of the batch's common time axis (Hz): batch ``fs``, else ``data.fs``, else
         ``fractals.metrics.sample_rate_hz``."""
-        fs = batch.get("fs") if isinstance(batch, Mapping) else None
+        fs, source = (batch.get("fs") if isinstance(batch, Mapping) else None), "batch['fs']"
         if isinstance(fs, torch.Tensor):
             fs = float(fs.flatten()[0])
         if fs is None:
-            fs = (self.cfg.get("data", {}) or {}).get("fs")
+            fs, source = (self.cfg.get("data", {}) or {}).get("fs"), "data.fs"
         if fs is None:
-            fs = self.fractals_cfg.get("metrics", {}).get("sample_rate_hz", 1000.0)
+            fs, source = self.fractals_cfg.get("metrics", {}).get("sample_rate_hz", 1000.0), \
+                "fractals.metrics.sample_rate_hz"
+        if not _is_real(fs, 0.0, open_low=True):  # was reported as a latent rate, with "use longer windows"
+            raise ValueError(f"{source}: needs the sample rate in Hz, a finite number > 0, got {fs!r}")
         return float(fs)
 
     def latent_rate(self, batch: Mapping[str, Any]) -> float:
@@ -267,6 +284,9 @@ class NeuroFMxModule(pl.LightningModule):
                              "for every head with its target here "
                              f"{list(out['unscorable'])} (forecast needs more steps than its horizon, reconstruction "
                              "2): training would see a loss of 0. Use longer windows (data.window or data.n_time)")
+        if not self._horizon_checked:
+            self._horizon_checked = True
+            self._warn_forecast_never_scored(batch)
         loss = task = out["loss"]
         prior, terms = self._prior_loss(out, batch)
         bsz = _batch_size(batch)
@@ -326,6 +346,18 @@ class NeuroFMxModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self._warn_mid_epoch_resume()
         self._warn_priors_never_on()
+
+    def _warn_forecast_never_scored(self, batch: Mapping[str, Any]) -> None:
+        """Say so when the windows are too short for the forecast horizon while other heads still score: the
+        forecast head then never trains, without a word (horizon counts SSM steps, not samples)."""
+        n_steps = -(-self.model.tokenizer.num_time_tokens(batch) // self.model.perceiver.chunk_size)
+        short = sorted(k for k, head in self.model.forecast.items() if k in batch and n_steps <= head.horizon)
+        if short:
+            log.warning(
+                "model.heads.forecast.horizon=%d steps but the windows give %d steps of %d samples: forecast_%s is "
+                "never scored and never trains. The horizon counts steps (model.patch_size * perceiver.chunk_size "
+                "samples); lower it below %d, or use longer windows (data.window or data.n_time).",
+                self.model.forecast[short[0]].horizon, n_steps, self.model.step_size, "/forecast_".join(short), n_steps)
 
     def _warn_priors_never_on(self) -> None:
         """Say so when the fractal priors cannot switch on inside this fit: their settings then change nothing

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from models._config_options import _build_part, _head_options, _int_option, _refuse_fractions
 from models.backbones import Mamba2Stack
+from models.backbones.fractional import FractionalKernel
 from models.heads import (
     TIME_MAJOR_KEYS,
     BehaviorHead,
@@ -123,6 +124,9 @@ class NeuroFMx(nn.Module):
         self.step_size = self.patch_size * self.perceiver.chunk_size
         self.scale_encoding = self._build_scale_encoding(None if scale_encodings is None else dict(scale_encodings),
                                                         heads)
+        if fractional_kernels:  # checked here so a bad option is named under its own section, not model.ssm
+            _build_part("fractals.backbone.fractional_kernels", FractionalKernel, channels=1, **{
+                k: v for k, v in dict(fractional_kernels).items() if k in ("n_taps", "min_alpha", "max_alpha")})
         ssm = dict(ssm or {})
         n_layers = _int_option(ssm.pop("n_layers", 2), "model.ssm.n_layers", 1)
         self.backbone = _build_part("model.ssm", Mamba2Stack, d_model=d_model, n_layers=n_layers,
@@ -138,7 +142,8 @@ class NeuroFMx(nn.Module):
             return None
         kind = se.get("kind", "filterbank")
         if kind == "filterbank":
-            if not se.get("wavelet_scales"):
+            scales = se.get("wavelet_scales")
+            if not scales or isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
                 raise ValueError("fractals.backbone.scale_encodings.wavelet_scales: kind 'filterbank' needs a list of "
                                  f"scales in latent steps, e.g. [8, 16, 32, 64]; got {se.get('wavelet_scales')!r}")
             return _build_part("fractals.backbone.scale_encodings.wavelet_scales", ScaleEncoding, d_model=self.d_model,
@@ -149,7 +154,8 @@ class NeuroFMx(nn.Module):
                     "fractals.backbone.scale_encodings.kind: 'scattering' is non-causal and the forecast head "
                     "would see the future; use kind=filterbank or drop model.heads.forecast"
                 )
-            opts = {k: int(se[k]) for k in ("J", "Q", "n_probe") if k in se}
+            opts = {k: _int_option(se[k], f"fractals.backbone.scale_encodings.{k}", 1) for k in ("J", "Q", "n_probe")
+                    if k in se}
             return WaveletScatteringEncoding(d_model=self.d_model, **opts)
         raise ValueError(f"fractals.backbone.scale_encodings.kind: must be 'filterbank' or 'scattering', got {kind!r}")
 
@@ -169,6 +175,9 @@ class NeuroFMx(nn.Module):
             keys = opts.pop("keys", [k for k in self.tokenizer_options if k in SIGNAL_KEYS])
             if isinstance(keys, str) or not isinstance(keys, Sequence):
                 raise ValueError(f"model.heads.{kind}.keys: needs a list of modality names, e.g. [lfp], got {keys!r}")
+            if not keys:  # built a head with nothing to score, silently
+                raise ValueError(f"model.heads.{kind}.keys: needs at least one modality, e.g. [lfp], got []; turn the "
+                                 f"head off with model.heads.{kind}: null")
             if "loss" in opts:
                 raise ValueError(f"model.heads.{kind}.loss: the loss is set per modality (poisson for spikes, mse "
                                  f"otherwise), got {opts['loss']!r}; remove the option")
@@ -191,6 +200,11 @@ class NeuroFMx(nn.Module):
                     else None
                 n_ids = getattr(embed, "n_channel_ids", None)
                 n_ids = _vocab(key, self.tokenizer_options.get(key, {})) if n_ids is None else n_ids
+                if n_ids == 0:  # the head's own check named its n_channel_ids, an option no config holds
+                    option = getattr(embed, "vocab_option", "n_channels")
+                    raise ValueError(f"model.tokenizers.{key}.{option}: 0 (no channel ids) leaves model.heads.{kind} "
+                                     f"no channel vocabulary to read {key!r} out by; set it to the number of "
+                                     "channels/units (ids lie in [0, n)), or drop the key from the head's keys")
                 table[key] = _build_part(f"model.heads.{kind}", cls, d_model=d, patch_size=p, loss=loss,
                                          n_channel_ids=n_ids, **opts)
         self.behavior = None
@@ -205,6 +219,9 @@ class NeuroFMx(nn.Module):
         opts = _head_options(heads, "contrastive")
         if opts is not None:
             self.contrastive_view = opts.pop("view", "behavior")
+            if not isinstance(self.contrastive_view, str):  # never a batch key: the head silently never scored
+                raise ValueError("model.heads.contrastive.view: needs the batch key of the second view, e.g. "
+                                 f"behavior, got {self.contrastive_view!r}")
             if "dim_b" not in opts:
                 raise ValueError("model.heads.contrastive.dim_b: required, the feature width of the view "
                                  f"{self.contrastive_view!r} (behavior: model.heads.behavior.n_features)")
@@ -215,6 +232,9 @@ class NeuroFMx(nn.Module):
         opts = _head_options(heads, "adversarial")
         if opts is not None:
             self.adversarial_target = opts.pop("target", "subject")
+            if not isinstance(self.adversarial_target, str):  # never a batch key: the head silently never scored
+                raise ValueError("model.heads.adversarial.target: needs the batch key of the domain labels, e.g. "
+                                 f"subject, got {self.adversarial_target!r}")
             if "n_domains" not in opts:
                 raise ValueError("model.heads.adversarial.n_domains: required, the number of subjects or species "
                                  f"(labels of batch[{self.adversarial_target!r}] lie in [0, n_domains))")
@@ -239,6 +259,10 @@ class NeuroFMx(nn.Module):
             raise ValueError(f"model: missing field(s) {missing}; see platform/fmx/conf/model/tiny.yaml")
         _refuse_fractions(m, "model")
         _refuse_fractions(bb, "fractals.backbone")
+        for name, block in (("fractional_kernels", fk), ("scale_encodings", se)):
+            # any truthy value switched the part on: enable: 'false' (a quoted override) built it
+            if block.get("enable") is not None and not isinstance(block.get("enable"), bool):
+                raise ValueError(f"fractals.backbone.{name}.enable: needs true or false, got {block['enable']!r}")
         fk_missing = [k for k in ("n_taps", "min_alpha", "max_alpha") if k not in fk]
         if fk.get("enable") and fk_missing:
             raise ValueError(f"fractals.backbone.fractional_kernels: missing {fk_missing} (enable is true); "

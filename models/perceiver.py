@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_real, _is_whole
 from models.tokenizers.base import sinusoidal_encoding
 
 __all__ = [
@@ -94,7 +95,10 @@ def get_attention(attention: AttentionOption, *, n_heads: int = 1) -> AttentionF
     if build_pattern is None or (name not in PATTERNS and name != "fractal_blend"):
         known = sorted(ATTENTION_FUNCTIONS) + sorted(PATTERNS) + (["fractal_blend"] if PATTERNS else [])
         raise ValueError(f"attention: unknown {attention!r}; choose from {known} or pass a callable")
-    return build_pattern(name, n_heads=n_heads, **opts)
+    try:
+        return build_pattern(name, n_heads=n_heads, **opts)
+    except (TypeError, ValueError) as exc:  # "window: ..." alone pointed at model.perceiver.window, which is no option
+        raise ValueError(f"attention ({name}): {exc}") from exc
 
 
 class MultiheadAttention(nn.Module):
@@ -108,6 +112,9 @@ class MultiheadAttention(nn.Module):
     def __init__(self, *, d_model: int, n_heads: int, attention: AttentionOption = "sdpa",
                  dropout: float = 0.0, cross: bool = False) -> None:
         super().__init__()
+        if not _is_whole(n_heads, 1):  # 0 divided by zero; -1 failed in the first forward with a negative shape
+            raise ValueError(f"n_heads: must be an integer >= 1 dividing d_model={d_model}, got {n_heads!r}")
+        n_heads = int(n_heads)
         if d_model % n_heads:
             raise ValueError(f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads}")
         self.n_heads, self.dropout = n_heads, dropout
@@ -142,6 +149,12 @@ class _Block(nn.Module):
 
     def __init__(self, *, d_model: int, n_heads: int, attention, dropout: float, mlp_ratio: int, cross: bool) -> None:
         super().__init__()
+        # NaN passed nn.Dropout and failed in the first attention call; "abc" as "'<' not supported"
+        if not (_is_real(dropout, 0.0) and float(dropout) < 1):
+            raise ValueError(f"dropout: must be a number in [0, 1), got {dropout!r}")
+        if not _is_whole(mlp_ratio, 1):  # PopT's 0 built an MLP of nothing, 2.5 failed inside torch
+            raise ValueError(f"mlp_ratio: must be an integer >= 1, got {mlp_ratio!r}")
+        dropout, mlp_ratio = float(dropout), int(mlp_ratio)
         self.norm_q = nn.LayerNorm(d_model)
         self.norm_kv = nn.LayerNorm(d_model) if cross else None
         self.attn = MultiheadAttention(d_model=d_model, n_heads=n_heads, attention=attention, dropout=dropout,

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_whole
 from models.perceiver import AttentionOption, _Block
 from models.tokenizers.base import Tokens
 
@@ -71,8 +72,12 @@ class PopT(nn.Module):
     def __init__(self, *, d_model: int, n_summary_tokens: int = 4, n_heads: int = 4, n_layers: int = 1,
                  attention: AttentionOption = "sdpa", dropout: float = 0.0, mlp_ratio: int = 2) -> None:
         super().__init__()
-        if int(n_summary_tokens) < 1:
+        if not _is_whole(n_summary_tokens, 1):
             raise ValueError(f"n_summary_tokens: must be >= 1, got {n_summary_tokens!r}")
+        if not _is_whole(n_layers, 0):  # range(-1) silently built no set-attention block
+            raise ValueError(f"n_layers: must be an integer >= 0 (set-attention blocks before pooling), "
+                             f"got {n_layers!r}")
+        n_layers = int(n_layers)
         opts = dict(d_model=d_model, n_heads=n_heads, attention=attention, dropout=dropout, mlp_ratio=mlp_ratio)
         self.d_model = int(d_model)
         self.set_blocks = nn.ModuleList([_Block(cross=False, **opts) for _ in range(n_layers)])

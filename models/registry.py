@@ -31,7 +31,7 @@ DATA_FAMILY: dict[str, str] = {"synthetic": "neurofmx", "files": "neurofmx", "tw
 
 
 def _resolve(table: Mapping[str, str], key: str, field: str, attr: str) -> Callable[..., Any]:
-    if key not in table:
+    if not isinstance(key, str) or key not in table:  # a list failed as "unhashable type"
         raise ValueError(f"{field}: unknown value {key!r}; allowed: {sorted(table)}")
     module = importlib.import_module(table[key])
     return getattr(module, attr)
@@ -39,13 +39,13 @@ def _resolve(table: Mapping[str, str], key: str, field: str, attr: str) -> Calla
 
 def build_lightning_module(cfg: Mapping[str, Any]):
     """Build the LightningModule named by ``cfg['model']['family']`` (default ``neurofmx``)."""
-    family = cfg.get("model", {}).get("family", "neurofmx")
+    family = (cfg.get("model", {}) or {}).get("family", "neurofmx")
     return _resolve(MODEL_MODULES, family, "model.family", "build_lightning_module")(cfg)
 
 
 def build_datamodule(cfg: Mapping[str, Any]):
     """Build the LightningDataModule named by ``cfg['data']['name']`` (default ``synthetic``)."""
-    name = cfg.get("data", {}).get("name", "synthetic")
+    name = (cfg.get("data", {}) or {}).get("name", "synthetic")
     return _resolve(DATA_MODULES, name, "data.name", "build_datamodule")(cfg)
 
 

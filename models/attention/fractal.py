@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_real, _is_whole
 from models.attention.patterns import (
     _query_positions,
     cantor_offsets,
@@ -199,7 +200,9 @@ class HilbertAttention(_SparsePattern):
 
     def __init__(self, *, n_heads: int = 1, window: int = 7, causal: bool = False) -> None:
         super().__init__()
-        self.window, self.causal = window, causal
+        if not _is_whole(window, 1) or int(window) % 2 == 0:  # was refused only in the first forward
+            raise ValueError(f"window: must be an odd integer >= 1, got {window!r}")
+        self.window, self.causal = int(window), causal
         self._cache: dict = {}
 
     def _index(self, lq, lk, device):
@@ -231,7 +234,9 @@ class CantorAttention(_SparsePattern):
 
     def __init__(self, *, n_heads: int = 1, depth: int = 3, causal: bool = False) -> None:
         super().__init__()
-        self.depth, self.causal, self.n_heads = depth, causal, n_heads
+        if not _is_whole(depth, 0):  # was refused only in the first forward ("abc", 2.5 as TypeErrors)
+            raise ValueError(f"depth: must be an integer >= 0, got {depth!r}")
+        self.depth, self.causal, self.n_heads = int(depth), causal, n_heads
         self.scale_bias = nn.Parameter(torch.zeros(n_heads, self.MAX_SCALES))
         self._cache: dict = {}
 
@@ -301,8 +306,9 @@ class DragonAttention(_BiasedDense):
 
     def __init__(self, *, n_heads: int = 1, n_scales: int = 8, causal: bool = False) -> None:
         super().__init__()
-        if n_scales < 1:
-            raise ValueError(f"n_scales: must be >= 1 (dyadic scales of the paperfolding bias), got {n_scales}")
+        if not _is_whole(n_scales, 1):
+            raise ValueError(f"n_scales: must be >= 1 (dyadic scales of the paperfolding bias), got {n_scales!r}")
+        n_scales = int(n_scales)
         self.causal, self.n_heads = causal, n_heads
         self.scales = n_scales
         self.weight = nn.Parameter(torch.full((n_heads, n_scales), 0.5 / math.sqrt(n_scales)))
@@ -325,11 +331,15 @@ class JuliaAttention(_BiasedDense):
                  span: float = 1.5, causal: bool = False) -> None:
         super().__init__()
         # 0 iterations divides the escape time by zero and inf span puts every offset at inf: NaN biases.
-        if iterations < 1:
-            raise ValueError(f"iterations: must be >= 1 (escape-time steps), got {iterations}")
-        if not 0 < span < math.inf:
+        if not _is_whole(iterations, 1):
+            raise ValueError(f"iterations: must be >= 1 (escape-time steps), got {iterations!r}")
+        iterations = int(iterations)
+        if isinstance(c, (str, bytes)) or not isinstance(c, Sequence) or len(c) != 2 or \
+                not all(_is_real(v, -math.inf) for v in c):  # [1.0] was an IndexError, "abc" read as 'a', 'b'
+            raise ValueError(f"c: needs the Julia constant as two finite numbers [real, imag], got {c!r}")
+        if not _is_real(span, 0.0, open_low=True):
             raise ValueError(f"span: must be a finite number > 0 (half-width of the offset segment), got {span}")
-        self.causal, self.iterations, self.span, self.n_heads = causal, iterations, span, n_heads
+        self.causal, self.iterations, self.span, self.n_heads = causal, iterations, float(span), n_heads
         self.c_real = nn.Parameter(torch.tensor(float(c[0])))
         self.c_imag = nn.Parameter(torch.tensor(float(c[1])))
         self.gain = nn.Parameter(torch.ones(n_heads))
@@ -354,6 +364,8 @@ class FractalBlendAttention(nn.Module):
     def __init__(self, *, n_heads: int = 1, patterns: Sequence[str] = ("hilbert", "cantor", "dragon", "julia"),
                  causal: bool = False) -> None:
         super().__init__()
+        if isinstance(patterns, (str, bytes)):  # "hilbert" was read as the patterns h, i, l, ...
+            raise ValueError(f"patterns: needs a list of pattern names, e.g. [{patterns}], got {patterns!r}")
         unknown = [p for p in patterns if p not in PATTERNS]
         if unknown or not patterns:
             raise ValueError(f"patterns: unknown {unknown or patterns}; choose from {sorted(PATTERNS)}")
@@ -404,6 +416,8 @@ class FractalMultiheadAttention(nn.Module):
 
     def __init__(self, *, d_model: int, n_heads: int, pattern: str = "sdpa", causal: bool = False, **kwargs) -> None:
         super().__init__()
+        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:  # 0 divided by zero
+            raise ValueError(f"n_heads: must be an integer >= 1 dividing d_model={d_model}, got {n_heads!r}")
         if d_model % n_heads:
             raise ValueError(f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads}")
         if pattern == "sdpa" and kwargs:  # were silently ignored: torch SDPA has no pattern options

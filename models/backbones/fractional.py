@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 
+from models._config_options import _is_real, _is_whole
 from models.layers.causal_conv import causal_direct_conv, causal_fft_conv
 
 __all__ = ["FractionalKernel", "causal_fft_conv", "causal_direct_conv"]
@@ -44,12 +45,13 @@ class FractionalKernel(nn.Module):
     def __init__(self, *, n_taps: int, min_alpha: float, max_alpha: float, channels: int,
                  init_gate: float = 0.1, fft_threshold: int = 64):
         super().__init__()
-        if n_taps < 1:
-            raise ValueError(f"n_taps: must be >= 1, got {n_taps}")
-        if channels < 1:
-            raise ValueError(f"channels: must be >= 1, got {channels}")
+        if not _is_whole(n_taps, 1):  # 2.5 was read as 2, "abc" failed in int() without a name
+            raise ValueError(f"n_taps: must be >= 1, got {n_taps!r}")
+        if not _is_whole(channels, 1):
+            raise ValueError(f"channels: must be >= 1, got {channels!r}")
         # min_alpha == max_alpha is a fixed exponent (a sweep's bounds can meet, e.g. both at 0.5).
-        if not (0.0 <= min_alpha <= max_alpha < math.inf):  # an infinite alpha makes every tap NaN
+        # An infinite alpha makes every tap NaN.
+        if not (_is_real(min_alpha, 0.0) and _is_real(max_alpha, 0.0) and float(min_alpha) <= float(max_alpha)):
             raise ValueError(
                 f"min_alpha/max_alpha: need 0 <= min_alpha <= max_alpha < inf, got {min_alpha}, {max_alpha}"
             )

@@ -14,12 +14,13 @@ import logging
 import math
 import numbers
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models._config_options import _is_real, _is_whole
 from models.backbones.fractional import FractionalKernel
 from models.backbones.ssd import ssd_chunked
 from models.layers.norms import RMSNorm, RMSNormGated
@@ -155,6 +156,20 @@ class Mamba2(nn.Module):
             raise ValueError(f"ngroups: must divide nheads={self.nheads}, got {ngroups}")
         if kernels not in ("auto", "portable", "fused"):
             raise ValueError(f"kernels: must be 'auto', 'portable' or 'fused', got {kernels!r}")
+        # As mamba_ssm asserts: a range reaching 0 or below gives log(A) = -inf/NaN and a NaN dt init (math domain
+        # error for 0); NaN or inf trained with NaN gradients behind a finite loss.
+        a_ok = isinstance(A_init_range, Sequence) and not isinstance(A_init_range, str) and len(A_init_range) == 2 \
+            and all(_is_real(v, 0.0, open_low=True) for v in A_init_range) \
+            and float(A_init_range[0]) <= float(A_init_range[1])
+        if not a_ok:
+            raise ValueError(f"A_init_range: needs [low, high] with 0 < low <= high < inf, got {A_init_range!r}")
+        if not (_is_real(dt_min, 0.0, open_low=True) and _is_real(dt_max, 0.0, open_low=True)
+                and float(dt_min) <= float(dt_max)):
+            raise ValueError(f"dt_min/dt_max: need 0 < dt_min <= dt_max < inf, got {dt_min!r}, {dt_max!r}")
+        if not _is_real(dt_init_floor, 0.0):
+            raise ValueError(f"dt_init_floor: must be a finite number >= 0, got {dt_init_floor!r}")
+        A_init_range = (float(A_init_range[0]), float(A_init_range[1]))
+        dt_min, dt_max, dt_init_floor = float(dt_min), float(dt_max), float(dt_init_floor)
         self.ngroups, self.chunk_size, self.kernels = ngroups, chunk_size, kernels
 
         d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads  # order: z, x, B, C, dt
@@ -174,10 +189,9 @@ class Mamba2(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
         self.fractional = None
         if fractional is not None:
-            self.fractional = FractionalKernel(n_taps=int(fractional["n_taps"]),
-                                               min_alpha=float(fractional["min_alpha"]),
-                                               max_alpha=float(fractional["max_alpha"]),
-                                               channels=self.conv_dim)
+            # Passed as given: the kernel checks them (int() read n_taps 2.5 as 2).
+            self.fractional = FractionalKernel(n_taps=fractional["n_taps"], min_alpha=fractional["min_alpha"],
+                                               max_alpha=fractional["max_alpha"], channels=self.conv_dim)
 
     def _use_fused(self, x: torch.Tensor) -> bool:
         if self.kernels == "portable":
@@ -186,7 +200,8 @@ class Mamba2(nn.Module):
         ok = x.is_cuda and "scan" in _load_fused()
         if self.kernels == "fused" and not ok:
             why = "input not on CUDA" if not x.is_cuda else _FUSED_ERROR
-            raise RuntimeError(f"kernels='fused' but the mamba_ssm kernels cannot run: {why}")
+            raise RuntimeError(f"kernels='fused' but the mamba_ssm kernels cannot run: {why}; use kernels='auto' "
+                               "(fused on CUDA when they load, the portable SSD otherwise) or 'portable'")
         if ok:
             _log_path_once("fused", f"mamba_chunk_scan_combined on CUDA from {_FUSED['source']}")
         else:
@@ -268,9 +283,16 @@ class Mamba2Stack(nn.Module):
     def __init__(self, *, d_model: int, n_layers: int, fractional: Mapping[str, Any] | None = None,
                  fractional_layers: list[int] | None = None, **mixer_kwargs: Any):
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_layers: must be >= 1, got {n_layers}")
-        chosen = set(range(n_layers) if fractional_layers is None else fractional_layers)
+        if not _is_whole(n_layers, 1):
+            raise ValueError(f"n_layers: must be >= 1, got {n_layers!r}")
+        n_layers = int(n_layers)
+        if fractional_layers is not None and (
+                isinstance(fractional_layers, str) or not isinstance(fractional_layers, Sequence)
+                or not all(_is_whole(i, 0) and int(i) < n_layers for i in fractional_layers)):
+            # [5] of 2 layers, [-1] or "0" matched no layer: the fractional kernels were silently off
+            raise ValueError(f"fractional_layers: needs a list of layer indices in [0, {n_layers}) or null (every "
+                             f"layer), got {fractional_layers!r}")
+        chosen = set(range(n_layers) if fractional_layers is None else (int(i) for i in fractional_layers))
         self.layers = nn.ModuleList(
             _Block(d_model=d_model, mixer_kwargs={**mixer_kwargs,
                                                   "fractional": fractional if i in chosen else None})

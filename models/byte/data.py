@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from models._config_options import _int_option, _is_real, _is_whole
 from models.byte.tokenizer import EOS
 
 
@@ -16,8 +17,9 @@ def read_corpus(path: str | Path, *, max_bytes: int | None = None) -> torch.Tens
     """All files under ``path`` (sorted, recursively; or one file), joined by EOS, as a long tensor."""
     # A negative cap sliced bytes off the end (ids[:-5]) and stopped after the first file; 1 left
     # a single byte that failed later without naming the option.
-    if max_bytes is not None and (isinstance(max_bytes, bool) or int(max_bytes) != max_bytes or max_bytes < 2):
+    if max_bytes is not None and not _is_whole(max_bytes, 2):  # "abc" failed in int() naming no option
         raise ValueError(f"data.max_bytes: must be an integer >= 2 (bytes of corpus to read) or null for all, got {max_bytes!r}")
+    max_bytes = None if max_bytes is None else int(max_bytes)
     p = Path(path)
     if not p.exists():
         raise ValueError(f"data.path: {str(p)!r} does not exist; point it at a file or a folder of files")
@@ -71,8 +73,9 @@ class ByteDataModule(pl.LightningDataModule):
     def __init__(self, *, path: str, seq_len: int = 128, batch_size: int = 16, windows_per_epoch: int = 256,
                  val_fraction: float = 0.1, seed: int = 0, max_bytes: int | None = None) -> None:
         super().__init__()
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"data.val_fraction: must lie in (0, 1), got {val_fraction}")
+        if not (_is_real(val_fraction, 0.0, open_low=True) and float(val_fraction) < 1):
+            raise ValueError(f"data.val_fraction: must lie in (0, 1), got {val_fraction!r}")
+        val_fraction = float(val_fraction)
         if seq_len < 1:  # 0 gave empty windows and a NaN loss
             raise ValueError(f"data.seq_len: must be >= 1 (bytes of context per window), got {seq_len}")
         if windows_per_epoch < 1:
@@ -99,9 +102,14 @@ def build_datamodule(cfg: Mapping[str, Any]) -> ByteDataModule:
     d = dict(cfg.get("data", {}))
     if not d.get("path"):
         raise ValueError("data.path: required for data=bytes; give a file or a folder of files (data.path=/some/folder)")
+    # int() read seq_len 2.5 as 2 (and max_bytes 2.5 past its own check) and failed on "abc" naming no option;
+    # batch_size 0 failed in the DataLoader.
+    from_data = d.get("batch_size") is not None  # 0 fell through to trainer.batch_size without a word
+    batch_size = d["batch_size"] if from_data else (cfg.get("trainer", {}) or {}).get("batch_size", 16)
     return ByteDataModule(
-        path=d["path"], seq_len=int(d.get("seq_len", 128)),
-        batch_size=int(d.get("batch_size") or cfg.get("trainer", {}).get("batch_size", 16)),
-        windows_per_epoch=int(d.get("windows_per_epoch", 256)), val_fraction=float(d.get("val_fraction", 0.1)),
-        seed=int(cfg.get("seed", 0)), max_bytes=None if d.get("max_bytes") is None else int(d["max_bytes"]),
+        path=d["path"], seq_len=_int_option(d.get("seq_len", 128), "data.seq_len", 1),
+        batch_size=_int_option(batch_size, "data.batch_size" if from_data else "trainer.batch_size", 1),
+        windows_per_epoch=_int_option(d.get("windows_per_epoch", 256), "data.windows_per_epoch", 1),
+        val_fraction=d.get("val_fraction", 0.1), seed=int(cfg.get("seed", 0)),
+        max_bytes=d.get("max_bytes"),  # checked by read_corpus
     )

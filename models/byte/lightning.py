@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from models.byte.model import FractalByteLM
+from models.byte.tokenizer import PAD, VOCAB_SIZE
 
 
 class FractalByteModule(pl.LightningModule):
@@ -22,9 +23,28 @@ class FractalByteModule(pl.LightningModule):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
 
+    @staticmethod
+    def _targets(logits: torch.Tensor, y) -> torch.Tensor:
+        """``y`` checked against the logits: byte ids in ``[0, 259)``, one per input position."""
+        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or \
+                tuple(y.shape) != tuple(logits.shape[:2]):
+            got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"batch targets: need integer next-byte ids of shape {tuple(logits.shape[:2])} (one per "
+                             f"input byte), got {got}")
+        y = y.long()
+        if y.numel():
+            lo, hi = torch.stack(torch.aminmax(y)).tolist()
+            # -100 (cross_entropy's ignore_index) made an all-ignored batch's loss NaN and left it out of val/bpb
+            # while counting it as a real byte; > 258 failed as "Target ... is out of bounds"
+            if lo < 0 or hi >= VOCAB_SIZE:
+                raise ValueError(f"batch targets: byte ids must lie in [0, {VOCAB_SIZE}), got range [{lo}, {hi}]; pad "
+                                 f"with PAD={PAD} instead")
+        return y
+
     def _loss(self, batch) -> torch.Tensor:
         x, y = batch
         logits = self(x)
+        y = self._targets(logits, y)
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
     def training_step(self, batch, batch_idx):
@@ -35,6 +55,7 @@ class FractalByteModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
+        y = self._targets(logits, y)
         nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="none")
         # Bits per byte count real bytes only: EOS separators and padding are not bytes of the data.
         real = y.reshape(-1) < 256
@@ -48,13 +69,19 @@ class FractalByteModule(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
 _MODEL_KEYS = ("d_model", "n_layers", "n_fractals", "depth_range", "dim_range", "seed", "drop_path", "mamba")
 
 
 def build_lightning_module(cfg: Mapping[str, Any]) -> FractalByteModule:
     """Entry point for :mod:`models.registry` (``model.family: fractal_byte``)."""
     m = dict(cfg.get("model", {}))
-    kwargs = {k: (tuple(m[k]) if k.endswith("_range") else m[k]) for k in _MODEL_KEYS if m.get(k) is not None}
+    # A range that is no list is passed as given, for the model to refuse by name (tuple(3) was a TypeError).
+    kwargs = {k: (list(m[k]) if k.endswith("_range") and _is_list(m[k]) else m[k])
+              for k in _MODEL_KEYS if m.get(k) is not None}
     if "mamba" in kwargs:
         kwargs["mamba"] = dict(kwargs["mamba"])
     kwargs.setdefault("seed", int(cfg.get("seed", 0)))
@@ -68,7 +95,10 @@ def build_lightning_module(cfg: Mapping[str, Any]) -> FractalByteModule:
             good = False
         if not good:
             raise ValueError(f"{name}: needs a finite number {'> 0' if name == 'model.lr' else '>= 0'}, got {value!r}")
-    return FractalByteModule(model=kwargs, lr=float(lr), weight_decay=float(decay))
+    try:
+        return FractalByteModule(model=kwargs, lr=float(lr), weight_decay=float(decay))
+    except ValueError as exc:  # the model names the option ("d_model: ..."); say where it lives in the config
+        raise ValueError(f"model.{exc}") from exc
 
 
 def load_for_inference(checkpoint: str, map_location: str = "cpu") -> FractalByteLM:

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_real, _is_whole
 from models.backbones.mamba2 import Mamba2
 from models.byte.tokenizer import EOS, VOCAB_SIZE
 from models.layers.norms import RMSNorm
@@ -36,10 +37,12 @@ class FractalModule(nn.Module):
 
     def __init__(self, *, d_model: int, depth: int, hidden: int, drop_path: float = 0.15) -> None:
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth: must be >= 1, got {depth}")
-        if not 0 <= drop_path <= 1:  # NaN or < 0 silently never dropped a branch; > 1 always dropped both
-            raise ValueError(f"drop_path: must lie in [0, 1] (branch drop probability per join), got {drop_path}")
+        if not _is_whole(depth, 1):
+            raise ValueError(f"depth: must be >= 1, got {depth!r}")
+        if not (_is_real(drop_path, 0.0) and float(drop_path) <= 1):
+            # NaN or < 0 silently never dropped a branch; > 1 always dropped both
+            raise ValueError(f"drop_path: must lie in [0, 1] (branch drop probability per join), got {drop_path!r}")
+        depth, drop_path = int(depth), float(drop_path)
         self.depth, self.drop_path = depth, drop_path
         self.base = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
         self.inner = FractalModule(d_model=d_model, depth=depth - 1, hidden=hidden, drop_path=drop_path) if depth > 1 else None
@@ -97,11 +100,21 @@ class FractalByteLM(nn.Module):
                  depth_range: tuple[int, int] = (1, 3), dim_range: tuple[int, int] = (64, 256), seed: int = 0,
                  drop_path: float = 0.15, mamba: dict | None = None) -> None:
         super().__init__()
-        if n_fractals < 1:  # each layer averages its fractal modules: none is an empty mean
-            raise ValueError(f"n_fractals: must be >= 1 (fractal modules per layer), got {n_fractals}")
-        for name, (lo, hi) in (("depth_range", depth_range), ("dim_range", dim_range)):
-            if not 1 <= lo <= hi:
-                raise ValueError(f"{name}: needs 1 <= min <= max, got {(lo, hi)}")
+        # TypeErrors from torch ("empty(): argument 'size'...") or int() named none of these; n_layers 0 built a
+        # model without a layer (each byte's logits from that byte alone).
+        for name, value in (("d_model", d_model), ("n_layers", n_layers)):
+            if not _is_whole(value, 1):
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+        if not _is_whole(n_fractals, 1):  # each layer averages its fractal modules: none is an empty mean
+            raise ValueError(f"n_fractals: must be >= 1 (fractal modules per layer), got {n_fractals!r}")
+        d_model, n_layers, n_fractals = int(d_model), int(n_layers), int(n_fractals)
+        for name, pair in (("depth_range", depth_range), ("dim_range", dim_range)):
+            ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_whole(v, 1) for v in pair)
+            if not ok or int(pair[0]) > int(pair[1]):
+                raise ValueError(f"{name}: needs [min, max] integers with 1 <= min <= max, got {pair!r}")
+        depth_range, dim_range = tuple(int(v) for v in depth_range), tuple(int(v) for v in dim_range)
+        if not (_is_real(drop_path, 0.0) and float(drop_path) <= 1):
+            raise ValueError(f"drop_path: must lie in [0, 1] (branch drop probability per join), got {drop_path!r}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             # random.Random(None) seeds from the clock: the checkpoint then rebuilt another architecture.
             raise ValueError(f"seed: must be an integer (it fixes the drawn architecture), got {seed!r}")
@@ -111,7 +124,11 @@ class FractalByteLM(nn.Module):
         ]
         mamba = {"d_state": 32, "headdim": 32, "expand": 2, **(mamba or {})}
         self.embed = nn.Embedding(VOCAB_SIZE, d_model)
-        self.layers = nn.ModuleList(_Layer(d_model=d_model, fractals=fr, drop_path=drop_path, mamba=mamba) for fr in self.architecture)
+        try:
+            self.layers = nn.ModuleList(_Layer(d_model=d_model, fractals=fr, drop_path=drop_path, mamba=mamba)
+                                        for fr in self.architecture)
+        except (TypeError, ValueError) as exc:  # the other options are checked above: a bad mamba option
+            raise ValueError(f"mamba.{exc}" if isinstance(exc, ValueError) else f"mamba: {exc}") from exc
         self.norm = RMSNorm(d_model)
         self.head = nn.Linear(d_model, VOCAB_SIZE, bias=False)
         self.head.weight = self.embed.weight  # tied: fewer parameters, better small-data fits
@@ -122,6 +139,11 @@ class FractalByteLM(nn.Module):
         if ids.ndim != 2 or ids.shape[1] < 1 or ids.is_floating_point() or ids.is_complex():
             raise ValueError(f"ids: needs an integer (batch, length >= 1) tensor of byte ids, got shape "
                              f"{tuple(ids.shape)} dtype {ids.dtype}; add a batch axis with ids[None]")
+        ids = ids.long()  # raw bytes come as uint8, which the embedding refused
+        lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one host sync
+        if lo < 0 or hi >= VOCAB_SIZE:  # was an IndexError "index out of range in self" inside the embedding
+            raise ValueError(f"ids: byte ids must lie in [0, {VOCAB_SIZE}) (bytes 0-255 and the specials), got range "
+                             f"[{lo}, {hi}]; encode data with models.byte.tokenizer.encode")
         x = self.embed(ids)
         for layer in self.layers:
             x = layer(x)

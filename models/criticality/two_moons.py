@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -29,6 +29,7 @@ from fractals.criticality import (
     perturbation_sensitivity,
     singular_value_exponent,
 )
+from models._config_options import _is_real, _is_whole
 
 BOUNDS = (-1.5, 2.5, -1.0, 1.5)  # the two moons live inside this box
 
@@ -109,6 +110,13 @@ class TwoMoonsModule(pl.LightningModule):
                 raise ValueError(f"model.{name}: must be an integer >= 1, got {value!r}")
         if layerwise is not None and len(layerwise) != 2:  # a third entry was silently dropped
             raise ValueError(f"model.layerwise: needs [first, last] (2 targets) or null, got {list(layerwise)!r}")
+        for name, value in (("weight", weight), ("rate", rate)):
+            # strings failed as "'>=' not supported" inside the regularizer, which named neither option
+            if not _is_real(value, 0.0):
+                raise ValueError(f"model.{name}: must be a finite number >= 0, got {value!r}")
+        weight, rate = float(weight), float(rate)
+        if not isinstance(criticality_lr, bool):  # any truthy value ('false', -1) switched the LR scaling on
+            raise ValueError(f"model.criticality_lr: needs true or false, got {criticality_lr!r}")
         for name, values in (("target", [target]), ("layerwise", list(layerwise or [])), ("lr", [lr])):
             # a negative target trains towards collapsed weights; lr 0 trains nothing
             if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf for v in values):
@@ -122,7 +130,28 @@ class TwoMoonsModule(pl.LightningModule):
         self._last_indicators: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (n, 3) and float64 points failed inside the first matmul; NaN points gave a NaN loss
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != 2 or x.is_complex():
+            raise ValueError(f"x: needs real points of shape (n, 2), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        x = x.to(self.net.out.weight.dtype)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x: has NaN or inf coordinates; drop those points")
         return self.net(x)
+
+    @staticmethod
+    def _labels(logits: torch.Tensor, y) -> torch.Tensor:
+        """``y`` checked: one class label in {0, 1} per point (out of range was an IndexError in the loss)."""
+        ok = isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex() \
+            and tuple(y.shape) == (logits.shape[0],)
+        if ok and y.numel():
+            lo, hi = torch.stack(torch.aminmax(y.long())).tolist()
+            ok = 0 <= lo and hi <= 1
+        if not ok:
+            got = (f"shape {tuple(y.shape)} {y.dtype} with values {y.unique()[:4].tolist()}"
+                   if isinstance(y, torch.Tensor) else repr(y))
+            raise ValueError(f"y: needs integer class labels in {{0, 1}} of shape ({logits.shape[0]},), got {got}")
+        return y.long()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # ASISR's moved targets are plain floats outside the state_dict: without them a reloaded model, or a
@@ -136,7 +165,8 @@ class TwoMoonsModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        task = nn.functional.cross_entropy(self(x), y)
+        logits = self(x)
+        task = nn.functional.cross_entropy(logits, self._labels(logits, y))
         reg, sigmas = self.reg(self.net)
         if self.lr_sched is not None and sigmas:
             targets = self.reg.layer_targets(list(sigmas))
@@ -177,6 +207,7 @@ class TwoMoonsModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
+        y = self._labels(logits, y)
         loss = nn.functional.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()
         self.log_dict({"val/loss": loss, "val/acc": acc}, prog_bar=True, sync_dist=True)
@@ -269,7 +300,10 @@ def build_lightning_module(cfg: Mapping[str, Any]) -> TwoMoonsModule:
     _refuse_unknown("model", m, (*_MODEL_KEYS, "family", "lr"))
     kwargs = {k: m[k] for k in _MODEL_KEYS if k in m and m[k] is not None}
     if "layerwise" in kwargs:
-        kwargs["layerwise"] = tuple(kwargs["layerwise"])
+        value = kwargs["layerwise"]
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):  # tuple(0.5) was a TypeError
+            raise ValueError(f"model.layerwise: needs [first, last] (2 targets) or null, got {value!r}")
+        kwargs["layerwise"] = tuple(value)
     lr = cfg.get("optim", {}).get("lr")
     if m.get("lr") is not None:
         lr = m["lr"]
@@ -286,10 +320,16 @@ def build_datamodule(cfg: Mapping[str, Any]) -> TwoMoonsData:
     d = dict(cfg.get("data", {}))
     _refuse_unknown("data", d, ("name", "n_train", "n_val", "noise", "batch_size"))
     batch = cfg.get("trainer", {}).get("batch_size", d.get("batch_size", 128))
+
+    def whole(value):  # int() read 2.5 as 2 and failed on "abc" naming no option: TwoMoonsData names it
+        return int(value) if _is_whole(value, -(2 ** 63)) else value
+
+    noise = d.get("noise", 0.15)
     return TwoMoonsData(
-        n_train=int(d.get("n_train", 1024)),
-        n_val=int(d.get("n_val", 512)),
-        noise=float(d.get("noise", 0.15)),
-        batch_size=int(d.get("batch_size") or batch),  # null = trainer.batch_size, as in conf/data/*.yaml
+        n_train=whole(d.get("n_train", 1024)),
+        n_val=whole(d.get("n_val", 512)),
+        noise=float(noise) if _is_real(noise, -math.inf) else noise,
+        # null = trainer.batch_size, as in conf/data/*.yaml (0 fell through to it without a word)
+        batch_size=whole(d["batch_size"] if d.get("batch_size") is not None else batch),
         seed=int(cfg.get("seed", 0)),
     )

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_real, _is_whole
 from models.heads.base import HeadOutput
 from models.tokenizers.base import value_range
 
@@ -67,10 +68,13 @@ class DomainAdversarialHead(nn.Module):
 
     def __init__(self, *, d_model: int, n_domains: int, hidden: int = 64, scale: float = 1.0) -> None:
         super().__init__()
-        if int(n_domains) < 2:
+        if not _is_whole(n_domains, 2):
             raise ValueError(f"n_domains: needs >= 2 domains to be adversarial about, got {n_domains!r}")
-        if scale < 0:
-            raise ValueError(f"scale: gradient reversal strength must be >= 0, got {scale!r}")
+        if not _is_whole(hidden, 1):  # 0 built a classifier that ignores the latents
+            raise ValueError(f"hidden: must be an integer >= 1 (classifier width), got {hidden!r}")
+        if not _is_real(scale, 0.0):  # NaN or inf reversed NaN/inf gradients into the whole encoder
+            raise ValueError(f"scale: gradient reversal strength must be a finite number >= 0, got {scale!r}")
+        hidden = int(hidden)
         self.n_domains, self.scale = int(n_domains), float(scale)
         self.classifier = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, hidden), nn.GELU(),
                                         nn.Linear(hidden, self.n_domains))

@@ -13,6 +13,7 @@ from typing import Any, Mapping, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_whole
 from models.tokenizers.base import value_range
 
 __all__ = ["HeadOutput", "ChannelReadout", "channel_view", "masked_mean", "TIME_MAJOR_KEYS", "check_latents"]
@@ -65,8 +66,10 @@ class ChannelReadout(nn.Module):
 
     def __init__(self, *, d_model: int, patch_size: int, n_channel_ids: int, embed_dim: int = 32) -> None:
         super().__init__()
-        if int(n_channel_ids) < 1:
+        if not _is_whole(n_channel_ids, 1):
             raise ValueError(f"n_channel_ids: must be >= 1, got {n_channel_ids!r}")
+        if not _is_whole(embed_dim, 1):  # 0 built a readout that ignores the latents; -1 a torch shape error
+            raise ValueError(f"embed_dim: must be an integer >= 1 (channel readout width), got {embed_dim!r}")
         self.patch_size, self.embed_dim, self.n_channel_ids = int(patch_size), int(embed_dim), int(n_channel_ids)
         self.proj = nn.Linear(d_model, self.patch_size * self.embed_dim)
         self.channel_embedding = nn.Embedding(self.n_channel_ids, self.embed_dim)

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_whole
 from models.heads.base import HeadOutput, check_latents, fit_time, masked_mean
 
 __all__ = ["BehaviorHead", "r2_score"]
@@ -59,8 +60,11 @@ class BehaviorHead(nn.Module):
 
     def __init__(self, *, d_model: int, patch_size: int, n_features: int, hidden: int = 0) -> None:
         super().__init__()
-        if int(hidden) < 0:
+        if not _is_whole(n_features, 1):
+            raise ValueError(f"n_features: must be an integer >= 1, got {n_features!r}")
+        if not _is_whole(hidden, 0):
             raise ValueError(f"hidden: must be >= 0 (0 = linear decoder), got {hidden!r}")
+        hidden = int(hidden)
         self.d_model, self.patch_size, self.n_features = int(d_model), int(patch_size), int(n_features)
         out = self.patch_size * self.n_features
         self.net = (nn.Linear(d_model, out) if not hidden
@@ -74,6 +78,9 @@ class BehaviorHead(nn.Module):
             )
         b, s, _ = latents.shape
         _, t, f = target.shape
+        if mask is not None and tuple(mask.shape) != (b, f):  # failed as a broadcast RuntimeError
+            raise ValueError(f"mask: needs shape (B, F) = {(b, f)}, one flag per target feature, got "
+                             f"{tuple(mask.shape)}")
         pred = self.net(latents).view(b, s * self.patch_size, self.n_features)[..., :f]
         tgt, valid = fit_time(target.float().transpose(1, 2), s * self.patch_size)
         tgt = tgt.transpose(1, 2)

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_real, _is_whole
 from models.heads.base import HeadOutput, masked_mean
 
 __all__ = ["ContrastiveHead", "info_nce", "PAIRINGS"]
@@ -95,8 +96,11 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing: must be one of {PAIRINGS}, got {pairing!r}")
-        if not 0 < temperature:
-            raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+        if not _is_real(temperature, 0.0, open_low=True):  # inf made every logit 0: a constant loss
+            raise ValueError(f"temperature: must be a finite number > 0, got {temperature!r}")
+        if not _is_whole(proj_dim, 1):  # 0 projected both views to nothing: a constant loss
+            raise ValueError(f"proj_dim: must be an integer >= 1, got {proj_dim!r}")
+        temperature, proj_dim = float(temperature), int(proj_dim)
         self.pairing = pairing
         self.proj_a = nn.Sequential(nn.LayerNorm(dim_a), nn.Linear(dim_a, proj_dim))
         self.proj_b = nn.Sequential(nn.LayerNorm(dim_b), nn.Linear(dim_b, proj_dim))

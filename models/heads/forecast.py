@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_whole
 from models.heads.base import ChannelReadout, HeadOutput, check_latents, fit_time, masked_mean
 from models.heads.reconstruction import LOSSES
 from models.tokenizers.base import zscore_channels
@@ -66,9 +67,9 @@ class ForecastHead(nn.Module):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss: must be one of {LOSSES}, got {loss!r}")
-        if isinstance(horizon, bool) or int(horizon) != horizon or int(horizon) < 1:  # 1.5 was read as 1
+        if not _is_whole(horizon, 1):  # 1.5 was read as 1
             raise ValueError(f"horizon: must be an integer >= 1 step, got {horizon!r}")
-        if int(kernel_size) < 1:  # 0 failed in the first forward inside oneDNN's convolution
+        if not _is_whole(kernel_size, 1):  # 0 failed in the first forward inside oneDNN's convolution
             raise ValueError(f"kernel_size: must be >= 1 step, got {kernel_size!r}")
         self.d_model, self.patch_size, self.horizon, self.loss_kind = int(d_model), int(patch_size), int(horizon), loss
         self.conv = CausalConv1d(channels=d_model, kernel_size=kernel_size)

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_whole
 from models.tokenizers.base import Tokens, causal_zscore_channels, patchify, sinusoidal_encoding
 
 __all__ = ["AudioTokenizer", "rescale_time_index"]
@@ -60,6 +61,8 @@ class AudioTokenizer(nn.Module):
 
     def __init__(self, *, d_model: int, n_mels: int = 64, patch_size: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
+        if not _is_whole(n_mels, 1):  # 0 built a projection of nothing; -1 failed as a negative torch shape
+            raise ValueError(f"n_mels: must be an integer >= 1 (mel bands per frame), got {n_mels!r}")
         self.d_model, self.n_mels, self.patch_size = int(d_model), int(n_mels), int(patch_size)
         self.proj = nn.Linear(self.n_mels * self.patch_size, self.d_model)
         self.mlp = nn.Sequential(nn.LayerNorm(self.d_model), nn.Linear(self.d_model, 2 * self.d_model), nn.GELU(),

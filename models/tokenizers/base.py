@@ -22,6 +22,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_whole
+
 __all__ = [
     "Tokens",
     "ChannelPatchTokenizer",
@@ -205,8 +207,9 @@ class ChannelPatchTokenizer(nn.Module):
             raise ValueError(f"layout: must be one of {LAYOUTS}, got {layout!r}")
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize: must be one of {NORMALIZATIONS}, got {normalize!r}")
-        if int(n_channel_ids) < 0:
-            raise ValueError(f"n_channel_ids: must be >= 0, got {n_channel_ids!r}")
+        if not _is_whole(n_channel_ids, 0):  # named as the config option that sets it (n_channels, n_units...)
+            raise ValueError(f"{vocab_option}: must be an integer >= 0 (the channel-id vocabulary; 0 = no channel "
+                             f"ids), got {n_channel_ids!r}")
         self.d_model = int(d_model)
         self.patch_size = int(patch_size)
         self.n_channel_ids = int(n_channel_ids)
@@ -228,6 +231,10 @@ class ChannelPatchTokenizer(nn.Module):
         b, c = mask.shape
         if ids is None:
             ids = torch.arange(c, device=mask.device).expand(b, c)
+        elif ids.is_floating_point() and not bool((ids[mask] == ids[mask].round()).all()):
+            # .long() read unit 3.5 as unit 3
+            raise ValueError(f"{name}: channel/unit ids must be integers, got non-integer values "
+                             f"{ids[mask][ids[mask] != ids[mask].round()].tolist()[:5]}")
         ids = torch.where(mask, ids.long(), torch.zeros((), dtype=torch.long, device=mask.device))
         if ids.numel():
             lo, hi = value_range(ids)

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_whole
 from models.tokenizers.base import Tokens, patchify, sinusoidal_encoding
 
 __all__ = ["BehaviorTokenizer"]
@@ -39,7 +40,7 @@ class BehaviorTokenizer(nn.Module):
 
     def __init__(self, *, d_model: int, patch_size: int, n_features: int, dropout: float = 0.0) -> None:
         super().__init__()
-        if int(n_features) < 1:
+        if not _is_whole(n_features, 1):  # 2.5 was read as 2, "abc" failed in int() without a name
             raise ValueError(f"n_features: must be >= 1, got {n_features!r}")
         self.d_model, self.patch_size, self.n_features = int(d_model), int(patch_size), int(n_features)
         self.proj = nn.Sequential(

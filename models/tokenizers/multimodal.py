@@ -6,6 +6,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from models._config_options import _is_real
 from models.tokenizers.audio import AudioTokenizer
 from models.tokenizers.base import Tokens
 from models.tokenizers.behavior import BehaviorTokenizer
@@ -44,6 +45,11 @@ def build_tokenizer(key: str, *, d_model: int, patch_size: int, **opts: Any) -> 
     """Build the tokenizer for batch key ``key`` (options as in that tokenizer's constructor)."""
     kind = _kind_of(key, opts)
     opts = {k: v for k, v in opts.items() if k != "kind"}
+    if "dropout" in opts and not (_is_real(opts["dropout"], 0.0) and float(opts["dropout"]) <= 1):
+        # "abc" failed as "'<' not supported between instances of 'str' and 'int'"
+        raise ValueError(f"model.tokenizers.{key}.dropout: must be a number in [0, 1], got {opts['dropout']!r}")
+    if "dropout" in opts:
+        opts["dropout"] = float(opts["dropout"])
     if kind == "continuous":
         opts.setdefault("key", key)
     try:
@@ -112,6 +118,9 @@ class MultimodalTokenizer(nn.Module):
         for key in self.keys:
             if key in batch and key not in _OWN_CLOCK:
                 x = batch[key]
+                if not hasattr(x, "shape"):  # a list failed as "'list' object has no attribute 'shape'"
+                    raise ValueError(f"{key}: needs a torch.Tensor, got {type(x).__name__}; convert with "
+                                     "torch.as_tensor")
                 t = x.shape[-1] if isinstance(self.tokenizers[key], ContinuousTokenizer) else x.shape[1]
                 return -(-t // self.patch_size)
         return None
@@ -136,6 +145,13 @@ class MultimodalTokenizer(nn.Module):
                 continue  # own-clock modalities are rescaled; a bad shape is named by the modality's tokenizer
             t = x.shape[-1] if isinstance(self.tokenizers[k], ContinuousTokenizer) else x.shape[1]
             bins[k] = (t, -(-t // self.patch_size))
+        empty = {k: t for k, (t, _) in bins.items() if t == 0}
+        if empty:  # failed inside a reshape ("cannot reshape tensor of 0 elements")
+            raise ValueError(f"batch: {sorted(empty)} has no time samples (T=0); drop empty windows before the model")
+        complex_keys = [k for k in present if isinstance(batch[k], torch.Tensor) and batch[k].is_complex()]
+        if complex_keys:  # the cast to real silently dropped the imaginary part
+            raise ValueError(f"{complex_keys[0]}: complex dtype {batch[complex_keys[0]].dtype} is not supported; pass "
+                             "a real signal (e.g. its .real or .abs())")
         if n_time is not None and any(n != n_time for _, n in bins.values()):
             lengths = {k: t for k, (t, _) in bins.items()}
             raise ValueError(f"batch: modalities on the common time axis have different lengths {lengths} "

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from models._config_options import _is_whole
 from models.tokenizers.audio import rescale_time_index
 from models.tokenizers.base import Tokens, sinusoidal_encoding
 
@@ -42,6 +43,9 @@ class VideoTokenizer(nn.Module):
 
     def __init__(self, *, d_model: int, patch_size: int = 4, hidden: int = 16, dropout: float = 0.0) -> None:
         super().__init__()
+        if not _is_whole(hidden, 1):  # 0 built an empty conv; -1, 2.5 and "abc" failed inside torch
+            raise ValueError(f"hidden: must be an integer >= 1 (channels of the first conv), got {hidden!r}")
+        hidden = int(hidden)
         self.d_model, self.patch_size = int(d_model), int(patch_size)
         self.net = nn.Sequential(
             nn.Conv3d(3, hidden, kernel_size=3, stride=(1, 2, 2), padding=(0, 1, 1)), nn.GELU(),
