@@ -499,3 +499,13 @@ def test_two_moons_criticality_lr_must_be_a_boolean():
     # 'false' switched the criticality-scaled learning rate on
     with pytest.raises(ValueError, match=r"model\.criticality_lr: needs true or false, got 'false'"):
         build_lightning_module(_family("two_moons", "criticality_lr", "false"))
+
+
+def test_a_deep_cantor_pattern_gives_the_offsets_its_window_can_use():
+    """depth=100 built 2**100 Cantor points (the process died); levels whose points all lie beyond the window
+    change nothing."""
+    from models.attention.patterns import cantor_offsets
+
+    for n in (1, 2, 7, 64, 200):
+        deep, shallow = cantor_offsets(n, depth=100), cantor_offsets(n, depth=6)
+        assert all(torch.equal(a, b) for a, b in zip(deep, shallow)), n

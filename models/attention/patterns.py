@@ -130,7 +130,12 @@ def cantor_offsets(n: int, *, depth: int = 3, device=None) -> tuple[torch.Tensor
     offsets : ``(M,)`` long, sorted, starting at 0
     scale : ``(M,)`` long scale index of each offset
     """
-    base = cantor_set(depth)
+    # Level L's points are all >= 2 * 3**L: once that reaches n they are dropped at every scale, so deeper levels
+    # add nothing (and depth=100 built 2**100 points, killing the process).
+    useful = 0
+    while useful < depth and 2 * 3**useful < max(n, 2):
+        useful += 1
+    base = cantor_set(useful)
     offsets, scales = [], []
     s = 0
     while 3**s < max(n, 2):
