@@ -1,7 +1,7 @@
 """Compare the trials of a sweep from MLflow: a table and plots, logged to the sweep's parent run.
 
 :func:`trials_frame` reads the child runs of a parent run into a DataFrame (one row per trial: sampled values,
-final metrics, status). :func:`log_sweep_summary` logs that table (parquet + CSV + markdown) and three plots to
+final metrics, status). :func:`log_sweep_summary` logs that table (parquet + CSV) and three plots to
 the parent run: best trials, parallel coordinates over the sampled values, and beta* against the loss and the
 latent beta the trials reached. ``fmx compare NAME`` prints the table with rich.
 """
@@ -88,11 +88,6 @@ def ranked(df, metric: str, mode: str):
 
 def log_sweep_summary(c, experiment_id: str, parent_run_id: str, *, metric: str, mode: str) -> Any:
     """Log the comparison table and plots to the parent run; returns the ranked DataFrame."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     df = ranked(trials_frame(c, experiment_id, parent_run_id), metric, mode)
     if df.empty:
         return df
@@ -111,7 +106,6 @@ def log_sweep_summary(c, experiment_id: str, parent_run_id: str, *, metric: str,
         fig = make(df, metric)
         if fig is not None:
             tracking.log_figure(c, parent_run_id, fig, f"comparison/{name}.png")
-            plt.close(fig)
     return df
 
 
@@ -148,8 +142,16 @@ def sweep_acceptance(df, *, task_metric: str = "val/loss") -> dict[str, float]:
     return out
 
 
+def _figure(**kwargs):
+    """A figure pyplot never sees: the caller's backend stays as it is (switching a notebook's inline backend to
+    Agg stopped its later plots from showing), and it works in any thread (Ray workers). Saved with ``savefig``;
+    shown in a notebook as the value of a cell."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def best_trials_figure(df, metric: str, top: int = 10):
-    import matplotlib.pyplot as plt
     import numpy as np
 
     if metric not in df or df[metric].isna().all():
@@ -159,7 +161,8 @@ def best_trials_figure(df, metric: str, top: int = 10):
     finite = np.isfinite(values)
     # A diverged trial (+-inf) has no bar length: an inf bar vanished with its label. Name its value instead.
     names = [str(t) if ok else f"{t} ({v:g})" for t, v, ok in zip(d["trial_id"], values, finite)]
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(d) + 1.5))
+    fig = _figure(figsize=(6, 0.4 * len(d) + 1.5))
+    ax = fig.subplots()
     # Positions, not categories: two trials with the same id (an untagged run) drew on one bar.
     ax.barh(np.arange(len(d))[::-1], np.where(finite, values, 0.0), color="tab:blue")
     ax.set_yticks(np.arange(len(d))[::-1], names)
@@ -174,7 +177,7 @@ def parallel_coordinates_figure(df, metric: str):
 
     A categorical value (an option name, a text choice) gets an axis of its sorted levels, labelled on the plot.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib
     import numpy as np
     import pandas as pd
 
@@ -202,8 +205,9 @@ def parallel_coordinates_figure(df, metric: str):
     span = np.array([np.nanmax(col) if np.isfinite(col).any() else 0.0 for col in finite_data.T]) - low
     scaled = (data - low) / np.where(span > 0, span, 1)
     m = d[metric].to_numpy(float)
-    colors = plt.cm.viridis((m - m.min()) / (np.ptp(m) or 1))
-    fig, ax = plt.subplots(figsize=(1.8 * len(cols) + 2, 4))
+    colors = matplotlib.colormaps["viridis"]((m - m.min()) / (np.ptp(m) or 1))
+    fig = _figure(figsize=(1.8 * len(cols) + 2, 4))
+    ax = fig.subplots()
     for row, color in zip(scaled, colors):
         ax.plot(range(len(cols)), row, color=color, alpha=0.8)
     for j, names in levels.items():
@@ -234,12 +238,11 @@ def _short_names(paths: list[str]) -> list[str]:
 
 def beta_star_figure(df, metric: str):
     """beta* (the prior's target) against the sweep metric and against the latent beta the trial reached."""
-    import matplotlib.pyplot as plt
-
     key = f"sweep.{BETA_KEY}"
     if key not in df:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = _figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
     if metric in df:
         axes[0].scatter(df[key], df[metric])
     axes[0].set_xlabel("beta*")
@@ -262,11 +265,7 @@ def fingerprint_figure(df):
 
     ``df`` is tidy: ``epoch, channel, measure, value`` (and ``ok``: flagged rows are left out).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401 - MaxNLocator below
+    import matplotlib.ticker
 
     if "ok" in df:
         # A missing ok (NA in a nullable table, NaN after concatenating tables) is not ok, as in
@@ -274,7 +273,8 @@ def fingerprint_figure(df):
         df = df[df["ok"].to_numpy(dtype=bool, na_value=False)]
     measures = sorted(df["measure"].unique())
     n = max(1, len(measures))
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    fig = _figure(figsize=(3.2 * n, 3))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, m in zip(axes[0], measures):
         g = df[df["measure"] == m].groupby("epoch")["value"]
         mean, std = g.mean(), g.std().fillna(0)

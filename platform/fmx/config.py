@@ -28,8 +28,10 @@ def compose(overrides: list[str] | tuple[str, ...] = (), *, config_dir: str | Pa
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf import OmegaConf
 
+    caller_hydra = get_gh_backup()  # a Hydra the caller initialised (a notebook's own configs) is put back after
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base=None):
@@ -39,6 +41,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), *, config_dir: str | Pa
         raise ValueError(f"cannot compose the config with overrides {list(overrides)}: {cause}") from None
     finally:
         GlobalHydra.instance().clear()
+        if caller_hydra is not None:
+            restore_gh_from_backup(caller_hydra)
     return OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -1,4 +1,5 @@
-"""The driver-side MLflow lifecycle of a sweep's trials (a Tune callback), and SIGTERM handling of the driver.
+"""The driver-side MLflow lifecycle of a sweep's trials (a Tune callback), SIGTERM handling of the driver, and
+the caller's process put back as it was when a sweep returns (:class:`CallerProcessKept`).
 
 Ray's helpers leave each trial's nested MLflow run RUNNING; :class:`MlflowLifecycle` ends it with the trial
 (FINISHED, or FAILED on error; tagged ``fmx.stopped_early`` when the scheduler stopped it). Kept apart from
@@ -7,6 +8,7 @@ Ray's helpers leave each trial's nested MLflow run RUNNING; :class:`MlflowLifecy
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fmx.runner")  # the runner's logger: one place to turn sweep messages up or down
 
-__all__ = ["MlflowLifecycle", "SigtermAsInterrupt"]
+__all__ = ["CallerProcessKept", "MlflowLifecycle", "SigtermAsInterrupt"]
 
 
 def _tune_callback_base():
@@ -112,4 +114,44 @@ class SigtermAsInterrupt:
     def __exit__(self, *exc):
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous if callable(self._previous) else signal.SIG_DFL)
+        return False
+
+
+class CallerProcessKept:
+    """Puts the caller's process back as it was when a sweep returns or raises (a notebook keeps living).
+
+    A Ray the sweep started or connected to is shut down (one the caller had initialised stays up): left up, the
+    next sweep reused it whatever its ``address`` or ``num_cpus``, skipping the trial-size check. Tune leaves its
+    SIGINT/SIGUSR1 stop handler of the finished run installed (a later Ctrl-C did nothing), and ``ray.init`` and the
+    runner set variables in ``os.environ`` (PYTHONBREAKPOINT to Ray's debugger, RAY_AUTH_MODE=token,
+    TUNE_DISABLE_STRICT_METRIC_CHECKING): both are restored.
+    """
+
+    def __enter__(self):
+        import ray
+
+        self._ray_was_up = ray.is_initialized()
+        self._environ = dict(os.environ)
+        self._handlers = {}
+        if threading.current_thread() is threading.main_thread():  # elsewhere handlers cannot be set
+            sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+            # None: a handler installed outside Python, which Python cannot put back
+            self._handlers = {s: h for s in sigs if (h := signal.getsignal(s)) is not None}
+        return self
+
+    def __exit__(self, *exc):
+        import ray
+
+        if not self._ray_was_up and ray.is_initialized():
+            try:
+                ray.shutdown()
+            except Exception as err:  # noqa: BLE001 - the sweep's own outcome or error is what matters
+                logger.warning("could not shut down the Ray this sweep started: %s", err)
+        for key in set(os.environ) - set(self._environ):
+            del os.environ[key]
+        for key, value in self._environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
         return False

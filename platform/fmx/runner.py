@@ -32,9 +32,10 @@ from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_FILE,
                         Storage, Sweep, check_search_space, choose_target, mask_uri_password,
                         uri_has_password)
 from fmx.lifecycle import MlflowLifecycle  # noqa: F401  also the name pickled in older sweeps' Tune state
-from fmx.lifecycle import SigtermAsInterrupt
+from fmx.lifecycle import CallerProcessKept, SigtermAsInterrupt
 from fmx.ray_setup import TRIAL_CPU, check_trial_fits, init_ray  # noqa: F401  tests patch runner.init_ray
 from fmx.search import scheduler, search_algorithm, search_space
+from fmx.trial_support import best_finite_checkpoint, last_logged_step, process_group_backend  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -146,38 +147,6 @@ def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
         c.set_tag(run_id, "fmx.checkpoint", result.checkpoint.path)
     final["fmx_complete"] = 1.0
     tune.report(final)
-
-
-def last_logged_step(client, run_id: str, metric: str, *, default: int) -> int:
-    """The newest step ``metric`` was logged at in run ``run_id`` (``default`` when it was never logged)."""
-    try:
-        history = client.get_metric_history(run_id, metric)
-    except Exception:  # noqa: BLE001 - a tracking hiccup must not lose the acceptance results
-        return default
-    return max((int(m.step) for m in history), default=default)
-
-
-def process_group_backend(workers: int, gpus_per_worker: float) -> str | None:
-    """``"gloo"`` when DDP ranks may share a GPU (several workers with a fraction of one each: Ray packs them onto
-    one device, and NCCL refuses two ranks there, "Duplicate GPU detected"; ray-project/ray#48012); else None,
-    Ray's default (NCCL with GPUs, gloo without). Gloo all-reduces CUDA tensors through the host: slower, and fine
-    for the small models such trials pack."""
-    return "gloo" if workers > 1 and 0 < gpus_per_worker < 1 else None
-
-
-def best_finite_checkpoint(result, metric: str, mode: str):
-    """The kept checkpoint with the best finite ``metric`` (None when none has one).
-
-    Ray's ``Result.get_best_checkpoint`` takes Python's ``min``/``max`` over a list that holds NaN-scored
-    checkpoints first, and a NaN compares False: a trial that diverged after a good epoch got its NaN
-    checkpoint as the "best" one, and the acceptance benchmarks ran on it.
-    """
-    scored = [(ckpt, m.get(metric)) for ckpt, m in (result.best_checkpoints or [])]
-    finite = [(ckpt, float(v)) for ckpt, v in scored
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-    if not finite:
-        return None
-    return (min if mode == "min" else max)(finite, key=lambda cv: cv[1])[0]
 
 
 # ---------------------------------------------------------------------------------------- the driver
@@ -337,10 +306,14 @@ def run_sweep(sweep: Sweep, *, sweep_text: str = "", address: str | None = None,
         from their latest checkpoint.
     builders, fault
         Test hooks: ``module:function`` builders instead of the registry; a worker crash to inject.
+
+    The caller's process is left as it was (a notebook keeps living): a Ray this call started or connected to
+    is shut down when it returns or raises (one the caller had initialised stays up), and the signal handlers and
+    environment variables that Tune and ``ray.init`` set are put back.
     """
     import dataclasses
 
-    with SigtermAsInterrupt() as term:
+    with CallerProcessKept(), SigtermAsInterrupt() as term:
         outcome = _run_sweep(sweep, sweep_text=sweep_text, address=address, resume_id=resume_id, root=root,
                              builders=builders, fault=fault, progress=progress, num_cpus=num_cpus, term=term)
     return dataclasses.replace(outcome, stopped_by="SIGTERM") if term.received else outcome
@@ -363,6 +336,8 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
     target = plan.target()
     # a store that refuses writes must stop the sweep before Ray starts and before a parent run is recorded
     st.check_writable(target, field="storage.path" if plan.storage_source == SOURCE_FILE else plan.storage_source)
+    if resume_id:
+        _check_resumable(sweep, plan, target, root)
     where = Targets(storage=target, storage_source=plan.storage_source, tracking_uri=plan.tracking_uri,
                     tracking_source=plan.tracking_source).describe()
     logger.info("sweep %s: %s", sweep_id, where)
@@ -463,12 +438,24 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
             pass
         raise
     finally:
+        if status == "FAILED":  # Tune aborted (e.g. a metric the trials never report): no trial run left RUNNING
+            try:
+                for run in tracking.child_runs(c, plan.experiment_id, plan.parent_run_id):
+                    if run.info.status == "RUNNING":
+                        tracking.end_run(c, run.info.run_id, "FAILED")
+            except Exception:  # noqa: BLE001 - Tune's error is what propagates; MLflow may be the problem
+                pass
         if status != "FINISHED":
             tracking.end_run(c, plan.parent_run_id, status)
     lifecycle.finish_pending()  # the server is back (the summary below needs it too)
     n_errors = len(grid.errors)
     statuses = [t.status for t in grid._experiment_analysis.trials]  # noqa: SLF001 - no public accessor
     interrupted = any(st_ in ("PENDING", "RUNNING", "PAUSED") for st_ in statuses)
+    # Tune's cleanup after Ctrl-C marks the trial that was training TERMINATED, so the statuses miss it; the
+    # lifecycle ended every trial that completed or failed, so a child run still RUNNING is one the interrupt cut
+    # short (the CLI alone used to see it: a library caller got interrupted=False and a parent run FINISHED)
+    interrupted = interrupted or any(run.info.status == "RUNNING" for run in
+                                     tracking.child_runs(c, plan.experiment_id, plan.parent_run_id))
     best = None
     try:
         best_result = grid.get_best_result(metric=plan.metric, mode=plan.mode, scope="all")
@@ -488,6 +475,27 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
     return SweepOutcome(sweep_id=sweep_id, parent_run_id=plan.parent_run_id, tracking_uri=plan.tracking_uri,
                         experiment_id=plan.experiment_id, storage_uri=plan.storage_uri, n_trials=len(grid),
                         n_errors=n_errors, best=best, interrupted=interrupted)
+
+
+def _check_resumable(sweep: Sweep, plan: SweepPlan, target: st.StorageTarget, root: Path) -> None:
+    """Refuse a ``resume_id`` of which nothing is found where this call looks: the relative default paths resolved
+    against another folder (a notebook after ``os.chdir``, a restarted kernel) would otherwise start every trial
+    again, in a new store, under the old sweep id. A sweep interrupted before Tune saved anything has its parent
+    run only: it starts again under that run."""
+    from ray import tune
+
+    exp_path = target.join(plan.sweep_id)
+    if tune.Tuner.can_restore(exp_path, storage_filesystem=target.filesystem):
+        return
+    c = tracking.client(plan.tracking_uri)
+    experiment = c.get_experiment_by_name(sweep.tracking.experiment or f"fmx-{sweep.name}")
+    if experiment is not None and tracking.find_run(c, experiment.experiment_id, {
+            tracking.TAG_SWEEP_ID: plan.sweep_id, tracking.TAG_KIND: "sweep"}) is not None:
+        return
+    raise ValueError(st.redact(
+        f"resume_id {plan.sweep_id!r}: nothing to resume: no Tune state under {exp_path} and no parent run in "
+        f"{plan.tracking_uri}; resume with the storage.path and tracking.uri of the first run (relative paths "
+        f"resolve against {root}; `fmx sweep resume {sweep.name}` reads them from the sweep's pointer)"))
 
 
 def plan_dict(plan: SweepPlan) -> dict:

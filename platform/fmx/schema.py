@@ -265,7 +265,12 @@ def _loc_to_path(loc: tuple) -> str:
 
 
 def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
-    """Validate an already-loaded mapping; raise :class:`SweepFileError` for the first problem."""
+    """Validate an already-loaded mapping against the schema; raise :class:`SweepFileError` for the first problem.
+
+    Key paths are not checked against the composed Hydra config here (a mistyped ``model.lrr`` passes, and every
+    trial of :func:`fmx.runner.run_sweep` then fails): call :func:`fmx.config.check_sweep_paths` (and
+    :func:`fmx.trial_build.check_trials_build`) on the result, as :func:`load_sweep` does.
+    """
     if not isinstance(data, dict):
         raise SweepFileError(file, "", "a sweep file must be a YAML mapping (key: value lines)",
                              value=type(data).__name__, allowed="a mapping with name, metric, parameters, ...")

@@ -14,29 +14,27 @@ import numpy as np
 __all__ = ["plot_cohort", "plot_channel_effects", "plot_scalp_map", "scalp_positions", "save"]
 
 
-def _plt():
-    import matplotlib
+def _figure(figsize):
+    # A Figure pyplot never sees: no backend to switch (matplotlib.use("Agg") replaced a notebook's inline
+    # backend), nothing to close, and safe in worker threads.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def _grid(n: int, width: float = 3.2, height: float = 2.4):
-    plt = _plt()
     cols = min(4, max(1, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = _figure((width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat)
 
 
 def save(fig, path) -> None:
-    """Save and close (figures hold memory until closed)."""
+    """Save the figure (built outside pyplot: nothing to close)."""
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
 
 
 def plot_cohort(means, *, by: str = "condition", measures: Sequence[str] | None = None,
@@ -71,9 +69,9 @@ def plot_cohort(means, *, by: str = "condition", measures: Sequence[str] | None 
 
 def plot_channel_effects(stats, measure: str, *, effect: str = "cohens_d", q_col: str = "q_fdr", alpha: float = 0.05):
     """Effect size per channel for one measure; filled bars pass the corrected threshold."""
-    plt = _plt()
     part = stats[stats["measure"] == measure]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.32 * len(part) + 1.5), 2.8))
+    fig = _figure((max(4.0, 0.32 * len(part) + 1.5), 2.8))
+    ax = fig.subplots()
     sig = part[q_col].to_numpy() < alpha
     colors = ["tab:red" if s else "0.75" for s in sig]
     ax.bar(range(len(part)), part[effect].to_numpy(), color=colors)
@@ -119,7 +117,6 @@ def plot_scalp_map(stats, measure: str, *, effect: str = "cohens_d", q_col: str 
     """
     import mne
 
-    plt = _plt()
     part = stats[(stats["measure"] == measure) & (stats["channel"].str.lower() != "network")]
     pos = scalp_positions(list(part["channel"]))
     part = part[part["channel"].isin(pos) & np.isfinite(part[effect].to_numpy(np.float64))]
@@ -128,7 +125,8 @@ def plot_scalp_map(stats, measure: str, *, effect: str = "cohens_d", q_col: str 
     values = part[effect].to_numpy(np.float64)
     xy = np.array([pos[c] for c in part["channel"]])
     limit = float(np.nanmax(np.abs(values))) or 1.0
-    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    fig = _figure((3.6, 3.4))
+    ax = fig.subplots()
     mask = (part[q_col].to_numpy() < alpha)
     image, _ = mne.viz.plot_topomap(values, xy, axes=ax, show=False, cmap="RdBu_r", vlim=(-limit, limit),
                                     mask=mask, names=list(part["channel"]), sensors=True,

@@ -1,0 +1,38 @@
+"""Small decisions a trial makes around its Ray Train fit: the process-group backend of its workers, the kept
+checkpoint the acceptance benchmarks judge, and the step their metrics are logged at."""
+from __future__ import annotations
+
+import math
+
+
+def last_logged_step(client, run_id: str, metric: str, *, default: int) -> int:
+    """The newest step ``metric`` was logged at in run ``run_id`` (``default`` when it was never logged)."""
+    try:
+        history = client.get_metric_history(run_id, metric)
+    except Exception:  # noqa: BLE001 - a tracking hiccup must not lose the acceptance results
+        return default
+    return max((int(m.step) for m in history), default=default)
+
+
+def process_group_backend(workers: int, gpus_per_worker: float) -> str | None:
+    """``"gloo"`` when DDP ranks may share a GPU (several workers with a fraction of one each: Ray packs them onto
+    one device, and NCCL refuses two ranks there, "Duplicate GPU detected"; ray-project/ray#48012); else None,
+    Ray's default (NCCL with GPUs, gloo without). Gloo all-reduces CUDA tensors through the host: slower, and fine
+    for the small models such trials pack."""
+    return "gloo" if workers > 1 and 0 < gpus_per_worker < 1 else None
+
+
+def best_finite_checkpoint(result, metric: str, mode: str):
+    """The kept checkpoint with the best finite ``metric`` (None when none has one).
+
+    Ray's ``Result.get_best_checkpoint`` takes Python's ``min``/``max`` over a list that holds NaN-scored
+    checkpoints first, and a NaN compares False: a trial that diverged after a good epoch got its NaN
+    checkpoint as the "best" one, and the acceptance benchmarks ran on it.
+    """
+    scored = [(ckpt, m.get(metric)) for ckpt, m in (result.best_checkpoints or [])]
+    finite = [(ckpt, float(v)) for ckpt, v in scored
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not finite:
+        return None
+    return (min if mode == "min" else max)(finite, key=lambda cv: cv[1])[0]
+
