@@ -6,7 +6,6 @@ argument, the offending value and what is needed, so no estimator ever returns a
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -158,13 +157,16 @@ def autocast_off(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        active = [d for d in ("cuda", "cpu") if torch.is_autocast_enabled(d)]
-        if not active:
-            return fn(*args, **kwargs)
-        with contextlib.ExitStack() as stack:
-            for device in active:
-                stack.enter_context(torch.autocast(device_type=device, enabled=False))
-            return fn(*args, **kwargs)
+        # Plain with-statements, not a contextlib.ExitStack: torch.compile traces these, while entering
+        # autocast through an ExitStack broke the compiled priors into 5 graphs inside an autocast region.
+        on_cpu, on_cuda = torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda")
+        if on_cuda and on_cpu:
+            with torch.autocast(device_type="cuda", enabled=False), torch.autocast(device_type="cpu", enabled=False):
+                return fn(*args, **kwargs)
+        if on_cuda or on_cpu:
+            with torch.autocast(device_type="cuda" if on_cuda else "cpu", enabled=False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
 
     return wrapper
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fractals._checks import autocast_off
 from fractals.criticality_indicators import (  # re-exported: the indicators are part of this toolkit
     boundary_box_dimension, dead_neuron_rate, perturbation_sensitivity, singular_value_exponent)
 
@@ -57,6 +58,7 @@ def _check_weight_kind(weight, name: str, *, allow_complex: bool) -> None:
         raise ValueError(f"{name}: needs a floating tensor, got dtype {weight.dtype}; pass {name}.float()")
 
 
+@autocast_off  # training steps run under bf16 autocast: bf16 einsums put sigma 2 % off, its gradient elsewhere
 def top_singular_value(
     weight: torch.Tensor,
     *,

@@ -125,6 +125,8 @@ class FractalPriors(nn.Module):
         if not all(math.isfinite(q) for q in self.q_vals) or any(b <= a for a, b in zip(self.q_vals, self.q_vals[1:])):
             raise ValueError(f"q_vals: needs finite, strictly increasing moment orders, got {list(q_vals)!r}")
         self.scales = _int_list(scales, "scales")
+        if len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"scales: sizes must be distinct, got {list(scales)!r}")
         self.tau_target = None if tau_target is None else [_finite(t, "tau_target") for t in tau_target]
         if self.tau_target is not None and len(self.tau_target) != len(self.q_vals):
             raise ValueError(f"tau_target: needs one value per q ({len(self.q_vals)}), got {len(self.tau_target)}")

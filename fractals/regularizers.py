@@ -307,6 +307,8 @@ def latent_tau(
     sc = [int(s) for s in scales]
     if any(isinstance(v, bool) or s != v for s, v in zip(sc, scales)):  # 8.7 would truncate to 8
         raise ValueError(f"scales: needs integer segment sizes, got {list(scales)}")
+    if len(set(sc)) != len(sc):  # [8, 8] fitted h on one scale: slope 0, tau = -1 for every q, no gradient
+        raise ValueError(f"scales: sizes must be distinct, got {list(scales)}")
     if q.numel() < 1:
         raise ValueError("q_vals: needs at least one value")
     if len(sc) < 2 or min(sc) < order + 2 or max(sc) > n // 2:
