@@ -157,14 +157,30 @@ class FractalPriors(nn.Module):
         unknown = set(priors) - known
         if unknown:
             raise ValueError(f"fractals.priors: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        enable = cfg.get("enable", True)
+        if not isinstance(enable, bool):  # bool("false") is True: the priors would run
+            raise ValueError(f"fractals.enable: must be true or false, got {enable!r}")
+
+        def number(section: Mapping[str, Any], path: str, default: float) -> float:
+            value = section.get(path.rsplit(".", 1)[-1], default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"fractals.metrics.{path}: must be a number, got {value!r}")
+            return float(value)
+
+        def sequence(section: Mapping[str, Any], path: str, default: tuple) -> list:
+            value = section.get(path.rsplit(".", 1)[-1], default)
+            if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+                raise ValueError(f"fractals.metrics.{path}: must be a list, got {value!r}; e.g. {list(default)}")
+            return list(value)
+
         kwargs = dict(
-            enable=bool(cfg.get("enable", True)),
-            fs=float(metrics.get("sample_rate_hz", 1000.0)),
-            band=tuple(temporal.get("psd_freq_band", (2.0, 80.0))),
-            q_vals=list(mf.get("q_vals", (-5, -3, -1, 0, 1, 3, 5))),
-            scales=list(mf.get("scales", (8, 16, 32, 64, 128, 256))),
-            eps_values=list(graph.get("box_eps", (1, 2, 3, 4, 5, 6))),
-            corr_threshold=float(graph.get("corr_threshold", 0.3)),
+            enable=enable,
+            fs=number(metrics, "sample_rate_hz", 1000.0),
+            band=tuple(sequence(temporal, "temporal.psd_freq_band", (2.0, 80.0))),
+            q_vals=sequence(mf, "multifractal.q_vals", (-5, -3, -1, 0, 1, 3, 5)),
+            scales=sequence(mf, "multifractal.scales", (8, 16, 32, 64, 128, 256)),
+            eps_values=sequence(graph, "graph.box_eps", (1, 2, 3, 4, 5, 6)),
+            corr_threshold=number(graph, "graph.corr_threshold", 0.3),
         )
         kwargs.update(priors)
         kwargs.update(overrides)

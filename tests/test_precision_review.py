@@ -179,3 +179,22 @@ def test_spectral_norm_under_autocast_equals_float32():
                 mixed_loss, _ = mixed(model)
             assert mixed_loss.dtype == torch.float32
             assert float(mixed_loss.detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("cfg,words", [
+    ({"metrics": {"temporal": {"psd_freq_band": 40.0}}}, "fractals.metrics.temporal.psd_freq_band: must be a list"),
+    ({"metrics": {"multifractal": {"scales": 8}}}, "fractals.metrics.multifractal.scales: must be a list"),
+    ({"metrics": {"multifractal": {"q_vals": "2"}}}, "fractals.metrics.multifractal.q_vals: must be a list"),
+    ({"metrics": {"graph": {"box_eps": 3}}}, "fractals.metrics.graph.box_eps: must be a list"),
+    ({"metrics": {"sample_rate_hz": "abc"}}, "fractals.metrics.sample_rate_hz: must be a number, got 'abc'"),
+    ({"metrics": {"graph": {"corr_threshold": None}}}, "fractals.metrics.graph.corr_threshold: must be a number"),
+    ({"enable": "false"}, "fractals.enable: must be true or false, got 'false'"),
+])
+def test_priors_config_errors_name_the_key_and_value(cfg, words):
+    # scalars where lists belong gave TypeErrors ("'float' object is not iterable"); "abc" a bare float() error;
+    # enable: "false" switched the priors on
+    from fractals.priors import FractalPriors
+
+    with pytest.raises(ValueError) as err:
+        FractalPriors.from_config(cfg)
+    assert words in str(err.value)
