@@ -246,18 +246,21 @@ def test_search_space_algorithms_and_schedulers_follow_the_file():
     algo = search_algorithm(beta)
     assert isinstance(algo, ConcurrencyLimiter) and algo.max_concurrent == beta.max_concurrent
     assert type(algo.searcher._sampler).__name__ == "TPESampler"
-    asha = scheduler(beta, max_epochs=10)
-    assert isinstance(asha, ASHAScheduler) and asha._max_t == 11 and asha._reduction_factor == 2
+    assert isinstance(scheduler(beta, max_epochs=10), FIFOScheduler)  # early_terminate: none (every trial to the end)
 
     alpha = load_sweep(REPO / "sweeps" / "fractional_alpha.yaml")
     assert type(search_algorithm(alpha).searcher._sampler).__name__ == "CmaEsSampler"
     taps = search_space(alpha)["params"]["fractals.backbone.fractional_kernels.n_taps"]
     assert isinstance(taps, tune.search.sample.Integer)
+    asha = scheduler(alpha, max_epochs=10)
+    assert isinstance(asha, ASHAScheduler) and asha._max_t == 11 and asha._reduction_factor == 3
 
     grid = load_sweep(REPO / "sweeps" / "lambda_grid.yaml")
     assert type(search_algorithm(grid)).__name__ == "BasicVariantGenerator"
     assert search_space(grid)["params"]["fractals.priors.lambda_spec"] == {"grid_search": [0.0, 0.01, 0.05, 0.2]}
-    assert isinstance(scheduler(grid, max_epochs=10), MedianStoppingRule)
+    median = grid.model_copy(update={"early_terminate": grid.early_terminate.model_copy(
+        update={"type": "median", "grace_period": 3})})
+    assert isinstance(scheduler(median, max_epochs=10), MedianStoppingRule)
     assert isinstance(scheduler(load_sweep(REPO / "sweeps" / "smoke.yaml"), max_epochs=2), FIFOScheduler)
 
 
