@@ -3,7 +3,9 @@ head switches. Kept apart from :mod:`models.neurofmx` so the model file stays re
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+
+import torch
 
 
 def _is_whole(value: Any, minimum: int) -> bool:
@@ -25,6 +27,17 @@ def _is_real(value: Any, low: float, *, open_low: bool = False) -> bool:
     except (TypeError, ValueError):
         return False
     return math.isfinite(x) and (x > low if open_low else x >= low)
+
+
+def _refuse_float16_weights(params: Iterable[torch.nn.Parameter]) -> None:
+    """Raise a ValueError naming ``trainer.precision`` when the weights to optimise are float16 (``16-true``).
+
+    Adam's ``eps`` (1e-8) rounds to 0 in float16, so every weight whose gradient is 0 gets the update 0/0 = NaN at
+    the first step (and gradients below ~2e-4 square to 0). bfloat16 has float32's range and trains."""
+    if any(p.requires_grad and p.dtype == torch.float16 for p in params):
+        raise ValueError("trainer.precision: '16-true' trains float16 weights, and Adam's eps (1e-8) is 0 in float16: "
+                         "the weights turn NaN at the first step. Use 16-mixed (float16 autocast over float32 "
+                         "weights), bf16-mixed or bf16-true")
 
 
 def _int_option(value: Any, name: str, minimum: int) -> int:

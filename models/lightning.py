@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
 
 from models.callbacks import (LATENT_MEASURES, _autocast_off, build_callbacks, global_means, latent_band,
                               latent_measures)
-from models._config_options import _int_option, _is_real
+from models._config_options import _int_option, _is_real, _refuse_float16_weights
 from models.neurofmx import NeuroFMx
 
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
@@ -415,6 +415,7 @@ class NeuroFMxModule(pl.LightningModule):
             raise ValueError(f"optim.lr: must be > 0, got {lr}")
         betas = tuple(float(b) for b in optim.get("betas", (0.9, 0.95)))
         groups = param_groups(self.model, float(optim.get("weight_decay", 0.01)))
+        _refuse_float16_weights(p for g in groups for p in g["params"])
         opt = torch.optim.AdamW(groups, lr=lr, betas=betas, **self._adamw_kernel(groups))
         warmup = int(optim.get("warmup_steps", 0))
         total = optim.get("total_steps")

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from models._config_options import _refuse_float16_weights
 from models.byte.model import FractalByteLM
 from models.byte.tokenizer import PAD, VOCAB_SIZE
 
@@ -66,6 +67,7 @@ class FractalByteModule(pl.LightningModule):
         self.log_dict({"val/bpb": bpb}, prog_bar=True, sync_dist=True, batch_size=n_real)
 
     def configure_optimizers(self):
+        _refuse_float16_weights(self.parameters())
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 

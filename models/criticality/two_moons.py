@@ -29,7 +29,7 @@ from fractals.criticality import (
     perturbation_sensitivity,
     singular_value_exponent,
 )
-from models._config_options import _is_real, _is_whole
+from models._config_options import _is_real, _is_whole, _refuse_float16_weights
 
 BOUNDS = (-1.5, 2.5, -1.0, 1.5)  # the two moons live inside this box
 
@@ -201,7 +201,9 @@ class TwoMoonsModule(pl.LightningModule):
             "sensitivity": sens,
             "boundary_dim": bdim,
             "sv_exponent": float(torch.stack(exponents).mean()) if exponents else float("nan"),
-            "sigma_mean": float(torch.stack([torch.linalg.matrix_norm(w.detach(), ord=2) for w in weights]).mean()),
+            # float32 at least: torch has no half-precision matrix norm (bf16-true validation crashed here)
+            "sigma_mean": float(torch.stack([torch.linalg.matrix_norm(w.detach().to(torch.promote_types(
+                w.dtype, torch.float32)), ord=2) for w in weights]).mean()),
         }
 
     def validation_step(self, batch, batch_idx):
@@ -226,6 +228,7 @@ class TwoMoonsModule(pl.LightningModule):
             self.log("val/target_mean", sum(self.reg.current.values()) / len(self.reg.current), sync_dist=True)
 
     def configure_optimizers(self):
+        _refuse_float16_weights(self.parameters())
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
     def figures(self, batch=None) -> dict[str, Any]:
@@ -242,12 +245,14 @@ class TwoMoonsModule(pl.LightningModule):
 
         xs, ys = torch.meshgrid(torch.linspace(BOUNDS[0], BOUNDS[1], 200), torch.linspace(BOUNDS[2], BOUNDS[3], 160), indexing="xy")
         with torch.no_grad():
-            prob = self(torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).to(self.device)).softmax(-1)[:, 1].cpu()
+            grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).to(self.device)
+            prob = self(grid).softmax(-1)[:, 1].float().cpu()
         fig, ax = plt.subplots(figsize=(5, 4))
         ax.contourf(xs, ys, prob.reshape(xs.shape), levels=20, cmap="RdBu_r", alpha=0.7)
         ax.contour(xs, ys, prob.reshape(xs.shape), levels=[0.5], colors="k", linewidths=1)
         if x is not None and y is not None:
-            ax.scatter(x[:, 0].cpu(), x[:, 1].cpu(), c=y.cpu(), s=6, cmap="RdBu_r", edgecolors="none")
+            # float: numpy has no bfloat16 (bf16-true trials lost their figure)
+            ax.scatter(x[:, 0].float().cpu(), x[:, 1].float().cpu(), c=y.cpu(), s=6, cmap="RdBu_r", edgecolors="none")
         d = self._last_indicators.get("boundary_dim")
         if d is not None and math.isfinite(d):
             ax.set_title(f"decision boundary (box dim {d:.2f})")
