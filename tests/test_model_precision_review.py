@@ -177,3 +177,15 @@ def test_compiled_mamba_stack_equals_eager_without_breaks_or_recompiles():
         count = dynamo.utils.counters["stats"]["unique_graphs"]
         assert frames is None or count == frames, "recompiled for the same shapes"
         frames = count
+
+
+@pytest.mark.parametrize("precision,words", [(32.0, "is not a Lightning precision"), (16.0, "is not a Lightning precision"),
+                                             ("16-true", "trains float16 weights")])
+def test_sweep_trainer_precision_is_checked_before_any_trial(precision, words):
+    # 32.0 passed (32.0 == 32) and every trial failed in pl.Trainer with "No precision set"; 16-true failed in each
+    # trial's configure_optimizers instead of at validate
+    from fmx.config import trainer_options
+
+    with pytest.raises(ValueError) as err:
+        trainer_options({"precision": precision})
+    assert str(err.value).startswith("trainer.precision:") and words in str(err.value)

@@ -427,9 +427,13 @@ def trainer_options(tr: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"trainer.{key}: needs an integer >= 1, got {value!r}")
     # Lightning refuses these only when a trial builds its Trainer: every trial would fail
     precision = tr.get("precision", "32-true")
-    if isinstance(precision, bool) or precision not in LIGHTNING_PRECISIONS:
+    # 32.0 == 32 passed the membership test, and Lightning then failed every trial with "No precision set"
+    if not isinstance(precision, (str, int)) or isinstance(precision, bool) or precision not in LIGHTNING_PRECISIONS:
         raise ValueError(f"trainer.precision: {precision!r} is not a Lightning precision; allowed: "
                          f"{', '.join(str(p) for p in LIGHTNING_PRECISIONS if isinstance(p, str))}")
+    if precision in ("16-true", "transformer-engine-float16"):  # the models refuse it too, but only in each trial
+        raise ValueError(f"trainer.precision: {precision!r} trains float16 weights, and Adam's eps (1e-8) is 0 in "
+                         "float16: the weights turn NaN at the first step. Use 16-mixed, bf16-mixed or bf16-true")
     for key, least in (("limit_train_batches", 0), ("limit_val_batches", -1), ("val_check_interval", 0)):
         value = tr.get(key, 1.0)
         if value is None:  # Lightning's default
