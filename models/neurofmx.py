@@ -48,6 +48,9 @@ SIGNAL_KEYS = ("spikes", "lfp", "eeg", "ecog", "ieeg", "emg", "calcium", "fmri")
 _COUNT_KEYS = ("spikes",)  # Poisson losses; everything else is z-scored MSE
 _VOCAB_OPTION = {"spikes": "n_units", "calcium": "n_neurons", "fmri": "n_rois"}
 
+# fractals.backbone.fractional_kernels keys the kernels read (enable only switches them on)
+_FRACTIONAL_KEYS = ("n_taps", "min_alpha", "max_alpha", "init_gate")
+
 
 def _vocab(key: str, opts: Mapping[str, Any], default: int = 256) -> int:
     """Channel-id vocabulary of a modality, read from its tokenizer options."""
@@ -75,7 +78,7 @@ class NeuroFMx(nn.Module):
         ``n_layers`` plus options of :class:`models.backbones.Mamba2` (``d_state``, ``headdim``,
         ``expand``, ``chunk_size``, ``kernels``).
     fractional_kernels
-        ``None`` (off) or ``{n_taps, min_alpha, max_alpha}``: gated power-law kernels on the conv
+        ``None`` (off) or ``{n_taps, min_alpha, max_alpha[, init_gate]}``: gated power-law kernels on the conv
         stage of every Mamba-2 block.
     scale_encodings
         ``None`` (off), ``{kind: filterbank, wavelet_scales: [...]}`` (causal band energies added
@@ -126,7 +129,7 @@ class NeuroFMx(nn.Module):
                                                         heads)
         if fractional_kernels:  # checked here so a bad option is named under its own section, not model.ssm
             _build_part("fractals.backbone.fractional_kernels", FractionalKernel, channels=1, **{
-                k: v for k, v in dict(fractional_kernels).items() if k in ("n_taps", "min_alpha", "max_alpha")})
+                k: v for k, v in dict(fractional_kernels).items() if k in _FRACTIONAL_KEYS})
         ssm = dict(ssm or {})
         n_layers = _int_option(ssm.pop("n_layers", 2), "model.ssm.n_layers", 1)
         self.backbone = _build_part("model.ssm", Mamba2Stack, d_model=d_model, n_layers=n_layers,
@@ -270,7 +273,7 @@ class NeuroFMx(nn.Module):
         return cls(
             d_model=m["d_model"], patch_size=m["patch_size"], tokenizers=m["tokenizers"],
             perceiver=m.get("perceiver"), ssm=m.get("ssm"),
-            fractional_kernels={k: fk[k] for k in ("n_taps", "min_alpha", "max_alpha")} if fk.get("enable") else None,
+            fractional_kernels={k: fk[k] for k in _FRACTIONAL_KEYS if k in fk} if fk.get("enable") else None,
             scale_encodings={k: v for k, v in se.items() if k != "enable"} if se.get("enable") else None,
             popt=m.get("popt"), heads=m.get("heads"),
         )

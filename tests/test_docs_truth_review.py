@@ -85,7 +85,7 @@ def test_fractional_kernel_gate_starts_where_model_md_says():
 
     frac = yaml.safe_load((CONF / "fractals" / "default.yaml").read_text())["backbone"]["fractional_kernels"]
     block = Mamba2(d_model=32, d_state=16, headdim=16, fractional={k: v for k, v in frac.items() if k != "enable"})
-    assert "(starts at 0.1)" in _text("docs/model.md")
+    assert "(starts at `init_gate`, default 0.1)" in _text("docs/model.md") and frac["init_gate"] == 0.1
     assert torch.allclose(block.fractional.gate, torch.full_like(block.fractional.gate, 0.1))
 
 

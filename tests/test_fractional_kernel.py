@@ -97,3 +97,17 @@ def test_mamba2_with_fractional_kernel_stays_causal_and_trains_alpha():
     y.square().mean().backward()
     assert m.fractional.alpha_raw.grad is not None and m.fractional.alpha_raw.grad.abs().sum() > 0
     assert m.fractional.gate_logit.grad.abs().sum() > 0
+
+
+def test_init_gate_reaches_every_kernel_from_the_config_and_is_checked():
+    """fractals.backbone.fractional_kernels.init_gate sets the kernels' starting weight (fixed at 0.1 before, so a
+    short trial's kernels stayed at a tenth of the conv path whatever their alpha bounds)."""
+    from fmx.config import compose
+    from models.registry import build_lightning_module
+
+    key = "fractals.backbone.fractional_kernels.init_gate"
+    module = build_lightning_module(compose(["model=tiny", f"{key}=0.5"]))
+    gates = [float(m.gate.mean()) for m in module.modules() if isinstance(m, FractionalKernel)]
+    assert gates and all(abs(g - 0.5) < 1e-6 for g in gates)
+    with pytest.raises(ValueError, match=r"fractals.backbone.fractional_kernels: init_gate: must lie in \(0, 1\), got 1.5"):
+        build_lightning_module(compose(["model=tiny", f"{key}=1.5"]))

@@ -55,8 +55,9 @@ class FractionalKernel(nn.Module):
             raise ValueError(
                 f"min_alpha/max_alpha: need 0 <= min_alpha <= max_alpha < inf, got {min_alpha}, {max_alpha}"
             )
-        if not (0.0 < init_gate < 1.0):
-            raise ValueError(f"init_gate: must lie in (0, 1), got {init_gate}")
+        if not (_is_real(init_gate, 0.0, open_low=True) and float(init_gate) < 1.0):
+            raise ValueError(f"init_gate: must lie in (0, 1), got {init_gate!r}")
+        init_gate = float(init_gate)
         self.n_taps, self.channels = int(n_taps), int(channels)
         self.min_alpha, self.max_alpha = float(min_alpha), float(max_alpha)
         self.fft_threshold = int(fft_threshold)

@@ -128,7 +128,7 @@ class Mamba2(nn.Module):
     kernels
         ``"auto"`` (fused on CUDA when importable), ``"portable"`` or ``"fused"`` (error if unavailable).
     fractional
-        ``None`` or a mapping ``{n_taps, min_alpha, max_alpha}`` adding a gated :class:`FractionalKernel`
+        ``None`` or a mapping ``{n_taps, min_alpha, max_alpha[, init_gate]}`` adding a gated :class:`FractionalKernel`
         on the conv stage.
 
     Shape:
@@ -191,7 +191,8 @@ class Mamba2(nn.Module):
         if fractional is not None:
             # Passed as given: the kernel checks them (int() read n_taps 2.5 as 2).
             self.fractional = FractionalKernel(n_taps=fractional["n_taps"], min_alpha=fractional["min_alpha"],
-                                               max_alpha=fractional["max_alpha"], channels=self.conv_dim)
+                                               max_alpha=fractional["max_alpha"], channels=self.conv_dim,
+                                               init_gate=fractional.get("init_gate", 0.1))
 
     def _use_fused(self, x: torch.Tensor) -> bool:
         if self.kernels == "portable":
