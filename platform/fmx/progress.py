@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from typing import Any
 
@@ -59,7 +60,10 @@ class SweepProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         last: dict[str, Any] = trial.last_result or {}
-        self._update(f"fmx: trial {trial.trial_id} finished: {self.metric}={last.get(self.metric)}")
+        value = last.get(self.metric)
+        real = isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+        shown = f"{value:.4g}" if real else value  # 4 digits, as the tables: not float noise
+        self._update(f"fmx: trial {trial.trial_id} finished: {self.metric}={shown}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import sys
 from typing import List, Optional
 
 import typer
@@ -14,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(help="Per-subject fractal fingerprints and cohort comparisons.", no_args_is_help=True)
-console = Console()
+# Wide tables when piped (CI logs, `| tee`): 80 columns cut measure names to "higuchi…"; else the terminal's.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fail(exc: Exception) -> None:
@@ -87,8 +89,11 @@ def fit(
                          "the tracking server is reachable (finished recordings are skipped), or add --no-mlflow"))
     console.print(
         f"[bold]{len(result.recordings)}[/] recordings: {result.n_fitted} fitted, {result.n_skipped} skipped "
-        f"(done before), {result.n_failed} failed, in {result.seconds:.1f} s -> {result.out}"
-    )
+        f"(done before), {result.n_failed} failed, in {result.seconds:.1f} s -> {result.out}", soft_wrap=True
+    )  # soft_wrap: a path longer than the line stays whole, copyable
+    left_out = _left_out_line(result.recordings, result.out)
+    if left_out:
+        console.print(left_out, soft_wrap=True, markup=False, highlight=False)
     if result.n_failed:
         console.print("[red]failures[/] (also in failures.parquet):")
         for row in result.failures.itertuples():
@@ -96,11 +101,65 @@ def fit(
             console.print(f"  {row.path}{'#' + row.member if row.member else ''}: {row.error}", soft_wrap=True,
                           markup=False, highlight=False)
     if result.mlflow_run_id:
-        console.print(f"MLflow run {result.mlflow_run_id}")
+        from fmx.commands.sweep import ui_command
+
+        # the store by name: the default is ./mlflow.db, not the runs/mlflow.db a bare `fmx ui` opens
+        store = _mlflow_store(mlflow)
+        console.print(f"MLflow run {result.mlflow_run_id} in {store}; open the MLflow UI: {ui_command(store)}",
+                      soft_wrap=True, markup=False, highlight=False)
     if result.n_failed and not (result.n_fitted or result.n_skipped):
         # A script or a cluster job must see that nothing was measured (exit 0 read as success).
         console.print("[red]error:[/] every recording failed; see the reasons above")
         raise typer.Exit(code=1)
+
+
+def _mlflow_store(option: Optional[str]) -> str:
+    """The tracking URI the job logged to: --mlflow, else MLFLOW_TRACKING_URI, else MLflow's default, as the job
+    resolves them."""
+    import os
+    from urllib.parse import unquote
+
+    import mlflow
+
+    from fmx.tracking import resolve_tracking_uri
+
+    uri = option or (os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
+    uri = resolve_tracking_uri(uri) if uri else mlflow.get_tracking_uri()
+    # MLflow's default quotes the folder (sqlite:////a/wd%20x/mlflow.db), as SQLite reads it; `fmx ui` would take
+    # %20 literally and open a new empty store in a folder named wd%20x
+    return unquote(uri) if uri.startswith("sqlite:") else uri
+
+
+def _left_out_line(recordings, out: str) -> str | None:
+    """One line on the data the measures did not see (spans annotated BAD, epoch tails, clean pieces too short),
+    or None when every measured recording was measured whole."""
+    import pandas as pd
+
+    measured = recordings[recordings["status"] != "failed"] if "status" in recordings else recordings
+    if measured.empty or "excluded_fraction" not in measured:
+        return None
+    excluded = pd.to_numeric(measured["excluded_fraction"], errors="coerce").fillna(0.0)
+    bad = pd.to_numeric(measured.get("bad_fraction", pd.Series(0.0, index=measured.index)), errors="coerce").fillna(0)
+    marked = bad > 0
+    where = f"per recording: bad_fraction, excluded_fraction in {out.rstrip('/')}/recordings.parquet"
+    if not (excluded > 0).any():
+        if not marked.any():
+            return None
+        return (f"spans annotated BAD in {int(marked.sum())} of {len(measured)} recordings were measured through "
+                f"(preprocess.reject_by_annotation=false); {where}")
+    duration = pd.to_numeric(measured.get("duration_s", pd.Series(float("nan"), index=measured.index)),
+                             errors="coerce")
+    weights = duration if duration.notna().all() and duration.sum() > 0 else pd.Series(1.0, index=measured.index)
+    share = float((excluded * weights).sum() / weights.sum())
+    marked_share = float((excluded * weights)[marked].sum() / weights[marked].sum()) if marked.any() else 0.0
+    # facts, not causes: with reject_by_annotation=false a marked recording loses only its epoch tail
+    which = (f", {_percent(marked_share)} in the {int(marked.sum())} of {len(measured)} recordings with spans "
+             "annotated BAD" if marked.any() else " (epoch tails)")
+    return f"left out of the measures: {_percent(share)} of the recorded time{which}; {where}"
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.3g}%" if fraction >= 1e-5 else "<0.001%"
 
 
 @app.command("compare")
@@ -145,4 +204,4 @@ def compare_cmd(
         for row in result.mixed.itertuples():
             mt.add_row(row.measure, f"{row.coef:.4g}", f"{row.se:.3g}", f"{row.p:.3g}", str(row.converged))
         console.print(mt)
-    console.print(f"tables and {len(result.figures)} figures in {result.out}")
+    console.print(f"tables and {len(result.figures)} figures in {result.out}", soft_wrap=True)

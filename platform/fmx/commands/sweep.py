@@ -65,7 +65,9 @@ def _print_outcome(outcome, metric: str) -> None:
         console.print(_table(df, metric, title="trials (best first)"))
     if metric in df and df[metric].notna().any():  # ranked: NaN last; no trial reported it -> no best trial
         best = df.iloc[0]
-        console.print(f"[bold]best trial[/bold] {best['trial_id']}: {metric} = {best.get(metric)}")
+        value = best.get(metric)  # 4 digits, as the table above: not float noise
+        console.print(f"[bold]best trial[/bold] {best['trial_id']}: {metric} = "
+                      f"{f'{value:.4g}' if isinstance(value, float) else value}")
         fp = {k.split("/", 1)[1]: best[k] for k in df.columns
               if k.startswith("fingerprint/") and k.endswith(("_mean", "fc_density", "graph_fd")) and best[k] == best[k]}
         if fp:
