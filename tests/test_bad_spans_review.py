@@ -395,6 +395,18 @@ def test_recordings_skipped_for_their_names_are_named(tmp_path, caplog):
     assert "patient02_task-rest_eeg.fif" in caplog.text and "1 recording" in caplog.text
 
 
+def test_hidden_files_are_not_called_recordings_to_rename(tmp_path, caplog):
+    # macOS AppleDouble files (._sub-01_...) and editors' hidden copies were reported as "not named sub-XX: rename"
+    from fmx.fingerprint.discover import discover
+
+    _write_fif(tmp_path / "sub-01" / "eeg" / "sub-01_task-rest_eeg.fif", _noise(1, 2))
+    (tmp_path / "sub-01" / "eeg" / "._sub-01_task-rest_eeg.fif").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / "sub-01" / "eeg" / ".x_eeg.fif").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="fmx.fingerprint.discover"):
+        frame = discover(str(tmp_path))
+    assert frame["subject"].tolist() == ["sub-01"] and "rename" not in caplog.text
+
+
 def test_files_datamodule_with_no_clean_window_names_files_and_clean_length(tmp_path):
     _write_fif(tmp_path / "a_eeg.fif", _noise(1, 4), [(0.5, 3.5, "BAD_x")])
     with pytest.raises(ValueError, match=r"a_eeg.fif \(longest clean stretch 125 samples\)"):

@@ -157,6 +157,8 @@ def _from_files(paths: list[str], root: str | None):
             continue
         if path.lower().endswith("participants.tsv") or _not_raw(path, root) or _hidden(path, root):
             continue
+        if path.replace("\\", "/").rsplit("/", 1)[-1].startswith("."):  # macOS ._x AppleDouble files, editors' copies
+            continue
         entities = parse_bids_name(path.replace("\\", "/"))
         if entities is None or not entities["ext"].lower().endswith(SUPPORTED_EXTENSIONS):
             if path.lower().endswith(_SIGNAL_EXTENSIONS):
