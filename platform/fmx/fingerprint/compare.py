@@ -72,8 +72,16 @@ def _channel_means(table, *, include_network: bool = False):
     import pandas as pd
 
     is_net = table["channel"].str.lower() == "network"
-    means = (table[~is_net].groupby([c for c in table.columns if c not in ("channel", "value")], dropna=False)
-             ["value"].mean().reset_index())
+    keys = [c for c in table.columns if c not in ("channel", "value")]
+    channels = table[~is_net]
+    # The job drops NaN values (a flat channel in one recording): average only the channels a subject has in
+    # every one of its recordings, so its means compare like with like across levels and sessions.
+    recording = channels.groupby(keys, dropna=False, sort=False).ngroup()
+    by_subject = [channels["subject"], channels["measure"]]
+    n_recordings = recording.groupby(by_subject).transform("nunique")
+    n_with_channel = recording.groupby(by_subject + [channels["channel"]]).transform("nunique")
+    channels = channels[n_with_channel == n_recordings]
+    means = channels.groupby(keys, dropna=False)["value"].mean().reset_index()
     means["channel"] = MEAN_CHANNEL
     return pd.concat([means, table[is_net]], ignore_index=True) if include_network else means
 
@@ -182,16 +190,25 @@ def mixed_effects(table, column: str, levels: Sequence[str]):
                        note="needs repeated measures per subject (a within-subject contrast)")
             rows.append(row)
             continue
+        if part["value"].nunique() == 1:
+            row.update(coef=0.0, se=np.nan, z=np.nan, p=np.nan, converged=False,
+                       note="every value is equal: no variance to model")
+            rows.append(row)
+            continue
         # Scale to unit SD so the optimiser sees O(1) numbers whatever the measure's units.
-        scale = part["value"].std() or 1.0
+        scale = part["value"].std()
         part["y"] = (part["value"] - part["value"].mean()) / scale
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             fit = smf.mixedlm("y ~ b", part, groups=part["subject"]).fit(reml=True)
-        converged = bool(getattr(fit, "converged", True)) and not any(
-            issubclass(w.category, ConvergenceWarning) for w in caught)
+        # statsmodels retries failed optimisers itself and sets `converged` from the last one; its warnings
+        # also fire on converged fits (an optimiser retried, a subject variance of 0 on the boundary).
+        converged = bool(getattr(fit, "converged", True))
+        messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+        note = ("subject variance on the boundary (0): the fit ignores the pairing"
+                if any("boundary" in m for m in messages) else "")
         row.update(coef=float(fit.params["b"] * scale), se=float(fit.bse["b"] * scale), z=float(fit.tvalues["b"]),
-                   p=float(fit.pvalues["b"]), converged=converged, note="")
+                   p=float(fit.pvalues["b"]), converged=converged, note=note)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -224,7 +241,10 @@ def compare(
     if table.empty:
         raise ValueError(f"{out}: the fingerprint table is empty (every recording failed?); see failures.parquet")
     if measures:
+        available = sorted(table["measure"].unique())
         table = table[table["measure"].isin(measures)]
+        if table.empty:
+            raise ValueError(f"measures: none of {list(measures)} is in the results; available: {available}")
     if contrast is not None:
         column, pair = parse_contrast(contrast)
     else:
