@@ -1,6 +1,7 @@
 """Review of the statistics behind ``fmx fingerprint compare``: corner cases recomputed by hand / scipy."""
 from __future__ import annotations
 
+import math
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,3 +83,17 @@ def test_unknown_measures_filter_names_the_measures(tmp_path):
     # was: "contrast: condition='rest' not in the results; levels found: []"
     with pytest.raises(ValueError, match=r"measures: none of \['hdf'\].*available: \['hfd'\]"):
         compare(str(tmp_path), contrast="condition=rest,arith", measures=["hdf"], figures=False)
+
+
+def test_an_infinite_effect_is_drawn_not_left_blank():
+    # d = +inf (a constant shift) drew no bar: the largest effect looked like none
+    import pandas as pd
+
+    from fmx.fingerprint.plots import plot_channel_effects
+
+    stats = pd.DataFrame({"measure": ["m"] * 3, "channel": ["Fz", "Cz", "Pz"], "cohens_d": [float("inf"), 0.4, -0.8],
+                          "q_fdr": [0.01, 0.5, 0.2], "contrast": ["c"] * 3})
+    ax = plot_channel_effects(stats, "m").axes[0]
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights[0] > 0.8 and all(map(math.isfinite, heights))
+    assert any(t.get_text() == "inf" for t in ax.texts)

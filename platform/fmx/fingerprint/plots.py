@@ -74,7 +74,19 @@ def plot_channel_effects(stats, measure: str, *, effect: str = "cohens_d", q_col
     ax = fig.subplots()
     sig = part[q_col].to_numpy() < alpha
     colors = ["tab:red" if s else "0.75" for s in sig]
-    ax.bar(range(len(part)), part[effect].to_numpy(), color=colors)
+    values = part[effect].to_numpy(dtype=float)
+    # d is +-inf for a constant non-zero shift (zero spread): matplotlib drew no bar, so the largest effect looked
+    # like none. Draw it past the largest finite bar, hatched and labelled.
+    infinite = np.isinf(values)
+    if infinite.any():
+        finite = np.abs(values[np.isfinite(values)])
+        top = 1.25 * (finite.max() if finite.size and finite.max() > 0 else 1.0)
+        values = np.where(infinite, np.sign(values) * top, values)
+    bars = ax.bar(range(len(part)), values, color=colors)
+    for i in np.flatnonzero(infinite):
+        bars[i].set_hatch("//")
+        ax.annotate("inf" if values[i] > 0 else "-inf", (i, values[i]), ha="center",
+                    va="bottom" if values[i] > 0 else "top", fontsize=7)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(range(len(part)))
     ax.set_xticklabels(part["channel"], rotation=90, fontsize=7)
