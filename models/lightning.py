@@ -346,6 +346,7 @@ class NeuroFMxModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self._warn_mid_epoch_resume()
         self._warn_priors_never_on()
+        self._warn_lr_warmup_outlasts_fit()
 
     def _warn_forecast_never_scored(self, batch: Mapping[str, Any]) -> None:
         """Say so when the windows are too short for the forecast horizon while other heads still score: the
@@ -375,6 +376,24 @@ class NeuroFMxModule(pl.LightningModule):
             "on, so fractals.priors.* (spectral_beta_target, lambda_spec, lambda_mf, lambda_graphfd) change nothing "
             "in this run. Set fractals.priors.warmup_steps below the step count, or train longer.",
             self.prior_warmup, int(total))
+
+    def _warn_lr_warmup_outlasts_fit(self) -> None:
+        """Say so when the LR warmup is longer than the fit: the learning rate then never reaches ``optim.lr``
+        and the cosine decay never starts (``warmup_steps: 50`` in a 40-step sweep trial peaks at 0.8 x lr)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        warmup = int((self.cfg.get("optim", {}) or {}).get("warmup_steps", 0) or 0)
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or warmup <= total:
+            return
+        lr = float((self.cfg.get("optim", {}) or {}).get("lr", 3e-4))
+        log.warning(
+            "optim.warmup_steps=%d but this fit runs %d optimizer steps: the learning rate never reaches "
+            "optim.lr=%g (it climbs linearly to %.2f x optim.lr on the last step, %.2f x on average) and the "
+            "%s schedule after the warmup never starts. Set optim.warmup_steps below the step count, or train longer.",
+            warmup, int(total), lr, total / warmup, (total + 1) / (2 * warmup),
+            (self.cfg.get("optim", {}) or {}).get("schedule", "cosine"))
 
     def _warn_mid_epoch_resume(self) -> None:
         """Say what happens when fit resumes from a checkpoint saved inside an epoch.

@@ -189,3 +189,14 @@ def test_sweep_trainer_precision_is_checked_before_any_trial(precision, words):
     with pytest.raises(ValueError) as err:
         trainer_options({"precision": precision})
     assert str(err.value).startswith("trainer.precision:") and words in str(err.value)
+
+
+def test_the_precisions_offered_in_the_error_are_accepted():
+    from fmx.config import trainer_options
+
+    with pytest.raises(ValueError) as err:
+        trainer_options({"precision": 32.0})
+    offered = str(err.value).split("allowed: ", 1)[1].split(", ")
+    assert "16-true" not in offered and "bf16-mixed" in offered
+    for precision in offered:
+        trainer_options({"precision": precision})

@@ -395,6 +395,7 @@ def test_mid_epoch_resume_says_which_batches_come_again(tmp_path, caplog):
 def test_end_of_epoch_resume_is_quiet(tmp_path, caplog):
     cfg = _cfg(n_train=2, n_val=2, batch_size=1)
     cfg["fractals"]["enable"] = False
+    cfg["optim"]["warmup_steps"] = 1  # a 4-step fit: the default warmup would be warned about
     kw = dict(_QUIET, limit_val_batches=0)
     first = pl.Trainer(max_epochs=1, **kw)
     first.fit(build_lightning_module(cfg), datamodule=_Data(cfg, batch_size=1))

@@ -67,8 +67,12 @@ class FractalByteModule(pl.LightningModule):
         self.log_dict({"val/bpb": bpb}, prog_bar=True, sync_dist=True, batch_size=n_real)
 
     def configure_optimizers(self):
+        from models.lightning import param_groups
+
         _refuse_float16_weights(self.parameters())
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # optim.weight_decay on weight matrices only, as for NeuroFMx: decaying Mamba's A_log/D/dt_bias pulled the
+        # SSM's decay rates towards exp(0) at every step, and the RMSNorm gains towards 0
+        return torch.optim.AdamW(param_groups(self.model, self.hparams.weight_decay), lr=self.hparams.lr)
 
 
 def _is_list(value: Any) -> bool:

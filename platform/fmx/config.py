@@ -409,6 +409,9 @@ LIGHTNING_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "64-true", "16-true
                         "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
 
 
+FLOAT16_WEIGHTS = ("16-true", "transformer-engine-float16")  # Lightning accepts them; Adam's eps is 0 in float16
+
+
 def trainer_options(tr: Mapping[str, Any]) -> dict[str, Any]:
     """The Lightning ``Trainer`` arguments of a composed ``trainer`` config, checked.
 
@@ -430,8 +433,8 @@ def trainer_options(tr: Mapping[str, Any]) -> dict[str, Any]:
     # 32.0 == 32 passed the membership test, and Lightning then failed every trial with "No precision set"
     if not isinstance(precision, (str, int)) or isinstance(precision, bool) or precision not in LIGHTNING_PRECISIONS:
         raise ValueError(f"trainer.precision: {precision!r} is not a Lightning precision; allowed: "
-                         f"{', '.join(str(p) for p in LIGHTNING_PRECISIONS if isinstance(p, str))}")
-    if precision in ("16-true", "transformer-engine-float16"):  # the models refuse it too, but only in each trial
+                         f"{', '.join(str(p) for p in LIGHTNING_PRECISIONS if isinstance(p, str) and p not in FLOAT16_WEIGHTS)}")
+    if precision in FLOAT16_WEIGHTS:  # the models refuse it too, but only in each trial
         raise ValueError(f"trainer.precision: {precision!r} trains float16 weights, and Adam's eps (1e-8) is 0 in "
                          "float16: the weights turn NaN at the first step. Use 16-mixed, bf16-mixed or bf16-true")
     for key, least in (("limit_train_batches", 0), ("limit_val_batches", -1), ("val_check_interval", 0)):
