@@ -9,24 +9,10 @@ import pytest
 mne = pytest.importorskip("mne", reason="the recording tests write FIF files with mne")
 
 from models.data.recording import Recording  # noqa: E402
+from test_bad_spans_review import _noise, _write_fif  # noqa: E402  the same FIF recordings
 
 FS = 250.0
 HIGUCHI_ONLY = {"fingerprint": {"measures": ["higuchi_fd", "katz_fd"]}, "fou": {"enable": False}}
-
-
-def _noise(n_ch, seconds, seed=0):
-    return np.random.default_rng(seed).standard_normal((n_ch, int(round(seconds * FS)))) * 1e-5
-
-
-def _write_fif(path, data, annotations=()):
-    raw = mne.io.RawArray(data, mne.create_info([f"EEG{i:03d}" for i in range(data.shape[0])], FS, "eeg"),
-                          verbose="error")
-    if annotations:
-        onset, duration, text = zip(*annotations)
-        raw.set_annotations(mne.Annotations(list(onset), list(duration), list(text)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw.save(path, overwrite=True, verbose="error")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------------------
