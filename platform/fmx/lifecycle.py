@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,49 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fmx.runner")  # the runner's logger: one place to turn sweep messages up or down
 
-__all__ = ["CallerProcessKept", "MlflowLifecycle", "SigtermAsInterrupt"]
+__all__ = ["CallerProcessKept", "MlflowLifecycle", "SigtermAsInterrupt", "trial_error"]
+
+# "ValueError: ...", "ray.exceptions.ActorDiedError: ...": the lines of a traceback that name an exception
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\w*: ")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def trial_error(trial) -> tuple[str, str, str | None]:
+    """Why a trial failed, read from the error file Tune writes on the driver: ``(line, text, path)``.
+
+    ``line`` is the innermost exception's type and the first line of its message (the worker's error, not Ray's
+    wrappers around it), ``text`` the latest failure's full traceback, ``path`` the error file in the trial's folder
+    of the checkpoint store (``None`` when Tune wrote none). Both strings are redacted (secret values, credentials
+    in URIs).
+    """
+    path = getattr(trial, "error_file", None)
+    text = ""
+    if path:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            path = None
+    _, header, latest = text.rpartition("Failure # ")  # the file gains one such block per failure of the trial
+    text = st.redact(_ANSI.sub("", header + latest))
+    lines = [x.strip() for x in text.splitlines()]
+    named = [i for i, x in enumerate(lines) if _EXCEPTION_LINE.match(x)]
+    line = lines[named[-1]] if named else next((x for x in reversed(lines) if x), "no error recorded by Tune")
+    if named and line.endswith(":"):  # "WorkerGroupError: Training failed due to worker errors:" + what happened
+        line += " " + next((x for x in lines[named[-1] + 1:] if x and not x.startswith(("[", "File "))), "")
+    return (line if len(line) <= 300 else line[:297] + "..."), text, _stored_error_file(trial, path)
+
+
+def _stored_error_file(trial, staged: str | None) -> str | None:
+    """Where the error file lives after the sweep: the trial's folder in the checkpoint store (Tune copies it
+    there), not the driver's staging copy under Ray's session folder (gone with the session)."""
+    storage = getattr(trial, "storage", None)
+    name = getattr(getattr(trial, "run_metadata", None), "error_filename", None)
+    if staged is None or storage is None or not name:
+        return staged
+    scheme = getattr(storage.storage_filesystem, "type_name", "local")
+    where = f"{storage.trial_fs_path}/{name}"
+    return where if scheme == "local" else f"{scheme}://{where}"
 
 
 def _tune_callback_base():
@@ -63,6 +106,15 @@ class MlflowLifecycle(_tune_callback_base()):
         last = trial.last_result or {}
         if status == "FINISHED" and not last.get("fmx_complete"):
             c.set_tag(run.info.run_id, "fmx.stopped_early", "true")  # the scheduler stopped it
+        if status == "FAILED":  # why, where `fmx compare`, `fmx sweep status` and the UI can show it
+            line, text, _ = trial_error(trial)
+            c.set_tag(run.info.run_id, "fmx.error", line)
+            try:  # an artifact store that refuses the upload must not keep the run RUNNING nor stop the sweep
+                if text:
+                    tracking.log_text(c, run.info.run_id, text, "error/error.txt")
+            except Exception as exc:  # noqa: BLE001 - boto/pyarrow/MLflow errors alike; the tag says why already
+                logger.warning("trial %s: could not store its traceback in MLflow (%s)", trial.trial_id,
+                               st.redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
         tracking.end_run(c, run.info.run_id, status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -66,5 +66,14 @@ class SweepProgress(Callback):
         self._update(f"fmx: trial {trial.trial_id} finished: {self.metric}={shown}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        from fmx.lifecycle import trial_error
+
         self.failed += 1
-        self._update(f"fmx: trial {trial.trial_id} FAILED")
+        why, _, path = trial_error(trial)
+        line = f"fmx: trial {trial.trial_id} FAILED: {why}" + (f" (traceback: {path}; also the trial's MLflow run, "
+                                                                 "artifact error/error.txt)" if path else "")
+        self._update(line)
+        if self._progress is not None and self._progress.console.is_terminal:  # above the bar: why it failed
+            from rich.markup import escape
+
+            self._progress.console.print(escape(line), soft_wrap=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import sys
@@ -66,8 +65,11 @@ def _print_outcome(outcome, metric: str) -> None:
     if metric in df and df[metric].notna().any():  # ranked: NaN last; no trial reported it -> no best trial
         best = df.iloc[0]
         value = best.get(metric)  # 4 digits, as the table above: not float noise
+        # a trial that failed after reporting can rank first: say so, its value is not a finished trial's
+        ended = "" if best.get("status") in (None, "FINISHED") else \
+            f" (its trial ended {best['status']}: the value is its last report before that)"
         console.print(f"[bold]best trial[/bold] {best['trial_id']}: {metric} = "
-                      f"{f'{value:.4g}' if isinstance(value, float) else value}")
+                      f"{f'{value:.4g}' if isinstance(value, float) else value}{ended}")
         fp = {k.split("/", 1)[1]: best[k] for k in df.columns
               if k.startswith("fingerprint/") and k.endswith(("_mean", "fc_density", "graph_fd")) and best[k] == best[k]}
         if fp:
@@ -76,6 +78,8 @@ def _print_outcome(outcome, metric: str) -> None:
         acc = {k: best[k] for k in df.columns if k.startswith("acceptance/") and k.endswith("_pass")}
         if acc:
             console.print("acceptance: " + ", ".join(_acceptance_text(best, k, v) for k, v in acc.items() if v == v))
+    if outcome.n_errors:
+        _print_failures(c, outcome.experiment_id, outcome.parent_run_id)
     console.print(f"open the MLflow UI: [bold]{ui_command(outcome.tracking_uri)}[/bold]")
 
 
@@ -361,6 +365,22 @@ def status(name: str = typer.Argument(..., help="sweep name"),
         console.print(_table(df, sweep.metric.name, title="trials"))
         counts = df["status"].value_counts().to_dict()
         console.print("status: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        _print_failures(c, pointer["experiment_id"], pointer["parent_run_id"])
+
+
+def _print_failures(c, experiment_id: str, parent_run_id: str) -> None:
+    """One line per failed trial: its id and why (the ``fmx.error`` tag; the traceback is its error/error.txt)."""
+    from rich.markup import escape
+
+    from fmx import tracking
+    from fmx.storage import redact
+
+    failed = [r for r in tracking.child_runs(c, experiment_id, parent_run_id) if r.info.status == "FAILED"]
+    for run in failed:
+        why = run.data.tags.get("fmx.error")  # absent when the sweep itself stopped (its own error says why)
+        where = f" (traceback: artifact error/error.txt of run {run.info.run_id})" if why else ""
+        console.print(f"[red]failed[/red] trial {escape(run.data.tags.get(tracking.TAG_TRIAL, run.info.run_id))}: "
+                      f"{escape(redact(why or 'no error recorded'))}{where}", soft_wrap=True)
 
 
 @app.command()
