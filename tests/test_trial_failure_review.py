@@ -92,6 +92,10 @@ def test_the_sweep_summary_lists_why_trials_failed_and_flags_a_failed_best_trial
     assert "best trial t_died: val/acc = 0.9 (its trial ended FAILED" in printed, printed
     assert "failed trial t_died: OSError: [Errno 5] read failed (password ***)" in printed, printed
     assert SECRET not in printed and "failed trial t_ok" not in printed
+    from fmx.compare import trials_frame  # the comparison table carries the reason too
+
+    frame = trials_frame(c, exp, parent).set_index("trial_id")
+    assert frame.loc["t_died", "error"].startswith("OSError: [Errno 5]") and frame.loc["t_ok", "error"] == ""
 
 
 def test_trial_error_names_the_workers_error_of_the_latest_failure_without_secrets(tmp_path, monkeypatch):

@@ -29,14 +29,16 @@ def find_parent(c, name_or_id: str, *, experiment_ids: list[str] | None = None):
 
 
 def trials_frame(c, experiment_id: str, parent_run_id: str):
-    """One row per trial: ``trial_id, run_id, status, sweep.<param>..., <metric>...`` (latest values)."""
+    """One row per trial: ``trial_id, run_id, status, stopped_early, error, sweep.<param>..., <metric>...`` (latest
+    values; ``error`` is the reason a FAILED trial's run records, else empty)."""
     import pandas as pd
 
     rows = []
     for run in tracking.child_runs(c, experiment_id, parent_run_id):
         row: dict[str, Any] = {"trial_id": run.data.tags.get(tracking.TAG_TRIAL, ""), "run_id": run.info.run_id,
                                "status": run.info.status,
-                               "stopped_early": run.data.tags.get("fmx.stopped_early") == "true"}
+                               "stopped_early": run.data.tags.get("fmx.stopped_early") == "true",
+                               "error": run.data.tags.get("fmx.error", "")}  # why a FAILED trial failed
         for k, v in run.data.params.items():
             if k.startswith("sweep."):
                 row[k] = v
