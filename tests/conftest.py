@@ -3,6 +3,7 @@ registered here so every test module can use them."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ import pytest
 # RAY_AUTH_MODE=token in os.environ, after which drivers (token) and the session head (no token) disagreed and
 # trial actors were cancelled. test_cluster_submit starts its own token-auth head with an explicit env.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+# A shell without job control starts a background job (`make test &`) with Ctrl-C ignored, and Python then keeps
+# SIGINT ignored: the tests that send themselves (or their child processes) Ctrl-C would see nothing happen.
+# Give the session Python's own Ctrl-C handler, as an interactive run has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ["fixtures_servers"]
 
