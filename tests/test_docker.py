@@ -140,3 +140,15 @@ def test_runtime_stage_can_build_triton_launchers():
         for cmd in re.findall(r"apt-get install ([^&]+)", line):
             installed |= {w for w in cmd.split() if not w.startswith("-")}
     assert {"gcc", "libc6-dev", "python3-dev"} <= installed, sorted(installed)
+
+
+def test_runtime_stage_has_wget_for_kuberay_probes():
+    """KubeRay's operator (1.1 and later) injects exec readiness/liveness probes running `wget -T 2 -q -O-
+    http://localhost:52365/api/local_raylet_healthz` into every Ray pod (ray-project/kuberay#2063): without
+    wget in the image the probes fail and Kubernetes restarts the head and workers forever."""
+    runtime = stages(DOCKERFILES["train"].read_text())[-1]
+    installed = set()
+    for line in runtime:
+        for cmd in re.findall(r"apt-get install ([^&]+)", line):
+            installed |= {w for w in cmd.split() if not w.startswith("-")}
+    assert "wget" in installed, sorted(installed)
