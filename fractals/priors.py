@@ -15,7 +15,8 @@ from torch import nn
 
 from fractals._checks import check_finite, check_positive
 from fractals.regularizers import (
-    _LATENTS_CHECKED, _check_time_dim, _check_weight, _finite, _zero_like, l_graph_fd, l_multifractal, l_spec_1overf,
+    _LATENTS_CHECKED, _check_latents, _check_time_dim, _check_weight, _finite, _spec_bins, _spec_loss_binned,
+    _zero_like, l_graph_fd, l_multifractal, l_spec_1overf,
 )
 
 __all__ = ["FractalPriors"]
@@ -199,10 +200,17 @@ class FractalPriors(nn.Module):
             return zero, parts
         fs = self.fs if fs is None else fs
         if self.compile is True or (self.compile == "auto" and latents.is_cuda):
+            # The host-side checks of the eager terms, here: the graph skips the NaN/inf check (a host sync),
+            # so NaN latents gave a NaN or, through the dead-channel masks, a finite loss without a word.
+            if self.lambda_spec > 0 or self.lambda_mf > 0 or self.lambda_graphfd > 0:
+                _check_latents(latents, self.time_dim)
+            # fs and the band reach the graph as tensors: as Python floats they were baked in, and every new
+            # rate (one per modality) recompiled the terms (~10 s on CPU) until torch's recompile limit.
+            bins = _spec_bins(latents, fs, self.band, time_dim=self.time_dim) if self.lambda_spec > 0 else None
             if self._compiled is None:
-                self._compiled = torch.compile(self._terms)
+                self._compiled = torch.compile(self._binned_terms)
             try:
-                return self._compiled(latents, fs)
+                return self._compiled(latents, bins)
             except ValueError:  # bad input, which the eager terms reject the same way
                 raise
             except Exception as exc:  # noqa: BLE001 - any compile failure: say so once, run eager
@@ -223,10 +231,18 @@ class FractalPriors(nn.Module):
                 _LATENTS_CHECKED.reset(token)
         return self._unchecked_terms(latents, fs)
 
-    def _unchecked_terms(self, latents: torch.Tensor, fs: float):
+    def _binned_terms(self, latents: torch.Tensor, bins: Optional[list]):
+        """The compiled entry: :meth:`_unchecked_terms` with the 1/f band from ``_spec_bins`` (forward checked the
+        latents)."""
+        return self._unchecked_terms(latents, None, bins)
+
+    def _unchecked_terms(self, latents: torch.Tensor, fs: Optional[float], bins: Optional[list] = None):
         zero = _zero_like(latents)
         parts = {"spec": zero, "mf": zero, "graphfd": zero}
-        if self.lambda_spec > 0:
+        if self.lambda_spec > 0 and bins is not None:
+            parts["spec"] = _spec_loss_binned(latents, bins, self.spectral_beta_target, self.lambda_spec,
+                                              time_dim=self.time_dim, exclude_peaks=self.exclude_peaks)
+        elif self.lambda_spec > 0:
             parts["spec"] = l_spec_1overf(latents, fs, self.band, self.spectral_beta_target, self.lambda_spec,
                                           time_dim=self.time_dim, exclude_peaks=self.exclude_peaks)
         if self.lambda_mf > 0:

@@ -64,7 +64,8 @@ __all__ = [
 _LATENTS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("fractals_latents_checked", default=False)
 
 
-def _time_last(latents: torch.Tensor, time_dim: int, name: str = "latents") -> torch.Tensor:
+def _check_latents(latents: torch.Tensor, time_dim: int, name: str = "latents") -> None:
+    """The input checks of :func:`_time_last`, without its copy (FractalPriors runs them before a compiled call)."""
     if not isinstance(latents, torch.Tensor):
         raise ValueError(f"{name}: needs a torch.Tensor (B, T, C), got {type(latents).__name__}")
     if not latents.is_floating_point():
@@ -78,6 +79,10 @@ def _time_last(latents: torch.Tensor, time_dim: int, name: str = "latents") -> t
         # NaN/inf channels read as dead (left out: a silently smaller loss) or gave a finite tau. One
         # host sync, so it is skipped inside a torch.compile graph (there NaN latents make the loss NaN).
         check_finite(latents, name)
+
+
+def _time_last(latents: torch.Tensor, time_dim: int, name: str = "latents") -> torch.Tensor:
+    _check_latents(latents, time_dim, name)
     x = latents.movedim(time_dim, -1).contiguous()  # strided unfold/FFT on (B, T, C) is 3-4x slower
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # log-spectra and cumulative sums lose too much in half precision
@@ -112,7 +117,8 @@ def _check_weight(weight, name: str = "weight") -> float:
         w = float(weight)
     except (TypeError, ValueError):
         w = math.nan
-    if not (math.isfinite(w) and w >= 0):
+    # True is not a weight: `lambda_mf: true` (meaning "on") ran the prior at 1.0, 50x its default.
+    if isinstance(weight, bool) or not (math.isfinite(w) and w >= 0):
         raise ValueError(f"{name}: must be a finite number >= 0, got {weight!r}")
     return w
 
@@ -151,8 +157,8 @@ def _resolutions(n: int, nperseg) -> list[int]:
     return res
 
 
-def _welch_beta(x, fs, lo, hi, nper, exclude_peaks, peak_threshold, time_dim, shape, band):
-    n = x.shape[-1]
+def _band_bins(n, fs, lo, hi, nper, time_dim, shape, band) -> tuple[int, int]:
+    """First Welch bin of the fit band and its bin count at segment length ``nper`` (on the host)."""
     if not 8 <= nper <= n:
         raise ValueError(
             f"nperseg: needs 8 <= nperseg <= T = {n} (time axis is dim {time_dim} of shape {shape}), got {nper}"
@@ -165,10 +171,32 @@ def _welch_beta(x, fs, lo, hi, nper, exclude_peaks, peak_threshold, time_dim, sh
             f"{time_dim} of shape {shape}); need >= 4: widen the band, raise nperseg, or check that "
             "time is on time_dim"
         )
+    return k_lo, n_bins
+
+
+def _band_hz(fs, band) -> tuple[float, float]:
+    """``band`` as finite (lo, hi) Hz, hi clipped to 0.45 fs."""
+    check_positive(fs, "fs")
+    try:
+        lo, hi = (float(v) for v in band)
+    except (TypeError, ValueError):  # (2.0,) was an IndexError, "ab" a bare float() message
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN was "cannot convert float NaN to integer"
+        raise ValueError(f"band: needs a (low_hz, high_hz) pair of finite numbers, got {band!r}")
+    return lo, min(hi, 0.45 * fs)
+
+
+def _welch_power(x, nper):
+    """Welch spectra ``(..., S, nperseg // 2 + 1)`` (Hann, 50 % overlap, each segment's mean removed)."""
     segs = welch_segments(x, nper, max(nper // 2, 1))
     segs = segs - segs.mean(-1, keepdim=True)
     win = torch.hann_window(nper, periodic=True, dtype=x.dtype, device=x.device)
-    spec = torch.fft.rfft(segs * win, dim=-1)[..., k_lo : k_lo + n_bins]
+    return torch.fft.rfft(segs * win, dim=-1)
+
+
+def _welch_beta(x, fs, lo, hi, nper, exclude_peaks, peak_threshold, time_dim, shape, band):
+    k_lo, n_bins = _band_bins(x.shape[-1], fs, lo, hi, nper, time_dim, shape, band)
+    spec = _welch_power(x, nper)[..., k_lo : k_lo + n_bins]
     power = (spec.real.square() + spec.imag.square()).mean(-2)
     # A tiny floor relative to each series' power keeps log finite for dead channels.
     floor = 1e-12 * power.detach().mean(-1, keepdim=True) + torch.finfo(x.dtype).tiny
@@ -188,7 +216,17 @@ def _welch_beta(x, fs, lo, hi, nper, exclude_peaks, peak_threshold, time_dim, sh
 def _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold, drop_dead=False):
     """Betas ``(R, ...)`` per resolution and, with ``drop_dead``, also the live-series mask ``(...)``."""
     check_positive(fs, "fs")
+    x, live = _spectral_input(latents, time_dim, drop_dead)
+    lo, hi = _band_hz(fs, band)
+    shape = tuple(latents.shape)
+    betas = torch.stack([_welch_beta(x, fs, lo, hi, r, exclude_peaks, peak_threshold, time_dim, shape, band)
+                         for r in _resolutions(x.shape[-1], nperseg)])
+    return (betas, live) if drop_dead else betas
+
+
+def _spectral_input(latents, time_dim, drop_dead):
     x = _time_last(latents, time_dim)
+    live = None
     if drop_dead:
         live = x.detach().amax(-1) > x.detach().amin(-1)
         # An exactly constant series has no spectrum: the mean removal would leave rounding noise,
@@ -199,18 +237,59 @@ def _betas(latents, fs, band, time_dim, nperseg, exclude_peaks, peak_threshold, 
     # 1e6 moved beta by 0.01) and scaled by a power of two (exact), so power cannot overflow
     # (|x| >= 1e19 gave a NaN loss) or underflow into the floor (|x| <= 1e-20 gave beta 0).
     x = x - x.mean(-1, keepdim=True, dtype=torch.float64).to(x.dtype)
-    x = x / pow2_scale(x)
-    try:
-        lo, hi = (float(v) for v in band)
-    except (TypeError, ValueError):  # (2.0,) was an IndexError, "ab" a bare float() message
-        lo = hi = math.nan
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN was "cannot convert float NaN to integer"
-        raise ValueError(f"band: needs a (low_hz, high_hz) pair of finite numbers, got {band!r}")
-    hi = min(hi, 0.45 * fs)
-    shape = tuple(latents.shape)
-    betas = torch.stack([_welch_beta(x, fs, lo, hi, r, exclude_peaks, peak_threshold, time_dim, shape, band)
-                         for r in _resolutions(x.shape[-1], nperseg)])
-    return (betas, live) if drop_dead else betas
+    return x / pow2_scale(x), live
+
+
+def _spec_bins(latents: torch.Tensor, fs: float, band: Sequence[float], *, time_dim: int = 1) -> list[torch.Tensor]:
+    """The fit band of :func:`l_spec_1overf` (default resolutions) as tensors, one ``(2, nperseg // 2 + 1)`` per
+    Welch resolution: row 0 weighs the bins inside the band 1 (others 0), row 1 holds log10 of their frequency.
+
+    With the band given this way, fs and band are tensor values rather than Python numbers, so a
+    torch.compile graph of :func:`_spec_loss_binned` is not specialised on them (one graph for every
+    modality's rate). Raises as :func:`l_spec_1overf` does for a bad fs, band or too short a series.
+    """
+    lo, hi = _band_hz(fs, band)
+    n, shape = latents.shape[time_dim], tuple(latents.shape)
+    dtype = latents.dtype if latents.dtype in (torch.float32, torch.float64) else torch.float32
+    out = []
+    for nper in _resolutions(n, None):
+        k_lo, n_bins = _band_bins(n, fs, lo, hi, nper, time_dim, shape, band)
+        # Built on the device (no host-to-device copy, which would sync); float64 frequencies as in _welch_beta.
+        k = torch.arange(nper // 2 + 1, dtype=torch.float64, device=latents.device)
+        weight = ((k >= k_lo) & (k < k_lo + n_bins)).to(dtype)
+        out.append(torch.stack([weight, torch.log10(k.clamp_min(1.0) * (fs / nper)).to(dtype)]))
+    return out
+
+
+def _welch_beta_binned(x, nper, bins, exclude_peaks, peak_threshold):
+    """:func:`_welch_beta` with the band as a 0/1 weight over every bin (see :func:`_spec_bins`)."""
+    weight, logf = bins[0], bins[1]
+    spec = _welch_power(x, nper)
+    power = (spec.real.square() + spec.imag.square()).mean(-2)
+    mean_w = weight / weight.sum()
+    floor = 1e-12 * (power.detach() * mean_w).sum(-1, keepdim=True) + torch.finfo(x.dtype).tiny
+    logp = torch.log10(power + floor)
+    slope = _lstsq_slope(logf, logp, weight)
+    if exclude_peaks:
+        with torch.no_grad():
+            ym = (logp * mean_w).sum(-1, keepdim=True) - slope[..., None] * (logf * mean_w).sum()
+            resid = logp - (ym + slope[..., None] * logf)
+            mask = (resid <= peak_threshold).to(x.dtype) * weight
+        slope = _lstsq_slope(logf, logp, mask)
+    return -slope
+
+
+@autocast_off
+def _spec_loss_binned(latents, bins, beta_target, weight, *, time_dim=1, exclude_peaks=False, peak_threshold=0.3):
+    """:func:`l_spec_1overf` (default resolutions) with its band from :func:`_spec_bins` on the same latents."""
+    x, live = _spectral_input(latents, time_dim, True)
+    res = _resolutions(x.shape[-1], None)
+    if len(res) != len(bins):
+        raise ValueError(f"bins: needs one band per Welch resolution {res} (_spec_bins on these latents), "
+                         f"got {len(bins)}")
+    betas = torch.stack([_welch_beta_binned(x, r, b, exclude_peaks, peak_threshold) for r, b in zip(res, bins)])
+    sq = (betas - float(beta_target)).square() * live
+    return float(weight) * sq.sum() / (betas.shape[0] * live.sum()).clamp_min(1)
 
 
 @autocast_off

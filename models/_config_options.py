@@ -33,11 +33,44 @@ def _refuse_float16_weights(params: Iterable[torch.nn.Parameter]) -> None:
     """Raise a ValueError naming ``trainer.precision`` when the weights to optimise are float16 (``16-true``).
 
     Adam's ``eps`` (1e-8) rounds to 0 in float16, so every weight whose gradient is 0 gets the update 0/0 = NaN at
-    the first step (and gradients below ~2e-4 square to 0). bfloat16 has float32's range and trains."""
+    the first step (and gradients below ~2e-4 square to 0). bfloat16 has float32's range and trains, but drops small
+    updates (see :func:`_bfloat16_weights_warning`)."""
     if any(p.requires_grad and p.dtype == torch.float16 for p in params):
         raise ValueError("trainer.precision: '16-true' trains float16 weights, and Adam's eps (1e-8) is 0 in float16: "
                          "the weights turn NaN at the first step. Use 16-mixed (float16 autocast over float32 "
-                         "weights), bf16-mixed or bf16-true")
+                         "weights) or bf16-mixed (bf16-true trains, but rounds away small weight updates)")
+
+
+def _frozen_share(weights: list[torch.Tensor], rate: float) -> float:
+    """Share of the bfloat16 ``weights`` that an update of size ``rate`` cannot change: a weight with |w| in
+    [2^e, 2^(e+1)) sits on a bfloat16 grid of spacing 2^(e-7), so a step up to half of that rounds back to w."""
+    total = sum(w.numel() for w in weights)
+    stuck = 0
+    with torch.no_grad():
+        for w in weights:
+            half_spacing = torch.exp2(torch.floor(torch.log2(w.detach().abs().float())) - 8)  # 0 for w = 0
+            stuck += int((half_spacing >= rate).sum())
+    return stuck / max(total, 1)
+
+
+def _bfloat16_weights_warning(params: Iterable[torch.nn.Parameter], lr: float, final_lr: float) -> str | None:
+    """The warning for ``trainer.precision: bf16-true`` (bfloat16 weights to optimise), else None.
+
+    bfloat16 keeps 8 significant bits, so an AdamW step (about ``lr`` per weight, less once gradients are noisy)
+    below half the bfloat16 spacing at a weight rounds to nothing and the weight stops training, without an error.
+    Measured on the tiny preset (200 steps, 1 CPU thread, same seed): at lr 1e-4, 84 % of the weights never
+    changed and the validation loss fell 28 % less than with 32-true or bf16-mixed (0.146 vs 0.203); at lr 3e-4,
+    51 % unchanged (22 % in 32-true: unused ids) and 4 % less. Not refused: at large learning rates it trains."""
+    weights = [p for p in params if p.requires_grad and p.dtype == torch.bfloat16]
+    if not weights:
+        return None
+    peak, final = _frozen_share(weights, lr), _frozen_share(weights, final_lr)
+    return (f"trainer.precision: bf16-true trains bfloat16 weights (8 significant bits): an AdamW step smaller than "
+            f"half the bfloat16 spacing at a weight rounds to nothing, so that weight does not train. A step of "
+            f"optim.lr={lr:g} (Adam's typical step size) leaves {peak:.0%} of the weights to train unchanged "
+            f"({final:.0%} at the schedule's final lr {final_lr:g}): the model learns less, or stops learning, "
+            "without an error. "
+            "Use trainer.precision=bf16-mixed (bfloat16 autocast over float32 weights) or 32-true.")
 
 
 def _int_option(value: Any, name: str, minimum: int) -> int:

@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
 
 from models.callbacks import (LATENT_MEASURES, _autocast_off, build_callbacks, global_means, latent_band,
                               latent_measures)
-from models._config_options import _int_option, _is_real, _refuse_float16_weights
+from models._config_options import _bfloat16_weights_warning, _int_option, _is_real, _refuse_float16_weights
 from models.neurofmx import NeuroFMx
 
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
@@ -253,6 +253,12 @@ class NeuroFMxModule(pl.LightningModule):
             with _autocast_off(latents.device.type):
                 return self.priors(latents, fs=fs)
         except ValueError as exc:
+            if not bool(torch.isfinite(latents).all()):  # only on the error path: no host sync per step
+                # Not a window-length problem: "use longer windows" sent a diverged run the wrong way.
+                raise ValueError(
+                    f"fractals.priors: the SSM latents hold NaN/inf at step {self.global_step}: the model diverged "
+                    "(or its input holds NaN/inf). Lower optim.lr, set optim.grad_clip, or check the data for "
+                    f"NaN; ({exc})") from exc
             raise ValueError(
                 f"fractals.priors: cannot be computed on the SSM latents ({latents.shape[1]} steps at {fs:g} Hz; "
                 f"one step per model.patch_size * perceiver.chunk_size samples): {exc}. Use longer windows "
@@ -435,6 +441,12 @@ class NeuroFMxModule(pl.LightningModule):
         betas = tuple(float(b) for b in optim.get("betas", (0.9, 0.95)))
         groups = param_groups(self.model, float(optim.get("weight_decay", 0.01)))
         _refuse_float16_weights(p for g in groups for p in g["params"])
+        schedule = optim.get("schedule", "cosine")
+        if self._trainer is None or self._trainer.is_global_zero:
+            final_lr = lr * warmup_cosine(1, warmup_steps=0, total_steps=1, schedule=schedule)
+            warning = _bfloat16_weights_warning((p for g in groups for p in g["params"]), lr, final_lr)
+            if warning:
+                log.warning(warning)
         opt = torch.optim.AdamW(groups, lr=lr, betas=betas, **self._adamw_kernel(groups))
         warmup = int(optim.get("warmup_steps", 0))
         total = optim.get("total_steps")
@@ -445,7 +457,6 @@ class NeuroFMxModule(pl.LightningModule):
                 total = 10_000
             if not math.isfinite(total) or total <= 0:
                 total = 10_000
-        schedule = optim.get("schedule", "cosine")
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, warmup_steps=warmup, total_steps=int(total), schedule=schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
