@@ -106,6 +106,8 @@ class MlflowLifecycle(_tune_callback_base()):
         last = trial.last_result or {}
         if status == "FINISHED" and not last.get("fmx_complete"):
             c.set_tag(run.info.run_id, "fmx.stopped_early", "true")  # the scheduler stopped it
+        if status == "FINISHED" and "fmx.error" in run.data.tags:  # a failed trial resume ran again, to the end
+            c.delete_tag(run.info.run_id, "fmx.error")
         if status == "FAILED":  # why, where `fmx compare`, `fmx sweep status` and the UI can show it
             line, text, _ = trial_error(trial)
             c.set_tag(run.info.run_id, "fmx.error", line)
@@ -176,7 +178,8 @@ class CallerProcessKept:
     next sweep reused it whatever its ``address`` or ``num_cpus``, skipping the trial-size check. Tune leaves its
     SIGINT/SIGUSR1 stop handler of the finished run installed (a later Ctrl-C did nothing), and ``ray.init`` and the
     runner set variables in ``os.environ`` (PYTHONBREAKPOINT to Ray's debugger, RAY_AUTH_MODE=token,
-    TUNE_DISABLE_STRICT_METRIC_CHECKING): both are restored.
+    TUNE_DISABLE_STRICT_METRIC_CHECKING): both are restored, as is the set of variables Tune copies into its
+    trials (the sweep keeps the AWS keys out of it).
     """
 
     def __enter__(self):
@@ -184,6 +187,7 @@ class CallerProcessKept:
 
         self._ray_was_up = ray.is_initialized()
         self._environ = dict(os.environ)
+        self._tune_env = _tune_propagated_env()
         self._handlers = {}
         if threading.current_thread() is threading.main_thread():  # elsewhere handlers cannot be set
             sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
@@ -206,4 +210,17 @@ class CallerProcessKept:
                 os.environ[key] = value
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
+        if self._tune_env is not None:  # fmx.ray_setup keeps the AWS keys out of it for the sweep only
+            from ray.tune.execution import class_cache
+
+            class_cache.ENV_VARS_TO_PROPAGATE = self._tune_env
         return False
+
+
+def _tune_propagated_env():
+    """The variables Ray Tune copies from the driver into each trial's runtime_env (None: another Ray layout)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return None
+    return getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)

@@ -1,11 +1,16 @@
 """Starting or joining Ray for a sweep, and refusing a trial a fixed-size local Ray can never place."""
 from __future__ import annotations
 
+import logging
+import math
 import os
+import signal
 from typing import Mapping
 
 from fmx import storage as st
 from fmx.schema import Resources, uri_has_password
+
+logger = logging.getLogger("fmx.runner")
 
 TRIAL_CPU = 0.01  # the Tune function only waits on its TorchTrainer; 0 is rejected by Tune
 
@@ -17,17 +22,118 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     """
     import ray
 
+    _keep_keys_out_of_tune_runtime_env()  # on the caller's own Ray too: Tune's trials start on any Ray
     if ray.is_initialized():
+        if address or num_cpus:
+            logger.warning("Ray is already initialised in this process (ray.init): the sweep runs on that Ray, "
+                           "and address=%r, num_cpus=%r are not used; call ray.shutdown() first to use them",
+                           address, num_cpus)
         return False
-    _keep_keys_out_of_tune_runtime_env()
     # a URI with user:password@ (an unused MLFLOW_TRACKING_URI) would show in the dashboard's runtime_env
     env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k) and not uri_has_password(os.environ[k])}
     runtime_env = {"env_vars": env} if env else None
     if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray job RAY_ADDRESS names the cluster
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        _ray_init("connecting to Ray", address=address, runtime_env=runtime_env, log_to_driver=False)
         return False
-    ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+    # "local": a new Ray even where `ray start` left its address in /tmp/ray (plain ray.init() joined that
+    # cluster, and with num_cpus refused: "When connecting to an existing cluster, num_cpus ... must not be provided")
+    _ray_init("starting a local Ray", address="local", num_cpus=num_cpus, runtime_env=runtime_env,
+              include_dashboard=False, log_to_driver=False)
     return True
+
+
+def _ray_init(doing: str, **kwargs) -> None:
+    """``ray.init(**kwargs)`` that leaves no Ray process behind when it is interrupted.
+
+    ``ray.init`` replaces the SIGTERM handler with ``sys.exit(15)`` before it starts the GCS, the raylet and their
+    agents; a SIGTERM (or Ctrl-C) while they start left the agents running after the driver exited, and the
+    driver exited 15 with no word. The processes it had started are stopped by PID (never ``ray stop``: other
+    Rays on the host are not ours) and a KeyboardInterrupt says what happened.
+    """
+    import psutil
+    import ray
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    try:
+        ray.init(**kwargs)
+    except BaseException as exc:
+        started = _freeze_new_ray_processes(me, before)
+        _stop_processes(started)
+        try:
+            ray.shutdown()  # Ray's own record of the half-started node (its processes are gone already)
+        except Exception:  # noqa: BLE001 - nothing of it is left running
+            pass
+        if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:  # ray.init's handler: sys.exit(15)
+            why = "SIGTERM arrived"
+        elif isinstance(exc, KeyboardInterrupt):
+            why = "interrupted (Ctrl-C or SIGTERM)"
+        else:
+            raise
+        stopped = (f"the {len(started)} Ray process{'es' if len(started) > 1 else ''} it had started "
+                   f"{'are' if len(started) > 1 else 'is'} stopped; ") if started else ""
+        message = (f"{why} while fmx was {doing}: {stopped}no MLflow run or sweep pointer was recorded; run the "
+                   "sweep again")
+        logger.warning(message)
+        raise KeyboardInterrupt(message) from None
+
+
+def _freeze_new_ray_processes(me, before: set[int]) -> list:
+    """Suspend (SIGSTOP) every Ray process this process started since ``before`` was taken, until no new one
+    appears: a raylet that kept running would start its agents after the snapshot, and once it is gone they are
+    no longer our descendants (left running for good)."""
+    import psutil
+
+    frozen, tried = [], set(before)
+    while True:
+        new = [p for p in _descendants(me) if p.pid not in tried]
+        if not new:
+            return frozen
+        for p in new:
+            tried.add(p.pid)
+            if _is_ray_process(p):
+                try:
+                    p.suspend()
+                    frozen.append(p)
+                except psutil.Error:
+                    pass
+
+
+def _descendants(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _is_ray_process(proc) -> bool:
+    import psutil
+
+    try:
+        return "ray" in " ".join(proc.cmdline()).lower()
+    except psutil.Error:
+        return False
+
+
+def _stop_processes(procs: list, *, grace_s: float = 5.0) -> None:
+    """SIGTERM these processes (by PID), then SIGKILL those still there after ``grace_s``."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.terminate()
+            p.resume()  # a suspended process acts on the SIGTERM once it runs again
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 _AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
@@ -44,12 +150,74 @@ def _keep_keys_out_of_tune_runtime_env() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - _AWS_KEYS
 
 
-def check_trial_fits(resources: Resources, available: Mapping[str, float]) -> None:
+def check_session_fits(resources: Resources, *, started_here: bool) -> None:
+    """Refuse (or, where nodes may still join, warn about) a trial the Ray this process is attached to cannot place.
+
+    A Ray started by ``ray.init`` in this process (by fmx when ``started_here``, else by the caller before
+    ``run_sweep``) has a fixed size: a trial larger than it waits for ever, so it is refused. A cluster joined by
+    address may grow (an autoscaler adds nodes): refused only beyond the maximum its autoscaler publishes, else a
+    warning. Nothing is checked when Ray is not initialised.
+
+    Raises
+    ------
+    ValueError
+        From :func:`check_trial_fits`, naming the ``resources`` keys, the need, what the Ray has, and the fix.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - no public "who started it"
+    if started_here or (node is not None and node.is_head()):  # a local Ray of this process: nothing joins it
+        check_trial_fits(resources, ray.cluster_resources(), ray_kind="fmx" if started_here else "caller")
+        return
+    try:
+        check_trial_fits(resources, ray.cluster_resources(), ray_kind="cluster")
+        largest = _largest_node_cpus()
+        if largest is not None and resources.cpus_per_worker > largest + 1e-9:
+            raise ValueError(f"one worker asks for resources.cpus_per_worker={resources.cpus_per_worker:g} CPUs, "
+                             f"but the largest node of the Ray cluster has CPU {largest:g}: lower "
+                             "resources.cpus_per_worker (and raise resources.workers), or add larger nodes")
+    except ValueError as exc:
+        maximum = _autoscaler_maximum()
+        if maximum is not None:  # the cluster can never grow past this: the trial would wait for ever
+            check_trial_fits(resources, maximum, ray_kind="autoscaled")
+        logger.warning("%s (the trials wait until the cluster has room: an autoscaler may add nodes)", exc)
+
+
+def _largest_node_cpus() -> float | None:
+    """The CPUs of the cluster's largest live node (one worker runs on one node); None when unknown."""
+    import ray
+
+    try:
+        return max((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
+    except Exception:  # noqa: BLE001 - a Ray client without node listing: the total check stands alone
+        return None
+
+
+def _autoscaler_maximum() -> dict[str, float] | None:
+    """The most of each resource the cluster's autoscaler may provide (None when it publishes no limit)."""
+    try:
+        from ray._private import state
+
+        maximum = state.state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - another Ray layout, a Ray client: no known limit
+        return None
+    return {k: float(v) for k, v in maximum.items()} if maximum else None
+
+
+_RAY_NAMES = {"fmx": "the local Ray", "caller": "the Ray your ray.init started",
+              "cluster": "the Ray cluster now", "autoscaled": "the Ray cluster at its autoscaler's maximum"}
+
+
+def check_trial_fits(resources: Resources, available: Mapping[str, float], *, ray_kind: str = "fmx") -> None:
     """Refuse a trial that a fixed-size (local) Ray can never place.
 
     One trial holds ``workers x cpus_per_worker`` CPUs (and ``workers x gpus_per_worker`` GPUs) plus
     :data:`TRIAL_CPU` for its Tune function. Ray Train waits for workers that do not fit, timing out and retrying
-    without limit, so such a sweep would hang instead of failing.
+    without limit, so such a sweep would hang instead of failing. ``ray_kind`` says whose Ray ``available``
+    describes, for the message: ``"fmx"`` (started by fmx), ``"caller"`` (the caller's own ``ray.init``),
+    ``"cluster"`` or ``"autoscaled"``.
 
     Raises
     ------
@@ -70,9 +238,13 @@ def check_trial_fits(resources: Resources, available: Mapping[str, float]) -> No
     has = ", ".join(f"{k} {available.get(k, 0.0):g}" for k in need)
     fixes = []
     if "CPU" in short:
-        fixes.append(f"lower resources.workers or resources.cpus_per_worker, or give the local Ray more CPUs with "
-                     f"--num-cpus (this machine has {os.cpu_count()}; logical CPUs may exceed it)")
+        more = {"fmx": f"give the local Ray more CPUs with --num-cpus (run_sweep's num_cpus; this machine has "
+                       f"{os.cpu_count()}; logical CPUs may exceed it)",
+                "caller": f"call ray.init(num_cpus={math.ceil(need['CPU'])}) or more, or let fmx start Ray (no "
+                          "ray.init before run_sweep)"}.get(ray_kind, "add nodes to the cluster")
+        fixes.append(f"lower resources.workers or resources.cpus_per_worker, or {more}")
     if "GPU" in short:
         fixes.append("set resources.gpus_per_worker: 0 to train on CPUs, or run where GPUs are")
-    raise ValueError(f"one trial asks for {asks}, but the local Ray has {has}: it would wait for them for ever; "
-                     + "; ".join(fixes) + ", or submit the sweep to a cluster (--address)")
+    tail = ", or submit the sweep to a cluster (--address)" if ray_kind in ("fmx", "caller") else ""
+    raise ValueError(f"one trial asks for {asks}, but {_RAY_NAMES.get(ray_kind, ray_kind)} has {has}: it would "
+                     "wait for them for ever; " + "; ".join(fixes) + tail)

@@ -33,9 +33,11 @@ from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_FILE,
                         uri_has_password)
 from fmx.lifecycle import MlflowLifecycle  # noqa: F401  also the name pickled in older sweeps' Tune state
 from fmx.lifecycle import CallerProcessKept, SigtermAsInterrupt
-from fmx.ray_setup import TRIAL_CPU, check_trial_fits, init_ray  # noqa: F401  tests patch runner.init_ray
+from fmx.ray_setup import check_session_fits, check_trial_fits, init_ray  # noqa: F401  tests patch runner.init_ray
+from fmx.ray_setup import TRIAL_CPU
 from fmx.search import scheduler, search_algorithm, search_space
 from fmx.trial_support import best_finite_checkpoint, last_logged_step, process_group_backend  # noqa: F401
+from fmx.trial_support import masked_trial_error
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,21 @@ class SweepPlan:
 
 # --------------------------------------------------------------------------------------------- the trial
 def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
-    """One trial: config, MLflow child run, a TorchTrainer fit, acceptance benchmarks, a final report."""
+    """One trial: config, MLflow child run, a TorchTrainer fit, acceptance benchmarks, a final report.
+
+    An exception that would carry secret values out of the trial (into the error files Tune stores beside the
+    checkpoints) leaves as a :class:`~fmx.trial_support.MaskedTrialError` with them masked.
+    """
+    try:
+        _run_trial(config, plan)
+    except Exception as exc:
+        masked = masked_trial_error(exc)
+        if masked is None:
+            raise
+        raise masked from None
+
+
+def _run_trial(config: Mapping[str, Any], plan: SweepPlan) -> None:
     import ray.train
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
@@ -348,15 +364,11 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Tune's newer console output prints an experiment banner even at verbose=0; fmx shows its own progress.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if init_ray(address, num_cpus=num_cpus):  # before any run or pointer is recorded: a refusal leaves none
-        import ray
-
-        try:
-            check_trial_fits(sweep.resources, ray.cluster_resources())
-        except ValueError:
-            ray.shutdown()
-            raise
-    term.arm()
+    # before any run or pointer is recorded: a refusal leaves none (a Ray this call started is shut down by
+    # CallerProcessKept; the caller's own ray.init, too small for one trial, is refused, not waited on for ever)
+    started = bool(init_ray(address, num_cpus=num_cpus))
+    term.arm()  # at once: ray.init's own SIGTERM handlers abort the driver without cleanup
+    check_session_fits(sweep.resources, started_here=started)
     c = tracking.client(plan.tracking_uri)
     experiment = sweep.tracking.experiment or f"fmx-{sweep.name}"
     plan.experiment_id = tracking.ensure_experiment(
@@ -368,26 +380,30 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
         extra_tags=st.redact({tracking.TAG_SWEEP: sweep.name, "fmx.git_commit": tracking.git_commit(),
                               "fmx.storage": plan.storage_uri, "fmx.storage_source": plan.storage_source,
                               "fmx.tracking_source": plan.tracking_source}))
-    if created:
-        tracking.log_params(c, plan.parent_run_id, {
-            "sweep.method": sweep.method, "sweep.metric": sweep.metric.name, "sweep.goal": sweep.metric.goal,
-            "sweep.run_cap": sweep.run_cap, "sweep.max_concurrent": sweep.max_concurrent,
-            "sweep.early_terminate": sweep.early_terminate.type, "sweep.workers": sweep.resources.workers,
-            "sweep.gpus_per_worker": sweep.resources.gpus_per_worker, "sweep.base": sweep.base,
-            "sweep.storage": plan.storage_uri, "sweep.storage_source": plan.storage_source,
-            "sweep.tracking_source": plan.tracking_source})
-        if sweep_text:
-            tracking.log_text(c, plan.parent_run_id, sweep_text, f"sweep/{sweep.name}.yaml")
     try:
-        st.write_bytes(target, st.pointer_name(sweep.name), json.dumps({
-            "sweep_id": sweep_id, "tracking_uri": plan.tracking_uri, "experiment_id": plan.experiment_id,
-            "parent_run_id": plan.parent_run_id, "sweep": sweep.model_dump(mode="json"),
-            "storage_uri": plan.storage_uri, "storage_source": plan.storage_source,
-            "tracking_source": plan.tracking_source}, indent=2).encode())
-    except OSError as exc:  # the store stopped taking writes since the check: no parent left RUNNING for ever
-        tracking.end_run(c, plan.parent_run_id, "FAILED")
-        raise ValueError(f"storage: cannot write the sweep pointer to {target.uri}: "
-                         f"{st.redact(str(exc)).splitlines()[0]}") from None
+        if created:
+            tracking.log_params(c, plan.parent_run_id, {
+                "sweep.method": sweep.method, "sweep.metric": sweep.metric.name, "sweep.goal": sweep.metric.goal,
+                "sweep.run_cap": sweep.run_cap, "sweep.max_concurrent": sweep.max_concurrent,
+                "sweep.early_terminate": sweep.early_terminate.type, "sweep.workers": sweep.resources.workers,
+                "sweep.gpus_per_worker": sweep.resources.gpus_per_worker, "sweep.base": sweep.base,
+                "sweep.storage": plan.storage_uri, "sweep.storage_source": plan.storage_source,
+                "sweep.tracking_source": plan.tracking_source})
+            if sweep_text:
+                tracking.log_text(c, plan.parent_run_id, sweep_text, f"sweep/{sweep.name}.yaml")
+        try:
+            st.write_bytes(target, st.pointer_name(sweep.name), json.dumps({
+                "sweep_id": sweep_id, "tracking_uri": plan.tracking_uri, "experiment_id": plan.experiment_id,
+                "parent_run_id": plan.parent_run_id, "sweep": sweep.model_dump(mode="json"),
+                "storage_uri": plan.storage_uri, "storage_source": plan.storage_source,
+                "tracking_source": plan.tracking_source}, indent=2).encode())
+        except OSError as exc:  # the store stopped taking writes since the check: no parent left RUNNING for ever
+            tracking.end_run(c, plan.parent_run_id, "FAILED")
+            raise ValueError(f"storage: cannot write the sweep pointer to {target.uri}: "
+                             f"{st.redact(str(exc)).splitlines()[0]}") from None
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C before Tune started: the parent must not stay RUNNING for ever
+        tracking.end_run(c, plan.parent_run_id, "KILLED")
+        raise
 
     trainable = tune.with_resources(tune.with_parameters(trial_fn, plan=plan), {"CPU": TRIAL_CPU})
     reporter = SweepProgress(total=planned_trials(sweep), metric=plan.metric,

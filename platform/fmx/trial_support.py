@@ -1,8 +1,33 @@
 """Small decisions a trial makes around its Ray Train fit: the process-group backend of its workers, the kept
-checkpoint the acceptance benchmarks judge, and the step their metrics are logged at."""
+checkpoint the acceptance benchmarks judge, the step their metrics are logged at, and the masked exception a
+failed trial leaves with."""
 from __future__ import annotations
 
 import math
+import traceback
+
+
+class MaskedTrialError(RuntimeError):
+    """A trial's failure, raised in place of its exception when that carried secret values: its message is the
+    original traceback (chained exceptions and the workers' errors included) with those values masked."""
+
+
+def masked_trial_error(exc: BaseException) -> MaskedTrialError | None:
+    """``exc`` as a :class:`MaskedTrialError` with secret values masked (:func:`fmx.storage.redact`), or None
+    when it carries none.
+
+    Ray Tune writes the exception that leaves a trial, traceback and message, to ``error.txt`` and ``error.pkl``
+    in the trial's folder of the checkpoint store (S3 included) and logs it on the driver; a worker's error that
+    quoted an environment value (an S3 key, an MLflow password) was kept there in plain text.
+    """
+    from fmx import storage as st
+
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    masked = st.redact(text)
+    if masked == text:
+        return None
+    summary = st.redact("".join(traceback.format_exception_only(exc)).strip().splitlines()[0])
+    return MaskedTrialError(f"{summary} (secret values masked)\n{masked}")
 
 
 def last_logged_step(client, run_id: str, metric: str, *, default: int) -> int:
