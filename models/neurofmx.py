@@ -35,12 +35,12 @@ from models.heads import (
     UncertaintyWeightedLoss,
     channel_view,
 )
-from models.heads.base import fit_time
+from models.heads.base import _ID_KEYS, fit_time
 from models.layers.scale_encoding import ScaleEncoding, WaveletScatteringEncoding
 from models.perceiver import PerceiverIOEncoder
 from models.popt import PopT, channel_summaries
 from models.tokenizers import MultimodalTokenizer
-from models.tokenizers.base import Tokens
+from models.tokenizers.base import Tokens, check_channel_input
 
 __all__ = ["NeuroFMx", "SIGNAL_KEYS"]
 
@@ -342,7 +342,9 @@ class NeuroFMx(nn.Module):
 
     def _check_finite_inputs(self, batch: Mapping[str, Any]) -> None:
         """Raise a ValueError naming the first batch key read by the model with NaN/inf in a real channel."""
+        # Head targets too: a forecast/reconstruction target no tokenizer reads (spikes -> LFP) made a silent NaN loss.
         keys = list(self.tokenizer_options) + [k for k in ("behavior", self.contrastive_view) if k]
+        keys += list(self.forecast) + list(self.reconstruction)
         for key in dict.fromkeys(keys):
             x = batch.get(key)
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -357,6 +359,32 @@ class NeuroFMx(nn.Module):
                 raise ValueError(f"batch[{key!r}]: {int(bad.sum())} NaN or inf value(s) in real channels make the "
                                  f"loss NaN; interpolate them, or mark the channel as padding in {key}_mask")
 
+    def _target_view(self, batch: Mapping[str, Any], key: str):
+        """``channel_view`` of a forecast/reconstruction target, its mask and ids checked against it (a target no
+        tokenizer reads was not: a mask of the wrong width failed as a broadcast RuntimeError)."""
+        x, m, ids = channel_view(batch, key)
+        check_channel_input(x, m, ids, key, _ID_KEYS.get(key, f"{key}_channel_ids"))
+        return x, m, ids
+
+    def _check_target_lengths(self, batch: Mapping[str, Any], n_tok: int) -> None:
+        """Head targets no tokenizer reads need the window's token bins too: the heads crop or pad a target to the
+        window, so a longer one lost its tail (and a misaligned one was scored against the wrong samples) unseen."""
+        keys = list(self.forecast) + list(self.reconstruction) + (["behavior"] if self.behavior is not None else [])
+        lengths = {}
+        for key in dict.fromkeys(keys):
+            x = batch.get(key)
+            if isinstance(x, torch.Tensor) and x.ndim == 3:
+                lengths[key] = x.shape[1] if key in TIME_MAJOR_KEYS else x.shape[-1]
+        view = batch.get(self.contrastive_view) if self.contrastive is not None else None
+        if self.contrastive is not None and self.contrastive.pairing == "time" and isinstance(view, torch.Tensor) \
+                and view.ndim == 3 and view.shape[1] != -(-n_tok // self.perceiver.chunk_size):
+            lengths[self.contrastive_view] = view.shape[1]  # not one row per step: on the sample axis, time-paired
+        bad = {k: t for k, t in lengths.items() if -(-t // self.patch_size) != n_tok}
+        if bad:
+            raise ValueError(f"batch: head target(s) {bad} (time samples) do not span the window of the tokenized "
+                             f"modalities ({n_tok} token bins of {self.patch_size} samples); crop or pad every "
+                             "modality to one length T per batch")
+
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         n_tok = self.tokenizer.num_time_tokens(batch)
         if n_tok is None:
@@ -365,6 +393,7 @@ class NeuroFMx(nn.Module):
         b = next(v.shape[0] for k, v in batch.items() if k in self.tokenizer_options)
         step_mask = self._step_mask(b, n_steps, next(self.parameters()).device)
         enc = self.encode(batch, step_mask=step_mask)
+        self._check_target_lengths(batch, n_tok)  # after the tokenizer's own check of the modalities it reads
         h = enc["ssm"]
         k = self.perceiver.n_latents
         steps = h[:, k - 1 :: k]  # last latent of each chunk: one per step, sees the whole chunk
@@ -385,7 +414,7 @@ class NeuroFMx(nn.Module):
         too_short = []  # heads whose target is here but the window has too few steps for (every batch alike)
         for key, head in self.forecast.items():
             if key in batch:
-                x, m, ids = channel_view(batch, key)
+                x, m, ids = self._target_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids)
                 add(f"forecast_{key}", out.loss, steps.shape[1] > head.horizon, m)
                 outputs[f"forecast_{key}"] = out.prediction
@@ -393,7 +422,7 @@ class NeuroFMx(nn.Module):
         for key, head in self.reconstruction.items():
             too_short += [f"recon_{key}"] if key in batch and step_mask is None else []
             if key in batch and step_mask is not None:
-                x, m, ids = channel_view(batch, key)
+                x, m, ids = self._target_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids, step_mask=step_mask)
                 add(f"recon_{key}", out.loss, True, m, step_mask)
                 outputs[f"recon_{key}"] = out.prediction

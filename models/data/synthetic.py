@@ -16,7 +16,7 @@ Generative model, per sample (one window of ``n_time`` bins at ``fs`` Hz):
    information (a target for the contrastive head).
 
 Subjects differ in their unit and channel counts (subject ``s`` keeps ``n_units - s * n_units // 4``
-units, likewise channels; the rest is padding marked in the masks) and in their readouts, which
+units but at least 1, likewise channels; the rest is padding marked in the masks) and in their readouts, which
 exercises padding masks and the domain-adversarial head. Unit ids are global: ``s * n_units + u``.
 
 Every sample is a pure function of ``(seed, split, index)``, so the data are identical in any

@@ -41,7 +41,7 @@ def channel_view(batch: Mapping[str, Any], key: str) -> tuple[Tensor, Optional[T
     if key not in batch:
         raise ValueError(f"batch: has no {key!r} modality; keys: {sorted(batch)}")
     x = batch[key]
-    if key in TIME_MAJOR_KEYS:
+    if key in TIME_MAJOR_KEYS and isinstance(x, Tensor) and x.ndim == 3:  # else the caller names the bad shape
         x = x.transpose(1, 2)
     ids = batch.get(_ID_KEYS.get(key, f"{key}_channel_ids"))
     return x, batch.get(f"{key}_mask"), ids
@@ -82,6 +82,10 @@ class ChannelReadout(nn.Module):
     def forward(self, latents: Tensor, *, n_channels: int, channel_ids: Optional[Tensor] = None,
                 channel_mask: Optional[Tensor] = None) -> Tensor:
         b, s, _ = latents.shape
+        for name, t in (("channel_ids", channel_ids), ("channel_mask", channel_mask)):
+            if t is not None and tuple(t.shape) != (b, n_channels):  # failed as a broadcast RuntimeError
+                raise ValueError(f"{name}: needs shape (B, C) = {(b, n_channels)}, one entry per target channel, "
+                                 f"got {tuple(t.shape)}")
         if channel_ids is None:
             channel_ids = torch.arange(n_channels, device=latents.device).expand(b, n_channels)
         channel_ids = channel_ids.long()

@@ -78,6 +78,8 @@ class BehaviorHead(nn.Module):
             )
         b, s, _ = latents.shape
         _, t, f = target.shape
+        if mask is not None and not isinstance(mask, Tensor):  # a list failed as "no attribute 'shape'"
+            raise ValueError(f"mask: needs a torch.Tensor (B, F) = {(b, f)}, got {type(mask).__name__}")
         if mask is not None and tuple(mask.shape) != (b, f):  # failed as a broadcast RuntimeError
             raise ValueError(f"mask: needs shape (B, F) = {(b, f)}, one flag per target feature, got "
                              f"{tuple(mask.shape)}")

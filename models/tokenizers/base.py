@@ -146,6 +146,9 @@ def check_channel_input(x: Tensor, mask: Optional[Tensor], ids: Optional[Tensor]
     if x.ndim != 3:
         raise ValueError(f"{name}: needs a tensor (B, C, T), got shape {tuple(x.shape)}")
     for what, t in ((f"{name}_mask", mask), (ids_name or f"{name}_ids", ids)):
+        if t is not None and not isinstance(t, Tensor):  # a list or numpy mask failed as "'list' has no .shape"
+            raise ValueError(f"{what}: needs a torch.Tensor (B, C), got {type(t).__name__}; convert with "
+                             "torch.as_tensor")
         if t is not None and tuple(t.shape) != tuple(x.shape[:2]):
             raise ValueError(
                 f"{what}: needs shape (B, C) = {tuple(x.shape[:2])} to match {name}, got {tuple(t.shape)}"

@@ -18,7 +18,8 @@ class BehaviorTokenizer(nn.Module):
     Behavioural features (x/y of each keypoint, velocities, pupil size) only mean something
     together, so each token is an MLP of the whole ``P x F`` patch rather than one token per
     feature. Fewer features than ``n_features`` are zero-padded; ``mask`` marks missing features
-    (e.g. an occluded keypoint), which are zeroed so they cannot affect the token.
+    (e.g. an occluded keypoint), which are zeroed so they cannot affect the token. A sample with no
+    real feature has no behaviour: its tokens are padding, as a channel modality's with every channel masked.
 
     Parameters
     ----------
@@ -57,6 +58,9 @@ class BehaviorTokenizer(nn.Module):
             raise ValueError(f"behavior: has {f} features, the tokenizer takes at most n_features={self.n_features}")
         x = behavior.to(self.proj[0].weight.dtype).transpose(1, 2)  # (B, F, T)
         if mask is not None:
+            if not isinstance(mask, Tensor):  # a list failed as "'list' object has no attribute 'shape'"
+                raise ValueError(f"behavior_mask: needs a torch.Tensor (B, F) = {(b, f)}, got {type(mask).__name__}; "
+                                 "convert with torch.as_tensor")
             if tuple(mask.shape) != (b, f):
                 raise ValueError(f"behavior_mask: needs shape (B, F) = {(b, f)}, got {tuple(mask.shape)}")
             x = torch.where(mask.bool().unsqueeze(-1), x, torch.zeros((), device=x.device))
@@ -69,9 +73,11 @@ class BehaviorTokenizer(nn.Module):
         tok = self.proj(flat)
         tok = tok + sinusoidal_encoding(steps, self.d_model).to(tok.dtype)
         minus_one = torch.full((b, n), -1, dtype=torch.long, device=x.device)
+        # Every feature masked (the sample lacks behaviour) was read as real input "all features 0".
+        real = (torch.ones(b, dtype=torch.bool, device=x.device) if mask is None or f == 0
+                else mask.bool().any(1).to(x.device))
         return Tokens(
-            self.dropout(tok), torch.ones(b, n, dtype=torch.bool, device=x.device), steps.expand(b, n),
-            minus_one, torch.zeros_like(minus_one),
+            self.dropout(tok), real[:, None].expand(b, n), steps.expand(b, n), minus_one, torch.zeros_like(minus_one),
         )
 
     def from_batch(self, batch: dict) -> Tokens:
