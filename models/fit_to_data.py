@@ -9,7 +9,8 @@ step the model would find no tokenizer for ``eeg`` and, renamed to ``lfp``, chan
   tokenizer (same layout and options), when the new one is continuous too (EEG, ECoG, iEEG, LFP, EMG);
 - a tokenizer's channel-id vocabulary too small for the data's ids (``n_channel_ids`` in the data info,
   or a per-modality count: the synthetic data's ``n_unit_ids`` and ``n_lfp_channels``) is raised to it;
-- forecast and reconstruction heads with explicit ``keys`` also cover the new modality.
+- forecast and reconstruction heads with explicit ``keys`` also cover the new modality;
+- the subject-adversarial head's ``n_domains`` is raised to the data's ``n_subjects``.
 
 Nothing is ever shrunk or removed, so a config that already fits comes back unchanged, and the same data
 always gives the same model (checkpoints stay loadable).
@@ -59,7 +60,7 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
     info : mapping
         The datamodule's ``info``: ``modalities`` (batch keys) and, for one-key data such as
         ``data=files``, ``n_channel_ids``; per-modality id counts ``n_unit_ids`` (spikes) and
-        ``n_lfp_channels`` (lfp) from the synthetic data.
+        ``n_lfp_channels`` (lfp) from the synthetic data; ``n_subjects`` (the adversarial head's domains).
 
     Returns
     -------
@@ -120,6 +121,17 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
         if missing:
             head["keys"] = keys + missing
             changes.append(f"model.heads.{kind}.keys: added {missing}")
+    adversarial = heads.get("adversarial")
+    n_subjects = info.get("n_subjects")
+    # Subject labels run over [0, n_subjects): a preset's n_domains (64) below that failed mid-epoch, at the
+    # first batch holding a higher subject id. Only the subject target is counted by the data's info.
+    if (isinstance(adversarial, Mapping) and adversarial.get("target", "subject") == "subject"
+            and n_subjects is not None and _is_whole(adversarial.get("n_domains"), 0)
+            and int(n_subjects) > int(adversarial["n_domains"])):
+        have = int(adversarial["n_domains"])
+        adversarial["n_domains"] = int(n_subjects)
+        changes.append(f"model.heads.adversarial.n_domains: {have} -> {int(n_subjects)} "
+                       f"(the data has {int(n_subjects)} subjects)")
     for line in changes:
         log.info("fitted to the data: %s", line)
     return out, changes

@@ -68,3 +68,18 @@ def test_tiny_preset_trains_a_step_on_a_20_channel_eeg_folder(tmp_path):
     assert torch.isfinite(out["loss"]) and list(out["losses"]) == ["forecast_eeg"]
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     assert grads and all(bool(torch.isfinite(g).all()) for g in grads) and any(bool(g.any()) for g in grads)
+
+
+def test_more_subjects_than_adversarial_domains_raise_n_domains():
+    """The small/medium/large presets say n_domains: 64; a corpus of 80 subjects labels them 0..79 and failed
+    at the first batch holding subject 64 ("domain labels must lie in [0, 64)"), mid-epoch."""
+    cfg = tiny_training_config()
+    cfg["model"].setdefault("heads", {})["adversarial"] = {"target": "subject", "n_domains": 64}
+    fitted, changes = fit_model_config(cfg, {"modalities": ["lfp"], "n_subjects": 80})
+    assert fitted["model"]["heads"]["adversarial"]["n_domains"] == 80
+    assert any("adversarial.n_domains: 64 -> 80" in c for c in changes)
+    fitted, changes = fit_model_config(cfg, {"modalities": ["lfp"], "n_subjects": 12})
+    assert fitted["model"]["heads"]["adversarial"]["n_domains"] == 64 and changes == []  # never shrunk
+    cfg["model"]["heads"]["adversarial"]["target"] = "species"  # other labels: not counted by n_subjects
+    fitted, changes = fit_model_config(cfg, {"modalities": ["lfp"], "n_subjects": 80})
+    assert fitted["model"]["heads"]["adversarial"]["n_domains"] == 64 and changes == []
