@@ -24,7 +24,9 @@ import torch
 
 from fractals._checks import autocast_off, pow2_scale, to_input_kind
 from fractals._dfa_nested import _nested_linear_energies, _nested_scales, _rounding_to_zero
-from fractals.temporal import _as_windows, _check_int_arg, _prepare, _slope_weights, default_windows, map_rows
+from fractals.temporal import (
+    _as_windows, _check_int_arg, _prepare, _slope_weights, bytes_cache, default_windows, map_rows,
+)
 
 __all__ = ["dfa_alpha", "hurst_from_dfa", "multifractal_spectrum", "fluctuation_functions"]
 
@@ -119,7 +121,7 @@ def _segments_per_scale(n: int, scales: list[int], both: bool) -> list[int]:
     return [(n // s) * (2 if both and n % s else 1) for s in scales]
 
 
-@functools.lru_cache(maxsize=256)
+@bytes_cache
 def _segment_sizes(n: int, scales: tuple[int, ...], both: bool, dtype, device: str) -> torch.Tensor:
     """``(V,)`` length of each of the V segments of all scales, in order (cached)."""
     counts = _segments_per_scale(n, list(scales), both)

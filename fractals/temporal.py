@@ -56,6 +56,50 @@ def map_rows(fn, t: torch.Tensor, chunk_bytes: int = CPU_CHUNK_BYTES) -> torch.T
     return out.reshape(*lead, *out.shape[1:])
 
 
+CACHE_BYTES = 64 << 20  # per cache of per-length constants (Higuchi weights, R/S and DFA segment layouts)
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def bytes_cache(fn):
+    """Memoize ``fn`` (hashable positional arguments) up to :data:`CACHE_BYTES` of tensors, least
+    recently used out first; the newest entry is always kept, so repeated calls at one length hit.
+
+    The cached constants grow with the series length T (Higuchi weights: kmax * T values), and a job
+    measures recordings (or clean pieces) of many lengths in one process: a count-bounded cache (64
+    or 256 entries) grew by ~90 MB per new length of 1 h at 250 Hz, into GBs.
+    """
+    import collections
+    import threading
+
+    store: collections.OrderedDict = collections.OrderedDict()
+    lock = threading.Lock()  # as functools.lru_cache: safe when threads share the cache
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        with lock:
+            if args in store:
+                store.move_to_end(args)
+                return store[args][0]
+        value = fn(*args)
+        with lock:
+            store[args] = (value, _nbytes(value))
+            store.move_to_end(args)
+            while len(store) > 1 and sum(size for _, size in store.values()) > CACHE_BYTES:
+                store.popitem(last=False)
+        return value
+
+    wrapper.cache_clear = store.clear
+    wrapper._store = store  # for tests: what is held
+    return wrapper
+
+
 def check_not_scalar(x) -> None:
     """Reject 0-dim input before conversion (NumPy scalars would otherwise become shape (1,))."""
     try:
@@ -81,17 +125,14 @@ def _slope_weights(log_x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- Higuchi
-_WEIGHT_CACHE: dict = {}
-
-
 def _higuchi_weights(n: int, kmax: int, dtype, device) -> list[torch.Tensor]:
     """Per-index weights (T - 1) / (k^3 N_m), m = i mod k, for every lag k (cached per shape)."""
-    key = (n, kmax, dtype, str(device))
-    if key in _WEIGHT_CACHE:
-        return _WEIGHT_CACHE[key]
-    if len(_WEIGHT_CACHE) > 64:
-        _WEIGHT_CACHE.clear()
-    out = _WEIGHT_CACHE[key] = []
+    return _higuchi_weights_cached(n, kmax, dtype, str(device))
+
+
+@bytes_cache
+def _higuchi_weights_cached(n: int, kmax: int, dtype, device: str) -> list[torch.Tensor]:
+    out = []
     for k in range(1, kmax + 1):
         offsets = np.arange(n - k) % k
         n_max = (n - 1 - offsets) // k
@@ -261,7 +302,7 @@ def _as_windows(windows, n: int, minimum: int, name: str = "windows") -> list[in
     return out
 
 
-@functools.lru_cache(maxsize=256)
+@bytes_cache
 def _window_layout(n: int, windows: tuple[int, ...], unbiased: bool, device: str):
     """Per-layout constants of :func:`_log_rs` (cached): ``(member, size, denom, ramps)``.
 
