@@ -196,7 +196,8 @@ def _read_mne(path: Path, *, channels: Sequence[str] | None = None, **_: Any) ->
     if bads:  # marked bad in MNE (raw.info['bads']): as MNE's own analyses, leave them out of the signal
         raw.drop_channels(bads)
     meta["bad_channels"] = tuple(bads)
-    data = raw.get_data().astype(np.float64)
+    # get_data() is already a float64 copy: astype copied it again (3x the data at the peak, with raw's own)
+    data = np.asarray(raw.get_data(), dtype=np.float64)
     return Recording(data=data, fs=float(raw.info["sfreq"]), channel_names=tuple(raw.ch_names), units="V", meta=meta)
 
 
