@@ -145,12 +145,25 @@ def _logged_step(trainer: Any) -> int:
     return int(step) if isinstance(step, int) else int(getattr(trainer, "global_step", 0))
 
 
+def _loggers(trainer: Any, pl_module: "pl.LightningModule") -> list:
+    """Every logger of the trainer: ``pl_module.logger`` is the first one only, so with ``logger=[csv, tensorboard]``
+    TensorBoard got neither the histograms nor the fingerprint scalars."""
+    loggers = list(getattr(trainer, "loggers", None) or [])
+    return loggers or ([pl_module.logger] if pl_module.logger is not None else [])
+
+
 def _log_scalars(pl_module: "pl.LightningModule", values: Mapping[str, float]) -> None:
-    if pl_module.logger is None:
-        return
     trainer = getattr(pl_module, "_trainer", None)
     step = _logged_step(trainer) if trainer is not None else pl_module.global_step
-    pl_module.logger.log_metrics({k: float(v) for k, v in values.items()}, step=step)
+    for logger in _loggers(trainer, pl_module):
+        logger.log_metrics({k: float(v) for k, v in values.items()}, step=step)
+
+
+def _stepped(callback: Any, step: int) -> bool:
+    """Whether the batch that just ended took an optimizer step. A fit resumed from a checkpoint saved at step k
+    under gradient accumulation starts on a micro-batch at global_step k, which the callbacks' own ``_last_step``
+    (not in the checkpoint) cannot tell from the batch that completed step k: it measured and logged step k twice."""
+    return callback._start_step is None or step != callback._start_step
 
 
 def _forward_latents(pl_module, batch) -> torch.Tensor:
@@ -181,6 +194,7 @@ class LatentFingerprintCallback(pl.Callback):
         self.every_n_steps = int(every_n_steps)
         self.cfg_fractals = cfg_fractals
         self._last_step = -1  # global_step stays put over accumulated micro-batches: log each step once
+        self._start_step = None  # global_step before this batch; see _stepped
 
     def fingerprint(self, latents: Mapping[str, torch.Tensor], fs: float) -> dict[str, float]:
         """Scalars for the time-resolved latents (``perceiver``, ``ssm``) at latent rate ``fs``."""
@@ -189,6 +203,12 @@ class LatentFingerprintCallback(pl.Callback):
             from fractals.probes import latent_fd_probe
 
             probe = latent_fd_probe(series, self.cfg_fractals, fs=fs)
+            live = any(float(probe.get(f"{k}/n_dead", 0)) < min(v.shape[-1], 64) for k, v in series.items())
+            if live and all(k.endswith("n_dead") for k in probe):  # the probe leaves out what is too short for it
+                steps = {k: int(v.shape[1]) for k, v in series.items()}
+                _warn_once("fingerprint-short", "fingerprint: the latents (%s time steps) are too short for every "
+                           "fractal measure; only fingerprint/*/n_dead is logged. Use longer windows (data.window or "
+                           "data.n_time) or a smaller model.patch_size", steps)
             return {f"fingerprint/{k}": float(torch.as_tensor(v).float().mean()) for k, v in probe.items()
                     if torch.as_tensor(v).numel() > 0}
         except (ImportError, AttributeError, NotImplementedError, TypeError, ValueError, RuntimeError) as exc:
@@ -200,9 +220,13 @@ class LatentFingerprintCallback(pl.Callback):
                 values[f"fingerprint/{key}/{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
         return values
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start_step = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if pl_module.logger is None or step == 0 or step % self.every_n_steps or step == self._last_step:
+        if (pl_module.logger is None or step == 0 or step % self.every_n_steps or step == self._last_step
+                or not _stepped(self, step)):
             return
         self._last_step = step
         out = _forward_latents(pl_module, batch)
@@ -218,21 +242,27 @@ class LatentHistogramCallback(pl.Callback):
         self.every_n_steps = int(every_n_steps)
         self.cfg_fractals = cfg_fractals
         self._last_step = -1  # global_step stays put over accumulated micro-batches: log each step once
+        self._start_step = None  # global_step before this batch; see _stepped
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if pl_module.logger is None or step == 0 or step % self.every_n_steps or step == self._last_step:
+        if (pl_module.logger is None or step == 0 or step % self.every_n_steps or step == self._last_step
+                or not _stepped(self, step)):
             return
         self._last_step = step
         out = _forward_latents(pl_module, batch)
         measures = latent_measures(out["latents"]["ssm"], fs=pl_module.latent_rate(batch),
                                    cfg_fractals=self.cfg_fractals)
-        experiment = getattr(pl_module.logger, "experiment", None)
+        experiments = [getattr(logger, "experiment", None) for logger in _loggers(trainer, pl_module)]
         scalars = {}
         for name, v in measures.items():
             flat = v.flatten().float().cpu()
-            if hasattr(experiment, "add_histogram"):
-                experiment.add_histogram(f"hist/latent_{name}", flat, global_step=_logged_step(trainer))
+            for experiment in experiments:
+                if hasattr(experiment, "add_histogram"):
+                    experiment.add_histogram(f"hist/latent_{name}", flat, global_step=_logged_step(trainer))
             q = torch.quantile(flat, torch.tensor([0.1, 0.5, 0.9]))
             scalars.update({f"hist/latent_{name}_p10": q[0], f"hist/latent_{name}_p50": q[1],
                             f"hist/latent_{name}_p90": q[2]})

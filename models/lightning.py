@@ -320,8 +320,9 @@ class NeuroFMxModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         # Each val/* metric is the mean over the batches that had it, weighted by batch size, over all
-        # ranks (on_validation_epoch_end). Logging per batch with sync_dist would log a head's key only
-        # on ranks whose batches had its target: DDP then hangs or averages mismatched metrics.
+        # ranks (on_validation_epoch_end); val/loss is the weighted total of the heads' means. Logging per
+        # batch with sync_dist would log a head's key only on ranks whose batches had its target: DDP then
+        # hangs or averages mismatched metrics.
         out = self(batch)
         bsz = _batch_size(batch)
         values = {}
@@ -345,14 +346,35 @@ class NeuroFMxModule(pl.LightningModule):
         totals, self._val_totals = self._val_totals, None
         if totals is None:
             totals = torch.zeros(2, len(self._val_keys), device=self.device)
-        for key, value in global_means(self._trainer, self._val_keys, totals).items():
+        means = global_means(self._trainer, self._val_keys, totals)
+        heads = {name: means[f"val/{name}_loss"] for name in self.model.loss_names if f"val/{name}_loss" in means}
+        if "val/loss" in means and heads:
+            # The weighted total of each head's epoch mean: a batch where a head did not score (a contrastive
+            # head on a last batch of one) totals fewer heads, and the mean of the batches' totals fell with it.
+            with torch.no_grad():
+                means["val/loss"] = self.model.loss_weighting(heads).float()
+        for key, value in means.items():
             # Already the global mean on every rank; sync_dist keeps Lightning from warning about it.
             self.log(key, value, prog_bar=key == "val/loss", sync_dist=True, batch_size=1)
 
     def on_train_start(self) -> None:
+        self._lr_from_schedule()
         self._warn_mid_epoch_resume()
         self._warn_priors_never_on()
         self._warn_lr_warmup_outlasts_fit()
+
+    def _lr_from_schedule(self) -> None:
+        """Set each group's LR from the schedule at its (restored) step. A resumed fit restores the optimizer's
+        LR of the checkpoint's last step, which the old schedule set: resumed with more epochs (so a longer
+        cosine), its first step ran at the old fit's final LR (0.1 x lr) instead of the new schedule's.
+        A no-op for a fresh fit and for a resume with the same length."""
+        trainer = self._trainer
+        for config in (getattr(trainer, "lr_scheduler_configs", None) or []) if trainer is not None else []:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                    group["lr"] = base * fn(sched.last_epoch)
+                sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
     def _warn_forecast_never_scored(self, batch: Mapping[str, Any]) -> None:
         """Say so when the windows are too short for the forecast horizon while other heads still score: the

@@ -134,6 +134,10 @@ def _ddp_rank(out_dir: str) -> None:
                 local[f"val/latent_{name}"] = float(v.mean())
                 local[f"val/ablation_delta_{name}"] = float(ablated[name].mean() - v.mean())
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            with torch.no_grad():  # val/loss: the weighted total of the heads' global epoch means
+                local["weighted_total"] = float(module.model.loss_weighting(
+                    {n: torch.tensor(metrics[f"val/{n}_loss"]) for n in module.model.loss_names
+                     if f"val/{n}_loss" in metrics}))
             Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps({"metrics": metrics,
                                                                                   "local": local}))
 
@@ -193,7 +197,11 @@ def test_ddp_ranks_log_the_same_validation_keys_with_global_means(tmp_path):
                 "val/latent_dfa", "val/ablation_delta_loss", "val/ablation_delta_beta", "val/ablation_delta_hfd",
                 "val/ablation_delta_dfa"}
     assert expected | {"val/behavior_loss"} == set(val0)
-    for key in expected:  # one batch of 2 per rank: the plain mean of the two ranks
+    # Rank 1 scores no behaviour: val/loss is the weighted total of the heads' global means, not the mean of the
+    # ranks' totals (which fell with the share of batches missing a head).
+    assert val0["val/loss"] == pytest.approx(val1["val/loss"], rel=1e-6)
+    assert val0["val/loss"] == pytest.approx(local0["weighted_total"], rel=1e-5)
+    for key in expected - {"val/loss"}:  # one batch of 2 per rank: the plain mean of the two ranks
         assert val0[key] == pytest.approx(val1[key], rel=1e-6, abs=1e-7), key
         assert val0[key] == pytest.approx((local0[key] + local1[key]) / 2, rel=1e-4, abs=1e-6), key
     hfd = val0["val/latent_hfd"]
