@@ -152,7 +152,7 @@ def _sweep_until_a_trial_runs(name: str, tmp_path: Path, address: str):
     path.write_text(yaml.safe_dump(
         {"name": name, "method": "random", "run_cap": 1,
          "base": ["model=tiny", "data=synthetic", "trainer.max_epochs=4", "trainer.limit_train_batches=2",
-                  "trainer.limit_val_batches=1"],
+                  "trainer.limit_val_batches=1", "fractals.priors.warmup_steps=2"],
          "metric": {"name": "val/loss", "goal": "minimize"},
          "parameters": {"fractals.priors.lambda_spec": {"distribution": "log_uniform", "min": 0.01, "max": 0.1}},
          "resources": {"workers": 1, "cpus_per_worker": 1},

@@ -27,7 +27,7 @@ def _moons_sweep(tmp_path: Path, parameters: dict, base_extra=()) -> Path:
     ("optim.grad_clip", {"distribution": "uniform", "min": 0.5, "max": 2.0}, "does not read optim"),
     ("optim.lr", {"distribution": "log_uniform", "min": 1e-4, "max": 1e-2}, "model.lr"),
     ("fractals.priors.lambda_spec", {"distribution": "grid", "values": [0.0, 0.1]}, "does not read fractals"),
-    ("trainer.batch_size", {"distribution": "categorical", "values": [32, 64]}, "data.batch_size=128"),
+    ("trainer.batch_size", {"distribution": "grid", "values": [32, 64]}, "data.batch_size=128"),
 ])
 def test_a_two_moons_axis_the_trial_never_reads_is_refused(tmp_path, key, spec, words):
     with pytest.raises(SweepFileError) as err:
@@ -38,7 +38,7 @@ def test_a_two_moons_axis_the_trial_never_reads_is_refused(tmp_path, key, spec, 
 
 def test_read_axes_of_the_same_family_still_validate(tmp_path):
     sweep = load_sweep(_moons_sweep(tmp_path, {"model.lr": {"distribution": "log_uniform", "min": 1e-3, "max": 0.1},
-                                               "data.batch_size": {"distribution": "categorical",
+                                               "data.batch_size": {"distribution": "grid",
                                                                    "values": [64, 128]}}), check_build=True)
     assert set(sweep.parameters) == {"model.target", "model.lr", "data.batch_size"}
 

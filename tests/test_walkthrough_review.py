@@ -53,7 +53,11 @@ def test_validate_keeps_base_overrides_hydra_and_lightning_accept(tmp_path):
 
     extra = ("fractals.enable=false", "trainer.precision=16", "trainer.limit_train_batches=8",
              "fractals.priors.lambda_mf=1", "optim.lr=1e-3")
-    sweep = load_sweep(_smoke_with_base(tmp_path, *extra))
+    path = _smoke_with_base(tmp_path, *extra)
+    data = yaml.safe_load(path.read_text())  # smoke samples the priors, which fractals.enable=false switches off
+    data["parameters"] = {"optim.lr": {"distribution": "log_uniform", "min": 1e-4, "max": 1e-2}}
+    path.write_text(yaml.safe_dump(data))
+    sweep = load_sweep(path)
     assert sweep.base[-len(extra):] == list(extra)
     from fmx.config import compose
 
@@ -434,7 +438,8 @@ def test_progress_total_counts_grid_passes_for_every_method(tmp_path):
 
     for method, cap, want in (("random", 2, 6), ("grid", 1, 3)):
         f = tmp_path / f"{method}.yaml"
-        f.write_text(f"name: g\nbase: [model=tiny, data=synthetic]\nmethod: {method}\nrun_cap: {cap}\n"
+        f.write_text(f"name: g\nbase: [model=tiny, data=synthetic, fractals.priors.warmup_steps=4]\n"
+                     f"method: {method}\nrun_cap: {cap}\n"
                      "metric: {name: val/loss, goal: minimize}\n"
                      "parameters:\n  fractals.priors.lambda_spec: {distribution: grid, values: [0.0, 0.1, 0.2]}\n")
         assert planned_trials(load_sweep(f)) == want

@@ -94,9 +94,21 @@ def absolute_data_paths(base: list[str] | tuple[str, ...], root: str | Path) -> 
             path = Path(value.strip("'\"")).expanduser()
             if not path.is_absolute():
                 path = (Path(root) / path).resolve()
-            item = f"{key}={path}"
+            item = f"{key}={_hydra_quoted(str(path))}"
         out.append(item)
     return out
+
+
+def _hydra_quoted(text: str) -> str:
+    """``text`` as a Hydra override value: as is when plain, else single-quoted. The quotes a user put around
+    ``data.root='/data/eeg (2024)'`` were stripped, and Hydra then refused the parentheses (or split at a comma)."""
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_/.+@%-]+", text):
+        return text
+    # Hydra halves a run of backslashes only before a quote or at the end of a quoted value
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
+    return f"'{escaped}'"
 
 
 def trial_config(base: list[str], params: Mapping[str, Any], *, seed: int | None = None) -> dict:
@@ -167,11 +179,23 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
             for option in options:
                 try:
                     compose(list(sweep.base) + [f"{key}={option}"])
-                except ValueError:
+                except ValueError as exc:
                     available = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                    if str(option) in available:  # the option exists: a base override does not apply with it
+                        raise SweepFileError(file, where, f"the base overrides do not apply with {key}={option} "
+                                             f"({exc})", value=option, allowed="base overrides every option of "
+                                             f"{key} has, or a sweep per option") from None
                     raise SweepFileError(file, where, "unknown option of config group", value=option,
                                          allowed=", ".join(available)) from None
             continue
+        if key.startswith(("+", "~")):  # Hydra's add/delete prefixes belong to overrides, not to sampled key paths
+            bare = key.lstrip("+~")
+            example = _spec_values(spec)[0]
+            shown = str(example).lower() if isinstance(example, bool) else example
+            raise SweepFileError(file, where, f"a parameter sets a key the composed config has; Hydra's {key[0]} "
+                                 "(add or delete a key) works in base only", value=key,
+                                 allowed=f"add the key in base (+{bare}={shown}) and sample {bare}" if key[0] == "+"
+                                 else f"remove the key in base ({key}) and leave it out of parameters")
         try:
             current = get_path(cfg, key)
         except KeyError as missing:
@@ -201,6 +225,12 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
         else:
             values = spec.values if isinstance(spec, (Categorical, Grid)) else [spec.value]
             for v in values:
+                if not _compatible(current, v) and isinstance(v, str) and (
+                        _is_number(v) and isinstance(current, (int, float)) and not isinstance(current, bool)
+                        or v.strip().lower() in ("true", "false") and isinstance(current, bool)):
+                    raise SweepFileError(file, where, f"the config holds a {_type_name(current)} here, and a "
+                                         "value in quotes is a string", value=v,
+                                         allowed=f"the value without quotes ({v.strip()})")
                 if not _compatible(current, v):
                     raise SweepFileError(file, where, f"value does not fit the config's {_type_name(current)}",
                                          value=v, allowed=f"values of type {_type_name(current)} "
@@ -220,7 +250,7 @@ def _spec_values(spec) -> list:
         return list(spec.values)
     if hasattr(spec, "value"):
         return [spec.value]
-    return [spec.min, spec.max]
+    return [spec.min, getattr(spec, "top", spec.max)]  # int with a step: the largest value a trial draws
 
 
 def _check_sampled_trainer_values(sweep, cfg: Mapping[str, Any], *, file) -> None:
@@ -256,6 +286,9 @@ def _check_run_shape(sweep, cfg: Mapping[str, Any], *, file) -> None:
                                  f"grace_period epochs, and no trial runs more than trainer.max_epochs={longest}: "
                                  "it would never stop one", value=et.grace_period,
                                  allowed=f"a grace_period below {longest}, or early_terminate type: none")
+    from fmx.trial_build import check_sections_switched_on
+
+    check_sections_switched_on(sweep, cfg, file=file)
     if sweep.metric.name.startswith("val/") and trainer.get("limit_val_batches", 1.0) == 0:
         raise SweepFileError(file, "base", f"trainer.limit_val_batches=0 switches validation off, so no trial ever "
                              f"reports {sweep.metric.name}", value=0,
@@ -375,6 +408,16 @@ def _check_base_types(base: list[str], cfg: Mapping[str, Any], *, file: str | Pa
                                  allowed=f"{wanted} (the default is {key}={shown})")
 
 
+def _is_number(text: str) -> bool:
+    """``'1e-3'``, ``' 2 '``: a finite number written as a string (quoted in the YAML file)."""
+    import math
+
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _compatible(current: Any, value: Any) -> bool:
     if current is None:
         return True
@@ -385,7 +428,8 @@ def _compatible(current: Any, value: Any) -> bool:
     if isinstance(current, float):  # ints may stand for floats
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(current, str):
-        return isinstance(value, str)
+        # "auto | true | false" switches (fractals.priors.compile) default to "auto"; the builders check the rest
+        return isinstance(value, str) or (current == "auto" and isinstance(value, bool))
     return isinstance(value, type(current))
 
 
@@ -436,7 +480,8 @@ def trainer_options(tr: Mapping[str, Any]) -> dict[str, Any]:
                          f"{', '.join(str(p) for p in LIGHTNING_PRECISIONS if isinstance(p, str) and p not in FLOAT16_WEIGHTS)}")
     if precision in FLOAT16_WEIGHTS:  # the models refuse it too, but only in each trial
         raise ValueError(f"trainer.precision: {precision!r} trains float16 weights, and Adam's eps (1e-8) is 0 in "
-                         "float16: the weights turn NaN at the first step. Use 16-mixed, bf16-mixed or bf16-true")
+                         "float16: the weights turn NaN at the first step. Use 16-mixed or bf16-mixed (bf16-true "
+                         "trains, but rounds away small weight updates)")
     for key, least in (("limit_train_batches", 0), ("limit_val_batches", -1), ("val_check_interval", 0)):
         value = tr.get(key, 1.0)
         if value is None:  # Lightning's default

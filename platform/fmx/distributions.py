@@ -68,6 +68,12 @@ class IntRange(_Strict):
             raise ValueError(f"int bounds must lie within -2**63 .. 2**63 - 2 (min={self.min}, max={self.max})")
         return self
 
+    @property
+    def top(self) -> int:
+        """The largest value a trial can draw: ``max`` itself only when it lies on the ``min + k * step`` grid
+        (min 16, max 50, step 16 draws 16, 32, 48)."""
+        return self.min + (self.max - self.min) // self.step * self.step
+
 
 def _distinct_values(values: list) -> list:
     """Refuse a value given twice (a grid would run its trials twice, a categorical sample it twice as often) and

@@ -418,7 +418,7 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
         if resume_id and tune.Tuner.can_restore(exp_path, storage_filesystem=target.filesystem):
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=target.filesystem,
-                                       param_space=search_space(sweep))
+                                       param_space=search_space(sweep, root=root))
             # Tune restores the callbacks pickled with the first run: the progress shown by this one (and the
             # lifecycle whose pending run ends are retried below) would never be called
             internal = getattr(tuner, "_local_tuner", None)  # None through a Ray client (ray://): left as pickled
@@ -426,7 +426,7 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
                 internal.get_run_config().callbacks = [lifecycle, reporter]  # no public way to pass them
         else:
             tuner = tune.Tuner(
-                trainable, param_space=search_space(sweep),
+                trainable, param_space=search_space(sweep, root=root),
                 tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_algorithm(sweep),
                                             # max_concurrent is enforced by the search algorithm itself (Tune
                                             # ignores max_concurrent_trials for a variant generator, with a warning)

@@ -319,6 +319,12 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
                 err["type"] in ("bool_type", "int_type", "float_type", "string_type"):
             msg = "value not allowed"  # pydantic names only the first scalar type it tried
             allowed = "a number, a string or a boolean"
+        elif path.split("[")[0] == "base" and err["type"] in ("list_type", "string_type") and value is not None:
+            # `base: model=tiny`, a Hydra-style mapping, or `- trainer.max_epochs: 2` (a colon makes a mapping)
+            msg = ("base is a list of Hydra overrides" if path == "base" else
+                   "a base entry is one Hydra override key=value" + ("; 'key: value' in a list reads as a mapping"
+                                                                      if isinstance(value, dict) else ""))
+            allowed = "key=value entries, e.g. base: [model=tiny, trainer.max_epochs=2]"
         elif err["type"] == "literal_error":
             allowed = msg.removeprefix("Input should be ")
             msg = "value not allowed"
@@ -334,7 +340,18 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
 
 
 def check_search_space(sweep: Sweep, *, file: str | Path = "<sweep>") -> None:
-    """Refuse a TPE/CMA-ES sweep with nothing to search (Optuna would fail at the first trial, mid-run)."""
+    """Refuse a TPE/CMA-ES sweep with nothing to search (Optuna would fail at the first trial, mid-run), and a
+    categorical parameter in a grid sweep.
+
+    Checked here, not in :class:`Sweep`: a sweep recorded by an older version still reads back for status/resume.
+    """
+    if sweep.method == "grid":
+        cats = [k for k, p in sweep.parameters.items() if isinstance(p, Categorical)]
+        if cats:  # a W&B grid tries every listed value; Tune's grid draws a categorical once per grid point
+            raise SweepFileError(file, f"parameters.{cats[0]}", "method grid tries every value of distribution: grid "
+                                 "parameters only; a categorical one is drawn at random once per grid point (some "
+                                 "values never, others twice)", value=sweep.parameters[cats[0]].model_dump(),
+                                 allowed="distribution: grid to try each value, or method: random to draw them")
     if sweep.method in ("tpe", "cmaes") and all(isinstance(p, Constant) for p in sweep.parameters.values()):
         raise SweepFileError(file, "parameters", f"method {sweep.method} needs at least one parameter with a "
                              "distribution", value=sorted(sweep.parameters) or {},
@@ -378,6 +395,12 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: 1e-3 and 1.0e3 were the strings '1e-3'
+# and '1.0e3', so `values: [0.0, 1e-2]` was refused as a string on a float key and `{value: 1e-3}` too. YAML 1.2,
+# JSON, Python and Hydra's own overrides (optim.lr=1e-3) read them as numbers.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def load_sweep(path: str | Path, *, check_config: bool = True, check_build: bool = False) -> Sweep:

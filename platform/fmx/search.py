@@ -5,6 +5,8 @@ Split from :mod:`fmx.runner`, which builds the ``Tuner`` from these three.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from fmx.schema import Categorical, Constant, Grid, IntRange, LogUniform, Sweep, Uniform
@@ -12,10 +14,28 @@ from fmx.schema import Categorical, Constant, Grid, IntRange, LogUniform, Sweep,
 __all__ = ["search_space", "search_algorithm", "scheduler"]
 
 
-def search_space(sweep: Sweep) -> dict[str, Any]:
-    """Tune domains for the sweep's parameters (under ``params``; constants are plain values)."""
+def _absolute_data_path(key: str, value: Any, root: Path) -> Any:
+    """A relative ``data.root``/``data.path`` value made absolute against ``root``, as the base's are
+    (:func:`fmx.config.absolute_data_paths`): trials run in Ray workers with another working directory."""
+    from fmx.config import DATA_PATH_KEYS
+
+    if key not in DATA_PATH_KEYS or not isinstance(value, str) or not value or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (root / path).resolve())
+
+
+def search_space(sweep: Sweep, *, root: str | Path | None = None) -> dict[str, Any]:
+    """Tune domains for the sweep's parameters (under ``params``; constants are plain values). Sampled data
+    folders are made absolute against ``root`` (default: the working directory, where the sweep is submitted)."""
     from ray import tune
 
+    root = Path(root or os.getcwd())
+    sweep = sweep.model_copy(update={"parameters": {
+        key: spec.model_copy(update={"values": [_absolute_data_path(key, v, root) for v in spec.values]})
+        if isinstance(spec, (Categorical, Grid)) else
+        spec.model_copy(update={"value": _absolute_data_path(key, spec.value, root)}) if isinstance(spec, Constant)
+        else spec for key, spec in sweep.parameters.items()}})
     space: dict[str, Any] = {}
     for key, spec in sweep.parameters.items():
         if isinstance(spec, LogUniform):

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from fmx.config import absolute_data_paths, trial_config
+from fmx.config import _spec_values, absolute_data_paths, get_path, trial_config
+from fmx.distributions import LogUniform, Uniform
 
 
 # Config sections a model family never reads (models/criticality/two_moons.py: Adam at model.lr; models/byte/
@@ -67,6 +68,90 @@ def check_parameters_are_read(sweep, params: Mapping[str, Any], cfg: Mapping[str
                              if hasattr(sweep.parameters[key], "model_dump") else None)
 
 
+# fractals.priors keys whose effect starts only at fractals.priors.warmup_steps (models/lightning.py)
+PRIOR_AXES = ("spectral_beta_target", "lambda_spec", "lambda_mf", "lambda_graphfd", "ramp_steps")
+
+
+def _most_train_steps(sweep, cfg: Mapping[str, Any]) -> int | None:
+    """An upper bound on the optimizer steps of the longest trial (one worker, no accumulation), or None when it
+    needs the size of data only the trials read (``data=files`` without an integer ``limit_train_batches``)."""
+    import math
+
+    def values(key: str) -> list:
+        spec = sweep.parameters.get(key)
+        return _spec_values(spec) if spec is not None else [get_path(cfg, key)]
+
+    if "data" in sweep.parameters or "model" in sweep.parameters:  # the trials' data and family differ from cfg's
+        return None
+    try:
+        epochs = max(values("trainer.max_epochs"))
+        limits = values("trainer.limit_train_batches")
+        data = cfg.get("data") or {}
+        full = None
+        if data.get("name") == "synthetic":  # windows per epoch / batch size, the last batch kept
+            sizes = values("data.batch_size") if data.get("batch_size") is not None or \
+                "data.batch_size" in sweep.parameters else values("trainer.batch_size")
+            full = math.ceil(max(values("data.n_train")) / min(sizes))
+    except (KeyError, TypeError, ValueError):
+        return None
+    batches = []
+    for limit in limits:
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            batches.append(limit if full is None else min(limit, full))
+        elif full is not None and isinstance(limit, float):
+            batches.append(math.ceil(limit * full))
+        else:
+            return None
+    return int(epochs) * max(batches)
+
+
+# Sections a switch turns off as a whole for the NeuroFMx family: a key sampled under one with its switch off in
+# every trial trains every trial alike (models/lightning.py, models/neurofmx.py read them only when on)
+SWITCHED_SECTIONS = (("fractals.priors.", "fractals.enable"), ("criticality.", "criticality.enable"),
+                     ("fractals.backbone.fractional_kernels.", "fractals.backbone.fractional_kernels.enable"),
+                     ("fractals.backbone.scale_encodings.", "fractals.backbone.scale_encodings.enable"))
+
+
+def check_sections_switched_on(sweep, cfg: Mapping[str, Any], *, file: str | Path = "<sweep>") -> None:
+    """Refuse sampling a section its switch turns off in every trial (``criticality.weight`` with
+    ``criticality.enable=false``), and the fractal priors (beta*, the lambdas) when no trial runs past their warmup:
+    every trial would train alike (the model's warning lands only in the Ray worker's log)."""
+    from fmx.schema import SweepFileError
+
+    for key, spec in sweep.parameters.items():
+        for prefix, switch in SWITCHED_SECTIONS:
+            if not key.startswith(prefix) or key == switch or switch in sweep.parameters or \
+                    unread_key(key, cfg) is not None:  # a family that never reads it: check_parameters_are_read says so
+                continue
+            try:
+                off = get_path(cfg, switch) is False
+            except KeyError:
+                continue
+            if off:
+                raise SweepFileError(file, f"parameters.{key}", f"every trial would train alike: {switch}=false "
+                                     f"switches {prefix.rstrip('.')} off", value=spec.model_dump(exclude_defaults=True),
+                                     allowed=f"{switch}=true in base, sample {switch} too, or leave "
+                                     f"{prefix}* out of parameters")
+    sampled = [k for k in sweep.parameters if k.startswith("fractals.priors.") and k.split(".")[-1] in PRIOR_AXES]
+    if not sampled or unread_key(sampled[0], cfg) is not None:
+        return
+    try:
+        warmup = min(v for v in (_spec_values(sweep.parameters["fractals.priors.warmup_steps"])
+                                 if "fractals.priors.warmup_steps" in sweep.parameters
+                                 else [get_path(cfg, "fractals.priors.warmup_steps")]))
+    except (KeyError, TypeError, ValueError):
+        return
+    steps = _most_train_steps(sweep, cfg)
+    if steps is None or not isinstance(warmup, (int, float)) or warmup < steps:
+        return
+    raise SweepFileError(file, f"parameters.{sampled[0]}", f"every trial would train alike: the fractal priors switch "
+                         f"on after fractals.priors.warmup_steps={warmup} optimizer steps, and no trial runs more than "
+                         f"{steps} (trainer.max_epochs x batches per epoch)", value=sweep.parameters[sampled[0]]
+                         .model_dump(exclude_defaults=True),
+                         allowed=f"fractals.priors.warmup_steps below {steps} in base (e.g. "
+                         f"fractals.priors.warmup_steps={max(0, steps // 4)}), or longer trials")
+
+
 def _corners(sweep, limit: int = 6, *, max_sets: int = 32) -> list[dict[str, Any]]:
     """Parameter sets at the edges of the search space: numeric distributions at their min and at their max,
     every categorical/grid value at least once, constants as given.
@@ -100,10 +185,32 @@ def _corners(sweep, limit: int = 6, *, max_sets: int = 32) -> list[dict[str, Any
             elif hasattr(spec, "value"):
                 params[key] = spec.value
             else:
-                params[key] = spec.min if edge == 0 else spec.max
+                params[key] = spec.min if edge == 0 else getattr(spec, "top", spec.max)  # int: the largest drawn
         if params not in corners:
             corners.append(params)
     return corners or [{}]
+
+
+def _inside(sweep, corner: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``corner`` with every uniform/log-uniform parameter at a fraction inside its range, or nothing when there is
+    none: uniform draws fractions, but its bounds are often whole (min 10, max 1000), so a key that takes integers
+    only (optim.total_steps, data.stride, both null in the config) built at the edges and failed in every trial."""
+    fractional = [key for key, spec in sweep.parameters.items() if isinstance(spec, (Uniform, LogUniform))]
+    if not fractional:
+        return []
+    return [{**corner, **{key: _fraction_inside(sweep.parameters[key]) for key in fractional}}]
+
+
+def _fraction_inside(spec) -> float:
+    """A value strictly inside a uniform/log-uniform range that is not a whole number (what trials draw)."""
+    import math
+
+    t = 0.3819660112501051  # an irrational share of the range: whole bounds do not make it whole
+    if isinstance(spec, LogUniform):
+        value = math.exp(math.log(spec.min) + t * (math.log(spec.max) - math.log(spec.min)))
+    else:
+        value = spec.min + t * (spec.max - spec.min)
+    return math.nextafter(value, spec.max) if float(value).is_integer() else value
 
 
 def check_trials_build(sweep, *, file: str | Path = "<sweep>", root: str | Path | None = None) -> None:
@@ -123,7 +230,8 @@ def check_trials_build(sweep, *, file: str | Path = "<sweep>", root: str | Path 
     base = absolute_data_paths(sweep.base, root or os.getcwd())
     built: list[dict] = []
     infos: dict[str, dict] = {}  # per data section: reading recordings takes seconds, once is enough
-    for params in _corners(sweep):
+    corners = _corners(sweep)
+    for params in corners + _inside(sweep, corners[0]):
         try:
             cfg = trial_config(base, params, seed=sweep.seed)
         except KeyError as missing:  # a key path of the base config that a sampled group option lacks
@@ -152,8 +260,11 @@ def check_trials_build(sweep, *, file: str | Path = "<sweep>", root: str | Path 
                 registry.build_lightning_module(fitted)
         except ValueError as exc:
             path, value = _blame(sweep, params, str(exc))
+            spec = sweep.parameters.get(path.removeprefix("parameters."))
+            hint = "distribution: int (with min, max and an optional step)" if isinstance(
+                spec, (Uniform, LogUniform)) and "integer" in str(exc) else ""
             raise SweepFileError(file, path, f"a trial would fail to build its model or data ({exc})",
-                                 value=value) from None
+                                 value=value, allowed=hint) from None
         except Exception:  # noqa: BLE001 - anything else (an optional package, a CUDA-only part) is the trial's
             continue
         check_parameters_are_read(sweep, params, cfg, file=file)  # after the build: a family/data mismatch first

@@ -41,12 +41,14 @@ def _load(file: Path, check_config: bool = True, check_build: bool = False):
 def validate(file: Path = typer.Argument(..., help="sweep YAML file")) -> None:
     """Check a sweep file: schema, value ranges, every key path against the composed Hydra config, and the model
     and data a trial builds at the edges of the search space."""
+    from rich.markup import escape
+
     sweep = _load(file, check_build=True)
-    table = Table(title=f"{file}: valid", show_header=True)
+    table = Table(title=escape(f"{file}: valid"), show_header=True)
     table.add_column("parameter")
     table.add_column("distribution")
-    for key, spec in sweep.parameters.items():
-        table.add_row(key, json.dumps(spec.model_dump()))
+    for key, spec in sweep.parameters.items():  # escaped: rich read [true, false] as a markup tag and dropped it
+        table.add_row(escape(key), escape(json.dumps(spec.model_dump())))
     console.print(table)
     console.print(f"method={sweep.method} metric={sweep.metric.name} ({sweep.metric.goal}) run_cap={sweep.run_cap} "
                   f"workers={sweep.resources.workers} early_terminate={sweep.early_terminate.type}")
@@ -134,6 +136,7 @@ def run(file: Path = typer.Argument(..., help="sweep YAML file"),
     sweep = _load(file, check_build=True)  # a value the model builder refuses fails here, not in every trial
     _check_env_tracking_uri(sweep)
     _check_ray_address(address)  # before resolve_targets creates the local checkpoint folder
+    _check_local_data(sweep, file, address)
     try:
         targets = resolve_targets(sweep)
     except ValueError as exc:  # e.g. an unusable FMX_STORAGE_PATH or MLFLOW_TRACKING_URI
@@ -163,6 +166,29 @@ def _check_env_tracking_uri(sweep) -> None:
     if problem:
         _fail(f"{TRACKING_ENV}={mask_uri_password(uri)!r}: the tracking URI {problem}; use {TRACKING_URI_FORMS}, or "
               "unset it to use the local default")
+
+
+def _check_local_data(sweep, file: Path, address: Optional[str]) -> None:
+    """Refuse a ``data.root``/``data.path`` that is not on this machine when the trials run on a local Ray: every
+    trial would fail on it, a minute each, after Ray had started (validate leaves it to a cluster's nodes)."""
+    import os
+
+    from fmx.config import DATA_PATH_KEYS, absolute_data_paths, compose
+
+    if (address and address != "local") or os.environ.get("RAY_ADDRESS"):
+        return
+    try:
+        data = compose(absolute_data_paths(sweep.base, Path.cwd())).get("data") or {}
+    except ValueError:  # validated already; nothing to add
+        return
+    for key in DATA_PATH_KEYS:
+        value = data.get(key.split(".", 1)[1])
+        if isinstance(value, str) and "://" not in value and not Path(value).exists():
+            where = next((f"base[{i}]" for i, item in reversed(list(enumerate(sweep.base)))
+                          if str(item).partition("=")[0].lstrip("+~") == key), "base")
+            _fail(f"{file}: {where}: {key}: {value} does not exist on this machine, and the trials of a local Ray "
+                  f"read it here; fix the path (a relative one is taken from the folder fmx runs in, {Path.cwd()}), "
+                  "or pass --address of a cluster whose nodes have it")
 
 
 def _check_ray_address(address: Optional[str]) -> None:
@@ -276,7 +302,7 @@ def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
         _fail(f"{where} could not be read: {exc}")
     if pointer is None:
         _fail(f"no sweep named {name!r} under {storage} (looked for {name}.latest.json); "
-              "pass --storage with the sweep's storage.path")
+              f"{_name_hint(name)}pass --storage with the sweep's storage.path")
     lacking = [k for k in _POINTER_KEYS if k not in pointer] if isinstance(pointer, dict) else list(_POINTER_KEYS)
     if lacking:
         _fail(f"{where} is not a sweep pointer (it lacks {', '.join(lacking)}); the pointer is damaged: restore "
@@ -285,6 +311,21 @@ def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
 
 
 _POINTER_KEYS = ("sweep_id", "tracking_uri", "experiment_id", "parent_run_id", "sweep")
+
+
+def _name_hint(name: str) -> str:
+    """What to pass instead when NAME is the sweep's file or the id a run printed (``NAME-20261130-084214-166388``)."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        from fmx.schema import SweepFileError, load_sweep
+
+        try:
+            return f"NAME is the sweep's name: field, not its file: try {load_sweep(name, check_config=False).name}, or "
+        except SweepFileError:
+            return "NAME is the sweep's name: field, not its file; or "
+    match = re.fullmatch(r"(.+)-\d{8}-\d{6}(-\d{6})?", name)
+    if match:
+        return f"NAME is the sweep's name (its latest run is shown), not a run's id: try {match.group(1)}, or "
+    return ""
 
 
 def _pointer_sweep(pointer: dict, name: str):

@@ -46,7 +46,10 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
     try:
         parent = cmp.find_parent(c, name)
         if parent is None:
-            _error(f"no sweep {name!r} in {uri}; pass --tracking-uri of the sweep's tracking.uri")
+            from fmx.commands.sweep import _name_hint
+
+            hint = _name_hint(name) if name.endswith((".yaml", ".yml")) else ""  # a run's id is found above
+            _error(f"no sweep {name!r} in {uri}; {hint}pass --tracking-uri of the sweep's tracking.uri")
         params = parent.data.params
         metric = params.get("sweep.metric", "val/loss")
         mode = "min" if params.get("sweep.goal", "minimize") == "minimize" else "max"
