@@ -66,6 +66,8 @@ on a clock, so a slope over Hz would need resampling to an even grid first (do t
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import math
 import numbers
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -78,7 +80,25 @@ from fractals._fingerprint_config import (  # re-exported: the public config API
     CONTINUOUS_MEASURES, DEFAULT_CONFIG, INTERVAL_MEASURES, resolve_config)
 
 __all__ = ["DEFAULT_CONFIG", "CONTINUOUS_MEASURES", "INTERVAL_MEASURES", "fingerprint", "clean_rr_intervals",
-           "resolve_config"]
+           "resolve_config", "progress_hook"]
+
+ProgressFn = Callable[[int, int, str], None]
+_PROGRESS_HOOK: contextvars.ContextVar[Optional[ProgressFn]] = contextvars.ContextVar("fingerprint_progress",
+                                                                                       default=None)
+
+
+@contextlib.contextmanager
+def progress_hook(fn: Optional[ProgressFn]):
+    """Within the block, every :func:`fingerprint` call without its own ``progress`` reports to ``fn``
+    (as ``fingerprint(progress=fn)``): for a caller that reaches it through code it does not control."""
+    if fn is not None and not callable(fn):
+        raise ValueError(f"fn: needs a callable fn(done, total, step) or None, got {fn!r}")
+    token = _PROGRESS_HOOK.set(fn)
+    try:
+        yield
+    finally:
+        _PROGRESS_HOOK.reset(token)
+
 
 def clean_rr_intervals(rr: Any, *, min_ms: float = 300.0, max_ms: float = 2000.0, window: int = 11,
                        tolerance: float = 0.2) -> np.ndarray:
@@ -237,6 +257,7 @@ def fingerprint(
     config: Optional[Mapping[str, Any]] = None,
     channel_names: Optional[Sequence[str]] = None,
     kind: str = "continuous",
+    progress: Optional[ProgressFn] = None,
 ):
     """Fractal fingerprint of a recording: per-channel measures and channel-network measures.
 
@@ -254,6 +275,12 @@ def fingerprint(
     channel_names : sequence of str, optional
         One name per channel (default ``ch0``, ``ch1``, ...).
     kind : "continuous" or "intervals"
+    progress : callable, optional
+        Called as ``progress(done, total, step)`` when a step starts (``done`` of ``total`` steps
+        finished; ``step`` names it: ``"quality"``, a measure, ``"network"``; intervals: one
+        ``"measures"`` step) and once at the end as ``progress(total, total, "done")``. One big
+        recording takes minutes (256 channels x 30 min at 1 kHz: ~2.5 min). Default: the function set
+        by :func:`progress_hook` around the call, else none; nothing is printed.
 
     Returns
     -------
@@ -276,7 +303,10 @@ def fingerprint(
 
     if kind not in ("continuous", "intervals"):
         raise ValueError(f"kind: must be 'continuous' or 'intervals', got {kind!r}")
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress: needs a callable progress(done, total, step) or None, got {progress!r}")
     cfg = resolve_config(config)
+    report = _Steps(progress if progress is not None else _PROGRESS_HOOK.get())
     t, _ = as_tensor(x, "x")
     if t.ndim == 1:
         t = t.unsqueeze(0)
@@ -300,6 +330,9 @@ def fingerprint(
         if not (isinstance(fs, numbers.Real) and not isinstance(fs, bool) and math.isfinite(fs) and fs > 0):
             raise ValueError(f"fs: needs a sampling rate > 0 in Hz for kind='continuous', got {fs!r}")
         calls = _continuous_calls(cfg, float(fs), n)
+        # quality, the measures, the network (an unknown name in config.measures raises below)
+        report.total = 2 + len(calls if cfg["measures"] is None else set(calls) & set(cfg["measures"]))
+        report("quality")
         base_flags = _row_quality(rows, float(cfg["quality"]["max_flat_fraction"]))
         # flat_segment channels are still measured (and flagged); flat/nonfinite ones are not.
         good = np.array([f in ("", "flat_segment") for f in base_flags])
@@ -355,6 +388,7 @@ def fingerprint(
             if idx_good.size < n_rows:
                 batch = batch[torch.as_tensor(idx_good, device=rows.device)]
             for m, fn in calls.items():
+                report(m)
                 v, f, r2 = _run(fn, batch)
                 values[m][idx_good] = v
                 for j, i in enumerate(idx_good):
@@ -362,6 +396,8 @@ def fingerprint(
                 if r2 is not None:
                     r2s[m][idx_good] = r2
         else:
+            report.total = 1
+            report("measures")
             for i in idx_good:
                 one = torch.from_numpy(series["intervals"][i])[None]
                 for m, fn in calls.items():
@@ -394,8 +430,27 @@ def fingerprint(
         summary[f"{m}_mean"] = float(ok.mean()) if ok.size else float("nan")
         summary[f"{m}_std"] = float(ok.std()) if ok.size else float("nan")
     if kind == "continuous":
+        report("network")
         summary.update(_network(rows, good, n_ch, cfg))
+    report.finish()
     return table, summary
+
+
+class _Steps:
+    """Calls a progress function, if any, as each step of :func:`fingerprint` starts."""
+
+    def __init__(self, fn: Optional[ProgressFn]):
+        self.fn, self.done, self.total = fn, 0, 1
+
+    def __call__(self, step: str) -> None:
+        if self.fn is not None:
+            self.fn(min(self.done, self.total), self.total, step)
+        self.done += 1
+
+    def finish(self) -> None:
+        if self.fn is not None:
+            self.total = max(self.total, self.done)
+            self.fn(self.total, self.total, "done")
 
 
 def _longest_constant_run(rows: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ is written atomically (:func:`fmx.fingerprint.storage.write_bytes_atomic`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -194,19 +195,20 @@ def run_fingerprint_job(
     records = todo.to_dict("records")
     saved = saved_counter(parts_dir, set(entries["key"]))
     with stop_cleanly(out=str(out), total=len(entries), saved=saved, progress=progress), \
-            _Progress(progress, total=len(entries), done=len(entries) - len(records)) as advance:
+            _Progress(progress, total=len(entries), done=len(entries) - len(records)) as bar:
         def tick(entry, result):
             handle(entry, result)
-            advance(failed=len(failures))
+            bar.advance(failed=len(failures))
 
         if executor == "serial":
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
             for entry in records:
-                tick(entry, fit_recording(entry, cfg, device=device))
+                tick(entry, _fit_reporting(entry, cfg, device=device, report=bar.step if progress else None))
         else:
-            _run_ray(records, cfg, tick, address=address, num_cpus=num_cpus, gpus_per_task=gpus_per_task)
+            _run_ray(records, cfg, tick, address=address, num_cpus=num_cpus, gpus_per_task=gpus_per_task,
+                     step=bar.step if progress else None)
     with stop_cleanly(out=str(out), total=len(entries), saved=saved, progress=progress):
         return _write_tables(entries, done, stats, failures, out=out, parts_dir=parts_dir, data=data, cfg=cfg,
                              executor=executor, start=start, log_mlflow=log_mlflow, mlflow_uri=mlflow_uri,
@@ -346,7 +348,45 @@ def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: environ[k] for k in FORWARDED_ENV if environ.get(k) and not uri_has_password(environ[k])}
 
 
-def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_per_task) -> None:
+PROGRESS_EVERY_S = 0.5  # a worker reports a recording's fingerprint steps at most this often
+
+
+def _fit_reporting(entry: Mapping[str, Any], cfg: Mapping[str, Any], *, device: str = "cpu",
+                   threads: int | None = None, report: Callable | None = None) -> dict[str, Any]:
+    """:func:`fit_recording`, passing each fingerprint step as ``report(name, done, total, step)`` (throttled;
+    ``name`` is the file's name, and its member in an archive).
+
+    One big recording takes minutes (256 channels x 30 min at 1 kHz: ~2.5 min) and the bar counts
+    recordings; this says which measure of which recording is running. Reporting never fails the fit.
+    """
+    if report is None:
+        return fit_recording(entry, cfg, device=device, threads=threads)
+    from fractals.fingerprint import progress_hook
+
+    member = entry.get("member")
+    name = os.path.basename(str(entry.get("path") or entry.get("key"))) + (f":{member}" if member else "")
+    last = [-float("inf")]
+
+    def hook(done: int, total: int, step: str) -> None:
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_EVERY_S and done < total:
+            return
+        last[0] = now
+        try:
+            report(name, done, total, step)
+        except Exception:  # progress is best effort (a Ray queue gone at shutdown): the fit goes on
+            pass
+
+    with progress_hook(hook):
+        return fit_recording(entry, cfg, device=device, threads=threads)
+
+
+def _put(queue, *item) -> None:
+    queue.put_nowait(item)  # one item per report: Queue.put_nowait takes one
+
+
+def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_per_task,
+             step: Callable | None = None) -> None:
     if not records:
         return
     import ray
@@ -356,6 +396,7 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
         ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
                  include_dashboard=False, logging_level="warning", log_to_driver=False)
         rearm_sigterm()
+    steps = None
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_task if has_gpu else 0, "max_retries": 0}
@@ -363,8 +404,12 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
             env = worker_env()
             if env:
                 options["runtime_env"] = {"env_vars": env}
-        task = ray.remote(fit_recording).options(**options)
+        task = ray.remote(_fit_reporting).options(**options)
         cfg_ref = ray.put(cfg)
+        if step is not None:  # workers report fingerprint steps through a queue actor (holding no CPU)
+            from ray.util.queue import Queue
+
+            steps = Queue(actor_options={"num_cpus": 0})
         # a task granted no GPU sees none (Ray empties its CUDA_VISIBLE_DEVICES): --gpus-per-task 0 means CPU
         device = "cuda" if has_gpu and gpus_per_task > 0 else "cpu"
         width = max(1, int(ray.cluster_resources().get("CPU", 1))) * 2  # bounded in-flight: memory stays flat
@@ -373,8 +418,17 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
         while queue or pending:
             while queue and len(pending) < width:
                 entry = queue.pop(0)
-                pending[task.remote(entry, cfg_ref, device=device, threads=1)] = entry
-            ready, _ = ray.wait(list(pending), num_returns=1)
+                report = None if steps is None else functools.partial(_put, steps)
+                pending[task.remote(entry, cfg_ref, device=device, threads=1, report=report)] = entry
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if steps is None else PROGRESS_EVERY_S)
+            if steps is not None:
+                try:
+                    waiting = steps.qsize()
+                    items = steps.get_nowait_batch(waiting) if waiting else []
+                except Exception:  # the queue actor is gone: progress is best effort, the job goes on
+                    items, steps = [], None
+                for item in items:
+                    step(*item)
             for ref in ready:
                 entry = pending.pop(ref)
                 try:
@@ -384,33 +438,44 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
                               "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
                 tick(entry, result)
     finally:
+        if steps is not None:
+            steps.shutdown()
         if started:
             ray.shutdown()
 
 
 class _Progress:
-    """A rich progress bar over recordings (a no-op when disabled)."""
+    """A rich progress bar over recordings (a no-op when disabled); its description names the running step."""
 
     def __init__(self, enabled: bool, *, total: int, done: int):
         self.enabled, self.total, self.done = enabled, total, done
+        self._skipped = f"({done} done before) " if done else ""
+        self._note, self._step = self._skipped, ""
 
     def __enter__(self):
-        if not self.enabled:
-            return lambda **_: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("[bold]fingerprint[/] {task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-        self._bar.start()
-        skipped = f"({self.done} done before) " if self.done else ""
-        self._task = self._bar.add_task(skipped, total=self.total, completed=self.done)
+            self._bar = Progress(TextColumn("[bold]fingerprint[/] {task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+            self._bar.start()
+            self._task = self._bar.add_task(self._note, total=self.total, completed=self.done)
+        return self
 
-        def advance(failed: int = 0):
-            note = f"{skipped}[red]{failed} failed[/]" if failed else skipped
-            self._bar.update(self._task, advance=1, description=note)
+    def advance(self, failed: int = 0) -> None:
+        """One more recording finished (``failed`` of them failed so far)."""
+        if self.enabled:
+            self._note = f"{self._skipped}[red]{failed} failed[/]" if failed else self._skipped
+            self._bar.update(self._task, advance=1, description=self._note + self._step)
 
-        return advance
+    def step(self, name: str, done: int, total: int, step: str) -> None:
+        """Show ``name: step (done/total)``, the fingerprint step running on a recording."""
+        if self.enabled:
+            from rich.markup import escape
+
+            self._step = "" if step == "done" else escape(f" {name}: {step} ({done}/{total})")
+            self._bar.update(self._task, description=self._note + self._step)
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -220,7 +220,7 @@ def _tidy(table, summary: Mapping[str, Any]):
 
 
 FOU_BATCH_BYTES = 64 << 20  # epoch data per batched fOU fit
-FOU_BATCH_SERIES = 256  # series per batched fOU fit: its grid start holds ~0.6 MB per series (1024: +0.6 GB)
+FOU_BATCH_SERIES = 256  # series per batched fOU fit: bounds the fit's working set (it blocks inside too)
 
 
 def _fou_group(segments: list[Recording], k: int, fou_cfg: Mapping[str, Any], device: str) -> list:
@@ -228,8 +228,8 @@ def _fou_group(segments: list[Recording], k: int, fou_cfg: Mapping[str, Any], de
 
     Each series' fit is independent (the same numbers as one call per epoch), and a call's 150 Adam steps
     cost about the same for 64 series as for 256 (1.7 vs 0.9 ms a series). A call holds at most
-    :data:`FOU_BATCH_SERIES` series and :data:`FOU_BATCH_BYTES` of data: the fit's grid start needs
-    ~0.6 MB a series, and a long recording's epochs are never copied all at once.
+    :data:`FOU_BATCH_SERIES` series and :data:`FOU_BATCH_BYTES` of data, so a long recording's epochs are
+    never copied all at once.
     """
     first = segments[k]
     per = max(1, min(FOU_BATCH_BYTES // max(1, first.data.nbytes), FOU_BATCH_SERIES // max(1, first.data.shape[0])))
@@ -263,7 +263,7 @@ def _fou_fit(x, seg: Recording, fou_cfg: Mapping[str, Any]) -> dict[str, np.ndar
     flat = torch.as_tensor(x).reshape(-1, x.shape[-1])
     usable = (torch.isfinite(flat).all(-1) & (flat.amax(-1) != flat.amin(-1))).cpu().numpy()
     # Rows in blocks of FOU_BATCH_SERIES / FOU_BATCH_BYTES (each series' fit is independent: the same
-    # numbers): the fit keeps ~4.5 float64 copies of its input (128 channels x 20 min at 250 Hz: +1.3 GB).
+    # numbers), so the float64 copy of one block, not of the recording, is alive at a time.
     per = max(1, min(FOU_BATCH_SERIES, FOU_BATCH_BYTES // (8 * flat.shape[-1])))
     keep = np.nonzero(usable)[0]
     out = {param: np.full(usable.shape, np.nan) for param in ("H", "theta", "sigma")}
