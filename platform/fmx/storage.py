@@ -26,7 +26,9 @@ ADDRESSING_ENV = "FMX_S3_ADDRESSING_STYLE"  # path | virtual; unset: virtual for
 # Object stores that serve only virtual-hosted requests (BUCKET.host), per their providers' docs.
 VIRTUAL_ONLY_HOSTS = ("cwobject.com", "cwlota.com")
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                 "AWS_REGION", SECRET_FILE_ENV, "MLFLOW_TRACKING_URI", "FMX_CONF_DIR", "PYTHONPATH", ADDRESSING_ENV)
+                 "AWS_REGION", SECRET_FILE_ENV, "MLFLOW_TRACKING_URI", "FMX_CONF_DIR", "PYTHONPATH", ADDRESSING_ENV,
+                 # the bounds on MLflow's client retries: trials log from Ray workers, where a caller's bound must hold
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
 _KEY_ALIASES = {
     "access_key": ("AWS_ACCESS_KEY_ID", "access_key_id", "accessKey", "access_key"),
     "secret_key": ("AWS_SECRET_ACCESS_KEY", "secret_access_key", "secretKey", "secret_key"),
@@ -144,6 +146,12 @@ def endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
     return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
 
 
+def _endpoint_env_name(env: Mapping[str, str] | None = None) -> str:
+    """The environment variable :func:`endpoint_from_env` takes the endpoint from (to name it in errors)."""
+    env = os.environ if env is None else env
+    return "AWS_ENDPOINT_URL_S3" if env.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+
+
 def s3_filesystem(*, endpoint_url: str | None = None, region: str | None = None,
                   credentials: S3Credentials | None = None, allow_bucket_creation: bool = False):
     """A ``pyarrow.fs.S3FileSystem``; ``endpoint_url`` (http://host:port) selects an S3-compatible store.
@@ -156,6 +164,7 @@ def s3_filesystem(*, endpoint_url: str | None = None, region: str | None = None,
     """
     from pyarrow import fs as pafs
 
+    source = "storage.endpoint_url" if endpoint_url else _endpoint_env_name()
     endpoint_url = endpoint_url or endpoint_from_env()
     region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
     given = credentials is not None
@@ -166,6 +175,12 @@ def s3_filesystem(*, endpoint_url: str | None = None, region: str | None = None,
                       session_token=credentials.session_token)
     if endpoint_url:
         parsed = urlparse(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
+        # pyarrow would answer a typo'd scheme with "Invalid S3 connection scheme" naming no setting, and would
+        # silently drop a path (http://host:9000/bucket): requests would go to the host's root instead
+        if parsed.scheme not in ("http", "https") or parsed.path.strip("/") or not parsed.netloc:
+            raise ValueError(f"{source}={mask_uri_password(endpoint_url)!r}: an S3 endpoint is http(s)://host[:port] "
+                             "(no path: the bucket goes in storage.path, s3://bucket/prefix); fix "
+                             f"{source}")
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
         kwargs["force_virtual_addressing"] = _virtual_addressing(parsed.hostname or "")
     if given:
@@ -242,11 +257,14 @@ def resolve_storage(path: str, *, endpoint_url: str | None = None, region: str |
     if path.startswith("s3://"):
         rest = path[len("s3://"):].strip("/")
         if not rest or path[len("s3://"):].startswith("/"):  # s3:///ray names no bucket (not bucket "ray")
-            raise ValueError(f"storage.path: {path!r} needs a bucket: s3://bucket/prefix")
+            raise ValueError(f"{field}: {path!r} needs a bucket: s3://bucket/prefix")
         return StorageTarget(uri=path, storage_path=rest,
                              filesystem=s3_filesystem(endpoint_url=endpoint_url, region=region))
     if "://" in path:
-        raise ValueError(f"storage.path: {path!r} is neither a local path nor s3://bucket/prefix")
+        raise ValueError(f"{field}: {path!r} is neither a local path nor s3://bucket/prefix")
+    if path.lower().startswith("s3:"):  # s3:/bucket (pathlib makes it of s3://bucket) was a local folder "s3:"
+        raise ValueError(f"{field}: {path!r} is an S3 URI missing a slash: write s3://bucket/prefix (pathlib "
+                         "joins drop one: build S3 URIs as text)")
     p = Path(path).expanduser()  # ~/ckpt is home, not a folder named "~" in the project
     if not p.is_absolute():
         p = Path(root or os.getcwd()) / p
@@ -283,10 +301,24 @@ def read_bytes(target: StorageTarget, rel: str) -> bytes | None:
         return p.read_bytes() if p.exists() else None
     from pyarrow import fs as pafs
 
-    if target.filesystem.get_file_info(full).type == pafs.FileType.NotFound:
-        return None
-    with target.filesystem.open_input_stream(full) as fh:
-        return fh.read()
+    try:
+        if target.filesystem.get_file_info(full).type == pafs.FileType.NotFound:
+            return None
+        with target.filesystem.open_input_stream(full) as fh:
+            return fh.read()
+    except OSError as exc:  # wrong keys, no server at the endpoint: pyarrow's OSError named no setting
+        raise ValueError(f"storage: cannot read {full} from {target.uri}: {redact(str(exc)).splitlines()[0]}; "
+                         f"{_s3_fix(target)}") from None
+
+
+def _s3_fix(target: StorageTarget) -> str:
+    """What to check when an S3 store refuses a request or does not answer, naming the endpoint in use."""
+    settings = getattr(target.filesystem, "_fmx_settings", None) or {}
+    endpoint = settings.get("endpoint_url") or endpoint_from_env()
+    where = f"now {mask_uri_password(endpoint)}" if endpoint else "unset: AWS's own S3"
+    return ("check the keys (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the file named by "
+            f"{SECRET_FILE_ENV}) and the endpoint (storage.endpoint_url, else "
+            f"AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; {where})")
 
 
 def check_writable(target: StorageTarget, *, field: str = "storage.path") -> None:
@@ -302,8 +334,7 @@ def check_writable(target: StorageTarget, *, field: str = "storage.path") -> Non
     try:
         full = write_bytes(target, rel, b"fmx")
     except OSError as exc:  # pyarrow's S3 errors and local PermissionError are OSErrors
-        fix = ("create the bucket, check the keys (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the file named by "
-               f"{SECRET_FILE_ENV}) and storage.endpoint_url" if target.is_s3 else "make the folder writable")
+        fix = "create the bucket, " + _s3_fix(target) if target.is_s3 else "make the folder writable"
         raise ValueError(f"{field}: cannot write to {target.uri}: {redact(str(exc)).splitlines()[0]}; {fix}, "
                          "or choose another storage.path") from None
     try:
@@ -321,7 +352,11 @@ def exists(target: StorageTarget, rel: str) -> bool:
         return Path(full).exists()
     from pyarrow import fs as pafs
 
-    return target.filesystem.get_file_info(full).type != pafs.FileType.NotFound
+    try:
+        return target.filesystem.get_file_info(full).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise ValueError(f"storage: cannot look up {full} in {target.uri}: {redact(str(exc)).splitlines()[0]}; "
+                         f"{_s3_fix(target)}") from None
 
 
 def pointer_name(sweep_name: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -36,7 +37,8 @@ def resolve_tracking_uri(uri: str, *, root: str | Path | None = None, field: str
     beside it), ``runs/store.db`` (a ``.db``/``.sqlite`` file) -> that database. MLflow 3 refuses file stores
     unless ``MLFLOW_ALLOW_FILE_STORE=true``: with that set, a plain path and a ``file:`` URI stay file stores;
     without it a ``file:`` URI, or a folder that already holds a file store, is a ValueError naming ``field``,
-    the value and the fix. http(s)://, databricks and other URIs pass unchanged.
+    the value and the fix. http(s)://, databricks and other URIs pass unchanged; ``http:/host`` or a bare
+    ``host:port`` (a URI with its ``//`` lost) is a ValueError, not a folder of that name.
     """
     root = Path(root or os.getcwd())
     if uri.startswith("sqlite:///"):
@@ -53,6 +55,10 @@ def resolve_tracking_uri(uri: str, *, root: str | Path | None = None, field: str
         return uri
     if "://" in uri or uri.startswith("databricks"):
         return uri
+    if _MISSING_SLASHES.match(uri):  # else a local store in a folder "http:" or "host:5000": runs lost with a pod
+        raise ValueError(f"{field}={uri!r} looks like a server or database URI with its // missing: write "
+                         "http(s)://HOST:PORT for an MLflow server (sqlite:///path.db for a database), or give a "
+                         "folder path without a colon")
     p = Path(uri).expanduser()  # ~/mlflow is home, not a folder named "~" in the project
     p = (p if p.is_absolute() else root / p).resolve()
     if p.suffix in _SQLITE_SUFFIXES:
@@ -70,6 +76,8 @@ def resolve_tracking_uri(uri: str, *, root: str | Path | None = None, field: str
 
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+# http:/host (what pathlib makes of http://host), sqlite:/x.db, or a bare host:port: URIs, not folder names
+_MISSING_SLASHES = re.compile(r"^((https?|sqlite|postgres(ql)?|mysql|mssql)(\+\w+)?:|[\w.-]+:\d+(/|$))", re.I)
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -88,7 +96,16 @@ def client(uri: str):
 
 
 def ensure_experiment(c, name: str, *, artifact_location: str | None = None) -> str:
-    """The experiment id of ``name``, created (optionally with an S3 artifact location) when missing."""
+    """The experiment id of ``name``, created (optionally with an S3 artifact location) when missing.
+
+    Raises
+    ------
+    ValueError
+        In seconds, naming the URI and the settings, when nothing answers at an http(s) tracking URI (MLflow's
+        client would retry a refused connection for about four minutes, a silent server for far longer).
+    """
+    # MlflowClient has no public accessor for its URI
+    check_server(str(getattr(getattr(c, "_tracking_client", None), "tracking_uri", "")))
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
@@ -101,6 +118,44 @@ def ensure_experiment(c, name: str, *, artifact_location: str | None = None) -> 
         if exp is None:
             raise
         return exp.experiment_id
+
+
+class TrackingServerUnreachable(ValueError):
+    """No MLflow server answers at an http(s) tracking URI (:func:`check_server`). ``uri`` (password masked) and
+    ``reason`` let a command other than a sweep (``fmx fingerprint fit --mlflow``) name its own setting."""
+
+    def __init__(self, message: str, *, uri: str, reason: str) -> None:
+        super().__init__(message)
+        self.uri, self.reason = uri, reason
+
+
+def check_server(uri: str, *, tries: int = 3, timeout_s: float = 5.0) -> None:
+    """Raise a ValueError when no server answers at an http(s) tracking ``uri`` (other URIs pass).
+
+    Any HTTP answer (200, 401, 404) counts; ``tries`` connection attempts about a second apart ride out a server
+    that is restarting. A server that accepts the connection but does not answer within ``timeout_s`` fails too.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from fmx.targets import mask_uri_password
+
+    error: Exception | None = None
+    for attempt in range(tries):
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            return
+        except requests.exceptions.SSLError:
+            return  # certificate settings (MLFLOW_TRACKING_INSECURE_TLS, ...) are MLflow's to apply
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            error = exc
+            if attempt < tries - 1:
+                time.sleep(1.0)
+    masked, reason = mask_uri_password(uri), type(error).__name__
+    raise TrackingServerUnreachable(f"tracking URI {masked!r}: no MLflow server answers there ({reason}); start the "
+                                    "server, or set tracking.uri in the sweep file (else MLFLOW_TRACKING_URI) to the "
+                                    "URI of a running one", uri=masked, reason=reason)
 
 
 def find_run(c, experiment_id: str, tags: Mapping[str, str]):
@@ -154,18 +209,19 @@ def log_params(c, run_id: str, params: Mapping[str, Any]) -> None:
     existing = c.get_run(run_id).data.params
     items, truncated = [], {}
     for k, v in clean.items():
-        if k in existing:  # params are immutable: a resumed run keeps its own
-            continue
         value = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
         if len(value) > MAX_PARAM_LEN:
             note = f"... [truncated from {len(value)} chars; whole value in params/truncated.json]"
             truncated[k] = value
             value = value[:MAX_PARAM_LEN - len(note)] + note
-        items.append(Param(k, value))
+        if k not in existing:  # params are immutable: a resumed run keeps its own
+            items.append(Param(k, value))
+    # the whole values go first: a param logged before an upload that failed is skipped when the run resumes,
+    # and its whole value would be lost
+    if truncated and items:
+        log_json(c, run_id, truncated, "params/truncated.json")
     for i in range(0, len(items), 100):
         c.log_batch(run_id, params=items[i:i + 100])
-    if truncated:
-        log_json(c, run_id, truncated, "params/truncated.json")
 
 
 def log_metrics(c, run_id: str, metrics: Mapping[str, float], *, step: int | None = None) -> None:

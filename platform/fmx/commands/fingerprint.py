@@ -54,6 +54,7 @@ def fit(
 ) -> None:
     """Fingerprint every recording of DATA; resumable (finished recordings are skipped)."""
     from fmx.fingerprint.job import run_fingerprint_job
+    from fmx.tracking import TrackingServerUnreachable
 
     if not no_mlflow:  # before the job: MLflow would refuse the URI only when logging, after every recording
         import os
@@ -74,6 +75,10 @@ def fit(
             num_cpus=num_cpus, gpus_per_task=gpus_per_task, mlflow_uri=mlflow, log_mlflow=not no_mlflow,
             experiment=experiment,
         )
+    except TrackingServerUnreachable as exc:  # checked at the job's last step: the tables are written
+        _fail(ValueError(f"MLflow logging failed: no MLflow server answers at {exc.uri} ({exc.reason}); the tables "
+                         f"are in {out}: re-run the same command when the tracking server is reachable (finished "
+                         "recordings are skipped), or add --no-mlflow"))
     except ValueError as exc:
         _fail(exc)
     except Exception as exc:
