@@ -132,6 +132,9 @@ def _run_trial(config: Mapping[str, Any], plan: SweepPlan) -> None:
         train_loop, torch_config=TorchConfig(backend=backend) if backend else None,
         train_loop_config={"cfg": cfg, "tracking_uri": plan.tracking_uri, "run_id": run_id, "use_gpu": use_gpu,
                            "builders": plan.builders, "fault": plan.fault,
+                           # metrics a tracking outage kept from MLflow: beside the checkpoints when they are local
+                           "metrics_spool_dir": None if target.filesystem is not None else
+                           target.join(plan.sweep_id, "trials", trial_id),
                            "threads_per_worker": max(1, int(plan.cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -145,24 +148,50 @@ def _run_trial(config: Mapping[str, Any], plan: SweepPlan) -> None:
     result = trainer.fit()
     final = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     if plan.acceptance and result.checkpoint is not None:
-        from fmx.acceptance import run_acceptance
+        from fmx.acceptance import AcceptanceReport, run_acceptance
 
-        best = None
-        if not plan.metric.startswith("acceptance/"):
-            best = best_finite_checkpoint(result, plan.metric, plan.mode)
-        report = run_acceptance(plan.acceptance, cfg=cfg, checkpoint=best or result.checkpoint,
-                                metrics=final, builders=plan.builders)
-        # at the step of the last validation, so MLflow's charts put acceptance beside the val/* it judged
-        # (the reported step, Lightning's global_step, is one ahead of where the loggers put val/*)
-        step = last_logged_step(c, run_id, plan.metric if plan.metric.startswith("val/") else "val/loss",
-                                default=int(final.get("step", 0)))
-        tracking.log_metrics(c, run_id, report.metrics(), step=step)
-        tracking.log_json(c, run_id, report.to_dict(), "acceptance/acceptance.json")
+        rel = f"{plan.sweep_id}/trials/{trial_id}/{ACCEPTANCE_FILE}"
+        kept = st.read_bytes(target, rel)  # a restarted trial whose report was saved: not computed twice
+        if kept is not None:
+            report = AcceptanceReport(results=json.loads(kept)["benchmarks"])
+        else:
+            best = None
+            if not plan.metric.startswith("acceptance/"):
+                best = best_finite_checkpoint(result, plan.metric, plan.mode)
+            report = run_acceptance(plan.acceptance, cfg=cfg, checkpoint=best or result.checkpoint,
+                                    metrics=final, builders=plan.builders)
+        record_acceptance(c, run_id, report, target=target, rel=rel,
+                          metric=plan.metric if plan.metric.startswith("val/") else "val/loss",
+                          default_step=int(final.get("step", 0)))
         final.update(report.metrics())
     if result.checkpoint is not None:
         c.set_tag(run_id, "fmx.checkpoint", result.checkpoint.path)
     final["fmx_complete"] = 1.0
     tune.report(final)
+
+
+ACCEPTANCE_FILE = "acceptance.json"  # beside the trial's checkpoints: the record when MLflow did not take it
+
+
+def record_acceptance(c, run_id: str, report, *, target: st.StorageTarget, rel: str, metric: str,
+                      default_step: int) -> str:
+    """Save an acceptance report under ``target``/``rel`` (atomically), then log it to MLflow run ``run_id``.
+
+    The report is written first: a tracking outage while it is logged costs only the log (a warning names the
+    saved file), not the minutes of benchmarks behind it. Its metrics go at the newest step of ``metric``, so
+    MLflow's charts put acceptance beside the val/* it judged. Returns the saved file's path.
+    """
+    plain = json.dumps(report.to_dict(), indent=2, sort_keys=True,  # numpy/torch scalars stay numbers
+                       default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    saved = st.write_bytes(target, rel, plain.encode())
+    try:
+        step = last_logged_step(c, run_id, metric, default=default_step)
+        tracking.log_metrics(c, run_id, report.metrics(), step=step)
+        tracking.log_json(c, run_id, report.to_dict(), "acceptance/acceptance.json")
+    except Exception as exc:  # noqa: BLE001 - the saved report is the record; the trial's result carries it too
+        print(f"fmx: WARNING: the acceptance report of run {run_id} was not logged to MLflow "
+              f"({type(exc).__name__}: {st.redact(str(exc))[:300]}); it is saved in {st.redact(saved)}", flush=True)
+    return saved
 
 
 # ---------------------------------------------------------------------------------------- the driver

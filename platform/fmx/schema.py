@@ -135,6 +135,9 @@ class Storage(_Strict):
             raise ValueError(f"only local paths and s3:// URIs are supported (got {v!r})")
         if v.startswith("s3://") and not re.match(r"^s3://[^/\s]+", v):  # s3:///ray would make "ray" the bucket
             raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
+        if v.lower().startswith("s3:") and "://" not in v:  # else a local folder "s3:" (caught only at run time)
+            raise ValueError(f"{v!r} is an S3 URI missing a slash: write s3://bucket/prefix (pathlib joins drop one: "
+                             "build S3 URIs as text)")
         return v
 
     @field_validator("endpoint_url")
@@ -204,6 +207,15 @@ class Sweep(_Strict):
         if not 0 <= v <= MAX_SEED:
             raise ValueError(f"seed must be between 0 and {MAX_SEED} (numpy, Optuna and Tune seed with it)")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_grid_pass(cls, data: Any) -> Any:
+        # run_cap counts passes over the grid, each with the same seed: the default 8 ran every grid point 8 times
+        # over, identically. A W&B grid sweep makes one pass; so does an omitted run_cap with method grid.
+        if isinstance(data, dict) and data.get("method") == "grid" and "run_cap" not in data:
+            data = {**data, "run_cap": 1}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -83,6 +83,11 @@ TRACKING_URI_FORMS = ("http(s)://HOST[:PORT] (an MLflow server), sqlite:///relat
                       "postgresql://, mysql://, mssql:// or databricks")
 
 
+# http:/host (what pathlib makes of http://host), sqlite:/x.db, or a bare host:port: URIs, not folder names (the
+# same forms fmx.tracking.resolve_tracking_uri refuses at run time)
+_MISSING_SLASHES = re.compile(r"^((https?|sqlite|postgres(ql)?|mysql|mssql)(\+\w+)?:|[\w.-]+:\d+(/|$))", re.I)
+
+
 def tracking_uri_problem(uri: str) -> str | None:
     """Why MLflow cannot open ``uri`` as a tracking store (``None`` when its form is usable).
 
@@ -94,6 +99,10 @@ def tracking_uri_problem(uri: str) -> str | None:
     if not uri:
         return "is empty"
     if "://" not in uri:
+        if _MISSING_SLASHES.match(uri):  # else a local store in a folder "http:" or "host:5000" at run time
+            return ("looks like a server or database URI with its // missing (pathlib joins drop one): write "
+                    "http(s)://HOST:PORT for an MLflow server, sqlite:///path.db for a database, or a folder path "
+                    "without a colon")
         return None  # a folder or .db path, databricks, file:/path (fmx.tracking.resolve_tracking_uri decides)
     scheme, _, rest = uri.partition("://")
     base = scheme.lower().split("+", 1)[0]

@@ -10,6 +10,7 @@ fingerprint at each evaluation (:class:`FingerprintArtifactCallback`).
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover
     from lightning.pytorch.utilities import rank_zero_only
 
 from fmx import tracking
+from fmx.storage import redact
 from fmx.config import TRAINER_KEYS, trainer_options  # noqa: F401  TRAINER_KEYS re-exported
 
 CKPT_NAME = "model.ckpt"
@@ -39,12 +41,22 @@ class RankZeroMlflowLogger(Logger):
 
     Unlike Lightning's ``MLFlowLogger`` it never ends the run (the platform owns the lifecycle) and never logs
     hyperparameters (the trial logs the flattened composed config once).
+
+    A tracking outage does not stop training: metrics MLflow refuses are appended to ``spool_dir/<run_id>.
+    unlogged_metrics.jsonl`` (one ``{"key", "value", "step", "timestamp"}`` per line; default folder: the system
+    temp dir), with one warning naming the URI and the file. Every ``retry_s`` seconds a later call tries the
+    server again and sends the kept metrics first, with their own steps and times; :meth:`finalize` tries once
+    more and, if the server is still away, says where the metrics are kept.
     """
 
-    def __init__(self, *, tracking_uri: str, run_id: str, prefix: str = ""):
+    def __init__(self, *, tracking_uri: str, run_id: str, prefix: str = "", spool_dir: str | Path | None = None,
+                 retry_s: float = 60.0):
         super().__init__()
         self._uri, self._run_id, self._prefix = tracking_uri, run_id, prefix
         self._client = None
+        folder = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir()) / "fmx_unlogged_metrics"
+        self.spool_path = folder / f"{run_id}.unlogged_metrics.jsonl"
+        self._retry_s, self._failed_at, self._warned = float(retry_s), None, False
 
     @property
     def name(self) -> str:
@@ -67,12 +79,81 @@ class RankZeroMlflowLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        tracking.log_metrics(self.experiment, self._run_id, {self._prefix + k: v for k, v in metrics.items()},
-                             step=step)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(self._prefix + k, float(v), now, int(step or 0)) for k, v in metrics.items()
+                 if tracking._number(v)]
+        if self._failed_at is not None and time.monotonic() - self._failed_at < self._retry_s:
+            self._keep(items)  # while the server is away, no step waits out MLflow's retries
+        else:
+            self._send(items)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:  # the run stays open: the trial ends it after acceptance
-        return None
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send the kept metrics now; True when none are left (a warning names the file otherwise)."""
+        if not self.spool_path.exists() or self._send([]):
+            return True
+        print(f"fmx: WARNING: the MLflow server at {redact(self._uri)} is still unreachable; the metrics it did "
+              f"not take are kept in {self.spool_path} (JSON lines: key, value, step, timestamp), to log them to "
+              f"run {self._run_id} when it is back", flush=True)
+        return False
+
+    def _send(self, items: list) -> bool:
+        """Log the kept metrics, then ``items``; on an MLflow failure the unsent ones are kept, False returned."""
+        from mlflow.entities import Metric
+
+        kept = []
+        if self.spool_path.exists():
+            with open(self.spool_path, encoding="utf-8") as f:
+                kept = [Metric(d["key"], float(d["value"]), int(d["timestamp"]), int(d["step"]))
+                        for d in map(json.loads, filter(str.strip, f))]
+        todo, sent = kept + list(items), 0
+        try:
+            if kept:  # asks in seconds first: MLflow's own client retries a refused connection for minutes
+                tracking.check_server(self._uri, tries=1, timeout_s=5.0)
+            for sent in range(0, len(todo), 500):
+                self.experiment.log_batch(self._run_id, metrics=todo[sent:sent + 500])
+            sent = len(todo)
+        except Exception as exc:  # noqa: BLE001 - a tracking outage must not kill hours of training
+            from mlflow.exceptions import RestException
+
+            if isinstance(exc, RestException) and 400 <= exc.get_http_status_code() < 500:
+                raise  # the server answered and refused (a bad key, a deleted run): no outage to wait out
+            self._failed_at = time.monotonic()
+            if not self._warned:
+                self._warned = True
+                print(f"fmx: WARNING: MLflow at {redact(self._uri)} failed ({type(exc).__name__}: "
+                      f"{redact(str(exc))[:300]}); training goes on and the metrics are kept in {self.spool_path} "
+                      f"until the server answers again", flush=True)
+            if kept:  # what was sent before the failure is dropped from the file, the rest stays in order
+                self._rewrite(todo[sent:])
+            else:
+                self._keep(todo[sent:])
+            return False
+        self._failed_at = None
+        if kept:
+            self.spool_path.unlink(missing_ok=True)
+        return True
+
+    def _rewrite(self, metrics: list) -> None:
+        tmp = self.spool_path.with_suffix(".tmp")
+        tmp.write_text("".join(self._line(m) for m in metrics), encoding="utf-8")
+        os.replace(tmp, self.spool_path)
+
+    def _keep(self, metrics: list) -> None:
+        if not metrics:
+            return
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool_path, "a", encoding="utf-8") as f:
+            f.write("".join(self._line(m) for m in metrics))
+
+    @staticmethod
+    def _line(m) -> str:
+        return json.dumps({"key": m.key, "value": m.value, "step": m.step, "timestamp": m.timestamp}) + "\n"
 
 
 def _import(path: str) -> Callable:
@@ -174,7 +255,11 @@ class FingerprintArtifactCallback(pl.Callback):
         step = _logged_step(trainer)  # the step val/* of this validation are logged at
         table = table.assign(epoch=trainer.current_epoch, step=step)
         self.tables.append(table)
-        _log_fingerprint(self.uri, self.run_id, self.tables, summary, step=step)
+        try:
+            _log_fingerprint(self.uri, self.run_id, self.tables, summary, step=step)
+        except Exception as exc:  # noqa: BLE001 - a tracking outage must not kill training; the next one logs all
+            print(f"fmx: latent fingerprint of epoch {trainer.current_epoch} not logged to MLflow "
+                  f"({type(exc).__name__}); the next evaluation's table holds it")
 
 
 class ModelFiguresCallback(pl.Callback):
@@ -205,7 +290,10 @@ class ModelFiguresCallback(pl.Callback):
             return
         c = tracking.client(self.uri)
         for name, fig in figs.items():
-            tracking.log_figure(c, self.run_id, fig, f"figures/{name}_epoch{epoch:03d}.png")
+            try:
+                tracking.log_figure(c, self.run_id, fig, f"figures/{name}_epoch{epoch:03d}.png")
+            except Exception as exc:  # noqa: BLE001 - a tracking outage must not kill training
+                print(f"fmx: figure {name} of epoch {epoch} not logged to MLflow ({type(exc).__name__})")
             plt.close(fig)
 
 
@@ -345,7 +433,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
     callbacks.append(ReportCheckpointCallback(fail_at_epoch=fault.get("epoch"), fail_marker=fault.get("marker")))
     callbacks.append(RankSeedCallback(int(cfg.get("seed", 0))))
     if uri and run_id:
-        loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id))
+        loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id,
+                                            spool_dir=config.get("metrics_spool_dir")))
         if rank == 0:
             callbacks.append(FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id))
             callbacks.append(ModelFiguresCallback(tracking_uri=uri, run_id=run_id))
@@ -366,7 +455,10 @@ def train_loop(config: Mapping[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="fmx_restore_") as tmp:
         ckpt_path = _restore_path(Path(tmp))
         if ckpt_path and rank == 0 and uri and run_id:
-            tracking.client(uri).set_tag(run_id, "fmx.resumed_from_checkpoint", "true")
+            try:
+                tracking.client(uri).set_tag(run_id, "fmx.resumed_from_checkpoint", "true")
+            except Exception as exc:  # noqa: BLE001 - a tag is no reason to lose the restart
+                print(f"fmx: tag fmx.resumed_from_checkpoint not set ({type(exc).__name__})")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         finally:
