@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fmx.runner")  # the runner's logger: one place to turn sweep messages up or down
 
-__all__ = ["CallerProcessKept", "MlflowLifecycle", "SigtermAsInterrupt", "trial_error"]
+__all__ = ["CallerProcessKept", "MlflowLifecycle", "SigtermAsInterrupt", "SigtermInterrupt", "trial_error"]
 
 # "ValueError: ...", "ray.exceptions.ActorDiedError: ...": the lines of a traceback that name an exception
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\w*: ")
@@ -126,14 +126,19 @@ class MlflowLifecycle(_tune_callback_base()):
         self._end(trial, "FAILED")
 
 
+class SigtermInterrupt(KeyboardInterrupt):
+    """The KeyboardInterrupt a SIGTERM raises in a sweep's driver: the CLI exits 143 (128 + SIGTERM) for it, as
+    schedulers read the signal from the status, and 130 for a Ctrl-C."""
+
+
 class SigtermAsInterrupt:
     """SIGTERM (``kill``, a Kubernetes eviction) stops a sweep as Ctrl-C does.
 
     While Tune runs, SIGTERM calls Tune's own stop handler: Tune saves its state one last time and returns, the
     runs become KILLED, and ``fmx sweep resume`` continues. Without this, ``ray.init``'s handlers print a stack
     dump and abort the driver (exit -6) before Tune saves (a trial that had finished is run again on resume), and
-    the parent run ends FAILED. Outside ``tuner.fit`` SIGTERM raises KeyboardInterrupt. A handler the application
-    installed itself is kept.
+    the parent run ends FAILED. Outside ``tuner.fit`` SIGTERM raises :class:`SigtermInterrupt`. A handler the
+    application installed itself is kept.
     """
 
     def __init__(self):
@@ -158,7 +163,7 @@ class SigtermAsInterrupt:
         if self.fitting and callable(tune_stop) and getattr(tune_stop, "__module__", "").startswith("ray.tune"):
             tune_stop(signum, frame)  # Tune listens on SIGINT and SIGUSR1 with this handler
             return
-        raise KeyboardInterrupt
+        raise SigtermInterrupt
 
     def arm(self) -> None:
         """Put the handler back after ``ray.init``, which sets its own."""

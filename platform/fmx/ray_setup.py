@@ -1,10 +1,12 @@
 """Starting or joining Ray for a sweep, and refusing a trial a fixed-size local Ray can never place."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import signal
+import sys
 from typing import Mapping
 
 from fmx import storage as st
@@ -37,9 +39,41 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
         return False
     # "local": a new Ray even where `ray start` left its address in /tmp/ray (plain ray.init() joined that
     # cluster, and with num_cpus refused: "When connecting to an existing cluster, num_cpus ... must not be provided")
-    _ray_init("starting a local Ray", address="local", num_cpus=num_cpus, runtime_env=runtime_env,
-              include_dashboard=False, log_to_driver=False)
+    with _ray_processes_in_their_own_session():
+        _ray_init("starting a local Ray", address="local", num_cpus=num_cpus, runtime_env=runtime_env,
+                  include_dashboard=False, log_to_driver=False)
     return True
+
+
+@contextlib.contextmanager
+def _ray_processes_in_their_own_session():
+    """Start the local Ray's processes (GCS, raylet and, through the raylet, the workers) in a session of their own.
+
+    They shared the driver's process group, so a SIGTERM to the whole group (``timeout 600 fmx sweep run``, a shell
+    job, a pod killed by group) stopped the GCS under the driver: the driver hung a minute on "Failed to connect to
+    GCS", left the trial runs RUNNING and printed no resume command. Now only the driver gets such a signal and
+    stops the sweep as for ``kill PID``; the Ray processes still die with the driver (Ray's kernel fate sharing,
+    PR_SET_PDEATHSIG, is kept: only the session changes).
+    """
+    from ray._private import services, utils
+
+    plain = services.ConsolePopen
+    # Without kernel fate sharing Ray's reaper kills the driver's process group when the driver dies: its
+    # processes must stay in that group. Windows has no sessions; another Ray layout may lack ConsolePopen.
+    if sys.platform == "win32" or not isinstance(plain, type) or not utils.detect_fate_sharing_support():
+        yield
+        return
+
+    class _OwnSessionPopen(plain):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = _OwnSessionPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = plain
 
 
 def _ray_init(doing: str, **kwargs) -> None:
@@ -64,10 +98,14 @@ def _ray_init(doing: str, **kwargs) -> None:
             ray.shutdown()  # Ray's own record of the half-started node (its processes are gone already)
         except Exception:  # noqa: BLE001 - nothing of it is left running
             pass
-        if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:  # ray.init's handler: sys.exit(15)
+        from fmx.lifecycle import SigtermInterrupt
+
+        # ray.init's handler: sys.exit(15); fmx's own (before ray.init replaced it): SigtermInterrupt
+        by_sigterm = isinstance(exc, SigtermInterrupt) or (isinstance(exc, SystemExit) and exc.code == signal.SIGTERM)
+        if by_sigterm:
             why = "SIGTERM arrived"
         elif isinstance(exc, KeyboardInterrupt):
-            why = "interrupted (Ctrl-C or SIGTERM)"
+            why = "interrupted (Ctrl-C)"
         else:
             raise
         stopped = (f"the {len(started)} Ray process{'es' if len(started) > 1 else ''} it had started "
@@ -75,7 +113,7 @@ def _ray_init(doing: str, **kwargs) -> None:
         message = (f"{why} while fmx was {doing}: {stopped}no MLflow run or sweep pointer was recorded; run the "
                    "sweep again")
         logger.warning(message)
-        raise KeyboardInterrupt(message) from None
+        raise (SigtermInterrupt if by_sigterm else KeyboardInterrupt)(message) from None
 
 
 def _freeze_new_ray_processes(me, before: set[int]) -> list:

@@ -148,6 +148,8 @@ def run(file: Path = typer.Argument(..., help="sweep YAML file"),
         outcome = run_sweep(sweep, sweep_text=file.read_text(), address=address, num_cpus=num_cpus)
     except ValueError as exc:  # e.g. an unusable FMX_STORAGE_PATH or MLFLOW_TRACKING_URI
         _fail(str(exc))
+    except KeyboardInterrupt as exc:  # before Tune ran (while Ray started, say), or a second Ctrl-C
+        _exit_interrupted(exc)
     except Exception as exc:
         _fail_aborted(exc, sweep)
     outcome = _cut_short(outcome)
@@ -271,6 +273,14 @@ def _cut_short(outcome):
     return dataclasses.replace(outcome, interrupted=True)
 
 
+def _exit_interrupted(exc: KeyboardInterrupt) -> None:
+    """Exit 143 (128 + SIGTERM) when a SIGTERM raised ``exc``, 130 for Ctrl-C (typer's 130 for every
+    KeyboardInterrupt told a scheduler the job was interrupted from a terminal)."""
+    from fmx.lifecycle import SigtermInterrupt
+
+    raise typer.Exit(143 if isinstance(exc, SigtermInterrupt) else 130)
+
+
 def _exit_for(outcome, sweep) -> None:
     if outcome.interrupted:
         console.print(f"[yellow]interrupted[/yellow]: continue with [bold]fmx sweep resume {sweep.name} "
@@ -366,6 +376,8 @@ def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as 
         outcome = run_sweep(sweep, address=address, resume_id=pointer["sweep_id"], num_cpus=num_cpus)
     except ValueError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        _exit_interrupted(exc)
     except Exception as exc:
         _fail_aborted(exc, sweep)
     outcome = _cut_short(outcome)
