@@ -334,6 +334,23 @@ def test_cli_fit_on_a_ray_cluster_address(cohort, tmp_path, ray_cluster):
     assert len(pd.read_parquet(out / "fingerprint.parquet")) > 0
 
 
+@pytest.mark.slow
+def test_cli_fit_inside_a_ray_job_uses_the_cluster_that_ray_address_names(cohort, tmp_path, ray_cluster):
+    """Inside a Ray job (`fmx job submit ... fmx fingerprint fit`) RAY_ADDRESS names the cluster and no --address is
+    given: the job passed num_cpus to a connecting ray.init, which Ray refuses ("When connecting to an existing
+    cluster, num_cpus and num_gpus must not be provided")."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "job"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", COLUMNS="200", RAY_ADDRESS=ray_cluster.address)
+    cmd = [sys.executable, "-m", "fmx.cli", "fingerprint", "fit", str(cohort), "--out", str(out), "--no-mlflow",
+           *sum((["--config", c] for c in FAST), [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "6 fitted" in proc.stdout and "1 failed" in proc.stdout
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(cohort):
     from fmx.fingerprint.recording import fit_recording

@@ -393,8 +393,17 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
-                 include_dashboard=False, logging_level="warning", log_to_driver=False)
+        if address or os.environ.get("RAY_ADDRESS"):  # a cluster (inside a Ray job RAY_ADDRESS names it): its size
+            ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
+        else:
+            from fmx.ray_setup import _ray_processes_in_their_own_session
+
+            # "local": a new Ray even where `ray start` left its address (plain ray.init() joined that cluster
+            # and refused num_cpus); its own session: a SIGTERM to the job's process group (timeout, a pod)
+            # stops the driver, which saves what is done, instead of killing the Ray under it
+            with _ray_processes_in_their_own_session():
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                         logging_level="warning", log_to_driver=False)
         rearm_sigterm()
     steps = None
     try:
