@@ -78,6 +78,9 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
     Returns a dict of ``(B, C)`` tensors ``beta`` (1/f exponent), ``hfd`` (Higuchi FD), ``dfa``
     (DFA alpha), for the first ``max_channels`` non-constant channels. A measure whose estimator
     is not available or rejects the input (too short, constant) is left out, with one warning.
+    Where an estimator rejects only some channels (DFA on a step-like channel: a stretch exactly flat
+    for a whole DFA window), only those channels are left out of that measure, with one warning naming
+    them, so its tensor may have fewer columns than the others.
     """
     from fractals import metrics as fm
 
@@ -96,30 +99,55 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
     windows = [w for w in temporal.get("dfa_orders", [4, 16, 64, 256]) if 4 <= w <= n // 2]
     exclude_peaks = bool(temporal.get("exclude_peaks", True))
 
-    def beta():
+    def beta(v):
         try:
-            return fm.spectral_beta(x, fs, band, exclude_peaks)
+            return fm.spectral_beta(v, fs, band, exclude_peaks)
         except (RuntimeError, ValueError) as exc:
             # Smooth, short latents can defeat the peak search (singular fit, or "peaks" over the
             # whole band); the aperiodic slope without peak masking is still a valid measure.
             if not exclude_peaks:
                 raise
             _warn_once("beta-peaks", "latent_measures: peak exclusion failed (%s); beta fitted without it", exc)
-            return fm.spectral_beta(x, fs, band, False)
+            return fm.spectral_beta(v, fs, band, False)
 
     calls = {
         "beta": beta,
-        "hfd": lambda: fm.higuchi_fd(x, kmax=kmax),
-        "dfa": lambda: fm.dfa_alpha(x, windows=windows if len(windows) >= 2 else None),
+        "hfd": lambda v: fm.higuchi_fd(v, kmax=kmax),
+        "dfa": lambda v: fm.dfa_alpha(v, windows=windows if len(windows) >= 2 else None),
     }
     with _autocast_off(x.device.type):  # validation_step runs inside bf16-mixed autocast
         for name, call in calls.items():
             try:
-                out[name] = call()
+                out[name] = call(x)
             except (NotImplementedError, ValueError, ImportError, RuntimeError) as exc:
-                # A measure must never stop training: log what failed once and leave it out.
-                _warn_once(f"measure-{name}", "latent_measures: %s not computed (%s)", name, exc)
+                kept = _per_channel(call, x) if isinstance(exc, (ValueError, RuntimeError)) else None
+                if kept is None:
+                    # A measure must never stop training: log what failed once and leave it out.
+                    _warn_once(f"measure-{name}", "latent_measures: %s not computed (%s)", name, exc)
+                    continue
+                out[name], failed = kept
+                if not failed:  # rejected as a batch, accepted channel by channel
+                    continue
+                channels = torch.nonzero(live).flatten()[:max_channels].tolist()  # latent channel of each column
+                _warn_once(f"measure-{name}-channels", "latent_measures: %s left out for latent channel(s) %s of "
+                           "%d (%s); logged over the other channels", name, [channels[c] for c in failed],
+                           len(channels), exc)
     return out
+
+
+def _per_channel(call, x: torch.Tensor):
+    """``call`` channel by channel, after it rejected the whole ``(B, C, T)`` batch: ``(values of the channels
+    it accepts (B, C'), indices of those it rejects)``, or None when it rejects every channel. One step-like
+    channel must not cost the measure of the others (the fingerprint isolates failing channels the same way)."""
+    if x.shape[1] < 2:
+        return None
+    cols, failed = [], []
+    for c in range(x.shape[1]):
+        try:
+            cols.append(call(x[:, c:c + 1]).reshape(x.shape[0], 1))
+        except (ValueError, RuntimeError):
+            failed.append(c)
+    return (torch.cat(cols, 1), failed) if cols else None
 
 
 def global_means(trainer: Any, keys: list[str], totals: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -103,6 +103,11 @@ def clean_segments(rec: Recording, *, min_samples: int = 1) -> list[Recording]:
     Each piece's ``meta["onset_s"]`` is its start in ``rec``, ``meta["segment"]`` its index among
     all clean pieces, and its annotations and events are shifted to its own first sample. A recording without
     bad spans comes back whole (``[rec]``) when it is long enough.
+
+    Each piece's ``data`` is a view into ``rec.data`` (no copy: copies duplicated the clean part of the
+    recording, +0.9 GB for 64 channels x 30 min at 1 kHz), so writing into a piece writes into ``rec``; copy
+    first (``p.data.copy()``) to modify one in place. A piece kept after ``rec`` is dropped keeps all of
+    ``rec.data`` in memory.
     """
     if rec.kind != "continuous":  # an interval series has no clock for annotations to mark
         return [rec]
@@ -116,6 +121,6 @@ def clean_segments(rec: Recording, *, min_samples: int = 1) -> list[Recording]:
         if stop - start >= max(min_samples, 1):
             onset = start / rec.fs
             pieces.append(rec.replace(
-                data=rec.data[:, start:stop].copy(),
+                data=rec.data[:, start:stop],
                 meta={"onset_s": onset, "segment": k, "annotations": (), **shifted_meta(rec, onset)}))
     return pieces

@@ -114,12 +114,16 @@ def trim_flat_edges(rec: Recording, *, min_run: int = 8, max_burst: int = 32) ->
     at another. From each end, stretches where every channel stays constant for at least
     ``min_run`` samples are cut, together with bursts shorter than ``max_burst`` samples that sit
     between two such stretches. ``meta["trimmed_s"]`` records the seconds cut at each end.
+
+    The result's ``data`` is a view into ``rec.data`` (no copy: a copy duplicated the recording, +0.9 GB
+    for 64 channels x 30 min at 1 kHz), so writing into it writes into ``rec``; copy first
+    (``out.data.copy()``) to modify it in place.
     """
     _need_continuous(rec, "trim_flat_edges")
     n = rec.data.shape[-1]
     if n < 2:
         return rec
-    moving = np.any(np.diff(rec.data, axis=-1) != 0, axis=0)  # transition i -> i + 1 changes somewhere
+    moving = _moving(rec.data)
     if not moving.any():
         raise ValueError(f"{rec.meta.get('path', 'recording')}: every channel is constant; nothing to measure")
     head = _padding_transitions(moving, min_run, max_burst)
@@ -133,8 +137,25 @@ def trim_flat_edges(rec: Recording, *, min_run: int = 8, max_burst: int = 32) ->
         tail += _settle(rec.data[:, head:n - tail][:, ::-1], max_burst)
     if head == 0 and tail == 0:
         return rec
-    return rec.replace(data=rec.data[:, head:n - tail].copy(),
+    return rec.replace(data=rec.data[:, head:n - tail],
                        meta={"trimmed_s": [head / rec.fs, tail / rec.fs], **shifted_meta(rec, head / rec.fs)})
+
+
+MOVING_BLOCK_BYTES = 32 << 20  # float differences formed at a time by _moving
+
+
+def _moving(x: np.ndarray) -> np.ndarray:
+    """``(T - 1,)`` bool: transition i -> i + 1 changes some channel of ``x`` (C, T).
+
+    In time blocks of :data:`MOVING_BLOCK_BYTES`: the differences of the whole recording at once were a
+    second copy of it (+0.9 GB for 64 channels x 30 min at 1 kHz)."""
+    n = x.shape[-1]
+    step = max(1, MOVING_BLOCK_BYTES // max(1, x.shape[0] * x.itemsize))
+    moving = np.empty(n - 1, dtype=bool)
+    for lo in range(0, n - 1, step):
+        hi = min(lo + step, n - 1)
+        moving[lo:hi] = np.any(np.diff(x[:, lo:hi + 1], axis=-1) != 0, axis=0)
+    return moving
 
 
 def _settle(x: np.ndarray, max_burst: int) -> int:
