@@ -87,7 +87,14 @@ def collate_batch(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             # numpy arrays (a dataset reading .npy files) became lists the model cannot read.
             try:
                 for it in items:
-                    it[key] = torch.as_tensor(it[key])
+                    v = it[key]
+                    # A flipped window (negative strides) or big-endian data failed to convert and a read-only
+                    # array (np.load with mmap_mode='r') warned at every batch: such arrays are copied (the batch
+                    # copies anyway), in native byte order.
+                    if isinstance(v, np.ndarray) and (not v.flags.writeable or any(s < 0 for s in v.strides)
+                                                      or not v.dtype.isnative):
+                        v = np.array(v, dtype=v.dtype.newbyteorder("="))
+                    it[key] = torch.as_tensor(v)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise ValueError(f"{key}: samples mix tensors and {sorted({type(v).__name__ for v in values})} "
                                  f"that do not convert to a tensor ({exc}); give it one type in every sample") from exc

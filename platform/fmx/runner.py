@@ -373,7 +373,8 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
     from fmx.progress import SweepProgress
 
     root = Path(root or os.getcwd())
-    check_search_space(sweep)  # before any run is recorded: Optuna would fail only at the first trial
+    # before any run is recorded: Optuna would fail only at the first trial
+    check_search_space(sweep, resumed=bool(resume_id))
     if fault is None and os.environ.get(FAULT_ENV):  # fault injection for end-to-end tests of the CLI
         fault = json.loads(os.environ[FAULT_ENV])
     sweep_id = resume_id or new_sweep_id(sweep.name)

@@ -351,13 +351,14 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
         raise SweepFileError(file, path, msg, value=value, allowed=allowed) from None
 
 
-def check_search_space(sweep: Sweep, *, file: str | Path = "<sweep>") -> None:
+def check_search_space(sweep: Sweep, *, file: str | Path = "<sweep>", resumed: bool = False) -> None:
     """Refuse a TPE/CMA-ES sweep with nothing to search (Optuna would fail at the first trial, mid-run), and a
-    categorical parameter in a grid sweep.
+    categorical parameter in a grid sweep (not when ``resumed``: such a sweep recorded by an older version
+    continues as it began).
 
     Checked here, not in :class:`Sweep`: a sweep recorded by an older version still reads back for status/resume.
     """
-    if sweep.method == "grid":
+    if sweep.method == "grid" and not resumed:
         cats = [k for k, p in sweep.parameters.items() if isinstance(p, Categorical)]
         if cats:  # a W&B grid tries every listed value; Tune's grid draws a categorical once per grid point
             raise SweepFileError(file, f"parameters.{cats[0]}", "method grid tries every value of distribution: grid "
