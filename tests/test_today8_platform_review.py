@@ -32,3 +32,28 @@ def test_resume_of_a_recorded_grid_sweep_with_a_categorical_is_not_refused(monke
     # a new run of it is still refused, naming the parameter
     with pytest.raises(ValueError, match="parameters.seed"):
         runner.run_sweep(sweep, progress=False)
+
+
+def test_acceptance_metrics_keep_numpy_and_torch_scalars():
+    """np.float32 is no Python float: a benchmark result held as one was dropped from the logged metrics."""
+    import numpy as np
+    import torch
+
+    from fmx.acceptance import AcceptanceReport
+
+    report = AcceptanceReport(results={"speed": {"ms": np.float32(1.5), "n": np.int64(3), "ok": np.bool_(True),
+                                                 "t": torch.tensor(2.0), "note": "text"}})
+    assert report.metrics() == {"acceptance/speed_ms": 1.5, "acceptance/speed_n": 3.0, "acceptance/speed_ok": 1.0,
+                                "acceptance/speed_t": 2.0}
+
+
+def test_check_server_reads_an_upper_case_scheme():
+    import socket
+
+    from fmx.tracking import TrackingServerUnreachable, check_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TrackingServerUnreachable):
+        check_server(f"HTTP://127.0.0.1:{port}", tries=1, timeout_s=1.0)

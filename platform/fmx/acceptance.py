@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 
@@ -36,9 +37,12 @@ class AcceptanceReport:
         out = {}
         for name, res in self.results.items():
             for k, v in res.items():
-                if isinstance(v, bool):
+                if isinstance(v, (bool, np.bool_)):
                     v = float(v)
-                if isinstance(v, (int, float)):
+                if isinstance(v, torch.Tensor) and v.numel() == 1:
+                    v = v.item()
+                # numpy scalars too (np.float32 is no float): a benchmark returning one lost that metric
+                if isinstance(v, (int, float, np.integer, np.floating)):
                     out[f"acceptance/{name}_{k}"] = float(v)
         return out
 

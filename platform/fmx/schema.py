@@ -183,7 +183,9 @@ class Sweep(_Strict):
     metric: Metric
     parameters: dict[str, Union[Distribution, Constant]] = Field(default_factory=dict)
     early_terminate: EarlyTerminate = EarlyTerminate()
-    run_cap: StrictInt = Field(8, ge=1, le=10_000, description="trials to sample (grid: repeats of the full grid)")
+    run_cap: StrictInt = Field(8, ge=1, le=10_000,
+                               description="trials to sample (default 8); grid: passes over the full grid, each with "
+                                           "the same seed (default 1: a second pass repeats the first)")
     max_concurrent: StrictInt = Field(1, ge=1, le=1024)
     max_failures: StrictInt = Field(2, ge=0,
                                     description="worker crashes a trial survives, resuming from its checkpoint")

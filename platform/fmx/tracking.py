@@ -135,7 +135,7 @@ def check_server(uri: str, *, tries: int = 3, timeout_s: float = 5.0) -> None:
     Any HTTP answer (200, 401, 404) counts; ``tries`` connection attempts about a second apart ride out a server
     that is restarting. A server that accepts the connection but does not answer within ``timeout_s`` fails too.
     """
-    if not uri.startswith(("http://", "https://")):
+    if not uri.lower().startswith(("http://", "https://")):  # schemes are case-insensitive (RFC 3986)
         return
     import requests
 
