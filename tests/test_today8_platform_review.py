@@ -57,3 +57,18 @@ def test_check_server_reads_an_upper_case_scheme():
         port = sock.getsockname()[1]
     with pytest.raises(TrackingServerUnreachable):
         check_server(f"HTTP://127.0.0.1:{port}", tries=1, timeout_s=1.0)
+
+
+def test_address_local_starts_a_local_ray_with_its_cpus_even_inside_a_job(monkeypatch):
+    """`--address local` (Ray's own word for "start one here") took the connect path: --num-cpus was dropped, and
+    the Ray shared the driver's process group."""
+    import ray
+
+    from fmx.ray_setup import init_ray
+
+    calls = []
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a job's cluster: "local" still means a new Ray here
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    assert init_ray("local", num_cpus=2) is True
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2

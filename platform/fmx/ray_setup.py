@@ -34,7 +34,9 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     # a URI with user:password@ (an unused MLFLOW_TRACKING_URI) would show in the dashboard's runtime_env
     env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k) and not uri_has_password(os.environ[k])}
     runtime_env = {"env_vars": env} if env else None
-    if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray job RAY_ADDRESS names the cluster
+    # inside a Ray job RAY_ADDRESS names the cluster; address="local" (Ray's own word for "start one here") is the
+    # local start below: through the connect path it ignored num_cpus and shared the driver's process group
+    if address != "local" and (address or os.environ.get("RAY_ADDRESS")):
         _ray_init("connecting to Ray", address=address, runtime_env=runtime_env, log_to_driver=False)
         return False
     # "local": a new Ray even where `ray start` left its address in /tmp/ray (plain ray.init() joined that
