@@ -72,3 +72,21 @@ def test_address_local_starts_a_local_ray_with_its_cpus_even_inside_a_job(monkey
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     assert init_ray("local", num_cpus=2) is True
     assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
+
+
+def test_address_local_inside_a_ray_job_still_refuses_a_missing_data_folder(tmp_path, monkeypatch):
+    """`--address local` starts a Ray here even with RAY_ADDRESS set, so a data folder missing here fails every
+    trial: the local-data check skipped it whenever RAY_ADDRESS was set."""
+    from typer.testing import CliRunner
+
+    from fmx.commands.sweep import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    path = tmp_path / "u.yaml"
+    path.write_text("name: user\nbase: [model=tiny, data=files, data.root=../no-such-recordings, "
+                    "trainer.max_epochs=1]\nmetric: {name: val/loss, goal: minimize}\nmethod: random\n"
+                    "parameters:\n  data.window: {distribution: categorical, values: [256, 512]}\n")
+    result = CliRunner().invoke(app, ["run", str(path), "--address", "local"], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert "data.root" in result.output and "does not exist" in result.output

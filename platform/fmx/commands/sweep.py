@@ -177,7 +177,7 @@ def _check_local_data(sweep, file: Path, address: Optional[str]) -> None:
 
     from fmx.config import DATA_PATH_KEYS, absolute_data_paths, compose
 
-    if (address and address != "local") or os.environ.get("RAY_ADDRESS"):
+    if address != "local" and (address or os.environ.get("RAY_ADDRESS")):  # "local": a new Ray here (init_ray)
         return
     try:
         data = compose(absolute_data_paths(sweep.base, Path.cwd())).get("data") or {}
