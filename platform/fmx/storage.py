@@ -3,7 +3,8 @@
 Credentials come only from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, optional
 ``AWS_SESSION_TOKEN``) or from a mounted secret (``FMX_S3_SECRET_FILE``: a JSON or ``KEY=VALUE`` file, or a
 Kubernetes-style folder with one file per key). They are never written into configs, params, logs or
-artifacts: :func:`redact` masks every known secret value in any text the platform emits.
+artifacts: :func:`redact` masks every known secret value in any text the platform emits (a short, word-like
+one where it stands as a credential: see :func:`redact`).
 
 The endpoint of an S3-compatible store (MinIO, SeaweedFS, CoreWeave Object Storage) comes from the sweep file's
 ``storage.endpoint_url`` or the environment (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``).
@@ -37,6 +38,20 @@ _KEY_ALIASES = {
 # Anything that looks like an AWS access key, masked even when not a known value (URL passwords and credential
 # query parameters: fmx.targets.mask_credentials).
 _PATTERNS = [re.compile(r"(?:AKIA|ASIA)[0-9A-Z]{16}")]
+# Where redact looks for a known secret value. One of 12 characters or more (AWS secret keys have 40, access key
+# IDs 20, session and MLflow tokens more) is random enough never to occur by chance: masked wherever it appears,
+# inside a word or a path too. A shorter one is a dev default (moto/localstack "test", MinIO "minioadmin") or a
+# short password; as a plain substring it masked "/tests/", "testing" and line numbers, and so turned every failing
+# trial's exception into a MaskedTrialError with a mangled traceback. So a short value that mixes letters, digits
+# or symbols ("hunter2") is masked as a whole token only, never inside a longer word, number or path component;
+# one of letters only (words joined by - _ .) or digits only reads as a word or a number (and is guessable: no
+# secret worth hiding in prose), so it is masked only where it stands as a credential: a secret-named field's value
+# in an env, dict, JSON or YAML dump (AWS_SECRET_ACCESS_KEY=test, 'password': 'test'). Any password inside a URL
+# (user:pw@, ?password=) is masked whatever its length or value (fmx.targets.mask_credentials).
+_ANYWHERE_LEN = 12
+_WORD_LIKE = re.compile(r"[^\W\d_]+(?:[-_.][^\W\d_]+)*|\d+")
+_CREDENTIAL_FIELD = r"(?i:(?:secret|passw|pwd|token(?![a-z])|access[_-]?key|key[_-]?id|credential)[\w.-]*)"
+_FIELD_SEP = r"""(?:\\?['"])?\s*[:=]\s*(?:[bru]?\\?['"])?"""
 
 
 @dataclass(frozen=True)
@@ -125,11 +140,16 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def redact(obj: Any, secrets: list[str] | None = None) -> Any:
-    """Mask secret values in a string, or in every string of a (nested) dict/list."""
+    """Mask secret values in a string, or in every string of a (nested) dict/list.
+
+    A value under 12 characters is masked as a whole token only, and a word-like one (letters only, or digits
+    only) just where it stands as a credential (``KEY=value``, ``'password': 'value'``, a URL's ``user:value@``),
+    so that a short dev key such as ``test`` leaves ``/tests/`` and the word "test" as they are.
+    """
     secrets = secret_values() if secrets is None else secrets
     if isinstance(obj, str):
         for s in secrets:
-            obj = obj.replace(s, "***")
+            obj = _mask_value(obj, s)
         for pat in _PATTERNS:
             obj = pat.sub("***", obj)
         return mask_credentials(obj)
@@ -139,6 +159,20 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(redact(v, secrets) for v in obj)
     return obj
+
+
+def _mask_value(text: str, value: str) -> str:
+    """``text`` with the known secret ``value`` masked where it can be that secret (see ``_ANYWHERE_LEN``)."""
+    if not value or value not in text:
+        return text
+    if len(value) >= _ANYWHERE_LEN:
+        return text.replace(value, "***")
+    # a symbol at the value's edge delimits it by itself ("x#pw" holds "#pw" whole)
+    whole = ((r"(?<!\w)" if re.match(r"\w", value) else "") + re.escape(value)
+             + (r"(?!\w)" if re.match(r"\w", value[-1]) else ""))
+    if not _WORD_LIKE.fullmatch(value):
+        return re.sub(whole, "***", text)
+    return re.sub(f"({_CREDENTIAL_FIELD}{_FIELD_SEP}){whole}", lambda m: m.group(1) + "***", text)
 
 
 def endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
@@ -252,8 +286,8 @@ def resolve_storage(path: str, *, endpoint_url: str | None = None, region: str |
     """
     if uri_has_password(path):  # pyarrow's errors would echo it
         raise ValueError(f"{field}: {mask_uri_password(path)!r}: credentials never go in a URI (user:password@ or "
-                         "?secret_key=); use s3://bucket/prefix and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
-                         f"environment or the file named by {SECRET_FILE_ENV}")
+                         "a ?secret_key= parameter); use s3://bucket/prefix and AWS_ACCESS_KEY_ID/"
+                         f"AWS_SECRET_ACCESS_KEY in the environment or the file named by {SECRET_FILE_ENV}")
     if path.startswith("s3://"):
         rest = path[len("s3://"):].strip("/")
         if not rest or path[len("s3://"):].startswith("/"):  # s3:///ray names no bucket (not bucket "ray")
