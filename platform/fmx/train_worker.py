@@ -35,6 +35,30 @@ from fmx.config import TRAINER_KEYS, trainer_options  # noqa: F401  TRAINER_KEYS
 
 CKPT_NAME = "model.ckpt"
 
+# Tracking URI -> time.monotonic() of this process's last failed call to it: the logger and the callbacks share it,
+# so while MLflow is away no call waits out MLflow's own retries (minutes each with the default settings).
+_DOWN_AT: dict[str, float] = {}
+
+
+def _outage_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking outage raises: MLflow's errors and network errors (requests' errors are OSErrors)."""
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, OSError)
+
+
+def _tracking_down(uri: str, *, retry_s: float = 60.0) -> bool:
+    """True while the server at ``uri`` failed less than ``retry_s`` ago, or does not answer one quick check."""
+    failed = _DOWN_AT.get(uri)
+    if failed is not None and time.monotonic() - failed < retry_s:
+        return True
+    try:
+        tracking.check_server(uri, tries=1, timeout_s=5.0)
+    except tracking.TrackingServerUnreachable:
+        _DOWN_AT[uri] = time.monotonic()
+        return True
+    return False
+
 
 class RankZeroMlflowLogger(Logger):
     """A Lightning logger writing metrics of an existing run from global rank 0 only.
@@ -46,12 +70,15 @@ class RankZeroMlflowLogger(Logger):
     unlogged_metrics.jsonl`` (one ``{"key", "value", "step", "timestamp"}`` per line; default folder: the system
     temp dir), with one warning naming the URI and the file. Every ``retry_s`` seconds a later call tries the
     server again and sends the kept metrics first, with their own steps and times; :meth:`finalize` tries once
-    more and, if the server is still away, says where the metrics are kept.
+    more and, if the server is still away, says where the metrics are kept. With ``keep_in`` (a
+    :class:`fmx.storage.StorageTarget`, the trial's folder on S3, say) the file is also copied there at that point,
+    merged with a copy an earlier worker left: a spool in a pod's temp dir is lost with the pod.
     """
 
     def __init__(self, *, tracking_uri: str, run_id: str, prefix: str = "", spool_dir: str | Path | None = None,
-                 retry_s: float = 60.0):
+                 retry_s: float = 60.0, keep_in=None):
         super().__init__()
+        self._keep_in = keep_in
         self._uri, self._run_id, self._prefix = tracking_uri, run_id, prefix
         self._client = None
         folder = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir()) / "fmx_unlogged_metrics"
@@ -84,8 +111,10 @@ class RankZeroMlflowLogger(Logger):
         now = int(time.time() * 1000)
         items = [Metric(self._prefix + k, float(v), now, int(step or 0)) for k, v in metrics.items()
                  if tracking._number(v)]
-        if self._failed_at is not None and time.monotonic() - self._failed_at < self._retry_s:
+        failed = max(self._failed_at or -1e18, _DOWN_AT.get(self._uri, -1e18))  # a callback may have seen it down
+        if time.monotonic() - failed < self._retry_s:
             self._keep(items)  # while the server is away, no step waits out MLflow's retries
+            self._warn("did not answer a recent call")
         else:
             self._send(items)
 
@@ -97,10 +126,29 @@ class RankZeroMlflowLogger(Logger):
         """Send the kept metrics now; True when none are left (a warning names the file otherwise)."""
         if not self.spool_path.exists() or self._send([]):
             return True
+        where = str(self.spool_path)
+        if self._keep_in is not None:
+            where = self._copy_to_storage() or where
         print(f"fmx: WARNING: the MLflow server at {redact(self._uri)} is still unreachable; the metrics it did "
-              f"not take are kept in {self.spool_path} (JSON lines: key, value, step, timestamp), to log them to "
+              f"not take are kept in {redact(where)} (JSON lines: key, value, step, timestamp), to log them to "
               f"run {self._run_id} when it is back", flush=True)
         return False
+
+    def _copy_to_storage(self) -> str | None:
+        """Copy the spool file into ``keep_in`` (after the lines of a copy already there); its path, or None."""
+        from fmx import storage
+
+        rel = self.spool_path.name
+        try:
+            before = (storage.read_bytes(self._keep_in, rel) or b"").decode("utf-8").splitlines(keepends=True)
+            mine = self.spool_path.read_text(encoding="utf-8").splitlines(keepends=True)
+            seen = set(before)  # a restarted worker on the same node re-copies the lines it copied before
+            lines = before + [ln for ln in mine if ln not in seen and not seen.add(ln)]
+            return storage.write_bytes(self._keep_in, rel, "".join(lines).encode("utf-8"))
+        except (OSError, ValueError) as exc:  # the store is away too (read_bytes says so as a ValueError)
+            print(f"fmx: WARNING: the unlogged metrics could not be copied to {redact(self._keep_in.join(rel))} "
+                  f"({type(exc).__name__}: {redact(str(exc))[:200]})", flush=True)
+            return None
 
     def _send(self, items: list) -> bool:
         """Log the kept metrics, then ``items``; on an MLflow failure the unsent ones are kept, False returned."""
@@ -123,21 +171,24 @@ class RankZeroMlflowLogger(Logger):
 
             if isinstance(exc, RestException) and 400 <= exc.get_http_status_code() < 500:
                 raise  # the server answered and refused (a bad key, a deleted run): no outage to wait out
-            self._failed_at = time.monotonic()
-            if not self._warned:
-                self._warned = True
-                print(f"fmx: WARNING: MLflow at {redact(self._uri)} failed ({type(exc).__name__}: "
-                      f"{redact(str(exc))[:300]}); training goes on and the metrics are kept in {self.spool_path} "
-                      f"until the server answers again", flush=True)
+            self._failed_at = _DOWN_AT[self._uri] = time.monotonic()
+            self._warn(f"failed ({type(exc).__name__}: {redact(str(exc))[:300]})")
             if kept:  # what was sent before the failure is dropped from the file, the rest stays in order
                 self._rewrite(todo[sent:])
             else:
                 self._keep(todo[sent:])
             return False
         self._failed_at = None
+        _DOWN_AT.pop(self._uri, None)
         if kept:
             self.spool_path.unlink(missing_ok=True)
         return True
+
+    def _warn(self, what: str) -> None:
+        if not self._warned:
+            self._warned = True
+            print(f"fmx: WARNING: MLflow at {redact(self._uri)} {what}; training goes on and the metrics are kept "
+                  f"in {self.spool_path} until the server answers again", flush=True)
 
     def _rewrite(self, metrics: list) -> None:
         tmp = self.spool_path.with_suffix(".tmp")
@@ -229,11 +280,18 @@ class ReportCheckpointCallback(pl.Callback):
 
 
 class FingerprintArtifactCallback(pl.Callback):
-    """Rank 0, each validation: per-channel latent measures as metrics, a parquet table and a plot in MLflow."""
+    """Rank 0, each validation: per-channel latent measures as metrics, a parquet table and a plot in MLflow.
 
-    def __init__(self, *, tracking_uri: str, run_id: str, max_channels: int = 32):
+    While the tracking server is away (a failure less than ``retry_s`` ago, or no answer to one quick check) the
+    evaluation is not sent, so no validation waits out MLflow's retries: the next logged evaluation carries its
+    table rows and its summary metrics (at their own step).
+    """
+
+    def __init__(self, *, tracking_uri: str, run_id: str, max_channels: int = 32, retry_s: float = 60.0):
         self.uri, self.run_id, self.max_channels = tracking_uri, run_id, max_channels
+        self.retry_s = float(retry_s)
         self.tables: list = []  # one tidy table per evaluation; the artifact holds them all (epoch column)
+        self._unlogged: list = []  # (summary, step) of evaluations whose metrics MLflow has not taken yet
         self._batch = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -255,19 +313,25 @@ class FingerprintArtifactCallback(pl.Callback):
         step = _logged_step(trainer)  # the step val/* of this validation are logged at
         table = table.assign(epoch=trainer.current_epoch, step=step)
         self.tables.append(table)
-        try:
-            _log_fingerprint(self.uri, self.run_id, self.tables, summary, step=step)
-        except Exception as exc:  # noqa: BLE001 - a tracking outage must not kill training; the next one logs all
-            print(f"fmx: latent fingerprint of epoch {trainer.current_epoch} not logged to MLflow "
-                  f"({type(exc).__name__}); the next evaluation's table holds it")
+        self._unlogged.append((summary, step))
+        reason = "unreachable" if _tracking_down(self.uri, retry_s=self.retry_s) else None
+        if reason is None:
+            try:
+                _log_fingerprint(self.uri, self.run_id, self.tables, self._unlogged)
+                return
+            except _outage_errors() as exc:  # a tracking outage must not kill training; the next one logs all
+                _DOWN_AT[self.uri] = time.monotonic()
+                reason = f"failed: {type(exc).__name__}"
+        print(f"fmx: latent fingerprint of epoch {trainer.current_epoch} not logged (MLflow at {redact(self.uri)} "
+              f"{reason}); the next evaluation's table holds it")
 
 
 class ModelFiguresCallback(pl.Callback):
     """Rank 0: log the figures of any LightningModule with a ``figures(batch) -> {name: Figure}`` method
     (the two-moons decision boundary, say) every ``every`` epochs and at the last one."""
 
-    def __init__(self, *, tracking_uri: str, run_id: str, every: int = 10):
-        self.uri, self.run_id, self.every = tracking_uri, run_id, max(1, every)
+    def __init__(self, *, tracking_uri: str, run_id: str, every: int = 10, retry_s: float = 60.0):
+        self.uri, self.run_id, self.every, self.retry_s = tracking_uri, run_id, max(1, every), float(retry_s)
         self._batch = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -283,18 +347,28 @@ class ModelFiguresCallback(pl.Callback):
             return
         import matplotlib.pyplot as plt
 
+        if _tracking_down(self.uri, retry_s=self.retry_s):  # no figure waits out MLflow's retries
+            print(f"fmx: model figures of epoch {epoch} not drawn: MLflow at {redact(self.uri)} is unreachable")
+            return
         try:
             figs = pl_module.figures(self._batch)
         except Exception as exc:  # noqa: BLE001 - a plot must not kill training
             print(f"fmx: model figures skipped at epoch {epoch}: {exc}")
             return
-        c = tracking.client(self.uri)
+        c, skipped, reason = tracking.client(self.uri), [], ""
         for name, fig in figs.items():
             try:
-                tracking.log_figure(c, self.run_id, fig, f"figures/{name}_epoch{epoch:03d}.png")
-            except Exception as exc:  # noqa: BLE001 - a tracking outage must not kill training
-                print(f"fmx: figure {name} of epoch {epoch} not logged to MLflow ({type(exc).__name__})")
-            plt.close(fig)
+                if not skipped:  # after one outage error the others would each wait out the retries too
+                    tracking.log_figure(c, self.run_id, fig, f"figures/{name}_epoch{epoch:03d}.png")
+                    continue
+            except _outage_errors() as exc:  # a tracking outage must not kill training
+                _DOWN_AT[self.uri], reason = time.monotonic(), type(exc).__name__
+            finally:
+                plt.close(fig)
+            skipped.append(name)
+        if skipped:
+            print(f"fmx: figure(s) {', '.join(skipped)} of epoch {epoch} not logged: MLflow at {redact(self.uri)} "
+                  f"failed ({reason})")
 
 
 _MEASURE_NAMES = {"beta": "spectral_beta", "hfd": "higuchi_fd", "dfa": "dfa_alpha"}
@@ -342,8 +416,9 @@ def latent_fingerprint(pl_module, batch, *, max_channels: int = 32):
     from models.callbacks import latent_measures
 
     measures = latent_measures(ssm, fs=fs, cfg_fractals=cfg_fractals, max_channels=max_channels)
-    rows = [{"channel": f"ch{c}", "measure": _MEASURE_NAMES.get(k, k), "value": float(v[:, c].mean()), "ok": True}
-            for k, v in measures.items() for c in range(v.shape[1])]
+    rows = [{"channel": f"ch{c}", "measure": _MEASURE_NAMES.get(k, k), "value": float(v[:, i].mean()), "ok": True}
+            for k, v in measures.items()
+            for i, c in enumerate(_measured_channels(ssm, k, v.shape[1], fs, cfg_fractals, max_channels))]
     table = pd.DataFrame(rows)
     summary = {}
     for m, g in table.groupby("measure") if rows else []:
@@ -351,13 +426,31 @@ def latent_fingerprint(pl_module, batch, *, max_channels: int = 32):
     return table, summary
 
 
-def _log_fingerprint(uri: str, run_id: str, tables: list, summary: Mapping[str, Any], *, step: int) -> None:
+def _measured_channels(ssm: torch.Tensor, measure: str, n_columns: int, fs: float, cfg_fractals, max_channels: int):
+    """The latent channel of each column of ``latent_measures(...)[measure]``: it drops constant channels, and
+    channels a measure's estimator rejects alone (those are found by measuring each channel by itself)."""
+    from models.callbacks import latent_measures
+
+    x = ssm.detach().float().transpose(1, 2)  # the same live test as latent_measures
+    live = torch.nonzero((x.amax(-1) - x.amin(-1)).amin(0) > 1e-8).flatten()[:max_channels].tolist()
+    if n_columns == len(live):
+        return live
+    return [c for c in live if measure in latent_measures(ssm[:, :, c:c + 1], fs=fs, cfg_fractals=cfg_fractals,
+                                                          max_channels=1)]
+
+
+def _log_fingerprint(uri: str, run_id: str, tables: list, unlogged: list) -> None:
+    """Log the summary metrics of each ``(summary, step)`` in ``unlogged``, removing it from the list once logged
+    (a failure leaves the rest for the next evaluation, none twice), then the table of all evaluations."""
     import pandas as pd
 
     c = tracking.client(uri)
-    metrics = {f"fingerprint/{k}": v for k, v in summary.items() if isinstance(v, (int, float))
-               and not isinstance(v, bool) and k not in ("n_recordings",)}
-    tracking.log_metrics(c, run_id, metrics, step=step)
+    while unlogged:
+        summary, step = unlogged[0]
+        metrics = {f"fingerprint/{k}": v for k, v in summary.items() if isinstance(v, (int, float))
+                   and not isinstance(v, bool) and k not in ("n_recordings",)}
+        tracking.log_metrics(c, run_id, metrics, step=step)
+        unlogged.pop(0)
     df = pd.concat(tables, ignore_index=True)
     tracking.log_dataframe_parquet(c, run_id, df, "fingerprint/latent_fingerprint.parquet")
     try:
@@ -370,6 +463,24 @@ def _log_fingerprint(uri: str, run_id: str, tables: list, summary: Mapping[str, 
         plt.close(fig)
     except Exception as exc:  # noqa: BLE001 - plots are a convenience; the parquet table is the record
         print(f"fmx: fingerprint plot skipped: {exc}")
+
+
+def _trial_storage():
+    """The trial's folder in Ray's run storage (S3, say) as a :class:`fmx.storage.StorageTarget`; None if unknown."""
+    import ray.train
+
+    from fmx.storage import StorageTarget
+
+    try:
+        ctx = ray.train.get_context().get_storage()  # a DeveloperAPI: may change between Ray versions
+        fs, path = ctx.storage_filesystem, ctx.experiment_fs_path
+    except (AttributeError, NotImplementedError, RuntimeError) as exc:
+        print(f"fmx: the trial's storage folder is unknown ({type(exc).__name__}); metrics a tracking outage "
+              "keeps stay in this worker's temp dir")
+        return None
+    scheme = getattr(fs, "type_name", "")
+    uri = f"{scheme}://{path}" if scheme and scheme != "local" else path
+    return StorageTarget(uri=uri, storage_path=path, filesystem=None if scheme == "local" else fs)
 
 
 def _restore_path(tmp_root: Path) -> str | None:
@@ -433,8 +544,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
     callbacks.append(ReportCheckpointCallback(fail_at_epoch=fault.get("epoch"), fail_marker=fault.get("marker")))
     callbacks.append(RankSeedCallback(int(cfg.get("seed", 0))))
     if uri and run_id:
-        loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id,
-                                            spool_dir=config.get("metrics_spool_dir")))
+        spool_dir = config.get("metrics_spool_dir")
+        keep_in = None if spool_dir or rank != 0 else _trial_storage()  # S3: the pod's temp dir dies with it
+        loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id, spool_dir=spool_dir, keep_in=keep_in))
         if rank == 0:
             callbacks.append(FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id))
             callbacks.append(ModelFiguresCallback(tracking_uri=uri, run_id=run_id))
