@@ -464,7 +464,7 @@ class NeuroFMxModule(pl.LightningModule):
         groups = param_groups(self.model, float(optim.get("weight_decay", 0.01)))
         _refuse_float16_weights(p for g in groups for p in g["params"])
         schedule = optim.get("schedule", "cosine")
-        if self._trainer is None or self._trainer.is_global_zero:
+        if getattr(self._trainer, "is_global_zero", True):  # no trainer (or a stand-in): warn here
             final_lr = lr * warmup_cosine(1, warmup_steps=0, total_steps=1, schedule=schedule)
             warning = _bfloat16_weights_warning((p for g in groups for p in g["params"]), lr, final_lr)
             if warning:
