@@ -83,7 +83,7 @@ class RankZeroMlflowLogger(Logger):
         self._client = None
         folder = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir()) / "fmx_unlogged_metrics"
         self.spool_path = folder / f"{run_id}.unlogged_metrics.jsonl"
-        self._retry_s, self._failed_at, self._warned = float(retry_s), None, False
+        self._retry_s, self._warned = float(retry_s), False
 
     @property
     def name(self) -> str:
@@ -111,8 +111,8 @@ class RankZeroMlflowLogger(Logger):
         now = int(time.time() * 1000)
         items = [Metric(self._prefix + k, float(v), now, int(step or 0)) for k, v in metrics.items()
                  if tracking._number(v)]
-        failed = max(self._failed_at or -1e18, _DOWN_AT.get(self._uri, -1e18))  # a callback may have seen it down
-        if time.monotonic() - failed < self._retry_s:
+        # _DOWN_AT, not a failure time of its own: a callback may have seen the server down, or another logger up
+        if time.monotonic() - _DOWN_AT.get(self._uri, -1e18) < self._retry_s:
             self._keep(items)  # while the server is away, no step waits out MLflow's retries
             self._warn("did not answer a recent call")
         else:
@@ -171,14 +171,13 @@ class RankZeroMlflowLogger(Logger):
 
             if isinstance(exc, RestException) and 400 <= exc.get_http_status_code() < 500:
                 raise  # the server answered and refused (a bad key, a deleted run): no outage to wait out
-            self._failed_at = _DOWN_AT[self._uri] = time.monotonic()
+            _DOWN_AT[self._uri] = time.monotonic()
             self._warn(f"failed ({type(exc).__name__}: {redact(str(exc))[:300]})")
             if kept:  # what was sent before the failure is dropped from the file, the rest stays in order
                 self._rewrite(todo[sent:])
             else:
                 self._keep(todo[sent:])
             return False
-        self._failed_at = None
         _DOWN_AT.pop(self._uri, None)
         if kept:
             self.spool_path.unlink(missing_ok=True)
