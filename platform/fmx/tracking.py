@@ -124,9 +124,9 @@ class TrackingServerUnreachable(ValueError):
     """No MLflow server answers at an http(s) tracking URI (:func:`check_server`). ``uri`` (password masked) and
     ``reason`` let a command other than a sweep (``fmx fingerprint fit --mlflow``) name its own setting."""
 
-    def __init__(self, message: str, *, uri: str, reason: str) -> None:
+    def __init__(self, message: str, *, uri: str, reason: str, detail: str = "") -> None:
         super().__init__(message)
-        self.uri, self.reason = uri, reason
+        self.uri, self.reason, self.detail = uri, reason, detail
 
 
 def check_server(uri: str, *, tries: int = 3, timeout_s: float = 5.0) -> None:
@@ -153,9 +153,11 @@ def check_server(uri: str, *, tries: int = 3, timeout_s: float = 5.0) -> None:
             if attempt < tries - 1:
                 time.sleep(1.0)
     masked, reason = mask_uri_password(uri), type(error).__name__
+    root = error.args[0] if error.args else None  # urllib3's reason: "[Errno 111] Connection refused"
+    detail = str(getattr(root, "reason", root) or error).split(": ")[-1].strip("')\"")
     raise TrackingServerUnreachable(f"tracking URI {masked!r}: no MLflow server answers there ({reason}); start the "
                                     "server, or set tracking.uri in the sweep file (else MLFLOW_TRACKING_URI) to the "
-                                    "URI of a running one", uri=masked, reason=reason)
+                                    "URI of a running one", uri=masked, reason=reason, detail=detail)
 
 
 def find_run(c, experiment_id: str, tags: Mapping[str, str]):

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -165,31 +164,17 @@ def _missing_local_store(uri: str) -> Path | None:
 
 
 def check_reachable(uri: str, field: str, fail=None, label: str | None = None) -> None:
-    """Fail in seconds when nothing answers at an http(s) tracking URI: MLflow's client retries a refused
-    connection with backoff for about four minutes before it gives up."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import requests
-
+    """Fail in seconds when nothing answers at an http(s) tracking URI (:func:`fmx.tracking.check_server`): MLflow's
+    client retries a refused connection with backoff for about four minutes before it gives up."""
     from fmx.schema import mask_uri_password
+    from fmx.tracking import TrackingServerUnreachable, check_server
 
-    # any HTTP answer (200, 401, 404) means a server is there; only a failed connection counts. Three tries over
-    # ~3 s ride out a server pod that is restarting.
-    for attempt in range(3):
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5)
-            return
-        except requests.exceptions.SSLError:
-            return  # certificate settings (MLFLOW_TRACKING_INSECURE_TLS, ...) are MLflow's to apply
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            error = exc
-            if attempt < 2:
-                time.sleep(1.0 + attempt)
-    root = error.args[0] if error.args else None
-    detail = str(getattr(root, "reason", root) or error).split(": ")[-1].strip("')\"")
-    shown = label or f"{field}={mask_uri_password(uri)!r}"
-    (fail or _error)(f"{shown}: no MLflow server answers there ({type(error).__name__}: {detail}); start the server, "
-                     f"or fix {field} to the URI of a running one")
+    try:
+        check_server(uri)  # three tries about a second apart ride out a server pod that is restarting
+    except TrackingServerUnreachable as exc:
+        shown = label or f"{field}={mask_uri_password(uri)!r}"
+        (fail or _error)(f"{shown}: no MLflow server answers there ({exc.reason}: {exc.detail}); start the server, "
+                         f"or fix {field} to the URI of a running one")
 
 
 def register(app: typer.Typer) -> None:
