@@ -119,7 +119,7 @@ def _ray_init(doing: str, **kwargs) -> None:
 
 
 def _freeze_new_ray_processes(me, before: set[int]) -> list:
-    """Suspend (SIGSTOP) every Ray process this process started since ``before`` was taken, until no new one
+    """Suspend (SIGSTOP) every process this process started since ``before`` was taken, until no new one
     appears: a raylet that kept running would start its agents after the snapshot, and once it is gone they are
     no longer our descendants (left running for good)."""
     import psutil
@@ -131,12 +131,13 @@ def _freeze_new_ray_processes(me, before: set[int]) -> list:
             return frozen
         for p in new:
             tried.add(p.pid)
-            if _is_ray_process(p):
-                try:
-                    p.suspend()
-                    frozen.append(p)
-                except psutil.Error:
-                    pass
+            # every process that appeared during ray.init is Ray's: a child forked but not yet exec'd still shows
+            # the driver's command line, and went on to exec a dashboard agent that was left running (CI flake)
+            try:
+                p.suspend()
+                frozen.append(p)
+            except psutil.Error:
+                pass
 
 
 def _descendants(proc) -> list:
@@ -146,15 +147,6 @@ def _descendants(proc) -> list:
         return proc.children(recursive=True)
     except psutil.Error:
         return []
-
-
-def _is_ray_process(proc) -> bool:
-    import psutil
-
-    try:
-        return "ray" in " ".join(proc.cmdline()).lower()
-    except psutil.Error:
-        return False
 
 
 def _stop_processes(procs: list, *, grace_s: float = 5.0) -> None:
