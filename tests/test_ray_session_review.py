@@ -165,6 +165,45 @@ def test_a_signal_while_ray_starts_stops_what_it_had_started_by_pid(monkeypatch,
         ray_setup.init_ray("127.0.0.1:1", num_cpus=None)
 
 
+def test_a_process_of_this_session_that_escaped_the_driver_is_killed_and_another_sessions_is_not(monkeypatch,
+                                                                                                  tmp_path):
+    # Was (CI, 2a0ea43): the raylet, resumed to act on its SIGTERM, started its agents first; their raylet gone,
+    # they were no longer the driver's descendants and kept running. Such a stray carries this driver's session
+    # folder (session_<date>_<driver pid>) in its command line; one of another driver's session is left alone.
+    import psutil
+    import ray
+
+    from fmx import ray_setup
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+
+    def orphan(session: str, name: str) -> str:  # a grandchild whose parent exits at once: re-parented away
+        return (f"import subprocess, sys; k = subprocess.Popen([sys.executable, '-c', 'import time; "
+                f"time.sleep(60)', '--session-dir=/tmp/ray/{session}/logs'], start_new_session=True); "
+                f"open({str(pids / name)!r}, 'w').write(str(k.pid))")
+
+    ours, theirs = f"session_2026-11-30_11-00-00_1_{os.getpid()}", f"session_2026-11-30_11-00-00_1_{os.getpid()}1"
+
+    def init_interrupted_by_sigterm(**kwargs):
+        for session, name in ((ours, "ours"), (theirs, "theirs")):
+            subprocess.run([sys.executable, "-c", orphan(session, name)], check=True)
+        raise SystemExit(signal.SIGTERM)
+
+    monkeypatch.setattr(ray, "init", init_interrupted_by_sigterm)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(KeyboardInterrupt, match="the 1 Ray process it had started is stopped"):
+        ray_setup.init_ray(None, num_cpus=1)
+    other = psutil.Process(int((pids / "theirs").read_text()))
+    try:
+        assert other.is_running() and other.status() != psutil.STATUS_ZOMBIE
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone already, or killed and not yet reaped by init
+            assert psutil.Process(int((pids / "ours").read_text())).wait(timeout=5) is None
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            other.kill()
+
+
 # --------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
 @pytest.mark.timeout(300)

@@ -5,8 +5,10 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import sys
+import time
 from typing import Mapping
 
 from fmx import storage as st
@@ -91,11 +93,14 @@ def _ray_init(doing: str, **kwargs) -> None:
 
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
+    started_at = time.time()
     try:
         ray.init(**kwargs)
     except BaseException as exc:
         started = _freeze_new_ray_processes(me, before)
-        _stop_processes(started)
+        _kill(started)
+        frozen = {p.pid for p in started}
+        started += [p for p in _kill_stray_session_processes(since=started_at) if p.pid not in frozen]
         try:
             ray.shutdown()  # Ray's own record of the half-started node (its processes are gone already)
         except Exception:  # noqa: BLE001 - nothing of it is left running
@@ -149,23 +154,51 @@ def _descendants(proc) -> list:
         return []
 
 
-def _stop_processes(procs: list, *, grace_s: float = 5.0) -> None:
-    """SIGTERM these processes (by PID), then SIGKILL those still there after ``grace_s``."""
+def _kill(procs: list, *, wait_s: float = 5.0) -> None:
+    """SIGKILL these (suspended) processes by PID and wait for them.
+
+    Not SIGTERM then resume: a raylet resumed to act on its SIGTERM ran its other threads first, and one of them
+    started an agent after the freeze (CI flake); a stopped process that gets SIGKILL dies without running again.
+    """
     import psutil
 
     for p in procs:
         try:
-            p.terminate()
-            p.resume()  # a suspended process acts on the SIGTERM once it runs again
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
             p.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=grace_s)
+    psutil.wait_procs(procs, timeout=wait_s)
+
+
+def _kill_stray_session_processes(*, since: float, quiet_s: float = 1.0, give_up_s: float = 10.0) -> list:
+    """SIGKILL any process of this driver's Ray session that is no longer our descendant; return those killed.
+
+    Backstop for :func:`_freeze_new_ray_processes`: an agent whose raylet died is re-parented (to init or a
+    subreaper) and escapes a walk of our children. Ray names the session ``session_<date>_<driver pid>`` and every
+    one of its processes carries that folder in its command line; only processes created since ``since`` count, so
+    a Ray of an earlier process with the same PID is not touched. Repeats until none appears for ``quiet_s``.
+    """
+    import psutil
+
+    session = re.compile(rf"session_[^/\s]*_{os.getpid()}(?=[/\s'\"]|$)")
+    killed: dict[int, object] = {}
+    deadline, quiet_until = time.monotonic() + give_up_s, time.monotonic() + quiet_s
+    while time.monotonic() < min(deadline, quiet_until):
+        found = []
+        for p in psutil.process_iter(["cmdline", "create_time"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if p.pid != os.getpid() and p.info["create_time"] >= since - 1.0 and session.search(cmd):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        if found:
+            _kill(found)
+            killed.update((p.pid, p) for p in found)
+            quiet_until = time.monotonic() + quiet_s
+        else:
+            time.sleep(0.1)
+    return list(killed.values())
 
 
 _AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
