@@ -19,10 +19,17 @@ logger = logging.getLogger("fmx.runner")
 TRIAL_CPU = 0.01  # the Tune function only waits on its TorchTrainer; 0 is rejected by Tune
 
 
-def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
+SWEEP_NOT_STARTED = "no MLflow run or sweep pointer was recorded; run the sweep again"
+
+
+def init_ray(address: str | None, *, num_cpus: int | None = None, not_started: str = SWEEP_NOT_STARTED,
+             logging_level: str | None = None) -> bool:
     """Connect to ``address`` (or start a local Ray); forward only non-secret environment to the workers.
 
     Returns True when it started a local Ray (a fixed size: :func:`check_trial_fits` applies), else False.
+    ``not_started`` ends the message of an interrupt while Ray starts: what the caller had not yet done, and what
+    to run. Such an interrupt raises :class:`fmx.lifecycle.SigtermInterrupt` (SIGTERM) or KeyboardInterrupt.
+    ``logging_level`` sets the driver's "ray" logger (None: Ray's default, ``RAY_LOGGER_LEVEL`` or info).
     """
     import ray
 
@@ -36,16 +43,18 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     # a URI with user:password@ (an unused MLFLOW_TRACKING_URI) would show in the dashboard's runtime_env
     env = {k: os.environ[k] for k in st.FORWARDED_ENV if os.environ.get(k) and not uri_has_password(os.environ[k])}
     runtime_env = {"env_vars": env} if env else None
+    quiet = {"logging_level": logging_level} if logging_level else {}
     # inside a Ray job RAY_ADDRESS names the cluster; address="local" (Ray's own word for "start one here") is the
     # local start below: through the connect path it ignored num_cpus and shared the driver's process group
     if address != "local" and (address or os.environ.get("RAY_ADDRESS")):
-        _ray_init("connecting to Ray", address=address, runtime_env=runtime_env, log_to_driver=False)
+        _ray_init("connecting to Ray", not_started, address=address, runtime_env=runtime_env, log_to_driver=False,
+                  **quiet)
         return False
     # "local": a new Ray even where `ray start` left its address in /tmp/ray (plain ray.init() joined that
     # cluster, and with num_cpus refused: "When connecting to an existing cluster, num_cpus ... must not be provided")
     with _ray_processes_in_their_own_session():
-        _ray_init("starting a local Ray", address="local", num_cpus=num_cpus, runtime_env=runtime_env,
-                  include_dashboard=False, log_to_driver=False)
+        _ray_init("starting a local Ray", not_started, address="local", num_cpus=num_cpus, runtime_env=runtime_env,
+                  include_dashboard=False, log_to_driver=False, **quiet)
     return True
 
 
@@ -80,7 +89,7 @@ def _ray_processes_in_their_own_session():
         services.ConsolePopen = plain
 
 
-def _ray_init(doing: str, **kwargs) -> None:
+def _ray_init(doing: str, not_started: str, **kwargs) -> None:
     """``ray.init(**kwargs)`` that leaves no Ray process behind when it is interrupted.
 
     ``ray.init`` replaces the SIGTERM handler with ``sys.exit(15)`` before it starts the GCS, the raylet and their
@@ -107,8 +116,10 @@ def _ray_init(doing: str, **kwargs) -> None:
             pass
         from fmx.lifecycle import SigtermInterrupt
 
-        # ray.init's handler: sys.exit(15); fmx's own (before ray.init replaced it): SigtermInterrupt
-        by_sigterm = isinstance(exc, SigtermInterrupt) or (isinstance(exc, SystemExit) and exc.code == signal.SIGTERM)
+        # ray.init's handler: sys.exit(15); fmx's own (before ray.init replaced it): SigtermInterrupt, or a
+        # fingerprint job's JobTerminated (it carries the signal number)
+        by_sigterm = (isinstance(exc, SigtermInterrupt) or getattr(exc, "signum", None) == signal.SIGTERM
+                      or (isinstance(exc, SystemExit) and exc.code == signal.SIGTERM))
         if by_sigterm:
             why = "SIGTERM arrived"
         elif isinstance(exc, KeyboardInterrupt):
@@ -117,8 +128,7 @@ def _ray_init(doing: str, **kwargs) -> None:
             raise
         stopped = (f"the {len(started)} Ray process{'es' if len(started) > 1 else ''} it had started "
                    f"{'are' if len(started) > 1 else 'is'} stopped; ") if started else ""
-        message = (f"{why} while fmx was {doing}: {stopped}no MLflow run or sweep pointer was recorded; run the "
-                   "sweep again")
+        message = f"{why} while fmx was {doing}: {stopped}{not_started}"
         logger.warning(message)
         raise (SigtermInterrupt if by_sigterm else KeyboardInterrupt)(message) from None
 

@@ -26,13 +26,14 @@ import functools
 import io
 import json
 import os
+import signal
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 from fmx.fingerprint import storage
 from fmx.fingerprint.config import check_config, config_hash, load_config
 from fmx.fingerprint.discover import discover
-from fmx.fingerprint.interrupt import rearm_sigterm, saved_counter, stop_cleanly, write_failed_message
+from fmx.fingerprint.interrupt import JobTerminated, rearm_sigterm, saved_counter, stop_cleanly, write_failed_message
 from fmx.fingerprint.recording import TIDY_COLUMNS, fit_recording
 
 __all__ = ["JobResult", "run_fingerprint_job", "subject_summary", "measure_columns", "read_parquet", "write_parquet",
@@ -393,17 +394,14 @@ def _run_ray(records: list[dict], cfg: dict, tick, *, address, num_cpus, gpus_pe
 
     started = not ray.is_initialized()
     if started:
-        if address or os.environ.get("RAY_ADDRESS"):  # a cluster (inside a Ray job RAY_ADDRESS names it): its size
-            ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
-        else:
-            from fmx.ray_setup import _ray_processes_in_their_own_session
+        from fmx.lifecycle import SigtermInterrupt
+        from fmx.ray_setup import init_ray
 
-            # "local": a new Ray even where `ray start` left its address (plain ray.init() joined that cluster
-            # and refused num_cpus); its own session: a SIGTERM to the job's process group (timeout, a pod)
-            # stops the driver, which saves what is done, instead of killing the Ray under it
-            with _ray_processes_in_their_own_session():
-                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                         logging_level="warning", log_to_driver=False)
+        try:  # a SIGTERM while Ray starts stops what it had started (by PID) and ends the job as any SIGTERM does
+            init_ray(address, num_cpus=num_cpus, logging_level="warning",
+                     not_started="no recording was fitted on it; run the job again")
+        except SigtermInterrupt:
+            raise JobTerminated(signal.SIGTERM) from None
         rearm_sigterm()
     steps = None
     try:
