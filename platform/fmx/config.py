@@ -12,9 +12,28 @@ from typing import Any, Mapping
 
 import os
 
-# FMX_CONF_DIR points at another config folder of the same layout (a site copy with extra groups); it is
-# forwarded to Ray workers so trials compose from the same folder as the driver.
-CONF_DIR = Path(os.environ.get("FMX_CONF_DIR") or Path(__file__).resolve().parent / "conf")
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the packaged configs; FMX_CONF_DIR may name another
+
+
+def conf_dir() -> Path:
+    """The config folder: ``FMX_CONF_DIR`` when set (read at each call), else the packaged :data:`CONF_DIR`.
+
+    ``FMX_CONF_DIR`` names a site copy of the same layout (``config.yaml`` and its groups, with extra options);
+    it is forwarded to Ray workers so trials compose from the same folder as the driver.
+
+    Raises
+    ------
+    ValueError
+        When ``FMX_CONF_DIR`` names no folder holding a ``config.yaml``.
+    """
+    chosen = os.environ.get("FMX_CONF_DIR")
+    if not chosen:
+        return CONF_DIR
+    path = Path(chosen).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise ValueError(f"FMX_CONF_DIR={chosen!r}: no config.yaml there; point it at a copy of {CONF_DIR} (the "
+                         "root config.yaml and its group folders), or unset it to use the packaged configs")
+    return path
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), *, config_dir: str | Path | None = None) -> dict:
@@ -31,10 +50,11 @@ def compose(overrides: list[str] | tuple[str, ...] = (), *, config_dir: str | Pa
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf import OmegaConf
 
+    folder = str(Path(config_dir or conf_dir()).resolve())
     caller_hydra = get_gh_backup()  # a Hydra the caller initialised (a notebook's own configs) is put back after
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base=None):
+        with initialize_config_dir(config_dir=folder, version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except Exception as exc:  # hydra raises several types (ConfigCompositionException, OverrideParseException)
         cause = exc.__cause__ or exc
@@ -180,7 +200,7 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
                 try:
                     compose(list(sweep.base) + [f"{key}={option}"])
                 except ValueError as exc:
-                    available = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                    available = sorted(p.stem for p in (conf_dir() / key).glob("*.yaml"))
                     if str(option) in available:  # the option exists: a base override does not apply with it
                         raise SweepFileError(file, where, f"the base overrides do not apply with {key}={option} "
                                              f"({exc})", value=option, allowed="base overrides every option of "
