@@ -27,3 +27,25 @@ def test_fmx_conf_dir_without_a_config_yaml_names_the_variable_and_the_fix(tmp_p
     monkeypatch.setenv("FMX_CONF_DIR", str(tmp_path))
     with pytest.raises(ValueError, match=r"FMX_CONF_DIR=.*no config.yaml there; point it at a copy of .*conf"):
         config.compose([])
+
+
+def test_fmx_sweep_validate_with_a_wrong_fmx_conf_dir_says_so_in_one_line(tmp_path):
+    # Was: a traceback, or (through compose) "base[0]: override does not apply to the config".
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "lab", "base": ["model=tiny", "data=synthetic"],
+                                    "metric": {"name": "val/loss", "goal": "minimize"},
+                                    "parameters": {"optim.lr": {"distribution": "log_uniform", "min": 1e-4,
+                                                                "max": 1e-2}}}))
+    env = {**os.environ, "FMX_CONF_DIR": str(tmp_path / "missing")}
+    done = subprocess.run([str(Path(sys.executable).with_name("fmx")), "sweep", "validate", str(path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    text = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2 and "Traceback" not in text, text
+    assert "error: FMX_CONF_DIR=" in text and "no config.yaml there" in text and "base[0]" not in text, text

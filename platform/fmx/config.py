@@ -173,6 +173,7 @@ def check_sweep_paths(sweep, *, file: str | Path = "<sweep>") -> dict:
     """
     from fmx.schema import CONFIG_GROUPS, NUMERIC, Categorical, Constant, Grid, SweepFileError, Uniform
 
+    conf_dir()  # a wrong FMX_CONF_DIR is its own error, not one of the first base override
     try:
         cfg = compose(sweep.base)
     except ValueError:

@@ -29,11 +29,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(file: Path, check_config: bool = True, check_build: bool = False):
-    from fmx.schema import SweepFileError, load_sweep
+    from fmx.schema import load_sweep
 
     try:
         return load_sweep(file, check_config=check_config, check_build=check_build)
-    except SweepFileError as exc:
+    except ValueError as exc:  # a SweepFileError, or the environment's (a wrong FMX_CONF_DIR)
         _fail(str(exc))
 
 
