@@ -25,7 +25,9 @@ except ImportError:  # pragma: no cover
 from models.callbacks import (LATENT_MEASURES, _autocast_off, build_callbacks, global_means, latent_band,
                               latent_measures)
 from models._config_options import _bfloat16_weights_warning, _int_option, _is_real, _refuse_float16_weights
+from models.fit_warnings import _FitWarnings
 from models.neurofmx import NeuroFMx
+from models.optim import _check_optim, param_groups, warmup_cosine
 
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
 
@@ -46,60 +48,9 @@ def _plain(cfg: Any) -> dict:
     return copy.deepcopy(dict(cfg))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on weight matrices only; none on norms, biases, embeddings' 1-D params
-    and anything marked ``_no_weight_decay`` (Mamba's ``A_log``, ``D``, ``dt_bias``)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False) or "norm" in name.lower()
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _check_optim(optim: Mapping[str, Any]) -> None:
-    """Refuse optimiser settings that would fail at the first step or train silently wrong, naming the field."""
-
-    def check(name: str, ok, need: str, *, integer: bool = False, optional: bool = False) -> None:
-        if name not in optim or (optional and optim[name] is None):
-            return
-        value = optim[name]
-        try:
-            number = None if isinstance(value, bool) else float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or not math.isfinite(number) or (integer and number != int(number)) or not ok(number):
-            raise ValueError(f"optim.{name}: needs {need}, got {value!r}")
-
-    check("lr", lambda v: v > 0, "a number > 0, e.g. 3e-4")
-    check("weight_decay", lambda v: v >= 0, "a number >= 0 (0 = no decay)")
-    check("grad_clip", lambda v: v >= 0, "a number >= 0 or null (0 or null = no clipping)", optional=True)
-    check("warmup_steps", lambda v: v >= 0, "an integer >= 0", integer=True)
-    check("total_steps", lambda v: v >= 1, "an integer >= 1 or null (null = the trainer's step count)",
-          integer=True, optional=True)
-    betas = optim.get("betas", (0.9, 0.95))
-    try:
-        ok = len(betas) == 2 and all(not isinstance(b, bool) and 0.0 <= float(b) < 1.0 for b in betas)
-    except (TypeError, ValueError):
-        ok = False
-    if isinstance(betas, str) or not ok:
-        raise ValueError(f"optim.betas: needs two numbers in [0, 1), e.g. [0.9, 0.95], got {betas!r}")
-
-
-def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, schedule: str = "cosine",
-                  min_ratio: float = 0.1) -> float:
-    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine to ``min_ratio`` (or constant)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class NeuroFMxModule(pl.LightningModule):
+class NeuroFMxModule(_FitWarnings, pl.LightningModule):
     """NeuroFMx training: ``loss = task_loss + prior_scale(step) * FractalPriors(latents['ssm'])``.
 
     Parameters
@@ -375,84 +326,6 @@ class NeuroFMxModule(pl.LightningModule):
                 for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
                     group["lr"] = base * fn(sched.last_epoch)
                 sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
-
-    def _warn_forecast_never_scored(self, batch: Mapping[str, Any]) -> None:
-        """Say so when the windows are too short for the forecast horizon while other heads still score: the
-        forecast head then never trains, without a word (horizon counts SSM steps, not samples)."""
-        n_steps = -(-self.model.tokenizer.num_time_tokens(batch) // self.model.perceiver.chunk_size)
-        short = sorted(k for k, head in self.model.forecast.items() if k in batch and n_steps <= head.horizon)
-        if short:
-            log.warning(
-                "model.heads.forecast.horizon=%d steps but the windows give %d steps of %d samples: forecast_%s is "
-                "never scored and never trains. The horizon counts steps (model.patch_size * perceiver.chunk_size "
-                "samples); lower it below %d, or use longer windows (data.window or data.n_time).",
-                self.model.forecast[short[0]].horizon, n_steps, self.model.step_size, "/forecast_".join(short), n_steps)
-
-    def _warn_priors_never_on(self) -> None:
-        """Say so when the fractal priors cannot switch on inside this fit: their settings then change nothing
-        (a 10-epoch sweep trial of 80 steps under the default ``warmup_steps: 1000``)."""
-        trainer = self._trainer
-        if self.priors is None or trainer is None or not trainer.is_global_zero:
-            return
-        if not any(getattr(self.priors, f"lambda_{term}", 0.0) > 0 for term in ("spec", "mf", "graphfd")):
-            return
-        total = trainer.estimated_stepping_batches
-        if not math.isfinite(total) or self.prior_warmup < total:
-            return
-        log.warning(
-            "fractals.priors.warmup_steps=%d but this fit runs %d optimizer steps: the fractal priors never switch "
-            "on, so fractals.priors.* (spectral_beta_target, lambda_spec, lambda_mf, lambda_graphfd) change nothing "
-            "in this run. Set fractals.priors.warmup_steps below the step count, or train longer.",
-            self.prior_warmup, int(total))
-
-    def _warn_lr_warmup_outlasts_fit(self) -> None:
-        """Say so when the LR warmup is longer than the fit: the learning rate then never reaches ``optim.lr``
-        and the cosine decay never starts (``warmup_steps: 50`` in a 40-step sweep trial peaks at 0.8 x lr)."""
-        trainer = self._trainer
-        if trainer is None or not trainer.is_global_zero:
-            return
-        warmup = int((self.cfg.get("optim", {}) or {}).get("warmup_steps", 0) or 0)
-        total = trainer.estimated_stepping_batches
-        if not math.isfinite(total) or warmup <= total:
-            return
-        lr = float((self.cfg.get("optim", {}) or {}).get("lr", 3e-4))
-        log.warning(
-            "optim.warmup_steps=%d but this fit runs %d optimizer steps: the learning rate never reaches "
-            "optim.lr=%g (it climbs linearly to %.2f x optim.lr on the last step, %.2f x on average) and the "
-            "%s schedule after the warmup never starts. Set optim.warmup_steps below the step count, or train longer.",
-            warmup, int(total), lr, total / warmup, (total + 1) / (2 * warmup),
-            (self.cfg.get("optim", {}) or {}).get("schedule", "cosine"))
-
-    def _warn_mid_epoch_resume(self) -> None:
-        """Say what happens when fit resumes from a checkpoint saved inside an epoch.
-
-        Lightning restores the step counters but restarts a train dataloader without
-        ``state_dict``/``load_state_dict`` from its first batch, then ends the epoch after the batches it
-        had left: the epoch's first batches are trained on again and its last ones not at all. Our data
-        modules' train loaders are resumable (:mod:`models.data.resumable`), so this speaks only for
-        custom data modules.
-        """
-        trainer = self._trainer
-        if trainer is None or trainer.ckpt_path is None or not trainer.is_global_zero:
-            return
-        n = trainer.num_training_batches
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if not (isinstance(n, int) and 0 < done < n):
-            return
-        loaders = trainer.train_dataloader
-        loaders = list(loaders.values()) if isinstance(loaders, Mapping) else (
-            list(loaders) if isinstance(loaders, (list, tuple)) else [loaders])
-        if all(hasattr(dl, "state_dict") and hasattr(dl, "load_state_dict") for dl in loaders):
-            return  # Lightning restores a resumable loader's position itself
-        rest = n - done
-        log.warning(
-            "resuming from %s inside epoch %d after %d of its %d training batches. The train dataloader is not "
-            "resumable, so the remaining %d batch(es) of this epoch are the loader's first %d: "
-            "batches 0-%d of the epoch are trained on twice (when the loader repeats its order: a fixed seed, or "
-            "DDP's sampler) and batches %d-%d not at all. global_step, the LR schedule and the prior warmup "
-            "continue from step %d. Resume from an end-of-epoch checkpoint to avoid this.",
-            trainer.ckpt_path, trainer.current_epoch, done, n, rest, rest, min(done, rest) - 1, max(done, rest),
-            n - 1, trainer.global_step)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
