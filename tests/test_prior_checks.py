@@ -19,7 +19,7 @@ def _priors(**kw) -> FractalPriors:
 
 def _count_checks(monkeypatch) -> list:
     calls = []
-    for mod in (fractals.priors, fractals.regularizers):
+    for mod in (fractals.priors, fractals._prior_common):  # _check_latents lives there
         real = mod.check_finite
 
         def spy(x, name="x", _real=real):

@@ -148,7 +148,7 @@ def forbid_compute(monkeypatch):
         raise AssertionError("prior computed although its weight is zero")
 
     for name in ("latent_beta", "latent_tau", "soft_graph_dimension"):
-        monkeypatch.setattr(reg, name, boom)
+        monkeypatch.setattr(f"{getattr(reg, name).__module__}.{name}", boom)  # in the module that calls it
 
 
 def test_zero_weight_returns_zero_without_compute(forbid_compute):

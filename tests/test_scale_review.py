@@ -62,10 +62,10 @@ def _fit_fields(fit):
 def test_spectral_beta_in_row_blocks_equals_one_pass(monkeypatch):
     x = _series(9, 4096, seed=1).reshape(3, 3, 4096)
     kwargs = dict(fs=250.0, freq_band=(2.0, 40.0), exclude_peaks=True, return_fit=True)
-    monkeypatch.setattr(spectral, "FIT_BLOCK_BYTES", 1 << 40)
+    monkeypatch.setattr("fractals.spectral_fit.FIT_BLOCK_BYTES", 1 << 40)
     monkeypatch.setattr(spectral, "map_rows", functools.partial(temporal.map_rows, chunk_bytes=1 << 40))
     whole = _fit_fields(spectral.spectral_beta(x, **kwargs))
-    monkeypatch.setattr(spectral, "FIT_BLOCK_BYTES", 1)  # one series per peak-search block
+    monkeypatch.setattr("fractals.spectral_fit.FIT_BLOCK_BYTES", 1)  # one series per peak-search block
     monkeypatch.setattr(spectral, "map_rows", functools.partial(temporal.map_rows, chunk_bytes=1))
     blocked = _fit_fields(spectral.spectral_beta(x, **kwargs))
     assert whole["beta"].shape == (3, 3) and whole["peak_valid"].shape == (3, 3, 6)
@@ -78,7 +78,7 @@ def test_spectral_beta_blocks_keep_the_gradient(monkeypatch):
     x = _series(4, 2048, seed=2, dtype=torch.float64)
     grads = []
     for fit_bytes, chunk in ((1 << 40, 1 << 40), (1, 1)):
-        monkeypatch.setattr(spectral, "FIT_BLOCK_BYTES", fit_bytes)
+        monkeypatch.setattr("fractals.spectral_fit.FIT_BLOCK_BYTES", fit_bytes)
         monkeypatch.setattr(spectral, "map_rows", functools.partial(temporal.map_rows, chunk_bytes=chunk))
         leaf = x.clone().requires_grad_(True)
         spectral.spectral_beta(leaf, 250.0, (2.0, 40.0)).sum().backward()
