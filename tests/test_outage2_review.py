@@ -14,6 +14,7 @@ import torch
 from fixtures_servers import free_port
 from fmx import storage, tracking
 from fmx import train_worker as tw
+from fmx import worker_logging
 from fmx.train_worker import FingerprintArtifactCallback, ModelFiguresCallback, RankZeroMlflowLogger
 
 
@@ -25,7 +26,7 @@ def fail_fast(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _no_outage_left(monkeypatch):
-    monkeypatch.setattr(tw, "_DOWN_AT", {}, raising=False)  # the outage state is per process: no test sees another's
+    monkeypatch.setattr(worker_logging, "_DOWN_AT", {}, raising=False)  # per process: no test sees another's outage
 
 
 def _trainer(epoch=0, step=5):
@@ -42,7 +43,7 @@ def _file_run(tmp_path):
 
 def _fingerprint_callback(monkeypatch, uri, run_id="r1", **kw):
     table = pd.DataFrame([{"channel": "ch0", "measure": "higuchi_fd", "value": 1.5, "ok": True}])
-    monkeypatch.setattr(tw, "latent_fingerprint", lambda *a, **k: (table, {"higuchi_fd_mean": 1.5}))
+    monkeypatch.setattr(worker_logging, "latent_fingerprint", lambda *a, **k: (table, {"higuchi_fd_mean": 1.5}))
     cb = FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id, **kw)
     cb._batch = torch.zeros(1)
     return cb
@@ -164,7 +165,7 @@ def test_after_one_figure_fails_the_others_are_not_sent_and_all_are_named_once(t
     ModelFiguresCallback(tracking_uri=uri, run_id=run_id, every=1).on_validation_epoch_end(_trainer(), _Figures())
     out = capsys.readouterr().out
     assert len(sent) == 1 and out.count("not logged") == 1 and "a, b" in out and "MlflowException" in out
-    assert not plt.get_fignums() and uri in tw._DOWN_AT
+    assert not plt.get_fignums() and uri in worker_logging._DOWN_AT
 
 
 def test_a_programming_error_while_logging_a_figure_is_raised(tmp_path, monkeypatch):

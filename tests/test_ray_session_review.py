@@ -101,7 +101,7 @@ def test_a_trial_exception_carrying_secrets_leaves_it_masked_with_the_workers_tr
         except OSError as inner:
             raise ValueError(f"builder refused: password {PASSWORD}\nsecond line") from inner
 
-    monkeypatch.setattr(runner, "_run_trial", failing)
+    monkeypatch.setattr("fmx.trial._run_trial", failing)  # trial_fn calls it there
     with pytest.raises(MaskedTrialError) as exc:
         runner.trial_fn({}, None)
     text = str(exc.value)
@@ -116,7 +116,7 @@ def test_a_trial_exception_carrying_secrets_leaves_it_masked_with_the_workers_tr
     def failing_plainly(config, plan):
         raise plain
 
-    monkeypatch.setattr(runner, "_run_trial", failing_plainly)
+    monkeypatch.setattr("fmx.trial._run_trial", failing_plainly)  # trial_fn calls it there
     with pytest.raises(RuntimeError) as exc:
         runner.trial_fn({}, None)
     assert exc.value is plain  # kept as raised: its type and traceback

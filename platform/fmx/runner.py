@@ -11,6 +11,7 @@ child run, and fits a ``TorchTrainer`` with N DDP workers running :func:`fmx.tra
 ``FailureConfig(max_failures)`` restarts a crashed worker group from the latest checkpoint; ``Tuner.restore``
 resumes an interrupted sweep without re-running finished trials. The driver owns the MLflow lifecycle
 (:class:`MlflowLifecycle`): children end FINISHED/FAILED with their trial, the parent with the sweep.
+The trial itself lives in :mod:`fmx.trial`, the plan it runs by (:class:`SweepPlan`) in :mod:`fmx.sweep_plan`.
 
 Where checkpoints and runs go is decided once, by :func:`resolve_targets`: a sweep file's own ``storage.path`` /
 ``tracking.uri`` wins; left at the defaults, ``FMX_STORAGE_PATH`` / ``MLFLOW_TRACKING_URI`` (set in cluster pods)
@@ -20,9 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,269 +31,35 @@ from fmx import tracking
 from fmx.schema import (DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, SOURCE_FILE, STORAGE_ENV, TRACKING_ENV,
                         Storage, Sweep, check_search_space, choose_target, mask_uri_password,
                         uri_has_password)
-from fmx.lifecycle import MlflowLifecycle  # noqa: F401  also the name pickled in older sweeps' Tune state
+from fmx.lifecycle import MlflowLifecycle  # also the name pickled in older sweeps' Tune state
 from fmx.lifecycle import CallerProcessKept, SigtermAsInterrupt
-from fmx.ray_setup import check_session_fits, check_trial_fits, init_ray  # noqa: F401  tests patch runner.init_ray
+from fmx.ray_setup import check_session_fits, check_trial_fits, init_ray  # tests patch runner.init_ray
 from fmx.ray_setup import TRIAL_CPU
 from fmx.search import scheduler, search_algorithm, search_space
-from fmx.trial_support import best_finite_checkpoint, last_logged_step, process_group_backend  # noqa: F401
+from fmx.trial_support import best_finite_checkpoint, last_logged_step, process_group_backend
 from fmx.trial_support import masked_trial_error
+# Split off into their own modules; importable from here as before: tests patch runner.make_plan, and older
+# sweeps' Tune state holds the plan pickled as fmx.runner.SweepPlan.
+from fmx.sweep_plan import SweepPlan, Targets, _longest_epochs, make_plan, plan_dict, resolve_targets
+from fmx.trial import ACCEPTANCE_FILE, _run_trial, record_acceptance, trial_fn
+
+__all__ = [
+    "FAULT_ENV", "SweepOutcome", "planned_trials", "new_sweep_id", "run_sweep",
+    # re-exported from fmx.sweep_plan and fmx.trial
+    "SweepPlan", "Targets", "resolve_targets", "make_plan", "plan_dict", "_longest_epochs",
+    "trial_fn", "_run_trial", "ACCEPTANCE_FILE", "record_acceptance",
+    # re-exported from the modules the runner builds on
+    "MlflowLifecycle", "init_ray", "check_session_fits", "check_trial_fits", "search_space", "search_algorithm",
+    "scheduler", "best_finite_checkpoint", "last_logged_step", "process_group_backend", "masked_trial_error",
+    "DEFAULT_STORAGE_PATH", "DEFAULT_TRACKING_URI", "SOURCE_FILE", "STORAGE_ENV", "TRACKING_ENV", "Storage",
+    "choose_target", "mask_uri_password", "uri_has_password",
+]
 
 logger = logging.getLogger(__name__)
 
 # Test hook: '{"epoch": 1, "marker": "/tmp/x"}' makes rank 0 of the first trial to reach epoch 1 die (os._exit)
 # in the middle of it, as a lost worker would; the marker file makes it happen once.
 FAULT_ENV = "FMX_TEST_FAULT"
-
-
-@dataclass
-class SweepPlan:
-    """Everything a trial needs, resolved on the driver (plain data: pickled to Tune actors)."""
-
-    sweep_id: str
-    name: str
-    base: list[str]
-    seed: int
-    metric: str
-    mode: str
-    storage_uri: str
-    storage_path: str
-    endpoint_url: str | None
-    region: str | None
-    keep_best: int
-    workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float
-    max_failures: int
-    max_epochs: int
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    acceptance: list[str] = field(default_factory=list)
-    builders: dict[str, str] = field(default_factory=dict)
-    fault: dict[str, Any] = field(default_factory=dict)  # tests only: {"epoch": k, "marker": path}
-    storage_source: str = SOURCE_FILE   # where storage_uri came from (see resolve_targets)
-    tracking_source: str = SOURCE_FILE  # where tracking_uri came from
-
-    def target(self) -> st.StorageTarget:
-        if self.storage_uri.startswith("s3://"):
-            return st.StorageTarget(uri=self.storage_uri, storage_path=self.storage_path,
-                                    filesystem=st.s3_filesystem(endpoint_url=self.endpoint_url, region=self.region))
-        return st.StorageTarget(uri=self.storage_uri, storage_path=self.storage_path)
-
-
-# --------------------------------------------------------------------------------------------- the trial
-def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
-    """One trial: config, MLflow child run, a TorchTrainer fit, acceptance benchmarks, a final report.
-
-    An exception that would carry secret values out of the trial (into the error files Tune stores beside the
-    checkpoints) leaves as a :class:`~fmx.trial_support.MaskedTrialError` with them masked.
-    """
-    try:
-        _run_trial(config, plan)
-    except Exception as exc:
-        masked = masked_trial_error(exc)
-        if masked is None:
-            raise
-        raise masked from None
-
-
-def _run_trial(config: Mapping[str, Any], plan: SweepPlan) -> None:
-    import ray.train
-    from ray import tune
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from fmx.config import flatten, trial_config
-    from fmx.train_worker import train_loop
-
-    st.export_credentials(st.load_credentials())
-    ctx = tune.get_context()
-    trial_id = ctx.get_trial_id()
-    params = dict(config.get("params", {}))
-    cfg = trial_config(plan.base, params, seed=plan.seed)
-    c = tracking.client(plan.tracking_uri)
-    tags = {tracking.TAG_SWEEP_ID: plan.sweep_id, tracking.TAG_TRIAL: trial_id}
-    run_id, created = tracking.get_or_create_run(
-        c, plan.experiment_id, run_name=f"trial-{trial_id}",
-        tags={**tags, tracking.TAG_PARENT: plan.parent_run_id},
-        extra_tags={tracking.TAG_KIND: "trial", tracking.TAG_SWEEP: plan.name, "fmx.git_commit": tracking.git_commit()})
-    if created:
-        tracking.log_params(c, run_id, {**flatten(cfg), **{f"sweep.{k}": v for k, v in params.items()}})
-    else:
-        c.set_tag(run_id, "fmx.trial_restarts", str(int(c.get_run(run_id).data.tags.get("fmx.trial_restarts",
-                                                                                          "0")) + 1))
-    target = plan.target()
-    use_gpu = plan.gpus_per_worker > 0
-    resources = {"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if use_gpu else {})}
-    backend = process_group_backend(plan.workers, plan.gpus_per_worker)
-    trainer = TorchTrainer(
-        train_loop, torch_config=TorchConfig(backend=backend) if backend else None,
-        train_loop_config={"cfg": cfg, "tracking_uri": plan.tracking_uri, "run_id": run_id, "use_gpu": use_gpu,
-                           "builders": plan.builders, "fault": plan.fault,
-                           # metrics a tracking outage kept from MLflow: beside the checkpoints when they are local
-                           "metrics_spool_dir": None if target.filesystem is not None else
-                           target.join(plan.sweep_id, "trials", trial_id),
-                           "threads_per_worker": max(1, int(plan.cpus_per_worker))},
-        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=f"trials/{trial_id}", storage_path=target.join(plan.sweep_id),
-            storage_filesystem=target.filesystem, failure_config=FailureConfig(max_failures=plan.max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=plan.keep_best, checkpoint_score_order=plan.mode,
-                # acceptance metrics exist only after the fit: then the newest checkpoints are kept
-                checkpoint_score_attribute=None if plan.metric.startswith("acceptance/") else plan.metric),
-            callbacks=[TuneReportCallback()]))
-    result = trainer.fit()
-    final = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    if plan.acceptance and result.checkpoint is not None:
-        from fmx.acceptance import AcceptanceReport, run_acceptance
-
-        rel = f"{plan.sweep_id}/trials/{trial_id}/{ACCEPTANCE_FILE}"
-        kept = st.read_bytes(target, rel)  # a restarted trial whose report was saved: not computed twice
-        if kept is not None:
-            report = AcceptanceReport(results=json.loads(kept)["benchmarks"])
-        else:
-            best = None
-            if not plan.metric.startswith("acceptance/"):
-                best = best_finite_checkpoint(result, plan.metric, plan.mode)
-            report = run_acceptance(plan.acceptance, cfg=cfg, checkpoint=best or result.checkpoint,
-                                    metrics=final, builders=plan.builders)
-        record_acceptance(c, run_id, report, target=target, rel=rel,
-                          metric=plan.metric if plan.metric.startswith("val/") else "val/loss",
-                          default_step=int(final.get("step", 0)))
-        final.update(report.metrics())
-    if result.checkpoint is not None:
-        c.set_tag(run_id, "fmx.checkpoint", result.checkpoint.path)
-    final["fmx_complete"] = 1.0
-    tune.report(final)
-
-
-ACCEPTANCE_FILE = "acceptance.json"  # beside the trial's checkpoints: the record when MLflow did not take it
-
-
-def record_acceptance(c, run_id: str, report, *, target: st.StorageTarget, rel: str, metric: str,
-                      default_step: int) -> str:
-    """Save an acceptance report under ``target``/``rel`` (atomically), then log it to MLflow run ``run_id``.
-
-    The report is written first: a tracking outage while it is logged costs only the log (a warning names the
-    saved file), not the minutes of benchmarks behind it. Its metrics go at the newest step of ``metric``, so
-    MLflow's charts put acceptance beside the val/* it judged. Returns the saved file's path.
-    """
-    plain = json.dumps(report.to_dict(), indent=2, sort_keys=True,  # numpy/torch scalars stay numbers
-                       default=lambda o: o.item() if hasattr(o, "item") else str(o))
-    saved = st.write_bytes(target, rel, plain.encode())
-    try:
-        step = last_logged_step(c, run_id, metric, default=default_step)
-        tracking.log_metrics(c, run_id, report.metrics(), step=step)
-        tracking.log_json(c, run_id, report.to_dict(), "acceptance/acceptance.json")
-    except Exception as exc:  # noqa: BLE001 - the saved report is the record; the trial's result carries it too
-        print(f"fmx: WARNING: the acceptance report of run {run_id} was not logged to MLflow "
-              f"({type(exc).__name__}: {st.redact(str(exc))[:300]}); it is saved in {st.redact(saved)}", flush=True)
-    return saved
-
-
-# ---------------------------------------------------------------------------------------- the driver
-@dataclass(frozen=True)
-class Targets:
-    """Where a sweep's checkpoints and MLflow runs go, and where each choice came from.
-
-    ``storage_source`` is ``"sweep file"``, ``"FMX_STORAGE_PATH"`` or ``"default"``; ``tracking_source`` is
-    ``"sweep file"``, ``"MLFLOW_TRACKING_URI"`` or ``"default"``.
-    """
-
-    storage: st.StorageTarget
-    storage_source: str
-    tracking_uri: str
-    tracking_source: str
-
-    def describe(self) -> str:
-        """One line for the console and the log (redacted)."""
-        return st.redact(f"checkpoints: {self.storage.uri} (from {self.storage_source}); "
-                         f"tracking: {self.tracking_uri} (from {self.tracking_source})")
-
-
-def resolve_targets(sweep: Sweep, *, root: str | Path | None = None,
-                    env: Mapping[str, str] | None = None) -> Targets:
-    """Storage and tracking for a sweep: the sweep file's value, else the environment, else the local default.
-
-    Parameters
-    ----------
-    sweep : Sweep
-        The validated sweep; ``storage.path`` and ``tracking.uri`` count as set when they differ from
-        ``runs/ray`` and ``sqlite:///runs/mlflow.db``.
-    root : str or Path, optional
-        The folder relative local paths resolve against (default: the current directory).
-    env : mapping, optional
-        The environment to read ``FMX_STORAGE_PATH`` and ``MLFLOW_TRACKING_URI`` from (default ``os.environ``);
-        empty values count as unset.
-
-    Raises
-    ------
-    ValueError
-        When a variable that is used holds an unusable value (not a local path or s3://bucket/prefix, or a URI
-        with ``user:password@`` in it), naming the variable and the fix.
-    """
-    env = os.environ if env is None else env
-    root = Path(root or os.getcwd())
-    path, storage_source = choose_target(sweep.storage.path, default=DEFAULT_STORAGE_PATH, env_var=STORAGE_ENV,
-                                         env=env)
-    if storage_source == STORAGE_ENV:
-        try:
-            Storage(path=path)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            problem = exc.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(exc, "errors") else str(exc)
-            raise ValueError(f"{STORAGE_ENV}={mask_uri_password(path)!r}: {problem}; set it to s3://bucket/prefix "
-                             "or a local folder, or unset it to use the local default") from None
-    uri, tracking_source = choose_target(sweep.tracking.uri, default=DEFAULT_TRACKING_URI, env_var=TRACKING_ENV,
-                                         env=env)
-    if tracking_source == TRACKING_ENV and uri_has_password(uri):
-        raise ValueError(f"{TRACKING_ENV}={mask_uri_password(uri)!r} carries user:password@; drop them from the URI "
-                         "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead, so they never "
-                         "reach params, logs or the sweep pointer")
-    storage = st.resolve_storage(path, endpoint_url=sweep.storage.endpoint_url, region=sweep.storage.region,
-                                 root=root, field="storage.path" if storage_source == SOURCE_FILE else storage_source)
-    return Targets(storage=storage, storage_source=storage_source,
-                   tracking_uri=tracking.resolve_tracking_uri(
-                       uri, root=root, field="tracking.uri" if tracking_source == SOURCE_FILE else tracking_source),
-                   tracking_source=tracking_source)
-
-
-def _longest_epochs(sweep: Sweep, cfg: Mapping[str, Any]) -> int:
-    """The most epochs any trial can run: the base config's, or the largest value the sweep gives
-    ``trainer.max_epochs`` (ASHA's max_t comes from it; the base value alone would cut longer trials)."""
-    epochs = [int(cfg.get("trainer", {}).get("max_epochs", 1))]
-    spec = sweep.parameters.get("trainer.max_epochs")
-    if spec is not None:
-        values = ([getattr(spec, "value")] if hasattr(spec, "value") else list(getattr(spec, "values", [])) or
-                  [getattr(spec, "max")])
-        epochs += [math.ceil(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return max(epochs)
-
-
-def make_plan(sweep: Sweep, *, sweep_id: str, root: Path, parent_run_id: str = "", experiment_id: str = "",
-              builders: Mapping[str, str] | None = None, fault: Mapping[str, Any] | None = None,
-              env: Mapping[str, str] | None = None) -> SweepPlan:
-    from fmx.config import absolute_data_paths, compose
-
-    targets = resolve_targets(sweep, root=root, env=env)
-    target = targets.storage
-    base = absolute_data_paths(sweep.base, root)
-    cfg = compose(base)
-    from fmx.config import trainer_options
-
-    trainer_options(cfg.get("trainer", {}))  # a key no trial reads fails here, not silently in every trial
-    return SweepPlan(
-        sweep_id=sweep_id, name=sweep.name, base=base, seed=sweep.seed, metric=sweep.metric.name,
-        mode=sweep.metric.mode, storage_uri=target.uri, storage_path=target.storage_path,
-        endpoint_url=sweep.storage.endpoint_url or st.endpoint_from_env(), region=sweep.storage.region,
-        keep_best=sweep.storage.keep_best, workers=sweep.resources.workers,
-        cpus_per_worker=sweep.resources.cpus_per_worker, gpus_per_worker=sweep.resources.gpus_per_worker,
-        max_failures=sweep.max_failures, max_epochs=_longest_epochs(sweep, cfg),
-        tracking_uri=targets.tracking_uri, experiment_id=experiment_id,
-        parent_run_id=parent_run_id, acceptance=list(sweep.acceptance), builders=dict(builders or {}),
-        fault=dict(fault or {}), storage_source=targets.storage_source, tracking_source=targets.tracking_source)
 
 
 @dataclass
@@ -542,7 +308,3 @@ def _check_resumable(sweep: Sweep, plan: SweepPlan, target: st.StorageTarget, ro
         f"resume_id {plan.sweep_id!r}: nothing to resume: no Tune state under {exp_path} and no parent run in "
         f"{plan.tracking_uri}; resume with the storage.path and tracking.uri of the first run (relative paths "
         f"resolve against {root}; `fmx sweep resume {sweep.name}` reads them from the sweep's pointer)"))
-
-
-def plan_dict(plan: SweepPlan) -> dict:
-    return asdict(plan)
