@@ -112,6 +112,11 @@ def _by_real_length(attend, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tens
     that latent dropped even its null key. ``cross=True`` (set by :func:`mark_cross_attention`) says
     every query is real, so no query is taken for padding whatever the counts.
     """
+    if mask is not None and (mask.is_floating_point() or mask.is_complex()):
+        # SDPA takes an additive float mask (0 = attend, -inf = not); .bool() read it the other way round, so
+        # an all-zeros "attend everywhere" mask silently gave all-zero outputs.
+        raise ValueError(f"mask: needs a bool mask, True where a query may attend, got dtype {mask.dtype}; for an "
+                         f"additive SDPA mask pass mask == 0 (or torch.isfinite(mask) for a 0/-inf mask)")
     if q.shape[2] == 0 or k.shape[2] == 0:
         # An empty sequence, or no key at all: zeros as from SDPA (the geometry builders need a key).
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
@@ -173,7 +178,7 @@ class _SparsePattern(nn.Module):
         m = idx.shape[1]
         flat = idx.reshape(-1)
         kg = k.index_select(2, flat).view(b, h, lq, m, e)
-        vg = v.index_select(2, flat).view(b, h, lq, m, e)
+        vg = v.index_select(2, flat).view(b, h, lq, m, v.shape[-1])  # SDPA allows a value width other than E
         if mask is None:
             allowed = valid  # no (Lq, Lk) mask is ever built: memory stays O(Lq M)
         else:

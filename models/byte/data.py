@@ -30,7 +30,10 @@ def read_corpus(path: str | Path, *, max_bytes: int | None = None) -> torch.Tens
     total = 0
     eos = np.array([EOS], dtype=np.int16)
     for f in files:
-        data = np.frombuffer(f.read_bytes(), dtype=np.uint8)
+        # Only the bytes still under the cap: reading whole files first made max_bytes=1e6 on a 20 GB dump
+        # load (and widen to int16) all 20 GB before slicing.
+        with open(f, "rb") as fh:
+            data = np.frombuffer(fh.read(max_bytes - total if max_bytes else -1), dtype=np.uint8)
         parts += [data.astype(np.int16), eos]
         total += data.size + 1
         if max_bytes and total >= max_bytes:
@@ -85,6 +88,10 @@ class ByteDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         ids = read_corpus(self.path, max_bytes=self.max_bytes)
+        # Empty files at the end add only EOS after EOS, and made a held-out tail without a byte to score:
+        # every val batch weighed 0 real bytes and val/bpb read NaN. Keep one EOS after the last byte, so
+        # the tail below always ends in a byte and its EOS.
+        ids = ids[: int((ids < 256).nonzero()[-1]) + 2]
         cut = max(2, int(ids.numel() * (1 - self.val_fraction)))
         train, val = ids[:cut], ids[cut - 1 :] if ids.numel() - cut >= 2 else ids
         self.train_set = ByteWindows(train, seq_len=self.seq_len, n=self.windows, seed=self.seed)
