@@ -211,8 +211,9 @@ def layerwise_targets(n_layers: int, *, first: float = 0.8, last: float = 1.0) -
     The design material suggests ``sigma < 1`` early for stability and ``sigma ~ 1`` later for
     expressivity; a geometric path keeps the ratio between neighbouring layers constant.
     """
-    if n_layers < 1:
-        raise ValueError(f"n_layers: needs at least 1, got {n_layers}")
+    # range(2.0) raised a bare TypeError; True read as one layer.
+    if isinstance(n_layers, bool) or not isinstance(n_layers, numbers.Integral) or n_layers < 1:
+        raise ValueError(f"n_layers: needs an integer >= 1, got {n_layers!r}")
     if not (first > 0 and last > 0 and math.isfinite(first) and math.isfinite(last)):  # NaN gave NaN targets
         raise ValueError(f"first, last: targets must be finite numbers > 0, got {first}, {last}")
     if n_layers == 1:
@@ -246,8 +247,15 @@ class SpectralRegularizer(nn.Module):
         n_iter: int = 2,
     ) -> None:
         super().__init__()
-        if not (weight >= 0 and math.isfinite(weight)):
-            raise ValueError(f"weight: must be a finite number >= 0, got {weight}")
+        # weight="0.1" (a YAML string) raised a bare TypeError from the comparison.
+        try:
+            w = math.nan if isinstance(weight, (bool, str)) else float(weight)
+        except (TypeError, ValueError, RuntimeError):
+            w = math.nan
+        if not (w >= 0 and math.isfinite(w)):
+            raise ValueError(f"weight: must be a finite number >= 0, got {weight!r}")
+        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:  # 2.5 became 2
+            raise ValueError(f"n_iter: needs an integer >= 1 (power iterations per call), got {n_iter!r}")
         self.targets = targets
         if targets is None:  # list(None) failed at the first step with a bare TypeError
             raise ValueError("targets: needs a number, one per layer, or a mapping name -> number; got None")

@@ -10,6 +10,7 @@ import math
 import numbers
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["dead_neuron_rate", "perturbation_sensitivity", "boundary_box_dimension", "singular_value_exponent"]
@@ -21,7 +22,16 @@ def dead_neuron_rate(activations: torch.Tensor | Sequence[torch.Tensor], *, thre
     Shape:
         activations ``(N, units)`` or a list of them (one per layer; units pooled)
     """
-    acts = [activations] if isinstance(activations, torch.Tensor) else list(activations)
+    try:
+        thr = float(threshold) if not isinstance(threshold, (bool, str)) else math.nan
+    except (TypeError, ValueError, RuntimeError):
+        thr = math.nan
+    if not (math.isfinite(thr) and thr >= 0):
+        # A NaN threshold counted every unit alive (0.0), a negative one too: a dead layer looked healthy.
+        raise ValueError(f"threshold: needs a finite number >= 0 (activation magnitude), got {threshold!r}")
+    # An (N, units) NumPy array was iterated row by row and refused as "got shape (units,)".
+    single = isinstance(activations, (torch.Tensor, np.ndarray))
+    acts = [torch.as_tensor(a) for a in ([activations] if single else list(activations))]
     if not acts:
         raise ValueError("activations: empty list")
     dead = total = 0
@@ -34,7 +44,7 @@ def dead_neuron_rate(activations: torch.Tensor | Sequence[torch.Tensor], *, thre
         if not bool(torch.isfinite(a).all()):
             raise ValueError("activations: contain NaN or inf; the dead rate is undefined (did training diverge?)")
         a = a.detach().reshape(a.shape[0], -1)
-        dead += int((a.abs().amax(0) <= threshold).sum())
+        dead += int((a.abs().amax(0) <= thr).sum())
         total += a.shape[1]
     return dead / total
 
@@ -51,6 +61,8 @@ def perturbation_sensitivity(
 
     A finite-difference estimate of the Jacobian's average stretch: near 1 at criticality, above 1
     on the chaotic side, below 1 on the ordered side (for maps between spaces of equal scale).
+    An ``eps`` below 16 times the resolution of ``x.dtype`` at ``|x|`` (float16, bfloat16) is raised
+    to that with a ``RuntimeWarning``: a finer step is lost to rounding.
     """
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps: must be a finite number > 0, got {eps}")
@@ -60,6 +72,17 @@ def perturbation_sensitivity(
         raise ValueError(f"x: needs a floating tensor to perturb, got dtype {x.dtype}; pass x.float()")
     if x.ndim < 1 or x.shape[0] == 0 or x.numel() == 0:  # else a reshape RuntimeError (or a NaN mean)
         raise ValueError(f"x: needs a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
+    # x + eps u must differ from x by about eps u: in bfloat16 (8 bits) the default eps = 1e-3 rounded the step
+    # away and the gain of the map 2x read 0.57. Rounding error ~ resolution * |x|; the step needs 16 times that.
+    rms = float(x.detach().float().square().mean().sqrt())
+    floor = 16 * torch.finfo(x.dtype).eps * max(rms, 1.0)
+    if eps < floor:  # a warning, not an error: bf16-true validation loops call this with the default eps
+        import warnings
+
+        warnings.warn(f"perturbation_sensitivity: eps={eps} is below the resolution of {x.dtype} at |x| ~ {rms:.3g}; "
+                      f"using eps={floor:.3g} (pass x and fn in float32 for a finer step)",
+                      RuntimeWarning, stacklevel=2)
+        eps = floor
     with torch.no_grad():
         y0 = fn(x)
         gains = []
@@ -109,7 +132,10 @@ def boundary_box_dimension(
     D : float (and the list of ``(eps, N)`` per level, eps relative to the box side, with
     ``return_counts``)
     """
-    xmin, xmax, ymin, ymax = map(float, bounds)
+    try:  # a 3-tuple gave "not enough values to unpack (expected 4, got 3)", naming no argument
+        xmin, xmax, ymin, ymax = map(float, bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds: needs four numbers (xmin, xmax, ymin, ymax), got {bounds!r}") from None
     if not (xmax > xmin and ymax > ymin):
         raise ValueError(f"bounds: need xmin < xmax and ymin < ymax, got {bounds}")
     for name, value in (("levels", levels), ("min_level", min_level)):  # range(2.5) gave a bare TypeError
@@ -131,12 +157,17 @@ def boundary_box_dimension(
         n_side = coarse * 2**level
         pts = lo + (cand[:, None, :].double() + offsets[None]) * (span / n_side)
         with torch.no_grad():
-            labels = torch.as_tensor(predict(pts.reshape(-1, 2).to(torch.float32)))
+            # .cpu(): labels of a model run on CUDA indexed the CPU box grid (a device-mismatch RuntimeError).
+            labels = torch.as_tensor(predict(pts.reshape(-1, 2).to(torch.float32))).cpu()
         if labels.numel() != pts.shape[0] * 5:
             raise ValueError(
                 f"predict: must return one label per point, shape ({pts.shape[0] * 5},), got {tuple(labels.shape)}; "
                 "return class indices (e.g. logits.argmax(-1))"
             )
+        # Probabilities (a sigmoid output) differ at every corner, so every box read as a boundary box: D = 2.
+        if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+            raise ValueError("predict: returned non-integer values (probabilities or logits?); return class labels, "
+                             "e.g. (prob > 0.5) or logits.argmax(-1)")
         labels = labels.reshape(-1, 5)
         boundary = cand[(labels != labels[:, :1]).any(1)]
         if boundary.shape[0] == 0:

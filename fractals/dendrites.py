@@ -37,6 +37,8 @@ def box_counting_dimension_3d(points, n_scales: int = 8, min_eps: Optional[float
     extent = float(p.max())
     if extent <= 0:
         raise ValueError("points: all points coincide; the box-counting dimension is undefined")
+    if min_eps is not None and (isinstance(min_eps, bool) or not isinstance(min_eps, numbers.Real)):
+        raise ValueError(f"min_eps: needs a box size > 0 in the points' units (or None), got {min_eps!r}")
     min_eps = extent / 64 if min_eps is None else float(min_eps)
     if not 0 < min_eps < extent / 2:
         raise ValueError(f"min_eps: needs 0 < min_eps < extent/2 = {extent / 2:.4g}, got {min_eps!r}")
@@ -149,6 +151,8 @@ def dendrite_growth(
         ``segment_length`` (E,), ``wire_length``, ``coverage``, ``cost``, ``measured_D``, ``ratio``
         (floats for the scalars).
     """
+    if isinstance(target_D, (torch.Tensor, np.ndarray, np.generic)) and target_D.ndim == 0 and target_D.dtype != bool:
+        target_D = target_D.item()  # a 0-d tensor was refused as "got tensor(1.5000)"
     if isinstance(target_D, bool) or not (isinstance(target_D, numbers.Real) and 1.0 < target_D < 3.0):
         raise ValueError(f"target_D: needs a number in (1, 3), got {target_D!r}")
     target_D = float(target_D)

@@ -29,6 +29,7 @@ from fractals._checks import (
     as_tensor, check_finite, check_min_length, check_not_constant, check_positive, pow2_scale,
 )
 from fractals.dendrites import box_counting_dimension_3d, dendrite_growth  # re-exported: one simulators API
+from fractals.stimuli import _scalar
 
 __all__ = [
     "fou_log_spectrum",
@@ -151,6 +152,7 @@ def fractional_ou(
     """
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n: needs an integer >= 2, got {n!r}")
+    fs = _scalar(fs)  # a 0-d tensor (fs from a collated batch) was refused as "got tensor(10.)"
     check_positive(fs, "fs")
     if not isinstance(oversample, (int, np.integer)) or oversample < 1:
         raise ValueError(f"oversample: needs an integer >= 1, got {oversample!r}")
@@ -193,6 +195,8 @@ def fractional_ou(
 
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise ValueError(f"seed: needs an integer (or a torch.Generator via generator=), got {seed!r}")
+    if generator is not None and seed is not None:  # the seed was ignored without a word
+        raise ValueError(f"seed={seed!r} and generator: give one of them, not both")
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     gen_dev = generator.device if generator is not None else dev
@@ -359,7 +363,9 @@ def fit_fractional_ou(
     check_finite(t, "x")
     check_min_length(t, 16, "x", "the Whittle fit needs a periodogram")
     check_not_constant(t, "x")
+    fs = _scalar(fs)
     check_positive(fs, "fs")
+    fs = float(fs)
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 8:
         raise ValueError(f"n_bins: needs an integer >= 8, got {n_bins!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:

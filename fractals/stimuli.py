@@ -115,7 +115,14 @@ def _fgn_eigenvalues(n: int, H: float, device) -> torch.Tensor:
     """Eigenvalues of the 2n circulant embedding of the fGn autocovariance (float64)."""
     k = torch.arange(n + 1, dtype=torch.float64, device=device)
     two_h = 2.0 * H
-    gamma = 0.5 * ((k + 1).pow(two_h) - 2 * k.pow(two_h) + (k - 1).abs().pow(two_h))
+    near = 0.5 * ((k + 1).pow(two_h) - 2 * k.pow(two_h) + (k - 1).abs().pow(two_h))
+    # At far lags the plain second difference of k^2H cancels ~k^2 digits (k^2H ~ 1e12 for a covariance
+    # ~ 1): fgn(2**20, 0.99) found a "negative eigenvalue" and refused. Factor k^2H out and difference
+    # (1 +- 1/k)^2H - 1 through expm1/log1p: relative error ~ k eps instead of k^2 eps.
+    kk = k.clamp_min(2.0)
+    far = 0.5 * kk.pow(two_h) * (torch.expm1(two_h * torch.log1p(1.0 / kk))
+                                 + torch.expm1(two_h * torch.log1p(-1.0 / kk)))
+    gamma = torch.where(k >= 2, far, near)
     row = torch.cat([gamma, gamma[1:n].flip(0)])  # length 2n, symmetric circulant first row
     lam = torch.fft.fft(row).real
     # Davies-Harte is exact for fGn (the embedding is PSD for every H in (0, 1)); rounding can
@@ -328,6 +335,16 @@ def one_over_f_noise(
         psd = one_over_f_psd(freqs, beta, peak_list)
     else:  # beta = 0 gives 1 + peaks at f > 0 and 0 at DC
         psd = torch.exp((log_aperiodic - log_ref).clamp_max(0.0)) * one_over_f_psd(freqs, 0.0, peak_list)
+    for i, (freq, width, ratio) in enumerate(peak_list):
+        # The bumps live on the FFT grid (spacing fs/n): a peak narrower than that between two bins vanished
+        # without a word (10.3 Hz, width 0.05 Hz at 1 Hz spacing: no peak at all).
+        gap = float((freqs[1:] - freq).abs().min())  # not DC: the PSD is 0 there whatever the peak
+        if ratio > 0 and math.exp(-0.5 * (gap / width) ** 2) < 0.5:
+            import warnings
+
+            warnings.warn(f"peaks[{i}]: width_hz={width} is narrow for the frequency grid (spacing fs/n = {fs / n:.3g} "
+                          f"Hz, nearest bin {gap:.3g} Hz from {freq} Hz): no bin gets half the peak's height; "
+                          "widen it or raise n", RuntimeWarning, stacklevel=2)
     n_bins = freqs.numel()
     re = _randn((*batch, n_bins), generator, device)
     im = _randn((*batch, n_bins), generator, device)
