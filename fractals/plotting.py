@@ -46,6 +46,8 @@ _RC = {
 
 
 def _numpy(v: Any, name: str) -> np.ndarray:
+    if v is None:  # np.asarray(None, dtype=float) is a NaN: a one-cell figure of nothing
+        raise ValueError(f"{name}: is None; needs numbers (an array, tensor or list)")
     if hasattr(v, "detach"):
         v = v.detach().cpu()
         # NumPy has no bfloat16: widen floating tensors first (a plot needs no more than float64).
@@ -162,19 +164,25 @@ def plot_beta_time(
         raise ValueError("beta_seq: no finite value to plot (all NaN or inf)")
     if target is not None:
         try:
-            target = float(target)
+            value = float(target)
         except (TypeError, ValueError):
-            raise ValueError(f"target: needs a number (the prior's beta), got {target!r}") from None
+            value = float("nan")
+        if not np.isfinite(value):  # NaN drew no line under a legend entry "target nan"
+            raise ValueError(f"target: needs a finite number (the prior's beta), got {target!r}")
+        target = value
     fig = _figure(figsize)
     with matplotlib.rc_context(_RC):
         ax = fig.add_subplot(1, 1, 1)
         if b.shape[0] > 8:
             mean, sd = np.nanmean(b, 0), np.nanstd(b, 0)
-            ax.plot(t, mean, color="C0", label=f"mean of {b.shape[0]}")
+            ax.plot(t, mean, color="C0", label=f"mean of {b.shape[0]}", **_dots_if_isolated(mean))
             ax.fill_between(t, mean - sd, mean + sd, color="C0", alpha=0.25, label="+-1 SD")
+            iso = _isolated(mean)
+            if iso.any():  # a band over one window has no width: draw that window's SD as a bar
+                ax.errorbar(t[iso], mean[iso], yerr=sd[iso], fmt="none", color="C0", alpha=0.5)
         else:
             for i, row in enumerate(b):
-                ax.plot(t, row, label=labels[i] if labels is not None else None)
+                ax.plot(t, row, label=labels[i] if labels is not None else None, **_dots_if_isolated(row))
         if target is not None:
             ax.axhline(target, ls="--", color="k", lw=0.8, label=f"target {target:g}")
         ax.set_xlabel(xlabel)
@@ -183,6 +191,19 @@ def plot_beta_time(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(frameon=False)
     return fig
+
+
+def _isolated(row: np.ndarray) -> np.ndarray:
+    """Finite values with no finite neighbour: a line draws nothing there (one window, NaN on both sides)."""
+    ok = np.isfinite(row)
+    prev = np.r_[False, ok[:-1]]
+    nxt = np.r_[ok[1:], False]
+    return ok & ~prev & ~nxt
+
+
+def _dots_if_isolated(row: np.ndarray) -> dict:
+    iso = _isolated(row)
+    return {"marker": "o", "ms": 3, "markevery": np.flatnonzero(iso).tolist()} if iso.any() else {}
 
 
 def plot_multifractal_spectrum(
@@ -271,7 +292,7 @@ def plot_attention_fd_coupling(
     ----------
     couplings : array (L, H) or (H,)
         Output of :func:`fractals.probes.attention_fd_coupling`; NaN cells (constant attention)
-        are shown blank.
+        are shown grey.
     value_label : str
         Colour-bar label; ``"Spearman r"`` for ``method="spearman"`` couplings.
     """
@@ -286,7 +307,10 @@ def plot_attention_fd_coupling(
     with matplotlib.rc_context(_RC):
         ax = fig.add_subplot(1, 1, 1)
         lim = max(float(np.nanmax(np.abs(c))) if np.isfinite(c).any() else 1.0, 1e-3)
-        im = ax.imshow(c, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        # NaN (constant attention) in grey: the default "bad" colour is transparent, i.e. the white of r = 0,
+        # so a dead head read as an uncoupled one.
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.6")
+        im = ax.imshow(c, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(c.shape[1]))

@@ -64,7 +64,8 @@ def latent_fd_probe(
         ``"{name}/{measure}_{mean|std}"`` -> 0-dim tensor for measures ``higuchi_fd``,
         ``spectral_beta``, ``hurst`` (from DFA alpha, fGn mapping) and ``mf_width``; a plain tensor
         gives names without the ``{name}/`` prefix. Channels that are constant in time are left
-        out and counted in ``n_dead``. A measure the latents are too short for is omitted.
+        out and counted in ``n_dead``. A measure the latents are too short for is omitted; a channel
+        one estimator rejects (e.g. exactly periodic) is left out of that measure only.
     """
     from fractals import metrics as fm
 
@@ -85,11 +86,12 @@ def latent_fd_probe(
         x = lat.detach().movedim(time_dim, -1)
         if x.dtype != torch.float64:  # float64 stays: cast to float32, 1e-150 latents read as dead, 1e150 as inf
             x = x.float()
-        x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim >= 3 else x.unsqueeze(0)
-        x = x[:, :max_channels]
-        if x.numel() == 0:  # else an IndexError from amin over an empty batch
+        # Before the reshape: with no channel its -1 was ambiguous (a RuntimeError); with no batch amin raised.
+        if x.numel() == 0:
             raise ValueError(f"latents[{name!r}]: is empty (shape {tuple(lat.shape)}); "
                              "needs at least one (T, C) series")
+        x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim >= 3 else x.unsqueeze(0)
+        x = x[:, :max_channels]
         check_finite(x, f"latents[{name!r}]")
         live = (x.amax(-1) - x.amin(-1)).amin(0) > 0
         prefix = f"{name}/" if name else ""
@@ -102,20 +104,39 @@ def latent_fd_probe(
         band = (band[0], min(band[1], 0.45 * rate))
         scales = [int(s) for s in mf.get("scales", (8, 16, 32, 64, 128, 256)) if int(s) <= n // 4]
         calls = {
-            "higuchi_fd": lambda: fm.higuchi_fd(x, kmax=min(int(temporal.get("higuchi_kmax", 8)), n // 4)),
-            "spectral_beta": lambda: fm.spectral_beta(x, rate, band, bool(temporal.get("exclude_peaks", True))),
-            "hurst": lambda: fm.hurst_from_dfa(fm.dfa_alpha(x)),
-            "mf_width": lambda: fm.multifractal_spectrum(x, list(mf.get("q_vals", (-5, -3, -1, 0, 1, 3, 5))),
-                                                         scales)["width"],
+            "higuchi_fd": lambda s: fm.higuchi_fd(s, kmax=min(int(temporal.get("higuchi_kmax", 8)), n // 4)),
+            "spectral_beta": lambda s: fm.spectral_beta(s, rate, band, bool(temporal.get("exclude_peaks", True))),
+            "hurst": lambda s: fm.hurst_from_dfa(fm.dfa_alpha(s)),
+            "mf_width": lambda s: fm.multifractal_spectrum(s, list(mf.get("q_vals", (-5, -3, -1, 0, 1, 3, 5))),
+                                                           scales)["width"],
         }
         for measure, call in calls.items():
-            try:
-                v = torch.as_tensor(call()).float()
-            except (ValueError, torch.linalg.LinAlgError):
+            v = _measure_channels(call, x)
+            if v is None:
                 continue  # too short, band empty, or the estimator rejected them: nothing honest to log
             out[f"{prefix}{measure}_mean"] = v.mean()
             out[f"{prefix}{measure}_std"] = v.std(unbiased=False)
     return out
+
+
+def _measure_channels(call, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``call`` on ``(N, C, T)`` latents, or None when no channel can be measured.
+
+    When the estimator rejects the batch, retry channel by channel: one degenerate channel (exactly
+    periodic for Higuchi, piecewise flat at every DFA/MFDFA scale) dropped the measure for the whole layer.
+    """
+    try:
+        return torch.as_tensor(call(x)).float()
+    except (ValueError, torch.linalg.LinAlgError):
+        if x.shape[1] == 1:
+            return None
+    kept = []
+    for c in range(x.shape[1]):
+        try:
+            kept.append(torch.as_tensor(call(x[:, c:c + 1])).float())
+        except (ValueError, torch.linalg.LinAlgError):
+            pass
+    return torch.cat(kept, 1) if kept else None
 
 
 def _as_tensor_view(v: Any) -> torch.Tensor:
