@@ -267,10 +267,16 @@ class PerceiverIOEncoder(nn.Module):
         b, n, _ = tokens.shape
         if tuple(time_index.shape) != (b, n):
             raise ValueError(f"time_index: needs shape (B, N) = {(b, n)}, got {tuple(time_index.shape)}")
+        if time_index.is_floating_point() or time_index.is_complex():  # failed inside scatter() without a name
+            raise ValueError(f"time_index: needs an integer (long) tensor of token time bins, got {time_index.dtype}")
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
+        if tuple(mask.shape) != (b, n):  # a (B, N') mask failed as a broadcast RuntimeError in group_by_chunk
+            raise ValueError(f"mask: needs shape (B, N) = {(b, n)}, one flag per token, got {tuple(mask.shape)}")
         if n_time is None:  # a host sync; pass n_time from the tokenizer to avoid it
             n_time = int(time_index.max()) + 1 if n else 1
+        elif isinstance(n_time, str) or not _is_whole(n_time, 1):  # 0 dropped every token, 2.5 the bins from 2 on
+            raise ValueError(f"n_time: must be an integer >= 1 (token time bins of the window), got {n_time!r}")
         n_chunks = -(-int(n_time) // self.chunk_size)
         chunk_of_latent = torch.arange(n_chunks, device=tokens.device).repeat_interleave(self.n_latents)
         queries = self.latent_array.repeat(n_chunks, 1) + sinusoidal_encoding(chunk_of_latent, self.d_model)

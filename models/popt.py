@@ -100,6 +100,10 @@ class PopT(nn.Module):
         return self.norm(self.pool(seeds, x, mask=key_mask))
 
     def from_tokens(self, tokens: Tokens, n_channels: Optional[int] = None) -> Tensor:
-        """PopT over :func:`channel_summaries` of tokenizer output."""
+        """PopT over :func:`channel_summaries` of tokenizer output (``channel_patch`` layout: per-channel tokens)."""
+        if not bool((tokens.channel_index >= 0).any()):  # all ignored: the K tokens did not depend on the input
+            raise ValueError("tokens: no token belongs to a channel (channel_index is -1 throughout, e.g. the "
+                             "'time_mix' layout or behaviour/audio/video tokens); PopT pools channels: tokenize with "
+                             "layout='channel_patch', or call PopT on your own (B, U, D) tokens")
         summaries, mask = channel_summaries(tokens, n_channels)
         return self(summaries, mask=mask)

@@ -84,6 +84,9 @@ class DomainAdversarialHead(nn.Module):
             if mask is None:
                 pooled = latents.mean(1)
             else:
+                if tuple(mask.shape) != tuple(latents.shape[:2]):  # failed as a broadcast RuntimeError
+                    raise ValueError(f"mask: needs shape (B, S) = {tuple(latents.shape[:2])}, one flag per latent "
+                                     f"step, got {tuple(mask.shape)}")
                 w = mask.to(latents.dtype).unsqueeze(-1)
                 pooled = (latents * w).sum(1) / w.sum(1).clamp_min(1.0)
         elif latents.ndim == 2:

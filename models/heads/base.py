@@ -88,9 +88,13 @@ class ChannelReadout(nn.Module):
                                  f"got {tuple(t.shape)}")
         if channel_ids is None:
             channel_ids = torch.arange(n_channels, device=latents.device).expand(b, n_channels)
-        channel_ids = channel_ids.long()
         if channel_mask is not None:
             channel_ids = torch.where(channel_mask.bool(), channel_ids, torch.zeros_like(channel_ids))
+        if channel_ids.is_floating_point() and not bool((channel_ids == channel_ids.round()).all()):
+            # .long() read channel 2.5 as channel 2
+            bad = channel_ids[channel_ids != channel_ids.round()]
+            raise ValueError(f"channel_ids: must be integers, got non-integer values {bad.tolist()[:5]}")
+        channel_ids = channel_ids.long()
         if channel_ids.numel():
             lo, hi = value_range(channel_ids)
             if lo < 0 or hi >= self.n_channel_ids:

@@ -78,6 +78,11 @@ class BehaviorHead(nn.Module):
             )
         b, s, _ = latents.shape
         _, t, f = target.shape
+        p = self.patch_size
+        if t > s * p:
+            raise ValueError(f"target: has {t} time samples, more than the {s} latent steps of {p} samples cover "
+                             f"({s * p}); its tail would be dropped unseen: crop the target to the latents' window, "
+                             "or pass the latents of the whole window")
         if mask is not None and not isinstance(mask, Tensor):  # a list failed as "no attribute 'shape'"
             raise ValueError(f"mask: needs a torch.Tensor (B, F) = {(b, f)}, got {type(mask).__name__}")
         if mask is not None and tuple(mask.shape) != (b, f):  # failed as a broadcast RuntimeError

@@ -121,6 +121,16 @@ class ContrastiveHead(nn.Module):
             raise ValueError(f"sample_mask: needs shape (B,) = ({a.shape[0]},), got {tuple(sample_mask.shape)}")
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"a, b: need the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        for name, x, proj, m in (("a", a, self.proj_a, a_mask), ("b", b, self.proj_b, b_mask)):
+            width = proj[0].normalized_shape[0]
+            if x.ndim not in (2, 3) or x.shape[-1] != width:  # failed inside LayerNorm without naming the view
+                raise ValueError(f"{name}: has {x.shape[-1] if x.ndim else 0} features on the last axis, the head "
+                                 f"takes dim_{name}={width}; shape (B, S, {width}) or (B, {width}), got "
+                                 f"{tuple(x.shape)}")
+            if m is not None and x.ndim == 3 and tuple(m.shape) != tuple(x.shape[:2]):  # failed in a reshape
+                dims = "(B, S)" if name == "a" else "(B, S')"
+                raise ValueError(f"{name}_mask: needs shape {dims} = {tuple(x.shape[:2])}, one flag per step of "
+                                 f"{name}, got {tuple(m.shape)}")
         # A view straight from numpy is float64: LayerNorm refuses a dtype other than its weights'.
         a, b = a.to(self.proj_a[1].weight.dtype), b.to(self.proj_b[1].weight.dtype)
         if self.pairing == "time":

@@ -85,6 +85,11 @@ class ForecastHead(nn.Module):
             raise ValueError(f"target: needs shape (B={latents.shape[0]}, C, T), got {tuple(target.shape)}")
         b, c, _ = target.shape
         s, p, h = latents.shape[1], self.patch_size, self.horizon
+        t = target.shape[-1]
+        if t > s * p:
+            raise ValueError(f"target: has {t} time samples, more than the {s} latent steps of {p} samples cover "
+                             f"({s * p}); its tail would be dropped unseen: crop the target to the latents' window, "
+                             "or pass the latents of the whole window")
         z = latents + self.conv(latents)
         z = z + self.mlp(z)
         pred = self.readout(z, n_channels=c, channel_ids=channel_ids, channel_mask=channel_mask)

@@ -56,7 +56,11 @@ class MaskedReconstructionHead(nn.Module):
         if target.ndim != 3 or target.shape[0] != latents.shape[0]:
             raise ValueError(f"target: needs shape (B={latents.shape[0]}, C, T), got {tuple(target.shape)}")
         b, c, t = target.shape
-        s = latents.shape[1]
+        s, p = latents.shape[1], self.patch_size
+        if t > s * p:
+            raise ValueError(f"target: has {t} time samples, more than the {s} latent steps of {p} samples cover "
+                             f"({s * p}); its tail would be dropped unseen: crop the target to the latents' window, "
+                             "or pass the latents of the whole window")
         pred = self.readout(latents, n_channels=c, channel_ids=channel_ids, channel_mask=channel_mask)
         if channel_mask is None:
             channel_mask = torch.ones(b, c, dtype=torch.bool, device=target.device)

@@ -63,6 +63,8 @@ class AudioTokenizer(nn.Module):
         super().__init__()
         if not _is_whole(n_mels, 1):  # 0 built a projection of nothing; -1 failed as a negative torch shape
             raise ValueError(f"n_mels: must be an integer >= 1 (mel bands per frame), got {n_mels!r}")
+        if not _is_whole(patch_size, 1):  # 0 failed in forward with ZeroDivisionError; 2.5 was read as 2
+            raise ValueError(f"patch_size: must be an integer >= 1 (spectrogram frames per token), got {patch_size!r}")
         self.d_model, self.n_mels, self.patch_size = int(d_model), int(n_mels), int(patch_size)
         self.proj = nn.Linear(self.n_mels * self.patch_size, self.d_model)
         self.mlp = nn.Sequential(nn.LayerNorm(self.d_model), nn.Linear(self.d_model, 2 * self.d_model), nn.GELU(),

@@ -204,7 +204,7 @@ class ChannelPatchTokenizer(nn.Module):
         vocab_option: str = "n_channel_ids",
     ) -> None:
         super().__init__()
-        if int(patch_size) < 1:
+        if not _is_whole(patch_size, 1):  # int() read 2.5 as 2 and failed on "abc" without a name
             raise ValueError(f"patch_size: must be an integer >= 1, got {patch_size!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout: must be one of {LAYOUTS}, got {layout!r}")

@@ -74,7 +74,8 @@ class BehaviorTokenizer(nn.Module):
         tok = tok + sinusoidal_encoding(steps, self.d_model).to(tok.dtype)
         minus_one = torch.full((b, n), -1, dtype=torch.long, device=x.device)
         # Every feature masked (the sample lacks behaviour) was read as real input "all features 0".
-        real = (torch.ones(b, dtype=torch.bool, device=x.device) if mask is None or f == 0
+        # No features at all ((B, T, 0)) is no behaviour either, not "every feature 0".
+        real = (torch.full((b,), f > 0, dtype=torch.bool, device=x.device) if mask is None or f == 0
                 else mask.bool().any(1).to(x.device))
         return Tokens(
             self.dropout(tok), real[:, None].expand(b, n), steps.expand(b, n), minus_one, torch.zeros_like(minus_one),

@@ -45,6 +45,8 @@ class VideoTokenizer(nn.Module):
         super().__init__()
         if not _is_whole(hidden, 1):  # 0 built an empty conv; -1, 2.5 and "abc" failed inside torch
             raise ValueError(f"hidden: must be an integer >= 1 (channels of the first conv), got {hidden!r}")
+        if not _is_whole(patch_size, 1):  # 0 built a conv of kernel 0 that failed in forward; 1.5 was read as 1
+            raise ValueError(f"patch_size: must be an integer >= 1 (frames per token), got {patch_size!r}")
         hidden = int(hidden)
         self.d_model, self.patch_size = int(d_model), int(patch_size)
         self.net = nn.Sequential(
@@ -65,7 +67,10 @@ class VideoTokenizer(nn.Module):
         causal = nn.functional.pad(video.to(self.out.weight.dtype), (0, 0, 0, 0, 2, 0))
         feat = self.net(causal).mean(dim=(-1, -2)).transpose(1, 2)  # (B, Nv, D)
         n = feat.shape[1]
-        time_index = rescale_time_index(n, num_time_tokens, video.device)
+        # The strided conv drops a partial last patch: token n ends at frame (n + 1) * P, not at (n + 1) / n of the
+        # window (which put tokens of a window of 7 frames, P=4, in a later chunk than their frames).
+        time_index = rescale_time_index(n, num_time_tokens, video.device, frames_per_token=self.patch_size,
+                                        n_frames=video.shape[2])
         tok = self.out(feat)
         tok = tok + sinusoidal_encoding(time_index, self.d_model).to(tok.dtype)
         minus_one = torch.full((b, n), -1, dtype=torch.long, device=video.device)
