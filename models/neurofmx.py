@@ -288,7 +288,8 @@ class NeuroFMx(_NeuroFMxParts, nn.Module):
             if key in batch:
                 x, m, ids = self._target_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids)
-                add(f"forecast_{key}", out.loss, steps.shape[1] > head.horizon, m)
+                # x.numel(): a modality with no channel (B, 0, T) has nothing to score, mask or not
+                add(f"forecast_{key}", out.loss, steps.shape[1] > head.horizon and x.numel() > 0, m)
                 outputs[f"forecast_{key}"] = out.prediction
                 too_short += [f"forecast_{key}"] if steps.shape[1] <= head.horizon else []
         for key, head in self.reconstruction.items():
@@ -296,7 +297,7 @@ class NeuroFMx(_NeuroFMxParts, nn.Module):
             if key in batch and step_mask is not None:
                 x, m, ids = self._target_view(batch, key)
                 out = head(steps, target=x, channel_mask=m, channel_ids=ids, step_mask=step_mask)
-                add(f"recon_{key}", out.loss, True, m, step_mask)
+                add(f"recon_{key}", out.loss, x.numel() > 0, m, step_mask)
                 outputs[f"recon_{key}"] = out.prediction
         if self.behavior is not None and "behavior" in batch:
             mask = batch.get("behavior_mask")
@@ -305,7 +306,7 @@ class NeuroFMx(_NeuroFMxParts, nn.Module):
             except ValueError as exc:  # the head says "target": name the batch key and the config field
                 raise ValueError(f"batch['behavior'] (model.heads.behavior.n_features="
                                  f"{self.behavior.n_features}): {exc}") from exc
-            add("behavior", out.loss, True, mask)
+            add("behavior", out.loss, batch["behavior"].numel() > 0, mask)
             outputs["behavior"] = out.prediction
             metrics.update({f"behavior_{n}": v for n, v in out.metrics.items()})
         if self.contrastive is not None and self.contrastive_view in batch:

@@ -187,3 +187,24 @@ def test_perceiver_n_time_must_be_a_whole_number_of_bins(n_time):
     with pytest.raises(ValueError, match=r"n_time: must be an integer >= 1"):
         enc(x, time_index=t, n_time=n_time)
     assert enc(x, time_index=t, n_time=6.0).latents.shape == (2, 6, D)  # a whole float still works
+
+
+def test_a_modality_with_no_channel_is_not_scored_as_a_zero_loss():
+    # Was: {"lfp": (2, 0, 32)} without a mask counted forecast_lfp as scored with loss exactly 0, pulling the
+    # epoch mean down and that head's uncertainty weight up; heads with nothing to score are to be skipped.
+    from models.neurofmx import NeuroFMx
+
+    torch.manual_seed(0)
+    model = NeuroFMx(d_model=16, patch_size=4, tokenizers={"lfp": {"n_channels": 4}, "behavior": {"n_features": 2}},
+                     perceiver={"n_heads": 2}, ssm={"headdim": 16, "d_state": 8, "chunk_size": 8},
+                     popt={"n_heads": 2}, heads={"forecast": {"keys": ["lfp"]},
+                                                 "behavior": {"n_features": 2}}).eval()
+    beh = torch.randn(2, 32, 2)
+    with torch.no_grad():
+        full = model({"lfp": torch.randn(2, 4, 32), "behavior": beh})
+        empty = model({"lfp": torch.randn(2, 0, 32), "behavior": beh})
+        no_beh = model({"lfp": torch.randn(2, 4, 32), "behavior": torch.randn(2, 32, 0)})
+    assert {"forecast_lfp", "behavior"} <= set(full["scored"])
+    assert "forecast_lfp" not in empty["scored"] and "forecast_lfp" not in empty["losses"]
+    assert "behavior" in empty["scored"]  # the other head still scores
+    assert "behavior" not in no_beh["scored"] and "forecast_lfp" in no_beh["scored"]
