@@ -135,7 +135,13 @@ def contrast_stats(table, column: str, levels: Sequence[str], *, paired: bool | 
                 res["p"] = res["p_mannwhitney"] if test == "rank" else res["p_welch"]
             row.update(res)
         except ValueError as exc:
-            row.update(p=np.nan, note=str(exc))
+            # Counts and means are known even when no test can run (a group of one subject): keep them.
+            a_vals, b_vals = (per.dropna() if paired else per)[[a_level, b_level]].T.to_numpy()
+            a_vals, b_vals = a_vals[np.isfinite(a_vals)], b_vals[np.isfinite(b_vals)]
+            counts = {"n": len(a_vals)} if paired else {"n_a": len(a_vals), "n_b": len(b_vals)}
+            mean_a = float(a_vals.mean()) if len(a_vals) else np.nan
+            mean_b = float(b_vals.mean()) if len(b_vals) else np.nan
+            row.update(counts, mean_a=mean_a, mean_b=mean_b, diff=mean_b - mean_a, p=np.nan, note=str(exc))
         rows.append(row)
     stats = pd.DataFrame(rows)
     # every column even when no test could run (too few subjects): figures and the CLI read them (was a KeyError)
@@ -241,22 +247,35 @@ def compare(
     if table.empty:
         raise ValueError(f"{out}: the fingerprint table is empty (every recording failed?); see failures.parquet")
     if measures:
+        measures = [measures] if isinstance(measures, str) else list(measures)  # "higuchi_fd" was a TypeError
         available = sorted(table["measure"].unique())
+        unknown = [m for m in measures if m not in available]
+        if len(unknown) == len(measures):
+            raise ValueError(f"measures: none of {measures} is in the results; available: {available}")
+        if unknown:  # a misspelt name was dropped silently when another name matched
+            raise ValueError(f"measures: {unknown} not in the results; available: {available}")
         table = table[table["measure"].isin(measures)]
-        if table.empty:
-            raise ValueError(f"measures: none of {list(measures)} is in the results; available: {available}")
     if contrast is not None:
+        if levels:
+            raise ValueError(f"levels: only with group_by; the contrast {contrast!r} names its levels itself "
+                             "(COLUMN=A,B)")
         column, pair = parse_contrast(contrast)
     else:
         column = group_by
         if column not in table.columns:
             raise ValueError(f"group_by: {column!r} is not a participants column; available: {sorted(table.columns)}")
         found = sorted(table[column].dropna().astype(str).unique())
+        if isinstance(levels, str):  # levels="NSR,CHF", as the errors write it (was split into letters)
+            levels = [lv.strip() for lv in levels.split(",")]
         pair = list(levels) if levels else found
         if len(pair) != 2 or pair[0] == pair[1]:
             raise ValueError(f"levels: {pair} for group_by {column!r} (levels {found}); pick two different levels "
                              "with levels=A,B")
-        paired = False if paired is None else paired
+        for level in pair:
+            if str(level) not in found:
+                raise ValueError(f"levels: {column}={level!r} not in the results; levels found: {found}")
+        # A participants column gives each subject one level, so the automatic choice is unpaired; a column whose
+        # levels share subjects (group_by="condition") must be tested paired, as the same contrast is.
     stats, was_paired = contrast_stats(table, column, pair, paired=paired, test=test, family=family)
     mixed_table = mixed_effects(table, column, pair) if mixed else None
     name = f"{column}-{pair[1]}-vs-{pair[0]}".replace("/", "_").replace(" ", "_")
@@ -267,7 +286,26 @@ def compare(
         write_parquet(mixed_table, storage.join(target, "mixed.parquet"))
         storage.write_bytes_atomic(storage.join(target, "mixed.csv"), mixed_table.to_csv(index=False).encode())
     written = _figures(stats, table, column, pair, target, alpha) if figures else []
+    _remove_stale(target, kept={storage.join(target, "mixed.parquet"), storage.join(target, "mixed.csv")}
+                  if mixed_table is not None else set(), figures=written)
     return CompareResult(name=name, out=target, stats=stats, mixed=mixed_table, paired=was_paired, figures=written)
+
+
+def _remove_stale(target: str, *, kept: set[str], figures: list[str]) -> None:
+    """Delete a previous run's mixed tables and figures this run did not rewrite.
+
+    A rerun without ``mixed`` (or with other measures, or ``figures=False``) left the old ``mixed.csv`` and
+    figures beside the new ``stats.csv``: tables and plots of different data in one folder.
+    """
+    stale_mixed = {storage.join(target, "mixed.parquet"), storage.join(target, "mixed.csv")} - kept
+    figures_dir = storage.join(target, "figures")
+    old = [uri for uri in storage.list_files(figures_dir) if uri.endswith(".png") and uri not in set(figures)]
+    for uri in [*sorted(stale_mixed), *old]:
+        if storage.is_s3(uri):
+            if storage.exists(uri):
+                storage.s3_filesystem().delete_file(storage._s3_path(uri))
+        else:
+            Path(uri).unlink(missing_ok=True)
 
 
 def _figures(stats, table, column: str, pair: Sequence[str], target: str, alpha: float) -> list[str]:
