@@ -131,3 +131,16 @@ def test_levels_as_one_comma_string_as_the_error_suggests(tmp_path):
     as_list = compare(str(out), group_by="group", levels=["B", "A"], figures=False)
     assert as_text.name == as_list.name == "group-A-vs-B"
     pd.testing.assert_frame_equal(as_text.stats, as_list.stats)
+
+
+def test_cli_mixed_table_says_why_a_between_subject_p_is_nan(tmp_path):
+    # Was: `--group-by group --mixed` printed NaN coef/se/p with no reason (the reason was only in mixed.csv).
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+
+    out = _cohort(tmp_path)
+    result = CliRunner().invoke(app, ["fingerprint", "compare", str(out), "--group-by", "group", "--mixed",
+                                      "--no-figures"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "needs repeated measures per subject" in result.output, result.output

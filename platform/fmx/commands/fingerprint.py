@@ -205,8 +205,10 @@ def compare_cmd(
                       f"{row.rank_biserial:+.2f}", f"{row.p:.3g}", f"{row.q_fdr:.3g}", str(len(hits)))
     console.print(table)
     if result.mixed is not None:
-        mt = Table("measure", "coef", "se", "p", "converged", title="mixed model value ~ level + (1|subject)")
-        for row in result.mixed.itertuples():
-            mt.add_row(row.measure, f"{row.coef:.4g}", f"{row.se:.3g}", f"{row.p:.3g}", str(row.converged))
+        mt = Table("measure", "coef", "se", "p", "converged", "note",
+                   title="mixed model value ~ level + (1|subject)")
+        for row in result.mixed.itertuples():  # the note says why a p is NaN (a between-subject contrast)
+            mt.add_row(row.measure, f"{row.coef:.4g}", f"{row.se:.3g}", f"{row.p:.3g}", str(row.converged),
+                       str(getattr(row, "note", "") or ""))
         console.print(mt)
     console.print(f"tables and {len(result.figures)} figures in {result.out}", soft_wrap=True)
