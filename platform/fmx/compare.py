@@ -8,6 +8,7 @@ latent beta the trials reached. ``fmx compare NAME`` prints the table with rich.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Any
 
@@ -19,6 +20,8 @@ CONFIG_COLUMNS = ("fractals.priors.lambda_spec", "fractals.priors.lambda_graphfd
 
 def find_parent(c, name_or_id: str, *, experiment_ids: list[str] | None = None):
     """The latest parent run of a sweep named ``name_or_id`` (or with that sweep id)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name_or_id):  # no sweep has it (schema's name rule); a
+        return None  # quote in it broke the filter string, which read as an unreadable store
     exps = experiment_ids or [e.experiment_id for e in c.search_experiments()]
     for tag in (tracking.TAG_SWEEP_ID, tracking.TAG_SWEEP):
         runs = c.search_runs(exps, filter_string=f"tags.`{tag}` = '{name_or_id}' and tags.`{tracking.TAG_KIND}` = "
@@ -120,15 +123,22 @@ def sweep_acceptance(df, *, task_metric: str = "val/loss") -> dict[str, float]:
     ``lambda_graphfd = 0``; passes when it is smaller (needs two trials on each side).
     """
     import numpy as np
+    import pandas as pd
 
     out: dict[str, float] = {}
     lam, lam_g = "cfg.fractals.priors.lambda_spec", "cfg.fractals.priors.lambda_graphfd"
+
+    def weight(col):  # a text value (a null weight logged as "None") compared with 0 raised a TypeError
+        return pd.to_numeric(df[col], errors="coerce")
+
     if lam in df and task_metric in df:
-        base = df[(df[lam] == 0) & df[task_metric].notna()]
+        # finite losses only: a diverged (inf) baseline made every prior trial's ratio inf, a pass
+        finite = df[task_metric].map(_is_finite).astype(bool)
+        base = df[(weight(lam) == 0) & finite]
         if not base.empty:
             b = float(base[task_metric].min())
             df["acceptance/training_baseline_ratio"] = b / df[task_metric]
-            prior = df[(df[lam] > 0) & df[task_metric].notna()]
+            prior = df[(weight(lam) > 0) & finite]
             out["acceptance/training_baseline_loss"] = b
             if not prior.empty:
                 best_ratio = float(df.loc[prior.index, "acceptance/training_baseline_ratio"].max())
@@ -136,7 +146,7 @@ def sweep_acceptance(df, *, task_metric: str = "val/loss") -> dict[str, float]:
                 out["acceptance/training_baseline_pass"] = float(best_ratio > 0.99)
     gfd = next((c for c in ("fingerprint/graph_fd", "acceptance/stability_graphfd_mean") if c in df), None)
     if gfd and lam_g in df:
-        on, off = df[df[lam_g] > 0][gfd].dropna(), df[df[lam_g] == 0][gfd].dropna()
+        on, off = df[weight(lam_g) > 0][gfd].dropna(), df[weight(lam_g) == 0][gfd].dropna()
         if len(on) >= 2 and len(off) >= 2:
             v_on, v_off = float(np.var(on, ddof=1)), float(np.var(off, ddof=1))
             out.update({"acceptance/stability_graphfd_var_prior": v_on, "acceptance/stability_graphfd_var_baseline":

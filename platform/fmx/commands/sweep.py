@@ -121,6 +121,8 @@ def _table(df, metric: str, *, title: str, n: int = 20) -> Table:
         table.add_column(short.get(c, c))
     for _, row in df.head(n).iterrows():
         table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+    if len(df) > n:  # the rest were cut without a word: a 30-trial sweep read as 20 trials
+        table.caption = f"the first {n} of {len(df)} trials; the rest are in `fmx compare`'s trials.csv"
     return table
 
 
@@ -323,6 +325,18 @@ def _pointer(name: str, storage: str, endpoint_url: Optional[str]) -> dict:
 _POINTER_KEYS = ("sweep_id", "tracking_uri", "experiment_id", "parent_run_id", "sweep")
 
 
+def _fail_if_store_gone(pointer: dict, name: str, *, fix: str) -> None:
+    """Fail when the local MLflow store a sweep's pointer records no longer exists: opening it would create an
+    empty store there (and report the parent run "not found", or resume into it)."""
+    from fmx.commands.tracking import _missing_local_store
+
+    uri = pointer.get("tracking_uri")
+    gone = _missing_local_store(uri) if uri else None
+    if gone is not None:
+        _fail(f"the MLflow store of sweep {pointer['sweep_id']} ({uri}, from {name}.latest.json) is gone: no file "
+              f"at {gone}; {fix}")
+
+
 def _name_hint(name: str) -> str:
     """What to pass instead when NAME is the sweep's file or the id a run printed (``NAME-20261130-084214-166388``)."""
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
@@ -335,6 +349,11 @@ def _name_hint(name: str) -> str:
     match = re.fullmatch(r"(.+)-\d{8}-\d{6}(-\d{6})?", name)
     if match:
         return f"NAME is the sweep's name (its latest run is shown), not a run's id: try {match.group(1)}, or "
+    if name.endswith(".latest.json"):  # the pointer file docs/sweeps.md names
+        folder = Path(name).parent
+        where = f" --storage {shlex.quote(str(folder))}" if str(folder) != "." else ""
+        return (f"NAME is the sweep's name, not its pointer file: try "
+                f"{shlex.quote(Path(name).name.removesuffix('.latest.json'))}{where}, or ")
     return ""
 
 
@@ -369,6 +388,8 @@ def resume(name: str = typer.Argument(..., help="sweep name (its latest run) as 
         "tracking": sweep.tracking.model_copy(update={"uri": pointer.get("tracking_uri", sweep.tracking.uri)})})
     from fmx.commands.tracking import check_reachable
 
+    # the trials' runs are in that store: resuming into a new empty one would split the sweep across two stores
+    _fail_if_store_gone(pointer, name, fix="move it back there, then resume")
     check_reachable(sweep.tracking.uri, f"tracking_uri in {name}.latest.json", fail=_fail,
                     label=f"cannot reach the MLflow store {sweep.tracking.uri}")
     _check_ray_address(address)
@@ -398,6 +419,8 @@ def status(name: str = typer.Argument(..., help="sweep name"),
     sweep = _pointer_sweep(pointer, name)
     from fmx.commands.tracking import check_reachable
 
+    _fail_if_store_gone(pointer, name, fix=f"if it was moved, read the sweep with `fmx compare {pointer['sweep_id']} "
+                                           "--tracking-uri sqlite:///NEW/PATH/mlflow.db`")
     check_reachable(pointer["tracking_uri"], f"tracking_uri in {name}.latest.json", fail=_fail,
                     label=f"cannot read the MLflow store {pointer['tracking_uri']}")
     c = tracking.client(pointer["tracking_uri"])

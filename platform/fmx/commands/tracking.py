@@ -68,28 +68,55 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
     except OSError as exc:  # --out names a file, or a folder under one
         _error(f"--out {out}: cannot make the folder for the table and plots ({exc.strerror or exc}); give a folder "
                "path")
-    df.to_csv(out / "trials.csv", index=False)
-    df.to_parquet(out / "trials.parquet", index=False)
+    across = cmp.sweep_acceptance(df)  # adds the per-trial baseline ratio column, as on the parent run
+    # Each file replaced whole (temp file, then os.replace): a write cut short keeps the previous comparison.
+    _write_atomic(out / "trials.csv", lambda p: df.to_csv(p, index=False))
+    _write_atomic(out / "trials.parquet", lambda p: df.to_parquet(p, index=False))
     written = []
     for fname, make in (("best_trials", cmp.best_trials_figure), ("parallel_coordinates",
                                                                   cmp.parallel_coordinates_figure),
                         ("beta_star", cmp.beta_star_figure)):
         fig = make(df, metric)
         if fig is not None:
-            fig.savefig(out / f"{fname}.png", dpi=110)
+            _write_atomic(out / f"{fname}.png", lambda p: fig.savefig(p, dpi=110, format="png"))
             plt.close(fig)
             written.append(f"{fname}.png")
+        else:  # a plot an earlier comparison drew here no longer matches this table
+            (out / f"{fname}.png").unlink(missing_ok=True)
     console.print(_table(df, metric, title=f"{parent.data.tags.get(tracking.TAG_SWEEP_ID)}: trials by {metric}",
                          n=top))
+    if across:
+        console.print("across trials: " + ", ".join(f"{k.removeprefix('acceptance/')}={v:.4g}"
+                                                    for k, v in across.items()))
     console.print(f"table and plots in {out}: trials.csv, trials.parquet, {', '.join(written) or 'no plots'}")
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(temp)`` next to ``path``, then ``os.replace``: readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created by the writer: the usual permissions
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        _error(f"--out {path.parent}: cannot write {path.name} ({exc.strerror or exc}); the previous "
+               f"{path.name} there is kept")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def ui(tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="backend store of the MLflow UI"),
        host: str = typer.Option("127.0.0.1", help="bind address (keep 127.0.0.1 on shared machines)"),
        port: int = typer.Option(5000, min=1, max=65535, help="port")) -> None:
     """Serve the MLflow UI on the local store (Ctrl-C stops it)."""
-    from fmx import tracking
+    missing = _missing_local_store(tracking_uri)
+    if missing is not None:  # the server creates an empty store there: say why the UI will list no runs
+        from rich.markup import escape
 
+        console.print(f"[yellow]warning:[/yellow] no MLflow store at {escape(str(missing))} (nothing was tracked "
+                      "there yet): the UI starts on a new empty store; pass the sweep's tracking.uri to see its runs",
+                      soft_wrap=True, highlight=False)
     uri = _resolve(tracking_uri, "--tracking-uri")
     mlflow = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
