@@ -192,6 +192,7 @@ def test_resume_continues_in_the_store_the_pointer_names(tmp_path, monkeypatch):
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "mlflow.db").touch()  # the store a real sweep's pointer names exists (a missing one is refused)
     sweep = load_sweep(REPO / "sweeps" / "smoke.yaml", check_config=False)  # storage/tracking left at defaults
     (store / "smoke.latest.json").write_text(json.dumps({
         "sweep_id": "smoke-1", "tracking_uri": uri, "experiment_id": "1", "parent_run_id": "p",
