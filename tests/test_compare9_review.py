@@ -206,3 +206,16 @@ def test_a_table_cut_to_top_rows_says_how_many_trials_there_are(tmp_path):
     assert "t2" not in res.output.split("table and plots")[0]
     assert "the first 2 of 3 trials" in res.output
     assert len(pd.read_csv(tmp_path / "o" / "trials.csv")) == 3
+
+
+def test_beta_star_figure_names_the_metric_and_says_when_no_latent_beta_was_logged():
+    # Was: the title said "loss" whatever the metric (accuracy too), and the right panel was left blank.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fmx.compare import BETA_KEY, beta_star_figure
+
+    df = pd.DataFrame({f"sweep.{BETA_KEY}": [0.8, 1.2], "val/accuracy": [0.7, 0.8]})
+    fig = beta_star_figure(df, "val/accuracy")
+    assert "val/accuracy" in fig._suptitle.get_text()
+    assert any("no latent beta logged" in t.get_text() for t in fig.axes[1].texts)

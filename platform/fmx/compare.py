@@ -266,8 +266,11 @@ def beta_star_figure(df, metric: str):
         axes[1].plot([lo, hi], [lo, hi], "k--", lw=0.8, label="latent beta = beta*")
         axes[1].legend()
         axes[1].set_ylabel(latent)
+    else:  # an empty panel read as "no trial reached any beta"
+        axes[1].text(0.5, 0.5, "no latent beta logged\n(val/latent_beta or the latent fingerprint)",
+                     ha="center", va="center", transform=axes[1].transAxes, color="0.4")
     axes[1].set_xlabel("beta*")
-    fig.suptitle("beta* against loss and latent beta")
+    fig.suptitle(f"beta* against {metric} and latent beta")
     fig.tight_layout()
     return fig
 
