@@ -21,7 +21,7 @@ def compare(name: str = typer.Argument(..., help="sweep name or sweep id"),
             out: Optional[Path] = typer.Option(None, help="folder for the table and plots (default runs/compare/NAME)"),
             top: int = typer.Option(20, min=0, help="rows shown")) -> None:
     """Compare a sweep's trials: a ranked table, CSV + parquet, and plots (best trials, parallel coordinates,
-    beta* against loss and latent beta)."""
+    beta* against the metric and latent beta)."""
     import matplotlib
 
     matplotlib.use("Agg")
