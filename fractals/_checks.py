@@ -134,6 +134,16 @@ def check_positive(value: float, name: str) -> None:
         raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
 
 
+def check_open_unit(value: Any, name: str) -> None:
+    """Refuse a value outside the open interval (0, 1), naming ``name``; None or a list too (float() raised)."""
+    try:
+        inside = 0.0 < float(value) < 1.0
+    except (TypeError, ValueError):
+        inside = False
+    if not inside:
+        raise ValueError(f"{name}: must lie in (0, 1), got {value!r}")
+
+
 def pow2_scale(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Per-series power of two near ``max |x|`` along ``dim`` (keepdim, detached).
 

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from fractals._checks import autocast_off, check_positive, pow2_scale
+from fractals._checks import autocast_off, check_open_unit, check_positive, pow2_scale
 from fractals._prior_common import _check_weight, _finite, _lstsq_slope, _time_last, _zero_like
 
 __all__ = ["l_graph_fd", "soft_graph_dimension"]
@@ -51,12 +51,7 @@ def soft_graph_dimension(
         raise ValueError(f"eps_values: needs >= 2 integer hop radii >= 1, got {raw}")
     if len(set(eps)) != len(eps):  # one mass per radius: a repeat would not line up with log l
         raise ValueError(f"eps_values: hop radii must be distinct, got {raw}")
-    try:  # None or a list was a TypeError from float()
-        inside = 0.0 < float(thresh) < 1.0
-    except (TypeError, ValueError):
-        inside = False
-    if not inside:
-        raise ValueError(f"thresh: must lie in (0, 1), got {thresh!r}")
+    check_open_unit(thresh, "thresh")
     check_positive(temperature, "temperature")
     check_positive(sharpness, "sharpness")
     z = x - x.mean(-1, keepdim=True)

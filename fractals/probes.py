@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from fractals._checks import as_tensor, check_finite, check_positive, pow2_scale, to_input_kind
+from fractals._checks import as_tensor, check_finite, check_open_unit, check_positive, pow2_scale, to_input_kind
 from fractals.regularizers import _check_time_dim
 
 __all__ = ["latent_fd_probe", "attention_fd_coupling", "causal_scale_ablation", "fc_fd_probe", "ablation_mask"]
@@ -265,12 +265,7 @@ def ablation_mask(n: int, fs: float, mode: str, ratio: float, band: Sequence[flo
     n = int(n)
     if mode not in ("high_beta_only", "low_beta_only"):
         raise ValueError(f"mode: must be 'high_beta_only' or 'low_beta_only', got {mode!r}")
-    try:  # None or a list was a TypeError from float()
-        inside = 0.0 < float(ratio) < 1.0
-    except (TypeError, ValueError):
-        inside = False
-    if not inside:
-        raise ValueError(f"ratio: must lie in (0, 1), got {ratio!r}")
+    check_open_unit(ratio, "ratio")
     check_positive(fs, "fs")
     lo, hi = _band_pair(band, "band")
     if not 0 <= lo < hi:
