@@ -89,7 +89,13 @@ def resolve_address(*, address: str | None = None, cluster: str | None = None) -
                 f"cluster={cluster!r}: no record at {record}; run `make deploy PROVIDER=...` first, "
                 f"or pass address='http://HOST:8265' (a port-forwarded Ray dashboard)"
             )
-        data = json.loads(record.read_text())
+        try:
+            data = json.loads(record.read_text())
+        except ValueError:  # empty or cut short, e.g. a `make deploy` interrupted while writing it
+            data = None
+        if not isinstance(data, dict):
+            raise ValueError(f"cluster={cluster!r}: {record} is not a JSON object; re-run `make deploy`, or pass "
+                             f"address='http://HOST:8265'")
         if not data.get("ray_address"):
             raise ValueError(f"cluster={cluster!r}: {record} has no 'ray_address'; re-run `make deploy`")
         return _check_address(data["ray_address"])
