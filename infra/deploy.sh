@@ -112,9 +112,11 @@ kubectl -n "$NAMESPACE" wait "raycluster/$cluster" --for=condition=HeadPodReady 
 
 fmx_home="${FMX_HOME:-$HOME/.fmx}"
 mkdir -p "$fmx_home/clusters"
-cat > "$fmx_home/clusters/$PROVIDER.json" << JSON
+# temp file then mv: an interrupted deploy leaves the previous record (or none), never a cut-short one
+cat > "$fmx_home/clusters/.$PROVIDER.json.tmp" << JSON
 {"ray_address": "http://127.0.0.1:8265", "mlflow_address": "http://127.0.0.1:5000", "namespace": "$NAMESPACE", "ray_cluster": "$cluster", "kubeconfig": "$KUBECONFIG"}
 JSON
+mv -f "$fmx_home/clusters/.$PROVIDER.json.tmp" "$fmx_home/clusters/$PROVIDER.json"
 
 cat << EOF_MSG
 
