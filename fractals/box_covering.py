@@ -304,7 +304,8 @@ def graph_fractal_dim(adj, eps_values: Union[Sequence[int], torch.Tensor, np.nda
     t, was_numpy = as_tensor(adj, "adj")
     if t.ndim < 2 or t.shape[-1] != t.shape[-2]:
         raise ValueError(f"adj: needs square adjacency matrices (..., N, N), got shape {tuple(t.shape)}")
-    check_finite(t, "adj")
+    # Off the diagonal only: the diagonal is ignored, and FC matrices often carry NaN there on purpose.
+    check_finite(t.masked_fill(torch.eye(t.shape[-1], dtype=torch.bool, device=t.device), 0), "adj")
     n = t.shape[-1]
     if n < 2:
         raise ValueError(f"adj: needs at least 2 nodes, got shape {tuple(t.shape)}")

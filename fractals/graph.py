@@ -81,7 +81,7 @@ def functional_connectivity_latents(latents, method: str = "pearson", thresh: fl
     xc.sub_(xc.mean(-2, keepdim=True))
     if method == "partial":  # the inverse amplifies float32 rounding of r by cond(R): 0.02 off at cond 3e6
         xc = xc.to(torch.float64)
-    gram = xc.transpose(-1, -2) @ xc  # one matmul; the norms are its diagonal
+    gram = _gram(xc)  # the norms are its diagonal
     std = gram.diagonal(dim1=-2, dim2=-1).sqrt()  # (..., C)
     if bool(const.any()):
         flat = const.reshape(-1, C)
@@ -111,6 +111,27 @@ def functional_connectivity_latents(latents, method: str = "pearson", thresh: fl
     return adj.detach().cpu().numpy() if was_numpy else adj
 
 
+_GRAM_ROWS = 16384  # float32 rows per partial Gram matrix; the partials are summed in float64
+
+
+def _gram(xc: torch.Tensor) -> torch.Tensor:
+    """``xc^T xc`` over the time axis, float64 for float32 input of more than ``_GRAM_ROWS`` steps.
+
+    One float32 matmul's rounding grows with T: r was 2e-4 off at T = 6e5 (10 min at 1 kHz) and
+    1e-3 at 2e6, enough to flip edges near ``thresh``. Partial products of 16384 rows stay at
+    ~2e-6, and summing them in float64 keeps that, without a float64 copy of the whole series.
+    """
+    T = xc.shape[-2]
+    if xc.dtype == torch.float64 or T <= _GRAM_ROWS:
+        return xc.transpose(-1, -2) @ xc
+    gram = None
+    for lo in range(0, T, _GRAM_ROWS):
+        part = xc[..., lo:lo + _GRAM_ROWS, :]
+        part = (part.transpose(-1, -2) @ part).to(torch.float64)
+        gram = part if gram is None else gram + part
+    return gram
+
+
 # ----------------------------------------------------------------------------- power laws
 @dataclass
 class PowerLawFit:
@@ -123,7 +144,7 @@ class PowerLawFit:
     ks : Kolmogorov-Smirnov distance between the tail and the fitted law.
     sigma : standard error of alpha, ``(alpha - 1) / sqrt(n_tail)``.
     n_tail : number of samples ``>= xmin``.
-    p_value : bootstrap goodness-of-fit p-value (fraction of synthetic sets with a larger KS);
+    p_value : bootstrap goodness-of-fit p-value (fraction of synthetic sets with a KS at least as large);
         ``None`` when ``bootstrap == 0``. CSN 2009 rule of thumb: p <= 0.1 rules out a power law.
     """
 
@@ -336,10 +357,16 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
     check_finite(t, "values")
     if bool((t <= 0).any()):
         raise ValueError(f"values: must all be > 0 for a power law, got minimum {float(t.min())}; drop zeros (e.g. isolated nodes)")
+    if not isinstance(discrete, (bool, np.bool_, int, np.integer)) or discrete not in (0, 1):
+        # a string such as "false" (from a CLI or env var) is truthy and silently fitted a zeta law
+        raise ValueError(f"discrete: must be True or False, got {discrete!r}")
     if discrete and not bool((t == t.round()).all()):
         raise ValueError("values: discrete=True needs integer values >= 1; pass discrete=False for continuous data")
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
         raise ValueError(f"bootstrap: must be an integer >= 0, got {bootstrap!r}")
+    if bootstrap and generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: must be a torch.Generator or None, got {type(generator).__name__} {generator!r}; "
+                         f"for a seed pass torch.Generator().manual_seed(seed)")
     if isinstance(min_tail, bool) or not isinstance(min_tail, (int, np.integer)) or min_tail < 2:
         raise ValueError(f"min_tail: must be an integer >= 2, got {min_tail!r}")
     if isinstance(xmin, (np.ndarray, torch.Tensor)) and xmin.ndim == 0 and not xmin.dtype == torch.bool:
