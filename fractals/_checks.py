@@ -32,6 +32,13 @@ def as_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
     """Return ``(tensor, was_numpy)``; integers and bools become float64, floats keep their dtype."""
     was_numpy = not isinstance(x, torch.Tensor)
     if was_numpy:
+        if isinstance(x, np.ma.MaskedArray) and np.ma.getmask(x) is not np.ma.nomask and np.ma.getmask(x).any():
+            # np.asarray drops the mask: the masked samples would be measured as data
+            raise ValueError(f"{name}: a masked array with {int(np.ma.getmask(x).sum())} masked value(s); the "
+                             "measures take no mask: drop them (x.compressed() for a 1-D series) or fill them "
+                             "(x.filled(...)) first")
+        if hasattr(x, "toarray") and not isinstance(x, np.ndarray):  # scipy.sparse: asarray gave dtype object
+            raise ValueError(f"{name}: a sparse {type(x).__name__}; pass a dense array ({name}.toarray())")
         try:
             arr = np.asarray(x)
         except Exception as exc:  # pragma: no cover - exotic inputs
