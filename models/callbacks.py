@@ -76,8 +76,9 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
     """Per-channel fractal measures of ``(B, T, D)`` latents (time on axis 1).
 
     Returns a dict of ``(B, C)`` tensors ``beta`` (1/f exponent), ``hfd`` (Higuchi FD), ``dfa``
-    (DFA alpha), for the first ``max_channels`` non-constant channels. A measure whose estimator
-    is not available or rejects the input (too short, constant) is left out, with one warning.
+    (DFA alpha), for the first ``max_channels`` non-constant channels (channels holding NaN or inf are
+    left out, with one warning). A measure whose estimator is not available or rejects the input (too
+    short, constant) is left out, with one warning.
     Where an estimator rejects only some channels (DFA on a step-like channel: a stretch exactly flat
     for a whole DFA window), only those channels are left out of that measure, with one warning naming
     them, so its tensor may have fewer columns than the others.
@@ -86,11 +87,18 @@ def latent_measures(latents: torch.Tensor, *, fs: float, cfg_fractals: Mapping[s
 
     x = latents.detach().float().transpose(1, 2)  # (B, C, T)
     # Dead channels (constant over time) make every estimator undefined: drop them, do not fail.
-    live = (x.amax(-1) - x.amin(-1)).amin(0) > 1e-8
+    finite = torch.isfinite(x).all(-1).all(0)
+    live = finite & ((x.amax(-1) - x.amin(-1)).amin(0) > 1e-8)
+    if not bool(finite.all()):
+        # NaN channels were dropped as "constant": a diverged model read as dead latents, or measured healthy
+        # over the channels it had left.
+        _warn_once("non-finite", "latent_measures: latent channel(s) %s of %d hold NaN or inf (has training "
+                   "diverged?); left out of the measures", torch.nonzero(~finite).flatten().tolist(), x.shape[1])
     x = x[:, live][:, :max_channels]
     out: dict[str, torch.Tensor] = {}
     if x.shape[1] == 0:
-        _warn_once("dead", "latent_measures: every latent channel is constant; no measures logged")
+        if bool(finite.any()):
+            _warn_once("dead", "latent_measures: every latent channel is constant; no measures logged")
         return out
     temporal = cfg_fractals.get("metrics", {}).get("temporal", {})
     n = x.shape[-1]
@@ -217,9 +225,10 @@ class LatentFingerprintCallback(pl.Callback):
     """
 
     def __init__(self, *, every_n_steps: int, cfg_fractals: Mapping[str, Any]):
-        if every_n_steps < 1:
-            raise ValueError(f"fractals.log.fingerprint_every_n_steps: must be >= 1, got {every_n_steps}")
-        self.every_n_steps = int(every_n_steps)
+        from models._config_options import _int_option
+
+        # 2.5 ran as every 2 steps and "5" failed as a TypeError naming no field.
+        self.every_n_steps = _int_option(every_n_steps, "fractals.log.fingerprint_every_n_steps", 1)
         self.cfg_fractals = cfg_fractals
         self._last_step = -1  # global_step stays put over accumulated micro-batches: log each step once
         self._start_step = None  # global_step before this batch; see _stepped
@@ -265,9 +274,10 @@ class LatentHistogramCallback(pl.Callback):
     """Histograms of per-channel beta/FD of the SSM latents every ``every_n_steps`` steps."""
 
     def __init__(self, *, every_n_steps: int, cfg_fractals: Mapping[str, Any]):
-        if every_n_steps < 1:
-            raise ValueError(f"fractals.log.tb_hist_every_n: must be >= 1, got {every_n_steps}")
-        self.every_n_steps = int(every_n_steps)
+        from models._config_options import _int_option
+
+        # 2.5 ran as every 2 steps and "5" failed as a TypeError naming no field.
+        self.every_n_steps = _int_option(every_n_steps, "fractals.log.tb_hist_every_n", 1)
         self.cfg_fractals = cfg_fractals
         self._last_step = -1  # global_step stays put over accumulated micro-batches: log each step once
         self._start_step = None  # global_step before this batch; see _stepped
@@ -394,14 +404,21 @@ def build_callbacks(cfg: Mapping[str, Any]) -> list[pl.Callback]:
         return []
     from models._config_options import _int_option
 
-    logc = fr.get("log", {}) or {}
+    def block(parent: Mapping[str, Any], name: str, path: str) -> Mapping[str, Any]:
+        value = parent.get(name) or {}
+        if not isinstance(value, Mapping):  # was "'str' object has no attribute 'get'" when the fit started
+            raise ValueError(f"{path}: needs a mapping of options (or null), got {value!r}")
+        return value
+
+    logc = block(fr, "log", "fractals.log")
     every = {name: _int_option(logc.get(name, default), f"fractals.log.{name}", 1)
              for name, default in (("fingerprint_every_n_steps", 200), ("tb_hist_every_n", 500))}
     cbs: list[pl.Callback] = [
         LatentFingerprintCallback(every_n_steps=every["fingerprint_every_n_steps"], cfg_fractals=fr),
         LatentHistogramCallback(every_n_steps=every["tb_hist_every_n"], cfg_fractals=fr),
     ]
-    abl = (fr.get("probes", {}) or {}).get("causal_scale_ablation", {}) or {}
+    abl = block(block(fr, "probes", "fractals.probes"), "causal_scale_ablation",
+                "fractals.probes.causal_scale_ablation")
     if abl.get("enable", False):
         cbs.append(CausalScaleAblationCallback(mode=abl.get("mode", "high_beta_only"),
                                                ablate_ratio=abl.get("ablate_ratio", 0.15), cfg_fractals=fr))

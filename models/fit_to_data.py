@@ -80,7 +80,8 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
     n_ids = info.get("n_channel_ids")
     changes: list[str] = []
     for key in modalities:
-        if key not in tokenizers:
+        added = key not in tokenizers
+        if added:
             source = next((k for k, o in tokenizers.items() if _continuous(k, o or {})), None)
             if not _continuous(key, {}) or source is None:
                 raise ValueError(
@@ -103,7 +104,9 @@ def fit_model_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[d
             need.append(int(count))
         if need:
             have, want = _vocab(key, opts, default=0), max(need)
-            if have < want:
+            # A configured tokenizer whose vocabulary is unset takes its default (256 channel ids for a continuous
+            # one): setting it to the data's 19 ids shrank it. A tokenizer added here gets the data's count.
+            if have < want and (added or have or _default_vocab(key, opts) < want):
                 name = next((n for n in (_VOCAB_OPTION.get(key), "n_channels", "n_units", "n_channel_ids")
                              if n and n in opts), _VOCAB_OPTION.get(key) or "n_channels")
                 opts[name] = want
