@@ -103,10 +103,14 @@ def latent_fd_probe(
         band = _band_pair(temporal.get("psd_freq_band", (2.0, 80.0)), "cfg.temporal.psd_freq_band")
         band = (band[0], min(band[1], 0.45 * rate))
         scales = [int(s) for s in mf.get("scales", (8, 16, 32, 64, 128, 256)) if int(s) <= n // 4]
+        dfa_windows = [int(w) for w in temporal.get("dfa_orders", (4, 16, 64, 256)) if 4 <= int(w) <= n // 2]
+        dfa_windows = dfa_windows if len(dfa_windows) >= 2 else []  # one window gives no slope: DFA's defaults
         calls = {
             "higuchi_fd": lambda s: fm.higuchi_fd(s, kmax=min(int(temporal.get("higuchi_kmax", 8)), n // 4)),
             "spectral_beta": lambda s: fm.spectral_beta(s, rate, band, bool(temporal.get("exclude_peaks", True))),
-            "hurst": lambda s: fm.hurst_from_dfa(fm.dfa_alpha(s)),
+            # the config's DFA windows that fit (as the training callbacks' latent_measures): DFA's defaults need
+            # T >= 256, so latents of 32-64 steps never got a Hurst value
+            "hurst": lambda s: fm.hurst_from_dfa(fm.dfa_alpha(s, windows=dfa_windows or None)),
             "mf_width": lambda s: fm.multifractal_spectrum(s, list(mf.get("q_vals", (-5, -3, -1, 0, 1, 3, 5))),
                                                            scales)["width"],
         }

@@ -62,7 +62,9 @@ def test_latent_fd_probe_one_degenerate_channel_keeps_the_measure_for_the_others
 
 def test_latent_fd_probe_too_short_still_omits_the_measure():
     out = probes.latent_fd_probe(torch.randn(2, 40, 3), fs=250.0)
-    assert "mf_width_mean" not in out and "hurst_mean" not in out and out["n_dead"] == 0
+    assert "mf_width_mean" not in out and out["n_dead"] == 0
+    # DFA windows 4 and 16 fit T = 40 (a Hurst value); at T = 20 only 4 does: no slope, no value
+    assert "hurst_mean" in out and "hurst_mean" not in probes.latent_fd_probe(torch.randn(2, 20, 3), fs=250.0)
 
 
 @pytest.mark.parametrize("target", [float("nan"), float("inf"), "high"])
@@ -77,3 +79,16 @@ def test_plots_refuse_none(plot):
     # None became a NaN array: plot_attention_fd_coupling(None) drew a one-cell figure.
     with pytest.raises(ValueError, match="is None"):
         plot(None)
+
+
+def test_latent_fd_probe_gives_hurst_for_short_latents_with_the_configs_dfa_windows():
+    # Was: DFA's default windows need T >= 256, so the training fingerprint of 32-64 step latents (tiny preset on
+    # synthetic data or eegmat) never had a Hurst value; latent_measures used the config's dfa_orders and had one.
+    from fractals import metrics as fm
+    from fractals.probes import latent_fd_probe
+
+    x = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(0)).cumsum(1)
+    out = latent_fd_probe(x, {}, fs=62.5)
+    assert "hurst_mean" in out
+    direct = fm.hurst_from_dfa(fm.dfa_alpha(x.movedim(1, -1).reshape(-1, 4, 64), windows=[4, 16]))
+    assert float(out["hurst_mean"]) == pytest.approx(float(direct.mean()), rel=1e-5)
