@@ -114,3 +114,13 @@ def _head_options(heads: Mapping[str, Any], kind: str) -> dict | None:
     if not isinstance(value, Mapping):
         raise ValueError(f"model.heads.{kind}: needs a mapping of options (null turns the head off), got {value!r}")
     return dict(value)
+
+
+def _mapping_option(parent: Mapping[str, Any], name: str, path: str) -> Mapping[str, Any]:
+    """``parent[name]`` as a mapping of options (missing or null: empty), else a ValueError naming ``path``.
+
+    ``fractals.probes: true`` raised "'bool' object has no attribute 'get'" where the options were read."""
+    value = parent.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{path}: needs a mapping of options (or null), got {value!r}")
+    return value

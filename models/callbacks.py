@@ -402,22 +402,16 @@ def build_callbacks(cfg: Mapping[str, Any]) -> list[pl.Callback]:
     fr = cfg.get("fractals", {}) or {}
     if not fr.get("enable", False):
         return []
-    from models._config_options import _int_option
+    from models._config_options import _int_option, _mapping_option
 
-    def block(parent: Mapping[str, Any], name: str, path: str) -> Mapping[str, Any]:
-        value = parent.get(name) or {}
-        if not isinstance(value, Mapping):  # was "'str' object has no attribute 'get'" when the fit started
-            raise ValueError(f"{path}: needs a mapping of options (or null), got {value!r}")
-        return value
-
-    logc = block(fr, "log", "fractals.log")
+    logc = _mapping_option(fr, "log", "fractals.log")
     every = {name: _int_option(logc.get(name, default), f"fractals.log.{name}", 1)
              for name, default in (("fingerprint_every_n_steps", 200), ("tb_hist_every_n", 500))}
     cbs: list[pl.Callback] = [
         LatentFingerprintCallback(every_n_steps=every["fingerprint_every_n_steps"], cfg_fractals=fr),
         LatentHistogramCallback(every_n_steps=every["tb_hist_every_n"], cfg_fractals=fr),
     ]
-    abl = block(block(fr, "probes", "fractals.probes"), "causal_scale_ablation",
+    abl = _mapping_option(_mapping_option(fr, "probes", "fractals.probes"), "causal_scale_ablation",
                 "fractals.probes.causal_scale_ablation")
     if abl.get("enable", False):
         cbs.append(CausalScaleAblationCallback(mode=abl.get("mode", "high_beta_only"),

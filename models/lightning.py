@@ -24,7 +24,8 @@ except ImportError:  # pragma: no cover
 
 from models.callbacks import (LATENT_MEASURES, _autocast_off, build_callbacks, global_means, latent_band,
                               latent_measures)
-from models._config_options import _bfloat16_weights_warning, _int_option, _is_real, _refuse_float16_weights
+from models._config_options import (_bfloat16_weights_warning, _int_option, _is_real, _mapping_option,
+                                     _refuse_float16_weights)
 from models.fit_warnings import _FitWarnings
 from models.neurofmx import NeuroFMx
 from models.optim import _check_optim, param_groups, warmup_cosine
@@ -72,7 +73,8 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
             raise ValueError(f"optim.schedule: must be 'cosine' or 'constant', got {schedule!r}")
         _check_optim(optim)
         fr = cfg.get("fractals", {}) or {}
-        ablation = ((fr.get("probes", {}) or {}).get("causal_scale_ablation", {}) or {})
+        ablation = _mapping_option(_mapping_option(fr, "probes", "fractals.probes"), "causal_scale_ablation",
+                                   "fractals.probes.causal_scale_ablation")
         for name, value in (("fractals.enable", fr.get("enable")), ("criticality.enable",
                             (cfg.get("criticality", {}) or {}).get("enable")),
                             ("fractals.probes.causal_scale_ablation.enable", ablation.get("enable"))):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
 
 import pytest
@@ -102,3 +103,19 @@ def test_build_callbacks_names_an_option_block_that_is_not_a_mapping(path, value
         build_callbacks(cfg)
     parent[path[-1]] = None  # null means defaults
     assert len(build_callbacks(cfg)) == (3 if path == ("log",) else 2)  # the default config ablates
+
+
+@pytest.mark.parametrize("path", [("probes",), ("probes", "causal_scale_ablation")])
+def test_the_lightning_module_names_a_probes_block_that_is_not_a_mapping(path):
+    # Was: fractals.probes (or its causal_scale_ablation) set to true raised AttributeError in the module's
+    # constructor, before build_callbacks could name the field.
+    from fmx.config import compose
+    from models.lightning import build_lightning_module
+
+    cfg = compose(["model=tiny", "data=synthetic"])
+    node = cfg["fractals"]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = True
+    with pytest.raises(ValueError, match=re.escape("fractals." + ".".join(path)) + ": needs a mapping of options"):
+        build_lightning_module(cfg)
