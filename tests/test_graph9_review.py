@@ -1,8 +1,6 @@
 """Review round 9: fractals.graph / fractals.box_covering against networkx and CSN reference computations."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -10,19 +8,7 @@ import torch
 from fractals.graph import functional_connectivity_latents, graph_fractal_dim, powerlaw_fit
 
 nx = pytest.importorskip("networkx", reason="networkx (a torch dependency) builds the reference graphs")
-
-
-def _nx_counts(g, eps):
-    """Greedy largest-first colouring of the dual graph (networkx), then the running minimum."""
-    nodes = sorted(g.nodes())
-    dist = dict(nx.all_pairs_shortest_path_length(g))
-    counts = []
-    for l_b in eps:
-        dual = nx.Graph()
-        dual.add_nodes_from(nodes)
-        dual.add_edges_from((i, j) for i in nodes for j in nodes if i < j and dist[i].get(j, math.inf) >= l_b)
-        counts.append(max(nx.greedy_color(dual, strategy="largest_first").values()) + 1)
-    return np.minimum.accumulate(counts)
+from test_metrics_graph import networkx_box_counts as _nx_counts  # noqa: E402  the same networkx reference
 
 
 def test_box_counts_above_the_dense_size_match_networkx_with_isolated_nodes_and_components():
