@@ -147,7 +147,7 @@ def test_discrete_bootstrap_sets_follow_the_fitted_zeta_law():
     # sets came from another law and true zeta data got p ~ 1 (n = 3000: 1.0 in 4 of 6 seeds).
     from scipy.special import zeta
 
-    from fractals.graph import _sample_like
+    from fractals.powerlaw import _sample_like
 
     x = torch.ones(50_000, dtype=torch.float64)  # only sets the size; n_tail = n: no body resampled
     synth = _sample_like(x, 2.5, 1.0, 50_000, True, torch.Generator().manual_seed(0)).numpy()
