@@ -63,8 +63,9 @@ def latent_fd_probe(
     dict
         ``"{name}/{measure}_{mean|std}"`` -> 0-dim tensor for measures ``higuchi_fd``,
         ``spectral_beta``, ``hurst`` (from DFA alpha, fGn mapping) and ``mf_width``; a plain tensor
-        gives names without the ``{name}/`` prefix. Channels that are constant in time are left
-        out and counted in ``n_dead``. A measure the latents are too short for is omitted; a channel
+        gives names without the ``{name}/`` prefix. Channels constant in time for every sample are
+        left out and counted in ``n_dead``; a series constant for some samples only is left out of
+        the measures, its channel still live. A measure the latents are too short for is omitted; a channel
         one estimator rejects (e.g. exactly periodic) is left out of that measure only.
     """
     from fractals import metrics as fm
@@ -93,12 +94,15 @@ def latent_fd_probe(
         x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.ndim >= 3 else x.unsqueeze(0)
         x = x[:, :max_channels]
         check_finite(x, f"latents[{name!r}]")
-        live = (x.amax(-1) - x.amin(-1)).amin(0) > 0
+        varies = (x.amax(-1) - x.amin(-1)) > 0  # (N, C): a series the estimators can measure
+        live = varies.any(0)  # a unit is dead only when it is constant for every sample
         prefix = f"{name}/" if name else ""
         out[f"{prefix}n_dead"] = torch.tensor(float((~live).sum()))
-        x = x[:, live]
-        if x.shape[1] == 0:
+        if not bool(live.any()):
             continue
+        # A ReLU-like unit flat for one sample of the batch was counted dead and left out for all of them.
+        # Its flat series alone are left out: the live series then go as one (1, S, T) batch.
+        x = x[:, live] if bool(varies[:, live].all()) else x[varies].unsqueeze(0)
         n = x.shape[-1]
         band = _band_pair(temporal.get("psd_freq_band", (2.0, 80.0)), "cfg.temporal.psd_freq_band")
         band = (band[0], min(band[1], 0.45 * rate))
