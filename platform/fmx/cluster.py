@@ -11,11 +11,13 @@ Either way the state reported by :func:`job_status` comes from the Ray Jobs API,
 RayJob resource's ``status`` field, which lags or disagrees with the job in practice. A RayJob is
 created with a fixed ``jobId`` precisely so that its Ray job can be looked up.
 
-Token authentication (Ray's default since 2.52, and KubeRay's ``authOptions.mode: token``): pass
-``token=`` or set ``RAY_AUTH_TOKEN``; it is sent as ``Authorization: Bearer <token>``.
+Token authentication (Ray's default since 2.52, and KubeRay's ``authOptions.mode: token``): ``token=``, else
+the token Ray's own clients find (:func:`find_auth_token`: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+``~/.ray/auth_token``); it is sent as ``Authorization: Bearer <token>``.
 
 Addresses: ``address=`` wins; otherwise ``cluster=`` names a cluster recorded by ``make deploy``
-under ``$FMX_HOME/clusters/<name>.json`` (default ``~/.fmx``); otherwise ``$FMX_RAY_ADDRESS``.
+under ``$FMX_HOME/clusters/<name>.json`` (default ``~/.fmx``); otherwise ``$FMX_RAY_ADDRESS``. An IPv6 host
+goes in brackets: ``http://[::1]:8265``.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from fmx.ray_address import check_address as _check_address, find_auth_token
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 SWEEP_METADATA_KEY = "fmx.sweep"
@@ -108,22 +112,9 @@ def resolve_address(*, address: str | None = None, cluster: str | None = None) -
     )
 
 
-def _check_address(address: str) -> str:
-    if re.match(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^/\s]*@", address):  # user:password@ or a token as user@
-        # masked: the message reaches the terminal and CI logs
-        shown = re.sub(r"(?<=://)[^/\s]*@", "***@", address, count=1)
-        raise ValueError(f"address={shown!r}: credentials never go in the address (user:password@); pass token= "
-                         "or set RAY_AUTH_TOKEN to the cluster's token, and give http(s)://HOST:PORT")
-    if not re.match(r"^https?://[^/\s:]+(:\d+)?/?$", address):
-        raise ValueError(
-            f"address={address!r} is not a Ray dashboard URL; expected http(s)://HOST:PORT, "
-            f"for example http://127.0.0.1:8265"
-        )
-    return address.rstrip("/")
-
-
 def connect(address: str, *, token: str | None = None):
-    """A :class:`~ray.job_submission.JobSubmissionClient` for ``address``, authenticated when a token is known.
+    """A :class:`~ray.job_submission.JobSubmissionClient` for ``address``, authenticated when a token is known:
+    ``token``, else the one :func:`find_auth_token` finds.
 
     Raises
     ------
@@ -131,13 +122,17 @@ def connect(address: str, *, token: str | None = None):
         When no Ray dashboard answers at ``address``.
     PermissionError
         When the dashboard rejects the token (or needs one and none was given).
+    ValueError
+        When ``address`` is not an http(s)://HOST:PORT URL, or ``RAY_AUTH_TOKEN_PATH`` names an unreadable file.
     """
     import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     address = _check_address(address)
-    token = token if token is not None else os.environ.get("RAY_AUTH_TOKEN")
+    source = "the token= argument"
+    if token is None:
+        token, source = find_auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         client = JobSubmissionClient(address, headers=headers)
@@ -155,8 +150,11 @@ def connect(address: str, *, token: str | None = None):
             f"dashboard's address (port 8265 by default; MLflow's 5000 is a common mix-up)"
         ) from err
     except AuthenticationError as err:
+        # A stale ~/.ray/auth_token from a local Ray is sent as readily as the right token: say which one went.
+        sent = f"the token from {source}" if token else "no token (none in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or " \
+                                                         "~/.ray/auth_token)"
         raise PermissionError(
-            f"the Ray dashboard at {address} rejected the request ({str(err).splitlines()[0]}); "
+            f"the Ray dashboard at {address} rejected the request ({str(err).splitlines()[0]}) with {sent}; "
             f"pass token= or set RAY_AUTH_TOKEN to the cluster's token"
         ) from err
     return client
@@ -206,13 +204,15 @@ def submit_sweep(
     runtime_env
         Ray runtime environment (``env_vars``, ``pip``...). ``working_dir`` is merged into it.
     working_dir
-        Local folder uploaded as the job's working directory (``.venv``, ``.git``, runs excluded).
+        Local folder uploaded as the job's working directory (``.venv``, ``.git``, runs excluded). A relative
+        ``data.root``/``data.path`` (``base`` or ``parameters``) that the job would resolve elsewhere in it than
+        here is a ValueError, raised before connecting (unless ``entrypoint`` is given).
     entrypoint
         Overrides ``fmx sweep run <file>`` (tests and one-off commands).
     submission_id, metadata, entrypoint_num_cpus, entrypoint_num_gpus
         Passed to Ray; ``metadata`` gains ``fmx.sweep`` so :func:`list_jobs` can pick out sweeps.
     token
-        Ray auth token; defaults to ``$RAY_AUTH_TOKEN``.
+        Ray auth token; defaults to the one Ray's clients find (:func:`find_auth_token`).
     agent_wait_s
         How long to keep retrying while a freshly started head has no job agent yet.
     """
@@ -233,6 +233,8 @@ def submit_sweep(
         env["excludes"] = sorted(set(env.get("excludes", [])) | set(DEFAULT_EXCLUDES) | secret_excludes(root))
     if not sweep.endswith((".yaml", ".yml")) and entrypoint is None:
         raise ValueError(f"sweep_file={sweep!r} should be a .yaml sweep description")
+    if working_dir is not None and entrypoint is None:
+        _check_uploaded_data_paths(local, root, shown=os.fspath(sweep_file))
     client = connect(address, token=token)
     meta = {SWEEP_METADATA_KEY: sweep, **(metadata or {})}
     # A head that has just started serves the API before its job agent registers ("No available
@@ -264,6 +266,37 @@ def submit_sweep(
                     f"dashboard_agent.log (a port clash on the agent's listen port is a common cause)"
                 ) from err
             time.sleep(1.0)
+
+
+def _check_uploaded_data_paths(sweep_file: str | os.PathLike[str], working_dir: str | os.PathLike[str], *,
+                              shown: str | None = None) -> None:
+    """Refuse a relative ``data.root``/``data.path`` (in ``base`` or a parameter's ``values``/``value``) that the
+    job, which runs in its unpacked copy of ``working_dir``, would resolve to another place than here: every
+    trial would fail on it. A ValueError names the file, the place in it, the value and the fix."""
+    from fmx.config import DATA_PATH_KEYS
+    from fmx.schema import Categorical, Constant, Grid, load_sweep
+
+    root = Path(working_dir).resolve()
+    sweep = load_sweep(sweep_file, check_config=False)  # the key paths are the cluster's to compose
+    found = [(f"base[{i}]", key.lstrip("+~"), value.strip("'\""))
+             for i, (key, sep, value) in enumerate(str(item).partition("=") for item in sweep.base) if sep]
+    for key, spec in sweep.parameters.items():
+        if isinstance(spec, (Categorical, Grid)):
+            found += [(f"parameters.{key}.values[{i}]", key, v) for i, v in enumerate(spec.values)]
+        elif isinstance(spec, Constant):
+            found.append((f"parameters.{key}.value", key, spec.value))
+    for where, key, value in found:
+        if (key not in DATA_PATH_KEYS or not isinstance(value, str) or not value or value == "null" or "://" in value
+                or value.startswith("~") or Path(value).is_absolute()):  # ~ and absolute: the nodes' own paths
+            continue
+        here, there = (Path.cwd() / value).resolve(), (root / value).resolve()
+        if here != there or not there.is_relative_to(root):
+            problem = (f"{here} lies outside the upload" if not there.is_relative_to(root)
+                       else f"the job reads {there} there, not {here}")
+            raise ValueError(f"{shown or os.fspath(sweep_file)}: {where}: {key}={value} is relative, and the job "
+                             f"resolves it in its copy of working_dir {root}: {problem}; give a path the cluster's "
+                             f"nodes have (absolute, e.g. /data/...) or an s3:// URI, or put the data inside {root} "
+                             f"and submit from there")
 
 
 def _info(details) -> JobInfo:

@@ -1,8 +1,10 @@
 """`fmx job ...`: follow and control jobs on a remote Ray cluster (status, logs, stop, list).
 
-The cluster is ``--address http://HOST:8265`` (a port-forwarded or exposed Ray dashboard), or
-``--cluster NAME`` recorded by ``make deploy``, or ``$FMX_RAY_ADDRESS``. The token for a cluster
-with token auth comes from ``$RAY_AUTH_TOKEN``. States are the Ray Jobs API's own.
+The cluster is ``--address http://HOST:8265`` (a port-forwarded or exposed Ray dashboard; an IPv6 host in
+brackets, ``http://[::1]:8265``), or ``--cluster NAME`` recorded by ``make deploy``, or ``$FMX_RAY_ADDRESS``. The
+token for a cluster with token auth is found where Ray's own CLI looks: ``$RAY_AUTH_TOKEN``, else the file named by
+``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token`` (:func:`fmx.cluster.find_auth_token`). States are the Ray
+Jobs API's own.
 """
 from __future__ import annotations
 

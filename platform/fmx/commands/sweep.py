@@ -466,33 +466,16 @@ def submit(file: Path = typer.Argument(..., help="sweep YAML file"),
            working_dir: Optional[Path] = typer.Option(Path("."), help="folder uploaded as the job's working dir")) \
         -> None:
     """Submit a sweep to a Ray cluster as a job (Ray Jobs API); follow it with `fmx job status/logs`."""
-    sweep = _load(file)
+    _load(file)
     from fmx import cluster as fmx_cluster
-    from fmx.config import DATA_PATH_KEYS
-
-    # The job runs `fmx sweep run` in the unpacked upload, so a relative data path is read from there: it reaches
-    # the trials only when it names the same place in the upload as here (every trial would fail on it otherwise).
-    root = working_dir.resolve()
-    for item in sweep.base if root.is_dir() else ():  # no folder: submit_sweep says so
-        key, sep, value = str(item).partition("=")
-        value = value.strip("'\"")
-        if (not sep or key.lstrip("+~") not in DATA_PATH_KEYS or not value or value == "null" or "://" in value
-                or value.startswith("~") or Path(value).is_absolute()):
-            continue
-        here, there = (Path.cwd() / value).resolve(), (root / value).resolve()
-        if here != there or not there.is_relative_to(root):
-            where = (f"{here} lies outside the upload" if not there.is_relative_to(root)
-                     else f"the job reads {there} there, not {here}")
-            _fail(f"{file}: base: {key}={value} is relative, and the job resolves it in its copy of --working-dir "
-                  f"{root}: {where}; give a path the cluster's nodes have (absolute, e.g. /data/...) or an s3:// "
-                  f"URI, or put the data inside {root} and submit from there")
 
     try:
         url = fmx_cluster.resolve_address(address=address, cluster=cluster)
         # FILE is relative to where fmx runs, not to --working-dir (which submit_sweep resolves a relative one
         # against): absolute, it names the file _load just checked, and submit_sweep makes it relative to the upload.
+        # It also refuses a relative data path the upload does not carry (before connecting).
         job_id = fmx_cluster.submit_sweep(str(file.resolve()), address=url, working_dir=working_dir)
-    except (ValueError, ConnectionError, PermissionError) as exc:  # bad path, no dashboard, wrong token
+    except (ValueError, ConnectionError, PermissionError) as exc:  # bad path or data path, no dashboard, bad token
         _fail(str(exc))
     console.print(f"submitted [bold]{job_id}[/bold] to {url}; follow with: fmx job logs {job_id} --address {url}")
 
