@@ -20,7 +20,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "temporal": {"higuchi_kmax": 8, "dfa_orders": [4, 16, 64, 256], "psd_freq_band": [2.0, 80.0],
                  "exclude_peaks": True},
     "multifractal": {"q_vals": [-5, -3, -1, 0, 1, 3, 5], "scales": [8, 16, 32, 64, 128, 256]},
-    "graph": {"corr_threshold": 0.3, "box_eps": [1, 2, 3, 4, 5, 6]},
+    "graph": {"corr_threshold": 0.3, "box_eps": [1, 2, 3, 4, 5, 6], "node_orders": 1},
     "intervals": {"alpha1_beats": [4, 16], "alpha2_beats": [16, 64], "ectopic_filter": False, "min_ms": 300.0,
                   "max_ms": 2000.0, "window": 11, "tolerance": 0.2},
     "quality": {"min_r2": 0.0, "max_flat_fraction": 0.01},
@@ -67,6 +67,8 @@ def _check_values(cfg: dict[str, Any]) -> None:
     t, mf, g, q, iv = cfg["temporal"], cfg["multifractal"], cfg["graph"], cfg["quality"], cfg["intervals"]
     _integers("config.temporal.higuchi_kmax", [t["higuchi_kmax"]], minimum=2)
     t["higuchi_kmax"] = int(t["higuchi_kmax"])
+    _integers("config.graph.node_orders", [g["node_orders"]], minimum=1)
+    g["node_orders"] = int(g["node_orders"])
     for path, values, minimum in (("config.temporal.dfa_orders", t["dfa_orders"], 3),
                                   ("config.multifractal.scales", mf["scales"], 3),
                                   ("config.graph.box_eps", g["box_eps"], 1),

@@ -145,7 +145,8 @@ def _network(rows: torch.Tensor, good: np.ndarray, n_ch: int, cfg: Mapping[str, 
         off = ~torch.eye(c, dtype=torch.bool, device=adj.device)
         dens.append(float((adj[off] != 0).double().mean()))
         try:
-            fds.append(float(torch.as_tensor(fm.graph_fractal_dim(adj, eps)).reshape(-1)[0]))
+            fd = fm.graph_fractal_dim(adj, eps, node_orders=int(cfg["graph"].get("node_orders", 1)))
+            fds.append(float(torch.as_tensor(fd).reshape(-1)[0]))
         except ValueError as exc:
             why = f"graph_fd: {exc}"[:200]
     out = {"fc_density": float(np.mean(dens)) if dens else float("nan"),

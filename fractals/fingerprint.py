@@ -44,6 +44,8 @@ Config (plain dict, all keys optional; defaults mirror ``platform/fmx/conf/fract
     graph:
       corr_threshold: 0.3           # |r| above which two channels are linked
       box_eps: [1, 2, 3, 4, 5, 6]   # box sizes (graph distance) of the box covering
+      node_orders: 1                # colouring orders (fewest boxes kept); e.g. 16 where recordings lose
+                                    # different bad channels, so graph FD does not depend on their order
     intervals:                      # kind="intervals" only
       alpha1_beats: [4, 16]         # short-range DFA (Peng 1995)
       alpha2_beats: [16, 64]        # long-range DFA

@@ -74,3 +74,42 @@ def test_bad_node_orders_name_the_argument(bad):
 def test_a_seed_in_place_of_a_generator_is_refused():
     with pytest.raises(ValueError, match=r"generator: must be a torch.Generator.*manual_seed"):
         graph_fractal_dim(_ring(8), node_orders=3, generator=0)
+
+
+def _recording(channels: int = 12, samples: int = 4000) -> torch.Tensor:
+    """Channel i shares a source with i + 1 (r = 0.5): the FC graph at |r| > 0.3 is a ring."""
+    z = torch.randn(channels, samples, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    return z + z.roll(-1, 0)
+
+
+def test_fingerprint_passes_config_graph_node_orders_to_the_box_covering():
+    from fractals import metrics as fm
+    from fractals.fingerprint import fingerprint
+
+    x = _recording()
+    _, summary = fingerprint(x, fs=250.0, config={"graph": {"node_orders": 16}, "measures": ["katz_fd"]})
+    adj = fm.functional_connectivity_latents(x.T[None], thresh=0.3)[0]
+    expected = fm.graph_fractal_dim(adj, [1, 2, 3, 4, 5, 6], node_orders=16)
+    assert summary["graph_fd"] == pytest.approx(float(expected), abs=1e-12)
+
+
+def test_fingerprint_graph_fd_with_many_orders_does_not_depend_on_channel_order():
+    from fractals.fingerprint import fingerprint
+
+    x = _recording()
+    perms = [torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(s)) for s in range(6)]
+
+    def graph_fd(orders):
+        cfg = {"graph": {"node_orders": orders}, "measures": ["katz_fd"]}
+        return {round(fingerprint(x[p], fs=250.0, config=cfg)[1]["graph_fd"], 10) for p in perms}
+
+    assert len(graph_fd(1)) > 1  # index order: the channel order moves graph FD
+    assert len(graph_fd(64)) == 1
+
+
+@pytest.mark.parametrize("bad", [0, 2.5])
+def test_fingerprint_config_refuses_a_bad_node_orders_by_its_path(bad):
+    from fractals.fingerprint import fingerprint
+
+    with pytest.raises(ValueError, match=r"config\.graph\.node_orders"):
+        fingerprint(_recording(), fs=250.0, config={"graph": {"node_orders": bad}})

@@ -142,7 +142,8 @@ def stability(*, cfg: Mapping[str, Any], checkpoint, builders=None, n_batches: i
     for b in batches:
         lat = module(b)["latents"]["ssm"].transpose(1, 2)  # (B, D, T)
         adj = fm.functional_connectivity_latents(lat, thresh=float(g.get("corr_threshold", 0.3)))
-        values.append(torch.as_tensor(fm.graph_fractal_dim(adj, g.get("box_eps"))).float().mean())
+        fd = fm.graph_fractal_dim(adj, g.get("box_eps"), node_orders=int(g.get("node_orders", 1)))
+        values.append(torch.as_tensor(fd).float().mean())
     v = torch.stack(values)
     return {"graphfd_mean": float(v.mean()), "graphfd_var": float(v.var(unbiased=len(values) > 1))}
 
