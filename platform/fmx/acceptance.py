@@ -140,7 +140,9 @@ def stability(*, cfg: Mapping[str, Any], checkpoint, builders=None, n_batches: i
     g = cfg.get("fractals", {}).get("metrics", {}).get("graph", {})
     values = []
     for b in batches:
-        lat = module(b)["latents"]["ssm"].transpose(1, 2)  # (B, D, T)
+        # (B, S, D), time before channels as functional_connectivity_latents takes it: the graph's nodes are the
+        # D latent channels the graph prior acts on (a transpose here once made them the S time steps).
+        lat = module(b)["latents"]["ssm"]
         adj = fm.functional_connectivity_latents(lat, thresh=float(g.get("corr_threshold", 0.3)))
         fd = fm.graph_fractal_dim(adj, g.get("box_eps"), node_orders=int(g.get("node_orders", 1)))
         values.append(torch.as_tensor(fd).float().mean())
