@@ -143,7 +143,13 @@ def stability(*, cfg: Mapping[str, Any], checkpoint, builders=None, n_batches: i
         # (B, S, D), time before channels as functional_connectivity_latents takes it: the graph's nodes are the
         # D latent channels the graph prior acts on (a transpose here once made them the S time steps).
         lat = module(b)["latents"]["ssm"]
-        adj = fm.functional_connectivity_latents(lat, thresh=float(g.get("corr_threshold", 0.3)))
+        # A dead channel (constant in time) has no correlation: left out, as the fingerprint leaves out flat
+        # channels, instead of voiding the benchmark. One node set per batch: dead in any window counts.
+        live = (lat.amax(1) - lat.amin(1)).amin(0) > 0
+        if int(live.sum()) < 3:
+            raise ValueError(f"stability: {int(live.sum())} of {lat.shape[-1]} SSM latent channels vary in time; "
+                             "a graph needs >= 3")
+        adj = fm.functional_connectivity_latents(lat[..., live], thresh=float(g.get("corr_threshold", 0.3)))
         fd = fm.graph_fractal_dim(adj, g.get("box_eps"), node_orders=int(g.get("node_orders", 1)))
         values.append(torch.as_tensor(fd).float().mean())
     v = torch.stack(values)
