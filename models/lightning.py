@@ -22,6 +22,7 @@ try:
 except ImportError:  # pragma: no cover
     import lightning.pytorch as pl
 
+from models.adapters import configure_finetuning
 from models.callbacks import (LATENT_MEASURES, _autocast_off, build_callbacks, global_means, latent_band,
                               latent_measures)
 from models._config_options import (_bfloat16_weights_warning, _int_option, _is_real, _mapping_option,
@@ -67,6 +68,14 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
         self.save_hyperparameters({"cfg": cfg})
         self.cfg = cfg
         self.model = NeuroFMx.from_config(cfg)
+        # Pretrained weights (model.init_from), then LoRA (model.adapters); only the trainable parameters reach
+        # the optimiser (param_groups skips frozen ones).
+        self.finetune = configure_finetuning(self.model, cfg.get("model", {}) or {})
+        if self.finetune["init_from"] is not None or self.finetune["wrapped"]:
+            log.info("fine-tuning: weights from %s, %d left at fresh init (%s); %d layers with LoRA; %d of %d "
+                     "parameters trainable", self.finetune["init_from"], len(self.finetune["skipped"]),
+                     ", ".join(self.finetune["skipped"][:8]), len(self.finetune["wrapped"]),
+                     self.finetune["trainable"], self.finetune["total"])
         optim = cfg.get("optim", {}) or {}
         schedule = optim.get("schedule", "cosine")
         if schedule not in ("cosine", "constant"):

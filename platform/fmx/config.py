@@ -107,9 +107,10 @@ def group_overrides(params: Mapping[str, Any]) -> list[str]:
     return [f"{k}={v}" for k, v in params.items() if k in CONFIG_GROUPS]
 
 
-# Data locations a trial's datamodule opens. Trials run in Ray workers whose working directory is not the
-# one the sweep was submitted from, so a relative path would point elsewhere (or nowhere) there.
-DATA_PATH_KEYS = ("data.root", "data.path")
+# Files and folders a trial opens: its data, and the checkpoint a fine-tuning run starts from. Trials run in Ray
+# workers whose working directory is not the one the sweep was submitted from, so a relative path would point
+# elsewhere (or nowhere) there: they are made absolute against the submit folder.
+DATA_PATH_KEYS = ("data.root", "data.path", "model.init_from")
 
 
 def absolute_data_paths(base: list[str] | tuple[str, ...], root: str | Path) -> list[str]:

@@ -182,11 +182,12 @@ def _check_local_data(sweep, file: Path, address: Optional[str]) -> None:
     if address != "local" and (address or os.environ.get("RAY_ADDRESS")):  # "local": a new Ray here (init_ray)
         return
     try:
-        data = compose(absolute_data_paths(sweep.base, Path.cwd())).get("data") or {}
+        cfg = compose(absolute_data_paths(sweep.base, Path.cwd()))
     except ValueError:  # validated already; nothing to add
         return
     for key in DATA_PATH_KEYS:
-        value = data.get(key.split(".", 1)[1])
+        section, name = key.split(".", 1)
+        value = (cfg.get(section) or {}).get(name)
         if isinstance(value, str) and "://" not in value and not Path(value).exists():
             where = next((f"base[{i}]" for i, item in reversed(list(enumerate(sweep.base)))
                           if str(item).partition("=")[0].lstrip("+~") == key), "base")
