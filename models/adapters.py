@@ -187,6 +187,9 @@ def _load_state(path: Any) -> dict[str, torch.Tensor]:
     """The ``model.``-prefixed weights (the NeuroFMx of a NeuroFMxModule) of the Lightning checkpoint at ``path``."""
     if not isinstance(path, (str, Path)) or not str(path):
         raise ValueError(f"model.init_from: needs the path of a Lightning checkpoint (.ckpt) or null, got {path!r}")
+    if "://" in str(path):  # models does not fetch: the platform downloads first (fmx.init_from)
+        raise ValueError(f"model.init_from: {path} is a URI; the fmx platform fetches s3:// checkpoints before "
+                         "building (fmx.train_worker); in plain Python download it first and pass the file path")
     if not Path(path).expanduser().is_absolute():  # a Ray trial runs in another working directory
         raise ValueError(f"model.init_from: needs an absolute path (Ray trials run in another working directory, "
                          f"where a relative one names another file), got {str(path)!r}")
@@ -219,6 +222,8 @@ def load_pretrained(model: nn.Module, path: Any, skip: Sequence[str] = ()) -> li
     skip = _patterns(skip, "model.init_from_skip", allow_empty=True)
     own = model.state_dict()
     on_meta = any(t.is_meta for t in own.values())  # a build that only checks the config (fmx sweep validate)
+    if on_meta and isinstance(path, str) and "://" in path:
+        return []  # an s3:// checkpoint is fetched where a trial builds for real (fmx.train_worker), not here
     if on_meta and isinstance(path, (str, Path)) and Path(path).expanduser().is_absolute() \
             and not Path(path).expanduser().exists():
         # The file may exist only on a cluster's nodes (validate and `fmx sweep run --address` build here); a

@@ -54,9 +54,15 @@ def build_module_and_data(cfg: Mapping[str, Any], builders: Mapping[str, str] | 
 
     Without builder overrides the model config is first fitted to the data
     (:func:`models.registry.build_module_and_data`): e.g. ``data=files`` on EEG adds an ``eeg`` tokenizer.
+    An ``s3://`` ``model.init_from`` is fetched to this node's cache first and the builders get a copy of ``cfg``
+    naming the local file (:func:`fmx.init_from.localize_init_from`).
     """
     builders = builders or {}
     from models import registry
+
+    from fmx.init_from import localize_init_from
+
+    cfg = localize_init_from(cfg)
 
     if not builders:
         return registry.build_module_and_data(cfg)

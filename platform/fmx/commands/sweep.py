@@ -173,8 +173,11 @@ def _check_env_tracking_uri(sweep) -> None:
 
 
 def _check_local_data(sweep, file: Path, address: Optional[str]) -> None:
-    """Refuse a ``data.root``/``data.path`` that is not on this machine when the trials run on a local Ray: every
-    trial would fail on it, a minute each, after Ray had started (validate leaves it to a cluster's nodes)."""
+    """Refuse a ``data.root``/``data.path``/``model.init_from`` that is not on this machine when the trials run on a
+    local Ray: every trial would fail on it, a minute each, after Ray had started (validate leaves it to a cluster's
+    nodes). An ``s3://`` ``model.init_from`` is looked up (one HEAD) at the endpoint the trials fetch it from: the
+    sweep's ``storage.endpoint_url``, else ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, with this process's keys,
+    which a local Ray's workers share."""
     import os
 
     from fmx.config import DATA_PATH_KEYS, absolute_data_paths, compose
@@ -188,9 +191,16 @@ def _check_local_data(sweep, file: Path, address: Optional[str]) -> None:
     for key in DATA_PATH_KEYS:
         section, name = key.split(".", 1)
         value = (cfg.get(section) or {}).get(name)
-        if isinstance(value, str) and "://" not in value and not Path(value).exists():
-            where = next((f"base[{i}]" for i, item in reversed(list(enumerate(sweep.base)))
-                          if str(item).partition("=")[0].lstrip("+~") == key), "base")
+        where = next((f"base[{i}]" for i, item in reversed(list(enumerate(sweep.base)))
+                      if str(item).partition("=")[0].lstrip("+~") == key), "base")
+        if key == "model.init_from" and isinstance(value, str) and value.startswith("s3://"):
+            from fmx.init_from import check_object
+
+            try:
+                check_object(value, endpoint_url=sweep.storage.endpoint_url, region=sweep.storage.region)
+            except ValueError as exc:  # missing object, wrong keys or endpoint: the trials would fail the same
+                _fail(f"{file}: {where}: {exc}")
+        elif isinstance(value, str) and "://" not in value and not Path(value).exists():
             _fail(f"{file}: {where}: {key}: {value} does not exist on this machine, and the trials of a local Ray "
                   f"read it here; fix the path (a relative one is taken from the folder fmx runs in, {Path.cwd()}), "
                   "or pass --address of a cluster whose nodes have it")
