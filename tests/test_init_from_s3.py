@@ -155,3 +155,16 @@ def test_a_local_sweep_looks_up_an_s3_init_from_before_ray_starts(tmp_path, node
         _check_local_data(load_sweep(sweep_file), sweep_file, "local")
     out = " ".join(capsys.readouterr().out.split())
     assert f"base[1]: model.init_from: no object at {missing}; give the s3:// URI" in out
+
+
+def test_the_acceptance_fetch_uses_the_sweeps_endpoint_when_the_environment_names_none(tmp_path, node_tmp, s3,
+                                                                                        monkeypatch):
+    """The acceptance benchmarks build outside the Train workers: the trial passes its sweep's storage endpoint."""
+    path, _ = _pretrained(tmp_path)
+    uri, _, _ = _upload(s3, path)
+    endpoint = s3.env()["AWS_ENDPOINT_URL"]
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(k, raising=False)  # a sweep whose file alone names the store
+    local = init_from.localize_init_from(_cfg(uri), endpoint_url=endpoint)
+    assert Path(local["model"]["init_from"]) == init_from.cache_path(uri)
+    assert init_from.cache_path(uri).read_bytes() == path.read_bytes()

@@ -128,13 +128,16 @@ def fetch(uri: str, *, cache_root: str | Path | None = None, filesystem=None) ->
     return target
 
 
-def localize_init_from(cfg: Mapping[str, Any], *, cache_root: str | Path | None = None) -> Mapping[str, Any]:
-    """``cfg`` itself unless ``model.init_from`` is ``s3://``; then a copy naming the fetched local file."""
+def localize_init_from(cfg: Mapping[str, Any], *, cache_root: str | Path | None = None,
+                       endpoint_url: str | None = None, region: str | None = None) -> Mapping[str, Any]:
+    """``cfg`` itself unless ``model.init_from`` is ``s3://``; then a copy naming the fetched local file. The store
+    is reached at ``endpoint_url``/``region`` when given (the sweep's), else as :func:`_filesystem` says."""
     model = cfg.get("model") or {}
     uri = model.get("init_from") if isinstance(model, Mapping) else None
     if not (isinstance(uri, str) and uri.startswith("s3://")):
         return cfg
-    local = fetch(uri, cache_root=cache_root)
+    fs = st.s3_filesystem(endpoint_url=endpoint_url, region=region) if endpoint_url else None
+    local = fetch(uri, cache_root=cache_root, filesystem=fs)
     out = copy.deepcopy(dict(cfg))
     out["model"] = {**out["model"], "init_from": str(local)}
     return out

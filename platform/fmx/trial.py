@@ -85,6 +85,11 @@ def _run_trial(config: Mapping[str, Any], plan: SweepPlan) -> None:
             best = None
             if not plan.metric.startswith("acceptance/"):
                 best = best_finite_checkpoint(result, plan.metric, plan.mode)
+            # Outside the Train workers the sweep's own S3 endpoint is not at hand: fetch an s3:// init_from with it
+            # here (the trial's node has it cached already, from its workers, unless they ran elsewhere).
+            from fmx.init_from import localize_init_from
+
+            cfg = localize_init_from(cfg, endpoint_url=plan.endpoint_url, region=plan.region)
             report = run_acceptance(plan.acceptance, cfg=cfg, checkpoint=best or result.checkpoint,
                                     metrics=final, builders=plan.builders)
         record_acceptance(c, run_id, report, target=target, rel=rel,
