@@ -13,6 +13,8 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from test_metrics_graph import adjacency, uv_flower  # the networkx reference builder the graph tests use
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "estimator_accuracy.py"
 
@@ -60,24 +62,8 @@ def test_bad_option_exits_2_naming_the_option(accuracy_bench, capsys, monkeypatc
     assert named in err and argv[-1] in err
 
 
-def _networkx_flower(u: int, v: int, generation: int) -> np.ndarray:
-    g = nx.Graph()
-    g.add_edge(0, 1)
-    next_node = 2
-    for _ in range(generation):
-        h = nx.Graph()
-        for a, b in g.edges():
-            for length in (u, v):
-                inner = list(range(next_node, next_node + length - 1))
-                next_node += length - 1
-                nx.add_path(h, [a, *inner, b])
-        g = h
-    g = nx.convert_node_labels_to_integers(g)
-    return nx.to_numpy_array(g, nodelist=sorted(g.nodes()))
-
-
 @pytest.mark.parametrize("u, v, generation", [(2, 2, 4), (2, 3, 3), (3, 3, 3)])
 def test_graph_builders_number_nodes_as_networkx(accuracy_bench, u, v, generation):
-    np.testing.assert_array_equal(accuracy_bench.uv_flower(u, v, generation), _networkx_flower(u, v, generation))
+    np.testing.assert_array_equal(accuracy_bench.uv_flower(u, v, generation), adjacency(uv_flower(u, v, generation)))
     grid = nx.grid_2d_graph(6, 6)
     np.testing.assert_array_equal(accuracy_bench.lattice(6), nx.to_numpy_array(grid, nodelist=sorted(grid.nodes())))
