@@ -9,6 +9,7 @@ applies both, in that order: pretrained weights first, adapters on top.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,6 +18,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ["LoRALinear", "add_lora", "merge_lora", "trainable_fraction", "configure_finetuning"]
+
+log = logging.getLogger("models.adapters")
 
 ADAPTER_KEYS = ("kind", "rank", "alpha", "dropout", "targets", "train_also")
 
@@ -194,13 +197,20 @@ def _load_state(path: Any) -> dict[str, torch.Tensor]:
         raise ValueError(f"model.init_from: needs an absolute path (Ray trials run in another working directory, "
                          f"where a relative one names another file), got {str(path)!r}")
     path = Path(path).expanduser()
+    if path.is_dir():  # a Ray checkpoint is a folder holding model.ckpt: the likeliest slip
+        inside = sorted(str(p) for p in path.glob("*.ckpt"))[:3]
+        raise ValueError(f"model.init_from: {str(path)!r} is a folder; give the checkpoint file in it"
+                         + (f", e.g. {inside[0]!r}" if inside else " (a pretraining trial's model.ckpt)"))
     if not path.is_file():
         raise ValueError(f"model.init_from: no file at {str(path)!r}; give the model.ckpt of the pretraining run")
     try:
         # mmap: only the tensors read are paged in (a meta-device build, as `fmx sweep validate` does, reads none)
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - unpickling raises many types; report them under the field
-        raise ValueError(f"model.init_from: {str(path)!r} cannot be read as a torch checkpoint: {exc}") from exc
+        # torch's own message for a non-zip file is about mmap and re-saving, which misleads here
+        reason = "not a zip-format torch.save file" if "mmap" in str(exc) else str(exc).splitlines()[0]
+        raise ValueError(f"model.init_from: {str(path)!r} cannot be read as a torch checkpoint ({reason}); give "
+                         "the Lightning checkpoint (.ckpt) that trainer.save_checkpoint wrote") from exc
     state = ckpt.get("state_dict") if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"model.init_from: {str(path)!r} holds no 'state_dict'; give a Lightning checkpoint saved by "
@@ -288,6 +298,11 @@ def configure_finetuning(model: nn.Module, model_cfg: Mapping[str, Any]) -> dict
             report["wrapped"] = add_lora(model, **options)
     except ValueError as exc:
         raise ValueError(f"model.adapters.{exc}") from exc
+    trains = {n.replace(".base.", "."): p.requires_grad for n, p in model.named_parameters()}
+    fresh_frozen = [n for n in report["skipped"] if trains.get(n) is False]
+    if fresh_frozen:  # random and never trained: e.g. a new subject's channel embeddings, silently noise
+        log.warning("model.init_from_skip leaves %s at their random init, and model.adapters freezes them, so "
+                    "they never train; add their patterns to model.adapters.train_also", _few(fresh_frozen, 4))
     report["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report["total"] = sum(p.numel() for p in model.parameters())
     return report

@@ -10,6 +10,7 @@ Metric names (read by the platform's sweeps): ``train/loss``, ``train/task_loss`
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import logging
 import math
@@ -34,6 +35,10 @@ from models.optim import _check_optim, param_groups, warmup_cosine
 __all__ = ["NeuroFMxModule", "build_lightning_module", "param_groups", "warmup_cosine"]
 
 log = logging.getLogger("models.lightning")
+
+# Set while NeuroFMxModule.load_from_checkpoint builds the module: the checkpoint's own state dict, loaded right
+# after, holds every weight, so model.init_from is not read (the pretraining file may be gone or on another node).
+_REBUILDING_FROM_CHECKPOINT = contextvars.ContextVar("neurofmx_rebuilding_from_checkpoint", default=False)
 
 
 def _plain(cfg: Any) -> dict:
@@ -70,7 +75,10 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
         self.model = NeuroFMx.from_config(cfg)
         # Pretrained weights (model.init_from), then LoRA (model.adapters); only the trainable parameters reach
         # the optimiser (param_groups skips frozen ones).
-        self.finetune = configure_finetuning(self.model, cfg.get("model", {}) or {})
+        model_cfg = cfg.get("model", {}) or {}
+        if _REBUILDING_FROM_CHECKPOINT.get():
+            model_cfg = {**model_cfg, "init_from": None, "init_from_skip": []}
+        self.finetune = configure_finetuning(self.model, model_cfg)
         if self.finetune["init_from"] is not None or self.finetune["wrapped"]:
             log.info("fine-tuning: weights from %s, %d left at fresh init (%s); %d layers with LoRA; %d of %d "
                      "parameters trainable", self.finetune["init_from"], len(self.finetune["skipped"]),
@@ -109,6 +117,16 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
         self._val_keys = (["val/loss"] + [f"val/{name}_loss" for name in self.model.loss_names]
                           + [f"val/latent_{name}" for name in LATENT_MEASURES])
         self._val_totals: torch.Tensor | None = None
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint``, without reading ``model.init_from``: the checkpoint holds every
+        weight (adapters and frozen base alike), so a fine-tuned run reloads after its pretraining file is gone."""
+        token = _REBUILDING_FROM_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _REBUILDING_FROM_CHECKPOINT.reset(token)
 
     # ------------------------------------------------------------------ config helpers
     def _build_priors(self, fr: Mapping[str, Any]):
