@@ -340,7 +340,9 @@ def powerlaw_fit(values, xmin: Optional[float] = None, discrete: bool = False, b
             )
         alpha, xm, ks, n_tail = res
         if not math.isfinite(alpha) or alpha <= 1:
-            raise ValueError(f"values: series {row_idx} has no usable tail (alpha={alpha}); is it constant?")
+            raise ValueError(f"values: series {row_idx} has no usable tail (alpha={alpha}): the tail above x_min={xm} "
+                             f"is constant, or so steep that its law cannot be evaluated (a discrete tail of tied "
+                             f"large values); lower xmin or min_tail so the tail holds more distinct values")
         out["alpha"].append(alpha), out["xmin"].append(xm), out["ks"].append(ks), out["n_tail"].append(n_tail)
         out["sigma"].append((alpha - 1.0) / math.sqrt(n_tail))
         if bootstrap:

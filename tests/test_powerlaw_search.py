@@ -116,3 +116,10 @@ def test_discrete_fit_matches_the_powerlaw_package():
     # Theirs stops its optimiser at ~1e-5; ours searches to float64 resolution (CSN eq. 3.5 either way).
     assert float(ours.alpha) == pytest.approx(ref.alpha, abs=2e-5)
     assert float(ours.ks) == pytest.approx(ref.D, abs=1e-5)
+
+
+def test_a_steep_non_constant_discrete_tail_is_not_called_constant():
+    # alpha ~ 959 here: zeta underflows, so the fit has no usable tail, but the tail is not constant.
+    with pytest.raises(ValueError, match=r"no usable tail \(alpha=inf\): the tail above x_min=400\.0 is constant, "
+                                         r"or so steep that its law cannot be evaluated.*lower xmin or min_tail"):
+        powerlaw_fit(np.array([3.0] * 5 + [400.0] * 11 + [401.0]), discrete=True, xmin=400)
