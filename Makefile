@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 MAMBA_SSM_VERSION ?= 2.3.2.post1
+# pytest-xdist workers for `make test`: the tests that start Ray or servers stay in one of them, in order
+# (tests/conftest.py); the CPU-only tests run beside them. 2 matches CI's 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast demo bench clean
 
@@ -18,7 +21,7 @@ setup: ## create .venv with CPU torch and the project (editable) plus dev extras
 	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(BIN)/python -m pip install -q --no-build-isolation --no-deps mamba-ssm==$(MAMBA_SSM_VERSION)
 
 test: ## the whole test suite on CPU
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 test-fast: ## everything except the tests that start Ray, MLflow or S3 servers
 	$(BIN)/python -m pytest -q -m "not slow" tests

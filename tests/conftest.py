@@ -19,10 +19,34 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-pytest_plugins = ["fixtures_servers"]
+pytest_plugins = ["fixtures_servers", "pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+# `make test` spreads the suite over pytest-xdist workers (`--dist loadgroup`). Everything that starts Ray or a
+# server runs in one group, in one worker, one test after another, as in a plain serial run: two sweeps side by
+# side on CI's 2 cores would double each other's Ray start-up and trip Ray Train's worker start timeout. The
+# many CPU-only tests fill the other worker meanwhile (measured: 1168 s of the suite's 1483 s of test time is this
+# group; the whole run took 25 min serially, 17.5 min on 2 workers).
+SERIAL_GROUP = "ray_and_servers"
+SERVER_FIXTURES = {"ray_cluster", "mlflow_server", "mlflow_server_s3", "seaweed_s3", "moto_s3"}
+# Modules whose unmarked tests start a Ray of their own too (a head in a module fixture, init_ray, a signal while
+# Ray starts): all their tests join the group, so a module fixture's Ray starts once, in that worker.
+RAY_MODULES = {"test_cluster10_review", "test_cluster_submit", "test_ddp_review", "test_env_targets",
+               "test_fingerprint_job", "test_group_sigterm_review", "test_interrupt_review",
+               "test_job_ray_start_review", "test_library_use_review", "test_ray_session_review",
+               "test_runner_faults_review", "test_scale2_review", "test_secrets_review",
+               "test_today8_platform_review", "test_walkthrough_review"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (item.get_closest_marker("slow") or SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or getattr(item.module, "__name__", "") in RAY_MODULES):
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
 
 
 @pytest.fixture(scope="session")

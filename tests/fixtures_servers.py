@@ -130,13 +130,24 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def short_temp_dir() -> Path:
+    """A new /tmp/rayfmx_XXXXXXXX for a Ray head's --temp-dir (the caller removes it).
+
+    Not under pytest's tmp_path: Ray's socket paths under it must stay within AF_UNIX's 107 bytes, and
+    pytest-xdist's popen-gwN/ level pushed them over ("validate_socket_filename failed").
+    """
+    path = Path(f"/tmp/rayfmx_{uuid.uuid4().hex[:8]}")
+    path.mkdir()
+    return path
+
+
 def start_ray_head(tmp: Path, *, num_cpus: int = 4, object_store_mb: int = 512, timeout_s: float = 90) -> RayHead:
     """Start a Ray head bound to 127.0.0.1 with its own temp dir (short path: Ray's socket paths are limited).
 
     ``num_cpus`` is logical: 4 on a 2-core machine lets a 2-worker trial and its Tune driver actor fit.
     """
     port, dash = free_port(), free_port()
-    temp_dir = Path(f"/tmp/rayfmx_{uuid.uuid4().hex[:8]}")
+    temp_dir = short_temp_dir()
     log = tmp / "ray_head.log"
     # No drain wait on SIGTERM (Ray waits 30 s by default); token auth off: an in-process ray.init earlier in the
     # session leaves RAY_AUTH_MODE=token in os.environ, and the dashboard then answered /api/version with 401 only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 from pathlib import Path
 
@@ -209,13 +210,14 @@ def ipv6_head(tmp_path_factory):
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", RAY_USAGE_STATS_ENABLED="0",
                PATH=str(servers.BIN) + os.pathsep + os.environ["PATH"])
     port = [servers.free_port() for _ in range(8)]
+    ray_temp = servers.short_temp_dir()
     proc = servers._spawn(
         [str(servers.BIN / "ray"), "start", "--head", "--block", f"--port={port[0]}", "--dashboard-host=::",
          f"--dashboard-port={port[1]}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--include-dashboard=true",
          f"--ray-client-server-port={port[2]}", f"--dashboard-agent-listen-port={port[3]}",
          f"--dashboard-agent-grpc-port={port[4]}", f"--runtime-env-agent-port={port[5]}",
          f"--metrics-export-port={port[6]}", f"--min-worker-port={port[7]}", "--max-worker-port=0",
-         "--disable-usage-stats", f"--temp-dir={temp / 'ray'}"],
+         "--disable-usage-stats", f"--temp-dir={ray_temp}"],
         log=temp / "ray-start.log", env=env)
     address = f"http://[::1]:{port[1]}"
     try:
@@ -225,6 +227,7 @@ def ipv6_head(tmp_path_factory):
         yield {"address": address, "token_file": token_file}
     finally:
         servers.stop_group(proc, grace_s=10)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from fmx import cluster
 from fmx.cli import app
-from fixtures_servers import stop_group
+from fixtures_servers import short_temp_dir, stop_group
 
 # ---------------------------------------------------------------- fast: no server
 
@@ -95,6 +96,7 @@ def ray_head(tmp_path_factory):
     """A token-auth Ray head on free ports; stopped by killing its own process group (never `ray stop`)."""
     token = secrets.token_hex(16)
     temp = tmp_path_factory.mktemp("rayh6")
+    ray_temp = short_temp_dir()
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=bindir + os.pathsep + os.environ["PATH"])
     env.pop("RAY_ADDRESS", None)
@@ -106,7 +108,7 @@ def ray_head(tmp_path_factory):
         [os.path.join(bindir, "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--include-dashboard=true",
          f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client_port}",
-         "--disable-usage-stats", f"--temp-dir={temp}"],
+         "--disable-usage-stats", f"--temp-dir={ray_temp}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
@@ -124,6 +126,7 @@ def ray_head(tmp_path_factory):
     finally:
         stop_group(proc, grace_s=10)
         log.close()
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 @pytest.fixture

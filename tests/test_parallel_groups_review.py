@@ -1,0 +1,62 @@
+"""`make test` runs pytest-xdist workers: every test that starts Ray or a server must stay in one group.
+
+Two Ray sweeps side by side on CI's 2 cores double each other's start-up, and a module fixture's Ray head would
+start once per worker. These tests read the rule in tests/conftest.py against the test modules themselves.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import conftest
+
+TESTS = Path(__file__).resolve().parent
+# Ways a test module starts a Ray of its own (the session's shared head comes in through the ray_cluster fixture).
+STARTS_RAY = re.compile(r'"start", "--head"|start_ray_head\(|ray\.init\(|init_ray\(')
+
+
+def test_every_module_that_starts_its_own_ray_runs_in_the_serial_group():
+    starters = {p.stem for p in TESTS.glob("test_*.py") if STARTS_RAY.search(p.read_text(encoding="utf-8"))}
+    starters.discard(Path(__file__).stem)
+    assert starters, "the pattern no longer finds the modules that start Ray"
+    missing = sorted(starters - conftest.RAY_MODULES)
+    assert not missing, f"add these modules to RAY_MODULES in tests/conftest.py: {missing}"
+    gone = sorted(m for m in conftest.RAY_MODULES if not (TESTS / f"{m}.py").exists())
+    assert not gone, f"RAY_MODULES names modules that no longer exist: {gone}"
+
+
+def test_slow_tests_server_fixtures_and_ray_modules_get_the_group_mark_and_others_do_not(pytester):
+    pytester.makeconftest((TESTS / "conftest.py").read_text(encoding="utf-8").replace(
+        'pytest_plugins = ["fixtures_servers", "pytester"]', ""))
+    pytester.makepyfile(test_plain="""
+        import pytest
+
+        @pytest.fixture
+        def ray_cluster():
+            return None
+
+        def test_cpu():
+            pass
+
+        @pytest.mark.slow
+        def test_marked_slow():
+            pass
+
+        def test_uses_the_shared_head(ray_cluster):
+            pass
+    """)
+    pytester.makepyfile(test_env_targets="def test_anything_in_a_ray_module():\n    pass\n")
+    items, _ = pytester.inline_genitems("-m", "slow or not slow")
+    grouped = {item.name: [m.args for m in item.iter_markers("xdist_group")] for item in items}
+    group = [(conftest.SERIAL_GROUP,)]
+    assert grouped == {"test_cpu": [], "test_marked_slow": group, "test_uses_the_shared_head": group,
+                       "test_anything_in_a_ray_module": group}
+
+
+@pytest.mark.parametrize("target", ["test"])
+def test_make_test_spreads_over_workers_in_groups(target):
+    makefile = (TESTS.parent / "Makefile").read_text(encoding="utf-8")
+    recipe = makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+    assert "-n $(TEST_WORKERS)" in recipe and "--dist loadgroup" in recipe, recipe
