@@ -338,10 +338,19 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
             self.log(key, value, prog_bar=key == "val/loss", sync_dist=True, batch_size=1)
 
     def on_train_start(self) -> None:
+        self._log_parameter_counts()
         self._lr_from_schedule()
         self._warn_mid_epoch_resume()
         self._warn_priors_never_on()
         self._warn_lr_warmup_outlasts_fit()
+
+    def _log_parameter_counts(self) -> None:
+        """``model/params_trainable`` and ``model/params_total`` to every logger, at the fit's first step: runs of
+        a sweep over ``model.adapters`` (or presets) are then compared by what they train, not only in the log."""
+        counts = {"model/params_trainable": float(self.finetune["trainable"]),
+                  "model/params_total": float(self.finetune["total"])}
+        for logger in self.loggers:  # Lightning's loggers log from global rank 0 only
+            logger.log_metrics(counts, step=int(self.global_step))
 
     def _lr_from_schedule(self) -> None:
         """Set each group's LR from the schedule at its (restored) step. A resumed fit restores the optimizer's

@@ -28,8 +28,9 @@ def test_every_module_that_starts_its_own_ray_runs_in_the_serial_group():
 
 
 def test_slow_tests_server_fixtures_and_ray_modules_get_the_group_mark_and_others_do_not(pytester):
+    # A module name of its own: a real one (test_env_targets) may be imported in this process already.
     pytester.makeconftest((TESTS / "conftest.py").read_text(encoding="utf-8").replace(
-        'pytest_plugins = ["fixtures_servers", "pytester"]', ""))
+        'pytest_plugins = ["fixtures_servers", "pytester"]', "") + '\nRAY_MODULES = RAY_MODULES | {"test_own_ray"}\n')
     pytester.makepyfile(test_plain="""
         import pytest
 
@@ -47,7 +48,7 @@ def test_slow_tests_server_fixtures_and_ray_modules_get_the_group_mark_and_other
         def test_uses_the_shared_head(ray_cluster):
             pass
     """)
-    pytester.makepyfile(test_env_targets="def test_anything_in_a_ray_module():\n    pass\n")
+    pytester.makepyfile(test_own_ray="def test_anything_in_a_ray_module():\n    pass\n")
     items, _ = pytester.inline_genitems("-m", "slow or not slow")
     grouped = {item.name: [m.args for m in item.iter_markers("xdist_group")] for item in items}
     group = [(conftest.SERIAL_GROUP,)]
