@@ -89,6 +89,7 @@ def test_two_worker_ddp_trial_on_s3_tracked_in_mlflow(ray_cluster, mlflow_server
     last_val = max(m.step for m in c.get_metric_history(kid.info.run_id, "val/loss"))
     assert [m.step for m in c.get_metric_history(kid.info.run_id, "acceptance/numerics_pass")] == [last_val]
     assert any(k.startswith("system/") for k in kid.data.metrics), sorted(kid.data.metrics)
+    assert kid.data.metrics["model/params_trainable"] == kid.data.metrics["model/params_total"] > 0  # no adapters
     arts = {a.path for p in ("fingerprint", "acceptance") for a in c.list_artifacts(kid.info.run_id, p)}
     assert {"fingerprint/latent_fingerprint.parquet", "fingerprint/latent_fingerprint.png",
             "acceptance/acceptance.json"} <= arts
