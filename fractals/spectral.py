@@ -225,7 +225,9 @@ def spectral_beta(
     peak adds more than ``peak_mask_level`` to the aperiodic power), so a peak costs a few bins
     and its misfit shoulders do not bend the line. Where the cores would leave fewer than a
     quarter of the band's bins (short windows, many peaks), every bin is kept and only the
-    Gaussians are subtracted.
+    Gaussians are subtracted. Two peaks closer than about 4 sd come out as one wider peak, as in
+    specparam (measured at sd 1 Hz, T = 8192: both found in 31 % of series at 3 Hz apart, 72 % at
+    4 Hz); both stay masked, so beta is unaffected.
 
     Parameters
     ----------
