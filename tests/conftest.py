@@ -26,10 +26,11 @@ SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
 # `make test` spreads the suite over pytest-xdist workers (`--dist loadgroup`). Everything that starts Ray or a
-# server runs in one group, in one worker, one test after another, as in a plain serial run: two sweeps side by
-# side on CI's 2 cores would double each other's Ray start-up and trip Ray Train's worker start timeout. The
-# many CPU-only tests fill the other worker meanwhile (measured: 1168 s of the suite's 1483 s of test time is this
-# group; the whole run took 25 min serially, 17.5 min on 2 workers).
+# server runs in one group, in one worker, one test after another, as in a plain serial run: on CI's 2 cores two
+# Ray workloads side by side slow each other (a first try without the group ran the DDP review's module fixture in
+# both workers at once: 88 s and 78 s, 60 s alone), and a module's own Ray head started once per worker. The many
+# CPU-only tests fill the other worker meanwhile (measured: 1168 s of the suite's 1483 s of test time is this
+# group; the tests took 25 min serially, 18 min on 2 workers).
 SERIAL_GROUP = "ray_and_servers"
 SERVER_FIXTURES = {"ray_cluster", "mlflow_server", "mlflow_server_s3", "seaweed_s3", "moto_s3"}
 # Modules whose unmarked tests start a Ray of their own too (a head in a module fixture, init_ray, a signal while
@@ -45,7 +46,7 @@ RAY_MODULES = {"test_cluster10_review", "test_cluster_submit", "test_ddp_review"
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if (item.get_closest_marker("slow") or SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
-                or getattr(item.module, "__name__", "") in RAY_MODULES):
+                or getattr(getattr(item, "module", None), "__name__", "") in RAY_MODULES):
             item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
 
 
