@@ -24,7 +24,7 @@ test: ## the whole test suite on CPU
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 test-fast: ## everything except the tests that start Ray, MLflow or S3 servers
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests
 
 demo: ## a small sweep on local Ray + local MLflow + local checkpoints
 	$(BIN)/fmx sweep run sweeps/smoke.yaml

@@ -346,7 +346,10 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
 
     def _log_parameter_counts(self) -> None:
         """``model/params_trainable`` and ``model/params_total`` to every logger, at the fit's first step: runs of
-        a sweep over ``model.adapters`` (or presets) are then compared by what they train, not only in the log."""
+        a sweep over ``model.adapters`` (or presets) are then compared by what they train, not only in the log.
+        A resumed fit logs nothing: its run has them from step 0, and its rows stay those of an uninterrupted fit."""
+        if self.global_step != 0:
+            return
         counts = {"model/params_trainable": float(self.finetune["trainable"]),
                   "model/params_total": float(self.finetune["total"])}
         for logger in self.loggers:  # Lightning's loggers log from global rank 0 only

@@ -61,3 +61,34 @@ def test_make_test_spreads_over_workers_in_groups(target):
     makefile = (TESTS.parent / "Makefile").read_text(encoding="utf-8")
     recipe = makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
     assert "-n $(TEST_WORKERS)" in recipe and "--dist loadgroup" in recipe, recipe
+
+
+def test_fmx_ui_run_in_process_puts_the_signal_handlers_back(tmp_path, monkeypatch):
+    # Was: `ui` left its SIGTERM/SIGHUP handler (stop its server) installed after it returned; a test that ran it
+    # in-process with a stand-in server made a later test's SIGTERM fail in the same xdist worker
+    # ("'Server' object has no attribute 'terminate'").
+    import signal
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from fmx.cli import app
+
+    class Server:
+        def wait(self, timeout=None):
+            return 0
+
+    def mine(signum, frame):
+        pass
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: Server())
+    before = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), signal.SIGHUP: signal.getsignal(signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, mine)
+        res = CliRunner().invoke(app, ["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+        assert res.exit_code == 0, res.output
+        assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+        assert signal.getsignal(signal.SIGHUP) is mine
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -131,9 +131,12 @@ def ui(tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="backend store of
         stopped.append(signum)
         proc.terminate()
 
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            signal.signal(sig, stop)
+    # Put back afterwards: called in-process (a notebook, a test runner) the handler outlived the command and a
+    # later SIGTERM went to this finished server instead of the process's own handler.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+                if sig is not None}
+    for sig in previous:
+        signal.signal(sig, stop)
     try:
         code = proc.wait()
     except KeyboardInterrupt:  # Ctrl-C reached the server too (same process group): let it finish
@@ -142,6 +145,9 @@ def ui(tracking_uri: str = typer.Option(DEFAULT_TRACKING, help="backend store of
         except subprocess.TimeoutExpired:
             proc.terminate()
         raise typer.Exit(0) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     raise typer.Exit(0 if stopped else code)
 
 
