@@ -30,7 +30,7 @@ SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 # Ray workloads side by side slow each other (a first try without the group ran the DDP review's module fixture in
 # both workers at once: 88 s and 78 s, 60 s alone), and a module's own Ray head started once per worker. The many
 # CPU-only tests fill the other worker meanwhile (measured: 1168 s of the suite's 1483 s of test time is this
-# group; the tests took 25 min serially, 18 min on 2 workers).
+# group). pytest stays below 9.2, whose node ids make pytest-xdist 3.8 drop the group silently (pyproject.toml).
 SERIAL_GROUP = "ray_and_servers"
 SERVER_FIXTURES = {"ray_cluster", "mlflow_server", "mlflow_server_s3", "seaweed_s3", "moto_s3"}
 # Modules whose unmarked tests start a Ray of their own too (a head in a module fixture, init_ray, a signal while

@@ -56,6 +56,32 @@ def test_slow_tests_server_fixtures_and_ray_modules_get_the_group_mark_and_other
                        "test_anything_in_a_ray_module": group}
 
 
+def test_xdist_keeps_a_group_in_one_worker_with_its_module_fixture_set_up_once(pytester):
+    # pytest 9.2 with pytest-xdist 3.8 dropped the group silently (pytest-dev/pytest-xdist#1386): the Ray tests ran
+    # on both workers at once and the DDP review's module fixture twice. pyproject.toml pins pytest below 9.2.
+    log = pytester.path / "setups.txt"
+    module = f"""
+        import os, pytest
+
+        pytestmark = pytest.mark.xdist_group("g")
+
+        @pytest.fixture(scope="module")
+        def once():
+            with open({str(log)!r}, "a") as fh:
+                fh.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+
+        def test_a(once): pass
+        def test_b(once): pass
+        def test_c(once): pass
+    """
+    pytester.makepyfile(test_g1=module, test_g2=module,
+                        **{f"test_cpu{i}": "\n".join(f"def test_{j}(): pass" for j in range(20)) for i in range(4)})
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=86)
+    setups = log.read_text().split()
+    assert len(setups) == 2 and len(set(setups)) == 1, setups
+
+
 @pytest.mark.parametrize("target", ["test"])
 def test_make_test_spreads_over_workers_in_groups(target):
     makefile = (TESTS.parent / "Makefile").read_text(encoding="utf-8")
