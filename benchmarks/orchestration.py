@@ -3,6 +3,8 @@
 ``python benchmarks/orchestration.py overhead``  epoch time of the tiny NeuroFMx preset under Ray Train + Tune + MLflow
                                             (one trial, one worker, local Ray, sqlite MLflow) against a plain
                                             Lightning loop on the same machine, same config and batches.
+``python benchmarks/orchestration.py logging``   how long a rank-0 metrics log call holds the training thread, sent at
+                                            once or through the worker's sender thread (sqlite, or --tracking-uri).
 ``python benchmarks/orchestration.py packing``   CUDA only: sweep throughput (trials per minute) and GPU busy % (mean
                                             NVML utilization over the sweep's wall time) with 4 trials sharing
                                             one GPU (gpus_per_worker=0.25) against one trial per GPU.
@@ -44,36 +46,50 @@ def _sweep_dict(name: str, *, epochs: int, batches: int, root: Path, **over) -> 
     return d
 
 
-def plain_lightning(*, epochs: int, batches: int) -> dict:
-    """Per-epoch wall time of a plain Lightning fit (no Ray, no MLflow)."""
+def _periods(stamps: list[float]) -> dict:
+    """Median time between consecutive validation ends (one epoch each, the first epoch's start-up left out)."""
+    periods = [b - a for a, b in zip(stamps, stamps[1:])]
+    if not periods:
+        raise SystemExit("overhead: needs --epochs >= 2 (epoch time is the time between two validations)")
+    return {"epoch_s": statistics.median(periods), "epochs_s": [round(p, 3) for p in periods]}
+
+
+def plain_lightning(*, epochs: int, batches: int, threads: int) -> dict:
+    """Epoch time of a plain Lightning fit (no Ray, no MLflow), on ``threads`` torch threads as the worker has."""
     import pytorch_lightning as pl
+    import torch
 
     from fmx.config import compose
     from models.registry import build_datamodule, build_lightning_module
 
     cfg = compose(BASE + [f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={batches}",
                           f"data.n_train={max(64, 8 * batches)}", "trainer.limit_val_batches=2"])
-    times: list[float] = []
+    stamps: list[float] = []
 
-    class EpochTimer(pl.Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            times.append(time.perf_counter() - self.t0)
+    class ValidationClock(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            stamps.append(time.time())
 
     t0 = time.perf_counter()
+    torch.set_num_threads(threads)
     pl.seed_everything(0, verbose=False)
     module, data = build_lightning_module(cfg), build_datamodule(cfg)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_train_batches=batches,
-                         limit_val_batches=2, num_sanity_val_steps=0, callbacks=[EpochTimer()])
+                         limit_val_batches=2, num_sanity_val_steps=0, log_every_n_steps=5,
+                         callbacks=[ValidationClock()])
     trainer.fit(module, datamodule=data)
-    return {"epoch_s": statistics.median(times[1:] or times), "total_s": time.perf_counter() - t0}
+    return {**_periods(stamps), "total_s": time.perf_counter() - t0}
 
 
 def platform_run(*, epochs: int, batches: int) -> dict:
-    """Per-epoch time (Tune's time_this_iter_s between epoch reports) and total wall time of a one-trial sweep."""
+    """Epoch time of a one-trial sweep, from the worker's own clock, and the sweep's total wall time.
+
+    The epoch clock is the MLflow timestamp rank 0 gives each validation's ``val/loss``. Tune's ``time_this_iter_s``
+    is not used: Ray Train's controller polls its workers every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so the
+    reports reach Tune on that beat and every epoch shorter than 2 s read as 2.05 s.
+    """
+    from fmx import tracking
     from fmx.runner import run_sweep
     from fmx.schema import parse_sweep
 
@@ -81,30 +97,57 @@ def platform_run(*, epochs: int, batches: int) -> dict:
         root = Path(tmp)
         sweep = parse_sweep(_sweep_dict("bench", epochs=epochs, batches=batches, root=root))
         t0 = time.perf_counter()
-        out = run_sweep(sweep, root=root, progress=False)
+        run_sweep(sweep, root=root, progress=False)
         total = time.perf_counter() - t0
-        import pandas as pd
-
-        trial_dirs = [p for p in (root / "ray" / out.sweep_id).iterdir() if p.name.startswith("trial_fn")]
-        progress = pd.read_csv(trial_dirs[0] / "progress.csv")
-        epoch_rows = progress[progress["epoch"].notna()] if "epoch" in progress else progress
-        per_epoch = epoch_rows["time_this_iter_s"].tolist()
+        c = tracking.client(sweep.tracking.uri)
+        experiments = [e.experiment_id for e in c.search_experiments()]
+        trial, = c.search_runs(experiments, filter_string=f"tags.`{tracking.TAG_KIND}` = 'trial'")
+        history = sorted(c.get_metric_history(trial.info.run_id, "val/loss"), key=lambda m: m.step)
+        stamps = [m.timestamp / 1000 for m in history]
     import ray
 
     ray.shutdown()
-    return {"epoch_s": statistics.median(per_epoch[1:] or per_epoch), "total_s": total}
+    return {**_periods(stamps), "total_s": total}
 
 
 def overhead(args) -> dict:
-    plain = plain_lightning(epochs=args.epochs, batches=args.batches)
+    plain = plain_lightning(epochs=args.epochs, batches=args.batches, threads=1)  # the worker's cpus_per_worker
     plat = platform_run(epochs=args.epochs, batches=args.batches)
     res = {"epochs": args.epochs, "batches_per_epoch": args.batches, "cpus": os.cpu_count(),
            "plain_epoch_s": plain["epoch_s"], "platform_epoch_s": plat["epoch_s"],
            "epoch_overhead_pct": 100 * (plat["epoch_s"] / plain["epoch_s"] - 1),
+           "plain_epochs_s": plain["epochs_s"], "platform_epochs_s": plat["epochs_s"],
            "plain_total_s": plain["total_s"], "platform_total_s": plat["total_s"],
            "fixed_overhead_s": plat["total_s"] - plain["total_s"]}
     for k, v in res.items():
         print(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")
+    return res
+
+
+def logging_cost(args) -> dict:
+    """How long a rank-0 Lightning log call (12 metrics) holds the training thread: sent at once, or queued for the
+    worker's sender thread (what sweeps run). Against ``--tracking-uri`` (an MLflow server) or a fresh sqlite store."""
+    from fmx import tracking
+    from fmx.worker_logging import RankZeroMlflowLogger
+
+    res: dict = {}
+    with tempfile.TemporaryDirectory(prefix="fmx_bench_") as tmp:
+        uri = args.tracking_uri or f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        c = tracking.client(uri)
+        run_id = c.create_run(tracking.ensure_experiment(c, "fmx-bench-logging")).info.run_id
+        res["store"] = uri.split(":", 1)[0]
+        for label, background in (("sync", False), ("background", True)):
+            logger = RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id, spool_dir=tmp, background=background)
+            held = []
+            for step in range(args.calls):
+                t0 = time.perf_counter()
+                logger.log_metrics({f"train/m{i}": step * 0.1 + i for i in range(12)}, step=step)
+                held.append(time.perf_counter() - t0)
+                time.sleep(0.02)  # the training step between two log calls
+            logger.finalize("success")
+            res[f"{label}_ms_per_call"] = 1e3 * statistics.median(held)
+    for k, v in res.items():
+        print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
     return res
 
 
@@ -175,15 +218,19 @@ def packing(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=["overhead", "packing", "all"], nargs="?", default="overhead")
+    p.add_argument("which", choices=["overhead", "logging", "packing", "all"], nargs="?", default="overhead")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batches", type=int, default=16, help="training batches per epoch")
     p.add_argument("--trials", type=int, default=8, help="packing: trials per configuration")
+    p.add_argument("--calls", type=int, default=100, help="logging: log calls per mode")
+    p.add_argument("--tracking-uri", help="logging: an MLflow server (http://...) instead of a fresh sqlite store")
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = p.parse_args(argv)
     results = {}
     if args.which in ("overhead", "all"):
         results["overhead"] = overhead(args)
+    if args.which in ("logging", "all"):
+        results["logging"] = logging_cost(args)
     if args.which in ("packing", "all"):
         results["packing"] = packing(args)
     if args.out:  # atomically: a reader never sees half a file

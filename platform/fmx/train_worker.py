@@ -98,6 +98,10 @@ class ReportCheckpointCallback(pl.Callback):
 
         metrics = scalar_metrics(trainer.callback_metrics)
         metrics.update(epoch=float(trainer.current_epoch), step=float(trainer.global_step), **self.extra)
+        for logger in trainer.loggers:  # metrics of the steps this checkpoint holds reach MLflow before Ray has it:
+            drain = getattr(logger, "drain", None)  # a crash after it re-runs no step that could log them again
+            if drain is not None:
+                drain()
         tmp = Path(tempfile.mkdtemp(prefix="fmx_ckpt_"))
         try:
             trainer.save_checkpoint(str(tmp / CKPT_NAME))  # collective: rank 0 writes
@@ -203,9 +207,12 @@ def train_loop(config: Mapping[str, Any]) -> None:
     if uri and run_id:
         spool_dir = config.get("metrics_spool_dir")
         keep_in = None if spool_dir or rank != 0 else _trial_storage()  # S3: the pod's temp dir dies with it
-        loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id, spool_dir=spool_dir, keep_in=keep_in))
+        loggers.append(RankZeroMlflowLogger(tracking_uri=uri, run_id=run_id, spool_dir=spool_dir, keep_in=keep_in,
+                                            background=True))  # no training step waits on MLflow
         if rank == 0:
-            callbacks.append(FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id))
+            log_cfg = (cfg.get("fractals") or {}).get("log") or {}
+            callbacks.append(FingerprintArtifactCallback(
+                tracking_uri=uri, run_id=run_id, figure_every_s=log_cfg.get("fingerprint_figure_every_s", 60.0)))
             callbacks.append(ModelFiguresCallback(tracking_uri=uri, run_id=run_id))
             monitor = tracking.start_system_metrics(run_id, tracking_uri=uri)
     tr = cfg.get("trainer", {})
