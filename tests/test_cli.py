@@ -176,7 +176,12 @@ def test_failed_acceptance_shows_its_numbers():
                       "acceptance/training_beta_target": 0.6262, "acceptance/numerics_pass": 1.0,
                       "acceptance/numerics_dfa_max_err": 0.01, "val/loss": 2.9})
     assert _acceptance_text(best, "acceptance/numerics_pass", 1.0) == "numerics=pass"
-    assert _acceptance_text(best, "acceptance/training_pass", 0.0) == "training=FAIL (latent_beta=3.34, beta_target=0.626)"
+    assert _acceptance_text(best, "acceptance/training_pass", 0.0) == \
+        "training=FAIL (latent_beta=3.34, beta_target=0.626; passes at beta_gap <= 0.2)"
+    bare = pd.Series({"acceptance/stability_pass": 0.0})  # no numbers, no criterion: the verdict alone
+    assert _acceptance_text(bare, "acceptance/stability_pass", 0.0) == "stability=FAIL"
+    assert _acceptance_text(pd.Series({"acceptance/speed_pass": 0.0}), "acceptance/speed_pass", 0.0) == \
+        "speed=FAIL (passes at ms < 300 on CUDA)"
 
 
 def test_resume_continues_in_the_store_the_pointer_names(tmp_path, monkeypatch):

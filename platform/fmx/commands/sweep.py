@@ -86,14 +86,19 @@ def _print_outcome(outcome, metric: str) -> None:
 
 
 def _acceptance_text(best, pass_key: str, passed) -> str:
-    """``training=FAIL (latent_beta=3.34, beta_target=0.63, beta_gap=2.7)``: a failure shows its numbers."""
+    """``training=FAIL (latent_beta=3.34, beta_target=0.63, beta_gap=2.7; passes at beta_gap <= 0.2)``: a failure
+    shows its numbers and what a pass needs."""
+    from fmx.acceptance import PASS_CRITERIA
+
     bench = pass_key.split("/")[1][: -len("_pass")]
     if passed:
         return f"{bench}=pass"
     prefix = f"acceptance/{bench}_"
     numbers = [f"{k[len(prefix):]}={best[k]:.3g}" for k in best.index
                if k.startswith(prefix) and k != pass_key and isinstance(best[k], (int, float)) and best[k] == best[k]]
-    return f"{bench}=FAIL" + (f" ({', '.join(numbers)})" if numbers else "")
+    criterion = PASS_CRITERIA.get(bench)
+    detail = ", ".join(numbers) + (f"; passes at {criterion}" if criterion else "")
+    return f"{bench}=FAIL" + (f" ({detail.removeprefix('; ')})" if detail else "")
 
 
 def _mode_of(outcome) -> str:
