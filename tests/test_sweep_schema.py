@@ -339,3 +339,28 @@ def test_schema_module_help_prints_usage_instead_of_writing_a_file_named_help(tm
     res = subprocess.run([sys.executable, "-m", "fmx.schema", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0 and "usage: python -m fmx.schema" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_grid_sweep_whose_passes_would_repeat_each_other_is_refused(tmp_path):
+    """run_cap 3 on a grid of 2 points with nothing drawn ran 6 trials, 3 identical pairs (same seed)."""
+    from fmx.runner import planned_trials
+    from fmx.schema import SweepFileError, check_search_space
+
+    d = {"name": "g", "method": "grid", "metric": {"name": "val/loss", "goal": "minimize"}, "run_cap": 3,
+         "base": ["model=tiny", "data=synthetic"],
+         "parameters": {"fractals.priors.lambda_spec": {"distribution": "grid", "values": [0.0, 0.05]},
+                        "trainer.max_epochs": {"value": 2}}}
+    sweep = parse_sweep(d)
+    assert planned_trials(sweep) == 6
+    with pytest.raises(SweepFileError, match=r"run_cap.*2 grid points.*repeats it") as err:
+        check_search_space(sweep, file="g.yaml")
+    assert "seed: {distribution: grid" in str(err.value) and "g.yaml" in str(err.value)
+    check_search_space(sweep, resumed=True)  # a sweep recorded before this check continues as it began
+    # replicates by a seed grid, or something drawn per point, are real repeats: allowed
+    seeded = parse_sweep({**d, "run_cap": 1, "parameters": {**d["parameters"],
+                                                            "seed": {"distribution": "grid", "values": [0, 1, 2]}}})
+    check_search_space(seeded)
+    assert planned_trials(seeded) == 6
+    drawn = parse_sweep({**d, "parameters": {**d["parameters"], "optim.lr": {"distribution": "log_uniform",
+                                                                             "min": 1e-4, "max": 1e-2}}})
+    check_search_space(drawn)

@@ -81,13 +81,9 @@ class SweepOutcome:
 def planned_trials(sweep: Sweep) -> int:
     """How many trials a sweep runs: ``run_cap`` samples, each one pass over every grid parameter (Tune repeats
     the grid per sample, whatever the method)."""
-    from fmx.schema import Grid
+    from fmx.schema import planned_grid_points
 
-    n = sweep.run_cap
-    for spec in sweep.parameters.values():
-        if isinstance(spec, Grid):
-            n *= len(spec.values)
-    return n
+    return sweep.run_cap * planned_grid_points(sweep)
 
 
 def new_sweep_id(name: str) -> str:

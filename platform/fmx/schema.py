@@ -185,7 +185,7 @@ class Sweep(_Strict):
     early_terminate: EarlyTerminate = EarlyTerminate()
     run_cap: StrictInt = Field(8, ge=1, le=10_000,
                                description="trials to sample (default 8); grid: passes over the full grid, each with "
-                                           "the same seed (default 1: a second pass repeats the first)")
+                                           "the same seed (default 1; more only when something is drawn per point)")
     max_concurrent: StrictInt = Field(1, ge=1, le=1024)
     max_failures: StrictInt = Field(2, ge=0,
                                     description="worker crashes a trial survives, resuming from its checkpoint")
@@ -353,10 +353,15 @@ def parse_sweep(data: Any, *, file: str | Path = "<sweep>") -> Sweep:
         raise SweepFileError(file, path, msg, value=value, allowed=allowed) from None
 
 
+def planned_grid_points(sweep: Sweep) -> int:
+    """Points of the full grid: the product of the grid parameters' value counts."""
+    return math.prod(len(p.values) for p in sweep.parameters.values() if isinstance(p, Grid))
+
+
 def check_search_space(sweep: Sweep, *, file: str | Path = "<sweep>", resumed: bool = False) -> None:
     """Refuse a TPE/CMA-ES sweep with nothing to search (Optuna would fail at the first trial, mid-run), and a
-    categorical parameter in a grid sweep (not when ``resumed``: such a sweep recorded by an older version
-    continues as it began).
+    categorical parameter or identical repeated passes (``run_cap`` > 1 with nothing drawn) in a grid sweep (not
+    when ``resumed``: such a sweep recorded by an older version continues as it began).
 
     Checked here, not in :class:`Sweep`: a sweep recorded by an older version still reads back for status/resume.
     """
@@ -367,6 +372,12 @@ def check_search_space(sweep: Sweep, *, file: str | Path = "<sweep>", resumed: b
                                  "parameters only; a categorical one is drawn at random once per grid point (some "
                                  "values never, others twice)", value=sweep.parameters[cats[0]].model_dump(),
                                  allowed="distribution: grid to try each value, or method: random to draw them")
+        points = planned_grid_points(sweep)
+        if sweep.run_cap > 1 and all(isinstance(p, (Grid, Constant)) for p in sweep.parameters.values()):
+            raise SweepFileError(file, "run_cap", f"method grid runs run_cap passes over the {points} grid points, "
+                                 "each with the same seed and nothing drawn: every pass after the first repeats it",
+                                 value=sweep.run_cap, allowed="run_cap: 1 (one pass, as a W&B grid sweep); for "
+                                 "replicates, seed as a grid parameter (seed: {distribution: grid, values: [0, 1, 2]})")
     if sweep.method in ("tpe", "cmaes") and all(isinstance(p, Constant) for p in sweep.parameters.values()):
         raise SweepFileError(file, "parameters", f"method {sweep.method} needs at least one parameter with a "
                              "distribution", value=sorted(sweep.parameters) or {},
