@@ -310,33 +310,10 @@ def _val_rank(out_dir: str) -> None:
 def test_ddp_validation_scores_each_sample_once(tmp_path):
     """5 validation samples on 2 ranks: Lightning's padded DistributedSampler gave rank 1 sample 0 again, so
     val/* weighted it twice in the global means."""
-    import socket
-    import subprocess
-    import sys
+    from ddp_ranks import run_ranks
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
-                   LOCAL_RANK=str(rank), RANK=str(rank), OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "tests"), str(REPO),
-                                                            os.environ.get("PYTHONPATH")])))
-        procs.append(subprocess.Popen([sys.executable, __file__, "--val-rank", str(tmp_path)], cwd=REPO, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=150)[0])
-    except subprocess.TimeoutExpired:
-        pytest.fail("the DDP fit hung in validation (a rank with one batch fewer?)")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    run_ranks(__file__, ["--val-rank", tmp_path], timeout_s=150,
+              hang="the DDP fit hung in validation (a rank with one batch fewer?)")
     ranks = [json.loads((tmp_path / f"val{r}.json").read_text()) for r in (0, 1)]
     assert sorted(ranks[0]["seen"] + ranks[1]["seen"]) == list(range(5)), ranks
     assert ranks[0]["val_loss"] == pytest.approx(ranks[1]["val_loss"], rel=1e-6)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from configs import tiny_training_config
+from ddp_ranks import run_ranks
 from models.data.batch import collate_batch
 from models.data.datamodule import build_datamodule
 from models.lightning import build_lightning_module
@@ -152,39 +150,14 @@ def _ddp_rank(out_dir: str) -> None:
     trainer.fit(build_lightning_module(cfg), datamodule=data)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_ranks_log_the_same_validation_keys_with_global_means(tmp_path):
     """Real 2-process gloo DDP. Rank 1's validation batches have no behaviour: it used to never log
     val/behavior_loss while rank 0 did, so Lightning's epoch-end sync paired mismatched collectives (a crash, a
     hang, or one rank's val/latent_hfd averaged with the other's val/latent_beta). Different hash seeds per rank
     also gave the ablation metrics a different order on each rank (they came from a set)."""
-    port = _free_port()
-    procs = []
-    for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
-                   LOCAL_RANK=str(rank), RANK=str(rank), PYTHONHASHSEED=str(rank), OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO),
-                                                            str(REPO / "tests")])))
-        procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path)], cwd=REPO, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=120)[0])
-    except subprocess.TimeoutExpired:
-        pytest.fail("the DDP run hung (a metric logged with sync_dist on one rank only?)")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    run_ranks(__file__, [tmp_path], timeout_s=120, rank_env=lambda rank: {"PYTHONHASHSEED": str(rank)},
+              hang="the DDP run hung (a metric logged with sync_dist on one rank only?)")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     val0 = {k: v for k, v in ranks[0]["metrics"].items() if k.startswith("val/")}
     val1 = {k: v for k, v in ranks[1]["metrics"].items() if k.startswith("val/")}
