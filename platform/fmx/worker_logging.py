@@ -81,8 +81,9 @@ class RankZeroMlflowLogger(Logger):
         self.spool_path = folder / f"{run_id}.unlogged_metrics.jsonl"
         self._retry_s, self._warned = float(retry_s), False
         self._background, self._send_every_s = bool(background), float(send_every_s)
-        self._cv = threading.Condition()  # guards the queue, the sender's state and its error
-        self._io = threading.Lock()  # one writer of the spool file and the MLflow calls at a time
+        # guards the queue, the sender's state and its error; the spool file and MLflow calls need no lock: the
+        # sender alone makes them while it runs, the training thread only after it stopped (flush)
+        self._cv = threading.Condition()
         self._queue: list = []
         self._in_flight = 0  # metrics the sender has taken from the queue and not yet sent or kept
         self._closing, self._sender, self._error = False, None, None
@@ -124,8 +125,7 @@ class RankZeroMlflowLogger(Logger):
                     self._sender.start()
                 self._cv.notify_all()
             return
-        with self._io:
-            self._deliver(items)
+        self._deliver(items)
 
     def _deliver(self, items: list) -> None:
         # _DOWN_AT, not a failure time of its own: a callback may have seen the server down, or another logger up
@@ -148,8 +148,7 @@ class RankZeroMlflowLogger(Logger):
                 items, self._queue = self._queue, []
                 self._in_flight = len(items)
             try:
-                with self._io:
-                    self._deliver(items)
+                self._deliver(items)
             except BaseException as exc:  # noqa: BLE001 - raised again in the training thread, not lost
                 with self._cv:
                     self._error = self._error or exc
