@@ -14,6 +14,10 @@ import torch
 def _run(fn: Callable[[torch.Tensor], Any], rows: torch.Tensor) -> tuple[np.ndarray, list[str], Optional[np.ndarray]]:
     """Apply ``fn`` to all rows at once; if it rejects the batch, row by row to isolate the culprit.
 
+    Before going row by row, one row of white noise of the same length goes through ``fn``: when even that is
+    rejected, the rows' length (or the measure's settings) is the reason, every row gets that error at once, and
+    no row is tried alone (latents of 64 samples made R/S refuse each of 256 rows in turn: 20 % of a fingerprint).
+
     ``fn`` returns values (R,) or (values, r2). Returns (values, flags, r2 or None)."""
     n = rows.shape[0]
     flags = [""] * n
@@ -28,6 +32,12 @@ def _run(fn: Callable[[torch.Tensor], Any], rows: torch.Tensor) -> tuple[np.ndar
         return vals, flags, None if r2 is None else _np(r2)
     except (ValueError, torch.linalg.LinAlgError):
         pass
+    if n > 1:
+        noise = torch.randn(1, rows.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        try:
+            fn(noise.to(dtype=rows.dtype, device=rows.device))
+        except (ValueError, torch.linalg.LinAlgError) as exc:
+            return np.full(n, np.nan), [f"error: {exc}"[:200]] * n, None
     vals = np.full(n, np.nan)
     r2 = np.full(n, np.nan)
     has_r2 = False

@@ -252,3 +252,44 @@ def test_psd_band_starting_at_zero_is_a_config_error():
     x = _recording(n_ch=3, n=1024)
     with pytest.raises(ValueError, match=r"config.temporal.psd_freq_band: .*0 < lo"):
         fingerprint(x, FS, {"temporal": {"psd_freq_band": [0.0, 40.0]}, "measures": ["spectral_beta"]})
+
+
+def test_a_measure_the_rows_length_rules_out_is_flagged_in_one_probe_not_row_by_row():
+    # 64-sample latents: R/S needs T >= 128. Every row got the same error, one call per row (256 in a fingerprint).
+    from fractals._fingerprint_measures import _run
+    from fractals.metrics import hurst_rs
+
+    calls = []
+
+    def counted(rows):
+        calls.append(rows.shape[0])
+        return hurst_rs(rows)
+
+    rows = torch.randn(6, 64)
+    vals, flags, r2 = _run(counted, rows)
+    assert calls == [6, 1] and np.isnan(vals).all() and r2 is None
+    assert all(f.startswith("error: x: T=64 is too short for default R/S windows") for f in flags), flags
+
+    table, _ = fingerprint(torch.randn(2, 3, 64), FS, {"temporal": {"psd_freq_band": [2.0, 40.0]}})
+    hurst = table[table["measure"] == "hurst_rs"]
+    assert len(hurst) == 6 and not hurst["ok"].any() and hurst["flag"].str.contains("T=64 is too short").all()
+
+
+def test_a_row_its_values_rule_out_is_still_isolated_row_by_row():
+    from fractals._fingerprint_measures import _run
+
+    def refuse_large(rows):
+        if bool((rows.abs() > 100).any()):
+            raise ValueError("x: a value above 100")
+        return rows.std(-1)
+
+    rows = torch.randn(4, 64)
+    rows[2, 5] = 1e3
+    calls = []
+    vals, flags, _ = _run(lambda r: calls.append(r.shape[0]) or refuse_large(r), rows)
+    assert calls == [4, 1, 1, 1, 1, 1]  # the batch, the white-noise probe (accepted), then each row
+    assert flags == ["", "", "error: x: a value above 100", ""] and np.isnan(vals[2]) and np.isfinite(vals[[0, 1, 3]]).all()
+
+    one = []
+    _, flags, _ = _run(lambda r: one.append(r.shape[0]) or refuse_large(r), rows[2:3])
+    assert one == [1, 1] and flags == ["error: x: a value above 100"]  # a single row: no probe
