@@ -25,11 +25,13 @@ def test_a_failed_trial_says_why_and_where_in_the_console_mlflow_and_status(tmp_
     (tmp_path / "failing_builder_mod.py").write_text(
         "import os\n"
         "def module(cfg):\n"
-        "    raise ValueError('builder refused model.lr=' + str(cfg['model']['lr']) + ' key='\n"
+        "    raise ValueError('builder refused model.lr=' + str(cfg['model']['lr']) + ' poll='\n"
+        "                     + os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S', 'unset') + ' key='\n"
         "                     + os.environ.get('AWS_SECRET_ACCESS_KEY', '') + '\\nsecond line of detail')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the local Ray's workers import the builder from here
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
     monkeypatch.chdir(tmp_path)
     data = {"name": "failing", "base": ["model=two_moons", "data=two_moons", "trainer.max_epochs=1",
                                         "fractals.enable=false"],
@@ -46,6 +48,8 @@ def test_a_failed_trial_says_why_and_where_in_the_console_mlflow_and_status(tmp_
     line = next(x for x in printed.splitlines() if "FAILED" in x)
     assert "ValueError: builder refused model.lr=" in line, printed
     assert "second line" not in line and SECRET not in printed
+    # the trial set fmx's poll interval and Ray passed it through the Train controller to the worker (was Ray's 2 s)
+    assert " poll=0.25 " in line, line
     where = line.rsplit("traceback: ", 1)[1].split(";")[0].strip()
     # the copy in the trial's folder of the store, not the driver's staging copy under Ray's session folder
     assert Path(where).is_relative_to(tmp_path / "ray") and "ValueError: builder refused" in Path(where).read_text()

@@ -37,7 +37,7 @@ from fmx.ray_setup import check_session_fits, check_trial_fits, init_ray  # test
 from fmx.ray_setup import TRIAL_CPU
 from fmx.search import scheduler, search_algorithm, search_space
 from fmx.trial_support import best_finite_checkpoint, last_logged_step, process_group_backend
-from fmx.trial_support import masked_trial_error
+from fmx.trial_support import masked_trial_error, report_poll_interval
 # Split off into their own modules; importable from here as before: tests patch runner.make_plan, and older
 # sweeps' Tune state holds the plan pickled as fmx.runner.SweepPlan.
 from fmx.sweep_plan import SweepPlan, Targets, _longest_epochs, make_plan, plan_dict, resolve_targets
@@ -137,6 +137,7 @@ def _run_sweep(sweep: Sweep, *, sweep_text: str, address: str | None, resume_id:
     root = Path(root or os.getcwd())
     # before any run is recorded: Optuna would fail only at the first trial
     check_search_space(sweep, resumed=bool(resume_id))
+    report_poll_interval()  # a bad RAY_TRAIN_HEALTH_CHECK_INTERVAL_S fails here, not in every trial
     if fault is None and os.environ.get(FAULT_ENV):  # fault injection for end-to-end tests of the CLI
         fault = json.loads(os.environ[FAULT_ENV])
     sweep_id = resume_id or new_sweep_id(sweep.name)

@@ -29,7 +29,10 @@ VIRTUAL_ONLY_HOSTS = ("cwobject.com", "cwlota.com")
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
                  "AWS_REGION", SECRET_FILE_ENV, "MLFLOW_TRACKING_URI", "FMX_CONF_DIR", "PYTHONPATH", ADDRESSING_ENV,
                  # the bounds on MLflow's client retries: trials log from Ray workers, where a caller's bound must hold
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                 # how often Ray Train's controller takes reports (fmx.trial_support.REPORT_POLL_ENV): a caller's
+                 # setting holds in the trials on a cluster too
+                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
 _KEY_ALIASES = {
     "access_key": ("AWS_ACCESS_KEY_ID", "access_key_id", "accessKey", "access_key"),
     "secret_key": ("AWS_SECRET_ACCESS_KEY", "secret_access_key", "secretKey", "secret_key"),

@@ -7,7 +7,8 @@ from typing import Any, Mapping
 from fmx import storage as st
 from fmx import tracking
 from fmx.sweep_plan import SweepPlan
-from fmx.trial_support import best_finite_checkpoint, last_logged_step, masked_trial_error, process_group_backend
+from fmx.trial_support import (best_finite_checkpoint, last_logged_step, masked_trial_error, process_group_backend,
+                               set_report_poll_interval)
 
 
 def trial_fn(config: Mapping[str, Any], plan: SweepPlan) -> None:
@@ -54,6 +55,7 @@ def _run_trial(config: Mapping[str, Any], plan: SweepPlan) -> None:
     use_gpu = plan.gpus_per_worker > 0
     resources = {"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if use_gpu else {})}
     backend = process_group_backend(plan.workers, plan.gpus_per_worker)
+    set_report_poll_interval()  # the controller TorchTrainer.fit starts reads it: no epoch waits on a 2 s poll
     trainer = TorchTrainer(
         _worker_loop, torch_config=TorchConfig(backend=backend) if backend else None,
         train_loop_config={"cfg": cfg, "tracking_uri": plan.tracking_uri, "run_id": run_id, "use_gpu": use_gpu,
