@@ -136,15 +136,34 @@ def _interval_calls(cfg: Mapping[str, Any]) -> tuple[dict[str, Callable], dict[s
 
 
 def _network(rows: torch.Tensor, good: np.ndarray, n_ch: int, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """FC density and graph FD per recording over its good channels, averaged over recordings."""
+    """FC density and graph FD per recording over its good channels, averaged over recordings.
+
+    Recordings whose channels are all good (the usual case) share one batched FC and one batched box covering;
+    a recording with flagged channels, or one the batch's covering rejects, is measured alone.
+    """
     from fractals import metrics as fm
 
     thresh = float(cfg["graph"]["corr_threshold"])
     eps = [int(e) for e in cfg["graph"]["box_eps"]]
+    orders = int(cfg["graph"].get("node_orders", 1))
     dens, fds, why = [], [], ""
     good_rec = good.reshape(-1, n_ch)
     recs = rows.reshape(-1, n_ch, rows.shape[-1])
-    for r in range(recs.shape[0]):
+    alone = list(range(recs.shape[0]))
+    whole = np.nonzero(good_rec.all(1))[0] if n_ch >= 3 else np.zeros(0, dtype=int)
+    if whole.size > 1:
+        x = recs if whole.size == recs.shape[0] else recs[torch.as_tensor(whole, device=rows.device)]
+        adj = torch.as_tensor(fm.functional_connectivity_latents(x.transpose(1, 2), thresh=thresh))  # (R, C, C)
+        off = ~torch.eye(n_ch, dtype=torch.bool, device=adj.device)
+        try:
+            fd = torch.as_tensor(fm.graph_fractal_dim(adj, eps, node_orders=orders)).reshape(-1)
+        except ValueError:  # one graph the covering refuses: each recording alone says which
+            pass
+        else:
+            dens += ((adj != 0) & off).double().sum((-2, -1)).div(n_ch * (n_ch - 1)).tolist()
+            fds += fd.tolist()
+            alone = sorted(set(alone) - set(whole.tolist()))
+    for r in alone:
         keep = np.nonzero(good_rec[r])[0]
         if keep.size < 3:
             why = f"recording {r}: {keep.size} good channel(s), need >= 3"
@@ -155,7 +174,7 @@ def _network(rows: torch.Tensor, good: np.ndarray, n_ch: int, cfg: Mapping[str, 
         off = ~torch.eye(c, dtype=torch.bool, device=adj.device)
         dens.append(float((adj[off] != 0).double().mean()))
         try:
-            fd = fm.graph_fractal_dim(adj, eps, node_orders=int(cfg["graph"].get("node_orders", 1)))
+            fd = fm.graph_fractal_dim(adj, eps, node_orders=orders)
             fds.append(float(torch.as_tensor(fd).reshape(-1)[0]))
         except ValueError as exc:
             why = f"graph_fd: {exc}"[:200]

@@ -293,3 +293,57 @@ def test_a_row_its_values_rule_out_is_still_isolated_row_by_row():
     one = []
     _, flags, _ = _run(lambda r: one.append(r.shape[0]) or refuse_large(r), rows[2:3])
     assert one == [1, 1] and flags == ["error: x: a value above 100"]  # a single row: no probe
+
+
+@pytest.mark.parametrize("node_orders", [1, 4])
+def test_network_measures_of_a_batch_equal_each_recording_measured_alone(node_orders, monkeypatch):
+    # Recordings with every channel good share one batched FC and box covering; the summary must be the mean of
+    # each recording's own measures (the per-recording path, as a one-recording fingerprint takes it).
+    from fractals import metrics as fm
+    from fractals._fingerprint_measures import _network
+    from fractals.fingerprint import resolve_config
+
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(6, 8, 512, generator=gen)
+    weights = 0.6 + 0.6 * torch.rand(6, 8, 1, generator=gen)
+    x = z + weights * z.roll(1, dims=1)  # 6 recordings x 8 channels, each correlated with its ring neighbours
+    cfg = resolve_config({"graph": {"node_orders": node_orders}})
+    rows = x.reshape(-1, 512)
+    alone = [_network(x[r], np.ones(8, bool), 8, cfg) for r in range(6)]
+    assert not any("graph_flag" in a for a in alone)
+    covered = []
+    real = fm.graph_fractal_dim
+    monkeypatch.setattr(fm, "graph_fractal_dim", lambda adj, *a, **k: covered.append(adj.shape) or real(adj, *a, **k))
+    batched = _network(rows, np.ones(48, bool), 8, cfg)
+    assert covered == [(6, 8, 8)]  # one covering for the six recordings
+    assert batched["fc_density"] == pytest.approx(np.mean([a["fc_density"] for a in alone]), abs=1e-12)
+    assert batched["graph_fd"] == pytest.approx(np.mean([a["graph_fd"] for a in alone]), abs=1e-12)
+    assert "graph_flag" not in batched
+
+    # a recording with a flagged channel is measured alone, over its good channels
+    good = np.ones(48, bool)
+    good[8 + 3] = False
+    covered.clear()
+    mixed = _network(rows, good, 8, cfg)
+    assert covered == [(5, 8, 8), (7, 7)]
+    one = _network(x[1][[0, 1, 2, 4, 5, 6, 7]], np.ones(7, bool), 7, cfg)
+    want = [a for i, a in enumerate(alone) if i != 1] + [one]
+    assert mixed["fc_density"] == pytest.approx(np.mean([a["fc_density"] for a in want]), abs=1e-12)
+    assert mixed["graph_fd"] == pytest.approx(np.mean([a["graph_fd"] for a in want]), abs=1e-12)
+
+
+def test_network_batch_with_a_graph_the_covering_refuses_falls_back_to_each_recording():
+    from fractals._fingerprint_measures import _network
+    from fractals.fingerprint import resolve_config
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 6, 256, generator=gen)  # recording 0: independent channels, no edge at 0.5
+    for _ in range(2):  # recordings 1, 2: each channel shares noise with its ring neighbours
+        x[1:] += x[1:].roll(1, dims=1)
+    cfg = resolve_config({"graph": {"corr_threshold": 0.5, "box_eps": [2, 3]}})
+    alone = [_network(x[r], np.ones(6, bool), 6, cfg) for r in range(3)]
+    assert "no edges" in alone[0]["graph_flag"] and "graph_flag" not in alone[1] and "graph_flag" not in alone[2]
+    out = _network(x.reshape(-1, 256), np.ones(18, bool), 6, cfg)
+    assert out["fc_density"] == pytest.approx(np.mean([a["fc_density"] for a in alone]), abs=1e-12)
+    assert out["graph_fd"] == pytest.approx(np.mean([alone[1]["graph_fd"], alone[2]["graph_fd"]]), abs=1e-12)
+    assert out["graph_flag"] == alone[0]["graph_flag"]
