@@ -101,6 +101,7 @@ def run_trial(tmp: Path) -> dict:
 
     from fmx import tracking
     from fmx.train_worker import train_loop
+    from fmx.trial_support import set_report_poll_interval
 
     record = tmp / "record"
     record.mkdir()
@@ -117,6 +118,7 @@ def run_trial(tmp: Path) -> dict:
     saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     try:
+        set_report_poll_interval()  # as a trial does before its fit (os.environ is restored below)
         result = TorchTrainer(
             train_loop, torch_config=TorchConfig(backend="gloo"),
             train_loop_config={"cfg": cfg, "tracking_uri": uri, "run_id": run_id, "threads_per_worker": 1,
