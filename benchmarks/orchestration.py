@@ -111,9 +111,14 @@ def platform_run(*, epochs: int, batches: int) -> dict:
 
 
 def overhead(args) -> dict:
+    from fmx.trial_support import report_poll_interval
+
     plain = plain_lightning(epochs=args.epochs, batches=args.batches, threads=1)  # the worker's cpus_per_worker
     plat = platform_run(epochs=args.epochs, batches=args.batches)
     res = {"epochs": args.epochs, "batches_per_epoch": args.batches, "cpus": os.cpu_count(),
+           # the Train controller's poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, fmx's default unless set): at Ray's
+           # 2 s every epoch shorter than that waited for it
+           "report_poll_s": report_poll_interval(),
            "plain_epoch_s": plain["epoch_s"], "platform_epoch_s": plat["epoch_s"],
            "epoch_overhead_pct": 100 * (plat["epoch_s"] / plain["epoch_s"] - 1),
            "plain_epochs_s": plain["epochs_s"], "platform_epochs_s": plat["epochs_s"],
