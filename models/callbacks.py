@@ -202,16 +202,27 @@ def _stepped(callback: Any, step: int) -> bool:
     return callback._start_step is None or step != callback._start_step
 
 
-def _forward_latents(pl_module, batch) -> torch.Tensor:
+def eval_forward(pl_module, batch) -> Any:
+    """``pl_module(batch)`` in eval mode without gradients; the running validation's own output when ``batch`` is
+    its first batch (``pl_module.first_validation_forward``), so epoch-end callbacks measuring that batch cost no
+    forward pass of their own (a third of the tiny preset's per-evaluation fingerprint time)."""
+    cached = getattr(pl_module, "first_validation_forward", None)
+    if cached is not None and cached[0] is batch and not pl_module.training:
+        return cached[1]
     was_training = pl_module.training
     pl_module.eval()
     try:
         with torch.no_grad():
-            out = pl_module(batch)
-            if hasattr(pl_module, "clean_latents"):  # unmasked latents when reconstruction hides steps
-                out = {**out, "latents": pl_module.clean_latents(batch, out)}
+            return pl_module(batch)
     finally:
         pl_module.train(was_training)
+
+
+def _forward_latents(pl_module, batch) -> torch.Tensor:
+    out = eval_forward(pl_module, batch)
+    if hasattr(pl_module, "clean_latents"):  # unmasked latents when reconstruction hides steps
+        with torch.no_grad():
+            out = {**out, "latents": pl_module.clean_latents(batch, out)}
     return out
 
 

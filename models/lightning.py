@@ -117,6 +117,9 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
         self._val_keys = (["val/loss"] + [f"val/{name}_loss" for name in self.model.loss_names]
                           + [f"val/latent_{name}" for name in LATENT_MEASURES])
         self._val_totals: torch.Tensor | None = None
+        # (batch, output) of the running validation's first batch: callbacks that measure that batch at the
+        # epoch's end (scale ablation, the platform's fingerprint) reuse it instead of a forward of their own.
+        self.first_validation_forward: tuple[Any, dict] | None = None
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
@@ -297,6 +300,7 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_totals = torch.zeros(2, len(self._val_keys), device=self.device)
+        self.first_validation_forward = None
 
     def validation_step(self, batch, batch_idx):
         # Each val/* metric is the mean over the batches that had it, weighted by batch size, over all
@@ -304,6 +308,8 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
         # batch with sync_dist would log a head's key only on ranks whose batches had its target: DDP then
         # hangs or averages mismatched metrics.
         out = self(batch)
+        if batch_idx == 0:
+            self.first_validation_forward = (batch, out)
         bsz = _batch_size(batch)
         values = {}
         scored = out.get("scored", tuple(out["losses"]))
@@ -324,6 +330,7 @@ class NeuroFMxModule(_FitWarnings, pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         totals, self._val_totals = self._val_totals, None
+        self.first_validation_forward = None  # callbacks ran first (Lightning's order); no batch kept in training
         if totals is None:
             totals = torch.zeros(2, len(self._val_keys), device=self.device)
         means = global_means(self._trainer, self._val_keys, totals)

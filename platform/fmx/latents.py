@@ -22,12 +22,9 @@ def latent_fingerprint(pl_module, batch, *, max_channels: int = 32):
     """
     import pandas as pd
 
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
-        out = pl_module(batch)
-    finally:
-        pl_module.train(was_training)
+    from models.callbacks import eval_forward
+
+    out = eval_forward(pl_module, batch)  # the validation's own forward when `batch` is its first batch
     latents = out.get("latents", {}) if isinstance(out, Mapping) else {}
     ssm = latents.get("ssm")
     if ssm is None:
