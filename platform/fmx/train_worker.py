@@ -103,6 +103,7 @@ class ReportCheckpointCallback(pl.Callback):
             if drain is not None:
                 drain()
         tmp = Path(tempfile.mkdtemp(prefix="fmx_ckpt_"))
+        handed_to_ray = False
         try:
             trainer.save_checkpoint(str(tmp / CKPT_NAME))  # collective: rank 0 writes
             checkpoint = None
@@ -110,9 +111,12 @@ class ReportCheckpointCallback(pl.Callback):
                 from ray.train import Checkpoint
 
                 checkpoint = Checkpoint.from_directory(str(tmp))
-            ray.train.report(metrics, checkpoint=checkpoint)
+            upload = _background_upload() if checkpoint is not None else {}
+            ray.train.report(metrics, checkpoint=checkpoint, **upload)
+            handed_to_ray = bool(upload)  # Ray deletes the folder once it is stored
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not handed_to_ray:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         # Fault injection (tests): rank 0 dies hard in the middle of epoch `fail_at_epoch` (second batch), as an
@@ -124,6 +128,20 @@ class ReportCheckpointCallback(pl.Callback):
             Path(self.fail_marker).write_text(str(os.getpid()))
             time.sleep(3.0)
             os._exit(1)
+
+
+def _background_upload() -> dict:
+    """``ray.train.report`` options that store the checkpoint from Ray's upload thread; none on a Ray without it.
+
+    Reported synchronously, each epoch's training waited for the copy into the storage path (an S3 upload on a
+    cluster) and for the Train controller to take the report (one per poll). In the background the training
+    thread only writes the local file; Ray reports the checkpoint once it is stored, in order, deletes the local
+    copy, raises an upload failure in the training thread, and waits for uploads in flight when training ends.
+    """
+    import ray.train
+
+    mode = getattr(ray.train, "CheckpointUploadMode", None)
+    return {} if mode is None else {"checkpoint_upload_mode": mode.ASYNC, "delete_local_checkpoint_after_upload": True}
 
 
 def _trial_storage():
