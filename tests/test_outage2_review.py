@@ -103,14 +103,14 @@ def test_a_failed_fingerprint_log_is_retried_only_after_retry_s_and_no_metric_is
 
     uri, c, run_id = _file_run(tmp_path)
     cb = _fingerprint_callback(monkeypatch, uri, run_id=run_id, retry_s=3600)
-    real = tracking.log_dataframe_parquet
-    monkeypatch.setattr(tracking, "log_dataframe_parquet",
+    real = tracking.log_arrow_parquet
+    monkeypatch.setattr(tracking, "log_arrow_parquet",
                         lambda *a, **k: (_ for _ in ()).throw(MlflowException("503 from the proxy")))
     cb.on_validation_epoch_end(_trainer(0, 5), None)  # metrics logged, then the table failed
     assert "not logged" in capsys.readouterr().out and cb._unlogged == []
     cb.on_validation_epoch_end(_trainer(1, 9), None)  # within retry_s: skipped without a call
     assert len(cb._unlogged) == 1
-    monkeypatch.setattr(tracking, "log_dataframe_parquet", real)
+    monkeypatch.setattr(tracking, "log_arrow_parquet", real)
     cb.retry_s = 0.0
     cb.on_validation_epoch_end(_trainer(2, 14), None)
     assert [m.step for m in c.get_metric_history(run_id, "fingerprint/higuchi_fd_mean")] == [5, 9, 14]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -170,6 +171,9 @@ def test_crashed_worker_resumes_and_interrupted_sweep_resumes_without_redoing_tr
     first = c.get_run(first.info.run_id)
     assert first.data.tags.get("fmx.resumed_from_checkpoint") == "true"
     assert len(c.get_metric_history(first.info.run_id, "val/loss")) == 3  # epochs 0, 1, 2: none validated twice
+    # The restarted worker's fingerprint table kept the row of epoch 0, logged before the crash (it was replaced)
+    table = c.download_artifacts(first.info.run_id, "fingerprint/latent_fingerprint.parquet", str(tmp_path / "fp"))
+    assert sorted(pd.read_parquet(table)["epoch"].unique().tolist()) == [0, 1, 2]
     first_history = len(c.get_metric_history(first.info.run_id, "train/loss"))
 
     _fmx("sweep", "resume", "resume", "--storage", str(storage), "--address", ray_cluster.address,

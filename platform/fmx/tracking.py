@@ -264,6 +264,16 @@ def log_dataframe_parquet(c, run_id: str, df, artifact_file: str) -> None:
         c.log_artifact(run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
 
+def log_arrow_parquet(c, run_id: str, table, artifact_file: str) -> None:
+    """Log a :class:`pyarrow.Table` as a parquet artifact (no pandas conversion: the caller converts once)."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        pq.write_table(table, path)
+        c.log_artifact(run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+
 def log_figure(c, run_id: str, fig, artifact_file: str) -> None:
     c.log_figure(run_id, fig, artifact_file)
 
