@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fmx import tracking, worker_logging
-from fmx.worker_logging import FINGERPRINT_TABLE, FingerprintArtifactCallback
+from fmx import fingerprint_log, tracking, worker_logging
+from fmx.fingerprint_log import FINGERPRINT_TABLE, FingerprintArtifactCallback
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def _callback(monkeypatch, run, tables):
         table = tables(pl_module.epoch)
         return table, {"higuchi_fd_mean": float(table["value"].mean())}
 
-    monkeypatch.setattr(worker_logging, "latent_fingerprint", fingerprint)
+    monkeypatch.setattr(fingerprint_log, "latent_fingerprint", fingerprint)
     cb = FingerprintArtifactCallback(tracking_uri=run.uri, run_id=run.run_id, figure_every_s=1e9)
     cb._batch, cb._drawn_at = torch.zeros(1), 0.0
     return cb

@@ -14,7 +14,7 @@ import torch
 from fixtures_servers import free_port
 from fmx import storage, tracking
 from fmx import train_worker as tw
-from fmx import worker_logging
+from fmx import fingerprint_log, worker_logging
 from fmx.train_worker import FingerprintArtifactCallback, ModelFiguresCallback, RankZeroMlflowLogger
 
 
@@ -43,7 +43,7 @@ def _file_run(tmp_path):
 
 def _fingerprint_callback(monkeypatch, uri, run_id="r1", **kw):
     table = pd.DataFrame([{"channel": "ch0", "measure": "higuchi_fd", "value": 1.5, "ok": True}])
-    monkeypatch.setattr(worker_logging, "latent_fingerprint", lambda *a, **k: (table, {"higuchi_fd_mean": 1.5}))
+    monkeypatch.setattr(fingerprint_log, "latent_fingerprint", lambda *a, **k: (table, {"higuchi_fd_mean": 1.5}))
     cb = FingerprintArtifactCallback(tracking_uri=uri, run_id=run_id, **kw)
     cb._batch = torch.zeros(1)
     return cb

@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from fixtures_servers import free_port
-from fmx import tracking, worker_logging
-from fmx.worker_logging import FingerprintArtifactCallback, RankZeroMlflowLogger
+from fmx import fingerprint_log, tracking, worker_logging
+from fmx.fingerprint_log import FingerprintArtifactCallback
+from fmx.worker_logging import RankZeroMlflowLogger
 from test_outage2_review import _file_run
 
 
@@ -137,7 +138,7 @@ def test_the_checkpoint_is_reported_after_the_metrics_of_its_steps_are_out(tmp_p
         def drain(self):
             order.append("drain")
 
-    monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None: order.append("report"))
+    monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None, **options: order.append("report"))
     trainer = SimpleNamespace(callback_metrics={"val/loss": 0.5}, current_epoch=0, global_step=3, global_rank=1,
                               loggers=[Logger()], save_checkpoint=lambda path: None)
     ReportCheckpointCallback().on_train_epoch_end(trainer, None)
@@ -159,7 +160,7 @@ def drawn(monkeypatch):
 
     monkeypatch.setattr(fmx.compare, "fingerprint_figure", spy)
     table = pd.DataFrame([{"channel": "ch0", "measure": "higuchi_fd", "value": 1.5, "ok": True}])
-    monkeypatch.setattr(worker_logging, "latent_fingerprint", lambda *a, **k: (table, {"higuchi_fd_mean": 1.5}))
+    monkeypatch.setattr(fingerprint_log, "latent_fingerprint", lambda *a, **k: (table, {"higuchi_fd_mean": 1.5}))
     return plots
 
 

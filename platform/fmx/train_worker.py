@@ -6,7 +6,8 @@ from ``ray.train.get_checkpoint()`` when Ray restarts a crashed worker group, an
 checkpoint to Ray after every validation (:class:`ReportCheckpointCallback`). Rank 0 alone logs to MLflow:
 metrics per step and epoch (:class:`RankZeroMlflowLogger`), system metrics, and the latent fractal
 fingerprint at each evaluation (:class:`FingerprintArtifactCallback`).
-Those loggers live in :mod:`fmx.worker_logging`, the fingerprint itself in :mod:`fmx.latents`.
+Those loggers live in :mod:`fmx.worker_logging` and :mod:`fmx.fingerprint_log`, the fingerprint itself in
+:mod:`fmx.latents`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import importlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -30,8 +32,8 @@ from fmx.storage import redact
 from fmx.config import TRAINER_KEYS, trainer_options
 # Split off into their own modules; importable from here as before.
 from fmx.latents import _MEASURE_NAMES, _measured_channels, latent_fingerprint
-from fmx.worker_logging import (_DOWN_AT, FingerprintArtifactCallback, ModelFiguresCallback, RankZeroMlflowLogger,
-                                _log_fingerprint, _outage_errors, _tracking_down)
+from fmx.fingerprint_log import FingerprintArtifactCallback, _log_fingerprint
+from fmx.worker_logging import _DOWN_AT, ModelFiguresCallback, RankZeroMlflowLogger, _outage_errors, _tracking_down
 
 __all__ = [
     "CKPT_NAME", "build_module_and_data", "scalar_metrics", "ReportCheckpointCallback", "RankSeedCallback",
@@ -92,16 +94,17 @@ class ReportCheckpointCallback(pl.Callback):
                  fail_marker: str | None = None):
         self.extra = dict(extra or {})
         self.fail_at_epoch, self.fail_marker = fail_at_epoch, fail_marker
+        self._uploads = _UploadGate()
 
     def on_train_epoch_end(self, trainer, pl_module):
         import ray.train
 
         metrics = scalar_metrics(trainer.callback_metrics)
         metrics.update(epoch=float(trainer.current_epoch), step=float(trainer.global_step), **self.extra)
-        for logger in trainer.loggers:  # metrics of the steps this checkpoint holds reach MLflow before Ray has it:
-            drain = getattr(logger, "drain", None)  # a crash after it re-runs no step that could log them again
-            if drain is not None:
-                drain()
+        # What the loggers and callbacks (the fingerprint) hold reaches MLflow before Ray has the checkpoint: a crash
+        # after it re-runs no step that could log it again.
+        holders = (*trainer.loggers, *getattr(trainer, "callbacks", ()))
+        drains = [d for d in (getattr(x, "drain", None) for x in holders) if callable(d)]
         tmp = Path(tempfile.mkdtemp(prefix="fmx_ckpt_"))
         handed_to_ray = False
         try:
@@ -111,9 +114,18 @@ class ReportCheckpointCallback(pl.Callback):
                 from ray.train import Checkpoint
 
                 checkpoint = Checkpoint.from_directory(str(tmp))
-            upload = _background_upload() if checkpoint is not None else {}
-            ray.train.report(metrics, checkpoint=checkpoint, **upload)
-            handed_to_ray = bool(upload)  # Ray deletes the folder once it is stored
+            # every rank: a report waits for the controller's poll in Ray's thread; rank 0's drains run there too
+            upload = _background_upload(drains, self._uploads if checkpoint is not None else None)
+            if checkpoint is None or "checkpoint_upload_fn" not in upload:
+                for drain in drains:
+                    drain()
+            try:
+                ray.train.report(metrics, checkpoint=checkpoint, **upload)
+            except BaseException:
+                if "checkpoint_upload_fn" in upload:
+                    self._uploads.release()  # Ray never took it: the next checkpoint must not wait for it
+                raise
+            handed_to_ray = "checkpoint_upload_fn" in upload  # Ray deletes the folder once it is stored
         finally:
             if not handed_to_ray:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -130,18 +142,74 @@ class ReportCheckpointCallback(pl.Callback):
             os._exit(1)
 
 
-def _background_upload() -> dict:
+class _UploadGate:
+    """At most one of a worker's checkpoints is being drained and stored while training goes on.
+
+    Ray's upload thread also hands each report to the controller, one per poll: without a bound, epochs shorter
+    than the poll queued reports without end (Tune saw them later and later, and the fit's end waited for all).
+    Reporting epoch k waits until the store of epoch k-1 is done, so Tune is at most about three reports behind
+    (a scheduler's stop comes that many epochs late only when epochs are shorter than the poll).
+    """
+
+    wait_s = 600.0  # a report Ray dropped (its barrier reset: a worker died, the group restarts) never releases
+
+    def __init__(self):
+        self._cv, self._busy = threading.Condition(), False
+
+    def acquire(self) -> None:
+        with self._cv:
+            if not self._cv.wait_for(lambda: not self._busy, timeout=self.wait_s):
+                print(f"fmx: the previous checkpoint is still being stored after {self.wait_s:.0f} s; training goes on")
+            self._busy = True
+
+    def release(self) -> None:
+        with self._cv:
+            self._busy = False
+            self._cv.notify_all()
+
+
+def _background_upload(drains=(), gate: _UploadGate | None = None) -> dict:
     """``ray.train.report`` options that store the checkpoint from Ray's upload thread; none on a Ray without it.
 
     Reported synchronously, each epoch's training waited for the copy into the storage path (an S3 upload on a
-    cluster) and for the Train controller to take the report (one per poll). In the background the training
-    thread only writes the local file; Ray reports the checkpoint once it is stored, in order, deletes the local
-    copy, raises an upload failure in the training thread, and waits for uploads in flight when training ends.
+    cluster) and for the Train controller to take the report (one per poll): with several workers a rank held
+    there held the others at the next gradient all-reduce. In the background the training thread only writes the
+    local file; Ray reports the checkpoint once it is stored, in order, deletes the local copy, raises an upload
+    failure in the training thread, and waits for uploads in flight when training ends.
+
+    With a checkpoint (rank 0) the ``drains`` (what must reach MLflow before Ray has the checkpoint) run in that
+    thread too, ahead of the copy (``checkpoint_upload_fn``), after ``gate`` let the previous store finish: the
+    training thread goes on while the last metrics are sent. Where Ray does not offer that, rank 0 reports
+    synchronously (no options) and the caller drains first. Without a checkpoint (the other ranks, whose
+    loggers are silent) only the report is in the background.
     """
+    import inspect
+
     import ray.train
 
     mode = getattr(ray.train, "CheckpointUploadMode", None)
-    return {} if mode is None else {"checkpoint_upload_mode": mode.ASYNC, "delete_local_checkpoint_after_upload": True}
+    if mode is None:
+        return {}
+    options = {"checkpoint_upload_mode": mode.ASYNC, "delete_local_checkpoint_after_upload": True}
+    if gate is None:
+        return options
+    if "checkpoint_upload_fn" not in inspect.signature(ray.train.report).parameters:
+        return {}
+    try:
+        store = ray.train.get_context().get_storage().persist_current_checkpoint  # Ray's own copy (DeveloperAPI)
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return {}
+
+    def drain_then_store(checkpoint, checkpoint_dir_name):
+        try:
+            for drain in drains:
+                drain()
+            return store(checkpoint, checkpoint_dir_name)
+        finally:
+            gate.release()
+
+    gate.acquire()
+    return {**options, "checkpoint_upload_fn": drain_then_store}
 
 
 def _trial_storage():
@@ -229,8 +297,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
                                             background=True))  # no training step waits on MLflow
         if rank == 0:
             log_cfg = (cfg.get("fractals") or {}).get("log") or {}
-            callbacks.append(FingerprintArtifactCallback(
-                tracking_uri=uri, run_id=run_id, figure_every_s=log_cfg.get("fingerprint_figure_every_s", 60.0)))
+            callbacks.append(FingerprintArtifactCallback(  # sent from its own thread, drained before each checkpoint
+                tracking_uri=uri, run_id=run_id, figure_every_s=log_cfg.get("fingerprint_figure_every_s", 60.0),
+                background=True))
             callbacks.append(ModelFiguresCallback(tracking_uri=uri, run_id=run_id))
             monitor = tracking.start_system_metrics(run_id, tracking_uri=uri)
     tr = cfg.get("trainer", {})

@@ -1,4 +1,6 @@
-"""Rank 0's MLflow logging in a training worker that survives a tracking outage: metrics, fingerprint, figures."""
+"""Rank 0's MLflow logging in a training worker that survives a tracking outage: metrics and model figures.
+
+The latent fingerprint's callback is in :mod:`fmx.fingerprint_log`; it shares this module's outage state."""
 from __future__ import annotations
 
 import json
@@ -19,7 +21,6 @@ except ImportError:  # pragma: no cover
     from lightning.pytorch.utilities import rank_zero_only
 
 from fmx import tracking
-from fmx.latents import latent_fingerprint
 from fmx.storage import redact
 
 # Tracking URI -> time.monotonic() of this process's last failed call to it: the logger and the callbacks share it,
@@ -274,116 +275,6 @@ class RankZeroMlflowLogger(Logger):
         return json.dumps({"key": m.key, "value": m.value, "step": m.step, "timestamp": m.timestamp}) + "\n"
 
 
-class FingerprintArtifactCallback(pl.Callback):
-    """Rank 0, each validation: per-channel latent measures as metrics and a parquet table in MLflow, plus a plot.
-
-    While the tracking server is away (a failure less than ``retry_s`` ago, or no answer to one quick check) the
-    evaluation is not sent, so no validation waits out MLflow's retries: the next logged evaluation carries its
-    table rows and its summary metrics (at their own step).
-
-    The plot (every evaluation so far, drawn from the table) is redrawn at the first evaluation, then at most once
-    every ``figure_every_s`` seconds, and at the end of the fit: drawing and saving it at every evaluation took
-    17 % of the Train worker's time (py-spy) with the tiny preset's 1.5 s epochs, the largest part of the
-    platform's per-epoch cost. Epochs of a minute or more redraw it every evaluation. A trial stopped early by its scheduler keeps the last plot drawn (at most
-    ``figure_every_s`` behind); its table holds every evaluation. ``figure_every_s=0`` draws every evaluation.
-    """
-
-    def __init__(self, *, tracking_uri: str, run_id: str, max_channels: int = 32, retry_s: float = 60.0,
-                 figure_every_s: float = 60.0):
-        from models._config_options import _is_real
-
-        if not _is_real(figure_every_s, 0.0):
-            raise ValueError(f"fractals.log.fingerprint_figure_every_s: needs a number of seconds >= 0 (0 redraws "
-                             f"the plot at every evaluation), got {figure_every_s!r}")
-        self.uri, self.run_id, self.max_channels = tracking_uri, run_id, max_channels
-        self.retry_s, self.figure_every_s = float(retry_s), float(figure_every_s)
-        self.tables: list = []  # one tidy table per evaluation; the artifact holds them all (epoch column)
-        # The same tables as Arrow, each converted once: rebuilding the artifact from pandas converted every row
-        # of every evaluation again each time (28 ms at the 20th evaluation; the largest per-epoch platform cost).
-        self._arrow: list = []
-        self._resumed_at: int | None = None  # first epoch of a fit restored from a checkpoint, until read back
-        self._unlogged: list = []  # (summary, step) of evaluations whose metrics MLflow has not taken yet
-        self._batch = None
-        self._drawn_at: float | None = None  # time.monotonic() of the last plot logged
-        self._plot_behind = False  # evaluations logged since that plot
-
-    def on_train_start(self, trainer, pl_module):
-        # A fit restored from a checkpoint (Ray restarting a crashed worker) starts with no tables, and its first
-        # log would replace the run's artifact, rows of the epochs before the crash included: read them back first.
-        if trainer.global_rank == 0 and getattr(trainer, "ckpt_path", None) and not self.tables:
-            self._resumed_at = int(trainer.current_epoch)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if batch_idx == 0 and trainer.global_rank == 0:
-            self._batch = batch
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.global_rank != 0 or self._batch is None or trainer.sanity_checking:
-            return
-        try:
-            table, summary = latent_fingerprint(pl_module, self._batch, max_channels=self.max_channels)
-        except Exception as exc:  # noqa: BLE001 - a fingerprint failure must not kill training
-            print(f"fmx: latent fingerprint skipped at epoch {trainer.current_epoch}: {exc}")
-            return
-        if table is None or table.empty:
-            return
-        from models.callbacks import _logged_step
-
-        step = _logged_step(trainer)  # the step val/* of this validation are logged at
-        table = table.assign(epoch=trainer.current_epoch, step=step)
-        self.tables.append(table)
-        self._arrow.append(_to_arrow(table))
-        self._unlogged.append((summary, step))
-        reason = "unreachable" if _tracking_down(self.uri, retry_s=self.retry_s) else None
-        if reason is None:
-            try:
-                if self._resumed_at is not None:
-                    self._read_back_earlier_rows()
-                _log_fingerprint(self.uri, self.run_id, self._arrow, self._unlogged)
-            except _outage_errors() as exc:  # a tracking outage must not kill training; the next one logs all
-                _DOWN_AT[self.uri] = time.monotonic()
-                reason = f"failed: {type(exc).__name__}"
-        if reason is not None:
-            print(f"fmx: latent fingerprint of epoch {trainer.current_epoch} not logged (MLflow at "
-                  f"{redact(self.uri)} {reason}); the next evaluation's table holds it")
-            return
-        self._plot_behind = True
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0
-        if last or self._drawn_at is None or time.monotonic() - self._drawn_at >= self.figure_every_s:
-            self._draw(f"of epoch {trainer.current_epoch}")
-
-    def on_fit_end(self, trainer, pl_module):
-        """The plot of every evaluation, unless the last one drew it (max_steps or a stop before max_epochs)."""
-        if trainer.global_rank == 0 and self._plot_behind and not _tracking_down(self.uri, retry_s=self.retry_s):
-            self._draw("at the end of the fit")
-
-    def _read_back_earlier_rows(self) -> None:
-        """Put the logged rows of the epochs before ``_resumed_at`` ahead of this fit's tables (none if the run has
-        no table yet); the re-run epochs' old rows are dropped. An outage error is raised: the next log retries."""
-        import pandas as pd
-
-        c = tracking.client(self.uri)
-        folder, name = FINGERPRINT_TABLE.rsplit("/", 1)
-        if any(a.path == FINGERPRINT_TABLE for a in c.list_artifacts(self.run_id, folder)):
-            with tempfile.TemporaryDirectory(prefix="fmx_fingerprint_") as tmp:
-                old = pd.read_parquet(c.download_artifacts(self.run_id, FINGERPRINT_TABLE, tmp))
-            old = old[old["epoch"] < self._resumed_at].reset_index(drop=True)
-            if len(old):
-                self.tables.insert(0, old)
-                self._arrow.insert(0, _to_arrow(old))
-        self._resumed_at = None
-
-    def _draw(self, when: str) -> None:
-        try:
-            _log_fingerprint_figure(self.uri, self.run_id, self.tables)
-        except _outage_errors() as exc:  # the table is logged; the plot is a convenience, redrawn next time
-            _DOWN_AT[self.uri] = time.monotonic()
-            print(f"fmx: latent fingerprint plot {when} not logged (MLflow at {redact(self.uri)} failed: "
-                  f"{type(exc).__name__}); the table holds every evaluation")
-            return
-        self._drawn_at, self._plot_behind = time.monotonic(), False
-
-
 class ModelFiguresCallback(pl.Callback):
     """Rank 0: log the figures of any LightningModule with a ``figures(batch) -> {name: Figure}`` method
     (the two-moons decision boundary, say) every ``every`` epochs and at the last one."""
@@ -428,45 +319,3 @@ class ModelFiguresCallback(pl.Callback):
             print(f"fmx: figure(s) {', '.join(skipped)} of epoch {epoch} not logged: MLflow at {redact(self.uri)} "
                   f"failed ({reason})")
 
-
-FINGERPRINT_TABLE = "fingerprint/latent_fingerprint.parquet"
-
-
-def _to_arrow(df):
-    import pyarrow as pa
-
-    return pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
-
-
-def _log_fingerprint(uri: str, run_id: str, tables: list, unlogged: list) -> None:
-    """Log the summary metrics of each ``(summary, step)`` in ``unlogged``, removing it from the list once logged
-    (a failure leaves the rest for the next evaluation, none twice), then the table of all evaluations
-    (``tables``: Arrow tables or DataFrames; columns one evaluation lacks are null there)."""
-    import pyarrow as pa
-
-    c = tracking.client(uri)
-    while unlogged:
-        summary, step = unlogged[0]
-        metrics = {f"fingerprint/{k}": v for k, v in summary.items() if isinstance(v, (int, float))
-                   and not isinstance(v, bool) and k not in ("n_recordings",)}
-        tracking.log_metrics(c, run_id, metrics, step=step)
-        unlogged.pop(0)
-    table = pa.concat_tables([t if isinstance(t, pa.Table) else _to_arrow(t) for t in tables],
-                             promote_options="permissive")  # int and float columns of one name meet as float
-    tracking.log_arrow_parquet(c, run_id, table, FINGERPRINT_TABLE)
-
-
-def _log_fingerprint_figure(uri: str, run_id: str, tables: list) -> None:
-    """Log the plot of every evaluation in ``tables``; a plotting error is printed (the table is the record), an
-    outage error raised."""
-    import pandas as pd
-
-    try:
-        from fmx.compare import fingerprint_figure
-
-        fig = fingerprint_figure(pd.concat(tables, ignore_index=True))
-        tracking.log_figure(tracking.client(uri), run_id, fig, "fingerprint/latent_fingerprint.png")
-    except _outage_errors():
-        raise
-    except Exception as exc:  # noqa: BLE001 - plots are a convenience; the parquet table is the record
-        print(f"fmx: fingerprint plot skipped: {exc}")
