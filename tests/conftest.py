@@ -69,3 +69,19 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def file_mlflow_run(tmp_path, monkeypatch):
+    """A run in a fresh local MLflow store (no server), with no tracking outage left from another test:
+    ``uri``, ``c`` (client), ``run_id``, ``tmp``."""
+    from types import SimpleNamespace
+
+    from fmx import tracking, worker_logging
+
+    monkeypatch.setattr(worker_logging, "_DOWN_AT", {})  # per process: no test sees another's outage
+    uri = tracking.resolve_tracking_uri("mlflow", root=tmp_path)
+    c = tracking.client(uri)
+    run_id, _ = tracking.get_or_create_run(c, tracking.ensure_experiment(c, "runs"), tags={tracking.TAG_SWEEP_ID: "s"},
+                                           run_name="s")
+    return SimpleNamespace(uri=uri, c=c, run_id=run_id, tmp=tmp_path)

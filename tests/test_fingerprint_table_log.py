@@ -9,22 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from fmx import fingerprint_log, tracking, worker_logging
+from fmx import fingerprint_log, tracking
 from fmx.fingerprint_log import FINGERPRINT_TABLE, FingerprintArtifactCallback
 
 
-@pytest.fixture(autouse=True)
-def _no_outage_left(monkeypatch):
-    monkeypatch.setattr(worker_logging, "_DOWN_AT", {})
-
-
 @pytest.fixture
-def run(tmp_path):
-    uri = tracking.resolve_tracking_uri("mlflow", root=tmp_path)
-    c = tracking.client(uri)
-    run_id, _ = tracking.get_or_create_run(c, tracking.ensure_experiment(c, "fp"), tags={tracking.TAG_SWEEP_ID: "s"},
-                                           run_name="s")
-    return SimpleNamespace(uri=uri, c=c, run_id=run_id, tmp=tmp_path)
+def run(file_mlflow_run):
+    return file_mlflow_run
 
 
 def _trainer(epoch, *, ckpt_path=None):
