@@ -132,3 +132,17 @@ def test_an_outage_while_reading_back_is_retried_at_the_next_evaluation(monkeypa
     restarted.retry_s = 0.0
     _evaluate(restarted, 2)
     assert _logged(run)["epoch"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_restored_fit_of_a_model_without_a_fingerprint_ends_quietly(monkeypatch, run, background):
+    # Was: the end of such a fit (two-moons, no SSM latents) tried to log an empty table after a resume and
+    # failed the trial with pyarrow's "Must pass at least one table".
+    monkeypatch.setattr(fingerprint_log, "latent_fingerprint", lambda *a, **k: (None, {}))
+    cb = FingerprintArtifactCallback(tracking_uri=run.uri, run_id=run.run_id, background=background)
+    cb._batch = torch.zeros(1)
+    cb.on_train_start(_trainer(1, ckpt_path="/tmp/model.ckpt"), None)
+    cb.on_validation_epoch_end(_trainer(1), SimpleNamespace(epoch=1))
+    cb.on_fit_end(_trainer(1), None)
+    assert cb.drain() is True
+    assert not run.c.list_artifacts(run.run_id, "fingerprint")

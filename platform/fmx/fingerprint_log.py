@@ -145,8 +145,8 @@ class FingerprintArtifactCallback(pl.Callback):
         """Log the unlogged summaries and the table of every evaluation; False (and a printed line) on an outage."""
         with self._send_lock:
             with self._lock:
-                if not self._unlogged and self._sent == len(self._arrow) and self._resumed_at is None:
-                    return True
+                if not self._unlogged and self._sent == len(self._arrow):
+                    return True  # nothing new (a model without SSM latents never has any): no request, no read-back
                 epoch = self._epoch
             reason = "unreachable" if _wl._tracking_down(self.uri, retry_s=self.retry_s) else None
             if reason is None:
@@ -215,6 +215,8 @@ def _log_fingerprint(uri: str, run_id: str, tables: list, unlogged: list) -> Non
                    and not isinstance(v, bool) and k not in ("n_recordings",)}
         tracking.log_metrics(c, run_id, metrics, step=step)
         unlogged.pop(0)
+    if not tables:
+        return
     table = pa.concat_tables([t if isinstance(t, pa.Table) else _to_arrow(t) for t in tables],
                              promote_options="permissive")  # int and float columns of one name meet as float
     tracking.log_arrow_parquet(c, run_id, table, FINGERPRINT_TABLE)
