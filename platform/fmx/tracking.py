@@ -258,10 +258,9 @@ def log_file(c, run_id: str, path: str | Path, artifact_path: str | None = None)
 
 
 def log_dataframe_parquet(c, run_id: str, df, artifact_file: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_file).name
-        df.to_parquet(path, index=False)
-        c.log_artifact(run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
+    import pyarrow as pa
+
+    log_arrow_parquet(c, run_id, pa.Table.from_pandas(df, preserve_index=False), artifact_file)  # df.to_parquet's way
 
 
 def log_arrow_parquet(c, run_id: str, table, artifact_file: str) -> None:

@@ -11,7 +11,9 @@ import traceback
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default 2 s), and a worker's report queue holds one: a worker reporting
 # more often than that blocks in ray.train.report until the next poll. Epochs shorter than 2 s were stretched to
 # 2 s (measured: the tiny preset's 1.36 s epochs ran at 1.95 s, +44 %, over a 14-epoch trial; +20 % at 0.25 s).
-# A poll is one small actor call per worker, so 4 a second cost nothing next to an epoch.
+# A poll is one small actor call per worker, so 4 a second cost nothing next to an epoch. Reports now leave from
+# Ray's upload thread (fmx.train_worker._background_upload), but the poll still sets how fast they flow: a worker
+# runs at most about three reports ahead of it (fmx.train_worker._UploadGate).
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 REPORT_POLL_S = 0.25
 
