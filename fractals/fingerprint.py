@@ -187,8 +187,6 @@ def fingerprint(
     Shape:
         x: ``(..., C, T)``.
     """
-    import pandas as pd
-
     if kind not in ("continuous", "intervals"):
         raise ValueError(f"kind: must be 'continuous' or 'intervals', got {kind!r}")
     if progress is not None and not callable(progress):
