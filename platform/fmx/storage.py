@@ -32,7 +32,9 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_
                  "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                  # how often Ray Train's controller takes reports (fmx.trial_support.REPORT_POLL_ENV): a caller's
                  # setting holds in the trials on a cluster too
-                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+                 # rank 0's system-metrics sampling (fmx.tracking.start_system_metrics; MLflow reads it)
+                 "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
 _KEY_ALIASES = {
     "access_key": ("AWS_ACCESS_KEY_ID", "access_key_id", "accessKey", "access_key"),
     "secret_key": ("AWS_SECRET_ACCESS_KEY", "secret_access_key", "secretKey", "secret_key"),
