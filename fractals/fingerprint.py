@@ -318,10 +318,10 @@ def _tidy_table(measures, values, flags, r2s, names, n_recordings, min_r2):
     """
     import pandas as pd
 
-    measures = list(measures)
-    n_rows = len(next(iter(values.values()))) if measures else 0
-    value = np.concatenate([values[m] for m in measures]) if measures else np.zeros(0)
-    r2 = np.concatenate([r2s[m] for m in measures]) if measures else np.zeros(0)
+    measures = list(measures)  # never empty: fingerprint refuses an empty config.measures
+    n_rows = len(values[measures[0]])
+    value = np.concatenate([values[m] for m in measures])
+    r2 = np.concatenate([r2s[m] for m in measures])
     flag = np.array([f for m in measures for f in flags[m]], dtype=object)
     flag[(flag == "") & ~np.isnan(r2) & (r2 < min_r2)] = "poor_fit"
     channel = np.array(names, dtype=object)[np.arange(n_rows) % len(names)]

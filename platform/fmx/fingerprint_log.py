@@ -202,6 +202,7 @@ def _to_arrow(df):
 
     return pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
 
+
 def _log_fingerprint(uri: str, run_id: str, tables: list, unlogged: list) -> None:
     """Log the summary metrics of each ``(summary, step)`` in ``unlogged``, removing it from the list once logged
     (a failure leaves the rest for the next evaluation, none twice), then the table of all evaluations
